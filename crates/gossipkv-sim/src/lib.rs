@@ -1,0 +1,504 @@
+//! # gossipkv-sim
+//!
+//! A deterministic simulator for the gossipkv protocol. It drives many
+//! [`Protocol`] state machines with a virtual clock, one seeded random
+//! generator and a simulated network that can lose, duplicate, delay and
+//! reorder datagrams, partition nodes, and crash and restart them.
+//!
+//! Nothing here touches a socket or reads a clock: a run is a pure function of
+//! its [`SimConfig`] (including the seed) and the calls made on the [`Sim`], so
+//! a failing seed can be replayed exactly. [`SeedGuard`] prints the seed of a
+//! failing test; `GOSSIPKV_SIM_SEED` overrides the seed of every scenario.
+//!
+//! What it deliberately does not model: bandwidth limits, and the tokio driver
+//! (the real driver is exercised by the loopback tests of the `gossipkv` crate).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use gossipkv::protocol::{Event, Protocol, ProtocolConfig, Stats};
+use gossipkv::NetworkError;
+use gossipkv_storage::{NodeId, Origin, Record, Store};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+/// Virtual time at which simulations start (ms since the Unix epoch: 2026-01-01).
+pub const SIM_EPOCH_MS: u64 = 1_767_225_600_000;
+
+/// Options of a simulation.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Seed of every random choice in the run.
+    pub seed: u64,
+    /// Number of nodes.
+    pub nodes: usize,
+    /// Gossip interval of every node, ms.
+    pub gossip_interval_ms: u64,
+    /// Peers per round.
+    pub fanout: usize,
+    /// Packet size of every node.
+    pub packet_size: usize,
+    /// Tombstone retention of every node, ms.
+    pub tombstone_retention_ms: u64,
+    /// Probability that a datagram is lost.
+    pub loss: f64,
+    /// Probability that a datagram is delivered twice.
+    pub duplicate: f64,
+    /// Smallest one-way latency, ms.
+    pub min_latency_ms: u64,
+    /// Largest one-way latency, ms (latencies are uniform in between, so
+    /// datagrams are reordered).
+    pub max_latency_ms: u64,
+    /// How many earlier nodes each node is seeded with (node 0 has none).
+    pub seeds_per_node: usize,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            seed: 1,
+            nodes: 3,
+            gossip_interval_ms: 1_000,
+            fanout: 3,
+            packet_size: 1_400,
+            tombstone_retention_ms: 3_600_000,
+            loss: 0.0,
+            duplicate: 0.0,
+            min_latency_ms: 1,
+            max_latency_ms: 20,
+            seeds_per_node: 1,
+        }
+    }
+}
+
+struct SimNode {
+    id: NodeId,
+    addr: SocketAddr,
+    seeds: Vec<SocketAddr>,
+    generation: u64,
+    skew_ms: i64,
+    store: Arc<Store>,
+    proto: Option<Protocol>,
+}
+
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct InFlight {
+    at_ms: u64,
+    order: u64,
+    to: usize,
+    from: SocketAddr,
+    payload: Vec<u8>,
+}
+
+/// Network-wide counters of a run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NetStats {
+    /// Datagrams sent by nodes.
+    pub sent: u64,
+    /// Datagrams delivered (duplicates included).
+    pub delivered: u64,
+    /// Datagrams lost by the loss probability.
+    pub lost: u64,
+    /// Datagrams dropped by a partition or a crashed receiver.
+    pub cut: u64,
+    /// Payload bytes sent.
+    pub bytes: u64,
+}
+
+/// A running simulation.
+pub struct Sim {
+    cfg: SimConfig,
+    now_ms: u64,
+    rng: SmallRng,
+    nodes: Vec<SimNode>,
+    queue: BinaryHeap<Reverse<InFlight>>,
+    order: u64,
+    /// Group of each node; datagrams only flow inside a group.
+    group: Vec<usize>,
+    isolated: HashSet<usize>,
+    net: NetStats,
+    errors: Vec<(usize, NetworkError)>,
+}
+
+impl Sim {
+    /// Builds the nodes (all started at once) and seeds each with earlier nodes.
+    pub fn new(cfg: SimConfig) -> Self {
+        let mut rng = SmallRng::seed_from_u64(cfg.seed);
+        let addrs: Vec<SocketAddr> = (0..cfg.nodes).map(addr_of).collect();
+        let mut nodes = Vec::with_capacity(cfg.nodes);
+        for i in 0..cfg.nodes {
+            let mut seeds = Vec::new();
+            for _ in 0..cfg.seeds_per_node.min(i) {
+                seeds.push(addrs[rng.random_range(0..i)]);
+            }
+            seeds.sort();
+            seeds.dedup();
+            let id = NodeId::new(format!("sim-{i:05}"));
+            let store = Arc::new(Store::new(Origin::new(id.clone(), 1)));
+            nodes.push(SimNode {
+                id,
+                addr: addrs[i],
+                seeds,
+                generation: 1,
+                skew_ms: 0,
+                store,
+                proto: None,
+            });
+        }
+        let mut sim = Sim {
+            now_ms: SIM_EPOCH_MS,
+            group: vec![0; cfg.nodes],
+            rng,
+            cfg,
+            nodes,
+            queue: BinaryHeap::new(),
+            order: 0,
+            isolated: HashSet::new(),
+            net: NetStats::default(),
+            errors: Vec::new(),
+        };
+        for i in 0..sim.nodes.len() {
+            sim.start_protocol(i);
+        }
+        sim
+    }
+
+    fn start_protocol(&mut self, i: usize) {
+        let rng_seed = self.rng.random();
+        let local = self.local_ms(i);
+        let n = &mut self.nodes[i];
+        let cfg = ProtocolConfig {
+            node_id: n.id.clone(),
+            generation: n.generation,
+            cluster_id: "sim".into(),
+            advertise_addr: Some(n.addr),
+            gossip_interval_ms: self.cfg.gossip_interval_ms,
+            fanout: self.cfg.fanout,
+            packet_size: self.cfg.packet_size,
+            tombstone_retention_ms: self.cfg.tombstone_retention_ms,
+            seeds: n.seeds.clone(),
+            rng_seed,
+        };
+        // Stagger first rounds across one interval, like nodes started at different times.
+        let offset = self.rng.random_range(0..self.cfg.gossip_interval_ms.max(1));
+        n.proto = Some(Protocol::new(cfg, n.store.clone(), local + offset));
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SimConfig {
+        &self.cfg
+    }
+
+    /// Virtual time elapsed since the start, ms.
+    pub fn elapsed_ms(&self) -> u64 {
+        self.now_ms - SIM_EPOCH_MS
+    }
+
+    /// Number of nodes (crashed ones included).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether the simulation has no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Node `i`'s store.
+    pub fn store(&self, i: usize) -> &Arc<Store> {
+        &self.nodes[i].store
+    }
+
+    /// Node `i`'s id.
+    pub fn node_id(&self, i: usize) -> &NodeId {
+        &self.nodes[i].id
+    }
+
+    /// Node `i`'s protocol counters (default when crashed).
+    pub fn stats(&self, i: usize) -> Stats {
+        self.nodes[i].proto.as_ref().map(|p| p.stats()).unwrap_or_default()
+    }
+
+    /// Network counters.
+    pub fn net_stats(&self) -> NetStats {
+        self.net
+    }
+
+    /// Errors reported by nodes so far: (node, error).
+    pub fn errors(&self) -> &[(usize, NetworkError)] {
+        &self.errors
+    }
+
+    /// Whether node `i` is running.
+    pub fn is_up(&self, i: usize) -> bool {
+        self.nodes[i].proto.is_some()
+    }
+
+    fn local_ms(&self, i: usize) -> u64 {
+        self.now_ms.saturating_add_signed(self.nodes[i].skew_ms)
+    }
+
+    /// Writes a value on node `i` at its local time.
+    pub fn set(&mut self, i: usize, key: &str, value: &[u8]) -> Record {
+        let t = self.local_ms(i);
+        self.nodes[i].store.set(key, Bytes::copy_from_slice(value), t)
+    }
+
+    /// Deletes a key on node `i` at its local time.
+    pub fn delete(&mut self, i: usize, key: &str) -> Record {
+        let t = self.local_ms(i);
+        self.nodes[i].store.delete(key, t)
+    }
+
+    /// Sets the loss probability.
+    pub fn set_loss(&mut self, p: f64) {
+        self.cfg.loss = p;
+    }
+
+    /// Shifts node `i`'s wall clock by `skew_ms` (positive: ahead).
+    pub fn set_clock_skew(&mut self, i: usize, skew_ms: i64) {
+        self.nodes[i].skew_ms = skew_ms;
+    }
+
+    /// Crashes node `i`: it stops at once, without a goodbye, and loses its state.
+    pub fn crash(&mut self, i: usize) {
+        self.nodes[i].proto = None;
+    }
+
+    /// Restarts crashed node `i` with the same id, fresh state and a new generation.
+    pub fn restart(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        n.generation += 1;
+        n.store = Arc::new(Store::new(Origin::new(n.id.clone(), n.generation)));
+        self.start_protocol(i);
+    }
+
+    /// Splits the nodes into groups that cannot reach each other; nodes not
+    /// listed form one more group.
+    pub fn partition(&mut self, groups: &[&[usize]]) {
+        self.group = vec![usize::MAX; self.nodes.len()];
+        for (g, members) in groups.iter().enumerate() {
+            for &m in *members {
+                self.group[m] = g;
+            }
+        }
+    }
+
+    /// Cuts node `i` off from everyone (its state and timers keep running).
+    pub fn isolate(&mut self, i: usize) {
+        self.isolated.insert(i);
+    }
+
+    /// Ends every partition and isolation.
+    pub fn heal(&mut self) {
+        self.group = vec![0; self.nodes.len()];
+        self.isolated.clear();
+    }
+
+    fn connected(&self, a: usize, b: usize) -> bool {
+        !self.isolated.contains(&a) && !self.isolated.contains(&b) && self.group[a] == self.group[b]
+    }
+
+    /// Runs the simulation for `ms` of virtual time.
+    pub fn run_for(&mut self, ms: u64) {
+        let end = self.now_ms + ms;
+        self.run_to(end);
+    }
+
+    /// Runs until `done` holds (checked every `check_every_ms` of virtual
+    /// time) or `max_ms` pass. Returns the virtual time it took, or `None`.
+    pub fn run_until(
+        &mut self,
+        max_ms: u64,
+        check_every_ms: u64,
+        mut done: impl FnMut(&Sim) -> bool,
+    ) -> Option<u64> {
+        let start = self.now_ms;
+        loop {
+            if done(self) {
+                return Some(self.now_ms - start);
+            }
+            if self.now_ms - start >= max_ms {
+                return None;
+            }
+            let step = check_every_ms.max(1).min(max_ms - (self.now_ms - start));
+            self.run_to(self.now_ms + step);
+        }
+    }
+
+    fn run_to(&mut self, end_ms: u64) {
+        loop {
+            let next_msg = self.queue.peek().map(|Reverse(m)| m.at_ms);
+            let next_timer = (0..self.nodes.len())
+                .filter_map(|i| {
+                    let p = self.nodes[i].proto.as_ref()?;
+                    Some((p.poll_timeout().saturating_add_signed(-self.nodes[i].skew_ms), i))
+                })
+                .min();
+            let next = match (next_msg, next_timer) {
+                (Some(m), Some((t, _))) => m.min(t),
+                (Some(m), None) => m,
+                (None, Some((t, _))) => t,
+                (None, None) => end_ms,
+            };
+            if next > end_ms {
+                self.now_ms = end_ms;
+                return;
+            }
+            self.now_ms = self.now_ms.max(next);
+            if next_msg == Some(next) {
+                let Reverse(m) = self.queue.pop().expect("peeked");
+                self.deliver(m);
+            } else if let Some((_, i)) = next_timer {
+                let local = self.local_ms(i);
+                if let Some(p) = self.nodes[i].proto.as_mut() {
+                    p.handle_timeout(local);
+                }
+                self.drain(i);
+            }
+        }
+    }
+
+    fn deliver(&mut self, m: InFlight) {
+        let local = self.local_ms(m.to);
+        let Some(p) = self.nodes[m.to].proto.as_mut() else {
+            self.net.cut += 1;
+            return;
+        };
+        self.net.delivered += 1;
+        p.handle_datagram(local, m.from, &m.payload);
+        self.drain(m.to);
+    }
+
+    fn drain(&mut self, i: usize) {
+        let mut out = Vec::new();
+        if let Some(p) = self.nodes[i].proto.as_mut() {
+            while let Some(t) = p.poll_transmit() {
+                out.push(t);
+            }
+            while let Some(ev) = p.poll_event() {
+                if let Event::Error(e) = ev {
+                    self.errors.push((i, e));
+                }
+            }
+        }
+        let from = self.nodes[i].addr;
+        for t in out {
+            self.net.sent += 1;
+            self.net.bytes += t.payload.len() as u64;
+            let Some(to) = index_of(t.to).filter(|&j| j < self.nodes.len()) else {
+                self.net.cut += 1;
+                continue;
+            };
+            if !self.connected(i, to) {
+                self.net.cut += 1;
+                continue;
+            }
+            if self.rng.random_bool(self.cfg.loss.clamp(0.0, 1.0)) {
+                self.net.lost += 1;
+                continue;
+            }
+            let copies = if self.rng.random_bool(self.cfg.duplicate.clamp(0.0, 1.0)) { 2 } else { 1 };
+            for _ in 0..copies {
+                let lat = self
+                    .rng
+                    .random_range(self.cfg.min_latency_ms..=self.cfg.max_latency_ms.max(self.cfg.min_latency_ms));
+                self.order += 1;
+                self.queue.push(Reverse(InFlight {
+                    at_ms: self.now_ms + lat,
+                    order: self.order,
+                    to,
+                    from,
+                    payload: t.payload.to_vec(),
+                }));
+            }
+        }
+    }
+
+    /// Node `i`'s keys holding values, with their values.
+    pub fn contents(&self, i: usize) -> BTreeMap<String, Bytes> {
+        self.nodes[i]
+            .store
+            .records()
+            .into_iter()
+            .filter_map(|r| Some((r.key.to_string(), r.value?)))
+            .collect()
+    }
+
+    /// Whether every running node holds exactly the same records (tombstones
+    /// and versions included).
+    pub fn converged(&self) -> bool {
+        self.converged_among(&(0..self.nodes.len()).collect::<Vec<_>>())
+    }
+
+    /// Whether the running nodes among `nodes` hold the same records.
+    pub fn converged_among(&self, nodes: &[usize]) -> bool {
+        let mut up = nodes.iter().copied().filter(|&i| self.is_up(i));
+        let Some(first) = up.next() else {
+            return true;
+        };
+        let reference = self.nodes[first].store.records();
+        up.all(|i| self.nodes[i].store.records() == reference)
+    }
+
+    /// Whether every running node returns `value` for `key`.
+    pub fn all_have(&self, key: &str, value: Option<&[u8]>) -> bool {
+        self.nodes
+            .iter()
+            .filter(|n| n.proto.is_some())
+            .all(|n| n.store.get(key).as_deref() == value)
+    }
+}
+
+fn addr_of(i: usize) -> SocketAddr {
+    // Virtual addresses: no socket is ever bound to them.
+    let ip = Ipv4Addr::new(10, 200, (i >> 8) as u8, (i & 0xff) as u8);
+    SocketAddr::new(IpAddr::V4(ip), 7946)
+}
+
+fn index_of(a: SocketAddr) -> Option<usize> {
+    match a.ip() {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            (o[0] == 10 && o[1] == 200).then(|| (usize::from(o[2]) << 8) | usize::from(o[3]))
+        }
+        IpAddr::V6(_) => None,
+    }
+}
+
+/// The seed to use: `GOSSIPKV_SIM_SEED` if set, else `default`.
+pub fn seed(default: u64) -> u64 {
+    std::env::var("GOSSIPKV_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Prints the seed of a scenario if the test panics while it is alive, so the
+/// failure can be replayed with `GOSSIPKV_SIM_SEED=<seed>`.
+#[derive(Debug)]
+pub struct SeedGuard {
+    name: &'static str,
+    seed: u64,
+}
+
+impl SeedGuard {
+    /// Guards scenario `name` run with `seed`.
+    pub fn new(name: &'static str, seed: u64) -> Self {
+        SeedGuard { name, seed }
+    }
+}
+
+impl Drop for SeedGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "simulation {} failed with seed {}; replay with GOSSIPKV_SIM_SEED={} cargo test -p gossipkv-sim {}",
+                self.name, self.seed, self.seed, self.name
+            );
+        }
+    }
+}

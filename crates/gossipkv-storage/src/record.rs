@@ -1,0 +1,200 @@
+//! Records and the messages of the digest / delta exchange, in storage terms.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::version::{Hlc, Origin, Version};
+
+/// Upper bound, in bytes, of what a record costs on the wire beyond its key,
+/// value and node id. The wire crate checks its encoding stays within it.
+pub const RECORD_OVERHEAD: usize = 64;
+/// Upper bound of what an origin chunk costs beyond its node id and contents.
+pub const CHUNK_OVERHEAD: usize = 48;
+/// Upper bound of what a ghost entry costs beyond its key.
+pub const GHOST_OVERHEAD: usize = 40;
+/// Upper bound of what one digest entry costs beyond its node id.
+pub const DIGEST_ENTRY_OVERHEAD: usize = 40;
+
+/// One key's state: a value or a tombstone (`value == None`), with its version.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Record {
+    /// The key.
+    pub key: Arc<str>,
+    /// The value, or `None` for a delete (tombstone).
+    pub value: Option<Bytes>,
+    /// Who wrote it and when.
+    pub version: Version,
+}
+
+impl Record {
+    /// Whether this record is a tombstone.
+    pub fn is_tombstone(&self) -> bool {
+        self.value.is_none()
+    }
+
+    /// An upper bound of this record's encoded size on the wire.
+    pub fn size_hint(&self) -> usize {
+        record_size_hint(
+            self.key.len(),
+            self.value.as_ref().map_or(0, Bytes::len),
+            self.version.node.as_str().len(),
+        )
+    }
+}
+
+/// Upper bound of a record's encoded size, from the lengths of its parts.
+pub fn record_size_hint(key_len: usize, value_len: usize, node_len: usize) -> usize {
+    key_len + value_len + node_len + RECORD_OVERHEAD
+}
+
+/// A watermark per origin: "I hold every write of this origin with sequence
+/// number at most `watermark`, or something newer for the same key".
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct Digest {
+    /// One entry per origin, in no particular order.
+    pub entries: Vec<DigestEntry>,
+    /// `true` when every origin the sender knows is listed (a missing origin
+    /// then means watermark 0); `false` for a subset (missing = unknown).
+    pub complete: bool,
+}
+
+/// One origin's watermark.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct DigestEntry {
+    /// The origin.
+    pub origin: Origin,
+    /// Highest sequence number covered (see [`Digest`]).
+    pub watermark: u64,
+}
+
+impl Digest {
+    /// The watermark for `origin`: `Some(0)` when a complete digest does not
+    /// list it, `None` when a partial digest does not list it.
+    pub fn watermark(&self, origin: &Origin) -> Option<u64> {
+        match self.entries.iter().find(|e| &e.origin == origin) {
+            Some(e) => Some(e.watermark),
+            None if self.complete => Some(0),
+            None => None,
+        }
+    }
+
+    /// An upper bound of this digest's encoded size.
+    pub fn size_hint(&self) -> usize {
+        16 + self
+            .entries
+            .iter()
+            .map(|e| e.origin.node.as_str().len() + DIGEST_ENTRY_OVERHEAD)
+            .sum::<usize>()
+    }
+}
+
+/// The records of one origin that a peer lacks, cut to a byte budget.
+///
+/// Applying it lets the receiver raise its watermark for `origin` from `from`
+/// to `to` (only if its watermark is at least `from`), because the chunk
+/// carries every write of the origin in `(from, to]` that the sender still
+/// holds, plus, for writes the sender holds something newer for, either that
+/// newer record or a ghost entry naming the key when the receiver already has
+/// the newer record.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct OriginChunk {
+    /// The origin these sequence numbers belong to.
+    pub origin: Origin,
+    /// The receiver's watermark this chunk was built against.
+    pub from: u64,
+    /// The watermark the receiver may advance to.
+    pub to: u64,
+    /// Records, ascending by sequence of the origin they stand for.
+    pub records: Vec<Record>,
+    /// Writes of `origin` that were superseded by a newer version of their key.
+    pub ghosts: Vec<Ghost>,
+}
+
+/// A superseded write: write `seq` of an origin was to `key`, and a newer
+/// version of `key` exists.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Ghost {
+    /// The superseded write's sequence number.
+    pub seq: u64,
+    /// The key it wrote.
+    pub key: Arc<str>,
+    /// Its timestamp (used to collect it after the retention period).
+    pub hlc: Hlc,
+}
+
+/// What a node sends a peer so that the peer catches up: one chunk per origin.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct Delta {
+    /// Chunks, in the order they were built.
+    pub chunks: Vec<OriginChunk>,
+}
+
+impl Delta {
+    /// Whether the delta carries nothing.
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// Number of records carried.
+    pub fn record_count(&self) -> usize {
+        self.chunks.iter().map(|c| c.records.len()).sum()
+    }
+
+    /// An upper bound of this delta's encoded size.
+    pub fn size_hint(&self) -> usize {
+        self.chunks
+            .iter()
+            .map(|c| {
+                CHUNK_OVERHEAD
+                    + c.origin.node.as_str().len()
+                    + c.records.iter().map(Record::size_hint).sum::<usize>()
+                    + c.ghosts
+                        .iter()
+                        .map(|g| g.key.len() + GHOST_OVERHEAD)
+                        .sum::<usize>()
+            })
+            .sum()
+    }
+}
+
+/// One page of a full re-synchronisation, for a peer that is too far behind
+/// to be sent a delta (it missed tombstones that have been collected since).
+///
+/// The page covers the keys in `[start, end)` (`end == None`: to the last
+/// key). The receiver merges `records`; a key it holds in that range that is
+/// absent from the page is dropped if `watermarks` covers its version (the
+/// sender saw that write and deleted the key since), and kept otherwise.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Page {
+    /// First key covered (inclusive).
+    pub start: String,
+    /// First key not covered, or `None` for the end of the key space.
+    pub end: Option<String>,
+    /// The sender's records for keys in the range, tombstones included.
+    pub records: Vec<Record>,
+    /// The sender's watermarks, taken before the page was read.
+    pub watermarks: Digest,
+}
+
+impl Page {
+    /// An upper bound of this page's encoded size.
+    pub fn size_hint(&self) -> usize {
+        32 + self.start.len()
+            + self.end.as_ref().map_or(0, String::len)
+            + self.records.iter().map(Record::size_hint).sum::<usize>()
+            + self.watermarks.size_hint()
+    }
+}
+
+impl Version {
+    /// Builds a version from its parts.
+    pub fn new(hlc: Hlc, origin: &Origin, seq: u64) -> Self {
+        Version {
+            hlc,
+            node: origin.node.clone(),
+            generation: origin.generation,
+            seq,
+        }
+    }
+}

@@ -1,0 +1,731 @@
+//! The sharded last-writer-wins store with its per-origin index.
+
+use std::cmp::Ordering as CmpOrdering;
+use std::collections::hash_map::{DefaultHasher, Entry as MapEntry};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+
+use crate::record::{
+    record_size_hint, Delta, Digest, DigestEntry, Ghost, OriginChunk, Page, Record, CHUNK_OVERHEAD,
+    GHOST_OVERHEAD,
+};
+use crate::version::{Hlc, HlcClock, Origin, Version};
+
+/// Options of a [`Store`].
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Number of independently locked shards (rounded up to a power of two).
+    pub shards: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { shards: 64 }
+    }
+}
+
+/// What [`Store::apply`] or [`Store::apply_page`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    /// Records that replaced (or created) the local state of their key.
+    pub won: usize,
+    /// Records that were older than (or equal to) what was already held.
+    pub lost: usize,
+    /// Origins whose watermark rose.
+    pub advanced: usize,
+    /// Keys dropped by a re-synchronisation page.
+    pub dropped: usize,
+}
+
+/// What [`Store::collect_garbage`] removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GcStats {
+    /// Tombstones removed.
+    pub tombstones: usize,
+    /// Index entries of superseded writes removed.
+    pub ghosts: usize,
+}
+
+/// Internal, compact form of a record held in a shard.
+#[derive(Clone, Debug)]
+struct Entry {
+    value: Option<Bytes>,
+    hlc: Hlc,
+    origin: u32,
+    seq: u64,
+}
+
+#[derive(Debug)]
+struct IndexEntry {
+    key: Arc<str>,
+    hlc: Hlc,
+}
+
+#[derive(Debug)]
+struct OriginLog {
+    origin: Origin,
+    /// Invariant W: every write of this origin with seq <= watermark is held,
+    /// or a newer version of its key is, or that key's newer tombstone was collected.
+    watermark: u64,
+    /// Highest seq of this origin whose tombstone or index entry was collected.
+    /// A peer whose watermark is below it must re-synchronise.
+    floor: u64,
+    /// seq -> key of that write (live, or superseded: a "ghost").
+    index: BTreeMap<u64, IndexEntry>,
+}
+
+type Shard = RwLock<HashMap<Arc<str>, Entry>>;
+
+#[derive(Debug, Default)]
+struct Origins {
+    logs: Vec<Arc<Mutex<OriginLog>>>,
+    origins: Vec<Origin>,
+    ids: HashMap<Origin, u32>,
+}
+
+/// A concurrent last-writer-wins map from string keys to byte values.
+///
+/// Reads take one shard's read lock; local writes of one origin are ordered
+/// by that origin's log lock. Lock order, everywhere: origin table (released
+/// before anything else), then one origin log, then one shard.
+///
+/// The store never reads a clock: callers pass the physical time in
+/// milliseconds to every operation that needs one.
+#[derive(Debug)]
+pub struct Store {
+    local: Origin,
+    local_log: Arc<Mutex<OriginLog>>,
+    clock: HlcClock,
+    shards: Box<[Shard]>,
+    shard_mask: u64,
+    origins: RwLock<Origins>,
+    live: AtomicUsize,
+}
+
+impl Store {
+    /// An empty store whose local writes are stamped with `local`.
+    pub fn new(local: Origin) -> Self {
+        Self::with_config(local, StoreConfig::default())
+    }
+
+    /// An empty store with explicit options.
+    pub fn with_config(local: Origin, config: StoreConfig) -> Self {
+        let n = config.shards.max(1).next_power_of_two();
+        let shards = (0..n).map(|_| RwLock::new(HashMap::new())).collect();
+        let mut origins = Origins::default();
+        let local_log = Arc::new(Mutex::new(OriginLog::new(local.clone())));
+        origins.logs.push(local_log.clone());
+        origins.origins.push(local.clone());
+        origins.ids.insert(local.clone(), 0);
+        Store {
+            local,
+            local_log,
+            clock: HlcClock::new(),
+            shards,
+            shard_mask: n as u64 - 1,
+            origins: RwLock::new(origins),
+            live: AtomicUsize::new(0),
+        }
+    }
+
+    /// The origin of local writes.
+    pub fn local_origin(&self) -> &Origin {
+        &self.local
+    }
+
+    /// The store's hybrid logical clock.
+    pub fn clock(&self) -> &HlcClock {
+        &self.clock
+    }
+
+    // ----- local operations -------------------------------------------------
+
+    /// Writes `value` under `key` as a new local version at `now_ms`.
+    /// Returns the record written.
+    pub fn set(&self, key: &str, value: Bytes, now_ms: u64) -> Record {
+        self.write_local(key, Some(value), now_ms)
+    }
+
+    /// Deletes `key` by writing a tombstone at `now_ms`. Returns the tombstone.
+    pub fn delete(&self, key: &str, now_ms: u64) -> Record {
+        self.write_local(key, None, now_ms)
+    }
+
+    fn write_local(&self, key: &str, value: Option<Bytes>, now_ms: u64) -> Record {
+        let mut log = self.local_log.lock();
+        let seq = log.watermark + 1;
+        let hlc = self.clock.tick(now_ms);
+        let entry = Entry {
+            value: value.clone(),
+            hlc,
+            origin: 0,
+            seq,
+        };
+        let key: Arc<str> = {
+            let mut shard = self.shard(key).write();
+            match shard.get_key_value(key) {
+                Some((k, old)) => {
+                    let k = k.clone();
+                    self.adjust_live(old.value.is_some(), entry.value.is_some());
+                    shard.insert(k.clone(), entry);
+                    k
+                }
+                None => {
+                    let k: Arc<str> = Arc::from(key);
+                    self.adjust_live(false, entry.value.is_some());
+                    shard.insert(k.clone(), entry);
+                    k
+                }
+            }
+        };
+        log.index.insert(
+            seq,
+            IndexEntry {
+                key: key.clone(),
+                hlc,
+            },
+        );
+        log.watermark = seq;
+        Record {
+            key,
+            value,
+            version: Version::new(hlc, &self.local, seq),
+        }
+    }
+
+    /// The value of `key`, if it holds one (tombstones read as `None`).
+    pub fn get(&self, key: &str) -> Option<Bytes> {
+        self.shard(key)
+            .read()
+            .get(key)
+            .and_then(|e| e.value.clone())
+    }
+
+    /// The full record of `key`, tombstones included.
+    pub fn get_record(&self, key: &str) -> Option<Record> {
+        let (k, e) = {
+            let shard = self.shard(key).read();
+            let (k, e) = shard.get_key_value(key)?;
+            (k.clone(), e.clone())
+        };
+        Some(self.to_record(k, &e))
+    }
+
+    /// Whether `key` holds a value.
+    pub fn contains(&self, key: &str) -> bool {
+        self.shard(key)
+            .read()
+            .get(key)
+            .is_some_and(|e| e.value.is_some())
+    }
+
+    /// Number of keys holding a value (tombstones excluded).
+    pub fn len(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// Whether no key holds a value.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of keys held, tombstones included.
+    pub fn len_with_tombstones(&self) -> usize {
+        self.shards.iter().map(|s| s.read().len()).sum()
+    }
+
+    /// The keys holding a value, sorted.
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = Vec::with_capacity(self.len());
+        for shard in self.shards.iter() {
+            let shard = shard.read();
+            keys.extend(
+                shard
+                    .iter()
+                    .filter(|(_, e)| e.value.is_some())
+                    .map(|(k, _)| k.to_string()),
+            );
+        }
+        keys.sort_unstable();
+        keys
+    }
+
+    /// The keys starting with `prefix` and their values, sorted by key.
+    pub fn scan_prefix(&self, prefix: &str) -> Vec<(String, Bytes)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.read();
+            for (k, e) in shard.iter() {
+                if let (true, Some(v)) = (k.starts_with(prefix), &e.value) {
+                    out.push((k.to_string(), v.clone()));
+                }
+            }
+        }
+        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Every record held (tombstones included), sorted by key.
+    pub fn records(&self) -> Vec<Record> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let items: Vec<(Arc<str>, Entry)> = shard
+                .read()
+                .iter()
+                .map(|(k, e)| (k.clone(), e.clone()))
+                .collect();
+            out.extend(items.into_iter().map(|(k, e)| self.to_record(k, &e)));
+        }
+        out.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        out
+    }
+
+    // ----- replication --------------------------------------------------------
+
+    /// Merges a record from elsewhere. Returns whether it won (it is now the
+    /// local state of its key). Commutative, associative and idempotent.
+    ///
+    /// A record the local watermarks already cover, for a key that is not
+    /// held at all, is refused: its key was deleted since and the tombstone
+    /// collected, so accepting it would bring the key back.
+    pub fn merge(&self, record: Record) -> bool {
+        self.clock.observe(record.version.hlc);
+        let origin = record.version.origin();
+        let (oid, log) = self.intern(&origin);
+        let mut log = log.lock();
+        let Record {
+            key,
+            value,
+            version,
+        } = record;
+        let incoming = Entry {
+            value,
+            hlc: version.hlc,
+            origin: oid,
+            seq: version.seq,
+        };
+        let covered = version.seq <= log.watermark;
+        let (won, key) = {
+            let mut shard = self.shard(&key).write();
+            match shard.get_key_value(&*key) {
+                Some((k, current)) => {
+                    let k = k.clone();
+                    if self.cmp_entries(&incoming, current) == CmpOrdering::Greater {
+                        self.adjust_live(current.value.is_some(), incoming.value.is_some());
+                        shard.insert(k.clone(), incoming);
+                        (true, k)
+                    } else {
+                        (false, k)
+                    }
+                }
+                None if covered => (false, key),
+                None => {
+                    self.adjust_live(false, incoming.value.is_some());
+                    shard.insert(key.clone(), incoming);
+                    (true, key)
+                }
+            }
+        };
+        if version.seq > log.floor {
+            log.index.entry(version.seq).or_insert(IndexEntry {
+                key,
+                hlc: version.hlc,
+            });
+        }
+        won
+    }
+
+    /// The local watermark of every known origin (a complete digest).
+    pub fn digest(&self) -> Digest {
+        let logs: Vec<_> = self.origins.read().logs.clone();
+        let entries = logs
+            .iter()
+            .map(|log| {
+                let log = log.lock();
+                DigestEntry {
+                    origin: log.origin.clone(),
+                    watermark: log.watermark,
+                }
+            })
+            .filter(|e| e.watermark > 0)
+            .collect();
+        Digest {
+            entries,
+            complete: true,
+        }
+    }
+
+    /// The local watermark for `origin` (0 when unknown).
+    pub fn watermark(&self, origin: &Origin) -> u64 {
+        self.log_of(origin).map_or(0, |l| l.lock().watermark)
+    }
+
+    /// The highest collected sequence number of `origin` (0 when none).
+    pub fn floor(&self, origin: &Origin) -> u64 {
+        self.log_of(origin).map_or(0, |l| l.lock().floor)
+    }
+
+    /// Whether a peer with digest `peer` is too far behind for a delta: it
+    /// could miss a delete whose tombstone was collected here. It must then
+    /// be sent [`Store::page`]s instead.
+    pub fn needs_resync(&self, peer: &Digest) -> bool {
+        let logs: Vec<_> = self.origins.read().logs.clone();
+        logs.iter().any(|log| {
+            let log = log.lock();
+            log.floor > 0 && peer.watermark(&log.origin).is_some_and(|w| w < log.floor)
+        })
+    }
+
+    /// Records the peer with digest `peer` lacks, cut to `budget` bytes (by
+    /// [`Record::size_hint`]). Origins are visited starting at `rotate`
+    /// (modulo their number), so repeated calls with varying values share a
+    /// small budget fairly between origins.
+    ///
+    /// Applying the result at the peer keeps invariant W there, whatever the
+    /// cut; see [`OriginChunk`].
+    pub fn delta_for(&self, peer: &Digest, budget: usize, rotate: usize) -> Delta {
+        let logs: Vec<_> = self.origins.read().logs.clone();
+        let mut delta = Delta::default();
+        let mut used = 0usize;
+        let mut sent_keys: HashSet<Arc<str>> = HashSet::new();
+        let n = logs.len();
+        for i in 0..n {
+            let oid = ((rotate + i) % n) as u32;
+            let log = logs[oid as usize].lock();
+            let Some(from) = peer.watermark(&log.origin) else {
+                continue;
+            };
+            if from >= log.watermark {
+                continue;
+            }
+            let chunk_cost = CHUNK_OVERHEAD + log.origin.node.as_str().len();
+            if used + chunk_cost > budget {
+                break;
+            }
+            let mut chunk = OriginChunk {
+                origin: log.origin.clone(),
+                from,
+                to: from,
+                records: Vec::new(),
+                ghosts: Vec::new(),
+            };
+            let mut cost = chunk_cost;
+            let mut cut = false;
+            for (&seq, ie) in log.index.range(from + 1..=log.watermark) {
+                let current = self.shard(&ie.key).read().get(&*ie.key).cloned();
+                let mut add_record = None;
+                let mut add_ghost = false;
+                match current {
+                    Some(e) if e.origin == oid && e.seq == seq => {
+                        if !sent_keys.contains(&ie.key) {
+                            add_record = Some(e);
+                        }
+                    }
+                    Some(e) => {
+                        add_ghost = true;
+                        let newer = self.origin_of(e.origin);
+                        let peer_has = peer.watermark(&newer).is_some_and(|w| w >= e.seq);
+                        if !peer_has && !sent_keys.contains(&ie.key) {
+                            add_record = Some(e);
+                        }
+                    }
+                    // Collected since the index entry was read: nothing to send.
+                    None => {}
+                }
+                let rec_cost = add_record
+                    .as_ref()
+                    .map_or(0, |e| self.entry_size(&ie.key, e));
+                let ghost_cost = if add_ghost {
+                    ie.key.len() + GHOST_OVERHEAD
+                } else {
+                    0
+                };
+                if used + cost + rec_cost + ghost_cost > budget {
+                    cut = true;
+                    break;
+                }
+                cost += rec_cost + ghost_cost;
+                if let Some(e) = add_record {
+                    sent_keys.insert(ie.key.clone());
+                    chunk.records.push(self.to_record(ie.key.clone(), &e));
+                }
+                if add_ghost {
+                    chunk.ghosts.push(Ghost {
+                        seq,
+                        key: ie.key.clone(),
+                        hlc: ie.hlc,
+                    });
+                }
+                chunk.to = seq;
+            }
+            if !cut {
+                chunk.to = log.watermark;
+            }
+            if chunk.to > chunk.from {
+                used += cost;
+                delta.chunks.push(chunk);
+            }
+            if cut {
+                break;
+            }
+        }
+        delta
+    }
+
+    /// Applies a delta from a peer: merges its records, remembers its ghosts,
+    /// then raises watermarks where the chunk starts at or below them.
+    pub fn apply(&self, delta: &Delta) -> ApplyStats {
+        let mut stats = ApplyStats::default();
+        for chunk in &delta.chunks {
+            for r in &chunk.records {
+                if self.merge(r.clone()) {
+                    stats.won += 1;
+                } else {
+                    stats.lost += 1;
+                }
+            }
+            let (_, log) = self.intern(&chunk.origin);
+            let mut log = log.lock();
+            for g in &chunk.ghosts {
+                self.clock.observe(g.hlc);
+                if g.seq > log.floor {
+                    log.index.entry(g.seq).or_insert(IndexEntry {
+                        key: g.key.clone(),
+                        hlc: g.hlc,
+                    });
+                }
+            }
+            if log.watermark >= chunk.from && chunk.to > log.watermark {
+                log.watermark = chunk.to;
+                stats.advanced += 1;
+            }
+        }
+        stats
+    }
+
+    /// Removes tombstones, and index entries of superseded writes, whose
+    /// timestamp is older than `now_ms - retention_ms`, and raises the
+    /// collected floor of their origins. Live values are never removed.
+    pub fn collect_garbage(&self, now_ms: u64, retention_ms: u64) -> GcStats {
+        let cutoff = Hlc::new(now_ms.saturating_sub(retention_ms), 0);
+        let logs: Vec<_> = self.origins.read().logs.clone();
+        let mut stats = GcStats::default();
+        for (oid, log) in logs.iter().enumerate() {
+            let mut log = log.lock();
+            let watermark = log.watermark;
+            let mut remove = Vec::new();
+            for (&seq, ie) in log.index.range(..=watermark) {
+                if ie.hlc >= cutoff {
+                    break;
+                }
+                let mut shard = self.shard(&ie.key).write();
+                match shard.get(&*ie.key) {
+                    Some(e) if e.origin == oid as u32 && e.seq == seq => {
+                        if e.value.is_none() {
+                            shard.remove(&*ie.key);
+                            stats.tombstones += 1;
+                            remove.push(seq);
+                        }
+                    }
+                    _ => {
+                        stats.ghosts += 1;
+                        remove.push(seq);
+                    }
+                }
+            }
+            for seq in remove {
+                log.index.remove(&seq);
+                log.floor = log.floor.max(seq);
+            }
+        }
+        stats
+    }
+
+    /// Raises local watermarks to those of `digest` (the first page of a
+    /// completed re-synchronisation, see [`Page`]).
+    pub fn raise_watermarks(&self, digest: &Digest) -> usize {
+        let mut raised = 0;
+        for e in &digest.entries {
+            let (_, log) = self.intern(&e.origin);
+            let mut log = log.lock();
+            if e.watermark > log.watermark {
+                log.watermark = e.watermark;
+                raised += 1;
+            }
+        }
+        raised
+    }
+
+    /// One page of a full re-synchronisation: the records (tombstones
+    /// included) of the keys from `start` on, in key order, cut to `budget`.
+    pub fn page(&self, start: &str, budget: usize) -> Page {
+        let watermarks = self.digest();
+        let mut items: Vec<(Arc<str>, Entry)> = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.read();
+            items.extend(
+                shard
+                    .iter()
+                    .filter(|(k, _)| &***k >= start)
+                    .map(|(k, e)| (k.clone(), e.clone())),
+            );
+        }
+        items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut page = Page {
+            start: start.to_string(),
+            end: None,
+            records: Vec::new(),
+            watermarks,
+        };
+        let mut used = page.size_hint();
+        for (k, e) in items {
+            let cost = self.entry_size(&k, &e) + k.len();
+            // Always make progress: a page carries at least one record.
+            if used + cost > budget && !page.records.is_empty() {
+                page.end = Some(k.to_string());
+                break;
+            }
+            used += cost;
+            page.records.push(self.to_record(k, &e));
+        }
+        page
+    }
+
+    /// Applies one re-synchronisation page (see [`Page`]).
+    pub fn apply_page(&self, page: &Page) -> ApplyStats {
+        let mut stats = ApplyStats::default();
+        let in_page: HashSet<&str> = page.records.iter().map(|r| &*r.key).collect();
+        for r in &page.records {
+            if self.merge(r.clone()) {
+                stats.won += 1;
+            } else {
+                stats.lost += 1;
+            }
+        }
+        let in_range =
+            |k: &str| k >= page.start.as_str() && page.end.as_deref().is_none_or(|end| k < end);
+        let origins: Vec<Origin> = self.origins.read().origins.clone();
+        for shard in self.shards.iter() {
+            let mut shard = shard.write();
+            let mut dropped = Vec::new();
+            for (k, e) in shard.iter() {
+                if !in_range(k) || in_page.contains(&**k) {
+                    continue;
+                }
+                let origin = &origins[e.origin as usize];
+                if page
+                    .watermarks
+                    .watermark(origin)
+                    .is_some_and(|w| w >= e.seq)
+                {
+                    dropped.push(k.clone());
+                }
+            }
+            for k in dropped {
+                if let Some(e) = shard.remove(&k) {
+                    self.adjust_live(e.value.is_some(), false);
+                    stats.dropped += 1;
+                }
+            }
+        }
+        stats
+    }
+
+    // ----- helpers ------------------------------------------------------------
+
+    fn shard(&self, key: &str) -> &Shard {
+        let mut h = DefaultHasher::new();
+        key.hash(&mut h);
+        &self.shards[(h.finish() & self.shard_mask) as usize]
+    }
+
+    fn adjust_live(&self, was_live: bool, is_live: bool) {
+        match (was_live, is_live) {
+            (false, true) => {
+                self.live.fetch_add(1, Ordering::Relaxed);
+            }
+            (true, false) => {
+                self.live.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+
+    fn intern(&self, origin: &Origin) -> (u32, Arc<Mutex<OriginLog>>) {
+        if let Some(&id) = self.origins.read().ids.get(origin) {
+            return (id, self.origins.read().logs[id as usize].clone());
+        }
+        let mut o = self.origins.write();
+        let next = o.logs.len() as u32;
+        match o.ids.entry(origin.clone()) {
+            MapEntry::Occupied(e) => {
+                let id = *e.get();
+                (id, o.logs[id as usize].clone())
+            }
+            MapEntry::Vacant(v) => {
+                v.insert(next);
+                let log = Arc::new(Mutex::new(OriginLog::new(origin.clone())));
+                o.logs.push(log.clone());
+                o.origins.push(origin.clone());
+                (next, log)
+            }
+        }
+    }
+
+    fn log_of(&self, origin: &Origin) -> Option<Arc<Mutex<OriginLog>>> {
+        let o = self.origins.read();
+        o.ids.get(origin).map(|&id| o.logs[id as usize].clone())
+    }
+
+    fn origin_of(&self, id: u32) -> Origin {
+        self.origins.read().origins[id as usize].clone()
+    }
+
+    fn to_record(&self, key: Arc<str>, e: &Entry) -> Record {
+        let origin = self.origin_of(e.origin);
+        Record {
+            key,
+            value: e.value.clone(),
+            version: Version::new(e.hlc, &origin, e.seq),
+        }
+    }
+
+    fn entry_size(&self, key: &str, e: &Entry) -> usize {
+        let node_len = self.origins.read().origins[e.origin as usize]
+            .node
+            .as_str()
+            .len();
+        record_size_hint(key.len(), e.value.as_ref().map_or(0, Bytes::len), node_len)
+    }
+
+    /// The LWW order on internal entries (same as [`Version`]'s order).
+    fn cmp_entries(&self, a: &Entry, b: &Entry) -> CmpOrdering {
+        a.hlc.cmp(&b.hlc).then_with(|| {
+            if a.origin == b.origin {
+                return a.seq.cmp(&b.seq);
+            }
+            let o = self.origins.read();
+            let (oa, ob) = (&o.origins[a.origin as usize], &o.origins[b.origin as usize]);
+            oa.node
+                .cmp(&ob.node)
+                .then(oa.generation.cmp(&ob.generation))
+                .then(a.seq.cmp(&b.seq))
+        })
+    }
+}
+
+impl OriginLog {
+    fn new(origin: Origin) -> Self {
+        OriginLog {
+            origin,
+            watermark: 0,
+            floor: 0,
+            index: BTreeMap::new(),
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! The [`Builder`] of a [`GossipKv`] node and its options.
+
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::codec::Codec;
+use crate::error::{Error, NetworkError};
+use crate::GossipKv;
+
+/// Largest packet size accepted (the largest UDP payload over IPv4).
+pub const MAX_PACKET_SIZE: usize = 65_507;
+/// Smallest packet size accepted.
+pub const MIN_PACKET_SIZE: usize = 512;
+/// Default packet size: safe on real networks.
+pub const DEFAULT_PACKET_SIZE: usize = 1_400;
+/// Default time between gossip rounds.
+pub const DEFAULT_GOSSIP_INTERVAL: Duration = Duration::from_secs(1);
+/// Default number of peers contacted per round.
+pub const DEFAULT_FANOUT: usize = 3;
+/// Default tombstone retention.
+pub const DEFAULT_TOMBSTONE_RETENTION: Duration = Duration::from_secs(6 * 3600);
+/// Default cluster id.
+pub const DEFAULT_CLUSTER_ID: &str = "default";
+
+pub(crate) type ErrorHandler = Arc<dyn Fn(&NetworkError) + Send + Sync>;
+
+/// Configures and starts a [`GossipKv`] node. Start from
+/// [`GossipKv::builder`] (default codec) or [`GossipKv::builder_with_codec`].
+///
+/// With no [`bind_addr`](Builder::bind_addr), the node is a local in-memory
+/// store that never touches the network.
+pub struct Builder<K, V> {
+    pub(crate) node_id: Option<String>,
+    pub(crate) cluster_id: String,
+    pub(crate) bind_addr: Option<String>,
+    pub(crate) advertise_addr: Option<String>,
+    pub(crate) seeds: Vec<String>,
+    pub(crate) gossip_interval: Duration,
+    pub(crate) fanout: usize,
+    pub(crate) packet_size: usize,
+    pub(crate) tombstone_retention: Duration,
+    pub(crate) codec: Arc<dyn Codec<V>>,
+    pub(crate) error_handler: Option<ErrorHandler>,
+    pub(crate) rng_seed: Option<u64>,
+    pub(crate) _key: PhantomData<fn() -> K>,
+}
+
+impl<K, V> std::fmt::Debug for Builder<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("node_id", &self.node_id)
+            .field("cluster_id", &self.cluster_id)
+            .field("bind_addr", &self.bind_addr)
+            .field("seeds", &self.seeds)
+            .field("gossip_interval", &self.gossip_interval)
+            .field("fanout", &self.fanout)
+            .field("packet_size", &self.packet_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, V> Builder<K, V>
+where
+    K: From<String> + AsRef<str> + Send + Sync + 'static,
+    V: Send + Sync + 'static,
+{
+    pub(crate) fn new(codec: Arc<dyn Codec<V>>) -> Self {
+        Builder {
+            node_id: None,
+            cluster_id: DEFAULT_CLUSTER_ID.to_string(),
+            bind_addr: None,
+            advertise_addr: None,
+            seeds: Vec::new(),
+            gossip_interval: DEFAULT_GOSSIP_INTERVAL,
+            fanout: DEFAULT_FANOUT,
+            packet_size: DEFAULT_PACKET_SIZE,
+            tombstone_retention: DEFAULT_TOMBSTONE_RETENTION,
+            codec,
+            error_handler: None,
+            rng_seed: None,
+            _key: PhantomData,
+        }
+    }
+
+    /// This node's id (default: `node-` and 16 random hex digits). Must be
+    /// unique in the cluster and at most 128 bytes.
+    pub fn node_id(mut self, id: impl Into<String>) -> Self {
+        self.node_id = Some(id.into());
+        self
+    }
+
+    /// Cluster id (default `"default"`): nodes only talk to nodes with the same id.
+    pub fn cluster_id(mut self, id: impl Into<String>) -> Self {
+        self.cluster_id = id.into();
+        self
+    }
+
+    /// The UDP address to bind, like `"127.0.0.1:0"` or `"0.0.0.0:7946"`.
+    /// Without it the node is local only.
+    pub fn bind_addr(mut self, addr: impl Into<String>) -> Self {
+        self.bind_addr = Some(addr.into());
+        self
+    }
+
+    /// The address peers should use to reach this node, when it differs from
+    /// the bound address (default: the bound address).
+    pub fn advertise_addr(mut self, addr: impl Into<String>) -> Self {
+        self.advertise_addr = Some(addr.into());
+        self
+    }
+
+    /// Addresses (`host:port`; host names are resolved) of nodes to contact first.
+    pub fn seeds<I, S>(mut self, seeds: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.seeds = seeds.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Time between gossip rounds (default 1 s).
+    pub fn gossip_interval(mut self, interval: Duration) -> Self {
+        self.gossip_interval = interval;
+        self
+    }
+
+    /// Peers contacted per round (default 3).
+    pub fn fanout(mut self, fanout: usize) -> Self {
+        self.fanout = fanout;
+        self
+    }
+
+    /// Largest datagram sent, in bytes (default 1,400; from 512 to 65,507).
+    /// Every node of a cluster should use the same value.
+    pub fn packet_size(mut self, bytes: usize) -> Self {
+        self.packet_size = bytes;
+        self
+    }
+
+    /// How long tombstones of deleted keys are kept (default 6 hours). A node
+    /// away for longer is re-synchronised in full when it returns.
+    pub fn tombstone_retention(mut self, retention: Duration) -> Self {
+        self.tombstone_retention = retention;
+        self
+    }
+
+    /// The value codec (default: [`DefaultCodec`](crate::DefaultCodec) when built
+    /// with [`GossipKv::builder`]).
+    pub fn codec(mut self, codec: impl Codec<V>) -> Self {
+        self.codec = Arc::new(codec);
+        self
+    }
+
+    /// Called for network, decode and clock-skew problems. It runs on a task of
+    /// its own, so a slow handler never stalls the receive path (reports that
+    /// arrive while it is busy beyond a queue of 1,024 are dropped and counted).
+    pub fn error_handler(mut self, handler: impl Fn(&NetworkError) + Send + Sync + 'static) -> Self {
+        self.error_handler = Some(Arc::new(handler));
+        self
+    }
+
+    /// Seeds the random generator that picks gossip peers (default: random),
+    /// for reproducible runs.
+    pub fn rng_seed(mut self, seed: u64) -> Self {
+        self.rng_seed = Some(seed);
+        self
+    }
+
+    /// Checks the options and starts the node: binds the socket and spawns
+    /// its gossip task when a bind address was given. Must be called inside
+    /// a tokio runtime when a bind address is given.
+    pub async fn build(self) -> Result<GossipKv<K, V>, Error> {
+        crate::node::start(self).await
+    }
+}
+
+/// Parses a `host:port` string into its parts, with a clear error.
+pub(crate) fn split_host_port(s: &str) -> Result<(&str, u16), String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} is not host:port"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{s:?} has an invalid port {port:?}"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("{s:?} has an empty host"));
+    }
+    Ok((host, port))
+}
+
+/// Parses an address that must be an IP address and a port.
+pub(crate) fn parse_socket_addr(what: &str, s: &str) -> Result<SocketAddr, Error> {
+    s.parse().map_err(|_| Error::InvalidConfig {
+        message: format!("{what} {s:?} is not an ip:port address"),
+    })
+}

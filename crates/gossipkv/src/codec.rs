@@ -1,0 +1,163 @@
+//! Value codecs: how values of type `V` become bytes and back.
+
+use std::any::Any;
+use std::fmt;
+
+use bytes::Bytes;
+use serde::{de::DeserializeOwned, Serialize};
+
+/// A value could not be encoded or decoded.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct CodecError {
+    message: String,
+}
+
+impl CodecError {
+    /// Creates an error with a message.
+    pub fn new(message: impl fmt::Display) -> Self {
+        CodecError {
+            message: message.to_string(),
+        }
+    }
+}
+
+/// Turns values into bytes and back. Implementations must be deterministic
+/// enough that `decode(encode(v)) == v`.
+pub trait Codec<V>: Send + Sync + 'static {
+    /// Encodes a value.
+    fn encode(&self, value: &V) -> Result<Bytes, CodecError>;
+    /// Decodes a value.
+    fn decode(&self, bytes: &Bytes) -> Result<V, CodecError>;
+}
+
+/// The default codec: `String`, `Vec<u8>` and `bytes::Bytes` are stored as
+/// their raw bytes (no copy for `Bytes`, UTF-8 checked for `String`); every
+/// other `Serialize + DeserializeOwned` type is stored as JSON.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DefaultCodec;
+
+impl<V: Serialize + DeserializeOwned + 'static> Codec<V> for DefaultCodec {
+    fn encode(&self, value: &V) -> Result<Bytes, CodecError> {
+        let any = value as &dyn Any;
+        if let Some(s) = any.downcast_ref::<String>() {
+            return Ok(Bytes::copy_from_slice(s.as_bytes()));
+        }
+        if let Some(b) = any.downcast_ref::<Bytes>() {
+            return Ok(b.clone());
+        }
+        if let Some(v) = any.downcast_ref::<Vec<u8>>() {
+            return Ok(Bytes::copy_from_slice(v));
+        }
+        JsonCodec.encode(value)
+    }
+
+    fn decode(&self, bytes: &Bytes) -> Result<V, CodecError> {
+        let mut out: Option<V> = None;
+        let slot = &mut out as &mut dyn Any;
+        if let Some(s) = slot.downcast_mut::<Option<String>>() {
+            *s = Some(StringCodec.decode(bytes)?);
+        } else if let Some(b) = slot.downcast_mut::<Option<Bytes>>() {
+            *b = Some(bytes.clone());
+        } else if let Some(v) = slot.downcast_mut::<Option<Vec<u8>>>() {
+            *v = Some(bytes.to_vec());
+        }
+        match out {
+            Some(v) => Ok(v),
+            None => JsonCodec.decode(bytes),
+        }
+    }
+}
+
+/// JSON, for any `Serialize + DeserializeOwned` type.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JsonCodec;
+
+impl<V: Serialize + DeserializeOwned> Codec<V> for JsonCodec {
+    fn encode(&self, value: &V) -> Result<Bytes, CodecError> {
+        serde_json::to_vec(value)
+            .map(Bytes::from)
+            .map_err(CodecError::new)
+    }
+
+    fn decode(&self, bytes: &Bytes) -> Result<V, CodecError> {
+        serde_json::from_slice(bytes).map_err(CodecError::new)
+    }
+}
+
+/// UTF-8 text stored as its bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StringCodec;
+
+impl Codec<String> for StringCodec {
+    fn encode(&self, value: &String) -> Result<Bytes, CodecError> {
+        Ok(Bytes::copy_from_slice(value.as_bytes()))
+    }
+
+    fn decode(&self, bytes: &Bytes) -> Result<String, CodecError> {
+        std::str::from_utf8(bytes)
+            .map(str::to_owned)
+            .map_err(|e| CodecError::new(format!("value is not UTF-8: {e}")))
+    }
+}
+
+/// Raw bytes, without a copy.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BytesCodec;
+
+impl Codec<Bytes> for BytesCodec {
+    fn encode(&self, value: &Bytes) -> Result<Bytes, CodecError> {
+        Ok(value.clone())
+    }
+
+    fn decode(&self, bytes: &Bytes) -> Result<Bytes, CodecError> {
+        Ok(bytes.clone())
+    }
+}
+
+impl Codec<Vec<u8>> for BytesCodec {
+    fn encode(&self, value: &Vec<u8>) -> Result<Bytes, CodecError> {
+        Ok(Bytes::copy_from_slice(value))
+    }
+
+    fn decode(&self, bytes: &Bytes) -> Result<Vec<u8>, CodecError> {
+        Ok(bytes.to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_codec_stores_strings_and_bytes_raw() {
+        let s = "héllo".to_string();
+        assert_eq!(&Codec::<String>::encode(&DefaultCodec, &s).unwrap()[..], "héllo".as_bytes());
+        let back: String = DefaultCodec.decode(&Bytes::from_static("héllo".as_bytes())).unwrap();
+        assert_eq!(back, s);
+        let b = Bytes::from_static(b"\x00\xff");
+        assert_eq!(Codec::<Bytes>::encode(&DefaultCodec, &b).unwrap(), b);
+        let v: Vec<u8> = DefaultCodec.decode(&b).unwrap();
+        assert_eq!(v, vec![0, 255]);
+    }
+
+    #[test]
+    fn default_codec_uses_json_for_other_types() {
+        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+        struct Flag {
+            on: bool,
+            pct: u8,
+        }
+        let f = Flag { on: true, pct: 20 };
+        let bytes = DefaultCodec.encode(&f).unwrap();
+        assert_eq!(&bytes[..], br#"{"on":true,"pct":20}"#);
+        let back: Flag = DefaultCodec.decode(&bytes).unwrap();
+        assert_eq!(back, f);
+        assert!(Codec::<Flag>::decode(&DefaultCodec, &Bytes::from_static(b"nope")).is_err());
+    }
+
+    #[test]
+    fn string_codec_rejects_invalid_utf8() {
+        assert!(StringCodec.decode(&Bytes::from_static(b"\xff")).is_err());
+    }
+}

@@ -1,0 +1,119 @@
+//! Command-line parsing for `cargo xtask`.
+
+use anyhow::bail;
+
+/// Usage text printed by `cargo xtask --help` and on argument errors.
+pub(crate) const USAGE: &str = "\
+Usage: cargo xtask <COMMAND> [OPTIONS]
+
+Commands:
+  ci       Run the CI script .ci/run (fmt, clippy, tests, docs, cargo-deny)
+  bench    Run the criterion benchmarks of gossipkv-benches and summarize them
+  help     Print this help
+
+Options for `bench`:
+  --quick           Shorter warm-up and measurement, fewer samples
+  --summary-only    Do not run benchmarks; summarize existing criterion results
+  -- <ARGS>...      Extra arguments passed to the criterion benchmark binaries
+                    (e.g. a benchmark name filter)
+
+`bench` prints a table and writes <target>/xtask-bench/summary.json.";
+
+/// A parsed `cargo xtask` invocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Command {
+    /// Print usage.
+    Help,
+    /// Run `.ci/run`.
+    Ci,
+    /// Run benchmarks and summarize them.
+    Bench(BenchOptions),
+}
+
+/// Options of `cargo xtask bench`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct BenchOptions {
+    /// Shorten criterion's warm-up and measurement phases.
+    pub(crate) quick: bool,
+    /// Skip running the benchmarks and only summarize existing results.
+    pub(crate) summary_only: bool,
+    /// Extra arguments for the criterion benchmark binaries.
+    pub(crate) criterion_args: Vec<String>,
+}
+
+/// Parses the arguments after `cargo xtask`.
+pub(crate) fn parse(args: &[String]) -> anyhow::Result<Command> {
+    let Some((command, rest)) = args.split_first() else {
+        bail!("no command given\n\n{USAGE}");
+    };
+    match command.as_str() {
+        "help" | "--help" | "-h" => Ok(Command::Help),
+        "ci" => {
+            if rest.iter().any(|a| a == "--help" || a == "-h") {
+                return Ok(Command::Help);
+            }
+            if let Some(arg) = rest.first() {
+                bail!("unexpected argument `{arg}` for `ci`\n\n{USAGE}");
+            }
+            Ok(Command::Ci)
+        }
+        "bench" => parse_bench(rest),
+        other => bail!("unknown command `{other}`\n\n{USAGE}"),
+    }
+}
+
+/// Parses the arguments after `cargo xtask bench`.
+fn parse_bench(args: &[String]) -> anyhow::Result<Command> {
+    let mut opts = BenchOptions::default();
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "--quick" => opts.quick = true,
+            "--summary-only" => opts.summary_only = true,
+            "--help" | "-h" => return Ok(Command::Help),
+            "--" => {
+                opts.criterion_args.extend(iter.by_ref().cloned());
+            }
+            other => bail!("unexpected argument `{other}` for `bench`\n\n{USAGE}"),
+        }
+    }
+    Ok(Command::Bench(opts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn parses_commands() {
+        assert_eq!(parse(&args(&["ci"])).unwrap(), Command::Ci);
+        assert_eq!(parse(&args(&["--help"])).unwrap(), Command::Help);
+        assert_eq!(parse(&args(&["help"])).unwrap(), Command::Help);
+        assert_eq!(
+            parse(&args(&["bench"])).unwrap(),
+            Command::Bench(BenchOptions::default())
+        );
+        assert_eq!(
+            parse(&args(&["bench", "--quick", "--", "storage", "--exact"])).unwrap(),
+            Command::Bench(BenchOptions {
+                quick: true,
+                summary_only: false,
+                criterion_args: args(&["storage", "--exact"]),
+            })
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_input() {
+        let err = parse(&args(&["frobnicate"])).unwrap_err().to_string();
+        assert!(err.contains("unknown command `frobnicate`"), "{err}");
+        assert!(err.contains("Usage:"), "{err}");
+        assert!(parse(&[]).is_err());
+        assert!(parse(&args(&["bench", "--slow"])).is_err());
+        assert!(parse(&args(&["ci", "extra"])).is_err());
+    }
+}

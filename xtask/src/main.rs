@@ -1,0 +1,47 @@
+//! Project automation for the gossipkv workspace, run as `cargo xtask <command>`.
+//!
+//! Commands:
+//!
+//! - `cargo xtask ci` runs `.ci/run`, the same script CI runs, and exits with its status.
+//! - `cargo xtask bench [--quick] [--summary-only] [-- <criterion args>]` runs the criterion
+//!   benchmarks of `gossipkv-benches`, prints a summary table and writes
+//!   `target/xtask-bench/summary.json`.
+//!
+//! The `cargo xtask` alias is defined in `.cargo/config.toml`.
+
+mod bench;
+mod ci;
+mod cli;
+mod criterion;
+mod summary;
+mod workspace;
+
+use std::process::ExitCode;
+
+use cli::Command;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parses `args` (without the program name) and runs the selected command.
+fn run(args: &[String]) -> anyhow::Result<ExitCode> {
+    match cli::parse(args)? {
+        Command::Help => {
+            println!("{}", cli::USAGE);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ci => ci::run(),
+        Command::Bench(opts) => {
+            bench::run(&opts)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

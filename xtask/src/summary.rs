@@ -1,0 +1,250 @@
+//! Turning criterion results into the summary table and `summary.json`.
+
+use serde_json::{json, Map, Value};
+
+use crate::criterion::{BenchResult, Throughput};
+
+/// A named figure in `summary.json`: a stable top-level key whose value is the
+/// per-second rate of one criterion benchmark.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NamedFigure {
+    /// Top-level key in `summary.json`, e.g. `get_ops_1t`.
+    pub(crate) key: &'static str,
+    /// Criterion ids to take the figure from; the first one present wins.
+    pub(crate) bench_ids: &'static [&'static str],
+}
+
+/// Stable named figures. Add a row here to publish another top-level key.
+///
+/// The value is the benchmark's `throughput_per_s`: elements (or bytes) per
+/// second when the benchmark declares a throughput, else iterations per second.
+pub(crate) const NAMED_FIGURES: &[NamedFigure] = &[NamedFigure {
+    key: "get_ops_1t",
+    bench_ids: &["storage/get"],
+}];
+
+/// One summarized benchmark.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Row {
+    /// Criterion benchmark id.
+    pub(crate) id: String,
+    /// Mean time per iteration, in nanoseconds.
+    pub(crate) mean_ns: f64,
+    /// Rate per second in `unit`.
+    pub(crate) throughput_per_s: f64,
+    /// `elements/s`, `bytes/s` or, without a declared throughput, `iterations/s`.
+    pub(crate) unit: &'static str,
+}
+
+impl Row {
+    /// Summarizes one criterion result.
+    pub(crate) fn from_result(result: &BenchResult) -> Row {
+        let (per_iter, unit) = match result.throughput {
+            Some(Throughput::Elements(n)) => (n as f64, "elements/s"),
+            Some(Throughput::Bytes(n)) => (n as f64, "bytes/s"),
+            None => (1.0, "iterations/s"),
+        };
+        let throughput_per_s = if result.mean_ns > 0.0 {
+            per_iter * 1e9 / result.mean_ns
+        } else {
+            0.0
+        };
+        Row {
+            id: result.id.clone(),
+            mean_ns: result.mean_ns,
+            throughput_per_s,
+            unit,
+        }
+    }
+}
+
+/// Summarizes all results, in the given order.
+pub(crate) fn rows(results: &[BenchResult]) -> Vec<Row> {
+    results.iter().map(Row::from_result).collect()
+}
+
+/// Maps rows to the named figures of `table` that have a matching benchmark.
+pub(crate) fn named_figures(rows: &[Row], table: &[NamedFigure]) -> Vec<(&'static str, f64)> {
+    table
+        .iter()
+        .filter_map(|figure| {
+            figure.bench_ids.iter().find_map(|id| {
+                rows.iter()
+                    .find(|row| row.id == *id)
+                    .map(|row| (figure.key, row.throughput_per_s))
+            })
+        })
+        .collect()
+}
+
+/// Builds `summary.json`: one entry per benchmark id,
+/// `{"mean_ns": .., "throughput_per_s": .., "unit": ..}`, plus the named
+/// figures of `table` as top-level numbers.
+pub(crate) fn to_json(rows: &[Row], table: &[NamedFigure]) -> Value {
+    let mut map = Map::new();
+    for row in rows {
+        map.insert(
+            row.id.clone(),
+            json!({
+                "mean_ns": row.mean_ns,
+                "throughput_per_s": row.throughput_per_s,
+                "unit": row.unit,
+            }),
+        );
+    }
+    for (key, value) in named_figures(rows, table) {
+        if map.contains_key(key) {
+            eprintln!("warning: named figure `{key}` clashes with a benchmark id; skipped");
+            continue;
+        }
+        map.insert(key.to_owned(), json!(value));
+    }
+    Value::Object(map)
+}
+
+/// Renders the aligned summary table.
+pub(crate) fn table(rows: &[Row]) -> String {
+    let header = ["benchmark", "mean", "throughput"];
+    let cells: Vec<[String; 3]> = rows
+        .iter()
+        .map(|row| {
+            [
+                row.id.clone(),
+                format_duration_ns(row.mean_ns),
+                format_rate(row.throughput_per_s, row.unit),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &cells {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |c: [&str; 3]| {
+        out.push_str(&format!(
+            "{:<w0$}  {:>w1$}  {:>w2$}\n",
+            c[0],
+            c[1],
+            c[2],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2]
+        ));
+    };
+    line(header);
+    let rules = widths.map(|w| "-".repeat(w));
+    line([&rules[0], &rules[1], &rules[2]]);
+    for row in &cells {
+        line([&row[0], &row[1], &row[2]]);
+    }
+    out
+}
+
+/// Formats a duration given in nanoseconds with a readable unit.
+pub(crate) fn format_duration_ns(ns: f64) -> String {
+    if ns < 1e3 {
+        format!("{ns:.2} ns")
+    } else if ns < 1e6 {
+        format!("{:.2} µs", ns / 1e3)
+    } else if ns < 1e9 {
+        format!("{:.2} ms", ns / 1e6)
+    } else {
+        format!("{:.2} s", ns / 1e9)
+    }
+}
+
+/// Formats a per-second rate with an SI prefix, e.g. `12.35 M elements/s`.
+pub(crate) fn format_rate(per_s: f64, unit: &str) -> String {
+    let (value, prefix) = if per_s >= 1e9 {
+        (per_s / 1e9, "G")
+    } else if per_s >= 1e6 {
+        (per_s / 1e6, "M")
+    } else if per_s >= 1e3 {
+        (per_s / 1e3, "K")
+    } else {
+        (per_s, "")
+    };
+    if prefix.is_empty() {
+        format!("{value:.2} {unit}")
+    } else {
+        format!("{value:.2} {prefix} {unit}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(id: &str, mean_ns: f64, throughput: Option<Throughput>) -> BenchResult {
+        BenchResult {
+            id: id.to_owned(),
+            mean_ns,
+            throughput,
+        }
+    }
+
+    #[test]
+    fn rates_follow_declared_throughput() {
+        let r = Row::from_result(&result("a", 50.0, Some(Throughput::Elements(10))));
+        assert_eq!(r.unit, "elements/s");
+        assert!((r.throughput_per_s - 2e8).abs() < 1.0);
+        let r = Row::from_result(&result("b", 1000.0, Some(Throughput::Bytes(1024))));
+        assert_eq!(r.unit, "bytes/s");
+        assert!((r.throughput_per_s - 1.024e9).abs() < 1.0);
+        let r = Row::from_result(&result("c", 4.0, None));
+        assert_eq!(r.unit, "iterations/s");
+        assert!((r.throughput_per_s - 2.5e8).abs() < 1.0);
+    }
+
+    #[test]
+    fn json_has_entries_and_named_figures() {
+        let rows = rows(&[
+            result("storage/get", 100.0, Some(Throughput::Elements(1))),
+            result("codec/encode", 10.0, None),
+        ]);
+        let table = [
+            NamedFigure {
+                key: "get_ops_1t",
+                bench_ids: &["storage/get_1t", "storage/get"],
+            },
+            NamedFigure {
+                key: "missing_figure",
+                bench_ids: &["nope"],
+            },
+        ];
+        let json = to_json(&rows, &table);
+        assert_eq!(json["storage/get"]["mean_ns"], 100.0);
+        assert_eq!(json["storage/get"]["unit"], "elements/s");
+        assert_eq!(json["codec/encode"]["throughput_per_s"], 1e8);
+        assert_eq!(json["get_ops_1t"], 1e7);
+        assert!(json.get("missing_figure").is_none());
+    }
+
+    #[test]
+    fn default_table_maps_storage_get() {
+        let rows = rows(&[result("storage/get", 20.0, None)]);
+        assert_eq!(
+            named_figures(&rows, NAMED_FIGURES),
+            vec![("get_ops_1t", 5e7)]
+        );
+    }
+
+    #[test]
+    fn table_is_aligned() {
+        let rows = rows(&[
+            result("storage/get", 123.4, Some(Throughput::Elements(1))),
+            result("codec/encode/a-much-longer-id", 2_500_000.0, None),
+        ]);
+        let text = table(&rows);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        let widths: Vec<usize> = lines.iter().map(|l| l.chars().count()).collect();
+        assert!(widths.iter().all(|w| *w == widths[0]), "{text}");
+        assert!(text.contains("123.40 ns"), "{text}");
+        assert!(text.contains("2.50 ms"), "{text}");
+        assert!(text.contains("8.10 M elements/s"), "{text}");
+        assert!(text.contains("400.00 iterations/s"), "{text}");
+    }
+}
