@@ -18,10 +18,10 @@ fn main() {
         Ok(fds) => fds,
         Err(e) => panic!("cannot compile {}: {e:?}", proto_file.display()),
     };
-    if let Err(e) = prost_build::Config::new()
-        .bytes(["."])
-        .compile_fds(fds)
-    {
-        panic!("cannot generate Rust code for {}: {e}", proto_file.display());
+    if let Err(e) = prost_build::Config::new().bytes(["."]).compile_fds(fds) {
+        panic!(
+            "cannot generate Rust code for {}: {e}",
+            proto_file.display()
+        );
     }
 }

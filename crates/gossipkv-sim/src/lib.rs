@@ -52,7 +52,8 @@ pub struct SimConfig {
     /// Largest one-way latency, ms (latencies are uniform in between, so
     /// datagrams are reordered).
     pub max_latency_ms: u64,
-    /// How many earlier nodes each node is seeded with (node 0 has none).
+    /// How many earlier nodes each node is seeded with (node 0 has none):
+    /// always the node just before it, then random earlier ones.
     pub seeds_per_node: usize,
 }
 
@@ -131,7 +132,10 @@ impl Sim {
         let mut nodes = Vec::with_capacity(cfg.nodes);
         for i in 0..cfg.nodes {
             let mut seeds = Vec::new();
-            for _ in 0..cfg.seeds_per_node.min(i) {
+            if i > 0 && cfg.seeds_per_node > 0 {
+                seeds.push(addrs[i - 1]);
+            }
+            for _ in 1..cfg.seeds_per_node.min(i) {
                 seeds.push(addrs[rng.random_range(0..i)]);
             }
             seeds.sort();
@@ -219,7 +223,11 @@ impl Sim {
 
     /// Node `i`'s protocol counters (default when crashed).
     pub fn stats(&self, i: usize) -> Stats {
-        self.nodes[i].proto.as_ref().map(|p| p.stats()).unwrap_or_default()
+        self.nodes[i]
+            .proto
+            .as_ref()
+            .map(|p| p.stats())
+            .unwrap_or_default()
     }
 
     /// Network counters.
@@ -244,7 +252,9 @@ impl Sim {
     /// Writes a value on node `i` at its local time.
     pub fn set(&mut self, i: usize, key: &str, value: &[u8]) -> Record {
         let t = self.local_ms(i);
-        self.nodes[i].store.set(key, Bytes::copy_from_slice(value), t)
+        self.nodes[i]
+            .store
+            .set(key, Bytes::copy_from_slice(value), t)
     }
 
     /// Deletes a key on node `i` at its local time.
@@ -335,7 +345,11 @@ impl Sim {
             let next_timer = (0..self.nodes.len())
                 .filter_map(|i| {
                     let p = self.nodes[i].proto.as_ref()?;
-                    Some((p.poll_timeout().saturating_add_signed(-self.nodes[i].skew_ms), i))
+                    Some((
+                        p.poll_timeout()
+                            .saturating_add_signed(-self.nodes[i].skew_ms),
+                        i,
+                    ))
                 })
                 .min();
             let next = match (next_msg, next_timer) {
@@ -401,11 +415,15 @@ impl Sim {
                 self.net.lost += 1;
                 continue;
             }
-            let copies = if self.rng.random_bool(self.cfg.duplicate.clamp(0.0, 1.0)) { 2 } else { 1 };
+            let copies = if self.rng.random_bool(self.cfg.duplicate.clamp(0.0, 1.0)) {
+                2
+            } else {
+                1
+            };
             for _ in 0..copies {
-                let lat = self
-                    .rng
-                    .random_range(self.cfg.min_latency_ms..=self.cfg.max_latency_ms.max(self.cfg.min_latency_ms));
+                let lat = self.rng.random_range(
+                    self.cfg.min_latency_ms..=self.cfg.max_latency_ms.max(self.cfg.min_latency_ms),
+                );
                 self.order += 1;
                 self.queue.push(Reverse(InFlight {
                     at_ms: self.now_ms + lat,

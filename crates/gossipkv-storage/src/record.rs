@@ -57,6 +57,13 @@ pub struct Digest {
     /// `true` when every origin the sender knows is listed (a missing origin
     /// then means watermark 0); `false` for a subset (missing = unknown).
     pub complete: bool,
+    /// For a subset: `entries` are sorted by origin and cover the origins
+    /// from the first entry to the last (an unlisted origin inside that range
+    /// means watermark 0). `open_start` extends the range down to the
+    /// smallest possible origin.
+    pub open_start: bool,
+    /// For a subset: extends the covered range up to the largest possible origin.
+    pub open_end: bool,
 }
 
 /// One origin's watermark.
@@ -69,14 +76,56 @@ pub struct DigestEntry {
 }
 
 impl Digest {
-    /// The watermark for `origin`: `Some(0)` when a complete digest does not
-    /// list it, `None` when a partial digest does not list it.
+    /// The watermark for `origin`: `Some(0)` when the digest covers `origin`
+    /// without listing it, `None` when it does not cover it (see
+    /// [`Digest::covers`]).
     pub fn watermark(&self, origin: &Origin) -> Option<u64> {
         match self.entries.iter().find(|e| &e.origin == origin) {
             Some(e) => Some(e.watermark),
-            None if self.complete => Some(0),
+            None if self.covers(origin) => Some(0),
             None => None,
         }
+    }
+
+    /// Whether this digest speaks for `origin`: always for a complete
+    /// digest; for a subset, when `origin` lies in its range.
+    pub fn covers(&self, origin: &Origin) -> bool {
+        if self.complete {
+            return true;
+        }
+        let after_start =
+            self.open_start || self.entries.first().is_some_and(|f| origin >= &f.origin);
+        let before_end = self.open_end || self.entries.last().is_some_and(|l| origin <= &l.origin);
+        after_start && before_end
+    }
+
+    /// A subset of this (complete) digest that fits `max_bytes` by
+    /// [`Digest::size_hint`]: the origins from the `rotate`-th one on, in
+    /// origin order, as many as fit. Returns the digest whole when it fits.
+    pub fn window(mut self, max_bytes: usize, rotate: usize) -> Digest {
+        if self.size_hint() <= max_bytes || self.entries.is_empty() {
+            return self;
+        }
+        self.entries.sort_by(|a, b| a.origin.cmp(&b.origin));
+        let n = self.entries.len();
+        let start = rotate % n;
+        let mut part = Digest {
+            entries: Vec::new(),
+            complete: false,
+            open_start: start == 0,
+            open_end: false,
+        };
+        let mut used = part.size_hint();
+        for e in self.entries.drain(start..) {
+            let cost = e.origin.node.as_str().len() + DIGEST_ENTRY_OVERHEAD;
+            if used + cost > max_bytes {
+                break;
+            }
+            used += cost;
+            part.entries.push(e);
+        }
+        part.open_end = start + part.entries.len() == n;
+        part
     }
 
     /// An upper bound of this digest's encoded size.

@@ -357,6 +357,8 @@ impl Store {
         Digest {
             entries,
             complete: true,
+            open_start: false,
+            open_end: false,
         }
     }
 

@@ -157,7 +157,10 @@ where
     /// Called for network, decode and clock-skew problems. It runs on a task of
     /// its own, so a slow handler never stalls the receive path (reports that
     /// arrive while it is busy beyond a queue of 1,024 are dropped and counted).
-    pub fn error_handler(mut self, handler: impl Fn(&NetworkError) + Send + Sync + 'static) -> Self {
+    pub fn error_handler(
+        mut self,
+        handler: impl Fn(&NetworkError) + Send + Sync + 'static,
+    ) -> Self {
         self.error_handler = Some(Arc::new(handler));
         self
     }

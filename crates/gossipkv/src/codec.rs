@@ -132,8 +132,13 @@ mod tests {
     #[test]
     fn default_codec_stores_strings_and_bytes_raw() {
         let s = "héllo".to_string();
-        assert_eq!(&Codec::<String>::encode(&DefaultCodec, &s).unwrap()[..], "héllo".as_bytes());
-        let back: String = DefaultCodec.decode(&Bytes::from_static("héllo".as_bytes())).unwrap();
+        assert_eq!(
+            &Codec::<String>::encode(&DefaultCodec, &s).unwrap()[..],
+            "héllo".as_bytes()
+        );
+        let back: String = DefaultCodec
+            .decode(&Bytes::from_static("héllo".as_bytes()))
+            .unwrap();
         assert_eq!(back, s);
         let b = Bytes::from_static(b"\x00\xff");
         assert_eq!(Codec::<Bytes>::encode(&DefaultCodec, &b).unwrap(), b);

@@ -290,7 +290,10 @@ where
     let node_id = match &b.node_id {
         Some(id) if id.is_empty() => return Err(invalid("node id is empty")),
         Some(id) if id.len() > MAX_NODE_ID_LEN => {
-            return Err(invalid(format!("node id is {} bytes, at most {MAX_NODE_ID_LEN}", id.len())))
+            return Err(invalid(format!(
+                "node id is {} bytes, at most {MAX_NODE_ID_LEN}",
+                id.len()
+            )))
         }
         Some(id) => id.clone(),
         None => format!("node-{:016x}", rand::rng().random::<u64>()),

@@ -165,7 +165,8 @@ impl Protocol {
     /// The first round starts at once.
     pub fn new(cfg: ProtocolConfig, store: Arc<Store>, now_ms: u64) -> Self {
         let addr_len = cfg.advertise_addr.map_or(0, |a| a.to_string().len());
-        let overhead = envelope_overhead(cfg.cluster_id.len(), cfg.node_id.as_str().len(), addr_len);
+        let overhead =
+            envelope_overhead(cfg.cluster_id.len(), cfg.node_id.as_str().len(), addr_len);
         let budget = cfg.packet_size.saturating_sub(overhead);
         let limits = Limits {
             max_datagram: gossipkv_proto::Limits::default().max_datagram,
@@ -211,7 +212,11 @@ impl Protocol {
 
     /// The peers heard from so far: node id and the address last heard from.
     pub fn peers(&self) -> Vec<(NodeId, SocketAddr)> {
-        let mut v: Vec<_> = self.peers.iter().map(|(n, p)| (n.clone(), p.addr)).collect();
+        let mut v: Vec<_> = self
+            .peers
+            .iter()
+            .map(|(n, p)| (n.clone(), p.addr))
+            .collect();
         v.sort();
         v
     }
@@ -240,10 +245,16 @@ impl Protocol {
     pub fn handle_timeout(&mut self, now_ms: u64) {
         if now_ms >= self.next_gc_ms {
             self.next_gc_ms = now_ms + gc_interval(self.cfg.tombstone_retention_ms);
-            let gc = self.store.collect_garbage(now_ms, self.cfg.tombstone_retention_ms);
+            let gc = self
+                .store
+                .collect_garbage(now_ms, self.cfg.tombstone_retention_ms);
             self.stats.tombstones_collected += gc.tombstones as u64;
             if gc.tombstones + gc.ghosts > 0 {
-                debug!(tombstones = gc.tombstones, ghosts = gc.ghosts, "collected garbage");
+                debug!(
+                    tombstones = gc.tombstones,
+                    ghosts = gc.ghosts,
+                    "collected garbage"
+                );
             }
         }
         if now_ms >= self.next_round_ms {
@@ -313,26 +324,10 @@ impl Protocol {
         self.fit_digest(digest, self.budget / 2)
     }
 
-    fn fit_digest(&mut self, mut digest: Digest, max: usize) -> Digest {
-        if digest.size_hint() <= max {
-            return digest;
-        }
-        let n = digest.entries.len();
-        let start = self.rotate % n.max(1);
+    fn fit_digest(&mut self, digest: Digest, max: usize) -> Digest {
+        let rotate = self.rotate;
         self.rotate = self.rotate.wrapping_add(1);
-        digest.entries.rotate_left(start);
-        let mut part = Digest {
-            entries: Vec::new(),
-            complete: false,
-        };
-        for e in digest.entries {
-            part.entries.push(e);
-            if part.size_hint() > max {
-                part.entries.pop();
-                break;
-            }
-        }
-        part
+        digest.window(max, rotate)
     }
 
     /// Handles one datagram received from `from` at `now_ms`.
@@ -352,21 +347,23 @@ impl Protocol {
         if env.cluster_id != self.cfg.cluster_id {
             self.stats.foreign_cluster += 1;
             debug!(%from, cluster = %env.cluster_id, "dropping datagram of another cluster");
-            self.events.push_back(Event::Error(NetworkError::ForeignCluster {
-                from,
-                cluster_id: env.cluster_id,
-            }));
+            self.events
+                .push_back(Event::Error(NetworkError::ForeignCluster {
+                    from,
+                    cluster_id: env.cluster_id,
+                }));
             return;
         }
         let sender = env.sender;
         if sender.node_id == self.cfg.node_id {
             if sender.generation != self.cfg.generation {
                 self.stats.duplicate_node_id += 1;
-                self.events.push_back(Event::Error(NetworkError::DuplicateNodeId {
-                    from,
-                    node_id: sender.node_id.to_string(),
-                    generation: sender.generation,
-                }));
+                self.events
+                    .push_back(Event::Error(NetworkError::DuplicateNodeId {
+                        from,
+                        node_id: sender.node_id.to_string(),
+                        generation: sender.generation,
+                    }));
             }
             return;
         }
@@ -527,7 +524,11 @@ impl Protocol {
         let payload = encode(&env);
         if payload.len() > self.cfg.packet_size {
             self.stats.oversized_dropped += 1;
-            warn!(len = payload.len(), max = self.cfg.packet_size, "encoded datagram exceeds the packet size; not sent");
+            warn!(
+                len = payload.len(),
+                max = self.cfg.packet_size,
+                "encoded datagram exceeds the packet size; not sent"
+            );
             return;
         }
         self.stats.datagrams_sent += 1;

@@ -1,0 +1,424 @@
+//! Conversions between the generated protobuf types and the domain types,
+//! with every decoded length and count checked against [`Limits`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use gossipkv_storage::{
+    Delta, Digest, DigestEntry, Ghost, Hlc, NodeId, Origin, OriginChunk, Page, Record, Version,
+};
+use prost::Message;
+
+use crate::error::DecodeError;
+use crate::message::{Ack, Body, Envelope, Limits, Reply, Sender, Syn, SynAck, PROTOCOL_VERSION};
+use crate::pb;
+
+/// Upper bound, in bytes, of what an envelope costs beyond the lengths of its
+/// cluster id, sender node id and sender address text, and beyond the content
+/// of its body (see [`envelope_overhead`]).
+///
+/// Derivation (every length prefix taken at 5 bytes, enough for anything
+/// below 32 GiB; a `u64` varint is at most 10 bytes plus a 1-byte tag):
+/// protocol version 6, cluster id 6, sender 6 + node id 6 + generation 11 +
+/// address 6, body field 6, and inside the body at most 8 (a `Syn`'s
+/// `resync_from` tag and prefix plus its flag; a delta's tag and prefix is 6).
+/// That is 55; the constant leaves some slack.
+pub const ENVELOPE_OVERHEAD: usize = 64;
+
+/// Upper bound of an envelope's encoded size minus the content of its body,
+/// given the lengths (bytes) of its cluster id, sender node id and sender
+/// address text ([`Sender::addr_len`]).
+///
+/// The encoded size of an envelope is at most this plus:
+/// * `Syn`: `digest.size_hint()` + the length of `resync_from` (if any);
+/// * `SynAck`: `digest.size_hint()` + `delta.size_hint()` or `page.size_hint()`;
+/// * `Ack`: `delta.size_hint()`.
+///
+/// The storage size hints ([`Record::size_hint`], [`Delta::size_hint`],
+/// [`Digest::size_hint`], [`Page::size_hint`], [`gossipkv_storage::CHUNK_OVERHEAD`],
+/// [`gossipkv_storage::GHOST_OVERHEAD`]) bound the encodings of this crate, so
+/// a protocol can cut deltas and pages to a datagram's byte budget.
+pub fn envelope_overhead(cluster_id_len: usize, node_id_len: usize, addr_len: usize) -> usize {
+    ENVELOPE_OVERHEAD + cluster_id_len + node_id_len + addr_len
+}
+
+/// Encodes an envelope into a datagram payload.
+///
+/// Encoding does not validate: an envelope that breaks [`Limits`] (or, say,
+/// carries an empty node id) encodes fine and is rejected by [`decode`].
+pub fn encode(env: &Envelope) -> Bytes {
+    Bytes::from(envelope_to_pb(env).encode_to_vec())
+}
+
+/// The exact length of [`encode`]'s output for `env`.
+pub fn encoded_len(env: &Envelope) -> usize {
+    envelope_to_pb(env).encoded_len()
+}
+
+/// Decodes a datagram payload, checking it against `limits`.
+///
+/// The datagram's length is checked first ([`DecodeError::TooLarge`]); the
+/// protobuf decoding that follows allocates at most proportionally to that
+/// length (every element of a repeated field, every string and every byte
+/// string consumes at least one input byte), so a hostile datagram cannot
+/// make the decoder allocate more than a small multiple of
+/// `limits.max_datagram`. Every length and count is then checked against
+/// `limits`, and every field against the protocol's rules, while converting
+/// to domain types. Never panics.
+pub fn decode(buf: &[u8], limits: &Limits) -> Result<Envelope, DecodeError> {
+    if buf.len() > limits.max_datagram {
+        return Err(DecodeError::TooLarge {
+            len: buf.len(),
+            max: limits.max_datagram,
+        });
+    }
+    let msg = pb::Envelope::decode(buf)?;
+    Decoder {
+        limits,
+        records: 0,
+        ghosts: 0,
+    }
+    .envelope(msg)
+}
+
+// ----- domain -> protobuf ----------------------------------------------------
+
+pub(crate) fn envelope_to_pb(env: &Envelope) -> pb::Envelope {
+    let body = match &env.body {
+        Body::Syn(syn) => pb::envelope::Body::Syn(pb::Syn {
+            digest: Some(digest_to_pb(&syn.digest)),
+            resync_from: syn.resync_from.clone().unwrap_or_default(),
+            resyncing: syn.resync_from.is_some(),
+        }),
+        Body::SynAck(ack) => pb::envelope::Body::SynAck(pb::SynAck {
+            digest: Some(digest_to_pb(&ack.digest)),
+            reply: Some(match &ack.reply {
+                Reply::Delta(d) => pb::syn_ack::Reply::Delta(delta_to_pb(d)),
+                Reply::Page(p) => pb::syn_ack::Reply::Page(page_to_pb(p)),
+            }),
+        }),
+        Body::Ack(ack) => pb::envelope::Body::Ack(pb::Ack {
+            delta: Some(delta_to_pb(&ack.delta)),
+        }),
+    };
+    pb::Envelope {
+        protocol_version: env.protocol_version,
+        cluster_id: env.cluster_id.clone(),
+        sender: Some(pb::NodeRef {
+            node_id: env.sender.node_id.as_str().to_owned(),
+            generation: env.sender.generation,
+            addr: env.sender.addr.map(|a| a.to_string()).unwrap_or_default(),
+        }),
+        body: Some(body),
+    }
+}
+
+pub(crate) fn digest_to_pb(d: &Digest) -> pb::Digest {
+    pb::Digest {
+        entries: d
+            .entries
+            .iter()
+            .map(|e| pb::Watermark {
+                node_id: e.origin.node.as_str().to_owned(),
+                generation: e.origin.generation,
+                seq: e.watermark,
+            })
+            .collect(),
+        complete: d.complete,
+        open_start: d.open_start,
+        open_end: d.open_end,
+    }
+}
+
+pub(crate) fn record_to_pb(r: &Record) -> pb::Record {
+    pb::Record {
+        key: r.key.to_string(),
+        value: r.value.clone().unwrap_or_default(),
+        deleted: r.value.is_none(),
+        hlc: r.version.hlc.as_u64(),
+        node_id: r.version.node.as_str().to_owned(),
+        generation: r.version.generation,
+        seq: r.version.seq,
+    }
+}
+
+pub(crate) fn chunk_to_pb(c: &OriginChunk) -> pb::OriginChunk {
+    pb::OriginChunk {
+        node_id: c.origin.node.as_str().to_owned(),
+        generation: c.origin.generation,
+        from: c.from,
+        to: c.to,
+        records: c.records.iter().map(record_to_pb).collect(),
+        ghosts: c
+            .ghosts
+            .iter()
+            .map(|g| pb::Ghost {
+                seq: g.seq,
+                key: g.key.to_string(),
+                hlc: g.hlc.as_u64(),
+            })
+            .collect(),
+    }
+}
+
+pub(crate) fn delta_to_pb(d: &Delta) -> pb::Delta {
+    pb::Delta {
+        chunks: d.chunks.iter().map(chunk_to_pb).collect(),
+    }
+}
+
+pub(crate) fn page_to_pb(p: &Page) -> pb::Page {
+    pb::Page {
+        start: p.start.clone(),
+        end: p.end.clone().unwrap_or_default(),
+        has_end: p.end.is_some(),
+        records: p.records.iter().map(record_to_pb).collect(),
+        watermarks: Some(digest_to_pb(&p.watermarks)),
+    }
+}
+
+// ----- protobuf -> domain ----------------------------------------------------
+
+/// Longest address text quoted in [`DecodeError::InvalidAddr`].
+const MAX_QUOTED_ADDR: usize = 64;
+
+/// Converts a decoded envelope, keeping the running totals that [`Limits`]
+/// bounds per envelope.
+struct Decoder<'a> {
+    limits: &'a Limits,
+    records: usize,
+    ghosts: usize,
+}
+
+fn check(what: &'static str, len: usize, max: usize) -> Result<(), DecodeError> {
+    if len > max {
+        Err(DecodeError::LimitExceeded { what, len, max })
+    } else {
+        Ok(())
+    }
+}
+
+impl Decoder<'_> {
+    fn envelope(&mut self, m: pb::Envelope) -> Result<Envelope, DecodeError> {
+        if m.protocol_version != PROTOCOL_VERSION {
+            return Err(DecodeError::UnsupportedVersion {
+                got: m.protocol_version,
+                supported: PROTOCOL_VERSION,
+            });
+        }
+        check(
+            "cluster id length",
+            m.cluster_id.len(),
+            self.limits.max_cluster_id_len,
+        )?;
+        let sender = self.sender(
+            m.sender
+                .ok_or(DecodeError::MissingField("Envelope.sender"))?,
+        )?;
+        let body = match m.body.ok_or(DecodeError::MissingField("Envelope.body"))? {
+            pb::envelope::Body::Syn(s) => Body::Syn(self.syn(s)?),
+            pb::envelope::Body::SynAck(s) => Body::SynAck(self.syn_ack(s)?),
+            pb::envelope::Body::Ack(a) => Body::Ack(Ack {
+                delta: self.delta(a.delta.ok_or(DecodeError::MissingField("Ack.delta"))?)?,
+            }),
+        };
+        Ok(Envelope {
+            protocol_version: m.protocol_version,
+            cluster_id: m.cluster_id,
+            sender,
+            body,
+        })
+    }
+
+    fn sender(&self, n: pb::NodeRef) -> Result<Sender, DecodeError> {
+        let node_id = self.node_id(n.node_id)?;
+        let addr = if n.addr.is_empty() {
+            None
+        } else {
+            match n.addr.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => return Err(DecodeError::InvalidAddr(quote(&n.addr))),
+            }
+        };
+        Ok(Sender {
+            node_id,
+            generation: n.generation,
+            addr,
+        })
+    }
+
+    fn syn(&mut self, s: pb::Syn) -> Result<Syn, DecodeError> {
+        let digest = self.digest(s.digest.ok_or(DecodeError::MissingField("Syn.digest"))?)?;
+        let resync_from = if s.resyncing {
+            self.key(&s.resync_from)?;
+            Some(s.resync_from)
+        } else if s.resync_from.is_empty() {
+            None
+        } else {
+            return Err(DecodeError::Inconsistent(
+                "Syn.resync_from set without Syn.resyncing",
+            ));
+        };
+        Ok(Syn {
+            digest,
+            resync_from,
+        })
+    }
+
+    fn syn_ack(&mut self, s: pb::SynAck) -> Result<SynAck, DecodeError> {
+        let digest = self.digest(s.digest.ok_or(DecodeError::MissingField("SynAck.digest"))?)?;
+        let reply = match s.reply.ok_or(DecodeError::MissingField("SynAck.reply"))? {
+            pb::syn_ack::Reply::Delta(d) => Reply::Delta(self.delta(d)?),
+            pb::syn_ack::Reply::Page(p) => Reply::Page(self.page(p)?),
+        };
+        Ok(SynAck { digest, reply })
+    }
+
+    fn node_id(&self, s: String) -> Result<NodeId, DecodeError> {
+        if s.is_empty() {
+            return Err(DecodeError::EmptyNodeId);
+        }
+        check("node id length", s.len(), self.limits.max_node_id_len)?;
+        Ok(NodeId::from(s))
+    }
+
+    fn key(&self, key: &str) -> Result<(), DecodeError> {
+        check("key length", key.len(), self.limits.max_key_len)
+    }
+
+    fn add_records(&mut self, n: usize) -> Result<(), DecodeError> {
+        self.records = self.records.saturating_add(n);
+        check("records", self.records, self.limits.max_records)
+    }
+
+    fn digest(&self, d: pb::Digest) -> Result<Digest, DecodeError> {
+        check("digest entries", d.entries.len(), self.limits.max_entries)?;
+        let entries = d
+            .entries
+            .into_iter()
+            .map(|w| {
+                Ok(DigestEntry {
+                    origin: Origin {
+                        node: self.node_id(w.node_id)?,
+                        generation: w.generation,
+                    },
+                    watermark: w.seq,
+                })
+            })
+            .collect::<Result<_, DecodeError>>()?;
+        Ok(Digest {
+            entries,
+            complete: d.complete,
+            open_start: d.open_start,
+            open_end: d.open_end,
+        })
+    }
+
+    fn record(&self, r: pb::Record) -> Result<Record, DecodeError> {
+        self.key(&r.key)?;
+        check("value length", r.value.len(), self.limits.max_value_len)?;
+        let value = if r.deleted {
+            if !r.value.is_empty() {
+                return Err(DecodeError::Inconsistent("tombstone carries a value"));
+            }
+            None
+        } else {
+            Some(r.value)
+        };
+        Ok(Record {
+            key: Arc::from(r.key),
+            value,
+            version: Version {
+                hlc: Hlc::from_u64(r.hlc),
+                node: self.node_id(r.node_id)?,
+                generation: r.generation,
+                seq: r.seq,
+            },
+        })
+    }
+
+    fn records(&mut self, rs: Vec<pb::Record>) -> Result<Vec<Record>, DecodeError> {
+        self.add_records(rs.len())?;
+        rs.into_iter().map(|r| self.record(r)).collect()
+    }
+
+    fn delta(&mut self, d: pb::Delta) -> Result<Delta, DecodeError> {
+        check("delta chunks", d.chunks.len(), self.limits.max_entries)?;
+        let chunks = d
+            .chunks
+            .into_iter()
+            .map(|c| self.chunk(c))
+            .collect::<Result<_, _>>()?;
+        Ok(Delta { chunks })
+    }
+
+    fn chunk(&mut self, c: pb::OriginChunk) -> Result<OriginChunk, DecodeError> {
+        let origin = Origin {
+            node: self.node_id(c.node_id)?,
+            generation: c.generation,
+        };
+        if c.to < c.from {
+            return Err(DecodeError::Inconsistent("chunk ends before it starts"));
+        }
+        let records = self.records(c.records)?;
+        self.ghosts = self.ghosts.saturating_add(c.ghosts.len());
+        check("ghosts", self.ghosts, self.limits.max_entries)?;
+        let ghosts = c
+            .ghosts
+            .into_iter()
+            .map(|g| {
+                if g.seq <= c.from || g.seq > c.to {
+                    return Err(DecodeError::Inconsistent("ghost outside its chunk's range"));
+                }
+                self.key(&g.key)?;
+                Ok(Ghost {
+                    seq: g.seq,
+                    key: Arc::from(g.key),
+                    hlc: Hlc::from_u64(g.hlc),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(OriginChunk {
+            origin,
+            from: c.from,
+            to: c.to,
+            records,
+            ghosts,
+        })
+    }
+
+    fn page(&mut self, p: pb::Page) -> Result<Page, DecodeError> {
+        self.key(&p.start)?;
+        let end = if p.has_end {
+            self.key(&p.end)?;
+            Some(p.end)
+        } else if p.end.is_empty() {
+            None
+        } else {
+            return Err(DecodeError::Inconsistent(
+                "Page.end set without Page.has_end",
+            ));
+        };
+        let watermarks = self.digest(
+            p.watermarks
+                .ok_or(DecodeError::MissingField("Page.watermarks"))?,
+        )?;
+        let records = self.records(p.records)?;
+        Ok(Page {
+            start: p.start,
+            end,
+            records,
+            watermarks,
+        })
+    }
+}
+
+/// `s` cut to at most [`MAX_QUOTED_ADDR`] bytes, on a character boundary.
+fn quote(s: &str) -> String {
+    let mut end = s.len().min(MAX_QUOTED_ADDR);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}

@@ -1,0 +1,160 @@
+//! The messages of the gossip exchange, in domain (storage) terms.
+
+use std::net::SocketAddr;
+
+use gossipkv_storage::{Delta, Digest, NodeId, Origin, Page};
+
+/// The wire format version this crate encodes and decodes.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// One datagram: who sent it, for which cluster, and the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// Wire format version; [`crate::decode`] only accepts [`PROTOCOL_VERSION`].
+    pub protocol_version: u32,
+    /// Name of the cluster; receivers drop envelopes of other clusters.
+    pub cluster_id: String,
+    /// The node that sent the envelope.
+    pub sender: Sender,
+    /// The message itself.
+    pub body: Body,
+}
+
+impl Envelope {
+    /// An envelope of the current [`PROTOCOL_VERSION`].
+    pub fn new(cluster_id: impl Into<String>, sender: Sender, body: Body) -> Self {
+        Envelope {
+            protocol_version: PROTOCOL_VERSION,
+            cluster_id: cluster_id.into(),
+            sender,
+            body,
+        }
+    }
+}
+
+/// The sender of an envelope: a node incarnation and where it can be reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sender {
+    /// The sender's node id (never empty once decoded).
+    pub node_id: NodeId,
+    /// The sender's generation (incarnation).
+    pub generation: u64,
+    /// The address the sender advertises, if any. It travels as text, so the
+    /// IPv6 flow information is not carried (the scope id is).
+    pub addr: Option<SocketAddr>,
+}
+
+impl Sender {
+    /// A sender.
+    pub fn new(node_id: impl Into<NodeId>, generation: u64, addr: Option<SocketAddr>) -> Self {
+        Sender {
+            node_id: node_id.into(),
+            generation,
+            addr,
+        }
+    }
+
+    /// The sender's origin (node id and generation).
+    pub fn origin(&self) -> Origin {
+        Origin {
+            node: self.node_id.clone(),
+            generation: self.generation,
+        }
+    }
+
+    /// Length in bytes of the advertised address as carried on the wire
+    /// (its text form), 0 when there is none. This is the `addr_len` argument
+    /// of [`crate::envelope_overhead`].
+    pub fn addr_len(&self) -> usize {
+        self.addr.map_or(0, |a| a.to_string().len())
+    }
+}
+
+/// The message an envelope carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// First message of an exchange.
+    Syn(Syn),
+    /// Second message of an exchange.
+    SynAck(SynAck),
+    /// Third message of an exchange.
+    Ack(Ack),
+}
+
+/// First message of an exchange: the initiator's watermarks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Syn {
+    /// The initiator's digest.
+    pub digest: Digest,
+    /// `Some(start)` when the initiator is being re-synchronised and asks for
+    /// the [`Page`] starting at key `start` instead of a delta.
+    pub resync_from: Option<String>,
+}
+
+/// Second message of an exchange: the responder's watermarks and what the
+/// initiator lacks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SynAck {
+    /// The responder's digest, to be answered with an [`Ack`].
+    pub digest: Digest,
+    /// What the initiator lacks.
+    pub reply: Reply,
+}
+
+/// What a [`SynAck`] carries for the initiator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// The records the initiator lacks, by its digest.
+    Delta(Delta),
+    /// A re-synchronisation page, for an initiator too far behind for a delta.
+    Page(Page),
+}
+
+/// Third message of an exchange: what the responder lacks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    /// The records the responder lacks, by its digest (possibly empty).
+    pub delta: Delta,
+}
+
+/// Bounds checked by [`crate::decode`]; a datagram breaking one is rejected
+/// with [`crate::DecodeError::TooLarge`] or
+/// [`crate::DecodeError::LimitExceeded`].
+///
+/// Lengths are in bytes (UTF-8 bytes for strings). Counts are totals over the
+/// whole envelope, except `max_entries` for digest entries, which applies to
+/// each digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest datagram accepted, checked before anything is parsed.
+    /// Default 65,507 (the largest UDP payload over IPv4).
+    pub max_datagram: usize,
+    /// Longest key (record keys, ghost keys, page bounds, `resync_from`).
+    /// Default 4,096.
+    pub max_key_len: usize,
+    /// Longest node id (sender, records, digests, chunks). Default 256.
+    pub max_node_id_len: usize,
+    /// Longest cluster id. Default 256.
+    pub max_cluster_id_len: usize,
+    /// Longest value. Default 65,507.
+    pub max_value_len: usize,
+    /// Most records in one envelope (all chunks, or one page). Default 16,384.
+    pub max_records: usize,
+    /// Most entries of one digest, most chunks of a delta, and most ghosts
+    /// in one envelope (all chunks together). Default 16,384.
+    pub max_entries: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_datagram: 65_507,
+            max_key_len: 4_096,
+            max_node_id_len: 256,
+            max_cluster_id_len: 256,
+            max_value_len: 65_507,
+            max_records: 16_384,
+            max_entries: 16_384,
+        }
+    }
+}

@@ -1,0 +1,677 @@
+//! Unit tests that need the generated protobuf types: size bounds and the
+//! rejection of invalid fields.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use gossipkv_storage::{
+    Delta, Digest, DigestEntry, Ghost, Hlc, NodeId, Origin, OriginChunk, Page, Record, Version,
+    CHUNK_OVERHEAD, GHOST_OVERHEAD,
+};
+use proptest::prelude::*;
+use prost::Message;
+
+use crate::convert::{
+    chunk_to_pb, delta_to_pb, digest_to_pb, envelope_to_pb, page_to_pb, record_to_pb,
+};
+use crate::{
+    decode, encode, encoded_len, envelope_overhead, pb, Ack, Body, DecodeError, Envelope, Limits,
+    Reply, Sender, Syn, SynAck, PROTOCOL_VERSION,
+};
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+/// Encoded size of `msg` as a field (tag, length prefix, body) with a
+/// one-byte tag, as every message field of the schema has.
+fn field_len(msg: &impl Message) -> usize {
+    prost::encoding::message::encoded_len(1, msg)
+}
+
+fn chunk_hint(c: &OriginChunk) -> usize {
+    CHUNK_OVERHEAD
+        + c.origin.node.as_str().len()
+        + c.records.iter().map(Record::size_hint).sum::<usize>()
+        + c.ghosts
+            .iter()
+            .map(|g| g.key.len() + GHOST_OVERHEAD)
+            .sum::<usize>()
+}
+
+/// What [`envelope_overhead`] leaves out: the content of the body.
+fn body_content(body: &Body) -> usize {
+    match body {
+        Body::Syn(s) => s.digest.size_hint() + s.resync_from.as_ref().map_or(0, String::len),
+        Body::SynAck(s) => {
+            s.digest.size_hint()
+                + match &s.reply {
+                    Reply::Delta(d) => d.size_hint(),
+                    Reply::Page(p) => p.size_hint(),
+                }
+        }
+        Body::Ack(a) => a.delta.size_hint(),
+    }
+}
+
+fn overhead_of(env: &Envelope) -> usize {
+    envelope_overhead(
+        env.cluster_id.len(),
+        env.sender.node_id.as_str().len(),
+        env.sender.addr_len(),
+    )
+}
+
+fn big_chunk() -> impl Strategy<Value = OriginChunk> {
+    common::chunk_of(common::big_record())
+}
+
+fn big_digest() -> impl Strategy<Value = Digest> {
+    let entry =
+        (common::long_text(300), common::int(), common::int()).prop_map(|(n, g, w)| DigestEntry {
+            origin: Origin::new(n, g),
+            watermark: w,
+        });
+    (prop::collection::vec(entry, 0..200), any::<bool>()).prop_map(|(entries, complete)| Digest {
+        entries,
+        complete,
+        ..Digest::default()
+    })
+}
+
+fn big_page() -> impl Strategy<Value = Page> {
+    (
+        common::long_text(300),
+        prop::option::of(common::long_text(300)),
+        prop::collection::vec(common::big_record(), 0..4),
+        big_digest(),
+    )
+        .prop_map(|(start, end, records, watermarks)| Page {
+            start,
+            end,
+            records,
+            watermarks,
+        })
+}
+
+proptest! {
+    #[test]
+    fn record_encoding_within_size_hint(r in common::big_record()) {
+        prop_assert!(field_len(&record_to_pb(&r)) <= r.size_hint());
+    }
+
+    #[test]
+    fn chunk_encoding_within_size_hint(c in big_chunk()) {
+        prop_assert!(field_len(&chunk_to_pb(&c)) <= chunk_hint(&c));
+    }
+
+    #[test]
+    fn delta_encoding_within_size_hint(
+        chunks in prop::collection::vec(big_chunk(), 0..4),
+    ) {
+        let d = Delta { chunks };
+        prop_assert!(delta_to_pb(&d).encoded_len() <= d.size_hint());
+    }
+
+    #[test]
+    fn digest_encoding_within_size_hint(d in big_digest()) {
+        prop_assert!(field_len(&digest_to_pb(&d)) <= d.size_hint());
+    }
+
+    #[test]
+    fn page_encoding_within_size_hint(p in big_page()) {
+        prop_assert!(field_len(&page_to_pb(&p)) <= p.size_hint());
+    }
+
+    #[test]
+    fn envelope_within_overhead_and_hints(env in common::envelope()) {
+        let len = encoded_len(&env);
+        prop_assert_eq!(len, encode(&env).len());
+        prop_assert!(len <= overhead_of(&env) + body_content(&env.body));
+    }
+
+    #[test]
+    fn big_envelope_within_overhead_and_hints(
+        cluster_id in common::long_text(300),
+        node in common::long_text(300),
+        addr in common::addr(),
+        digest in big_digest(),
+        reply in prop_oneof![
+            prop::collection::vec(big_chunk(), 0..3)
+                .prop_map(|chunks| Reply::Delta(Delta { chunks })),
+            big_page().prop_map(Reply::Page),
+        ],
+    ) {
+        let sender = Sender::new(node, u64::MAX, addr);
+        let env = Envelope::new(cluster_id, sender, Body::SynAck(SynAck { digest, reply }));
+        prop_assert!(encoded_len(&env) <= overhead_of(&env) + body_content(&env.body));
+    }
+}
+
+fn record_of(key_len: usize, value: Option<usize>, node_len: usize) -> Record {
+    Record {
+        key: Arc::from("k".repeat(key_len)),
+        value: value.map(|n| Bytes::from(vec![1u8; n])),
+        version: Version {
+            hlc: Hlc::from_u64(u64::MAX),
+            node: NodeId::from("n".repeat(node_len)),
+            generation: u64::MAX,
+            seq: u64::MAX,
+        },
+    }
+}
+
+#[test]
+fn size_hints_hold_at_varint_boundaries() {
+    let lens = [0, 1, 127, 128, 16_383, 16_384, (1 << 21) - 1, 1 << 21];
+    for &k in &[0, 127, 128, 16_384] {
+        for &v in &lens {
+            for &n in &[1, 127, 128] {
+                let r = record_of(k, Some(v), n);
+                assert!(field_len(&record_to_pb(&r)) <= r.size_hint(), "{k} {v} {n}");
+                let t = record_of(k, None, n);
+                assert!(field_len(&record_to_pb(&t)) <= t.size_hint());
+                let c = OriginChunk {
+                    origin: Origin::new("n".repeat(n), u64::MAX),
+                    from: u64::MAX - 1,
+                    to: u64::MAX,
+                    records: vec![r.clone(), t],
+                    ghosts: vec![Ghost {
+                        seq: u64::MAX,
+                        key: Arc::from("g".repeat(k)),
+                        hlc: Hlc::from_u64(u64::MAX),
+                    }],
+                };
+                assert!(field_len(&chunk_to_pb(&c)) <= chunk_hint(&c));
+                let p = Page {
+                    start: "s".repeat(k),
+                    end: Some("e".repeat(k)),
+                    records: vec![r],
+                    watermarks: Digest {
+                        entries: vec![DigestEntry {
+                            origin: Origin::new("n".repeat(n), u64::MAX),
+                            watermark: u64::MAX,
+                        }],
+                        complete: true,
+                        ..Digest::default()
+                    },
+                };
+                assert!(field_len(&page_to_pb(&p)) <= p.size_hint());
+            }
+        }
+    }
+}
+
+#[test]
+fn overhead_constant_covers_the_largest_header() {
+    // Longest address text, every integer at its largest.
+    let addr = "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%4294967295]:65535"
+        .parse()
+        .unwrap();
+    let sender = Sender::new("n".repeat(300), u64::MAX, Some(addr));
+    for body in [
+        Body::Syn(Syn {
+            digest: Digest::default(),
+            resync_from: Some("r".repeat(200)),
+        }),
+        Body::SynAck(SynAck {
+            digest: Digest::default(),
+            reply: Reply::Delta(Delta::default()),
+        }),
+        Body::Ack(Ack {
+            delta: Delta::default(),
+        }),
+    ] {
+        let mut env = Envelope::new("c".repeat(300), sender.clone(), body);
+        env.protocol_version = u32::MAX;
+        assert!(encoded_len(&env) <= overhead_of(&env) + body_content(&env.body));
+    }
+}
+
+// ----- rejection of invalid fields -------------------------------------------
+
+fn valid_pb() -> pb::Envelope {
+    let record = Record {
+        key: Arc::from("k"),
+        value: Some(Bytes::from_static(b"v")),
+        version: Version {
+            hlc: Hlc::new(1_000, 0),
+            node: NodeId::from("a"),
+            generation: 1,
+            seq: 1,
+        },
+    };
+    let env = Envelope::new(
+        "c",
+        Sender::new("a", 1, Some("127.0.0.1:7000".parse().unwrap())),
+        Body::SynAck(SynAck {
+            digest: Digest::default(),
+            reply: Reply::Delta(Delta {
+                chunks: vec![OriginChunk {
+                    origin: Origin::new("a", 1),
+                    from: 0,
+                    to: 2,
+                    records: vec![record],
+                    ghosts: vec![Ghost {
+                        seq: 2,
+                        key: Arc::from("g"),
+                        hlc: Hlc::new(900, 0),
+                    }],
+                }],
+            }),
+        }),
+    );
+    envelope_to_pb(&env)
+}
+
+fn decode_pb(m: &pb::Envelope) -> Result<Envelope, DecodeError> {
+    decode(&m.encode_to_vec(), &Limits::default())
+}
+
+fn with_chunk(f: impl FnOnce(&mut pb::OriginChunk)) -> pb::Envelope {
+    let mut m = valid_pb();
+    let Some(pb::envelope::Body::SynAck(s)) = &mut m.body else {
+        unreachable!()
+    };
+    let Some(pb::syn_ack::Reply::Delta(d)) = &mut s.reply else {
+        unreachable!()
+    };
+    f(&mut d.chunks[0]);
+    m
+}
+
+#[test]
+fn valid_fixture_decodes() {
+    assert!(decode_pb(&valid_pb()).is_ok());
+}
+
+#[test]
+fn rejects_oversized_datagram_before_parsing() {
+    let buf = vec![0xffu8; 65_508];
+    assert_eq!(
+        decode(&buf, &Limits::default()),
+        Err(DecodeError::TooLarge {
+            len: 65_508,
+            max: 65_507
+        })
+    );
+    let small = Limits {
+        max_datagram: 10,
+        ..Limits::default()
+    };
+    let buf = valid_pb().encode_to_vec();
+    assert!(matches!(
+        decode(&buf, &small),
+        Err(DecodeError::TooLarge { max: 10, .. })
+    ));
+}
+
+#[test]
+fn rejects_garbage_as_malformed() {
+    assert!(matches!(
+        decode(&[0xff, 0xff, 0xff], &Limits::default()),
+        Err(DecodeError::Malformed(_))
+    ));
+}
+
+#[test]
+fn rejects_invalid_utf8_as_malformed() {
+    // Envelope.cluster_id (field 2) = [0xff].
+    let buf = [0x08, 0x01, 0x12, 0x01, 0xff];
+    assert!(matches!(
+        decode(&buf, &Limits::default()),
+        Err(DecodeError::Malformed(_))
+    ));
+}
+
+#[test]
+fn rejects_other_protocol_versions() {
+    let mut m = valid_pb();
+    m.protocol_version = 2;
+    assert_eq!(
+        decode_pb(&m),
+        Err(DecodeError::UnsupportedVersion {
+            got: 2,
+            supported: PROTOCOL_VERSION
+        })
+    );
+    m.protocol_version = 0;
+    assert!(matches!(
+        decode_pb(&m),
+        Err(DecodeError::UnsupportedVersion { got: 0, .. })
+    ));
+}
+
+#[test]
+fn rejects_missing_fields() {
+    let mut m = valid_pb();
+    m.sender = None;
+    assert_eq!(
+        decode_pb(&m),
+        Err(DecodeError::MissingField("Envelope.sender"))
+    );
+
+    let mut m = valid_pb();
+    m.body = None;
+    assert_eq!(
+        decode_pb(&m),
+        Err(DecodeError::MissingField("Envelope.body"))
+    );
+
+    let mut m = valid_pb();
+    if let Some(pb::envelope::Body::SynAck(s)) = &mut m.body {
+        s.reply = None;
+    }
+    assert_eq!(
+        decode_pb(&m),
+        Err(DecodeError::MissingField("SynAck.reply"))
+    );
+
+    let mut m = valid_pb();
+    if let Some(pb::envelope::Body::SynAck(s)) = &mut m.body {
+        s.digest = None;
+    }
+    assert_eq!(
+        decode_pb(&m),
+        Err(DecodeError::MissingField("SynAck.digest"))
+    );
+
+    let mut m = valid_pb();
+    m.body = Some(pb::envelope::Body::Syn(pb::Syn::default()));
+    assert_eq!(decode_pb(&m), Err(DecodeError::MissingField("Syn.digest")));
+
+    let mut m = valid_pb();
+    m.body = Some(pb::envelope::Body::Ack(pb::Ack::default()));
+    assert_eq!(decode_pb(&m), Err(DecodeError::MissingField("Ack.delta")));
+
+    let mut m = valid_pb();
+    if let Some(pb::envelope::Body::SynAck(s)) = &mut m.body {
+        s.reply = Some(pb::syn_ack::Reply::Page(pb::Page::default()));
+    }
+    assert_eq!(
+        decode_pb(&m),
+        Err(DecodeError::MissingField("Page.watermarks"))
+    );
+}
+
+#[test]
+fn rejects_empty_node_ids() {
+    let mut m = valid_pb();
+    m.sender.as_mut().unwrap().node_id.clear();
+    assert_eq!(decode_pb(&m), Err(DecodeError::EmptyNodeId));
+
+    let m = with_chunk(|c| c.node_id.clear());
+    assert_eq!(decode_pb(&m), Err(DecodeError::EmptyNodeId));
+
+    let m = with_chunk(|c| c.records[0].node_id.clear());
+    assert_eq!(decode_pb(&m), Err(DecodeError::EmptyNodeId));
+
+    let mut m = valid_pb();
+    if let Some(pb::envelope::Body::SynAck(s)) = &mut m.body {
+        s.digest.as_mut().unwrap().entries.push(pb::Watermark {
+            node_id: String::new(),
+            generation: 1,
+            seq: 1,
+        });
+    }
+    assert_eq!(decode_pb(&m), Err(DecodeError::EmptyNodeId));
+}
+
+#[test]
+fn rejects_bad_addresses() {
+    for bad in ["localhost:80", "1.2.3.4", "1.2.3.4:99999", "[::1]", "é"] {
+        let mut m = valid_pb();
+        m.sender.as_mut().unwrap().addr = bad.to_owned();
+        assert_eq!(decode_pb(&m), Err(DecodeError::InvalidAddr(bad.to_owned())));
+    }
+    // The quoted text is cut, on a character boundary.
+    let mut m = valid_pb();
+    m.sender.as_mut().unwrap().addr = "é".repeat(100);
+    assert_eq!(decode_pb(&m), Err(DecodeError::InvalidAddr("é".repeat(32))));
+}
+
+#[test]
+fn rejects_lengths_above_limits() {
+    let limits = Limits::default();
+    let m = with_chunk(|c| c.records[0].key = "k".repeat(4_097));
+    assert_eq!(
+        decode_pb(&m),
+        Err(DecodeError::LimitExceeded {
+            what: "key length",
+            len: 4_097,
+            max: limits.max_key_len
+        })
+    );
+    let m = with_chunk(|c| c.records[0].key = "k".repeat(4_096));
+    assert!(decode_pb(&m).is_ok());
+
+    let m = with_chunk(|c| c.ghosts[0].key = "k".repeat(4_097));
+    assert!(matches!(
+        decode_pb(&m),
+        Err(DecodeError::LimitExceeded {
+            what: "key length",
+            ..
+        })
+    ));
+
+    let mut m = valid_pb();
+    m.sender.as_mut().unwrap().node_id = "n".repeat(257);
+    assert!(matches!(
+        decode_pb(&m),
+        Err(DecodeError::LimitExceeded {
+            what: "node id length",
+            len: 257,
+            max: 256
+        })
+    ));
+
+    let mut m = valid_pb();
+    m.cluster_id = "c".repeat(257);
+    assert!(matches!(
+        decode_pb(&m),
+        Err(DecodeError::LimitExceeded {
+            what: "cluster id length",
+            ..
+        })
+    ));
+
+    let m = with_chunk(|c| c.records[0].value = Bytes::from(vec![0u8; 100]));
+    let small = Limits {
+        max_value_len: 99,
+        ..Limits::default()
+    };
+    assert_eq!(
+        decode(&m.encode_to_vec(), &small),
+        Err(DecodeError::LimitExceeded {
+            what: "value length",
+            len: 100,
+            max: 99
+        })
+    );
+
+    let mut m = valid_pb();
+    m.body = Some(pb::envelope::Body::Syn(pb::Syn {
+        digest: Some(pb::Digest::default()),
+        resync_from: "k".repeat(4_097),
+        resyncing: true,
+    }));
+    assert!(matches!(
+        decode_pb(&m),
+        Err(DecodeError::LimitExceeded {
+            what: "key length",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn rejects_counts_above_limits() {
+    let limits = Limits {
+        max_records: 3,
+        max_entries: 2,
+        ..Limits::default()
+    };
+    // Records are counted over all chunks.
+    let mut m = with_chunk(|c| {
+        let r = c.records[0].clone();
+        c.records.push(r.clone());
+    });
+    if let Some(pb::envelope::Body::SynAck(s)) = &mut m.body {
+        if let Some(pb::syn_ack::Reply::Delta(d)) = &mut s.reply {
+            let c = d.chunks[0].clone();
+            d.chunks.push(c);
+        }
+    }
+    assert_eq!(
+        decode(&m.encode_to_vec(), &limits),
+        Err(DecodeError::LimitExceeded {
+            what: "records",
+            len: 4,
+            max: 3
+        })
+    );
+
+    let m = with_chunk(|c| {
+        let g = c.ghosts[0].clone();
+        c.ghosts.extend([g.clone(), g]);
+    });
+    assert_eq!(
+        decode(&m.encode_to_vec(), &limits),
+        Err(DecodeError::LimitExceeded {
+            what: "ghosts",
+            len: 3,
+            max: 2
+        })
+    );
+
+    let mut m = valid_pb();
+    if let Some(pb::envelope::Body::SynAck(s)) = &mut m.body {
+        s.digest.as_mut().unwrap().entries = vec![
+            pb::Watermark {
+                node_id: "a".into(),
+                generation: 1,
+                seq: 1,
+            };
+            3
+        ];
+    }
+    assert_eq!(
+        decode(&m.encode_to_vec(), &limits),
+        Err(DecodeError::LimitExceeded {
+            what: "digest entries",
+            len: 3,
+            max: 2
+        })
+    );
+
+    let mut m = valid_pb();
+    if let Some(pb::envelope::Body::SynAck(s)) = &mut m.body {
+        s.reply = Some(pb::syn_ack::Reply::Delta(pb::Delta {
+            chunks: vec![pb::OriginChunk::default(); 3],
+        }));
+    }
+    assert!(matches!(
+        decode(&m.encode_to_vec(), &limits),
+        Err(DecodeError::LimitExceeded {
+            what: "delta chunks",
+            ..
+        })
+    ));
+
+    // A page's records count too.
+    let mut m = valid_pb();
+    if let Some(pb::envelope::Body::SynAck(s)) = &mut m.body {
+        s.reply = Some(pb::syn_ack::Reply::Page(pb::Page {
+            records: vec![with_record(); 4],
+            watermarks: Some(pb::Digest::default()),
+            ..pb::Page::default()
+        }));
+    }
+    assert!(matches!(
+        decode(&m.encode_to_vec(), &limits),
+        Err(DecodeError::LimitExceeded {
+            what: "records",
+            ..
+        })
+    ));
+}
+
+fn with_record() -> pb::Record {
+    let mut out = None;
+    with_chunk(|c| out = Some(c.records[0].clone()));
+    out.unwrap()
+}
+
+#[test]
+fn rejects_inconsistent_fields() {
+    let m = with_chunk(|c| c.records[0].deleted = true);
+    assert!(matches!(decode_pb(&m), Err(DecodeError::Inconsistent(_))));
+    // A tombstone without a value is fine.
+    let m = with_chunk(|c| {
+        c.records[0].deleted = true;
+        c.records[0].value = Bytes::new();
+    });
+    let Ok(Envelope {
+        body: Body::SynAck(SynAck {
+            reply: Reply::Delta(d),
+            ..
+        }),
+        ..
+    }) = decode_pb(&m)
+    else {
+        panic!("tombstone rejected")
+    };
+    assert!(d.chunks[0].records[0].is_tombstone());
+
+    let m = with_chunk(|c| {
+        c.from = 3;
+        c.to = 2;
+    });
+    assert!(matches!(decode_pb(&m), Err(DecodeError::Inconsistent(_))));
+    let m = with_chunk(|c| c.ghosts[0].seq = 0);
+    assert!(matches!(decode_pb(&m), Err(DecodeError::Inconsistent(_))));
+    let m = with_chunk(|c| c.ghosts[0].seq = 3);
+    assert!(matches!(decode_pb(&m), Err(DecodeError::Inconsistent(_))));
+
+    let mut m = valid_pb();
+    m.body = Some(pb::envelope::Body::Syn(pb::Syn {
+        digest: Some(pb::Digest::default()),
+        resync_from: "k".into(),
+        resyncing: false,
+    }));
+    assert!(matches!(decode_pb(&m), Err(DecodeError::Inconsistent(_))));
+
+    let mut m = valid_pb();
+    if let Some(pb::envelope::Body::SynAck(s)) = &mut m.body {
+        s.reply = Some(pb::syn_ack::Reply::Page(pb::Page {
+            end: "z".into(),
+            has_end: false,
+            watermarks: Some(pb::Digest::default()),
+            ..pb::Page::default()
+        }));
+    }
+    assert!(matches!(decode_pb(&m), Err(DecodeError::Inconsistent(_))));
+}
+
+#[test]
+fn empty_strings_and_flags_round_trip() {
+    // An empty resync key and an empty page end are distinct from none.
+    let sender = Sender::new("a", 0, None);
+    for body in [
+        Body::Syn(Syn {
+            digest: Digest::default(),
+            resync_from: Some(String::new()),
+        }),
+        Body::SynAck(SynAck {
+            digest: Digest::default(),
+            reply: Reply::Page(Page {
+                start: String::new(),
+                end: Some(String::new()),
+                records: vec![],
+                watermarks: Digest::default(),
+            }),
+        }),
+    ] {
+        let env = Envelope::new("", sender.clone(), body);
+        assert_eq!(decode(&encode(&env), &Limits::default()), Ok(env));
+    }
+}

@@ -1,0 +1,242 @@
+//! Simulator scenarios: what real sockets cannot reproduce, in virtual time.
+//! Every scenario prints its seed when it fails (replay with GOSSIPKV_SIM_SEED).
+
+use gossipkv::NetworkError;
+use gossipkv_sim::{seed, SeedGuard, Sim, SimConfig};
+
+const SEC: u64 = 1_000;
+const MIN: u64 = 60 * SEC;
+
+#[test]
+fn fifty_nodes_under_30_percent_loss_converge() {
+    let seed = seed(50);
+    let _g = SeedGuard::new("fifty_nodes_under_30_percent_loss_converge", seed);
+    let mut sim = Sim::new(SimConfig {
+        seed,
+        nodes: 50,
+        loss: 0.3,
+        seeds_per_node: 2,
+        ..SimConfig::default()
+    });
+    sim.run_for(10 * SEC);
+    for w in 0..5 {
+        for k in 0..10 {
+            sim.set(w * 10, &format!("k{w}-{k}"), format!("v{w}-{k}").as_bytes());
+        }
+    }
+    sim.delete(0, "k0-0");
+    let took = sim
+        .run_until(10 * MIN, SEC, |s| s.converged())
+        .expect("50 nodes converge under 30% loss within 10 simulated minutes");
+    assert!(sim.all_have("k4-9", Some(b"v4-9")));
+    assert!(sim.all_have("k0-0", None));
+    assert_eq!(sim.contents(17).len(), 49);
+    assert!(sim.net_stats().lost > 0, "loss was injected");
+    eprintln!(
+        "50 nodes, 30% loss: converged in {} ms of virtual time",
+        took
+    );
+}
+
+#[test]
+fn a_healed_partition_converges() {
+    let seed = seed(7);
+    let _g = SeedGuard::new("a_healed_partition_converges", seed);
+    let mut sim = Sim::new(SimConfig {
+        seed,
+        nodes: 20,
+        seeds_per_node: 2,
+        ..SimConfig::default()
+    });
+    sim.run_for(20 * SEC);
+    let left: Vec<usize> = (0..10).collect();
+    let right: Vec<usize> = (10..20).collect();
+    sim.partition(&[&left, &right]);
+    for k in 0..20 {
+        sim.set(k % 10, &format!("left-{k}"), b"L");
+        sim.set(10 + k % 10, &format!("right-{k}"), b"R");
+        // Conflicting writes of the same keys on both sides.
+        sim.set(3, &format!("both-{k}"), b"from-left");
+        sim.set(13, &format!("both-{k}"), b"from-right");
+    }
+    sim.run_for(5 * MIN);
+    assert!(sim.converged_among(&left), "left half converged internally");
+    assert!(
+        sim.converged_among(&right),
+        "right half converged internally"
+    );
+    assert!(sim.contents(0).get("right-0").is_none(), "partition held");
+    sim.heal();
+    let took = sim
+        .run_until(5 * MIN, 500, |s| s.converged())
+        .expect("halves converge after the partition heals");
+    assert!(took <= 30 * SEC, "took {took} ms after heal");
+    assert_eq!(sim.contents(5).len(), 60);
+    // Both sides agree on one winner per conflicting key.
+    let winner = sim.store(0).get("both-3");
+    assert!(sim.all_have("both-3", winner.as_deref()));
+}
+
+#[test]
+fn a_node_away_longer_than_tombstone_retention_does_not_resurrect_deletes() {
+    let seed = seed(11);
+    let _g = SeedGuard::new(
+        "a_node_away_longer_than_tombstone_retention_does_not_resurrect_deletes",
+        seed,
+    );
+    let retention = 2 * MIN;
+    let mut sim = Sim::new(SimConfig {
+        seed,
+        nodes: 5,
+        tombstone_retention_ms: retention,
+        ..SimConfig::default()
+    });
+    for k in 0..30 {
+        sim.set(k % 4, &format!("key-{k}"), b"v");
+    }
+    sim.run_until(MIN, SEC, |s| s.converged())
+        .expect("initial convergence");
+    assert_eq!(sim.contents(4).len(), 30);
+
+    sim.isolate(4);
+    for k in 0..15 {
+        sim.delete(k % 4, &format!("key-{k}"));
+    }
+    // The away node writes something nobody else has seen.
+    sim.set(4, "written-while-away", b"w");
+    sim.run_for(retention + 3 * MIN);
+    let collected: u64 = (0..4).map(|i| sim.stats(i).tombstones_collected).sum();
+    assert!(collected >= 15, "tombstones were collected ({collected})");
+    assert!(
+        sim.contents(4).contains_key("key-0"),
+        "the away node still holds deleted keys"
+    );
+
+    sim.heal();
+    sim.run_until(2 * MIN, SEC, |s| s.converged())
+        .expect("cluster converges after the node returns");
+    for k in 0..15 {
+        assert!(
+            sim.all_have(&format!("key-{k}"), None),
+            "key-{k} resurrected"
+        );
+    }
+    for k in 15..30 {
+        assert!(sim.all_have(&format!("key-{k}"), Some(b"v")));
+    }
+    assert!(sim.all_have("written-while-away", Some(b"w")));
+    assert!(
+        sim.stats(4).resyncs_completed >= 1,
+        "the returning node was re-synchronised"
+    );
+    // Long after, still nothing comes back.
+    sim.run_for(2 * MIN);
+    assert!(sim.all_have("key-0", None));
+}
+
+#[test]
+fn ten_minutes_of_clock_skew_between_writers_still_converges() {
+    let seed = seed(3);
+    let _g = SeedGuard::new(
+        "ten_minutes_of_clock_skew_between_writers_still_converges",
+        seed,
+    );
+    let mut sim = Sim::new(SimConfig {
+        seed,
+        nodes: 5,
+        ..SimConfig::default()
+    });
+    sim.set_clock_skew(1, 10 * MIN as i64);
+    sim.run_for(5 * SEC);
+    for k in 0..10 {
+        sim.set(0, &format!("k{k}"), b"from-0");
+        sim.set(1, &format!("k{k}"), b"from-1-ahead");
+    }
+    sim.run_until(MIN, SEC, |s| s.converged())
+        .expect("converges despite skew");
+    // The node ahead wins the concurrent writes (its timestamps are larger)...
+    assert!(sim.all_have("k0", Some(b"from-1-ahead")));
+    // ...but a node that has seen those versions writes after them, whatever its clock says.
+    sim.set(0, "k0", b"later-from-0");
+    sim.run_until(MIN, SEC, |s| s.converged())
+        .expect("converges again");
+    assert!(sim.all_have("k0", Some(b"later-from-0")));
+    assert!(
+        sim.errors().iter().any(
+            |(_, e)| matches!(e, NetworkError::ClockSkew { skew_ms, .. } if *skew_ms > 9 * MIN)
+        ),
+        "the skew was reported"
+    );
+}
+
+#[test]
+fn a_crashed_node_restarts_with_a_new_generation_and_catches_up() {
+    let seed = seed(5);
+    let _g = SeedGuard::new(
+        "a_crashed_node_restarts_with_a_new_generation_and_catches_up",
+        seed,
+    );
+    let mut sim = Sim::new(SimConfig {
+        seed,
+        nodes: 6,
+        ..SimConfig::default()
+    });
+    sim.set(2, "before-crash", b"1");
+    sim.run_until(MIN, SEC, |s| s.converged())
+        .expect("converges");
+    sim.crash(2);
+    sim.set(0, "while-down", b"2");
+    sim.run_for(10 * SEC);
+    sim.restart(2);
+    assert!(sim.contents(2).is_empty());
+    sim.set(2, "after-restart", b"3");
+    sim.run_until(MIN, SEC, |s| s.converged())
+        .expect("converges after restart");
+    assert!(sim.all_have("before-crash", Some(b"1")));
+    assert!(sim.all_have("while-down", Some(b"2")));
+    assert!(sim.all_have("after-restart", Some(b"3")));
+}
+
+#[test]
+fn heavy_duplication_reordering_and_loss_converge() {
+    let seed = seed(21);
+    let _g = SeedGuard::new("heavy_duplication_reordering_and_loss_converge", seed);
+    let mut sim = Sim::new(SimConfig {
+        seed,
+        nodes: 12,
+        loss: 0.15,
+        duplicate: 0.3,
+        min_latency_ms: 1,
+        max_latency_ms: 1_500,
+        packet_size: 600,
+        ..SimConfig::default()
+    });
+    for k in 0..200 {
+        sim.set(k % 12, &format!("k{}", k % 50), format!("v{k}").as_bytes());
+        if k % 7 == 0 {
+            sim.delete((k + 3) % 12, &format!("k{}", k % 50));
+        }
+    }
+    sim.run_until(10 * MIN, SEC, |s| s.converged())
+        .expect("converges under duplication, reordering and loss");
+}
+
+#[test]
+fn runs_are_deterministic_for_a_seed() {
+    let run = |seed| {
+        let mut sim = Sim::new(SimConfig {
+            seed,
+            nodes: 8,
+            loss: 0.2,
+            duplicate: 0.1,
+            ..SimConfig::default()
+        });
+        for k in 0..20 {
+            sim.set(k % 8, &format!("k{k}"), b"v");
+        }
+        sim.run_for(30 * SEC);
+        let n = sim.net_stats();
+        (n.sent, n.delivered, n.lost, sim.store(3).records())
+    };
+    assert_eq!(run(99), run(99));
+}

@@ -1,0 +1,287 @@
+//! One store shared by several threads.
+
+mod common;
+
+use std::sync::mpsc;
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{live_count, wm_map};
+use gossipkv_storage::{Hlc, Origin, Record, Store, Version};
+
+const THREADS: usize = 4;
+
+/// A small deterministic generator (xorshift64*), one per thread.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Runs `f` on another thread and fails if it does not finish in time (a
+/// deadlock would otherwise hang the test run).
+fn with_deadline<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(v) => v,
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("no progress in {secs} s: deadlock?"),
+        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("worker panicked"),
+    }
+}
+
+#[test]
+fn concurrent_local_ops_keep_counts_and_replicate() {
+    let store = Arc::new(Store::new(Origin::new("local", 1)));
+    let written: Vec<Vec<Record>> = with_deadline(120, {
+        let store = store.clone();
+        move || {
+            let barrier = Arc::new(Barrier::new(THREADS));
+            let handles: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let store = store.clone();
+                    let barrier = barrier.clone();
+                    thread::spawn(move || {
+                        let mut rng = Rng::new(t as u64 + 1);
+                        let mut mine = Vec::new();
+                        barrier.wait();
+                        for i in 0..3_000u64 {
+                            let key = format!("k{}", rng.below(24));
+                            match rng.below(10) {
+                                0..=3 => {
+                                    let v = Bytes::from(format!("t{t}-{i}"));
+                                    mine.push(store.set(&key, v, 1_000 + i));
+                                }
+                                4..=5 => mine.push(store.delete(&key, 1_000 + i)),
+                                _ => {
+                                    let _ = store.get(&key);
+                                    let _ = store.get_record(&key);
+                                    let _ = store.contains(&key);
+                                    let _ = store.len();
+                                }
+                            }
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        }
+    });
+
+    let records = store.records();
+    assert_eq!(store.len(), live_count(&records), "live counter drifted");
+    assert_eq!(store.keys().len(), store.len());
+    assert_eq!(store.len_with_tombstones(), records.len());
+
+    // Every write got its own sequence number, the watermark counts them
+    // all, and each key holds its last write (greatest sequence number).
+    let all: Vec<&Record> = written.iter().flatten().collect();
+    let mut seqs: Vec<u64> = all.iter().map(|r| r.version.seq).collect();
+    seqs.sort_unstable();
+    let n = all.len() as u64;
+    assert_eq!(seqs, (1..=n).collect::<Vec<_>>());
+    assert_eq!(store.watermark(store.local_origin()), n);
+    for r in &records {
+        let last = all
+            .iter()
+            .filter(|w| w.key == r.key)
+            .max_by_key(|w| w.version.seq)
+            .unwrap();
+        assert_eq!(r, *last);
+    }
+    // Timestamps grow with sequence numbers.
+    let mut by_seq = all.clone();
+    by_seq.sort_by_key(|r| r.version.seq);
+    assert!(by_seq
+        .windows(2)
+        .all(|w| w[0].version.hlc < w[1].version.hlc));
+
+    // A delta to an empty store carries everything.
+    let copy = Store::new(Origin::new("copy", 1));
+    let delta = store.delta_for(&copy.digest(), usize::MAX, 0);
+    assert_eq!(delta.record_count(), records.len());
+    copy.apply(&delta);
+    assert_eq!(copy.records(), records);
+    assert_eq!(wm_map(&copy), wm_map(&store));
+    assert_eq!(copy.len(), store.len());
+
+    // And so do many small ones.
+    let copy2 = Store::new(Origin::new("copy2", 1));
+    let mut rounds = 0;
+    while wm_map(&copy2) != wm_map(&store) {
+        copy2.apply(&store.delta_for(&copy2.digest(), 400, rounds));
+        rounds += 1;
+        assert!(rounds < 10_000);
+    }
+    assert_eq!(copy2.records(), records);
+}
+
+#[test]
+fn concurrent_replication_and_local_writes() {
+    // Four threads: two apply deltas from other replicas (interning new
+    // origins as they go), one writes locally, one reads and builds deltas.
+    let store = Arc::new(Store::new(Origin::new("hub", 1)));
+    let sources: Vec<Arc<Store>> = (0..2)
+        .map(|t| Arc::new(Store::new(Origin::new(format!("src{t}"), 1))))
+        .collect();
+    let expected_origins = with_deadline(120, {
+        let store = store.clone();
+        let sources = sources.clone();
+        move || {
+            let barrier = Arc::new(Barrier::new(THREADS));
+            let mut handles = Vec::new();
+            for (t, src) in sources.iter().enumerate() {
+                let (store, src, barrier) = (store.clone(), src.clone(), barrier.clone());
+                handles.push(thread::spawn(move || {
+                    let mut rng = Rng::new(100 + t as u64);
+                    barrier.wait();
+                    for i in 0..400u64 {
+                        // A delta from a fresh origin every few rounds.
+                        if i % 4 == 0 {
+                            let x = Store::new(Origin::new(format!("x{t}-{}", i / 4), 1));
+                            x.set(
+                                &format!("k{}", rng.below(16)),
+                                Bytes::from_static(b"x"),
+                                500 + i,
+                            );
+                            store.apply(&x.delta_for(&store.digest(), 1_400, 0));
+                        }
+                        src.set(
+                            &format!("k{}", rng.below(16)),
+                            Bytes::from(format!("{t}")),
+                            900 + i,
+                        );
+                        store.apply(&src.delta_for(&store.digest(), 600, i as usize));
+                    }
+                }));
+            }
+            {
+                let (store, barrier) = (store.clone(), barrier.clone());
+                handles.push(thread::spawn(move || {
+                    let mut rng = Rng::new(7);
+                    barrier.wait();
+                    for i in 0..800u64 {
+                        let key = format!("k{}", rng.below(16));
+                        if rng.below(3) == 0 {
+                            store.delete(&key, 100 + i);
+                        } else {
+                            store.set(&key, Bytes::from_static(b"hub"), 100 + i);
+                        }
+                    }
+                }));
+            }
+            {
+                let (store, barrier) = (store.clone(), barrier.clone());
+                handles.push(thread::spawn(move || {
+                    let empty = Store::new(Origin::new("reader", 1));
+                    barrier.wait();
+                    for i in 0..200usize {
+                        let _ = store.records();
+                        let _ = store.digest();
+                        let _ = store.delta_for(&empty.digest(), 1_400, i);
+                    }
+                }));
+            }
+            for h in handles {
+                h.join().unwrap();
+            }
+            2 * 100 + 2 + 1
+        }
+    });
+    // Every interned origin shows up once in the digest.
+    let wms = wm_map(&store);
+    assert_eq!(wms.len(), expected_origins, "{wms:?}");
+    let records = store.records();
+    assert_eq!(store.len(), live_count(&records));
+
+    // Finish replication single-threaded: hub and sources agree.
+    let all: Vec<&Store> = std::iter::once(&*store)
+        .chain(sources.iter().map(|s| &**s))
+        .collect();
+    common::converge(&all, 1_400, 200).unwrap();
+    let r0 = store.records();
+    for s in &sources {
+        assert_eq!(s.records(), r0);
+    }
+}
+
+/// A local write racing with a merge of a newer record for the same key:
+/// whatever the interleaving, the store ends with the greatest version, as
+/// every other replica merging the same writes would.
+#[test]
+fn local_write_racing_a_merge_keeps_the_greatest_version() {
+    with_deadline(120, || {
+        for round in 0..200u64 {
+            let store = Arc::new(Store::new(Origin::new("a", 1)));
+            let barrier = Arc::new(Barrier::new(2));
+            let remote = Origin::new("b", 1);
+            let merger = {
+                let (store, barrier) = (store.clone(), barrier.clone());
+                thread::spawn(move || {
+                    barrier.wait();
+                    let mut merged = Vec::new();
+                    for i in 0..50u64 {
+                        let r = Record {
+                            key: "k".into(),
+                            value: Some(Bytes::from_static(b"remote")),
+                            version: Version::new(
+                                Hlc::new(10_000 + round * 100 + i, 0),
+                                &remote,
+                                i + 1,
+                            ),
+                        };
+                        store.merge(r.clone());
+                        merged.push(r);
+                    }
+                    merged
+                })
+            };
+            let writer = {
+                let (store, barrier) = (store.clone(), barrier.clone());
+                thread::spawn(move || {
+                    barrier.wait();
+                    (0..50u64)
+                        .map(|i| store.set("k", Bytes::from_static(b"local"), i))
+                        .collect::<Vec<_>>()
+                })
+            };
+            let merged = merger.join().unwrap();
+            let local = writer.join().unwrap();
+            let max = merged
+                .iter()
+                .chain(&local)
+                .max_by(|a, b| a.version.cmp(&b.version))
+                .unwrap();
+            let held = store.get_record("k").unwrap();
+            assert_eq!(
+                &held, max,
+                "round {round}: the store kept {:?} but {:?} is greater",
+                held.version, max.version
+            );
+            // A replica that merges the same writes in any order agrees.
+            let other = Store::new(Origin::new("c", 1));
+            for r in local.iter().rev().chain(&merged) {
+                other.merge(r.clone());
+            }
+            assert_eq!(other.get_record("k").unwrap(), held);
+        }
+    });
+}
