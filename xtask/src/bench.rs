@@ -22,6 +22,12 @@ pub(crate) const QUICK_ARGS: &[&str] = &[
     "10",
 ];
 
+/// Environment variable setting the key count of the `storage/*_1m` benchmarks.
+pub(crate) const KEYS_ENV: &str = "GOSSIPKV_BENCH_KEYS";
+
+/// Key count `--quick` sets through [`KEYS_ENV`] (unless it is already set).
+pub(crate) const QUICK_KEYS: &str = "100000";
+
 /// Runs the benchmarks (unless `--summary-only`), prints the summary table and
 /// writes `<target>/xtask-bench/summary.json`.
 pub(crate) fn run(opts: &BenchOptions) -> anyhow::Result<()> {
@@ -35,9 +41,12 @@ pub(crate) fn run(opts: &BenchOptions) -> anyhow::Result<()> {
         // systems; allow a little slack so this run's results are not skipped.
         let started = SystemTime::now() - std::time::Duration::from_secs(2);
         let args = cargo_bench_args(opts);
-        println!("$ cargo {}", args.join(" "));
+        let env = bench_env(opts, std::env::var_os(KEYS_ENV).is_some());
+        let env_text: String = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+        println!("$ {env_text}cargo {}", args.join(" "));
         let status = Command::new(workspace::cargo())
             .args(&args)
+            .envs(env)
             .current_dir(&root)
             .status()
             .context("failed to run `cargo bench`")?;
@@ -84,6 +93,19 @@ pub(crate) fn cargo_bench_args(opts: &BenchOptions) -> Vec<String> {
     args
 }
 
+/// Environment variables for the `cargo bench` process: `--quick` sets
+/// [`KEYS_ENV`] to [`QUICK_KEYS`] unless the caller's environment has it.
+pub(crate) fn bench_env(
+    opts: &BenchOptions,
+    keys_env_set: bool,
+) -> Vec<(&'static str, &'static str)> {
+    if opts.quick && !keys_env_set {
+        vec![(KEYS_ENV, QUICK_KEYS)]
+    } else {
+        Vec::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +124,16 @@ mod tests {
         );
         let args = cargo_bench_args(&BenchOptions::default());
         assert_eq!(args.join(" "), "bench -p gossipkv-benches --bench *");
+    }
+
+    #[test]
+    fn quick_shrinks_the_stores_unless_told_otherwise() {
+        let quick = BenchOptions {
+            quick: true,
+            ..BenchOptions::default()
+        };
+        assert_eq!(bench_env(&quick, false), vec![(KEYS_ENV, QUICK_KEYS)]);
+        assert!(bench_env(&quick, true).is_empty());
+        assert!(bench_env(&BenchOptions::default(), false).is_empty());
     }
 }

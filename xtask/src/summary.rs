@@ -5,23 +5,83 @@ use serde_json::{json, Map, Value};
 use crate::criterion::{BenchResult, Throughput};
 
 /// A named figure in `summary.json`: a stable top-level key whose value is the
-/// per-second rate of one criterion benchmark.
+/// per-second rate of one criterion benchmark, possibly converted (see [`FigureUnit`]).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct NamedFigure {
     /// Top-level key in `summary.json`, e.g. `get_ops_1t`.
     pub(crate) key: &'static str,
     /// Criterion ids to take the figure from; the first one present wins.
     pub(crate) bench_ids: &'static [&'static str],
+    /// How the figure is derived from the benchmark's rate.
+    pub(crate) unit: FigureUnit,
+}
+
+impl NamedFigure {
+    /// A figure equal to the benchmark's `throughput_per_s`.
+    pub(crate) const fn per_second(key: &'static str, bench_ids: &'static [&'static str]) -> Self {
+        NamedFigure {
+            key,
+            bench_ids,
+            unit: FigureUnit::PerSecond,
+        }
+    }
+
+    /// A figure in megabytes (10^6 bytes) per second, from a benchmark that
+    /// declares `Throughput::Bytes`.
+    pub(crate) const fn megabytes_per_second(
+        key: &'static str,
+        bench_ids: &'static [&'static str],
+    ) -> Self {
+        NamedFigure {
+            key,
+            bench_ids,
+            unit: FigureUnit::MegabytesPerSecond,
+        }
+    }
+}
+
+/// How a [`NamedFigure`] is derived from its benchmark's [`Row`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FigureUnit {
+    /// The row's `throughput_per_s` as is (elements, bytes or iterations per second).
+    PerSecond,
+    /// The row's bytes per second divided by 10^6. Only rows in `bytes/s`
+    /// qualify; another unit means the benchmark changed, so no figure.
+    MegabytesPerSecond,
+}
+
+impl FigureUnit {
+    /// The figure for `row`, or `None` when the row's unit does not convert.
+    pub(crate) fn convert(self, row: &Row) -> Option<f64> {
+        match self {
+            FigureUnit::PerSecond => Some(row.throughput_per_s),
+            FigureUnit::MegabytesPerSecond => {
+                (row.unit == BYTES_PER_S).then(|| row.throughput_per_s / 1e6)
+            }
+        }
+    }
 }
 
 /// Stable named figures. Add a row here to publish another top-level key.
 ///
-/// The value is the benchmark's `throughput_per_s`: elements (or bytes) per
-/// second when the benchmark declares a throughput, else iterations per second.
-pub(crate) const NAMED_FIGURES: &[NamedFigure] = &[NamedFigure {
-    key: "get_ops_1t",
-    bench_ids: &["storage/get"],
-}];
+/// Unless converted, the value is the benchmark's `throughput_per_s`:
+/// elements (or bytes) per second when the benchmark declares a throughput,
+/// else iterations per second. The `storage/*_1m` benchmarks run on
+/// `GOSSIPKV_BENCH_KEYS` keys (one million, 100,000 with `--quick`).
+pub(crate) const NAMED_FIGURES: &[NamedFigure] = &[
+    NamedFigure::per_second("get_ops_1t", &["storage/get_1m"]),
+    NamedFigure::per_second("get_ops_2t", &["storage/get_1m_2threads"]),
+    NamedFigure::per_second("set_ops_1t", &["storage/set_1m"]),
+    NamedFigure::per_second("baseline_get_ops_1t", &["storage/baseline_get_1m"]),
+    NamedFigure::per_second("baseline_get_ops_2t", &["storage/baseline_get_1m_2threads"]),
+    NamedFigure::per_second("baseline_set_ops_1t", &["storage/baseline_set_1m"]),
+    NamedFigure::per_second("merge_records_per_s", &["storage/merge"]),
+    NamedFigure::megabytes_per_second("encode_mb_per_s", &["codec/encode_synack_64k"]),
+    NamedFigure::megabytes_per_second("decode_mb_per_s", &["codec/decode_synack_64k"]),
+];
+
+/// [`Row::unit`] of a benchmark declaring `Throughput::Bytes`.
+const BYTES_PER_S: &str = "bytes/s";
 
 /// One summarized benchmark.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,7 +101,7 @@ impl Row {
     pub(crate) fn from_result(result: &BenchResult) -> Row {
         let (per_iter, unit) = match result.throughput {
             Some(Throughput::Elements(n)) => (n as f64, "elements/s"),
-            Some(Throughput::Bytes(n)) => (n as f64, "bytes/s"),
+            Some(Throughput::Bytes(n)) => (n as f64, BYTES_PER_S),
             None => (1.0, "iterations/s"),
         };
         let throughput_per_s = if result.mean_ns > 0.0 {
@@ -63,15 +123,22 @@ pub(crate) fn rows(results: &[BenchResult]) -> Vec<Row> {
     results.iter().map(Row::from_result).collect()
 }
 
-/// Maps rows to the named figures of `table` that have a matching benchmark.
+/// Maps rows to the named figures of `table` that have a matching benchmark
+/// (whose unit converts, see [`FigureUnit::convert`]).
 pub(crate) fn named_figures(rows: &[Row], table: &[NamedFigure]) -> Vec<(&'static str, f64)> {
     table
         .iter()
         .filter_map(|figure| {
             figure.bench_ids.iter().find_map(|id| {
-                rows.iter()
-                    .find(|row| row.id == *id)
-                    .map(|row| (figure.key, row.throughput_per_s))
+                let row = rows.iter().find(|row| row.id == *id)?;
+                let value = figure.unit.convert(row);
+                if value.is_none() {
+                    eprintln!(
+                        "warning: named figure `{}` cannot be taken from `{id}` ({}); skipped",
+                        figure.key, row.unit
+                    );
+                }
+                value.map(|value| (figure.key, value))
             })
         })
         .collect()
@@ -205,14 +272,8 @@ mod tests {
             result("codec/encode", 10.0, None),
         ]);
         let table = [
-            NamedFigure {
-                key: "get_ops_1t",
-                bench_ids: &["storage/get_1t", "storage/get"],
-            },
-            NamedFigure {
-                key: "missing_figure",
-                bench_ids: &["nope"],
-            },
+            NamedFigure::per_second("get_ops_1t", &["storage/get_1t", "storage/get"]),
+            NamedFigure::per_second("missing_figure", &["nope"]),
         ];
         let json = to_json(&rows, &table);
         assert_eq!(json["storage/get"]["mean_ns"], 100.0);
@@ -223,12 +284,57 @@ mod tests {
     }
 
     #[test]
-    fn default_table_maps_storage_get() {
-        let rows = rows(&[result("storage/get", 20.0, None)]);
-        assert_eq!(
-            named_figures(&rows, NAMED_FIGURES),
-            vec![("get_ops_1t", 5e7)]
-        );
+    fn default_table_maps_benchmark_ids() {
+        let rows = rows(&[
+            result("storage/get_1m", 20.0, None),
+            result(
+                "storage/get_1m_2threads",
+                1000.0,
+                Some(Throughput::Elements(2000)),
+            ),
+            result(
+                "codec/encode_synack_64k",
+                1000.0,
+                Some(Throughput::Bytes(61_000)),
+            ),
+            result(
+                "codec/decode_synack_64k",
+                2000.0,
+                Some(Throughput::Bytes(61_000)),
+            ),
+        ]);
+        let figures = named_figures(&rows, NAMED_FIGURES);
+        let expected = [
+            ("get_ops_1t", 5e7),
+            ("get_ops_2t", 2e9),
+            ("encode_mb_per_s", 61_000.0),
+            ("decode_mb_per_s", 30_500.0),
+        ];
+        assert_eq!(figures.len(), expected.len(), "{figures:?}");
+        for ((key, value), (want_key, want)) in figures.iter().zip(expected) {
+            assert_eq!(*key, want_key);
+            assert!(
+                (value - want).abs() < 1e-6 * want,
+                "{key}: {value} != {want}"
+            );
+        }
+        let keys: Vec<&str> = NAMED_FIGURES.iter().map(|f| f.key).collect();
+        for key in ["set_ops_1t", "baseline_get_ops_1t", "baseline_set_ops_1t"] {
+            assert!(keys.contains(&key), "{key} missing from {keys:?}");
+        }
+        assert!(keys.contains(&"merge_records_per_s"));
+    }
+
+    #[test]
+    fn megabytes_need_a_byte_throughput() {
+        let table = [NamedFigure::megabytes_per_second("mb", &["a", "b"])];
+        let rows = rows(&[
+            result("a", 100.0, Some(Throughput::Elements(1))),
+            result("b", 1000.0, Some(Throughput::Bytes(5_000))),
+        ]);
+        assert_eq!(named_figures(&rows, &table), vec![("mb", 5_000.0)]);
+        let rows = rows[..1].to_vec();
+        assert!(named_figures(&rows, &table).is_empty());
     }
 
     #[test]

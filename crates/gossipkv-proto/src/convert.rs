@@ -22,9 +22,11 @@ use crate::pb;
 /// below 32 GiB; a `u64` varint is at most 10 bytes plus a 1-byte tag):
 /// protocol version 6, cluster id 6, sender 6 + node id 6 + generation 11 +
 /// address 6, body field 6, and inside the body at most 8 (a `Syn`'s
-/// `resync_from` tag and prefix plus its flag; a delta's tag and prefix is 6).
-/// That is 55; the constant leaves some slack.
-pub const ENVELOPE_OVERHEAD: usize = 64;
+/// `resync_from` tag and prefix plus its flag; a delta's tag and prefix is 6),
+/// plus the sender's heartbeat 11 and left flag 2. That is 68; the constant
+/// leaves some slack. Entries of [`Envelope::members`] are extra, each bounded
+/// by [`member_size_hint`].
+pub const ENVELOPE_OVERHEAD: usize = 80;
 
 /// Upper bound of an envelope's encoded size minus the content of its body,
 /// given the lengths (bytes) of its cluster id, sender node id and sender
@@ -41,6 +43,15 @@ pub const ENVELOPE_OVERHEAD: usize = 64;
 /// a protocol can cut deltas and pages to a datagram's byte budget.
 pub fn envelope_overhead(cluster_id_len: usize, node_id_len: usize, addr_len: usize) -> usize {
     ENVELOPE_OVERHEAD + cluster_id_len + node_id_len + addr_len
+}
+
+/// Upper bound of what a [`Sender`]-shaped entry of [`Envelope::members`]
+/// costs beyond its node id and address text.
+pub const MEMBER_OVERHEAD: usize = 40;
+
+/// Upper bound of the encoded size of one entry of [`Envelope::members`].
+pub fn member_size_hint(node_id_len: usize, addr_len: usize) -> usize {
+    MEMBER_OVERHEAD + node_id_len + addr_len
 }
 
 /// Encodes an envelope into a datagram payload.
@@ -101,16 +112,24 @@ pub(crate) fn envelope_to_pb(env: &Envelope) -> pb::Envelope {
         Body::Ack(ack) => pb::envelope::Body::Ack(pb::Ack {
             delta: Some(delta_to_pb(&ack.delta)),
         }),
+        Body::Leave => pb::envelope::Body::Leave(pb::Leave {}),
     };
     pb::Envelope {
         protocol_version: env.protocol_version,
         cluster_id: env.cluster_id.clone(),
-        sender: Some(pb::NodeRef {
-            node_id: env.sender.node_id.as_str().to_owned(),
-            generation: env.sender.generation,
-            addr: env.sender.addr.map(|a| a.to_string()).unwrap_or_default(),
-        }),
+        sender: Some(node_ref_to_pb(&env.sender)),
+        members: env.members.iter().map(node_ref_to_pb).collect(),
         body: Some(body),
+    }
+}
+
+pub(crate) fn node_ref_to_pb(s: &Sender) -> pb::NodeRef {
+    pb::NodeRef {
+        node_id: s.node_id.as_str().to_owned(),
+        generation: s.generation,
+        addr: s.addr.map(|a| a.to_string()).unwrap_or_default(),
+        heartbeat: s.heartbeat,
+        left: s.left,
     }
 }
 
@@ -222,11 +241,19 @@ impl Decoder<'_> {
             pb::envelope::Body::Ack(a) => Body::Ack(Ack {
                 delta: self.delta(a.delta.ok_or(DecodeError::MissingField("Ack.delta"))?)?,
             }),
+            pb::envelope::Body::Leave(_) => Body::Leave,
         };
+        check("members", m.members.len(), self.limits.max_entries)?;
+        let members = m
+            .members
+            .into_iter()
+            .map(|n| self.sender(n))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Envelope {
             protocol_version: m.protocol_version,
             cluster_id: m.cluster_id,
             sender,
+            members,
             body,
         })
     }
@@ -245,6 +272,8 @@ impl Decoder<'_> {
             node_id,
             generation: n.generation,
             addr,
+            heartbeat: n.heartbeat,
+            left: n.left,
         })
     }
 

@@ -53,7 +53,10 @@ mod pb {
     include!(concat!(env!("OUT_DIR"), "/gossipkv.v1.rs"));
 }
 
-pub use convert::{decode, encode, encoded_len, envelope_overhead, ENVELOPE_OVERHEAD};
+pub use convert::{
+    decode, encode, encoded_len, envelope_overhead, member_size_hint, ENVELOPE_OVERHEAD,
+    MEMBER_OVERHEAD,
+};
 pub use error::DecodeError;
 pub use message::{Ack, Body, Envelope, Limits, Reply, Sender, Syn, SynAck, PROTOCOL_VERSION};
 

@@ -16,6 +16,8 @@ pub struct Envelope {
     pub cluster_id: String,
     /// The node that sent the envelope.
     pub sender: Sender,
+    /// A bounded sample of other members as the sender sees them.
+    pub members: Vec<Sender>,
     /// The message itself.
     pub body: Body,
 }
@@ -27,6 +29,7 @@ impl Envelope {
             protocol_version: PROTOCOL_VERSION,
             cluster_id: cluster_id.into(),
             sender,
+            members: Vec::new(),
             body,
         }
     }
@@ -42,6 +45,10 @@ pub struct Sender {
     /// The address the sender advertises, if any. It travels as text, so the
     /// IPv6 flow information is not carried (the scope id is).
     pub addr: Option<SocketAddr>,
+    /// The node's heartbeat counter (increases every gossip round).
+    pub heartbeat: u64,
+    /// Whether the node announced that it is leaving.
+    pub left: bool,
 }
 
 impl Sender {
@@ -51,6 +58,8 @@ impl Sender {
             node_id: node_id.into(),
             generation,
             addr,
+            heartbeat: 0,
+            left: false,
         }
     }
 
@@ -79,6 +88,8 @@ pub enum Body {
     SynAck(SynAck),
     /// Third message of an exchange.
     Ack(Ack),
+    /// The sender leaves the cluster on purpose.
+    Leave,
 }
 
 /// First message of an exchange: the initiator's watermarks.

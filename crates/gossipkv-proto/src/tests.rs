@@ -50,7 +50,16 @@ fn body_content(body: &Body) -> usize {
                 }
         }
         Body::Ack(a) => a.delta.size_hint(),
+        Body::Leave => 0,
     }
+}
+
+/// What the member sample adds.
+fn members_content(env: &Envelope) -> usize {
+    env.members
+        .iter()
+        .map(|m| crate::member_size_hint(m.node_id.as_str().len(), m.addr_len()))
+        .sum()
 }
 
 fn overhead_of(env: &Envelope) -> usize {
@@ -126,7 +135,7 @@ proptest! {
     fn envelope_within_overhead_and_hints(env in common::envelope()) {
         let len = encoded_len(&env);
         prop_assert_eq!(len, encode(&env).len());
-        prop_assert!(len <= overhead_of(&env) + body_content(&env.body));
+        prop_assert!(len <= overhead_of(&env) + body_content(&env.body) + members_content(&env));
     }
 
     #[test]
@@ -141,7 +150,9 @@ proptest! {
             big_page().prop_map(Reply::Page),
         ],
     ) {
-        let sender = Sender::new(node, u64::MAX, addr);
+        let mut sender = Sender::new(node, u64::MAX, addr);
+        sender.heartbeat = u64::MAX;
+        sender.left = true;
         let env = Envelope::new(cluster_id, sender, Body::SynAck(SynAck { digest, reply }));
         prop_assert!(encoded_len(&env) <= overhead_of(&env) + body_content(&env.body));
     }

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use gossipkv::protocol::{Event, Protocol, ProtocolConfig, Stats};
 use gossipkv::NetworkError;
+use gossipkv::{DetectorConfig, Member, MemberEvent, MemberState};
 use gossipkv_storage::{NodeId, Origin, Record, Store};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -122,6 +123,7 @@ pub struct Sim {
     isolated: HashSet<usize>,
     net: NetStats,
     errors: Vec<(usize, NetworkError)>,
+    member_events: Vec<(usize, u64, MemberEvent)>,
 }
 
 impl Sim {
@@ -163,6 +165,7 @@ impl Sim {
             isolated: HashSet::new(),
             net: NetStats::default(),
             errors: Vec::new(),
+            member_events: Vec::new(),
         };
         for i in 0..sim.nodes.len() {
             sim.start_protocol(i);
@@ -185,6 +188,7 @@ impl Sim {
             tombstone_retention_ms: self.cfg.tombstone_retention_ms,
             seeds: n.seeds.clone(),
             rng_seed,
+            detector: DetectorConfig::for_interval(self.cfg.gossip_interval_ms),
         };
         // Stagger first rounds across one interval, like nodes started at different times.
         let offset = self.rng.random_range(0..self.cfg.gossip_interval_ms.max(1));
@@ -238,6 +242,37 @@ impl Sim {
     /// Errors reported by nodes so far: (node, error).
     pub fn errors(&self) -> &[(usize, NetworkError)] {
         &self.errors
+    }
+    /// Membership events seen so far: (observer node, virtual ms since start, event).
+    pub fn member_events(&self) -> &[(usize, u64, MemberEvent)] {
+        &self.member_events
+    }
+
+    /// Node `i`'s view of the cluster (empty when crashed).
+    pub fn members(&self, i: usize) -> Vec<Member> {
+        self.nodes[i]
+            .proto
+            .as_ref()
+            .map(|p| p.members())
+            .unwrap_or_default()
+    }
+
+    /// The state node `observer` sees node `target` in (`None` if unknown).
+    pub fn state_seen(&self, observer: usize, target: usize) -> Option<MemberState> {
+        let id = &self.nodes[target].id;
+        self.members(observer)
+            .into_iter()
+            .find(|m| &m.node_id == id)
+            .map(|m| m.state)
+    }
+
+    /// Stops node `i` gracefully: it announces its departure, then stops.
+    pub fn leave(&mut self, i: usize) {
+        if let Some(p) = self.nodes[i].proto.as_mut() {
+            p.leave();
+        }
+        self.drain(i);
+        self.nodes[i].proto = None;
     }
 
     /// Whether node `i` is running.
@@ -394,8 +429,10 @@ impl Sim {
                 out.push(t);
             }
             while let Some(ev) = p.poll_event() {
-                if let Event::Error(e) = ev {
-                    self.errors.push((i, e));
+                match ev {
+                    Event::Error(e) => self.errors.push((i, e)),
+                    Event::Member(m) => self.member_events.push((i, self.now_ms - SIM_EPOCH_MS, m)),
+                    _ => {}
                 }
             }
         }

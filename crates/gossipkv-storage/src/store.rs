@@ -5,7 +5,7 @@ use std::collections::hash_map::{DefaultHasher, Entry as MapEntry};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -15,6 +15,24 @@ use crate::record::{
     GHOST_OVERHEAD,
 };
 use crate::version::{Hlc, HlcClock, Origin, Version};
+
+/// A function told of every change of a key's state: the key and its new
+/// value (`None` when deleted). It runs while the key's shard is locked, so it
+/// must be quick and must not call back into the store.
+pub type ChangeObserver = Arc<dyn Fn(&str, Option<&Bytes>) + Send + Sync>;
+
+#[derive(Default)]
+struct Observer(OnceLock<ChangeObserver>);
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "Observer(set)"
+        } else {
+            "Observer(none)"
+        })
+    }
+}
 
 /// Options of a [`Store`].
 #[derive(Clone, Debug)]
@@ -105,6 +123,7 @@ pub struct Store {
     shard_mask: u64,
     origins: RwLock<Origins>,
     live: AtomicUsize,
+    observer: Observer,
 }
 
 impl Store {
@@ -130,6 +149,19 @@ impl Store {
             shard_mask: n as u64 - 1,
             origins: RwLock::new(origins),
             live: AtomicUsize::new(0),
+            observer: Observer::default(),
+        }
+    }
+    /// Installs the change observer (once; returns `false` if one was
+    /// already installed). It sees local writes, merged records that win, and
+    /// keys dropped by a re-synchronisation page.
+    pub fn set_observer(&self, observer: ChangeObserver) -> bool {
+        self.observer.0.set(observer).is_ok()
+    }
+
+    fn notify(&self, key: &str, value: Option<&Bytes>) {
+        if let Some(f) = self.observer.0.get() {
+            f(key, value);
         }
     }
 
@@ -159,6 +191,11 @@ impl Store {
     fn write_local(&self, key: &str, value: Option<Bytes>, now_ms: u64) -> Record {
         let mut log = self.local_log.lock();
         let seq = log.watermark + 1;
+        let mut shard = self.shard(key).write();
+        // Tick while holding the shard lock: a concurrent merge observes its
+        // record's timestamp before taking this lock, so this write is newer
+        // than whatever the key holds (otherwise it could overwrite a newer
+        // merged version).
         let hlc = self.clock.tick(now_ms);
         let entry = Entry {
             value: value.clone(),
@@ -167,8 +204,7 @@ impl Store {
             seq,
         };
         let key: Arc<str> = {
-            let mut shard = self.shard(key).write();
-            match shard.get_key_value(key) {
+            let k = match shard.get_key_value(key) {
                 Some((k, old)) => {
                     let k = k.clone();
                     self.adjust_live(old.value.is_some(), entry.value.is_some());
@@ -181,8 +217,11 @@ impl Store {
                     shard.insert(k.clone(), entry);
                     k
                 }
-            }
+            };
+            self.notify(&k, value.as_ref());
+            k
         };
+        drop(shard);
         log.index.insert(
             seq,
             IndexEntry {
@@ -317,6 +356,7 @@ impl Store {
                     let k = k.clone();
                     if self.cmp_entries(&incoming, current) == CmpOrdering::Greater {
                         self.adjust_live(current.value.is_some(), incoming.value.is_some());
+                        self.notify(&k, incoming.value.as_ref());
                         shard.insert(k.clone(), incoming);
                         (true, k)
                     } else {
@@ -326,6 +366,7 @@ impl Store {
                 None if covered => (false, key),
                 None => {
                     self.adjust_live(false, incoming.value.is_some());
+                    self.notify(&key, incoming.value.as_ref());
                     shard.insert(key.clone(), incoming);
                     (true, key)
                 }
@@ -423,11 +464,11 @@ impl Store {
                 let mut add_record = None;
                 let mut add_ghost = false;
                 match current {
-                    Some(e) if e.origin == oid && e.seq == seq => {
-                        if !sent_keys.contains(&ie.key) {
-                            add_record = Some(e);
-                        }
+                    Some(e) if e.origin == oid && e.seq == seq && !sent_keys.contains(&ie.key) => {
+                        add_record = Some(e);
                     }
+                    // Live, but already sent as the newer version of a ghost.
+                    Some(e) if e.origin == oid && e.seq == seq => {}
                     Some(e) => {
                         add_ghost = true;
                         let newer = self.origin_of(e.origin);
@@ -556,6 +597,11 @@ impl Store {
             let (_, log) = self.intern(&e.origin);
             let mut log = log.lock();
             if e.watermark > log.watermark {
+                // Pages carry neither the tombstones the sender collected nor
+                // its superseded writes, so this store cannot tell a peer
+                // below the new watermark what it missed: such a peer must be
+                // re-synchronised too, as by a store that collected them.
+                log.floor = log.floor.max(e.watermark);
                 log.watermark = e.watermark;
                 raised += 1;
             }
@@ -612,6 +658,7 @@ impl Store {
         let in_range =
             |k: &str| k >= page.start.as_str() && page.end.as_deref().is_none_or(|end| k < end);
         let origins: Vec<Origin> = self.origins.read().origins.clone();
+        let mut collected: Vec<(u32, u64)> = Vec::new();
         for shard in self.shards.iter() {
             let mut shard = shard.write();
             let mut dropped = Vec::new();
@@ -619,10 +666,15 @@ impl Store {
                 if !in_range(k) || in_page.contains(&**k) {
                     continue;
                 }
-                let origin = &origins[e.origin as usize];
+                // An origin interned (by a concurrent merge) since `origins`
+                // was read is looked up again.
+                let origin = match origins.get(e.origin as usize) {
+                    Some(o) => o.clone(),
+                    None => self.origin_of(e.origin),
+                };
                 if page
                     .watermarks
-                    .watermark(origin)
+                    .watermark(&origin)
                     .is_some_and(|w| w >= e.seq)
                 {
                     dropped.push(k.clone());
@@ -632,7 +684,22 @@ impl Store {
                 if let Some(e) = shard.remove(&k) {
                     self.adjust_live(e.value.is_some(), false);
                     stats.dropped += 1;
+                    collected.push((e.origin, e.seq));
+                    if e.value.is_some() {
+                        self.notify(&k, None);
+                    }
                 }
+            }
+        }
+        // Dropping a record is collecting it (the sender collected a newer
+        // tombstone of its key): raise the floor of its origin, so that a peer
+        // that has not seen it is re-synchronised rather than sent a delta that
+        // skips it.
+        if !collected.is_empty() {
+            let logs: Vec<_> = self.origins.read().logs.clone();
+            for (oid, seq) in collected {
+                let mut log = logs[oid as usize].lock();
+                log.floor = log.floor.max(seq.min(log.watermark));
             }
         }
         stats
@@ -659,8 +726,13 @@ impl Store {
     }
 
     fn intern(&self, origin: &Origin) -> (u32, Arc<Mutex<OriginLog>>) {
-        if let Some(&id) = self.origins.read().ids.get(origin) {
-            return (id, self.origins.read().logs[id as usize].clone());
+        {
+            // One read guard: parking_lot's RwLock is fair, so a second read
+            // taken while a writer waits would deadlock.
+            let o = self.origins.read();
+            if let Some(&id) = o.ids.get(origin) {
+                return (id, o.logs[id as usize].clone());
+            }
         }
         let mut o = self.origins.write();
         let next = o.logs.len() as u32;

@@ -287,7 +287,7 @@ fn run_script(script: &Script) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(96))]
+    #![proptest_config(ProptestConfig::with_cases(1000))]
 
     #[test]
     fn replicas_converge_and_keep_invariant_w(s in script()) {

@@ -283,6 +283,27 @@ fn tombstone_dropped_by_a_page_still_forces_lagging_peers_to_resync() {
     assert_identical(&[("a", &a), ("b", &b), ("c", &c), ("d", &d)]);
 }
 
+/// D wrote `k` while away; A deleted `k` later (by the clocks) without
+/// having seen D's write, and everyone collected the tombstone before D came
+/// back. The page rule keeps D's write (A never saw it), so `k` comes back
+/// with D's older value. That is the documented rule; at least every replica
+/// agrees, when they all collect in step.
+#[test]
+fn unseen_write_older_than_a_collected_delete_comes_back_everywhere() {
+    let a = Store::new(Origin::new("a", 1));
+    let b = Store::new(Origin::new("b", 1));
+    let d = Store::new(Origin::new("d", 1));
+    let old = d.set("k", val("d"), 1_000);
+    a.delete("k", 2_000);
+    converge(&[&a, &b], 1_400, 20).unwrap();
+    for s in [&a, &b, &d] {
+        s.collect_garbage(3_000 + R, R);
+    }
+    converge(&[&a, &b, &d], 1_400, 20).unwrap();
+    assert_identical(&[("a", &a), ("b", &b), ("d", &d)]);
+    assert_eq!(a.get_record("k"), Some(old));
+}
+
 // ----- property test ---------------------------------------------------------
 
 const KEYS: [&str; 6] = ["k0", "k1", "k2", "k3", "k4", "k5"];
@@ -314,10 +335,11 @@ enum Step {
 }
 
 fn op() -> impl Strategy<Value = Op> {
+    let who = prop_oneof![3 => Just(A), 3 => Just(B), 2 => Just(C), 2 => Just(D)];
     (
-        0..4usize,
+        who,
         0..KEYS.len(),
-        proptest::bool::weighted(0.4),
+        proptest::bool::weighted(0.5),
         0..6usize,
         0..300u64,
     )
@@ -347,7 +369,7 @@ struct Script {
     mid: Vec<Step>,
     /// C and D away: A and B talk.
     late: Vec<Step>,
-    /// Where the collection cutoff falls, in percent of the time span.
+    /// Where the collection cutoff falls, in percent of the time span of the writes.
     cutoff_pct: u64,
     page_budget: usize,
     /// Whether D meets C (resynchronised from A) before anyone else.
@@ -359,8 +381,8 @@ fn script() -> impl Strategy<Value = Script> {
         proptest::collection::vec(0..2_000u64, 4),
         proptest::collection::vec(op(), 0..12),
         proptest::collection::vec(step(), 0..16),
-        proptest::collection::vec(step(), 0..16),
-        0..=120u64,
+        proptest::collection::vec(step(), 0..24),
+        0..=100u64,
         150..700usize,
         any::<bool>(),
     )
@@ -381,6 +403,11 @@ struct World {
     stores: Vec<Store>,
     now: Vec<u64>,
     oracle: Oracle,
+    /// Replicas currently away: their writes are held back (see `deferred`).
+    away: Vec<usize>,
+    /// Writes of away replicas, made (in order) once the collection cutoff
+    /// is known, with their clocks at or past it.
+    deferred: Vec<Op>,
 }
 
 impl World {
@@ -409,11 +436,20 @@ impl World {
         self.oracle.record(&r);
     }
 
+    /// An operation of an away replica is deferred (see [`World::deferred`]).
+    fn op_or_defer(&mut self, op: &Op) {
+        if self.away.contains(&op.who) {
+            self.deferred.push(op.clone());
+        } else {
+            self.op(op);
+        }
+    }
+
     /// Runs `steps`; syncs only between `talking` replicas.
     fn run(&mut self, steps: &[Step], talking: &[usize], phase: &str) -> Result<(), TestCaseError> {
         for (i, step) in steps.iter().enumerate() {
             match step {
-                Step::Op(op) => self.op(op),
+                Step::Op(op) => self.op_or_defer(op),
                 Step::Sync {
                     from,
                     to,
@@ -449,6 +485,8 @@ fn run_gc_script(s: &Script) -> Result<(), TestCaseError> {
             .collect(),
         now: s.skew.iter().map(|x| 1_000 + x).collect(),
         oracle: Oracle::default(),
+        away: Vec::new(),
+        deferred: Vec::new(),
     };
 
     for op in &s.pre {
@@ -459,19 +497,27 @@ fn run_gc_script(s: &Script) -> Result<(), TestCaseError> {
 
     // D goes away (its writes stay local); A, B, C talk.
     let d_old = w.stores[D].records();
+    w.away.push(D);
     w.run(&s.mid, &[A, B, C], "mid")?;
     w.converge(&[A, B, C], 1_400)?;
     w.check("after A, B, C converge")?;
 
     // C goes away too; A and B talk.
     let c_old = w.stores[C].records();
+    w.away.push(C);
     w.run(&s.late, &[A, B], "late")?;
     w.converge(&[A, B], 1_400)?;
     w.check("after A, B converge")?;
 
     // Time passes; A and B collect.
-    let max_now = *w.now.iter().max().unwrap();
-    let cutoff_ms = max_now * s.cutoff_pct / 100;
+    // The cutoff falls anywhere in the span of the writes' timestamps, or a
+    // little past the last one.
+    let phys = w.oracle.writes.iter().map(|x| x.version.hlc.physical_ms());
+    let (lo, hi) = (
+        phys.clone().min().unwrap_or(1_000),
+        phys.max().unwrap_or(1_000) + 100,
+    );
+    let cutoff_ms = lo + (hi - lo) * s.cutoff_pct / 100;
     let gc_now = cutoff_ms + R;
     let cutoff = Hlc::new(cutoff_ms, 0);
     let a_tomb_before = tombstones(&w.stores[A]);
@@ -512,6 +558,18 @@ fn run_gc_script(s: &Script) -> Result<(), TestCaseError> {
         .map(|r| (r.key.to_string(), r))
         .collect();
     let a_wm_gc = wm_map(a);
+
+    // What C and D wrote while away. Their clocks are at or past the cutoff:
+    // a write that stays unpropagated for longer than the retention is
+    // outside what the protocol can promise (see the ignored test
+    // `gc_skew_and_an_old_unseen_write_diverge`).
+    for x in [C, D] {
+        w.now[x] = w.now[x].max(cutoff_ms);
+    }
+    for op in std::mem::take(&mut w.deferred) {
+        w.op(&op);
+        w.check(&format!("away write {op:?}"))?;
+    }
 
     // What each away replica missed of the collected deletes.
     let missed = |x: usize| {
@@ -619,7 +677,7 @@ fn run_gc_script(s: &Script) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(500))]
 
     #[test]
     fn away_replicas_resync_and_deletes_stick(s in script()) {

@@ -100,7 +100,7 @@ fn records_and_shuffle(max: usize) -> impl Strategy<Value = (Vec<Record>, Vec<Re
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(ProptestConfig::with_cases(1000))]
 
     /// Any order, with duplicates anywhere, gives the same records, and the
     /// winner of every key is its maximum version.

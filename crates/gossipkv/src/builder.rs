@@ -23,6 +23,12 @@ pub const DEFAULT_FANOUT: usize = 3;
 pub const DEFAULT_TOMBSTONE_RETENTION: Duration = Duration::from_secs(6 * 3600);
 /// Default cluster id.
 pub const DEFAULT_CLUSTER_ID: &str = "default";
+/// Default failure detector threshold.
+pub const DEFAULT_PHI_THRESHOLD: f64 = 8.0;
+/// Default time dead or departed members are remembered.
+pub const DEFAULT_DEAD_MEMBER_GRACE: Duration = Duration::from_secs(3600);
+/// Default interval between seed resolutions.
+pub const DEFAULT_SEED_REFRESH: Duration = Duration::from_secs(30);
 
 pub(crate) type ErrorHandler = Arc<dyn Fn(&NetworkError) + Send + Sync>;
 
@@ -44,6 +50,10 @@ pub struct Builder<K, V> {
     pub(crate) codec: Arc<dyn Codec<V>>,
     pub(crate) error_handler: Option<ErrorHandler>,
     pub(crate) rng_seed: Option<u64>,
+    pub(crate) discovery: bool,
+    pub(crate) phi_threshold: f64,
+    pub(crate) dead_member_grace: Duration,
+    pub(crate) seed_refresh: Duration,
     pub(crate) _key: PhantomData<fn() -> K>,
 }
 
@@ -80,6 +90,10 @@ where
             codec,
             error_handler: None,
             rng_seed: None,
+            discovery: false,
+            phi_threshold: DEFAULT_PHI_THRESHOLD,
+            dead_member_grace: DEFAULT_DEAD_MEMBER_GRACE,
+            seed_refresh: DEFAULT_SEED_REFRESH,
             _key: PhantomData,
         }
     }
@@ -162,6 +176,35 @@ where
         handler: impl Fn(&NetworkError) + Send + Sync + 'static,
     ) -> Self {
         self.error_handler = Some(Arc::new(handler));
+        self
+    }
+    /// Finds peers on the local network with mDNS (service
+    /// `_gossipkv._udp.local.`), in addition to any seeds. Needs a bind
+    /// address. Nodes of other clusters are ignored.
+    pub fn discovery(mut self, enabled: bool) -> Self {
+        self.discovery = enabled;
+        self
+    }
+
+    /// Failure detector sensitivity (default 8): a member is suspected when
+    /// the phi-accrual value of its silence exceeds this. Higher is slower to
+    /// suspect and less prone to false alarms.
+    pub fn phi_threshold(mut self, threshold: f64) -> Self {
+        self.phi_threshold = threshold;
+        self
+    }
+
+    /// How long dead or departed members are remembered before they are
+    /// forgotten (default 1 hour). Their data is never forgotten.
+    pub fn dead_member_grace(mut self, grace: Duration) -> Self {
+        self.dead_member_grace = grace;
+        self
+    }
+
+    /// How often seed host names are resolved again (default 30 s), so a DNS
+    /// name that later points elsewhere is followed.
+    pub fn seed_refresh_interval(mut self, interval: Duration) -> Self {
+        self.seed_refresh = interval;
         self
     }
 

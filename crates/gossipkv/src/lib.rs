@@ -40,18 +40,24 @@
 
 mod builder;
 mod codec;
+mod discovery;
 mod error;
+mod membership;
 mod node;
 pub mod protocol;
+mod watch;
 
 pub use builder::{
-    Builder, DEFAULT_CLUSTER_ID, DEFAULT_FANOUT, DEFAULT_GOSSIP_INTERVAL, DEFAULT_PACKET_SIZE,
+    Builder, DEFAULT_CLUSTER_ID, DEFAULT_DEAD_MEMBER_GRACE, DEFAULT_FANOUT,
+    DEFAULT_GOSSIP_INTERVAL, DEFAULT_PACKET_SIZE, DEFAULT_PHI_THRESHOLD, DEFAULT_SEED_REFRESH,
     DEFAULT_TOMBSTONE_RETENTION, MAX_PACKET_SIZE, MIN_PACKET_SIZE,
 };
 pub use codec::{BytesCodec, Codec, CodecError, DefaultCodec, JsonCodec, StringCodec};
 pub use error::{Error, NetworkError};
-pub use node::{GossipKv, MAX_KEY_LEN, MAX_NODE_ID_LEN};
+pub use membership::{DetectorConfig, Member, MemberEvent, MemberState};
+pub use node::{GossipKv, MAX_KEY_LEN, MAX_NODE_ID_LEN, WATCH_QUEUE};
 pub use protocol::Stats;
+pub use watch::{MemberEvents, WatchEvent, Watcher};
 
 /// The storage layer, re-exported for tooling and simulations.
 pub use gossipkv_storage as storage;

@@ -11,7 +11,7 @@ use gossipkv_storage::{record_size_hint, NodeId, Origin, Store, CHUNK_OVERHEAD};
 use gossipkv_transport::{Transport, UdpConfig, UdpTransport};
 use parking_lot::Mutex;
 use rand::Rng;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -19,8 +19,11 @@ use crate::builder::{
     parse_socket_addr, split_host_port, Builder, ErrorHandler, MAX_PACKET_SIZE, MIN_PACKET_SIZE,
 };
 use crate::codec::Codec;
+use crate::discovery::{start_mdns, MdnsConfig, MdnsHandle};
 use crate::error::{Error, NetworkError};
+use crate::membership::{DetectorConfig, Member, MemberEvent, MemberState};
 use crate::protocol::{Event, Protocol, ProtocolConfig, Stats};
+use crate::watch::{Change, MemberEvents, Watcher};
 
 /// Longest node id accepted, in bytes.
 pub const MAX_NODE_ID_LEN: usize = 128;
@@ -45,7 +48,15 @@ pub(crate) struct Inner<V> {
     pub(crate) protocol: Option<Arc<Mutex<Protocol>>>,
     pub(crate) task: Mutex<Option<(oneshot::Sender<()>, JoinHandle<()>)>>,
     pub(crate) errors_dropped: Arc<AtomicU64>,
+    pub(crate) changes: broadcast::Sender<Change>,
+    pub(crate) member_events: broadcast::Sender<MemberEvent>,
+    pub(crate) closed_tx: watch::Sender<bool>,
+    pub(crate) discovery: Mutex<Option<MdnsHandle>>,
 }
+
+/// Capacity of the change and member-event queues of watchers; a watcher
+/// that falls further behind is told how many events it missed.
+pub const WATCH_QUEUE: usize = 4096;
 
 /// A gossipkv node: a key-value map shared with every node of its cluster.
 ///
@@ -211,6 +222,45 @@ where
             })
             .unwrap_or_default()
     }
+    /// Every member of the cluster as this node sees it, the local node first.
+    pub fn members(&self) -> Vec<Member> {
+        match &self.inner.protocol {
+            Some(p) => p.lock().members(),
+            None => vec![Member {
+                node_id: self.inner.node_id.clone(),
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                state: if self.is_closed() {
+                    MemberState::Left
+                } else {
+                    MemberState::Alive
+                },
+                generation: self.inner.store.local_origin().generation,
+                heartbeat: 0,
+            }],
+        }
+    }
+
+    /// Changes of the keys starting with `prefix`, local and remote, as they
+    /// are applied here. A watcher that falls behind by more than
+    /// [`WATCH_QUEUE`] events is told how many it missed (see
+    /// [`WatchEvent::missed`](crate::WatchEvent::missed)); it never slows the node.
+    pub fn watch(&self, prefix: impl Into<String>) -> Watcher<K, V> {
+        Watcher::new(
+            self.inner.changes.subscribe(),
+            self.inner.closed_tx.subscribe(),
+            prefix.into(),
+            self.inner.codec.clone(),
+        )
+    }
+
+    /// Membership changes (joined, suspect, alive, dead, left, rejoined,
+    /// forgotten) as this node sees them.
+    pub fn member_events(&self) -> MemberEvents {
+        MemberEvents::new(
+            self.inner.member_events.subscribe(),
+            self.inner.closed_tx.subscribe(),
+        )
+    }
 
     /// Error reports dropped because the error handler was too slow.
     pub fn errors_dropped(&self) -> u64 {
@@ -221,12 +271,16 @@ where
     pub fn store(&self) -> &Arc<Store> {
         &self.inner.store
     }
-
-    /// Stops gossiping and closes the socket. Writes fail with
-    /// [`Error::Closed`] afterwards; reads keep serving the local data.
-    /// Calling it again does nothing.
+    /// Announces the departure to the cluster, stops gossiping and closes
+    /// the socket. Peers mark this node `Left` at once. Writes fail with
+    /// [`Error::Closed`] afterwards; reads keep serving the local data;
+    /// watchers and member event streams end. Calling it again does nothing.
     pub async fn shutdown(&self) -> Result<(), Error> {
         self.inner.closed.store(true, Ordering::SeqCst);
+        self.inner.closed_tx.send_replace(true);
+        if let Some(mut d) = self.inner.discovery.lock().take() {
+            d.shutdown();
+        }
         let task = self.inner.task.lock().take();
         if let Some((stop, handle)) = task {
             let _ = stop.send(());
@@ -316,6 +370,12 @@ where
     if b.tombstone_retention.is_zero() {
         return Err(invalid("tombstone retention must be greater than zero"));
     }
+    if !(b.phi_threshold.is_finite() && b.phi_threshold > 0.0) {
+        return Err(invalid("phi threshold must be a positive number"));
+    }
+    if b.seed_refresh.is_zero() {
+        return Err(invalid("seed refresh interval must be greater than zero"));
+    }
     for seed in &b.seeds {
         split_host_port(seed).map_err(|m| invalid(format!("seed {m}")))?;
     }
@@ -327,10 +387,26 @@ where
         .map_or(1, |d| d.as_micros() as u64)
         .max(1);
     let store = Arc::new(Store::new(Origin::new(node.clone(), generation)));
-
+    let (changes, _) = broadcast::channel::<Change>(WATCH_QUEUE);
+    let (member_events, _) = broadcast::channel::<MemberEvent>(WATCH_QUEUE);
+    let (closed_tx, _) = watch::channel(false);
+    {
+        let tx = changes.clone();
+        store.set_observer(Arc::new(move |key: &str, value: Option<&Bytes>| {
+            if tx.receiver_count() > 0 {
+                let _ = tx.send(Change {
+                    key: Arc::from(key),
+                    value: value.cloned(),
+                });
+            }
+        }));
+    }
     let Some(bind) = &b.bind_addr else {
         if !b.seeds.is_empty() {
             return Err(invalid("seeds need a bind address"));
+        }
+        if b.discovery {
+            return Err(invalid("discovery needs a bind address"));
         }
         if b.advertise_addr.is_some() {
             return Err(invalid("an advertise address needs a bind address"));
@@ -347,6 +423,10 @@ where
                 protocol: None,
                 task: Mutex::new(None),
                 errors_dropped: Arc::new(AtomicU64::new(0)),
+                changes,
+                member_events,
+                closed_tx,
+                discovery: Mutex::new(None),
             }),
             _key: PhantomData,
         });
@@ -380,16 +460,59 @@ where
         tombstone_retention_ms: b.tombstone_retention.as_millis() as u64,
         seeds,
         rng_seed: b.rng_seed.unwrap_or_else(|| rand::rng().random()),
+        detector: DetectorConfig {
+            phi_threshold: b.phi_threshold,
+            forget_after_ms: b.dead_member_grace.as_millis() as u64,
+            ..DetectorConfig::for_interval(b.gossip_interval.as_millis().max(1) as u64)
+        },
     };
     let protocol = Arc::new(Mutex::new(Protocol::new(cfg, store.clone(), wall_ms())));
     let record_budget = Some(protocol.lock().body_budget());
     let (stop_tx, stop_rx) = oneshot::channel();
+    let (addrs_tx, addrs_rx) = mpsc::channel::<Addrs>(16);
+    if b.seeds.iter().any(|s| s.parse::<SocketAddr>().is_err()) {
+        tokio::spawn(refresh_seeds(
+            b.seeds.clone(),
+            b.seed_refresh,
+            addrs_tx.clone(),
+            err_tx.clone(),
+            errors_dropped.clone(),
+        ));
+    }
+    let discovery = if b.discovery {
+        let (disc_tx, mut disc_rx) = mpsc::channel::<Vec<SocketAddr>>(16);
+        let handle = start_mdns(
+            MdnsConfig {
+                node_id: node_id.clone(),
+                cluster_id: b.cluster_id.clone(),
+                addr: advertise,
+            },
+            disc_tx,
+        )
+        .map_err(|m| invalid(format!("cannot start mDNS discovery: {m}")))?;
+        let fwd = addrs_tx.clone();
+        tokio::spawn(async move {
+            while let Some(addrs) = disc_rx.recv().await {
+                if fwd.send(Addrs::Discovered(addrs)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Some(handle)
+    } else {
+        None
+    };
+    drop(addrs_tx);
     let handle = tokio::spawn(drive(
         transport,
         protocol.clone(),
         stop_rx,
-        err_tx,
-        errors_dropped.clone(),
+        addrs_rx,
+        Outputs {
+            err_tx,
+            errors_dropped: errors_dropped.clone(),
+            member_events: member_events.clone(),
+        },
     ));
     info!(node = %node, addr = %local_addr, cluster = %b.cluster_id, "node started");
     Ok(GossipKv {
@@ -403,6 +526,10 @@ where
             protocol: Some(protocol),
             task: Mutex::new(Some((stop_tx, handle))),
             errors_dropped,
+            changes,
+            member_events,
+            closed_tx,
+            discovery: Mutex::new(discovery),
         }),
         _key: PhantomData,
     })
@@ -461,16 +588,68 @@ fn report(tx: &Option<mpsc::Sender<NetworkError>>, dropped: &AtomicU64, e: Netwo
     }
 }
 
-/// The driver: one task that feeds the protocol with datagrams and timeouts
-/// and sends what it produces.
+/// New addresses to contact, from seed re-resolution or discovery.
+#[derive(Debug)]
+enum Addrs {
+    Seeds(Vec<SocketAddr>),
+    Discovered(Vec<SocketAddr>),
+}
+
+/// Where the driver sends what the protocol reports.
+struct Outputs {
+    err_tx: Option<mpsc::Sender<NetworkError>>,
+    errors_dropped: Arc<AtomicU64>,
+    member_events: broadcast::Sender<MemberEvent>,
+}
+
+impl Outputs {
+    fn event(&self, ev: Event) {
+        match ev {
+            Event::Error(e) => report(&self.err_tx, &self.errors_dropped, e),
+            Event::Member(m) => {
+                let _ = self.member_events.send(m);
+            }
+        }
+    }
+}
+
+/// Resolves seed host names again every `every`, so a name that later points
+/// elsewhere is followed.
+async fn refresh_seeds(
+    seeds: Vec<String>,
+    every: Duration,
+    tx: mpsc::Sender<Addrs>,
+    err_tx: Option<mpsc::Sender<NetworkError>>,
+    dropped: Arc<AtomicU64>,
+) {
+    let mut last = Vec::new();
+    loop {
+        tokio::time::sleep(every).await;
+        let addrs = resolve_seeds(&seeds, &err_tx, &dropped).await;
+        if addrs != last {
+            debug!(?addrs, "seed addresses changed");
+            last = addrs.clone();
+            if tx.send(Addrs::Seeds(addrs)).await.is_err() {
+                return;
+            }
+        } else if tx.is_closed() {
+            return;
+        }
+    }
+}
+
+/// The driver: one task that feeds the protocol with datagrams, timeouts and
+/// new addresses, and sends what it produces. When told to stop (or when
+/// every handle is dropped) it announces the departure before it ends.
 async fn drive<T: Transport>(
     transport: T,
     protocol: Arc<Mutex<Protocol>>,
     mut stop: oneshot::Receiver<()>,
-    err_tx: Option<mpsc::Sender<NetworkError>>,
-    errors_dropped: Arc<AtomicU64>,
+    mut addrs: mpsc::Receiver<Addrs>,
+    out: Outputs,
 ) {
     let mut buf = vec![0u8; transport.max_datagram_size() + 1];
+    let mut stopping = false;
     loop {
         let (transmits, events, deadline) = {
             let mut p = protocol.lock();
@@ -482,8 +661,8 @@ async fn drive<T: Transport>(
             if let Err(e) = transport.send_to(&t.payload, t.to).await {
                 debug!(to = %t.to, error = %e, "send failed");
                 report(
-                    &err_tx,
-                    &errors_dropped,
+                    &out.err_tx,
+                    &out.errors_dropped,
                     NetworkError::Io {
                         op: "send",
                         message: format!("to {}: {e}", t.to),
@@ -492,21 +671,29 @@ async fn drive<T: Transport>(
             }
         }
         for ev in events {
-            if let Event::Error(e) = ev {
-                report(&err_tx, &errors_dropped, e);
-            }
+            out.event(ev);
         }
-        let wait = Duration::from_millis(deadline.saturating_sub(wall_ms()));
+        if stopping {
+            break;
+        }
+        let wait = Duration::from_millis(deadline.saturating_sub(wall_ms()).min(60_000));
         tokio::select! {
-            _ = &mut stop => break,
+            _ = &mut stop => {
+                protocol.lock().leave();
+                stopping = true;
+            }
             r = transport.recv_from(&mut buf) => match r {
                 Ok((n, from)) => protocol.lock().handle_datagram(wall_ms(), from, &buf[..n]),
                 Err(e) => {
                     warn!(error = %e, "receive failed");
-                    report(&err_tx, &errors_dropped, NetworkError::Io { op: "recv", message: e.to_string() });
+                    report(&out.err_tx, &out.errors_dropped, NetworkError::Io { op: "recv", message: e.to_string() });
                     // Do not spin on a persistent error.
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
+            },
+            Some(a) = addrs.recv() => match a {
+                Addrs::Seeds(s) => protocol.lock().set_seeds(s),
+                Addrs::Discovered(d) => protocol.lock().set_discovered(d),
             },
             _ = tokio::time::sleep(wait) => protocol.lock().handle_timeout(wall_ms()),
         }

@@ -28,16 +28,17 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use gossipkv_proto::{
-    decode, encode, envelope_overhead, Ack, Body, Envelope, Limits, Reply, Sender, Syn, SynAck,
-    PROTOCOL_VERSION,
+    decode, encode, encoded_len, envelope_overhead, member_size_hint, Ack, Body, Envelope, Limits,
+    Reply, Sender, Syn, SynAck, PROTOCOL_VERSION,
 };
-use gossipkv_storage::{Delta, Digest, NodeId, Store};
+use gossipkv_storage::{Delta, Digest, NodeId, Page, Store};
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use tracing::{debug, trace, warn};
+use tracing::{debug, info, trace, warn};
 
 use crate::error::NetworkError;
+use crate::membership::{DetectorConfig, Member, MemberEvent, MemberState, Membership};
 
 /// Timestamps further ahead of the local clock than this are reported as clock skew.
 pub const CLOCK_SKEW_REPORT_MS: u64 = 30_000;
@@ -65,6 +66,8 @@ pub struct ProtocolConfig {
     pub seeds: Vec<SocketAddr>,
     /// Seed of the random generator that picks peers.
     pub rng_seed: u64,
+    /// Failure detector tuning.
+    pub detector: DetectorConfig,
 }
 
 /// Something the driver should know about.
@@ -73,13 +76,8 @@ pub struct ProtocolConfig {
 pub enum Event {
     /// A problem to report through the error handler.
     Error(NetworkError),
-    /// A peer was heard from for the first time (or at a new address or generation).
-    PeerDiscovered {
-        /// The peer's node id.
-        node_id: NodeId,
-        /// Where it was heard from.
-        addr: SocketAddr,
-    },
+    /// Membership changed.
+    Member(MemberEvent),
 }
 
 /// A datagram to send.
@@ -124,13 +122,6 @@ pub struct Stats {
     pub oversized_dropped: u64,
 }
 
-#[derive(Debug, Clone)]
-struct Peer {
-    addr: SocketAddr,
-    generation: u64,
-    last_seen_ms: u64,
-}
-
 /// Progress of a re-synchronisation we receive from one peer.
 #[derive(Debug, Clone)]
 struct Resync {
@@ -139,6 +130,8 @@ struct Resync {
     /// The sender's watermarks from the first page: what we may raise ours to
     /// once every page has been applied.
     watermarks: Digest,
+    /// When the last page of this re-synchronisation arrived.
+    progress_ms: u64,
 }
 
 /// The gossip protocol state machine; see the [module docs](self).
@@ -148,17 +141,28 @@ pub struct Protocol {
     store: Arc<Store>,
     limits: Limits,
     rng: SmallRng,
-    peers: HashMap<NodeId, Peer>,
+    membership: Membership,
+    heartbeat: u64,
+    left: bool,
+    discovered: Vec<SocketAddr>,
     next_round_ms: u64,
+    next_check_ms: u64,
     next_gc_ms: u64,
     rotate: usize,
     resync: Option<Resync>,
     skew_reported_ms: HashMap<NodeId, u64>,
+    probed_ms: HashMap<NodeId, u64>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: Stats,
     budget: usize,
+    member_budget: usize,
 }
+
+/// Share of a datagram always reserved for the member sample (one part in
+/// ten); a datagram whose body leaves more room carries more members, up to
+/// half the packet.
+const MEMBER_SHARE: usize = 10;
 
 impl Protocol {
     /// A protocol instance replicating `store`, starting at `now_ms`.
@@ -167,26 +171,35 @@ impl Protocol {
         let addr_len = cfg.advertise_addr.map_or(0, |a| a.to_string().len());
         let overhead =
             envelope_overhead(cfg.cluster_id.len(), cfg.node_id.as_str().len(), addr_len);
-        let budget = cfg.packet_size.saturating_sub(overhead);
-        let limits = Limits {
-            max_datagram: gossipkv_proto::Limits::default().max_datagram,
-            ..Limits::default()
-        };
+        let member_budget = cfg.packet_size / MEMBER_SHARE;
+        let budget = cfg.packet_size.saturating_sub(overhead + member_budget);
+        let limits = Limits::default();
+        let membership = Membership::new(
+            cfg.node_id.clone(),
+            cfg.gossip_interval_ms,
+            cfg.detector.clone(),
+        );
         Protocol {
             rng: SmallRng::seed_from_u64(cfg.rng_seed),
+            membership,
+            heartbeat: 0,
+            left: false,
+            discovered: Vec::new(),
             next_round_ms: now_ms,
+            next_check_ms: now_ms,
             next_gc_ms: now_ms + gc_interval(cfg.tombstone_retention_ms),
             cfg,
             store,
             limits,
-            peers: HashMap::new(),
             rotate: 0,
             resync: None,
             skew_reported_ms: HashMap::new(),
+            probed_ms: HashMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
             budget,
+            member_budget,
         }
     }
 
@@ -209,16 +222,62 @@ impl Protocol {
     pub fn node_id(&self) -> &NodeId {
         &self.cfg.node_id
     }
-
-    /// The peers heard from so far: node id and the address last heard from.
+    /// The members that are alive or suspect: node id and address.
     pub fn peers(&self) -> Vec<(NodeId, SocketAddr)> {
-        let mut v: Vec<_> = self
-            .peers
-            .iter()
-            .map(|(n, p)| (n.clone(), p.addr))
-            .collect();
-        v.sort();
+        self.membership
+            .in_states(&[MemberState::Alive, MemberState::Suspect])
+            .into_iter()
+            .map(|m| (m.node_id, m.addr))
+            .collect()
+    }
+
+    /// Every member known, the local node first (always alive, or left once
+    /// [`Protocol::leave`] was called).
+    pub fn members(&self) -> Vec<Member> {
+        let me = Member {
+            node_id: self.cfg.node_id.clone(),
+            addr: self
+                .cfg
+                .advertise_addr
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+            state: if self.left {
+                MemberState::Left
+            } else {
+                MemberState::Alive
+            },
+            generation: self.cfg.generation,
+            heartbeat: self.heartbeat,
+        };
+        let mut v = vec![me];
+        v.extend(self.membership.all());
         v
+    }
+
+    /// Replaces the addresses found by discovery (mDNS); they are contacted like seeds.
+    pub fn set_discovered(&mut self, addrs: Vec<SocketAddr>) {
+        self.discovered = addrs;
+    }
+
+    /// Announces that this node leaves: queues a `Leave` to every member that
+    /// is alive or suspect (twice, against loss). Afterwards the node sends
+    /// nothing more of its own accord.
+    pub fn leave(&mut self) {
+        if self.left {
+            return;
+        }
+        self.left = true;
+        let targets: Vec<SocketAddr> = self
+            .membership
+            .in_states(&[MemberState::Alive, MemberState::Suspect])
+            .into_iter()
+            .map(|m| m.addr)
+            .collect();
+        debug!(members = targets.len(), "announcing departure");
+        for _ in 0..2 {
+            for &to in &targets {
+                self.send(to, Body::Leave);
+            }
+        }
     }
 
     /// Replaces the seed addresses (for example after resolving host names again).
@@ -228,7 +287,9 @@ impl Protocol {
 
     /// When [`Protocol::handle_timeout`] should next be called (ms since the epoch).
     pub fn poll_timeout(&self) -> u64 {
-        self.next_round_ms.min(self.next_gc_ms)
+        self.next_round_ms
+            .min(self.next_gc_ms)
+            .min(self.next_check_ms)
     }
 
     /// The next datagram to send, if any.
@@ -238,11 +299,26 @@ impl Protocol {
 
     /// The next event, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
+        if let Some(e) = self.membership.poll_event() {
+            log_member_event(&e);
+            return Some(Event::Member(e));
+        }
         self.events.pop_front()
     }
 
     /// Runs whatever is due at `now_ms`: a gossip round, tombstone collection.
     pub fn handle_timeout(&mut self, now_ms: u64) {
+        if self.left {
+            self.next_round_ms = u64::MAX;
+            self.next_gc_ms = u64::MAX;
+            self.next_check_ms = u64::MAX;
+            return;
+        }
+        if now_ms >= self.next_check_ms {
+            self.next_check_ms = now_ms + (self.cfg.gossip_interval_ms / 4).max(1);
+            self.membership.check(now_ms);
+            self.probe_suspects(now_ms);
+        }
         if now_ms >= self.next_gc_ms {
             self.next_gc_ms = now_ms + gc_interval(self.cfg.tombstone_retention_ms);
             let gc = self
@@ -262,9 +338,49 @@ impl Protocol {
             self.round(now_ms);
         }
     }
+    /// Contacts suspected members directly, up to four times per interval each,
+    /// so that a member that is alive but unlucky with loss answers (its
+    /// reply carries a fresh heartbeat) before it is declared dead.
+    fn probe_suspects(&mut self, now_ms: u64) {
+        let suspects = self.membership.in_states(&[MemberState::Suspect]);
+        if suspects.is_empty() {
+            self.probed_ms.clear();
+            return;
+        }
+        let gap = (self.cfg.gossip_interval_ms / 2).max(1);
+        self.probed_ms
+            .retain(|n, _| suspects.iter().any(|m| &m.node_id == n));
+        let mut digest = None;
+        for m in suspects {
+            if self
+                .probed_ms
+                .get(&m.node_id)
+                .is_some_and(|&t| now_ms < t + gap)
+            {
+                continue;
+            }
+            self.probed_ms.insert(m.node_id.clone(), now_ms);
+            let d = match &digest {
+                Some(d) => Clone::clone(d),
+                None => {
+                    let d = self.digest_for_syn();
+                    digest = Some(d.clone());
+                    d
+                }
+            };
+            self.send(
+                m.addr,
+                Body::Syn(Syn {
+                    digest: d,
+                    resync_from: None,
+                }),
+            );
+        }
+    }
 
     fn round(&mut self, _now_ms: u64) {
         self.stats.rounds += 1;
+        self.heartbeat += 1;
         let targets = self.pick_targets();
         if targets.is_empty() {
             return;
@@ -272,7 +388,7 @@ impl Protocol {
         let digest = self.digest_for_syn();
         for to in targets {
             let resync_from = match &self.resync {
-                Some(r) if self.peers.get(&r.from).is_some_and(|p| p.addr == to) => {
+                Some(r) if self.membership.get(&r.from).is_some_and(|p| p.addr == to) => {
                     Some(r.cursor.clone())
                 }
                 _ => None,
@@ -284,36 +400,47 @@ impl Protocol {
             self.send(to, Body::Syn(syn));
         }
     }
-
     fn pick_targets(&mut self) -> Vec<SocketAddr> {
-        let mut peers: Vec<SocketAddr> = self.peers.values().map(|p| p.addr).collect();
-        peers.sort();
+        let live = self
+            .membership
+            .in_states(&[MemberState::Alive, MemberState::Suspect]);
+        let mut peers: Vec<SocketAddr> = live.iter().map(|m| m.addr).collect();
         peers.shuffle(&mut self.rng);
         let mut targets: Vec<SocketAddr> = peers.into_iter().take(self.cfg.fanout.max(1)).collect();
         if let Some(r) = &self.resync {
-            if let Some(p) = self.peers.get(&r.from) {
+            if let Some(p) = self.membership.get(&r.from) {
                 if !targets.contains(&p.addr) {
                     targets.pop();
                     targets.push(p.addr);
                 }
             }
         }
-        // Seeds nobody answered from yet: keep trying one per round, or all of
-        // them while we know no peer at all.
+        // Dead members are contacted now and then, so that a healed
+        // partition finds itself again.
+        let dead = self.membership.in_states(&[MemberState::Dead]);
+        if !dead.is_empty() && self.rng.random_bool(0.25) {
+            targets.push(dead[self.rng.random_range(0..dead.len())].addr);
+        }
+        // Seeds and discovered addresses nobody answered from yet: keep trying
+        // one per round, or all of them while we know no live member at all.
         let own = self.cfg.advertise_addr;
         let mut unknown: Vec<SocketAddr> = self
             .cfg
             .seeds
             .iter()
+            .chain(self.discovered.iter())
             .copied()
-            .filter(|s| Some(*s) != own && !self.peers.values().any(|p| p.addr == *s))
+            .filter(|s| Some(*s) != own && !self.membership.is_live_addr(*s))
             .collect();
-        if self.peers.is_empty() {
+        unknown.sort();
+        unknown.dedup();
+        if live.is_empty() {
             targets.append(&mut unknown);
         } else if !unknown.is_empty() {
             let i = self.rng.random_range(0..unknown.len());
             targets.push(unknown[i]);
         }
+        targets.sort();
         targets.dedup();
         targets
     }
@@ -367,34 +494,18 @@ impl Protocol {
             }
             return;
         }
-        self.observe_peer(&sender, from, now_ms);
+        self.membership.observe(&sender, Some(from), now_ms);
+        for m in &env.members {
+            self.membership.observe(m, None, now_ms);
+        }
+        if self.left {
+            return;
+        }
         match env.body {
             Body::Syn(syn) => self.on_syn(now_ms, from, syn),
             Body::SynAck(ack) => self.on_syn_ack(now_ms, from, &sender, ack),
             Body::Ack(ack) => self.apply_delta(now_ms, from, &ack.delta),
-        }
-    }
-
-    fn observe_peer(&mut self, sender: &Sender, from: SocketAddr, now_ms: u64) {
-        match self.peers.get_mut(&sender.node_id) {
-            Some(p) if p.addr == from && p.generation == sender.generation => {
-                p.last_seen_ms = now_ms;
-            }
-            _ => {
-                debug!(peer = %sender.node_id, %from, generation = sender.generation, "peer discovered");
-                self.peers.insert(
-                    sender.node_id.clone(),
-                    Peer {
-                        addr: from,
-                        generation: sender.generation,
-                        last_seen_ms: now_ms,
-                    },
-                );
-                self.events.push_back(Event::PeerDiscovered {
-                    node_id: sender.node_id.clone(),
-                    addr: from,
-                });
-            }
+            Body::Leave => {}
         }
     }
 
@@ -428,35 +539,48 @@ impl Protocol {
                 self.stats.pages_applied += 1;
                 self.stats.records_won += stats.won as u64;
                 self.stats.records_lost += stats.lost as u64;
-                let continues = matches!(&self.resync, Some(r) if r.from == sender.node_id && r.cursor == page.start);
-                if page.start.is_empty() {
-                    self.resync = Some(Resync {
-                        from: sender.node_id.clone(),
-                        cursor: String::new(),
-                        watermarks: page.watermarks.clone(),
-                    });
-                } else if !continues {
-                    // A page out of sequence: its records were merged safely, but it
-                    // does not count towards completing a re-synchronisation.
-                    return self.answer_ack(from, &ack.digest);
-                }
-                match &page.end {
-                    Some(end) => {
-                        if let Some(r) = &mut self.resync {
-                            r.cursor = end.clone();
-                        }
-                    }
-                    None => {
-                        if let Some(r) = self.resync.take() {
-                            let raised = self.store.raise_watermarks(&r.watermarks);
-                            self.stats.resyncs_completed += 1;
-                            debug!(peer = %r.from, raised, "re-synchronisation complete");
-                        }
-                    }
-                }
+                self.on_page(now_ms, &sender.node_id, page);
             }
         }
         self.answer_ack(from, &ack.digest);
+    }
+
+    /// Tracks a re-synchronisation: pages from one peer, in key order, from
+    /// the first key to the last. Pages from anyone else, or out of order,
+    /// are merged (that is always safe) but do not advance it.
+    fn on_page(&mut self, now_ms: u64, sender: &NodeId, page: &Page) {
+        let stale = self.resync.as_ref().is_some_and(|r| {
+            now_ms.saturating_sub(r.progress_ms) > 10 * self.cfg.gossip_interval_ms
+        });
+        let ours = match &self.resync {
+            Some(r) => &r.from == sender,
+            None => true,
+        };
+        if page.start.is_empty() && (ours || stale) {
+            self.resync = Some(Resync {
+                from: sender.clone(),
+                cursor: String::new(),
+                watermarks: page.watermarks.clone(),
+                progress_ms: now_ms,
+            });
+        }
+        let Some(r) = &mut self.resync else {
+            return;
+        };
+        if &r.from != sender || r.cursor != page.start {
+            return;
+        }
+        r.progress_ms = now_ms;
+        match &page.end {
+            Some(end) => r.cursor = end.clone(),
+            None => {
+                if let Some(r) = self.resync.take() {
+                    let raised = self.store.raise_watermarks(&r.watermarks);
+                    self.stats.resyncs_completed += 1;
+                    debug!(peer = %r.from, raised, "re-synchronisation complete");
+                }
+            }
+        }
     }
 
     fn answer_ack(&mut self, to: SocketAddr, peer_digest: &Digest) {
@@ -511,16 +635,26 @@ impl Protocol {
     }
 
     fn send(&mut self, to: SocketAddr, body: Body) {
-        let env = Envelope {
+        let mut env = Envelope {
             protocol_version: PROTOCOL_VERSION,
             cluster_id: self.cfg.cluster_id.clone(),
             sender: Sender {
                 node_id: self.cfg.node_id.clone(),
                 generation: self.cfg.generation,
                 addr: self.cfg.advertise_addr,
+                heartbeat: self.heartbeat,
+                left: self.left,
             },
+            members: Vec::new(),
             body,
         };
+        let room = self
+            .cfg
+            .packet_size
+            .saturating_sub(encoded_len(&env))
+            .min(self.cfg.packet_size / 2)
+            .max(self.member_budget);
+        env.members = self.member_sample(room);
         let payload = encode(&env);
         if payload.len() > self.cfg.packet_size {
             self.stats.oversized_dropped += 1;
@@ -534,6 +668,61 @@ impl Protocol {
         self.stats.datagrams_sent += 1;
         self.stats.bytes_sent += payload.len() as u64;
         self.transmits.push_back(Transmit { to, payload });
+    }
+}
+
+impl Protocol {
+    /// A random sample of members (alive, suspect or departed) that fits the
+    /// member budget of a datagram.
+    fn member_sample(&mut self, budget: usize) -> Vec<Sender> {
+        const SHARED: [MemberState; 3] =
+            [MemberState::Alive, MemberState::Suspect, MemberState::Left];
+        // Half the budget for the freshest news (heartbeats that rose most
+        // recently spread fastest), the rest for a random sample.
+        let fresh = self.membership.freshest(&SHARED);
+        let mut pool = self.membership.in_states(&SHARED);
+        pool.shuffle(&mut self.rng);
+        let half = budget / 2;
+        let mut used = 0;
+        let mut out: Vec<Sender> = Vec::new();
+        let picks = fresh
+            .into_iter()
+            .map(|m| (m, half))
+            .chain(pool.into_iter().map(|m| (m, budget)));
+        for (m, limit) in picks {
+            if out.iter().any(|s| s.node_id == m.node_id) {
+                continue;
+            }
+            let cost = member_size_hint(m.node_id.as_str().len(), m.addr.to_string().len());
+            if used + cost > limit {
+                if limit == budget {
+                    break;
+                }
+                continue;
+            }
+            used += cost;
+            out.push(Sender {
+                node_id: m.node_id,
+                generation: m.generation,
+                addr: Some(m.addr),
+                heartbeat: m.heartbeat,
+                left: m.state == MemberState::Left,
+            });
+        }
+        out
+    }
+}
+
+fn log_member_event(e: &MemberEvent) {
+    let m = e.member();
+    match e {
+        MemberEvent::Joined(_) => info!(member = %m.node_id, addr = %m.addr, "member joined"),
+        MemberEvent::Rejoined(_) => info!(member = %m.node_id, addr = %m.addr, "member rejoined"),
+        MemberEvent::Left(_) => info!(member = %m.node_id, "member left"),
+        MemberEvent::Dead(_) => warn!(member = %m.node_id, "member declared dead"),
+        MemberEvent::Suspect(_) => debug!(member = %m.node_id, "member suspected"),
+        MemberEvent::Alive(_) => debug!(member = %m.node_id, "suspected member is alive"),
+        MemberEvent::Forgotten(_) => debug!(member = %m.node_id, "member forgotten"),
     }
 }
 

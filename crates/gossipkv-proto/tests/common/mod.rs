@@ -163,11 +163,15 @@ pub(crate) fn addr() -> impl Strategy<Value = Option<SocketAddr>> {
 }
 
 pub(crate) fn sender() -> impl Strategy<Value = Sender> {
-    (node_id(), int(), addr()).prop_map(|(node_id, generation, addr)| Sender {
-        node_id,
-        generation,
-        addr,
-    })
+    (node_id(), int(), addr(), int(), any::<bool>()).prop_map(
+        |(node_id, generation, addr, heartbeat, left)| Sender {
+            node_id,
+            generation,
+            addr,
+            heartbeat,
+            left,
+        },
+    )
 }
 
 pub(crate) fn body() -> impl Strategy<Value = Body> {
@@ -179,15 +183,23 @@ pub(crate) fn body() -> impl Strategy<Value = Body> {
         })),
         (digest(), reply).prop_map(|(digest, reply)| Body::SynAck(SynAck { digest, reply })),
         delta().prop_map(|delta| Body::Ack(Ack { delta })),
+        Just(Body::Leave),
     ]
 }
 
 /// Envelopes of the current protocol version, within the default limits.
 pub(crate) fn envelope() -> impl Strategy<Value = Envelope> {
-    (text(16), sender(), body()).prop_map(|(cluster_id, sender, body)| Envelope {
-        protocol_version: super::PROTOCOL_VERSION,
-        cluster_id,
-        sender,
-        body,
-    })
+    (
+        text(16),
+        sender(),
+        proptest::collection::vec(sender(), 0..4),
+        body(),
+    )
+        .prop_map(|(cluster_id, sender, members, body)| Envelope {
+            protocol_version: super::PROTOCOL_VERSION,
+            cluster_id,
+            sender,
+            members,
+            body,
+        })
 }
