@@ -37,7 +37,13 @@ async fn converge(nodes: &[Kv], what: &str, cond: impl Fn(&Kv) -> bool) -> Resul
     let cells: Vec<String> = seen
         .iter()
         .enumerate()
-        .map(|(i, t)| format!("node-{i} {:>4} ms", t.map_or(0, |t| t.as_millis())))
+        .map(|(i, t)| {
+            format!(
+                "{} {:>4} ms",
+                nodes[i].node_id(),
+                t.map_or(0, |t| t.as_millis())
+            )
+        })
         .collect();
     let total = start.elapsed();
     println!("  {what:<28} {}", cells.join(" | "));
@@ -69,6 +75,32 @@ async fn main() -> Result<()> {
         );
         nodes.push(n);
     }
+
+    // Wait until every node knows every other one (membership spreads by gossip).
+    converge(&nodes, "membership: all 5 alive", |n| {
+        n.members()
+            .iter()
+            .filter(|m| m.state == gossipkv::MemberState::Alive)
+            .count()
+            == NODES
+    })
+    .await?;
+    println!("\nnode-4 sees the cluster as:");
+    for m in nodes[4].members() {
+        println!("  {:<8} {:<21} {}", m.node_id, m.addr, m.state);
+    }
+
+    // A watcher on node-3 prints every change under "cfg/" as it arrives.
+    let mut watcher = nodes[3].watch("cfg/");
+    let watch_task = tokio::spawn(async move {
+        let mut seen = 0usize;
+        let mut last = None;
+        while let Some(ev) = watcher.recv().await {
+            seen += 1 + ev.missed as usize;
+            last = Some((ev.key, ev.value));
+        }
+        (seen, last)
+    });
 
     println!("\nwriting version=v1.0.1 on node-0; time until each node reads it:");
     let start = Instant::now();
@@ -102,6 +134,16 @@ async fn main() -> Result<()> {
     nodes[4].delete("version")?;
     converge(&nodes, "version deleted", |n| !n.contains_key("version")).await?;
 
+    println!("\nnode-1 leaves; the others see it as left:");
+    let leaving = nodes.remove(1);
+    leaving.shutdown().await?;
+    converge(&nodes, "node-1 left", |n| {
+        n.members()
+            .iter()
+            .any(|m| m.node_id.as_str() == "node-1" && m.state == gossipkv::MemberState::Left)
+    })
+    .await?;
+
     println!("\nafter {:?}:", start.elapsed());
     println!(
         "  {:<8} {:>6} {:>8} {:>10} {:>10} {:>8}",
@@ -122,6 +164,8 @@ async fn main() -> Result<()> {
     for n in &nodes {
         n.shutdown().await?;
     }
-    println!("\nall nodes shut down");
+    let (seen, last) = watch_task.await?;
+    println!("\nthe watcher on node-3 saw {seen} changes under cfg/; the last: {last:?}");
+    println!("all nodes shut down");
     Ok(())
 }
