@@ -11,7 +11,9 @@ use gossipkv_storage::{
 use prost::Message;
 
 use crate::error::DecodeError;
-use crate::message::{Ack, Body, Envelope, Limits, Reply, Sender, Syn, SynAck, PROTOCOL_VERSION};
+use crate::message::{
+    Ack, Body, Envelope, Limits, Push, Reply, Sender, Syn, SynAck, PROTOCOL_VERSION,
+};
 use crate::pb;
 
 /// Upper bound, in bytes, of what an envelope costs beyond the lengths of its
@@ -113,6 +115,10 @@ pub(crate) fn envelope_to_pb(env: &Envelope) -> pb::Envelope {
             delta: Some(delta_to_pb(&ack.delta)),
         }),
         Body::Leave => pb::envelope::Body::Leave(pb::Leave {}),
+        Body::Push(p) => pb::envelope::Body::Push(pb::Push {
+            records: p.records.iter().map(record_to_pb).collect(),
+            hops: p.hops,
+        }),
     };
     pb::Envelope {
         protocol_version: env.protocol_version,
@@ -242,6 +248,10 @@ impl Decoder<'_> {
                 delta: self.delta(a.delta.ok_or(DecodeError::MissingField("Ack.delta"))?)?,
             }),
             pb::envelope::Body::Leave(_) => Body::Leave,
+            pb::envelope::Body::Push(p) => Body::Push(Push {
+                records: self.records(p.records)?,
+                hops: p.hops,
+            }),
         };
         check("members", m.members.len(), self.limits.max_entries)?;
         let members = m

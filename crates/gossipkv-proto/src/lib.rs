@@ -58,7 +58,9 @@ pub use convert::{
     MEMBER_OVERHEAD,
 };
 pub use error::DecodeError;
-pub use message::{Ack, Body, Envelope, Limits, Reply, Sender, Syn, SynAck, PROTOCOL_VERSION};
+pub use message::{
+    Ack, Body, Envelope, Limits, Push, Reply, Sender, Syn, SynAck, PROTOCOL_VERSION,
+};
 
 #[cfg(test)]
 mod tests;

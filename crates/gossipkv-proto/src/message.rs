@@ -90,6 +90,19 @@ pub enum Body {
     Ack(Ack),
     /// The sender leaves the cluster on purpose.
     Leave,
+    /// Fresh writes pushed at once.
+    Push(Push),
+}
+
+/// Fresh writes pushed to a few peers as soon as they are made; receivers
+/// merge them and forward what was new to them while `hops` allows. A push
+/// never raises a watermark.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Push {
+    /// The records.
+    pub records: Vec<gossipkv_storage::Record>,
+    /// How many more times the records may be forwarded.
+    pub hops: u32,
 }
 
 /// First message of an exchange: the initiator's watermarks.

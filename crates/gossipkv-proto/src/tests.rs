@@ -16,7 +16,7 @@ use crate::convert::{
 };
 use crate::{
     decode, encode, encoded_len, envelope_overhead, pb, Ack, Body, DecodeError, Envelope, Limits,
-    Reply, Sender, Syn, SynAck, PROTOCOL_VERSION,
+    Push, Reply, Sender, Syn, SynAck, PROTOCOL_VERSION,
 };
 
 #[path = "../tests/common/mod.rs"]
@@ -51,6 +51,7 @@ fn body_content(body: &Body) -> usize {
         }
         Body::Ack(a) => a.delta.size_hint(),
         Body::Leave => 0,
+        Body::Push(p) => p.records.iter().map(|r| r.size_hint()).sum::<usize>() + 8,
     }
 }
 

@@ -2,8 +2,8 @@
 
 use bytes::Bytes;
 use gossipkv_proto::{
-    decode, encode, encoded_len, Ack, Body, DecodeError, Envelope, Limits, Reply, Sender, Syn,
-    SynAck, PROTOCOL_VERSION,
+    decode, encode, encoded_len, Ack, Body, DecodeError, Envelope, Limits, Push, Reply, Sender,
+    Syn, SynAck, PROTOCOL_VERSION,
 };
 use gossipkv_storage::{Origin, Store};
 use proptest::prelude::*;

@@ -53,6 +53,8 @@ pub struct SimConfig {
     /// Largest one-way latency, ms (latencies are uniform in between, so
     /// datagrams are reordered).
     pub max_latency_ms: u64,
+    /// Whether nodes push fresh writes eagerly (otherwise anti-entropy only).
+    pub push: bool,
     /// How many earlier nodes each node is seeded with (node 0 has none):
     /// always the node just before it, then random earlier ones.
     pub seeds_per_node: usize,
@@ -72,6 +74,7 @@ impl Default for SimConfig {
             min_latency_ms: 1,
             max_latency_ms: 20,
             seeds_per_node: 1,
+            push: true,
         }
     }
 }
@@ -189,6 +192,7 @@ impl Sim {
             seeds: n.seeds.clone(),
             rng_seed,
             detector: DetectorConfig::for_interval(self.cfg.gossip_interval_ms),
+            push: self.cfg.push,
         };
         // Stagger first rounds across one interval, like nodes started at different times.
         let offset = self.rng.random_range(0..self.cfg.gossip_interval_ms.max(1));
@@ -287,15 +291,26 @@ impl Sim {
     /// Writes a value on node `i` at its local time.
     pub fn set(&mut self, i: usize, key: &str, value: &[u8]) -> Record {
         let t = self.local_ms(i);
-        self.nodes[i]
+        let r = self.nodes[i]
             .store
-            .set(key, Bytes::copy_from_slice(value), t)
+            .set(key, Bytes::copy_from_slice(value), t);
+        self.pushed(i, r.clone());
+        r
+    }
+
+    fn pushed(&mut self, i: usize, r: Record) {
+        if let Some(p) = self.nodes[i].proto.as_mut() {
+            p.push_local(vec![r]);
+        }
+        self.drain(i);
     }
 
     /// Deletes a key on node `i` at its local time.
     pub fn delete(&mut self, i: usize, key: &str) -> Record {
         let t = self.local_ms(i);
-        self.nodes[i].store.delete(key, t)
+        let r = self.nodes[i].store.delete(key, t);
+        self.pushed(i, r.clone());
+        r
     }
 
     /// Sets the loss probability.

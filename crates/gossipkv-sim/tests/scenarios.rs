@@ -242,3 +242,39 @@ fn runs_are_deterministic_for_a_seed() {
     };
     assert_eq!(run(99), run(99));
 }
+
+#[test]
+fn an_idle_cluster_answers_in_the_short_form() {
+    let seed = seed(61);
+    let _g = SeedGuard::new("an_idle_cluster_answers_in_the_short_form", seed);
+    let mut sim = Sim::new(SimConfig {
+        seed,
+        nodes: 6,
+        seeds_per_node: 2,
+        ..SimConfig::default()
+    });
+    for k in 0..200 {
+        sim.set(k % 6, &format!("k{k}"), &[7u8; 64]);
+    }
+    sim.run_until(MIN, SEC, |s| s.converged())
+        .expect("converges");
+    // Let the last exchanges settle, then watch 30 idle rounds.
+    sim.run_for(10 * SEC);
+    let before: Vec<_> = (0..6).map(|i| sim.stats(i)).collect();
+    sim.run_for(30 * SEC);
+    let mut syns = 0;
+    let mut short = 0;
+    let mut records = 0;
+    for (i, b) in before.iter().enumerate() {
+        let a = sim.stats(i);
+        syns += a.syns_received - b.syns_received;
+        short += a.short_replies - b.short_replies;
+        records += (a.records_won + a.records_lost) - (b.records_won + b.records_lost);
+    }
+    assert!(syns > 0);
+    assert_eq!(
+        short, syns,
+        "every idle exchange is answered in the short form"
+    );
+    assert_eq!(records, 0, "no record travels while the cluster is idle");
+}

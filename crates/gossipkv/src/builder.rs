@@ -54,6 +54,7 @@ pub struct Builder<K, V> {
     pub(crate) phi_threshold: f64,
     pub(crate) dead_member_grace: Duration,
     pub(crate) seed_refresh: Duration,
+    pub(crate) eager_push: bool,
     pub(crate) _key: PhantomData<fn() -> K>,
 }
 
@@ -94,6 +95,7 @@ where
             phi_threshold: DEFAULT_PHI_THRESHOLD,
             dead_member_grace: DEFAULT_DEAD_MEMBER_GRACE,
             seed_refresh: DEFAULT_SEED_REFRESH,
+            eager_push: true,
             _key: PhantomData,
         }
     }
@@ -205,6 +207,14 @@ where
     /// name that later points elsewhere is followed.
     pub fn seed_refresh_interval(mut self, interval: Duration) -> Self {
         self.seed_refresh = interval;
+        self
+    }
+
+    /// Pushes every fresh write at once to `fanout` live peers, which forward
+    /// what was new to them (default on). Off, writes spread only by the
+    /// periodic anti-entropy rounds.
+    pub fn eager_push(mut self, enabled: bool) -> Self {
+        self.eager_push = enabled;
         self
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use gossipkv_storage::{record_size_hint, NodeId, Origin, Store, CHUNK_OVERHEAD};
+use gossipkv_storage::{record_size_hint, NodeId, Origin, Record, Store, CHUNK_OVERHEAD};
 use gossipkv_transport::{Transport, UdpConfig, UdpTransport};
 use parking_lot::Mutex;
 use rand::Rng;
@@ -52,7 +52,13 @@ pub(crate) struct Inner<V> {
     pub(crate) member_events: broadcast::Sender<MemberEvent>,
     pub(crate) closed_tx: watch::Sender<bool>,
     pub(crate) discovery: Mutex<Option<MdnsHandle>>,
+    /// Fresh local writes on their way to the gossip task (for eager push).
+    pub(crate) push_tx: Option<mpsc::Sender<Record>>,
 }
+
+/// Fresh writes queued for eager push; beyond this, writes still replicate
+/// by anti-entropy.
+const PUSH_QUEUE: usize = 65_536;
 
 /// Capacity of the change and member-event queues of watchers; a watcher
 /// that falls further behind is told how many events it missed.
@@ -133,7 +139,8 @@ where
                 });
             }
         }
-        self.inner.store.set(key, bytes, wall_ms());
+        let record = self.inner.store.set(key, bytes, wall_ms());
+        self.push(record);
         Ok(())
     }
 
@@ -154,7 +161,8 @@ where
     pub fn delete(&self, key: impl AsRef<str>) -> Result<(), Error> {
         let key = key.as_ref();
         self.check_writable(key)?;
-        self.inner.store.delete(key, wall_ms());
+        let record = self.inner.store.delete(key, wall_ms());
+        self.push(record);
         Ok(())
     }
 
@@ -301,6 +309,13 @@ where
         self.inner.closed.load(Ordering::SeqCst)
     }
 
+    fn push(&self, record: Record) {
+        if let Some(tx) = &self.inner.push_tx {
+            // Never block a write: when the queue is full, anti-entropy delivers it.
+            let _ = tx.try_send(record);
+        }
+    }
+
     fn check_writable(&self, key: &str) -> Result<(), Error> {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(Error::Closed {
@@ -427,6 +442,7 @@ where
                 member_events,
                 closed_tx,
                 discovery: Mutex::new(None),
+                push_tx: None,
             }),
             _key: PhantomData,
         });
@@ -460,6 +476,7 @@ where
         tombstone_retention_ms: b.tombstone_retention.as_millis() as u64,
         seeds,
         rng_seed: b.rng_seed.unwrap_or_else(|| rand::rng().random()),
+        push: b.eager_push,
         detector: DetectorConfig {
             phi_threshold: b.phi_threshold,
             forget_after_ms: b.dead_member_grace.as_millis() as u64,
@@ -470,6 +487,8 @@ where
     let record_budget = Some(protocol.lock().body_budget());
     let (stop_tx, stop_rx) = oneshot::channel();
     let (addrs_tx, addrs_rx) = mpsc::channel::<Addrs>(16);
+    let (push_tx, push_rx) = mpsc::channel::<Record>(PUSH_QUEUE);
+    let push_tx = b.eager_push.then_some(push_tx);
     if b.seeds.iter().any(|s| s.parse::<SocketAddr>().is_err()) {
         tokio::spawn(refresh_seeds(
             b.seeds.clone(),
@@ -508,6 +527,7 @@ where
         protocol.clone(),
         stop_rx,
         addrs_rx,
+        push_rx,
         Outputs {
             err_tx,
             errors_dropped: errors_dropped.clone(),
@@ -530,6 +550,7 @@ where
             member_events,
             closed_tx,
             discovery: Mutex::new(discovery),
+            push_tx,
         }),
         _key: PhantomData,
     })
@@ -646,6 +667,7 @@ async fn drive<T: Transport>(
     protocol: Arc<Mutex<Protocol>>,
     mut stop: oneshot::Receiver<()>,
     mut addrs: mpsc::Receiver<Addrs>,
+    mut pushes: mpsc::Receiver<Record>,
     out: Outputs,
 ) {
     let mut buf = vec![0u8; transport.max_datagram_size() + 1];
@@ -691,6 +713,17 @@ async fn drive<T: Transport>(
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             },
+            Some(first) = pushes.recv() => {
+                // Coalesce a burst of writes into packet-sized pushes.
+                let mut batch = vec![first];
+                while batch.len() < 4096 {
+                    match pushes.try_recv() {
+                        Ok(r) => batch.push(r),
+                        Err(_) => break,
+                    }
+                }
+                protocol.lock().push_local(batch);
+            }
             Some(a) = addrs.recv() => match a {
                 Addrs::Seeds(s) => protocol.lock().set_seeds(s),
                 Addrs::Discovered(d) => protocol.lock().set_discovered(d),

@@ -29,9 +29,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use gossipkv_proto::{
     decode, encode, encoded_len, envelope_overhead, member_size_hint, Ack, Body, Envelope, Limits,
-    Reply, Sender, Syn, SynAck, PROTOCOL_VERSION,
+    Push, Reply, Sender, Syn, SynAck, PROTOCOL_VERSION,
 };
-use gossipkv_storage::{Delta, Digest, NodeId, Page, Store};
+use gossipkv_storage::{Delta, Digest, NodeId, Page, Record, Store};
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -68,6 +68,9 @@ pub struct ProtocolConfig {
     pub rng_seed: u64,
     /// Failure detector tuning.
     pub detector: DetectorConfig,
+    /// Push fresh writes to a few peers at once (eager dissemination), in
+    /// addition to periodic anti-entropy.
+    pub push: bool,
 }
 
 /// Something the driver should know about.
@@ -120,6 +123,16 @@ pub struct Stats {
     pub tombstones_collected: u64,
     /// Datagrams not sent because they came out larger than the packet size (a bug if ever non-zero).
     pub oversized_dropped: u64,
+    /// Push datagrams sent (fresh writes and forwards).
+    pub pushes_sent: u64,
+    /// Pushed records that were new here.
+    pub pushed_records_won: u64,
+    /// Syns answered in the short form because both digests were equal.
+    pub short_replies: u64,
+    /// Syns sent (gossip rounds and suspect probes).
+    pub syns_sent: u64,
+    /// Syns received.
+    pub syns_received: u64,
 }
 
 /// Progress of a re-synchronisation we receive from one peer.
@@ -368,6 +381,7 @@ impl Protocol {
                     d
                 }
             };
+            self.stats.syns_sent += 1;
             self.send(
                 m.addr,
                 Body::Syn(Syn {
@@ -397,6 +411,7 @@ impl Protocol {
                 digest: digest.clone(),
                 resync_from,
             };
+            self.stats.syns_sent += 1;
             self.send(to, Body::Syn(syn));
         }
     }
@@ -502,15 +517,32 @@ impl Protocol {
             return;
         }
         match env.body {
-            Body::Syn(syn) => self.on_syn(now_ms, from, syn),
+            Body::Syn(syn) => {
+                self.stats.syns_received += 1;
+                self.on_syn(now_ms, from, syn)
+            }
             Body::SynAck(ack) => self.on_syn_ack(now_ms, from, &sender, ack),
             Body::Ack(ack) => self.apply_delta(now_ms, from, &ack.delta),
             Body::Leave => {}
+            Body::Push(push) => self.on_push(now_ms, from, &sender.node_id, push),
         }
     }
 
     fn on_syn(&mut self, _now_ms: u64, from: SocketAddr, syn: Syn) {
         let mine = self.store.digest();
+        if syn.resync_from.is_none() && same_digest(&syn.digest, &mine) {
+            // Nothing to exchange: answer in the short form, an empty digest
+            // that covers no origin, so the initiator has nothing to send back.
+            self.stats.short_replies += 1;
+            self.send(
+                from,
+                Body::SynAck(SynAck {
+                    digest: Digest::default(),
+                    reply: Reply::Delta(Delta::default()),
+                }),
+            );
+            return;
+        }
         let mine = self.fit_digest(mine, self.budget / 2);
         let room = self.budget.saturating_sub(mine.size_hint());
         let reply = if syn.resync_from.is_some() || self.store.needs_resync(&syn.digest) {
@@ -583,6 +615,84 @@ impl Protocol {
         }
     }
 
+    /// Pushes fresh local writes to a few live peers at once, in
+    /// packet-sized batches. Call it with every record the local store wrote
+    /// (several at a time when writes come in bursts: they are coalesced).
+    pub fn push_local(&mut self, records: Vec<Record>) {
+        let n = self.membership.in_states(&[MemberState::Alive]).len() + 1;
+        let hops = push_hops(n, self.push_fanout());
+        self.push_records(records, hops, None);
+    }
+
+    fn push_fanout(&self) -> usize {
+        self.cfg.fanout.max(1)
+    }
+
+    fn push_records(&mut self, records: Vec<Record>, hops: u32, exclude: Option<&NodeId>) {
+        if !self.cfg.push || self.left || records.is_empty() {
+            return;
+        }
+        let mut live: Vec<SocketAddr> = self
+            .membership
+            .in_states(&[MemberState::Alive])
+            .into_iter()
+            .filter(|m| Some(&m.node_id) != exclude)
+            .map(|m| m.addr)
+            .collect();
+        if live.is_empty() {
+            return;
+        }
+        let room = self.budget.saturating_sub(16);
+        let mut batch: Vec<Record> = Vec::new();
+        let mut used = 0;
+        let mut batches = Vec::new();
+        for r in records {
+            let cost = r.size_hint();
+            if cost > room {
+                continue;
+            }
+            if used + cost > room && !batch.is_empty() {
+                batches.push(std::mem::take(&mut batch));
+                used = 0;
+            }
+            used += cost;
+            batch.push(r);
+        }
+        if !batch.is_empty() {
+            batches.push(batch);
+        }
+        for records in batches {
+            live.shuffle(&mut self.rng);
+            for &to in live.iter().take(self.push_fanout()) {
+                self.stats.pushes_sent += 1;
+                self.send(
+                    to,
+                    Body::Push(Push {
+                        records: records.clone(),
+                        hops,
+                    }),
+                );
+            }
+        }
+    }
+
+    fn on_push(&mut self, now_ms: u64, from: SocketAddr, sender: &NodeId, push: Push) {
+        self.check_skew(now_ms, from, &push.records);
+        let mut fresh = Vec::new();
+        for r in push.records {
+            if self.store.merge(r.clone()) {
+                fresh.push(r);
+            } else {
+                self.stats.records_lost += 1;
+            }
+        }
+        self.stats.records_won += fresh.len() as u64;
+        self.stats.pushed_records_won += fresh.len() as u64;
+        if push.hops > 0 && !fresh.is_empty() {
+            self.push_records(fresh, push.hops - 1, Some(sender));
+        }
+    }
+
     fn answer_ack(&mut self, to: SocketAddr, peer_digest: &Digest) {
         if self.store.needs_resync(peer_digest) {
             // The peer gets pages when it asks with its own Syn.
@@ -603,16 +713,31 @@ impl Protocol {
         if delta.is_empty() {
             return;
         }
-        let horizon = now_ms.saturating_add(CLOCK_SKEW_REPORT_MS);
         for chunk in &delta.chunks {
-            if let Some(ahead) = chunk
-                .records
-                .iter()
-                .map(|r| r.version.hlc.physical_ms())
-                .filter(|&t| t > horizon)
-                .max()
+            self.check_skew(now_ms, from, &chunk.records);
+        }
+        let stats = self.store.apply(delta);
+        self.stats.records_won += stats.won as u64;
+        self.stats.records_lost += stats.lost as u64;
+        if stats.won > 0 {
+            trace!(%from, won = stats.won, lost = stats.lost, "applied delta");
+        }
+    }
+
+    /// Reports records whose timestamps are far ahead of our clock (at most
+    /// once a minute per writer).
+    fn check_skew(&mut self, now_ms: u64, from: SocketAddr, records: &[Record]) {
+        let horizon = now_ms.saturating_add(CLOCK_SKEW_REPORT_MS);
+        let mut ahead: HashMap<&NodeId, u64> = HashMap::new();
+        for r in records {
+            let t = r.version.hlc.physical_ms();
+            if t > horizon {
+                let e = ahead.entry(&r.version.node).or_default();
+                *e = (*e).max(t);
+            }
+        }
+        for (node, ahead) in ahead {
             {
-                let node = &chunk.origin.node;
                 let last = self.skew_reported_ms.get(node).copied();
                 if last.is_none_or(|t| now_ms >= t + 60_000) {
                     self.skew_reported_ms.insert(node.clone(), now_ms);
@@ -625,12 +750,6 @@ impl Protocol {
                     }));
                 }
             }
-        }
-        let stats = self.store.apply(delta);
-        self.stats.records_won += stats.won as u64;
-        self.stats.records_lost += stats.lost as u64;
-        if stats.won > 0 {
-            trace!(%from, won = stats.won, lost = stats.lost, "applied delta");
         }
     }
 
@@ -724,6 +843,23 @@ fn log_member_event(e: &MemberEvent) {
         MemberEvent::Alive(_) => debug!(member = %m.node_id, "suspected member is alive"),
         MemberEvent::Forgotten(_) => debug!(member = %m.node_id, "member forgotten"),
     }
+}
+
+/// Whether two complete digests list the same watermark for every origin.
+fn same_digest(a: &Digest, b: &Digest) -> bool {
+    a.complete
+        && b.complete
+        && a.entries.len() == b.entries.len()
+        && a.entries
+            .iter()
+            .all(|e| b.watermark(&e.origin) == Some(e.watermark))
+}
+
+/// How many times a fresh write may be forwarded: enough hops for `fanout`
+/// pushes per hop to cover `n` nodes, plus one.
+fn push_hops(n: usize, fanout: usize) -> u32 {
+    let f = fanout.max(2) as f64;
+    ((n.max(2) as f64).ln() / f.ln()).ceil() as u32 + 1
 }
 
 /// How often tombstones are collected: a tenth of the retention, between 1 s and 1 min.

@@ -12,7 +12,7 @@ use gossipkv_storage::{
 };
 use proptest::prelude::*;
 
-use super::{Ack, Body, Envelope, Reply, Sender, Syn, SynAck};
+use super::{Ack, Body, Envelope, Push, Reply, Sender, Syn, SynAck};
 
 /// Any characters (unicode, control characters, NUL), up to `max` of them.
 pub(crate) fn text(max: usize) -> impl Strategy<Value = String> {
@@ -184,6 +184,8 @@ pub(crate) fn body() -> impl Strategy<Value = Body> {
         (digest(), reply).prop_map(|(digest, reply)| Body::SynAck(SynAck { digest, reply })),
         delta().prop_map(|delta| Body::Ack(Ack { delta })),
         Just(Body::Leave),
+        (proptest::collection::vec(record(), 0..4), any::<u32>())
+            .prop_map(|(records, hops)| Body::Push(Push { records, hops })),
     ]
 }
 
