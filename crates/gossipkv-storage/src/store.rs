@@ -378,6 +378,12 @@ impl Store {
                 hlc: version.hlc,
             });
         }
+        // Every indexed write of this origin is held (or something newer for
+        // its key is), so contiguous arrivals (eager pushes) raise the
+        // watermark without waiting for anti-entropy.
+        while log.index.contains_key(&(log.watermark + 1)) {
+            log.watermark += 1;
+        }
         won
     }
 

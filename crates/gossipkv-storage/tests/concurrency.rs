@@ -348,21 +348,19 @@ fn apply_page_racing_merges_of_new_origins() {
         let merger = {
             let (store, done) = (s.clone(), done.clone());
             thread::spawn(move || {
-                let mut i = 0u64;
-                while i < 64 || !done.load(Ordering::Relaxed) {
+                for i in 0..10_000u64 {
                     store.merge(Record {
                         key: format!("m{}", i % 64).into(),
                         value: Some(Bytes::from_static(b"m")),
                         version: Version::new(Hlc::new(i, 0), &Origin::new(format!("o{i}"), 1), 1),
                     });
-                    i += 1;
                 }
+                done.store(true, Ordering::Relaxed);
             })
         };
-        for _ in 0..2_000 {
+        while !done.load(Ordering::Relaxed) {
             s.apply_page(&page);
         }
-        done.store(true, Ordering::Relaxed);
         merger.join().unwrap();
     });
     // The page (of the whole key space) dropped none of the merged records:

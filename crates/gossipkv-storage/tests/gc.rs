@@ -561,8 +561,12 @@ fn run_gc_script(s: &Script) -> Result<(), TestCaseError> {
 
     // What C and D wrote while away. Their clocks are at or past the cutoff:
     // a write that stays unpropagated for longer than the retention is
-    // outside what the protocol can promise (see the ignored test
-    // `gc_skew_and_an_old_unseen_write_diverge`).
+    // outside what the protocol can promise. (If it is older than a collected
+    // tombstone of its key, the page rule keeps it, and a replica that still
+    // holds the tombstone when the write reaches it keeps the tombstone, then
+    // collects it, and never takes the write again: the replicas diverge.
+    // See `unseen_write_older_than_a_collected_delete_comes_back_everywhere`
+    // for the case where collections are in step.)
     for x in [C, D] {
         w.now[x] = w.now[x].max(cutoff_ms);
     }

@@ -3,35 +3,18 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gossipkv::{Error, GossipKv, NetworkError};
 
-type Kv = GossipKv<String, String>;
+mod common;
+
+use common::{wait_until, Kv};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// Polls `cond` every 10 ms until it holds or `deadline` passes.
-async fn wait_until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 async fn node(id: &str, seeds: &[&Kv]) -> Kv {
-    GossipKv::<String, String>::builder()
-        .node_id(id)
-        .bind_addr("127.0.0.1:0")
-        .gossip_interval(Duration::from_millis(50))
-        .seeds(seeds.iter().map(|s| s.local_addr().unwrap().to_string()))
-        .build()
-        .await
-        .expect("node starts")
+    common::node_with(id, seeds, Duration::from_millis(50)).await
 }
 
 fn get(kv: &Kv, key: &str) -> Option<String> {

@@ -5,31 +5,15 @@ use std::time::{Duration, Instant};
 
 use gossipkv::{GossipKv, MemberEvent, MemberState};
 
-type Kv = GossipKv<String, String>;
+mod common;
+
+use common::{wait_until, Kv};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 const INTERVAL: Duration = Duration::from_millis(100);
 
-async fn wait_until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 async fn node(id: &str, seeds: &[&Kv]) -> Kv {
-    GossipKv::<String, String>::builder()
-        .node_id(id)
-        .bind_addr("127.0.0.1:0")
-        .gossip_interval(INTERVAL)
-        .seeds(seeds.iter().map(|s| s.local_addr().unwrap().to_string()))
-        .build()
-        .await
-        .expect("node starts")
+    common::node_with(id, seeds, INTERVAL).await
 }
 
 fn state_of(observer: &Kv, node_id: &str) -> Option<MemberState> {

@@ -1,0 +1,34 @@
+//! Helpers shared by the loopback test files.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::time::{Duration, Instant};
+
+use gossipkv::GossipKv;
+
+/// The node type most tests use.
+pub type Kv = GossipKv<String, String>;
+
+/// Polls `cond` every 10 ms until it holds; panics after `deadline`.
+pub async fn wait_until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A node on 127.0.0.1:0 seeded with the addresses of `seeds`.
+pub async fn node_with(id: &str, seeds: &[&Kv], interval: Duration) -> Kv {
+    GossipKv::<String, String>::builder()
+        .node_id(id)
+        .bind_addr("127.0.0.1:0")
+        .gossip_interval(interval)
+        .seeds(seeds.iter().map(|s| s.local_addr().unwrap().to_string()))
+        .build()
+        .await
+        .expect("node starts")
+}
