@@ -27,6 +27,11 @@ impl CodecError {
 pub trait Codec<V>: Send + Sync + 'static {
     /// Encodes a value.
     fn encode(&self, value: &V) -> Result<Bytes, CodecError>;
+    /// Encodes a value the caller gives away; codecs override it to reuse
+    /// the value's buffer instead of copying it.
+    fn encode_owned(&self, value: V) -> Result<Bytes, CodecError> {
+        self.encode(&value)
+    }
     /// Decodes a value.
     fn decode(&self, bytes: &Bytes) -> Result<V, CodecError>;
 }
@@ -52,6 +57,23 @@ impl<V: Serialize + DeserializeOwned + 'static> Codec<V> for DefaultCodec {
         JsonCodec.encode(value)
     }
 
+    fn encode_owned(&self, value: V) -> Result<Bytes, CodecError> {
+        let mut slot = Some(value);
+        let any = &mut slot as &mut dyn Any;
+        if let Some(s) = any.downcast_mut::<Option<String>>() {
+            return Ok(Bytes::from(s.take().unwrap_or_default()));
+        }
+        if let Some(v) = any.downcast_mut::<Option<Vec<u8>>>() {
+            return Ok(Bytes::from(v.take().unwrap_or_default()));
+        }
+        if let Some(b) = any.downcast_mut::<Option<Bytes>>() {
+            return Ok(b.take().unwrap_or_default());
+        }
+        match slot {
+            Some(v) => JsonCodec.encode(&v),
+            None => Err(CodecError::new("value was taken")),
+        }
+    }
     fn decode(&self, bytes: &Bytes) -> Result<V, CodecError> {
         let mut out: Option<V> = None;
         let slot = &mut out as &mut dyn Any;
@@ -94,6 +116,9 @@ impl Codec<String> for StringCodec {
         Ok(Bytes::copy_from_slice(value.as_bytes()))
     }
 
+    fn encode_owned(&self, value: String) -> Result<Bytes, CodecError> {
+        Ok(Bytes::from(value))
+    }
     fn decode(&self, bytes: &Bytes) -> Result<String, CodecError> {
         std::str::from_utf8(bytes)
             .map(str::to_owned)
@@ -120,6 +145,9 @@ impl Codec<Vec<u8>> for BytesCodec {
         Ok(Bytes::copy_from_slice(value))
     }
 
+    fn encode_owned(&self, value: Vec<u8>) -> Result<Bytes, CodecError> {
+        Ok(Bytes::from(value))
+    }
     fn decode(&self, bytes: &Bytes) -> Result<Vec<u8>, CodecError> {
         Ok(bytes.to_vec())
     }
@@ -159,6 +187,24 @@ mod tests {
         let back: Flag = DefaultCodec.decode(&bytes).unwrap();
         assert_eq!(back, f);
         assert!(Codec::<Flag>::decode(&DefaultCodec, &Bytes::from_static(b"nope")).is_err());
+    }
+
+    #[test]
+    fn owned_encoding_reuses_the_buffer() {
+        let s = "x".repeat(1000);
+        let ptr = s.as_ptr();
+        let b = Codec::<String>::encode_owned(&DefaultCodec, s).unwrap();
+        assert_eq!(b.as_ptr(), ptr, "no copy");
+        let v = vec![1u8; 100];
+        let ptr = v.as_ptr();
+        assert_eq!(
+            Codec::<Vec<u8>>::encode_owned(&DefaultCodec, v)
+                .unwrap()
+                .as_ptr(),
+            ptr
+        );
+        let f: Bytes = Codec::<Vec<u8>>::encode_owned(&DefaultCodec, vec![1]).unwrap();
+        assert_eq!(&f[..], &[1]);
     }
 
     #[test]

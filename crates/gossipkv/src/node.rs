@@ -127,7 +127,7 @@ where
     pub fn set(&self, key: impl AsRef<str>, value: V) -> Result<(), Error> {
         let key = key.as_ref();
         self.check_writable(key)?;
-        let bytes = self.inner.codec.encode(&value)?;
+        let bytes = self.inner.codec.encode_owned(value)?;
         if let Some(budget) = self.inner.record_budget {
             let node_len = self.inner.node_id.as_str().len();
             let fixed = record_size_hint(key.len(), 0, node_len) + CHUNK_OVERHEAD + node_len;
@@ -286,8 +286,11 @@ where
     pub async fn shutdown(&self) -> Result<(), Error> {
         self.inner.closed.store(true, Ordering::SeqCst);
         self.inner.closed_tx.send_replace(true);
-        if let Some(mut d) = self.inner.discovery.lock().take() {
-            d.shutdown();
+        let discovery = self.inner.discovery.lock().take();
+        if let Some(mut d) = discovery {
+            // Unregistering waits for the mDNS daemon (up to a few seconds):
+            // keep that off the async workers.
+            let _ = tokio::task::spawn_blocking(move || d.shutdown()).await;
         }
         let task = self.inner.task.lock().take();
         if let Some((stop, handle)) = task {
