@@ -866,3 +866,72 @@ fn push_hops(n: usize, fanout: usize) -> u32 {
 fn gc_interval(retention_ms: u64) -> u64 {
     (retention_ms / 10).clamp(1_000, 60_000)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gossipkv_storage::Origin;
+
+    fn protocol(seeds: Vec<SocketAddr>) -> Protocol {
+        let cfg = ProtocolConfig {
+            node_id: "me".into(),
+            generation: 1,
+            cluster_id: "test".into(),
+            advertise_addr: Some("127.0.0.1:7000".parse().unwrap()),
+            gossip_interval_ms: 1_000,
+            fanout: 3,
+            packet_size: 1_400,
+            tombstone_retention_ms: 3_600_000,
+            seeds,
+            rng_seed: 7,
+            detector: DetectorConfig::for_interval(1_000),
+            push: true,
+        };
+        let store = Arc::new(Store::new(Origin::new("me", 1)));
+        Protocol::new(cfg, store, 1_000_000)
+    }
+
+    fn destinations(p: &mut Protocol) -> Vec<SocketAddr> {
+        std::iter::from_fn(|| p.poll_transmit())
+            .map(|t| t.to)
+            .collect()
+    }
+
+    #[test]
+    fn new_seed_addresses_are_followed() {
+        let a: SocketAddr = "127.0.0.1:7001".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:7002".parse().unwrap();
+        let mut p = protocol(vec![a]);
+        p.handle_timeout(1_000_000);
+        assert_eq!(destinations(&mut p), vec![a]);
+        // The seed's host name now resolves elsewhere.
+        p.set_seeds(vec![b]);
+        p.handle_timeout(1_001_000);
+        assert_eq!(destinations(&mut p), vec![b]);
+    }
+
+    #[test]
+    fn garbage_is_counted_and_reported_never_applied() {
+        let mut p = protocol(vec![]);
+        let from: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        for len in 0..200usize {
+            let junk: Vec<u8> = (0..len).map(|i| (i * 31 + len) as u8).collect();
+            p.handle_datagram(1_000_000, from, &junk);
+        }
+        let s = p.stats();
+        assert_eq!(s.datagrams_received, 200);
+        assert!(s.decode_errors >= 190, "{s:?}");
+        assert!(p.store().is_empty());
+        let reported = std::iter::from_fn(|| p.poll_event())
+            .filter(|e| matches!(e, Event::Error(NetworkError::Decode { .. })))
+            .count() as u64;
+        assert_eq!(reported, s.decode_errors);
+    }
+
+    #[test]
+    fn push_hops_cover_the_cluster() {
+        assert_eq!(push_hops(2, 3), 2);
+        assert!(push_hops(10, 3) >= 3);
+        assert!(push_hops(10_000, 3) >= 9);
+    }
+}
