@@ -1,6 +1,15 @@
-//! `cargo xtask bench`: run the criterion benchmarks and summarize them.
+//! `cargo xtask bench`: run the criterion benchmarks and the cluster
+//! measurements, and summarize them.
+//!
+//! After criterion, `cluster_bench` (a binary of `gossipkv-benches`) measures
+//! real clusters on loopback UDP and writes `<target>/xtask-bench/cluster.json`
+//! (and `propagation.svg`). Its figures, and those of
+//! `<target>/xtask-sim/sim.json` when `cargo xtask sim` wrote one, are merged
+//! into the top level of `summary.json`. The required figures that are
+//! missing are listed at the end.
 
 use std::fs;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::SystemTime;
 
@@ -28,11 +37,25 @@ pub(crate) const KEYS_ENV: &str = "GOSSIPKV_BENCH_KEYS";
 /// Key count `--quick` sets through [`KEYS_ENV`] (unless it is already set).
 pub(crate) const QUICK_KEYS: &str = "100000";
 
-/// Runs the benchmarks (unless `--summary-only`), prints the summary table and
-/// writes `<target>/xtask-bench/summary.json`.
+/// The binary of [`BENCH_PACKAGE`] measuring real clusters.
+pub(crate) const CLUSTER_BIN: &str = "cluster_bench";
+
+/// File name of the cluster figures, in `<target>/xtask-bench`.
+pub(crate) const CLUSTER_FILE: &str = "cluster.json";
+
+/// Where `cargo xtask sim` writes its figures, relative to the target directory.
+pub(crate) const SIM_FILE: &[&str] = &["xtask-sim", "sim.json"];
+
+/// Runs the benchmarks and `cluster_bench` (unless `--summary-only`), prints
+/// the summary tables and writes `<target>/xtask-bench/summary.json`.
+///
+/// A failing `cluster_bench` still gets the summary written (with whatever
+/// figures it produced), then fails the command.
 pub(crate) fn run(opts: &BenchOptions) -> anyhow::Result<()> {
     let root = workspace::root();
     let target_dir = workspace::target_dir(&root)?;
+    let out_dir = target_dir.join("xtask-bench");
+    let cluster_file = out_dir.join(CLUSTER_FILE);
 
     let since = if opts.summary_only {
         None
@@ -56,20 +79,120 @@ pub(crate) fn run(opts: &BenchOptions) -> anyhow::Result<()> {
         Some(started)
     };
 
+    let cluster_failure = if opts.summary_only {
+        None
+    } else {
+        run_cluster_bench(&root, &cluster_file, opts.quick).err()
+    };
+
     let criterion_dir = target_dir.join("criterion");
     let results = criterion::collect(&criterion_dir, since)?;
     let rows = summary::rows(&results);
     println!();
     print!("{}", summary::table(&rows));
 
-    let json = summary::to_json(&rows, summary::NAMED_FIGURES);
-    let out_dir = target_dir.join("xtask-bench");
+    let mut json = summary::to_json(&rows, summary::NAMED_FIGURES);
+    let sim_file = SIM_FILE.iter().fold(target_dir.clone(), |p, c| p.join(c));
+    for file in [&cluster_file, &sim_file] {
+        merge_file(&mut json, file)?;
+    }
+
     fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
     let out_file = out_dir.join("summary.json");
     let text = serde_json::to_string_pretty(&json)?;
     fs::write(&out_file, text + "\n")
         .with_context(|| format!("cannot write {}", out_file.display()))?;
+
+    println!();
+    print!("{}", summary::figures_table(&json, summary::REQUIRED_KEYS));
     println!("\nwrote {}", out_file.display());
+    let missing = summary::missing_keys(&json, summary::REQUIRED_KEYS);
+    if missing.is_empty() {
+        println!(
+            "all {} required figures present",
+            summary::REQUIRED_KEYS.len()
+        );
+    } else {
+        println!(
+            "missing required figures ({} of {}): {}",
+            missing.len(),
+            summary::REQUIRED_KEYS.len(),
+            missing.join(", ")
+        );
+        if missing.iter().any(|k| k.starts_with("sim_")) && !sim_file.exists() {
+            println!("  (the sim_* figures come from `cargo xtask sim`)");
+        }
+    }
+    if let Some(err) = cluster_failure {
+        return Err(err.context(format!("`{CLUSTER_BIN}` failed")));
+    }
+    Ok(())
+}
+
+/// Arguments for `cargo`: `run --release -p gossipkv-benches --bin cluster_bench
+/// -- --out <out> [--quick]`.
+pub(crate) fn cluster_bench_args(out: &Path, quick: bool) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "run",
+        "--release",
+        "-p",
+        BENCH_PACKAGE,
+        "--bin",
+        CLUSTER_BIN,
+        "--",
+        "--out",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.push(out.display().to_string());
+    if quick {
+        args.push("--quick".to_owned());
+    }
+    args
+}
+
+/// Builds and runs `cluster_bench` in release mode, writing `out`. A previous
+/// `out` is removed first, so that a failed run never leaves stale figures.
+fn run_cluster_bench(root: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
+    match fs::remove_file(out) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot remove {}", out.display())),
+    }
+    let args = cluster_bench_args(out, quick);
+    println!("\n$ cargo {}", args.join(" "));
+    let status = Command::new(workspace::cargo())
+        .args(&args)
+        .current_dir(root)
+        .status()
+        .context("failed to run `cargo run` for the cluster benchmark")?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Merges the figures of `file` into `summary` when the file exists.
+fn merge_file(summary: &mut serde_json::Value, file: &PathBuf) -> anyhow::Result<()> {
+    let text = match fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!("(no {}; nothing merged from it)", file.display());
+            return Ok(());
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
+    };
+    let figures: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", file.display()))?;
+    let age = fs::metadata(file)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .map_or_else(String::new, |age| {
+            format!(", written {} s ago", age.as_secs())
+        });
+    let merged = summary::merge_figures(summary, &figures, &file.display().to_string());
+    println!("merged {merged} figures from {}{age}", file.display());
     Ok(())
 }
 
@@ -124,6 +247,17 @@ mod tests {
         );
         let args = cargo_bench_args(&BenchOptions::default());
         assert_eq!(args.join(" "), "bench -p gossipkv-benches --bench *");
+    }
+
+    #[test]
+    fn cluster_bench_runs_in_release() {
+        let out = Path::new("/t/xtask-bench/cluster.json");
+        assert_eq!(
+            cluster_bench_args(out, true).join(" "),
+            "run --release -p gossipkv-benches --bin cluster_bench -- --out \
+             /t/xtask-bench/cluster.json --quick"
+        );
+        assert!(!cluster_bench_args(out, false).contains(&"--quick".to_owned()));
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! Turning criterion results into the summary table and `summary.json`.
+//! Turning criterion results into the summary table and `summary.json`, and
+//! merging the figures of other measurements (`cluster.json` of the
+//! `cluster_bench` binary, `sim.json` of `cargo xtask sim`) into it.
 
 use serde_json::{json, Map, Value};
 
@@ -78,6 +80,31 @@ pub(crate) const NAMED_FIGURES: &[NamedFigure] = &[
     NamedFigure::per_second("merge_records_per_s", &["storage/merge"]),
     NamedFigure::megabytes_per_second("encode_mb_per_s", &["codec/encode_synack_64k"]),
     NamedFigure::megabytes_per_second("decode_mb_per_s", &["codec/decode_synack_64k"]),
+];
+
+/// Top-level keys `summary.json` should have after a full `cargo xtask bench`
+/// (and `cargo xtask sim`); the ones absent are listed at the end of the run.
+pub(crate) const REQUIRED_KEYS: &[&str] = &[
+    "get_ops_1t",
+    "get_ops_2t",
+    "set_ops_1t",
+    "baseline_get_ops_1t",
+    "baseline_set_ops_1t",
+    "merge_records_per_s",
+    "encode_mb_per_s",
+    "decode_mb_per_s",
+    "bytes_per_key_1m",
+    "propagation_p50_ms_n10",
+    "propagation_p99_ms_n10",
+    "propagation_p50_ms_n100",
+    "propagation_p50_ms_n10_loaded",
+    "idle_bytes_per_node_round_n10",
+    "idle_bytes_per_node_round_n100",
+    "sim_rounds_n1000_pull",
+    "sim_rounds_n10000_pull",
+    "bulk_10k_keys_n10_ms",
+    "bulk_10k_keys_n10_bytes",
+    "max_value_bytes_replicated",
 ];
 
 /// [`Row::unit`] of a benchmark declaring `Throughput::Bytes`.
@@ -167,6 +194,91 @@ pub(crate) fn to_json(rows: &[Row], table: &[NamedFigure]) -> Value {
         map.insert(key.to_owned(), json!(value));
     }
     Value::Object(map)
+}
+
+/// Copies every top-level entry of the JSON object `figures` into the
+/// top level of `summary`, replacing figures of the same name. An entry whose
+/// key is a criterion benchmark id (an object in `summary`) is skipped with a
+/// warning. Returns how many entries were merged.
+pub(crate) fn merge_figures(summary: &mut Value, figures: &Value, source: &str) -> usize {
+    let (Some(summary), Some(figures)) = (summary.as_object_mut(), figures.as_object()) else {
+        eprintln!("warning: {source} is not a JSON object; not merged");
+        return 0;
+    };
+    let mut merged = 0;
+    for (key, value) in figures {
+        if summary.get(key).is_some_and(Value::is_object) {
+            eprintln!("warning: `{key}` of {source} clashes with a benchmark id; skipped");
+            continue;
+        }
+        summary.insert(key.clone(), value.clone());
+        merged += 1;
+    }
+    merged
+}
+
+/// The keys of `required` that `summary` lacks (or holds as `null`), in order.
+pub(crate) fn missing_keys(summary: &Value, required: &[&'static str]) -> Vec<&'static str> {
+    required
+        .iter()
+        .copied()
+        .filter(|key| summary.get(key).is_none_or(Value::is_null))
+        .collect()
+}
+
+/// Renders the top-level figures of `summary` (every entry that is not a
+/// criterion benchmark row): the `required` keys first, in their order
+/// (`missing` for absent ones), then the others sorted by name.
+pub(crate) fn figures_table(summary: &Value, required: &[&str]) -> String {
+    let empty = Map::new();
+    let map = summary.as_object().unwrap_or(&empty);
+    let mut rows: Vec<(String, String)> = required
+        .iter()
+        .map(|key| {
+            let cell = map.get(*key).map_or("missing".to_owned(), format_figure);
+            ((*key).to_owned(), cell)
+        })
+        .collect();
+    let mut others: Vec<(&String, &Value)> = map
+        .iter()
+        .filter(|(key, value)| !value.is_object() && !required.contains(&key.as_str()))
+        .collect();
+    others.sort_by(|a, b| a.0.cmp(b.0));
+    rows.extend(
+        others
+            .into_iter()
+            .map(|(k, v)| (k.clone(), format_figure(v))),
+    );
+
+    let w0 = rows
+        .iter()
+        .map(|r| r.0.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(6);
+    let w1 = rows
+        .iter()
+        .map(|r| r.1.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(5);
+    let mut out = format!("{:<w0$}  {:>w1$}\n", "figure", "value");
+    out.push_str(&format!("{}  {}\n", "-".repeat(w0), "-".repeat(w1)));
+    for (key, cell) in &rows {
+        out.push_str(&format!("{key:<w0$}  {cell:>w1$}\n"));
+    }
+    out
+}
+
+/// A figure's cell: whole numbers without decimals, others with up to
+/// three significant decimals; non-numbers as JSON.
+pub(crate) fn format_figure(value: &Value) -> String {
+    match value.as_f64() {
+        Some(x) if x.fract() == 0.0 && x.abs() < 1e15 => format!("{x:.0}"),
+        Some(x) if x.abs() >= 1000.0 => format!("{x:.1}"),
+        Some(x) => format!("{x:.3}"),
+        None => value.to_string(),
+    }
 }
 
 /// Renders the aligned summary table.
@@ -335,6 +447,68 @@ mod tests {
         assert_eq!(named_figures(&rows, &table), vec![("mb", 5_000.0)]);
         let rows = rows[..1].to_vec();
         assert!(named_figures(&rows, &table).is_empty());
+    }
+
+    #[test]
+    fn merging_figures_keeps_benchmark_rows() {
+        let mut summary = json!({
+            "storage/get": {"mean_ns": 1.0},
+            "get_ops_1t": 5.0,
+            "old": 1.0,
+        });
+        let figures = json!({
+            "propagation_p50_ms_n10": 1.5,
+            "old": 2.0,
+            "storage/get": 3.0,
+        });
+        assert_eq!(merge_figures(&mut summary, &figures, "test"), 2);
+        assert_eq!(summary["propagation_p50_ms_n10"], 1.5);
+        assert_eq!(summary["old"], 2.0);
+        assert_eq!(summary["storage/get"]["mean_ns"], 1.0);
+        assert_eq!(summary["get_ops_1t"], 5.0);
+        assert_eq!(merge_figures(&mut summary, &json!([1, 2]), "test"), 0);
+    }
+
+    #[test]
+    fn missing_keys_are_listed_in_order() {
+        let summary = json!({"b": 1.0, "c": null, "d": 2.0});
+        assert_eq!(missing_keys(&summary, &["a", "b", "c"]), vec!["a", "c"]);
+        let all: Map<String, Value> = REQUIRED_KEYS
+            .iter()
+            .map(|k| ((*k).to_owned(), json!(1.0)))
+            .collect();
+        assert!(missing_keys(&Value::Object(all), REQUIRED_KEYS).is_empty());
+        assert!(REQUIRED_KEYS.contains(&"sim_rounds_n10000_pull"));
+        assert!(REQUIRED_KEYS.contains(&"max_value_bytes_replicated"));
+    }
+
+    #[test]
+    fn figures_table_lists_required_then_extras() {
+        let summary = json!({
+            "storage/get": {"mean_ns": 1.0},
+            "zeta": 0.5,
+            "alpha": 1234567.891,
+            "get_ops_1t": 12.0,
+        });
+        let text = figures_table(&summary, &["get_ops_1t", "sim_rounds_n1000_pull"]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 6, "{text}");
+        assert!(
+            lines[2].starts_with("get_ops_1t") && lines[2].ends_with(" 12"),
+            "{text}"
+        );
+        assert!(lines[3].ends_with("missing"), "{text}");
+        assert!(
+            lines[4].starts_with("alpha") && lines[4].ends_with("1234567.9"),
+            "{text}"
+        );
+        assert!(
+            lines[5].starts_with("zeta") && lines[5].ends_with("0.500"),
+            "{text}"
+        );
+        assert!(!text.contains("storage/get"), "{text}");
+        let widths: Vec<usize> = lines.iter().map(|l| l.chars().count()).collect();
+        assert!(widths.iter().all(|w| *w == widths[0]), "{text}");
     }
 
     #[test]

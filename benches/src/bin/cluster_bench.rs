@@ -24,6 +24,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -56,6 +57,10 @@ const SWEEP_SIZES: [usize; 5] = [2, 5, 10, 20, 50];
 /// Seed of the choice of writers and of the pauses between samples.
 const SEED: u64 = 0x6055_1b6b_c105_7e12;
 
+/// Nodes started again because they were bound to a port another node of
+/// their cluster already had (see [`Cluster::start`]).
+static PORT_COLLISIONS: AtomicUsize = AtomicUsize::new(0);
+
 /// Every scenario, in the order they run.
 const SCENARIOS: [&str; 6] = ["memory", "n10", "bulk", "n100", "maxvalue", "sweep"];
 
@@ -87,23 +92,26 @@ impl Plan {
             Plan {
                 samples_n10: 60,
                 samples_loaded: 40,
-                samples_n100: 20,
-                samples_sweep: 8,
+                samples_n100: 30,
+                samples_sweep: 15,
                 sample_deadline: Duration::from_secs(5),
                 replicate_deadline: Duration::from_secs(2),
             }
         } else {
             Plan {
                 samples_n10: 200,
-                samples_loaded: 100,
-                samples_n100: 50,
-                samples_sweep: 30,
+                samples_loaded: 200,
+                samples_n100: 100,
+                samples_sweep: 50,
                 sample_deadline: Duration::from_secs(10),
                 replicate_deadline: Duration::from_secs(4),
             }
         }
     }
 }
+
+/// Hidden flag: measure [`memory_per_key`] and print it, nothing else.
+const MEMORY_PROBE: &str = "--memory-probe";
 
 const USAGE: &str = "usage: cluster_bench --out FILE [--quick] [--svg FILE] [--only SCENARIO,...]";
 
@@ -118,6 +126,12 @@ fn parse_args() -> Result<Options> {
             "--out" => out = Some(PathBuf::from(args.next().context(USAGE)?)),
             "--svg" => svg = Some(PathBuf::from(args.next().context(USAGE)?)),
             "--quick" => quick = true,
+            MEMORY_PROBE => {
+                // Internal: run by `run` in a fresh process (see `memory_in_subprocess`).
+                let (per_key, rss_growth) = memory_per_key()?;
+                println!("{per_key} {rss_growth}");
+                std::process::exit(0);
+            }
             "--only" => {
                 for name in args.next().context(USAGE)?.split(',') {
                     ensure!(
@@ -200,15 +214,22 @@ async fn run(opts: &Options) -> Result<()> {
         ),
     );
 
-    // Memory first, while the heap is fresh: RSS growth is only meaningful
-    // before other scenarios leave freed memory for the allocator to reuse.
     if wanted("memory") {
         progress(
             t0,
-            format!("memory: inserting {MEMORY_KEYS} keys into a Store..."),
+            format!("memory: inserting {MEMORY_KEYS} keys into a Store (in a fresh process)..."),
         );
-        match memory_per_key() {
-            Ok(per_key) => report.put("bytes_per_key_1m", per_key),
+        match memory_in_subprocess() {
+            Ok((per_key, rss_growth)) => {
+                progress(
+                    t0,
+                    format!(
+                        "memory: RSS grew {:.1} MB: {per_key:.1} bytes per entry beyond its 80",
+                        rss_growth / 1e6
+                    ),
+                );
+                report.put("bytes_per_key_1m", per_key);
+            }
             Err(e) => fail(&mut report, t0, "memory", e),
         }
     }
@@ -238,6 +259,10 @@ async fn run(opts: &Options) -> Result<()> {
         }
     }
 
+    report.put(
+        "port_collisions_restarted",
+        PORT_COLLISIONS.load(Ordering::Relaxed) as f64,
+    );
     let mut map = Map::new();
     for (key, value) in &report.figures {
         map.insert(key.clone(), json!(value));
@@ -322,9 +347,37 @@ fn page_size() -> u64 {
         .map_or(4096, |kb| kb * 1024)
 }
 
+/// Runs [`memory_per_key`] in a fresh process of this binary, so that the
+/// RSS growth is not blurred by memory freed by other scenarios (which the
+/// allocator would reuse) and the million keys leave no footprint here.
+fn memory_in_subprocess() -> Result<(f64, f64)> {
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let output = std::process::Command::new(&exe)
+        .arg(MEMORY_PROBE)
+        .output()
+        .with_context(|| format!("cannot run {}", exe.display()))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        output.status.success(),
+        "memory probe failed ({}): {}{}",
+        output.status,
+        stdout.trim(),
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    let numbers: Vec<f64> = stdout
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("memory probe printed {stdout:?}"))?;
+    match numbers[..] {
+        [per_key, rss_growth] => Ok((per_key, rss_growth)),
+        _ => bail!("memory probe printed {stdout:?}"),
+    }
+}
+
 /// Bytes of resident memory per entry of a [`Store`] of one million 16-byte
-/// keys with 64-byte values, minus those 80 bytes.
-fn memory_per_key() -> Result<f64> {
+/// keys with 64-byte values, minus those 80 bytes; and the RSS growth in bytes.
+fn memory_per_key() -> Result<(f64, f64)> {
     let page = page_size();
     let before = rss_bytes(page)?;
     let store = Store::new(Origin::new("memory", 1));
@@ -335,8 +388,9 @@ fn memory_per_key() -> Result<f64> {
     ensure!(store.len() == MEMORY_KEYS, "the store lost keys");
     let after = rss_bytes(page)?;
     drop(store);
-    let per_entry = after.saturating_sub(before) as f64 / MEMORY_KEYS as f64;
-    Ok(per_entry - (KEY_LEN + VALUE_LEN) as f64)
+    let growth = after.saturating_sub(before) as f64;
+    let per_entry = growth / MEMORY_KEYS as f64;
+    Ok((per_entry - (KEY_LEN + VALUE_LEN) as f64, growth))
 }
 
 // ---------------------------------------------------------------------------
@@ -371,10 +425,16 @@ impl Spec<'_> {
 impl Cluster {
     /// Starts the nodes a few milliseconds apart. Nodes already started are
     /// shut down if one fails to start.
+    ///
+    /// The transport sets `SO_REUSEADDR`, with which Linux may hand a socket
+    /// bound to port 0 a port that another live socket of this process
+    /// already has; the two then share its datagrams and the cluster cannot
+    /// form. A node that got a port already in use is shut down and started
+    /// again under another id (counted in [`PORT_COLLISIONS`]).
     async fn start(spec: Spec<'_>) -> Result<Cluster> {
         let mut cluster = Cluster { nodes: Vec::new() };
         for i in 0..spec.nodes {
-            match cluster.start_node(spec, i).await {
+            match cluster.start_unique_node(spec, i).await {
                 Ok(node) => cluster.nodes.push(node),
                 Err(e) => {
                     cluster.shutdown().await;
@@ -386,7 +446,36 @@ impl Cluster {
         Ok(cluster)
     }
 
-    async fn start_node(&self, spec: Spec<'_>, i: usize) -> Result<Kv> {
+    /// Starts node `i`, again while its port is one another node already has.
+    async fn start_unique_node(&self, spec: Spec<'_>, i: usize) -> Result<Kv> {
+        const ATTEMPTS: usize = 5;
+        for attempt in 0..ATTEMPTS {
+            let node = self.start_node(spec, i, attempt).await?;
+            let clash = self
+                .nodes
+                .iter()
+                .find(|other| other.local_addr() == node.local_addr());
+            let Some(other) = clash else {
+                return Ok(node);
+            };
+            PORT_COLLISIONS.fetch_add(1, Ordering::Relaxed);
+            eprintln!(
+                "warning: {} was bound to {:?}, the port of {}; starting it again",
+                node.node_id(),
+                node.local_addr(),
+                other.node_id()
+            );
+            if let Err(e) = node.shutdown().await {
+                eprintln!("warning: shutting down {} failed: {e}", node.node_id());
+            }
+        }
+        bail!(
+            "node {i} of {} got a port already in use {ATTEMPTS} times",
+            spec.name
+        )
+    }
+
+    async fn start_node(&self, spec: Spec<'_>, i: usize, attempt: usize) -> Result<Kv> {
         let mut seeds = Vec::new();
         if let Some(first) = self.nodes.first() {
             seeds.push(addr(first)?);
@@ -396,7 +485,11 @@ impl Cluster {
         }
         let mut builder = Kv::builder()
             .cluster_id(spec.name)
-            .node_id(format!("{}-{i:03}", spec.name))
+            .node_id(if attempt == 0 {
+                format!("{}-{i:03}", spec.name)
+            } else {
+                format!("{}-{i:03}-retry{attempt}", spec.name)
+            })
             .bind_addr("127.0.0.1:0")
             .gossip_interval(INTERVAL)
             .eager_push(spec.push)
@@ -433,15 +526,52 @@ impl Cluster {
                 return Ok(start.elapsed());
             }
             if start.elapsed() > deadline {
-                let worst = alive.iter().min().copied().unwrap_or(0);
                 let complete = alive.iter().filter(|&&a| a == n).count();
+                let worst = (0..n).min_by_key(|&i| alive[i]).unwrap_or(0);
                 bail!(
                     "cluster of {n} not formed within {deadline:?}: {complete} nodes see all \
-                     {n} alive, the worst sees {worst}"
+                     {n} alive; the worst, {}",
+                    self.describe_view(worst)
                 );
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// How node `i` sees the cluster, and how the cluster sees it, for errors.
+    fn describe_view(&self, i: usize) -> String {
+        let node = &self.nodes[i];
+        let members = node.members();
+        let mut states: BTreeMap<String, usize> = BTreeMap::new();
+        for m in &members {
+            *states.entry(m.state.to_string()).or_default() += 1;
+        }
+        let seen_as: Vec<String> = self
+            .nodes
+            .iter()
+            .filter_map(|other| {
+                other
+                    .members()
+                    .into_iter()
+                    .find(|m| m.node_id.as_str() == node.node_id())
+                    .map(|m| m.state.to_string())
+            })
+            .collect();
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        for state in seen_as {
+            *seen.entry(state).or_default() += 1;
+        }
+        let stats = node.stats();
+        format!(
+            "{} ({:?}), knows {} members {states:?}; the nodes list it as {seen:?}; it sent {} \
+             and received {} datagrams in {} rounds",
+            node.node_id(),
+            node.local_addr(),
+            members.len(),
+            stats.datagrams_sent,
+            stats.datagrams_received,
+            stats.rounds
+        )
     }
 
     fn stats(&self) -> Vec<Stats> {
@@ -562,6 +692,15 @@ impl Propagation {
     fn percentile(&self, p: f64) -> f64 {
         percentile(&self.ms, p)
     }
+
+    /// Fraction of the samples slower than `ms` (with eager push on, about
+    /// the writes that the push did not bring to every node).
+    fn share_over(&self, ms: f64) -> f64 {
+        if self.ms.is_empty() {
+            return 0.0;
+        }
+        self.ms.iter().filter(|&&t| t > ms).count() as f64 / self.ms.len() as f64
+    }
 }
 
 /// Nearest-rank percentile of `values` (`p` in 0..=1); NaN if empty.
@@ -652,6 +791,11 @@ fn propagate_once(
 fn put_propagation(report: &mut Report, suffix: &str, p: &Propagation, p99: bool) {
     report.put(format!("propagation_p50_ms_{suffix}"), p.percentile(0.5));
     if p99 {
+        report.put(format!("propagation_p90_ms_{suffix}"), p.percentile(0.9));
+        report.put(
+            format!("propagation_share_over_10ms_{suffix}"),
+            p.share_over(10.0),
+        );
         report.put(format!("propagation_p99_ms_{suffix}"), p.percentile(0.99));
     }
     report.put(format!("propagation_samples_{suffix}"), p.ms.len() as f64);
@@ -660,12 +804,15 @@ fn put_propagation(report: &mut Report, suffix: &str, p: &Propagation, p99: bool
 
 fn describe(p: &Propagation) -> String {
     format!(
-        "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} writes ({} timed out)",
+        "p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} writes ({} timed \
+         out); {:.0}% took over 10 ms",
         p.percentile(0.5),
+        p.percentile(0.9),
         p.percentile(0.99),
         p.percentile(1.0),
         p.ms.len(),
-        p.timeouts
+        p.timeouts,
+        p.share_over(10.0) * 100.0
     )
 }
 
@@ -993,7 +1140,7 @@ async fn scenario_sweep(
                 push,
                 ..Spec::new(&name, n)
             };
-            let prop = with_cluster(spec, t0, async |c: &Cluster| {
+            let result = with_cluster(spec, t0, async |c: &Cluster| {
                 let prop =
                     propagation(c, &name, plan.samples_sweep, plan.sample_deadline, rng).await?;
                 progress(
@@ -1002,7 +1149,15 @@ async fn scenario_sweep(
                 );
                 Ok(prop)
             })
-            .await?;
+            .await;
+            // One failed cluster size leaves a gap in the plot, not an empty plot.
+            let prop = match result {
+                Ok(prop) => prop,
+                Err(e) => {
+                    fail(report, t0, &name, e);
+                    continue;
+                }
+            };
             let suffix = format!("push_{}_n{n}", on_off(push));
             put_propagation(report, &suffix, &prop, false);
             points[usize::from(!push)].push((n, prop.percentile(0.5)));

@@ -278,3 +278,47 @@ fn an_idle_cluster_answers_in_the_short_form() {
     );
     assert_eq!(records, 0, "no record travels while the cluster is idle");
 }
+
+#[test]
+fn many_writers_and_a_long_absence_resync_within_packet_limits() {
+    let seed = seed(71);
+    let _g = SeedGuard::new(
+        "many_writers_and_a_long_absence_resync_within_packet_limits",
+        seed,
+    );
+    let retention = 2 * MIN;
+    let n = 24;
+    let mut sim = Sim::new(SimConfig {
+        seed,
+        nodes: n,
+        seeds_per_node: 2,
+        tombstone_retention_ms: retention,
+        ..SimConfig::default()
+    });
+    // Every node writes, so digests list 24 origins (more than fit a page
+    // beside records), and one value is close to the largest allowed.
+    for i in 0..n {
+        sim.set(i, &format!("key-{i}"), format!("v{i}").as_bytes());
+    }
+    sim.set(3, "big", &[1u8; 900]);
+    sim.run_until(3 * MIN, SEC, |s| s.converged())
+        .expect("initial convergence");
+    sim.isolate(n - 1);
+    for i in 0..10 {
+        sim.delete(i, &format!("key-{i}"));
+    }
+    sim.run_for(retention + 3 * MIN);
+    sim.heal();
+    sim.run_until(5 * MIN, SEC, |s| {
+        s.converged() && s.stats(n - 1).resyncs_completed >= 1
+    })
+    .expect("the returning node is re-synchronised and the cluster converges");
+    for i in 0..10 {
+        assert!(
+            sim.all_have(&format!("key-{i}"), None),
+            "key-{i} resurrected"
+        );
+    }
+    let oversized: u64 = (0..n).map(|i| sim.stats(i).oversized_dropped).sum();
+    assert_eq!(oversized, 0, "every datagram fits the packet size");
+}

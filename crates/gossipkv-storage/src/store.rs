@@ -617,8 +617,13 @@ impl Store {
 
     /// One page of a full re-synchronisation: the records (tombstones
     /// included) of the keys from `start` on, in key order, cut to `budget`.
-    pub fn page(&self, start: &str, budget: usize) -> Page {
-        let watermarks = self.digest();
+    ///
+    /// `watermarks` is the digest the page carries (see [`Page`]): this
+    /// store's [`Store::digest`], or a window of it when the whole digest
+    /// would not leave room for records. It must be taken before the call.
+    /// `end` is the successor of the last key included (that key followed by
+    /// a NUL character), so the page's size is bounded by the keys it carries.
+    pub fn page(&self, start: &str, budget: usize, watermarks: Digest) -> Page {
         let mut items: Vec<(Arc<str>, Entry)> = Vec::new();
         for shard in self.shards.iter() {
             let shard = shard.read();
@@ -641,7 +646,12 @@ impl Store {
             let cost = self.entry_size(&k, &e) + k.len();
             // Always make progress: a page carries at least one record.
             if used + cost > budget && !page.records.is_empty() {
-                page.end = Some(k.to_string());
+                let last = page
+                    .records
+                    .last()
+                    .map(|r| r.key.to_string())
+                    .unwrap_or_default();
+                page.end = Some(last + "\0");
                 break;
             }
             used += cost;

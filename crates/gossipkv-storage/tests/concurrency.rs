@@ -340,7 +340,7 @@ fn apply_page_racing_merges_of_new_origins() {
     for i in 0..50u64 {
         src.set(&format!("p{i:02}"), Bytes::from_static(b"v"), 1_000 + i);
     }
-    let page = src.page("", usize::MAX);
+    let page = src.page("", usize::MAX, src.digest());
     let store = Arc::new(Store::new(Origin::new("a", 1)));
     let s = store.clone();
     with_deadline(60, move || {

@@ -26,9 +26,11 @@ pub struct UdpConfig {
     /// Requested `SO_SNDBUF` size in bytes. Default 1 MiB. The kernel may
     /// grant less; that is logged at debug level, not treated as an error.
     pub send_buffer_size: usize,
-    /// Set `SO_REUSEADDR` before binding. Default `true`. Note that for UDP
-    /// on Linux this lets other sockets that also set it bind the very same
-    /// address; use port 0 or unique ports.
+    /// Set `SO_REUSEADDR` before binding. Default `false`: for UDP on Linux
+    /// it lets every socket that also sets it bind the very same address,
+    /// and the kernel may then hand out a port that is already in use even
+    /// for port 0, so two nodes would silently share a port. Turn it on only
+    /// to rebind a fixed port quickly after a restart, on a port you own.
     pub reuse_address: bool,
 }
 
@@ -38,7 +40,7 @@ impl Default for UdpConfig {
             max_datagram_size: DEFAULT_MAX_DATAGRAM_SIZE,
             recv_buffer_size: 4 * 1024 * 1024,
             send_buffer_size: 1024 * 1024,
-            reuse_address: true,
+            reuse_address: false,
         }
     }
 }

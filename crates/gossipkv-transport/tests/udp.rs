@@ -74,3 +74,20 @@ async fn binding_a_foreign_address_fails_with_bind_error() {
         other => panic!("expected Bind error, got {other:?}"),
     }
 }
+
+/// With the default configuration, port 0 never hands out a port that a live
+/// socket of ours already holds (with SO_REUSEADDR it does, on Linux).
+#[tokio::test]
+async fn port_zero_never_duplicates_a_live_port_by_default() {
+    let mut sockets = Vec::new();
+    let mut ports = std::collections::HashSet::new();
+    for _ in 0..500 {
+        let t = UdpTransport::bind("127.0.0.1:0".parse().unwrap(), UdpConfig::default()).unwrap();
+        assert!(
+            ports.insert(t.local_addr().port()),
+            "port {} handed out twice",
+            t.local_addr().port()
+        );
+        sockets.push(t);
+    }
+}

@@ -27,8 +27,9 @@ use crate::watch::{Change, MemberEvents, Watcher};
 
 /// Longest node id accepted, in bytes.
 pub const MAX_NODE_ID_LEN: usize = 128;
-/// Longest key accepted, in bytes.
-pub const MAX_KEY_LEN: usize = 4096;
+/// Longest key accepted, in bytes (networked nodes also need the key to fit
+/// a packet with room to spare).
+pub const MAX_KEY_LEN: usize = 4000;
 
 /// Milliseconds since the Unix epoch, from the system clock.
 pub(crate) fn wall_ms() -> u64 {
@@ -334,6 +335,20 @@ where
             return Err(Error::InvalidKey {
                 message: format!("key is {} bytes, at most {MAX_KEY_LEN}", key.len()),
             });
+        }
+        if let Some(budget) = self.inner.record_budget {
+            // Even a tombstone of this key must fit a packet, or it could
+            // never travel and would hold up every later write of this node.
+            let node_len = self.inner.node_id.as_str().len();
+            let fixed = record_size_hint(key.len(), 0, node_len) + CHUNK_OVERHEAD + node_len;
+            if fixed > budget / 2 {
+                return Err(Error::InvalidKey {
+                    message: format!(
+                        "key is {} bytes, too long for packets of this node's size",
+                        key.len()
+                    ),
+                });
+            }
         }
         Ok(())
     }

@@ -172,6 +172,9 @@ pub struct Protocol {
     member_budget: usize,
 }
 
+/// Largest number of peers a writer pushes a fresh write to directly.
+pub const PUSH_DIRECT_MAX: usize = 16;
+
 /// Share of a datagram always reserved for the member sample (one part in
 /// ten); a datagram whose body leaves more room carries more members, up to
 /// half the packet.
@@ -543,14 +546,28 @@ impl Protocol {
             );
             return;
         }
+        if syn.resync_from.is_some() || self.store.needs_resync(&syn.digest) {
+            // A page gets the whole datagram: the reply's own digest is the
+            // empty one (the initiator is being re-synchronised and has
+            // nothing to send back), and the page carries a window of our
+            // watermarks small enough to leave room for records.
+            let start = syn.resync_from.unwrap_or_default();
+            let rotate = self.rng.random::<u32>() as usize;
+            let watermarks = mine.window(self.budget / 4, rotate);
+            let page = self.store.page(&start, self.budget, watermarks);
+            trace!(%from, start = %page.start, records = page.records.len(), "sending resync page");
+            self.send(
+                from,
+                Body::SynAck(SynAck {
+                    digest: Digest::default(),
+                    reply: Reply::Page(page),
+                }),
+            );
+            return;
+        }
         let mine = self.fit_digest(mine, self.budget / 2);
         let room = self.budget.saturating_sub(mine.size_hint());
-        let reply = if syn.resync_from.is_some() || self.store.needs_resync(&syn.digest) {
-            let start = syn.resync_from.unwrap_or_default();
-            let page = self.store.page(&start, room);
-            trace!(%from, start = %page.start, records = page.records.len(), "sending resync page");
-            Reply::Page(page)
-        } else {
+        let reply = {
             let delta = self.delta_for(&syn.digest, room);
             Reply::Delta(delta)
         };
@@ -603,6 +620,10 @@ impl Protocol {
             return;
         }
         r.progress_ms = now_ms;
+        // Raise at the end only what every page's drop rule covered.
+        if !page.start.is_empty() {
+            r.watermarks = intersect(&r.watermarks, &page.watermarks);
+        }
         match &page.end {
             Some(end) => r.cursor = end.clone(),
             None => {
@@ -618,17 +639,32 @@ impl Protocol {
     /// Pushes fresh local writes to a few live peers at once, in
     /// packet-sized batches. Call it with every record the local store wrote
     /// (several at a time when writes come in bursts: they are coalesced).
+    ///
+    /// In a cluster of up to [`PUSH_DIRECT_MAX`] live peers the writer pushes
+    /// to every one of them and nobody forwards (each node gets each write
+    /// once); in a larger one it pushes to that many at random and they
+    /// forward what was new to them to `fanout` peers each, hop-limited.
     pub fn push_local(&mut self, records: Vec<Record>) {
-        let n = self.membership.in_states(&[MemberState::Alive]).len() + 1;
-        let hops = push_hops(n, self.push_fanout());
-        self.push_records(records, hops, None);
+        let live = self.membership.in_states(&[MemberState::Alive]).len();
+        let hops = if live <= PUSH_DIRECT_MAX {
+            0
+        } else {
+            push_hops(live.div_ceil(PUSH_DIRECT_MAX), self.push_fanout()) + 1
+        };
+        self.push_records(records, hops, None, PUSH_DIRECT_MAX);
     }
 
     fn push_fanout(&self) -> usize {
         self.cfg.fanout.max(1)
     }
 
-    fn push_records(&mut self, records: Vec<Record>, hops: u32, exclude: Option<&NodeId>) {
+    fn push_records(
+        &mut self,
+        records: Vec<Record>,
+        hops: u32,
+        exclude: Option<&NodeId>,
+        fanout: usize,
+    ) {
         if !self.cfg.push || self.left || records.is_empty() {
             return;
         }
@@ -663,7 +699,7 @@ impl Protocol {
         }
         for records in batches {
             live.shuffle(&mut self.rng);
-            for &to in live.iter().take(self.push_fanout()) {
+            for &to in live.iter().take(fanout) {
                 self.stats.pushes_sent += 1;
                 self.send(
                     to,
@@ -689,7 +725,8 @@ impl Protocol {
         self.stats.records_won += fresh.len() as u64;
         self.stats.pushed_records_won += fresh.len() as u64;
         if push.hops > 0 && !fresh.is_empty() {
-            self.push_records(fresh, push.hops - 1, Some(sender));
+            let fanout = self.push_fanout();
+            self.push_records(fresh, push.hops - 1, Some(sender), fanout);
         }
     }
 
@@ -842,6 +879,28 @@ fn log_member_event(e: &MemberEvent) {
         MemberEvent::Suspect(_) => debug!(member = %m.node_id, "member suspected"),
         MemberEvent::Alive(_) => debug!(member = %m.node_id, "suspected member is alive"),
         MemberEvent::Forgotten(_) => debug!(member = %m.node_id, "member forgotten"),
+    }
+}
+
+/// The origins both digests speak for, at the lower of their watermarks (a
+/// partial result: it says nothing of other origins).
+fn intersect(a: &Digest, b: &Digest) -> Digest {
+    let entries = a
+        .entries
+        .iter()
+        .filter_map(|e| {
+            b.watermark(&e.origin)
+                .map(|w| gossipkv_storage::DigestEntry {
+                    origin: e.origin.clone(),
+                    watermark: w.min(e.watermark),
+                })
+        })
+        .collect();
+    Digest {
+        entries,
+        complete: false,
+        open_start: false,
+        open_end: false,
     }
 }
 

@@ -335,7 +335,7 @@ async fn local_node_errors_and_values() {
         Err(Error::InvalidKey { .. })
     ));
     assert!(matches!(
-        kv.set("k".repeat(5000), "v".to_string()),
+        kv.set("k".repeat(4001), "v".to_string()),
         Err(Error::InvalidKey { .. })
     ));
     // Local-only nodes have no packet limit, and values of any size are kept.
@@ -417,4 +417,18 @@ async fn serde_values_and_byte_values_replicate() {
     .await;
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_that_cannot_travel_are_rejected_even_for_deletes() {
+    let kv = node("long-keys", &[]).await;
+    let long = "k".repeat(1000);
+    assert!(matches!(
+        kv.set(&long, String::new()),
+        Err(Error::InvalidKey { .. })
+    ));
+    assert!(matches!(kv.delete(&long), Err(Error::InvalidKey { .. })));
+    assert!(!kv.store().contains(&long));
+    kv.set("k".repeat(200), "fits".to_string()).unwrap();
+    kv.shutdown().await.unwrap();
 }

@@ -41,7 +41,7 @@ pub(crate) fn resync_with(
     let mut first: Option<Digest> = None;
     let mut pages = 0;
     loop {
-        let page = from.page(&cursor, budget);
+        let page = from.page(&cursor, budget, from.digest());
         assert_eq!(page.start, cursor);
         to.apply_page(&page);
         after_page(to);
