@@ -94,9 +94,9 @@ pub enum Body {
     Push(Push),
 }
 
-/// Fresh writes pushed to a few peers as soon as they are made; receivers
-/// merge them and forward what was new to them while `hops` allows. A push
-/// never raises a watermark.
+/// Fresh writes pushed to peers as soon as they are made; receivers merge
+/// them and forward what was new to them while `hops` allows. A watermark
+/// rises only over writes the receiver holds without a gap.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Push {
     /// The records.

@@ -4,7 +4,9 @@
 //! generator. Its driver (the tokio task behind [`GossipKv`](crate::GossipKv),
 //! or the simulator) follows one contract:
 //!
-//! * feed every datagram received with [`Protocol::handle_datagram`];
+//! * feed every datagram received with [`Protocol::handle_datagram`], and
+//!   every record the local store wrote with [`Protocol::push_local`] (in
+//!   batches when writes come in bursts);
 //! * call [`Protocol::handle_timeout`] once the time returned by
 //!   [`Protocol::poll_timeout`] has come;
 //! * after each call, send everything [`Protocol::poll_transmit`] yields and
@@ -18,9 +20,12 @@
 //! One gossip round: every interval, pick up to `fanout` peers at random and
 //! send each a `Syn` with our digest; the peer answers `SynAck` with its
 //! digest and the delta we lack (or a re-synchronisation page when we are too
-//! far behind); we answer `Ack` with the delta it lacks. Peers are known by
-//! node id; a node that hears from an unknown peer adds it, so seed lists may
-//! be asymmetric.
+//! far behind); we answer `Ack` with the delta it lacks. When both digests are
+//! equal the peer answers in a short form and no `Ack` follows. Fresh writes
+//! are also pushed at once (`Push`), and forwarded by the peers to whom they
+//! were new. Peers are known by node id; a node that hears from an unknown
+//! peer adds it, so seed lists may be asymmetric. Every datagram carries the
+//! sender's heartbeat and a bounded sample of members (see `membership`).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
