@@ -9,6 +9,7 @@ Usage: cargo xtask <COMMAND> [OPTIONS]
 Commands:
   ci       Run the CI script .ci/run (fmt, clippy, tests, docs, cargo-deny)
   bench    Run the criterion benchmarks of gossipkv-benches and summarize them
+  sim      Measure dissemination at scale in the simulator (release build)
   help     Print this help
 
 Options for `bench`:
@@ -17,7 +18,15 @@ Options for `bench`:
   -- <ARGS>...      Extra arguments passed to the criterion benchmark binaries
                     (e.g. a benchmark name filter)
 
-`bench` prints a table and writes <target>/xtask-bench/summary.json.";
+`bench` prints a table and writes <target>/xtask-bench/summary.json.
+
+Options for `sim`:
+  --quick               1,000 nodes only (default: 1,000 and 10,000)
+  --nodes N             Simulate N nodes (repeatable; replaces the defaults)
+  --max-wall-secs S     Give up a run after S seconds (default 3600)
+  -- <ARGS>...          Extra arguments for the gossipkv-sim binary
+
+`sim` prints a table and writes <target>/xtask-sim/sim.json.";
 
 /// A parsed `cargo xtask` invocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +37,21 @@ pub(crate) enum Command {
     Ci,
     /// Run benchmarks and summarize them.
     Bench(BenchOptions),
+    /// Run the simulator at scale.
+    Sim(SimOptions),
+}
+
+/// Options of `cargo xtask sim`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct SimOptions {
+    /// 1,000 nodes only.
+    pub(crate) quick: bool,
+    /// Node counts (empty: the defaults).
+    pub(crate) nodes: Vec<usize>,
+    /// Wall-clock limit of one run, seconds.
+    pub(crate) max_wall_secs: Option<u64>,
+    /// Extra arguments for the simulator binary.
+    pub(crate) extra: Vec<String>,
 }
 
 /// Options of `cargo xtask bench`.
@@ -58,6 +82,7 @@ pub(crate) fn parse(args: &[String]) -> anyhow::Result<Command> {
             Ok(Command::Ci)
         }
         "bench" => parse_bench(rest),
+        "sim" => parse_sim(rest),
         other => bail!("unknown command `{other}`\n\n{USAGE}"),
     }
 }
@@ -78,6 +103,30 @@ fn parse_bench(args: &[String]) -> anyhow::Result<Command> {
         }
     }
     Ok(Command::Bench(opts))
+}
+
+/// Parses the arguments after `cargo xtask sim`.
+fn parse_sim(args: &[String]) -> anyhow::Result<Command> {
+    let mut opts = SimOptions::default();
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "--quick" => opts.quick = true,
+            "--nodes" | "--max-wall-secs" => {
+                let Some(v) = iter.next().and_then(|v| v.parse::<u64>().ok()) else {
+                    bail!("`{arg}` needs a number\n\n{USAGE}");
+                };
+                match arg.as_str() {
+                    "--nodes" => opts.nodes.push(v as usize),
+                    _ => opts.max_wall_secs = Some(v),
+                }
+            }
+            "--help" | "-h" => return Ok(Command::Help),
+            "--" => opts.extra.extend(iter.by_ref().cloned()),
+            other => bail!("unexpected argument `{other}` for `sim`\n\n{USAGE}"),
+        }
+    }
+    Ok(Command::Sim(opts))
 }
 
 #[cfg(test)]
@@ -108,6 +157,28 @@ mod tests {
     }
 
     #[test]
+    fn parses_sim() {
+        assert_eq!(
+            parse(&args(&["sim", "--quick"])).unwrap(),
+            Command::Sim(SimOptions {
+                quick: true,
+                ..SimOptions::default()
+            })
+        );
+        assert_eq!(
+            parse(&args(&[
+                "sim", "--nodes", "300", "--nodes", "2000", "--", "--seed", "7"
+            ]))
+            .unwrap(),
+            Command::Sim(SimOptions {
+                nodes: vec![300, 2000],
+                extra: args(&["--seed", "7"]),
+                ..SimOptions::default()
+            })
+        );
+    }
+
+    #[test]
     fn rejects_unknown_input() {
         let err = parse(&args(&["frobnicate"])).unwrap_err().to_string();
         assert!(err.contains("unknown command `frobnicate`"), "{err}");
@@ -115,5 +186,7 @@ mod tests {
         assert!(parse(&[]).is_err());
         assert!(parse(&args(&["bench", "--slow"])).is_err());
         assert!(parse(&args(&["ci", "extra"])).is_err());
+        assert!(parse(&args(&["sim", "--nodes"])).is_err());
+        assert!(parse(&args(&["sim", "--nodes", "many"])).is_err());
     }
 }

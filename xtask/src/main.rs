@@ -6,6 +6,9 @@
 //! - `cargo xtask bench [--quick] [--summary-only] [-- <criterion args>]` runs the criterion
 //!   benchmarks of `gossipkv-benches`, prints a summary table and writes
 //!   `target/xtask-bench/summary.json`.
+//! - `cargo xtask sim [--quick] [--nodes N]...` measures dissemination at 1,000
+//!   and 10,000 nodes in the simulator, prints a table and writes
+//!   `target/xtask-sim/sim.json`.
 //!
 //! The `cargo xtask` alias is defined in `.cargo/config.toml`.
 
@@ -13,6 +16,7 @@ mod bench;
 mod ci;
 mod cli;
 mod criterion;
+mod sim;
 mod summary;
 mod workspace;
 
@@ -41,6 +45,10 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         Command::Ci => ci::run(),
         Command::Bench(opts) => {
             bench::run(&opts)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sim(opts) => {
+            sim::run(&opts)?;
             Ok(ExitCode::SUCCESS)
         }
     }

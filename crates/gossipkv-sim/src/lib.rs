@@ -12,16 +12,24 @@
 //!
 //! What it deliberately does not model: bandwidth limits, and the tokio driver
 //! (the real driver is exercised by the loopback tests of the `gossipkv` crate).
+//!
+//! Scheduling costs O(log N) per event: datagrams in flight and node timers
+//! live in two min-heaps, so thousands of nodes can be simulated (see the
+//! [`scale`] module for dissemination measurements).
 
+pub mod scale;
+
+use std::cmp::Ordering;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashSet};
+use std::collections::{BTreeMap, BinaryHeap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use gossipkv::protocol::{Event, Protocol, ProtocolConfig, Stats};
+use gossipkv::protocol::{Event, Protocol, ProtocolConfig, Stats, Transmit};
 use gossipkv::NetworkError;
 use gossipkv::{DetectorConfig, Member, MemberEvent, MemberState};
+use gossipkv_proto::{decode, Body, Limits};
 use gossipkv_storage::{NodeId, Origin, Record, Store};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -58,6 +66,12 @@ pub struct SimConfig {
     /// How many earlier nodes each node is seeded with (node 0 has none):
     /// always the node just before it, then random earlier ones.
     pub seeds_per_node: usize,
+    /// Whether membership events are kept for [`Sim::member_events`]. Large
+    /// runs turn this off: N nodes learning of each other make N² events.
+    pub record_member_events: bool,
+    /// Whether every datagram sent is decoded to count it by kind in
+    /// [`NetStats::by_kind`] (costs a decode per datagram).
+    pub classify_datagrams: bool,
 }
 
 impl Default for SimConfig {
@@ -75,6 +89,8 @@ impl Default for SimConfig {
             max_latency_ms: 20,
             seeds_per_node: 1,
             push: true,
+            record_member_events: true,
+            classify_datagrams: false,
         }
     }
 }
@@ -89,14 +105,48 @@ struct SimNode {
     proto: Option<Protocol>,
 }
 
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
+/// A datagram on its way. Ordered by delivery time, then by send order, so
+/// simultaneous deliveries happen in the order they were sent.
 struct InFlight {
     at_ms: u64,
     order: u64,
     to: usize,
     from: SocketAddr,
-    payload: Vec<u8>,
+    /// Shared with the sender's buffer (and the duplicate, if any): no copy.
+    payload: Bytes,
 }
+
+impl InFlight {
+    fn key(&self) -> (u64, u64) {
+        (self.at_ms, self.order)
+    }
+}
+
+impl PartialEq for InFlight {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for InFlight {}
+
+impl PartialOrd for InFlight {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for InFlight {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
+/// A node's next timer, in simulation time: (deadline, node, epoch). Ties go
+/// to the lower node index. An entry is stale, and skipped when popped, once
+/// the node's epoch has moved on (every call into a node re-arms its timer
+/// with a new epoch).
+type TimerEntry = (u64, usize, u64);
 
 /// Network-wide counters of a run.
 #[derive(Clone, Copy, Debug, Default)]
@@ -111,6 +161,81 @@ pub struct NetStats {
     pub cut: u64,
     /// Payload bytes sent.
     pub bytes: u64,
+    /// Datagrams and payload bytes sent, by kind (only with
+    /// [`SimConfig::classify_datagrams`]).
+    pub by_kind: [KindStats; DatagramKind::COUNT],
+}
+
+/// The kinds of datagram, for [`NetStats::by_kind`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DatagramKind {
+    /// First message of an exchange: a digest.
+    Syn,
+    /// Second message: digest and delta (or resync page).
+    SynAck,
+    /// Third message: delta.
+    Ack,
+    /// Fresh writes pushed eagerly.
+    Push,
+    /// Departure announcement.
+    Leave,
+    /// Did not decode.
+    Invalid,
+}
+
+impl DatagramKind {
+    /// Number of kinds.
+    pub const COUNT: usize = 6;
+    /// Every kind, in [`NetStats::by_kind`] order.
+    pub const ALL: [DatagramKind; Self::COUNT] = [
+        DatagramKind::Syn,
+        DatagramKind::SynAck,
+        DatagramKind::Ack,
+        DatagramKind::Push,
+        DatagramKind::Leave,
+        DatagramKind::Invalid,
+    ];
+
+    /// The kind's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            DatagramKind::Syn => "syn",
+            DatagramKind::SynAck => "synack",
+            DatagramKind::Ack => "ack",
+            DatagramKind::Push => "push",
+            DatagramKind::Leave => "leave",
+            DatagramKind::Invalid => "invalid",
+        }
+    }
+
+    fn of(payload: &[u8]) -> Self {
+        match decode(payload, &Limits::default()).map(|e| e.body) {
+            Ok(Body::Syn(_)) => DatagramKind::Syn,
+            Ok(Body::SynAck(_)) => DatagramKind::SynAck,
+            Ok(Body::Ack(_)) => DatagramKind::Ack,
+            Ok(Body::Push(_)) => DatagramKind::Push,
+            Ok(Body::Leave) => DatagramKind::Leave,
+            // Kinds added to the wire format later.
+            #[allow(unreachable_patterns)]
+            Ok(_) | Err(_) => DatagramKind::Invalid,
+        }
+    }
+}
+
+/// Datagrams and bytes of one [`DatagramKind`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KindStats {
+    /// Datagrams sent.
+    pub sent: u64,
+    /// Payload bytes sent.
+    pub bytes: u64,
+}
+
+impl NetStats {
+    /// The counters of one kind.
+    pub fn kind(&self, k: DatagramKind) -> KindStats {
+        self.by_kind[k as usize]
+    }
 }
 
 /// A running simulation.
@@ -121,9 +246,16 @@ pub struct Sim {
     nodes: Vec<SimNode>,
     queue: BinaryHeap<Reverse<InFlight>>,
     order: u64,
+    timers: BinaryHeap<Reverse<TimerEntry>>,
+    /// Current timer epoch of each node (see [`TimerEntry`]).
+    epochs: Vec<u64>,
+    /// Deadline of each node's live heap entry, if it has one.
+    armed: Vec<Option<u64>>,
+    /// Reused buffer for the datagrams a node hands out.
+    scratch: Vec<Transmit>,
     /// Group of each node; datagrams only flow inside a group.
     group: Vec<usize>,
-    isolated: HashSet<usize>,
+    isolated: Vec<bool>,
     net: NetStats,
     errors: Vec<(usize, NetworkError)>,
     member_events: Vec<(usize, u64, MemberEvent)>,
@@ -157,6 +289,7 @@ impl Sim {
                 proto: None,
             });
         }
+        let cfg_nodes = cfg.nodes;
         let mut sim = Sim {
             now_ms: SIM_EPOCH_MS,
             group: vec![0; cfg.nodes],
@@ -165,7 +298,11 @@ impl Sim {
             nodes,
             queue: BinaryHeap::new(),
             order: 0,
-            isolated: HashSet::new(),
+            timers: BinaryHeap::with_capacity(2 * cfg_nodes),
+            epochs: vec![0; cfg_nodes],
+            armed: vec![None; cfg_nodes],
+            scratch: Vec::new(),
+            isolated: vec![false; cfg_nodes],
             net: NetStats::default(),
             errors: Vec::new(),
             member_events: Vec::new(),
@@ -197,6 +334,44 @@ impl Sim {
         // Stagger first rounds across one interval, like nodes started at different times.
         let offset = self.rng.random_range(0..self.cfg.gossip_interval_ms.max(1));
         n.proto = Some(Protocol::new(cfg, n.store.clone(), local + offset));
+        self.rearm(i);
+    }
+
+    /// Re-reads node `i`'s next timer after a call into it. When the deadline
+    /// moved, the previous heap entry goes stale and a fresh one is pushed.
+    fn rearm(&mut self, i: usize) {
+        let n = &self.nodes[i];
+        let at = n
+            .proto
+            .as_ref()
+            .map(|p| p.poll_timeout())
+            .filter(|&t| t != u64::MAX)
+            .map(|t| t.saturating_add_signed(-n.skew_ms));
+        if at == self.armed[i] {
+            return;
+        }
+        self.epochs[i] += 1;
+        self.armed[i] = at;
+        if let Some(at) = at {
+            self.timers.push(Reverse((at, i, self.epochs[i])));
+        }
+    }
+
+    /// Forgets node `i`'s timer (it crashed or left).
+    fn disarm(&mut self, i: usize) {
+        self.epochs[i] += 1;
+        self.armed[i] = None;
+    }
+
+    /// The next live timer (deadline, node), dropping stale entries on the way.
+    fn next_timer(&mut self) -> Option<(u64, usize)> {
+        while let Some(&Reverse((at, i, epoch))) = self.timers.peek() {
+            if epoch == self.epochs[i] {
+                return Some((at, i));
+            }
+            self.timers.pop();
+        }
+        None
     }
 
     /// The configuration.
@@ -277,6 +452,7 @@ impl Sim {
         }
         self.drain(i);
         self.nodes[i].proto = None;
+        self.disarm(i);
     }
 
     /// Whether node `i` is running.
@@ -321,11 +497,13 @@ impl Sim {
     /// Shifts node `i`'s wall clock by `skew_ms` (positive: ahead).
     pub fn set_clock_skew(&mut self, i: usize, skew_ms: i64) {
         self.nodes[i].skew_ms = skew_ms;
+        self.rearm(i);
     }
 
     /// Crashes node `i`: it stops at once, without a goodbye, and loses its state.
     pub fn crash(&mut self, i: usize) {
         self.nodes[i].proto = None;
+        self.disarm(i);
     }
 
     /// Restarts crashed node `i` with the same id, fresh state and a new generation.
@@ -349,17 +527,17 @@ impl Sim {
 
     /// Cuts node `i` off from everyone (its state and timers keep running).
     pub fn isolate(&mut self, i: usize) {
-        self.isolated.insert(i);
+        self.isolated[i] = true;
     }
 
     /// Ends every partition and isolation.
     pub fn heal(&mut self) {
         self.group = vec![0; self.nodes.len()];
-        self.isolated.clear();
+        self.isolated.fill(false);
     }
 
     fn connected(&self, a: usize, b: usize) -> bool {
-        !self.isolated.contains(&a) && !self.isolated.contains(&b) && self.group[a] == self.group[b]
+        !self.isolated[a] && !self.isolated[b] && self.group[a] == self.group[b]
     }
 
     /// Runs the simulation for `ms` of virtual time.
@@ -392,31 +570,27 @@ impl Sim {
     fn run_to(&mut self, end_ms: u64) {
         loop {
             let next_msg = self.queue.peek().map(|Reverse(m)| m.at_ms);
-            let next_timer = (0..self.nodes.len())
-                .filter_map(|i| {
-                    let p = self.nodes[i].proto.as_ref()?;
-                    Some((
-                        p.poll_timeout()
-                            .saturating_add_signed(-self.nodes[i].skew_ms),
-                        i,
-                    ))
-                })
-                .min();
-            let next = match (next_msg, next_timer) {
-                (Some(m), Some((t, _))) => m.min(t),
-                (Some(m), None) => m,
-                (None, Some((t, _))) => t,
-                (None, None) => end_ms,
+            let next_timer = self.next_timer();
+            // A datagram due at the same time as a timer is delivered first.
+            let (next, is_msg) = match (next_msg, next_timer) {
+                (Some(m), Some((t, _))) => (m.min(t), m <= t),
+                (Some(m), None) => (m, true),
+                (None, Some((t, _))) => (t, false),
+                (None, None) => (end_ms, false),
             };
-            if next > end_ms {
-                self.now_ms = end_ms;
+            if next > end_ms || (next_msg.is_none() && next_timer.is_none()) {
+                self.now_ms = self.now_ms.max(end_ms);
                 return;
             }
             self.now_ms = self.now_ms.max(next);
-            if next_msg == Some(next) {
+            if is_msg {
                 let Reverse(m) = self.queue.pop().expect("peeked");
                 self.deliver(m);
             } else if let Some((_, i)) = next_timer {
+                // The entry is used up: whatever the node's next deadline is,
+                // it gets a fresh entry.
+                self.timers.pop();
+                self.disarm(i);
                 let local = self.local_ms(i);
                 if let Some(p) = self.nodes[i].proto.as_mut() {
                     p.handle_timeout(local);
@@ -437,8 +611,10 @@ impl Sim {
         self.drain(m.to);
     }
 
+    /// Collects what node `i` wants to send and report after a call into it,
+    /// puts its datagrams on the network and re-arms its timer.
     fn drain(&mut self, i: usize) {
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut self.scratch);
         if let Some(p) = self.nodes[i].proto.as_mut() {
             while let Some(t) = p.poll_transmit() {
                 out.push(t);
@@ -446,45 +622,58 @@ impl Sim {
             while let Some(ev) = p.poll_event() {
                 match ev {
                     Event::Error(e) => self.errors.push((i, e)),
-                    Event::Member(m) => self.member_events.push((i, self.now_ms - SIM_EPOCH_MS, m)),
+                    Event::Member(m) if self.cfg.record_member_events => {
+                        self.member_events.push((i, self.now_ms - SIM_EPOCH_MS, m))
+                    }
                     _ => {}
                 }
             }
         }
         let from = self.nodes[i].addr;
-        for t in out {
-            self.net.sent += 1;
-            self.net.bytes += t.payload.len() as u64;
-            let Some(to) = index_of(t.to).filter(|&j| j < self.nodes.len()) else {
-                self.net.cut += 1;
-                continue;
-            };
-            if !self.connected(i, to) {
-                self.net.cut += 1;
-                continue;
-            }
-            if self.rng.random_bool(self.cfg.loss.clamp(0.0, 1.0)) {
-                self.net.lost += 1;
-                continue;
-            }
-            let copies = if self.rng.random_bool(self.cfg.duplicate.clamp(0.0, 1.0)) {
-                2
-            } else {
-                1
-            };
-            for _ in 0..copies {
-                let lat = self.rng.random_range(
-                    self.cfg.min_latency_ms..=self.cfg.max_latency_ms.max(self.cfg.min_latency_ms),
-                );
-                self.order += 1;
-                self.queue.push(Reverse(InFlight {
-                    at_ms: self.now_ms + lat,
-                    order: self.order,
-                    to,
-                    from,
-                    payload: t.payload.to_vec(),
-                }));
-            }
+        for t in out.drain(..) {
+            self.send(i, from, t);
+        }
+        self.scratch = out;
+        self.rearm(i);
+    }
+
+    fn send(&mut self, i: usize, from: SocketAddr, t: Transmit) {
+        self.net.sent += 1;
+        self.net.bytes += t.payload.len() as u64;
+        if self.cfg.classify_datagrams {
+            let k = &mut self.net.by_kind[DatagramKind::of(&t.payload) as usize];
+            k.sent += 1;
+            k.bytes += t.payload.len() as u64;
+        }
+        let Some(to) = index_of(t.to).filter(|&j| j < self.nodes.len()) else {
+            self.net.cut += 1;
+            return;
+        };
+        if !self.connected(i, to) {
+            self.net.cut += 1;
+            return;
+        }
+        if self.rng.random_bool(self.cfg.loss.clamp(0.0, 1.0)) {
+            self.net.lost += 1;
+            return;
+        }
+        let copies = if self.rng.random_bool(self.cfg.duplicate.clamp(0.0, 1.0)) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let lat = self.rng.random_range(
+                self.cfg.min_latency_ms..=self.cfg.max_latency_ms.max(self.cfg.min_latency_ms),
+            );
+            self.order += 1;
+            self.queue.push(Reverse(InFlight {
+                at_ms: self.now_ms + lat,
+                order: self.order,
+                to,
+                from,
+                payload: t.payload.clone(),
+            }));
         }
     }
 
