@@ -165,6 +165,10 @@ pub(crate) fn merge_figures(figures: &mut Map<String, Value>, runs: &[Value]) {
                 format!("sim_membership_rounds_n{n}_{m}"),
                 "membership_rounds",
             ),
+            (
+                format!("sim_idle_suspicions_per_node_round_n{n}_{m}"),
+                "idle_suspicions_per_node_per_round",
+            ),
             (format!("sim_wall_secs_n{n}_{m}"), "wall_secs"),
             (format!("sim_gave_up_n{n}_{m}"), "gave_up"),
         ] {

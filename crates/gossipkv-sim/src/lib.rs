@@ -72,6 +72,9 @@ pub struct SimConfig {
     /// Whether every datagram sent is decoded to count it by kind in
     /// [`NetStats::by_kind`] (costs a decode per datagram).
     pub classify_datagrams: bool,
+    /// Failure detector of every node; `None`: the protocol's default for
+    /// the gossip interval.
+    pub detector: Option<DetectorConfig>,
 }
 
 impl Default for SimConfig {
@@ -91,6 +94,7 @@ impl Default for SimConfig {
             push: true,
             record_member_events: true,
             classify_datagrams: false,
+            detector: None,
         }
     }
 }
@@ -259,6 +263,41 @@ pub struct Sim {
     net: NetStats,
     errors: Vec<(usize, NetworkError)>,
     member_events: Vec<(usize, u64, MemberEvent)>,
+    member_counts: MemberEventCounts,
+}
+
+/// Membership events seen by all nodes, by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemberEventCounts {
+    /// A node was heard of for the first time.
+    pub joined: u64,
+    /// A member was suspected.
+    pub suspect: u64,
+    /// A suspected member was heard from again.
+    pub alive: u64,
+    /// A member was declared dead.
+    pub dead: u64,
+    /// A member announced that it left.
+    pub left: u64,
+    /// A member came back or restarted.
+    pub rejoined: u64,
+    /// A member was forgotten.
+    pub forgotten: u64,
+}
+
+impl MemberEventCounts {
+    fn count(&mut self, e: &MemberEvent) {
+        let c = match e {
+            MemberEvent::Joined(_) => &mut self.joined,
+            MemberEvent::Suspect(_) => &mut self.suspect,
+            MemberEvent::Alive(_) => &mut self.alive,
+            MemberEvent::Dead(_) => &mut self.dead,
+            MemberEvent::Left(_) => &mut self.left,
+            MemberEvent::Rejoined(_) => &mut self.rejoined,
+            MemberEvent::Forgotten(_) => &mut self.forgotten,
+        };
+        *c += 1;
+    }
 }
 
 impl Sim {
@@ -306,6 +345,7 @@ impl Sim {
             net: NetStats::default(),
             errors: Vec::new(),
             member_events: Vec::new(),
+            member_counts: MemberEventCounts::default(),
         };
         for i in 0..sim.nodes.len() {
             sim.start_protocol(i);
@@ -328,7 +368,11 @@ impl Sim {
             tombstone_retention_ms: self.cfg.tombstone_retention_ms,
             seeds: n.seeds.clone(),
             rng_seed,
-            detector: DetectorConfig::for_interval(self.cfg.gossip_interval_ms),
+            detector: self
+                .cfg
+                .detector
+                .clone()
+                .unwrap_or_else(|| DetectorConfig::for_interval(self.cfg.gossip_interval_ms)),
             push: self.cfg.push,
         };
         // Stagger first rounds across one interval, like nodes started at different times.
@@ -422,6 +466,12 @@ impl Sim {
     pub fn errors(&self) -> &[(usize, NetworkError)] {
         &self.errors
     }
+    /// How many membership events of each kind all nodes have seen so far
+    /// (counted even when [`SimConfig::record_member_events`] is off).
+    pub fn member_event_counts(&self) -> MemberEventCounts {
+        self.member_counts
+    }
+
     /// Membership events seen so far: (observer node, virtual ms since start, event).
     pub fn member_events(&self) -> &[(usize, u64, MemberEvent)] {
         &self.member_events
@@ -622,8 +672,11 @@ impl Sim {
             while let Some(ev) = p.poll_event() {
                 match ev {
                     Event::Error(e) => self.errors.push((i, e)),
-                    Event::Member(m) if self.cfg.record_member_events => {
-                        self.member_events.push((i, self.now_ms - SIM_EPOCH_MS, m))
+                    Event::Member(m) => {
+                        self.member_counts.count(&m);
+                        if self.cfg.record_member_events {
+                            self.member_events.push((i, self.now_ms - SIM_EPOCH_MS, m));
+                        }
                     }
                     _ => {}
                 }

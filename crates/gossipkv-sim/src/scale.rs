@@ -96,6 +96,12 @@ pub struct ScaleReport {
     pub idle_bytes_per_node_per_round: f64,
     /// Datagrams sent per node per round after convergence, without writes.
     pub idle_datagrams_per_node_per_round: f64,
+    /// Suspicions raised per node per round after convergence, without
+    /// writes: every node is healthy and the network loses nothing, so every
+    /// one is false (each also makes the suspecting node probe the suspect).
+    pub idle_suspicions_per_node_per_round: f64,
+    /// Members declared dead during the whole run (all falsely).
+    pub false_deaths: u64,
     /// Traffic by kind of datagram from the write until convergence.
     pub by_kind: Vec<KindRate>,
     /// Traffic by kind of datagram after convergence, without writes.
@@ -280,6 +286,7 @@ pub fn rounds_to_converge_with(
 
     // 3. Idle traffic, without writes.
     let idle_start = sim.net_stats();
+    let events_start = sim.member_event_counts();
     let mut idle_ms = 0;
     let step = (interval / 10).max(1);
     while gave_up.is_none() && idle_ms < opts.idle_rounds * interval {
@@ -298,6 +305,8 @@ pub fn rounds_to_converge_with(
     }
     let idle_end = sim.net_stats();
     let idle_rounds = rounds_of(idle_ms);
+    let events_end = sim.member_event_counts();
+    let suspicions = events_end.suspect - events_start.suspect;
 
     let per = |x: u64, rounds: f64| {
         if rounds > 0.0 {
@@ -323,6 +332,8 @@ pub fn rounds_to_converge_with(
         datagrams_per_node_per_round: per(net1.sent - net0.sent, dis_rounds),
         idle_bytes_per_node_per_round: per(idle_end.bytes - idle_start.bytes, idle_rounds),
         idle_datagrams_per_node_per_round: per(idle_end.sent - idle_start.sent, idle_rounds),
+        idle_suspicions_per_node_per_round: per(suspicions, idle_rounds),
+        false_deaths: events_end.dead,
         by_kind: rates(&net0, &net1, n, dis_rounds),
         idle_by_kind: rates(&idle_start, &idle_end, n, idle_rounds),
         wall_secs: started.elapsed().as_secs_f64(),

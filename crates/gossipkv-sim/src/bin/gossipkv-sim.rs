@@ -15,6 +15,7 @@ use std::ops::ControlFlow;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use gossipkv::DetectorConfig;
 use gossipkv_sim::scale::{rounds_to_converge_with, KindRate, Progress, ScaleOptions, ScaleReport};
 use gossipkv_sim::SimConfig;
 
@@ -34,6 +35,9 @@ Options:
   --max-rss-mb M            Give up when the process uses more than M MiB
                             (default 12288)
   --sequential              Run push off and push on one after the other
+  --lenient-detector        Suspect a member only after 60 silent rounds (no
+                            false suspicions, so no suspect probes: rounds
+                            then measure the periodic exchanges alone)
   --json FILE               Write the reports as a JSON array";
 
 struct Args {
@@ -46,6 +50,7 @@ struct Args {
     max_wall: Option<Duration>,
     max_rss_mb: u64,
     sequential: bool,
+    lenient_detector: bool,
     json: Option<String>,
 }
 
@@ -60,6 +65,7 @@ fn parse(args: &[String]) -> Result<Option<Args>, String> {
         max_wall: None,
         max_rss_mb: 12 * 1024,
         sequential: false,
+        lenient_detector: false,
         json: None,
     };
     let mut it = args.iter();
@@ -102,6 +108,7 @@ fn parse(args: &[String]) -> Result<Option<Args>, String> {
             }
             "--max-rss-mb" => a.max_rss_mb = num("--max-rss-mb", value("--max-rss-mb")?)?,
             "--sequential" => a.sequential = true,
+            "--lenient-detector" => a.lenient_detector = true,
             "--json" => a.json = Some(value("--json")?),
             other => return Err(format!("unexpected argument `{other}`")),
         }
@@ -134,6 +141,9 @@ fn main() -> ExitCode {
                 fanout: a.fanout,
                 seeds_per_node: a.seeds_per_node,
                 push,
+                detector: a
+                    .lenient_detector
+                    .then(|| lenient_detector(SimConfig::default().gossip_interval_ms)),
                 ..SimConfig::default()
             };
             run_one(cfg, &a)
@@ -161,11 +171,14 @@ fn main() -> ExitCode {
                 .join(", ")
         };
         println!(
-            "n={} push={}: datagrams/node/round while disseminating: {}; idle: {}",
+            "n={} push={}: datagrams/node/round while disseminating: {}; idle: {}; \
+             idle false suspicions/node/round {:.2}, false deaths {}",
             r.nodes,
             on_off(r.push),
             kinds(&r.by_kind),
-            kinds(&r.idle_by_kind)
+            kinds(&r.idle_by_kind),
+            r.idle_suspicions_per_node_per_round,
+            r.false_deaths
         );
     }
     if let Some(path) = &a.json {
@@ -220,6 +233,15 @@ fn run_one(cfg: SimConfig, a: &Args) -> ScaleReport {
     report
 }
 
+/// A failure detector that suspects a member only after 60 silent intervals.
+fn lenient_detector(interval_ms: u64) -> DetectorConfig {
+    DetectorConfig {
+        phi_threshold: 1e9,
+        max_silence_ms: 60 * interval_ms,
+        ..DetectorConfig::for_interval(interval_ms)
+    }
+}
+
 /// Resident memory of this process, MiB (Linux only).
 fn rss_mb() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
@@ -256,18 +278,30 @@ fn table(reports: &[ScaleReport]) -> String {
     for r in reports {
         let _ = writeln!(
             s,
-            "{:>7} {:>5} {:>11} {:>8} {:>10.2} {:>13.0} {:>10.0} {:>8.1}",
+            "{:>7} {:>5} {:>11} {:>8} {:>10.2} {:>13} {:>10} {:>8.1}",
             r.nodes,
             on_off(r.push),
             opt(r.membership_rounds),
             opt(r.rounds),
             r.yardstick,
-            r.bytes_per_node_per_round,
-            r.idle_bytes_per_node_per_round,
+            whole(r.bytes_per_node_per_round),
+            whole(r.idle_bytes_per_node_per_round),
             r.wall_secs
         );
+        if let Some(why) = &r.gave_up {
+            let _ = writeln!(s, "        gave up: {why}");
+        }
     }
     s
+}
+
+/// `x` rounded, or `-` when it was not measured.
+fn whole(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.0}")
+    } else {
+        "-".to_string()
+    }
 }
 
 fn jnum(x: Option<f64>) -> String {
@@ -290,7 +324,9 @@ fn json(reports: &[ScaleReport]) -> String {
                     "\"push_yardstick\": {}, \"bytes_per_node_per_round\": {}, ",
                     "\"datagrams_per_node_per_round\": {}, ",
                     "\"idle_bytes_per_node_per_round\": {}, ",
-                    "\"idle_datagrams_per_node_per_round\": {}, \"wall_secs\": {}, ",
+                    "\"idle_datagrams_per_node_per_round\": {}, ",
+                    "\"idle_suspicions_per_node_per_round\": {}, \"false_deaths\": {}, ",
+                    "\"wall_secs\": {}, ",
                     "\"gave_up\": {}}}"
                 ),
                 r.nodes,
@@ -308,6 +344,8 @@ fn json(reports: &[ScaleReport]) -> String {
                 jnum(Some(r.datagrams_per_node_per_round)),
                 jnum(Some(r.idle_bytes_per_node_per_round)),
                 jnum(Some(r.idle_datagrams_per_node_per_round)),
+                jnum(Some(r.idle_suspicions_per_node_per_round)),
+                r.false_deaths,
                 jnum(Some(r.wall_secs)),
                 r.gave_up
                     .as_ref()
