@@ -12,6 +12,11 @@ fn all_see(sim: &Sim, target: usize, state: MemberState) -> bool {
         .all(|i| sim.state_seen(i, target) == Some(state))
 }
 
+/// Whether every node lists every node (itself included), in any state.
+fn knows_everyone(sim: &Sim) -> bool {
+    (0..sim.len()).all(|i| sim.members(i).len() == sim.len())
+}
+
 #[test]
 fn a_chain_of_seeds_learns_the_whole_cluster() {
     let seed = seed(31);
@@ -47,10 +52,8 @@ fn a_crashed_node_is_declared_dead_by_all_within_ten_seconds() {
         ..SimConfig::default()
     });
     sim.set(7, "written-by-7", b"data");
-    sim.run_until(MIN, SEC, |s| {
-        (0..10).all(|i| s.members(i).len() == 10) && s.converged()
-    })
-    .expect("cluster forms");
+    sim.run_until(MIN, SEC, |s| knows_everyone(s) && s.converged())
+        .expect("cluster forms");
     sim.run_for(30 * SEC);
     sim.crash(7);
     let took = sim
@@ -82,7 +85,7 @@ fn thirty_percent_loss_for_ten_minutes_declares_no_healthy_node_dead() {
         seeds_per_node: 2,
         ..SimConfig::default()
     });
-    sim.run_until(MIN, SEC, |s| (0..10).all(|i| s.members(i).len() == 10))
+    sim.run_until(MIN, SEC, knows_everyone)
         .expect("cluster forms");
     sim.set_loss(0.3);
     let start = sim.elapsed_ms();
@@ -121,7 +124,7 @@ fn a_partitioned_cluster_finds_itself_again_and_converges() {
         seeds_per_node: 2,
         ..SimConfig::default()
     });
-    sim.run_until(MIN, SEC, |s| (0..10).all(|i| s.members(i).len() == 10))
+    sim.run_until(MIN, SEC, knows_everyone)
         .expect("cluster forms");
     let left: Vec<usize> = (0..5).collect();
     let right: Vec<usize> = (5..10).collect();
@@ -156,7 +159,7 @@ fn a_graceful_leave_is_seen_within_three_rounds() {
         seeds_per_node: 2,
         ..SimConfig::default()
     });
-    sim.run_until(MIN, SEC, |s| (0..8).all(|i| s.members(i).len() == 8))
+    sim.run_until(MIN, SEC, knows_everyone)
         .expect("cluster forms");
     sim.leave(3);
     let took = sim
@@ -178,7 +181,7 @@ fn a_restarted_node_rejoins_with_a_new_generation() {
         seeds_per_node: 2,
         ..SimConfig::default()
     });
-    sim.run_until(MIN, SEC, |s| (0..6).all(|i| s.members(i).len() == 6))
+    sim.run_until(MIN, SEC, knows_everyone)
         .expect("cluster forms");
     sim.crash(4);
     sim.run_until(20 * SEC, 100, |s| all_see(s, 4, MemberState::Dead))
