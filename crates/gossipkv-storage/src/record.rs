@@ -172,27 +172,39 @@ pub struct Ghost {
     pub hlc: Hlc,
 }
 
-/// What a node sends a peer so that the peer catches up: one chunk per origin.
+/// What a node sends a peer so that the peer catches up: one chunk per origin,
+/// and loose records.
+///
+/// Loose records are writes the peer lacks that lie beyond the end of their
+/// origin's chunk, because the chunk had to stop before a record too large to
+/// travel inline (see [`Store::delta_split`](crate::Store::delta_split)).
+/// The receiver merges them one by one; they raise no watermark beyond what
+/// [`Store::merge`](crate::Store::merge) allows, so a large value in transit
+/// never holds up the later writes of its origin.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct Delta {
     /// Chunks, in the order they were built.
     pub chunks: Vec<OriginChunk>,
+    /// Records merged one by one, beyond their origin's chunk.
+    pub loose: Vec<Record>,
 }
 
 impl Delta {
     /// Whether the delta carries nothing.
     pub fn is_empty(&self) -> bool {
-        self.chunks.is_empty()
+        self.chunks.is_empty() && self.loose.is_empty()
     }
 
     /// Number of records carried.
     pub fn record_count(&self) -> usize {
-        self.chunks.iter().map(|c| c.records.len()).sum()
+        self.chunks.iter().map(|c| c.records.len()).sum::<usize>() + self.loose.len()
     }
 
     /// An upper bound of this delta's encoded size.
     pub fn size_hint(&self) -> usize {
-        self.chunks
+        self.loose.iter().map(Record::size_hint).sum::<usize>()
+            + self
+                .chunks
             .iter()
             .map(|c| {
                 CHUNK_OVERHEAD
@@ -203,7 +215,7 @@ impl Delta {
                         .map(|g| g.key.len() + GHOST_OVERHEAD)
                         .sum::<usize>()
             })
-            .sum()
+            .sum::<usize>()
     }
 }
 

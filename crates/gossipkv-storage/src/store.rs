@@ -436,14 +436,41 @@ impl Store {
     /// small budget fairly between origins.
     ///
     /// Applying the result at the peer keeps invariant W there, whatever the
-    /// cut; see [`OriginChunk`].
+    /// cut; see [`OriginChunk`]. Every record travels inline: a record larger
+    /// than `budget` stops its origin here (use [`Store::delta_split`] to
+    /// send such records separately).
     pub fn delta_for(&self, peer: &Digest, budget: usize, rotate: usize) -> Delta {
+        self.delta_split(peer, budget, rotate, usize::MAX).0
+    }
+
+    /// Like [`Store::delta_for`], but records whose value is longer than
+    /// `inline_max` bytes are returned apart (second item, at most one per
+    /// origin), for the caller to send by other means; they do not count
+    /// against `budget`.
+    ///
+    /// An origin's chunk stops just before the first such record (so the
+    /// peer raises no watermark over it), and the later writes of that
+    /// origin the peer lacks follow as [`Delta::loose`] records, so a large
+    /// value in transit never holds the others up. Once the peer holds the
+    /// large record (by [`Store::merge`]), its watermark rises over it and the
+    /// loose records after it.
+    pub fn delta_split(
+        &self,
+        peer: &Digest,
+        budget: usize,
+        rotate: usize,
+        inline_max: usize,
+    ) -> (Delta, Vec<Record>) {
         let logs: Vec<_> = self.origins.read().logs.clone();
         let mut delta = Delta::default();
+        let mut large = Vec::new();
         let mut used = 0usize;
+        // Keys whose record travels inline in this delta, and apart.
         let mut sent_keys: HashSet<Arc<str>> = HashSet::new();
+        let mut large_keys: HashSet<Arc<str>> = HashSet::new();
         let n = logs.len();
-        for i in 0..n {
+        let is_large = |e: &Entry| e.value.as_ref().is_some_and(|v| v.len() > inline_max);
+        'origins: for i in 0..n {
             let oid = ((rotate + i) % n) as u32;
             let log = logs[oid as usize].lock();
             let Some(from) = peer.watermark(&log.origin) else {
@@ -465,8 +492,32 @@ impl Store {
             };
             let mut cost = chunk_cost;
             let mut cut = false;
+            // Set once the chunk stopped before a large record: later writes
+            // go loose.
+            let mut loose_from = None;
             for (&seq, ie) in log.index.range(from + 1..=log.watermark) {
                 let current = self.shard(&ie.key).read().get(&*ie.key).cloned();
+                if loose_from.is_some() {
+                    // Only this origin's live writes, each once.
+                    let Some(e) = current.filter(|e| e.origin == oid && e.seq == seq) else {
+                        continue;
+                    };
+                    if sent_keys.contains(&ie.key) {
+                        continue;
+                    }
+                    if is_large(&e) {
+                        continue;
+                    }
+                    let rec_cost = self.entry_size(&ie.key, &e);
+                    if used + cost + rec_cost > budget {
+                        cut = true;
+                        break;
+                    }
+                    cost += rec_cost;
+                    sent_keys.insert(ie.key.clone());
+                    delta.loose.push(self.to_record(ie.key.clone(), &e));
+                    continue;
+                }
                 let mut add_record = None;
                 let mut add_ghost = false;
                 match current {
@@ -485,6 +536,15 @@ impl Store {
                     }
                     // Collected since the index entry was read: nothing to send.
                     None => {}
+                }
+                if let Some(e) = add_record.as_ref().filter(|e| is_large(e)) {
+                    // The chunk ends before this write: the peer may raise
+                    // its watermark over it only once it holds the record.
+                    if large_keys.insert(ie.key.clone()) {
+                        large.push(self.to_record(ie.key.clone(), e));
+                    }
+                    loose_from = Some(seq);
+                    continue;
                 }
                 let rec_cost = add_record
                     .as_ref()
@@ -512,22 +572,23 @@ impl Store {
                 }
                 chunk.to = seq;
             }
-            if !cut {
+            if !cut && loose_from.is_none() {
                 chunk.to = log.watermark;
             }
+            used += cost;
             if chunk.to > chunk.from {
-                used += cost;
                 delta.chunks.push(chunk);
             }
             if cut {
-                break;
+                break 'origins;
             }
         }
-        delta
+        (delta, large)
     }
 
     /// Applies a delta from a peer: merges its records, remembers its ghosts,
-    /// then raises watermarks where the chunk starts at or below them.
+    /// raises watermarks where the chunk starts at or below them, then merges
+    /// the loose records.
     pub fn apply(&self, delta: &Delta) -> ApplyStats {
         let mut stats = ApplyStats::default();
         for chunk in &delta.chunks {
@@ -552,6 +613,13 @@ impl Store {
             if log.watermark >= chunk.from && chunk.to > log.watermark {
                 log.watermark = chunk.to;
                 stats.advanced += 1;
+            }
+        }
+        for r in &delta.loose {
+            if self.merge(r.clone()) {
+                stats.won += 1;
+            } else {
+                stats.lost += 1;
             }
         }
         stats

@@ -2,6 +2,8 @@
 //! digests and deltas over a network that loses, duplicates and reorders.
 //! Invariant W is checked after every step; after a reliable phase every
 //! replica holds the same records, which are the last-writer-wins winners.
+//! Some scripts send values above a small size apart from their deltas (as
+//! a node sends large values), where they can be lost or arrive late.
 
 mod common;
 
@@ -9,7 +11,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 use common::{assert_identical, converge, snapshot, Oracle, Snapshot};
-use gossipkv_storage::{Delta, Digest, Origin, Store};
+use gossipkv_storage::{Delta, Digest, Origin, Record, Store};
 use proptest::prelude::*;
 use proptest::sample::Index;
 
@@ -81,6 +83,8 @@ struct Script {
     generations: Vec<u64>,
     /// Per-replica clock offsets: clocks are skewed by up to 5 s.
     skew: Vec<u64>,
+    /// Values longer than this travel apart from their delta.
+    inline_max: usize,
     steps: Vec<Step>,
 }
 
@@ -89,12 +93,14 @@ fn script() -> impl Strategy<Value = Script> {
         2..=5usize,
         proptest::collection::vec(0..3u64, 5),
         proptest::collection::vec(0..5_000u64, 5),
+        prop_oneof![2 => Just(usize::MAX), 1 => Just(3usize), 1 => Just(8usize)],
         proptest::collection::vec(step(), 1..70),
     )
-        .prop_map(|(n, generations, skew, steps)| Script {
+        .prop_map(|(n, generations, skew, inline_max, steps)| Script {
             n,
             generations,
             skew,
+            inline_max,
             steps,
         })
 }
@@ -110,6 +116,8 @@ enum InFlight {
     },
     /// A delta for `to`.
     Delta { to: usize, delta: Delta },
+    /// A large record sent apart from its delta, for `to`.
+    Record { to: usize, record: Record },
 }
 
 struct Net {
@@ -117,6 +125,7 @@ struct Net {
     now: Vec<u64>,
     queue: VecDeque<InFlight>,
     oracle: Oracle,
+    inline_max: usize,
 }
 
 impl Net {
@@ -128,14 +137,23 @@ impl Net {
             now: s.skew[..s.n].to_vec(),
             queue: VecDeque::new(),
             oracle: Oracle::default(),
+            inline_max: s.inline_max,
+        }
+    }
+
+    /// `from` answers `digest` (of `to`): the delta and its large records go in flight.
+    fn answer(&mut self, from: usize, to: usize, digest: &Digest, budget: usize, rotate: usize) {
+        let (delta, large) = self.stores[from].delta_split(digest, budget, rotate, self.inline_max);
+        self.queue.push_back(InFlight::Delta { to, delta });
+        for record in large {
+            self.queue.push_back(InFlight::Record { to, record });
         }
     }
 
     fn request(&mut self, a: usize, b: usize, budget: usize, rotate: usize, now: bool) {
         let digest = self.stores[b].digest();
         if now {
-            let delta = self.stores[a].delta_for(&digest, budget, rotate);
-            self.queue.push_back(InFlight::Delta { to: b, delta });
+            self.answer(a, b, &digest, budget, rotate);
         } else {
             self.queue.push_back(InFlight::Request {
                 to: a,
@@ -157,11 +175,13 @@ impl Net {
                     budget,
                     rotate,
                 } => {
-                    let delta = self.stores[*to].delta_for(digest, *budget, *rotate);
-                    self.queue.push_back(InFlight::Delta { to: *from, delta });
+                    self.answer(*to, *from, digest, *budget, *rotate);
                 }
                 InFlight::Delta { to, delta } => {
                     self.stores[*to].apply(delta);
+                }
+                InFlight::Record { to, record } => {
+                    self.stores[*to].merge(record.clone());
                 }
             }
         }
@@ -277,7 +297,7 @@ fn run_script(script: &Script) -> Result<(), TestCaseError> {
     // Whatever is still in flight is stale now and changes nothing.
     let before: Vec<Snapshot> = net.stores.iter().map(snapshot).collect();
     while let Some(item) = net.queue.pop_front() {
-        if let InFlight::Delta { .. } = item {
+        if let InFlight::Delta { .. } | InFlight::Record { .. } = item {
             net.deliver(&item, 1);
         }
     }
@@ -318,5 +338,40 @@ fn tiny_budget_makes_no_false_progress() {
         rounds += 1;
         assert!(rounds < 20);
     }
+    assert_eq!(a.records(), b.records());
+}
+
+/// A large value travels apart; the writes after it arrive loose and are
+/// visible at once, and the watermark rises over all of them only once the
+/// large record is merged.
+#[test]
+fn large_records_travel_apart_without_holding_up_later_writes() {
+    let a = Store::new(Origin::new("a", 1));
+    let b = Store::new(Origin::new("b", 1));
+    let mut oracle = Oracle::default();
+    oracle.record(&a.set("small0", Bytes::from_static(b"s"), 100));
+    oracle.record(&a.set("big", Bytes::from(vec![7u8; 10_000]), 101));
+    for i in 1..4 {
+        oracle.record(&a.set(&format!("small{i}"), Bytes::from_static(b"s"), 101 + i));
+    }
+    let (delta, large) = a.delta_split(&b.digest(), 1_000, 0, 100);
+    assert_eq!(large.len(), 1);
+    assert_eq!(&*large[0].key, "big");
+    assert_eq!(delta.chunks.len(), 1);
+    assert_eq!(delta.chunks[0].to, 1, "the chunk stops before the large write");
+    assert_eq!(delta.loose.len(), 3);
+    b.apply(&delta);
+    oracle.check_w("b", &b).unwrap();
+    assert_eq!(b.watermark(a.local_origin()), 1);
+    for i in 0..4 {
+        assert!(b.contains(&format!("small{i}")));
+    }
+    // Asked again, only the large record (and nothing inline) is missing.
+    let (again, large_again) = a.delta_split(&b.digest(), 1_000, 0, 100);
+    assert_eq!(large_again, large);
+    assert!(again.chunks.is_empty());
+    b.merge(large[0].clone());
+    oracle.check_w("b", &b).unwrap();
+    assert_eq!(b.watermark(a.local_origin()), 5);
     assert_eq!(a.records(), b.records());
 }
