@@ -12,7 +12,7 @@ use prost::Message;
 
 use crate::error::DecodeError;
 use crate::message::{
-    Ack, Body, Envelope, Limits, Push, Reply, Sender, Syn, SynAck, PROTOCOL_VERSION,
+    Ack, Body, Envelope, Fragment, Limits, Push, Reply, Sender, Syn, SynAck, PROTOCOL_VERSION,
 };
 use crate::pb;
 
@@ -54,6 +54,58 @@ pub const MEMBER_OVERHEAD: usize = 40;
 /// Upper bound of the encoded size of one entry of [`Envelope::members`].
 pub fn member_size_hint(node_id_len: usize, addr_len: usize) -> usize {
     MEMBER_OVERHEAD + node_id_len + addr_len
+}
+
+/// Upper bound of what a [`Fragment`] body costs beyond its data (tags,
+/// length prefixes and varints of its four numbers).
+pub const FRAGMENT_OVERHEAD: usize = 40;
+
+/// Cuts an encoded envelope into pieces of at most `piece_len` bytes, as
+/// [`Fragment`] bodies to be sent in separate envelopes. `message_id` must
+/// differ between the sender's fragmented envelopes for a while (a counter
+/// or a random number). Returns no pieces when `encoded` is empty or
+/// `piece_len` is zero.
+pub fn fragment(encoded: &Bytes, message_id: u64, piece_len: usize) -> Vec<Fragment> {
+    if encoded.is_empty() || piece_len == 0 {
+        return Vec::new();
+    }
+    let count = encoded.len().div_ceil(piece_len);
+    (0..count)
+        .map(|i| {
+            let start = i * piece_len;
+            let end = (start + piece_len).min(encoded.len());
+            Fragment {
+                message_id,
+                index: i as u32,
+                count: count as u32,
+                total_len: encoded.len() as u32,
+                data: encoded.slice(start..end),
+            }
+        })
+        .collect()
+}
+
+/// Decodes an envelope reassembled from [`Fragment`]s: like [`decode`], but
+/// its length is checked against `limits.max_message`, and an envelope that
+/// is itself a fragment is rejected ([`DecodeError::Inconsistent`]).
+pub fn decode_reassembled(buf: &[u8], limits: &Limits) -> Result<Envelope, DecodeError> {
+    if buf.len() > limits.max_message {
+        return Err(DecodeError::TooLarge {
+            len: buf.len(),
+            max: limits.max_message,
+        });
+    }
+    let msg = pb::Envelope::decode(buf)?;
+    let env = Decoder {
+        limits,
+        records: 0,
+        ghosts: 0,
+    }
+    .envelope(msg)?;
+    if matches!(env.body, Body::Fragment(_)) {
+        return Err(DecodeError::Inconsistent("a reassembled envelope is a fragment"));
+    }
+    Ok(env)
 }
 
 /// Encodes an envelope into a datagram payload.
@@ -118,6 +170,13 @@ pub(crate) fn envelope_to_pb(env: &Envelope) -> pb::Envelope {
         Body::Push(p) => pb::envelope::Body::Push(pb::Push {
             records: p.records.iter().map(record_to_pb).collect(),
             hops: p.hops,
+        }),
+        Body::Fragment(f) => pb::envelope::Body::Fragment(pb::Fragment {
+            message_id: f.message_id,
+            index: f.index,
+            count: f.count,
+            total_len: f.total_len,
+            data: f.data.clone(),
         }),
     };
     pb::Envelope {
@@ -190,6 +249,7 @@ pub(crate) fn chunk_to_pb(c: &OriginChunk) -> pb::OriginChunk {
 pub(crate) fn delta_to_pb(d: &Delta) -> pb::Delta {
     pb::Delta {
         chunks: d.chunks.iter().map(chunk_to_pb).collect(),
+        loose: d.loose.iter().map(record_to_pb).collect(),
     }
 }
 
@@ -252,6 +312,7 @@ impl Decoder<'_> {
                 records: self.records(p.records)?,
                 hops: p.hops,
             }),
+            pb::envelope::Body::Fragment(f) => Body::Fragment(self.fragment(f)?),
         };
         check("members", m.members.len(), self.limits.max_entries)?;
         let members = m
@@ -389,7 +450,29 @@ impl Decoder<'_> {
             .into_iter()
             .map(|c| self.chunk(c))
             .collect::<Result<_, _>>()?;
-        Ok(Delta { chunks })
+        let loose = self.records(d.loose)?;
+        Ok(Delta { chunks, loose })
+    }
+
+    fn fragment(&self, f: pb::Fragment) -> Result<Fragment, DecodeError> {
+        check("fragment total length", f.total_len as usize, self.limits.max_message)?;
+        if f.count < 2 || f.index >= f.count {
+            return Err(DecodeError::Inconsistent(
+                "fragment index out of range, or fewer than two pieces",
+            ));
+        }
+        if f.data.is_empty() || f.data.len() > f.total_len as usize || f.count > f.total_len {
+            return Err(DecodeError::Inconsistent(
+                "fragment piece empty or longer than its envelope",
+            ));
+        }
+        Ok(Fragment {
+            message_id: f.message_id,
+            index: f.index,
+            count: f.count,
+            total_len: f.total_len,
+            data: f.data,
+        })
     }
 
     fn chunk(&mut self, c: pb::OriginChunk) -> Result<OriginChunk, DecodeError> {

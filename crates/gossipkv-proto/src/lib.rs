@@ -54,12 +54,12 @@ mod pb {
 }
 
 pub use convert::{
-    decode, encode, encoded_len, envelope_overhead, member_size_hint, ENVELOPE_OVERHEAD,
-    MEMBER_OVERHEAD,
+    decode, decode_reassembled, encode, encoded_len, envelope_overhead, fragment,
+    member_size_hint, ENVELOPE_OVERHEAD, FRAGMENT_OVERHEAD, MEMBER_OVERHEAD,
 };
 pub use error::DecodeError;
 pub use message::{
-    Ack, Body, Envelope, Limits, Push, Reply, Sender, Syn, SynAck, PROTOCOL_VERSION,
+    Ack, Body, Envelope, Fragment, Limits, Push, Reply, Sender, Syn, SynAck, PROTOCOL_VERSION,
 };
 
 #[cfg(test)]

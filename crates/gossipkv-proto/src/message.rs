@@ -92,6 +92,24 @@ pub enum Body {
     Leave,
     /// Fresh writes pushed at once.
     Push(Push),
+    /// One piece of an envelope too large for one datagram.
+    Fragment(Fragment),
+}
+
+/// One piece of an encoded envelope too large for one datagram (see
+/// [`crate::fragment`] and [`crate::decode_reassembled`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fragment {
+    /// Identifies the envelope among the sender's fragmented envelopes.
+    pub message_id: u64,
+    /// This piece's position, in `0..count`.
+    pub index: u32,
+    /// Number of pieces (at least 2).
+    pub count: u32,
+    /// Length of the whole encoded envelope.
+    pub total_len: u32,
+    /// The piece.
+    pub data: bytes::Bytes,
 }
 
 /// Fresh writes pushed to peers as soon as they are made; receivers merge
@@ -160,8 +178,12 @@ pub struct Limits {
     pub max_node_id_len: usize,
     /// Longest cluster id. Default 256.
     pub max_cluster_id_len: usize,
-    /// Longest value. Default 65,507.
+    /// Longest value. Default 1 MiB.
     pub max_value_len: usize,
+    /// Largest envelope reassembled from fragments, checked by
+    /// [`crate::decode_reassembled`] and on every [`Fragment`]'s
+    /// `total_len`. Default 1 MiB + 64 KiB.
+    pub max_message: usize,
     /// Most records in one envelope (all chunks, or one page). Default 16,384.
     pub max_records: usize,
     /// Most entries of one digest, most chunks of a delta, and most ghosts
@@ -176,7 +198,8 @@ impl Default for Limits {
             max_key_len: 4_096,
             max_node_id_len: 256,
             max_cluster_id_len: 256,
-            max_value_len: 65_507,
+            max_value_len: 1 << 20,
+            max_message: (1 << 20) + (64 << 10),
             max_records: 16_384,
             max_entries: 16_384,
         }

@@ -15,8 +15,8 @@ use crate::convert::{
     chunk_to_pb, delta_to_pb, digest_to_pb, envelope_to_pb, page_to_pb, record_to_pb,
 };
 use crate::{
-    decode, encode, encoded_len, envelope_overhead, pb, Ack, Body, DecodeError, Envelope, Limits,
-    Push, Reply, Sender, Syn, SynAck, PROTOCOL_VERSION,
+    decode, encode, encoded_len, envelope_overhead, pb, Ack, Body, DecodeError, Envelope,
+    Fragment, Limits, Push, Reply, Sender, Syn, SynAck, PROTOCOL_VERSION,
 };
 
 #[path = "../tests/common/mod.rs"]
@@ -52,6 +52,7 @@ fn body_content(body: &Body) -> usize {
         Body::Ack(a) => a.delta.size_hint(),
         Body::Leave => 0,
         Body::Push(p) => p.records.iter().map(|r| r.size_hint()).sum::<usize>() + 8,
+        Body::Fragment(f) => f.data.len() + crate::FRAGMENT_OVERHEAD,
     }
 }
 
@@ -118,7 +119,7 @@ proptest! {
     fn delta_encoding_within_size_hint(
         chunks in prop::collection::vec(big_chunk(), 0..4),
     ) {
-        let d = Delta { chunks };
+        let d = Delta { chunks, loose: Vec::new() };
         prop_assert!(delta_to_pb(&d).encoded_len() <= d.size_hint());
     }
 
@@ -147,7 +148,7 @@ proptest! {
         digest in big_digest(),
         reply in prop_oneof![
             prop::collection::vec(big_chunk(), 0..3)
-                .prop_map(|chunks| Reply::Delta(Delta { chunks })),
+                .prop_map(|chunks| Reply::Delta(Delta { chunks, loose: Vec::new() })),
             big_page().prop_map(Reply::Page),
         ],
     ) {
@@ -258,6 +259,7 @@ fn valid_pb() -> pb::Envelope {
         Body::SynAck(SynAck {
             digest: Digest::default(),
             reply: Reply::Delta(Delta {
+                loose: Vec::new(),
                 chunks: vec![OriginChunk {
                     origin: Origin::new("a", 1),
                     from: 0,
@@ -579,6 +581,7 @@ fn rejects_counts_above_limits() {
     if let Some(pb::envelope::Body::SynAck(s)) = &mut m.body {
         s.reply = Some(pb::syn_ack::Reply::Delta(pb::Delta {
             chunks: vec![pb::OriginChunk::default(); 3],
+            loose: Vec::new(),
         }));
     }
     assert!(matches!(

@@ -2,8 +2,8 @@
 
 use bytes::Bytes;
 use gossipkv_proto::{
-    decode, encode, encoded_len, Ack, Body, DecodeError, Envelope, Limits, Push, Reply, Sender,
-    Syn, SynAck, PROTOCOL_VERSION,
+    decode, decode_reassembled, encode, encoded_len, fragment, Ack, Body, DecodeError, Envelope,
+    Fragment, Limits, Push, Reply, Sender, Syn, SynAck, PROTOCOL_VERSION,
 };
 use gossipkv_storage::{Origin, Store};
 use proptest::prelude::*;
@@ -151,4 +151,78 @@ fn empty_node_id_is_rejected() {
         decode(&encode(&env), &Limits::default()),
         Err(DecodeError::EmptyNodeId)
     );
+}
+
+/// A 1 MiB value does not fit a datagram: its envelope is cut into
+/// fragments that each decode alone, and the pieces put back together decode
+/// to the original envelope.
+#[test]
+fn a_large_envelope_round_trips_through_fragments() {
+    let store = Store::new(Origin::new("a", 1));
+    let record = store.set("big", Bytes::from(vec![0x5a; 1 << 20]), 1_000);
+    let env = Envelope::new(
+        "c",
+        Sender::new("a", 1, Some("127.0.0.1:7000".parse().unwrap())),
+        Body::Push(Push {
+            records: vec![record],
+            hops: 0,
+        }),
+    );
+    let encoded = encode(&env);
+    let limits = Limits::default();
+    assert!(matches!(
+        decode(&encoded, &limits),
+        Err(DecodeError::TooLarge { .. })
+    ));
+    let pieces = fragment(&encoded, 42, 60_000);
+    assert_eq!(pieces.len(), encoded.len().div_ceil(60_000));
+    let mut whole = Vec::new();
+    for p in &pieces {
+        let datagram = encode(&Envelope::new(
+            "c",
+            env.sender.clone(),
+            Body::Fragment(p.clone()),
+        ));
+        assert!(datagram.len() <= limits.max_datagram);
+        let Ok(Envelope {
+            body: Body::Fragment(back),
+            ..
+        }) = decode(&datagram, &limits)
+        else {
+            panic!("fragment {} did not decode", p.index);
+        };
+        assert_eq!(&back, p);
+        whole.extend_from_slice(&back.data);
+    }
+    assert_eq!(decode_reassembled(&whole, &limits), Ok(env));
+}
+
+#[test]
+fn inconsistent_fragments_are_rejected() {
+    let limits = Limits::default();
+    let sender = Sender::new("a", 1, None);
+    let good = Fragment {
+        message_id: 1,
+        index: 0,
+        count: 2,
+        total_len: 10,
+        data: Bytes::from_static(b"12345"),
+    };
+    let bad = [
+        Fragment { index: 2, ..good.clone() },
+        Fragment { count: 1, index: 0, ..good.clone() },
+        Fragment { data: Bytes::new(), ..good.clone() },
+        Fragment { total_len: 4, ..good.clone() },
+        Fragment { total_len: limits.max_message as u32 + 1, ..good.clone() },
+    ];
+    let env = |f: Fragment| encode(&Envelope::new("c", sender.clone(), Body::Fragment(f)));
+    assert!(decode(&env(good.clone()), &limits).is_ok());
+    for f in bad {
+        assert!(decode(&env(f.clone()), &limits).is_err(), "{f:?} accepted");
+    }
+    // A reassembled envelope may not be a fragment itself.
+    assert!(matches!(
+        decode_reassembled(&env(good), &limits),
+        Err(DecodeError::Inconsistent(_))
+    ));
 }

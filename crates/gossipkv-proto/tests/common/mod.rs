@@ -12,7 +12,7 @@ use gossipkv_storage::{
 };
 use proptest::prelude::*;
 
-use super::{Ack, Body, Envelope, Push, Reply, Sender, Syn, SynAck};
+use super::{Ack, Body, Envelope, Fragment, Push, Reply, Sender, Syn, SynAck};
 
 /// Any characters (unicode, control characters, NUL), up to `max` of them.
 pub(crate) fn text(max: usize) -> impl Strategy<Value = String> {
@@ -132,7 +132,11 @@ pub(crate) fn chunk() -> impl Strategy<Value = OriginChunk> {
 }
 
 pub(crate) fn delta() -> impl Strategy<Value = Delta> {
-    prop::collection::vec(chunk(), 0..4).prop_map(|chunks| Delta { chunks })
+    (
+        prop::collection::vec(chunk(), 0..4),
+        prop::collection::vec(record(), 0..3),
+    )
+        .prop_map(|(chunks, loose)| Delta { chunks, loose })
 }
 
 pub(crate) fn page() -> impl Strategy<Value = Page> {
@@ -186,6 +190,17 @@ pub(crate) fn body() -> impl Strategy<Value = Body> {
         Just(Body::Leave),
         (proptest::collection::vec(record(), 0..4), any::<u32>())
             .prop_map(|(records, hops)| Body::Push(Push { records, hops })),
+        (any::<u64>(), 2..100u32, 1..64usize).prop_flat_map(|(message_id, count, len)| {
+            (0..count, prop::collection::vec(any::<u8>(), len)).prop_map(move |(index, data)| {
+                Body::Fragment(Fragment {
+                    message_id,
+                    index,
+                    count,
+                    total_len: count * 64,
+                    data: data.into(),
+                })
+            })
+        }),
     ]
 }
 
