@@ -103,7 +103,9 @@ pub fn decode_reassembled(buf: &[u8], limits: &Limits) -> Result<Envelope, Decod
     }
     .envelope(msg)?;
     if matches!(env.body, Body::Fragment(_)) {
-        return Err(DecodeError::Inconsistent("a reassembled envelope is a fragment"));
+        return Err(DecodeError::Inconsistent(
+            "a reassembled envelope is a fragment",
+        ));
     }
     Ok(env)
 }
@@ -455,7 +457,11 @@ impl Decoder<'_> {
     }
 
     fn fragment(&self, f: pb::Fragment) -> Result<Fragment, DecodeError> {
-        check("fragment total length", f.total_len as usize, self.limits.max_message)?;
+        check(
+            "fragment total length",
+            f.total_len as usize,
+            self.limits.max_message,
+        )?;
         if f.count < 2 || f.index >= f.count {
             return Err(DecodeError::Inconsistent(
                 "fragment index out of range, or fewer than two pieces",

@@ -15,8 +15,8 @@ use crate::convert::{
     chunk_to_pb, delta_to_pb, digest_to_pb, envelope_to_pb, page_to_pb, record_to_pb,
 };
 use crate::{
-    decode, encode, encoded_len, envelope_overhead, pb, Ack, Body, DecodeError, Envelope,
-    Fragment, Limits, Push, Reply, Sender, Syn, SynAck, PROTOCOL_VERSION,
+    decode, encode, encoded_len, envelope_overhead, pb, Ack, Body, DecodeError, Envelope, Fragment,
+    Limits, Push, Reply, Sender, Syn, SynAck, PROTOCOL_VERSION,
 };
 
 #[path = "../tests/common/mod.rs"]

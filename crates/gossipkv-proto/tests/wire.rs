@@ -209,11 +209,27 @@ fn inconsistent_fragments_are_rejected() {
         data: Bytes::from_static(b"12345"),
     };
     let bad = [
-        Fragment { index: 2, ..good.clone() },
-        Fragment { count: 1, index: 0, ..good.clone() },
-        Fragment { data: Bytes::new(), ..good.clone() },
-        Fragment { total_len: 4, ..good.clone() },
-        Fragment { total_len: limits.max_message as u32 + 1, ..good.clone() },
+        Fragment {
+            index: 2,
+            ..good.clone()
+        },
+        Fragment {
+            count: 1,
+            index: 0,
+            ..good.clone()
+        },
+        Fragment {
+            data: Bytes::new(),
+            ..good.clone()
+        },
+        Fragment {
+            total_len: 4,
+            ..good.clone()
+        },
+        Fragment {
+            total_len: limits.max_message as u32 + 1,
+            ..good.clone()
+        },
     ];
     let env = |f: Fragment| encode(&Envelope::new("c", sender.clone(), Body::Fragment(f)));
     assert!(decode(&env(good.clone()), &limits).is_ok());

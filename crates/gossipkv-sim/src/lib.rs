@@ -374,6 +374,7 @@ impl Sim {
                 .clone()
                 .unwrap_or_else(|| DetectorConfig::for_interval(self.cfg.gossip_interval_ms)),
             push: self.cfg.push,
+            max_value_size: gossipkv::DEFAULT_MAX_VALUE_SIZE,
         };
         // Stagger first rounds across one interval, like nodes started at different times.
         let offset = self.rng.random_range(0..self.cfg.gossip_interval_ms.max(1));
@@ -526,7 +527,7 @@ impl Sim {
 
     fn pushed(&mut self, i: usize, r: Record) {
         if let Some(p) = self.nodes[i].proto.as_mut() {
-            p.push_local(vec![r]);
+            p.push_local(self.now_ms, vec![r]);
         }
         self.drain(i);
     }

@@ -205,17 +205,17 @@ impl Delta {
         self.loose.iter().map(Record::size_hint).sum::<usize>()
             + self
                 .chunks
-            .iter()
-            .map(|c| {
-                CHUNK_OVERHEAD
-                    + c.origin.node.as_str().len()
-                    + c.records.iter().map(Record::size_hint).sum::<usize>()
-                    + c.ghosts
-                        .iter()
-                        .map(|g| g.key.len() + GHOST_OVERHEAD)
-                        .sum::<usize>()
-            })
-            .sum::<usize>()
+                .iter()
+                .map(|c| {
+                    CHUNK_OVERHEAD
+                        + c.origin.node.as_str().len()
+                        + c.records.iter().map(Record::size_hint).sum::<usize>()
+                        + c.ghosts
+                            .iter()
+                            .map(|g| g.key.len() + GHOST_OVERHEAD)
+                            .sum::<usize>()
+                })
+                .sum::<usize>()
     }
 }
 

@@ -358,7 +358,10 @@ fn large_records_travel_apart_without_holding_up_later_writes() {
     assert_eq!(large.len(), 1);
     assert_eq!(&*large[0].key, "big");
     assert_eq!(delta.chunks.len(), 1);
-    assert_eq!(delta.chunks[0].to, 1, "the chunk stops before the large write");
+    assert_eq!(
+        delta.chunks[0].to, 1,
+        "the chunk stops before the large write"
+    );
     assert_eq!(delta.loose.len(), 3);
     b.apply(&delta);
     oracle.check_w("b", &b).unwrap();

@@ -29,6 +29,10 @@ pub const DEFAULT_PHI_THRESHOLD: f64 = 8.0;
 pub const DEFAULT_DEAD_MEMBER_GRACE: Duration = Duration::from_secs(3600);
 /// Default interval between seed resolutions.
 pub const DEFAULT_SEED_REFRESH: Duration = Duration::from_secs(30);
+/// Default largest value: 1 MiB.
+pub const DEFAULT_MAX_VALUE_SIZE: usize = 1 << 20;
+/// Upper bound of [`Builder::max_value_size`]: 64 MiB.
+pub const MAX_VALUE_SIZE_LIMIT: usize = 64 << 20;
 
 pub(crate) type ErrorHandler = Arc<dyn Fn(&NetworkError) + Send + Sync>;
 
@@ -55,6 +59,7 @@ pub struct Builder<K, V> {
     pub(crate) dead_member_grace: Duration,
     pub(crate) seed_refresh: Duration,
     pub(crate) eager_push: bool,
+    pub(crate) max_value_size: usize,
     pub(crate) _key: PhantomData<fn() -> K>,
 }
 
@@ -96,6 +101,7 @@ where
             dead_member_grace: DEFAULT_DEAD_MEMBER_GRACE,
             seed_refresh: DEFAULT_SEED_REFRESH,
             eager_push: true,
+            max_value_size: DEFAULT_MAX_VALUE_SIZE,
             _key: PhantomData,
         }
     }
@@ -153,6 +159,17 @@ where
     /// Every node of a cluster should use the same value.
     pub fn packet_size(mut self, bytes: usize) -> Self {
         self.packet_size = bytes;
+        self
+    }
+
+    /// Largest value [`GossipKv::set`](crate::GossipKv::set) accepts, in
+    /// bytes as encoded by the codec (default 1 MiB, at most 64 MiB); larger
+    /// ones get [`Error::ValueTooLarge`](crate::Error::ValueTooLarge). Values
+    /// too large for one datagram replicate as fragmented envelopes, apart
+    /// from the node's other writes. Every node of a cluster should use the
+    /// same value: a node drops values above its own maximum.
+    pub fn max_value_size(mut self, bytes: usize) -> Self {
+        self.max_value_size = bytes;
         self
     }
 

@@ -16,7 +16,8 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::builder::{
-    parse_socket_addr, split_host_port, Builder, ErrorHandler, MAX_PACKET_SIZE, MIN_PACKET_SIZE,
+    parse_socket_addr, split_host_port, Builder, ErrorHandler, MAX_PACKET_SIZE,
+    MAX_VALUE_SIZE_LIMIT, MIN_PACKET_SIZE,
 };
 use crate::codec::Codec;
 use crate::discovery::{start_mdns, MdnsConfig, MdnsHandle};
@@ -45,6 +46,8 @@ pub(crate) struct Inner<V> {
     pub(crate) local_addr: Option<SocketAddr>,
     /// Largest `record_size_hint` + chunk overhead that fits one datagram body; `None` = local only.
     pub(crate) record_budget: Option<usize>,
+    /// Longest value `set` accepts.
+    pub(crate) max_value_size: usize,
     pub(crate) closed: AtomicBool,
     pub(crate) protocol: Option<Arc<Mutex<Protocol>>>,
     pub(crate) task: Mutex<Option<(oneshot::Sender<()>, JoinHandle<()>)>>,
@@ -123,22 +126,18 @@ where
     /// store; it reaches the other nodes in the background.
     ///
     /// Errors: [`Error::Closed`] after [`shutdown`](Self::shutdown),
-    /// [`Error::InvalidKey`], [`Error::ValueTooLarge`] when the record would
-    /// not fit one packet, [`Error::Codec`].
+    /// [`Error::InvalidKey`], [`Error::ValueTooLarge`] when the encoded value
+    /// is longer than [`Builder::max_value_size`](crate::Builder::max_value_size),
+    /// [`Error::Codec`].
     pub fn set(&self, key: impl AsRef<str>, value: V) -> Result<(), Error> {
         let key = key.as_ref();
         self.check_writable(key)?;
         let bytes = self.inner.codec.encode_owned(value)?;
-        if let Some(budget) = self.inner.record_budget {
-            let node_len = self.inner.node_id.as_str().len();
-            let fixed = record_size_hint(key.len(), 0, node_len) + CHUNK_OVERHEAD + node_len;
-            let max = budget.saturating_sub(fixed);
-            if bytes.len() > max {
-                return Err(Error::ValueTooLarge {
-                    size: bytes.len(),
-                    max,
-                });
-            }
+        if bytes.len() > self.inner.max_value_size {
+            return Err(Error::ValueTooLarge {
+                size: bytes.len(),
+                max: self.inner.max_value_size,
+            });
         }
         let record = self.inner.store.set(key, bytes, wall_ms());
         self.push(record);
@@ -400,6 +399,12 @@ where
             b.packet_size
         )));
     }
+    if !(1..=MAX_VALUE_SIZE_LIMIT).contains(&b.max_value_size) {
+        return Err(invalid(format!(
+            "max value size {} is out of range 1..={MAX_VALUE_SIZE_LIMIT}",
+            b.max_value_size
+        )));
+    }
     if b.tombstone_retention.is_zero() {
         return Err(invalid("tombstone retention must be greater than zero"));
     }
@@ -452,6 +457,7 @@ where
                 node_id: node,
                 local_addr: None,
                 record_budget: None,
+                max_value_size: b.max_value_size,
                 closed: AtomicBool::new(false),
                 protocol: None,
                 task: Mutex::new(None),
@@ -495,6 +501,7 @@ where
         seeds,
         rng_seed: b.rng_seed.unwrap_or_else(|| rand::rng().random()),
         push: b.eager_push,
+        max_value_size: b.max_value_size,
         detector: DetectorConfig {
             phi_threshold: b.phi_threshold,
             forget_after_ms: b.dead_member_grace.as_millis() as u64,
@@ -560,6 +567,7 @@ where
             node_id: node,
             local_addr: Some(local_addr),
             record_budget,
+            max_value_size: b.max_value_size,
             closed: AtomicBool::new(false),
             protocol: Some(protocol),
             task: Mutex::new(Some((stop_tx, handle))),
@@ -740,7 +748,7 @@ async fn drive<T: Transport>(
                         Err(_) => break,
                     }
                 }
-                protocol.lock().push_local(batch);
+                protocol.lock().push_local(wall_ms(), batch);
             }
             Some(a) = addrs.recv() => match a {
                 Addrs::Seeds(s) => protocol.lock().set_seeds(s),

@@ -33,8 +33,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use gossipkv_proto::{
-    decode, encode, encoded_len, envelope_overhead, member_size_hint, Ack, Body, Envelope, Limits,
-    Push, Reply, Sender, Syn, SynAck, PROTOCOL_VERSION,
+    decode, decode_reassembled, encode, encoded_len, envelope_overhead, fragment, member_size_hint,
+    Ack, Body, Envelope, Fragment, Limits, Push, Reply, Sender, Syn, SynAck, FRAGMENT_OVERHEAD,
+    PROTOCOL_VERSION,
 };
 use gossipkv_storage::{Delta, Digest, NodeId, Page, Record, Store};
 use rand::rngs::SmallRng;
@@ -44,6 +45,7 @@ use tracing::{debug, info, trace, warn};
 
 use crate::error::NetworkError;
 use crate::membership::{DetectorConfig, Member, MemberEvent, MemberState, Membership};
+use crate::reassembly::{message_id, Outcome, Reassembly};
 
 /// Timestamps further ahead of the local clock than this are reported as clock skew.
 pub const CLOCK_SKEW_REPORT_MS: u64 = 30_000;
@@ -76,6 +78,9 @@ pub struct ProtocolConfig {
     /// Push fresh writes to a few peers at once (eager dissemination), in
     /// addition to periodic anti-entropy.
     pub push: bool,
+    /// Largest value replicated, in bytes. Values too large for a datagram
+    /// travel apart from deltas, as envelopes cut into fragments.
+    pub max_value_size: usize,
 }
 
 /// Something the driver should know about.
@@ -93,7 +98,7 @@ pub enum Event {
 pub struct Transmit {
     /// Destination.
     pub to: SocketAddr,
-    /// Encoded envelope, at most `packet_size` bytes.
+    /// Encoded envelope (or fragment of one), at most `packet_size` bytes.
     pub payload: Bytes,
 }
 
@@ -138,6 +143,17 @@ pub struct Stats {
     pub syns_sent: u64,
     /// Syns received.
     pub syns_received: u64,
+    /// Records too large to travel inline that were sent apart (fragmented).
+    pub large_records_sent: u64,
+    /// Fragment datagrams sent.
+    pub fragments_sent: u64,
+    /// Fragment datagrams received.
+    pub fragments_received: u64,
+    /// Fragmented envelopes put back together.
+    pub messages_reassembled: u64,
+    /// Fragmented envelopes dropped unfinished (pieces lost; anti-entropy
+    /// sends them again).
+    pub reassemblies_dropped: u64,
 }
 
 /// Progress of a re-synchronisation we receive from one peer.
@@ -175,7 +191,23 @@ pub struct Protocol {
     stats: Stats,
     budget: usize,
     member_budget: usize,
+    /// Values longer than this travel apart from deltas and pushes.
+    inline_max: usize,
+    /// Length of the pieces fragmented envelopes are cut into: the same on
+    /// every node of the cluster (it assumes the longest node id and address).
+    piece_len: usize,
+    reassembly: Reassembly,
+    /// When a large record (origin, generation, seq) was last sent to a peer.
+    large_sent: HashMap<(SocketAddr, NodeId, u64, u64), u64>,
 }
+
+/// Longest text form of a socket address ("[v6%scope]:port"), as assumed
+/// when cutting fragments.
+const MAX_ADDR_TEXT: usize = 64;
+
+/// Room kept, beyond the longest value, for the rest of a fragmented envelope
+/// (key, version, header).
+pub const MESSAGE_SLACK: usize = 64 << 10;
 
 /// Largest number of peers a writer pushes a fresh write to directly.
 pub const PUSH_DIRECT_MAX: usize = 16;
@@ -194,7 +226,25 @@ impl Protocol {
             envelope_overhead(cfg.cluster_id.len(), cfg.node_id.as_str().len(), addr_len);
         let member_budget = cfg.packet_size / MEMBER_SHARE;
         let budget = cfg.packet_size.saturating_sub(overhead + member_budget);
-        let limits = Limits::default();
+        let max_message = cfg.max_value_size.saturating_add(MESSAGE_SLACK);
+        let piece_len = cfg
+            .packet_size
+            .saturating_sub(
+                envelope_overhead(cfg.cluster_id.len(), crate::MAX_NODE_ID_LEN, MAX_ADDR_TEXT)
+                    + FRAGMENT_OVERHEAD,
+            )
+            .max(1);
+        let limits = Limits {
+            max_value_len: cfg.max_value_size,
+            max_message,
+            ..Limits::default()
+        };
+        // Room for two whole messages (one may be replaced by its retry).
+        let reassembly = Reassembly::new(
+            max_message.saturating_mul(4),
+            32,
+            (20 * cfg.gossip_interval_ms).max(2_000),
+        );
         let membership = Membership::new(
             cfg.node_id.clone(),
             cfg.gossip_interval_ms,
@@ -221,6 +271,10 @@ impl Protocol {
             stats: Stats::default(),
             budget,
             member_budget,
+            inline_max: budget / 4,
+            piece_len,
+            reassembly,
+            large_sent: HashMap::new(),
         }
     }
 
@@ -339,6 +393,13 @@ impl Protocol {
             self.next_check_ms = now_ms + (self.cfg.gossip_interval_ms / 4).max(1);
             self.membership.check(now_ms);
             self.probe_suspects(now_ms);
+            if self.reassembly.expire(now_ms) > 0 {
+                debug!("dropped unfinished fragmented envelopes");
+            }
+            self.stats.reassemblies_dropped = self.reassembly.dropped;
+            let resend = self.large_resend_ms();
+            self.large_sent
+                .retain(|_, t| now_ms.saturating_sub(*t) < resend);
         }
         if now_ms >= self.next_gc_ms {
             self.next_gc_ms = now_ms + gc_interval(self.cfg.tombstone_retention_ms);
@@ -487,10 +548,7 @@ impl Protocol {
         let env = match decode(bytes, &self.limits) {
             Ok(env) => env,
             Err(error) => {
-                self.stats.decode_errors += 1;
-                debug!(%from, %error, "dropping undecodable datagram");
-                self.events
-                    .push_back(Event::Error(NetworkError::Decode { from, error }));
+                self.reject(from, error);
                 return;
             }
         };
@@ -504,22 +562,32 @@ impl Protocol {
                 }));
             return;
         }
+        self.handle_envelope(now_ms, from, env, false);
+    }
+
+    /// Handles a decoded envelope of our cluster (`inner`: reassembled from
+    /// fragments, whose own envelopes already told membership of the sender).
+    fn handle_envelope(&mut self, now_ms: u64, from: SocketAddr, env: Envelope, inner: bool) {
         let sender = env.sender;
-        if sender.node_id == self.cfg.node_id {
-            if sender.generation != self.cfg.generation {
-                self.stats.duplicate_node_id += 1;
-                self.events
-                    .push_back(Event::Error(NetworkError::DuplicateNodeId {
-                        from,
-                        node_id: sender.node_id.to_string(),
-                        generation: sender.generation,
-                    }));
+        // A reassembled envelope's header may name a record's origin (see
+        // `send_large`); its fragments already told membership who sent it.
+        if !inner {
+            if sender.node_id == self.cfg.node_id {
+                if sender.generation != self.cfg.generation {
+                    self.stats.duplicate_node_id += 1;
+                    self.events
+                        .push_back(Event::Error(NetworkError::DuplicateNodeId {
+                            from,
+                            node_id: sender.node_id.to_string(),
+                            generation: sender.generation,
+                        }));
+                }
+                return;
             }
-            return;
-        }
-        self.membership.observe(&sender, Some(from), now_ms);
-        for m in &env.members {
-            self.membership.observe(m, None, now_ms);
+            self.membership.observe(&sender, Some(from), now_ms);
+            for m in &env.members {
+                self.membership.observe(m, None, now_ms);
+            }
         }
         if self.left {
             return;
@@ -533,10 +601,51 @@ impl Protocol {
             Body::Ack(ack) => self.apply_delta(now_ms, from, &ack.delta),
             Body::Leave => {}
             Body::Push(push) => self.on_push(now_ms, from, &sender.node_id, push),
+            Body::Fragment(f) if !inner => self.on_fragment(now_ms, from, f),
+            Body::Fragment(_) => {}
         }
     }
 
-    fn on_syn(&mut self, _now_ms: u64, from: SocketAddr, syn: Syn) {
+    fn on_fragment(&mut self, now_ms: u64, from: SocketAddr, f: Fragment) {
+        self.stats.fragments_received += 1;
+        let bytes = match self.reassembly.insert(f, now_ms) {
+            Outcome::Pending => return,
+            Outcome::Complete(bytes) => bytes,
+            Outcome::Rejected(why) => {
+                self.reject(from, gossipkv_proto::DecodeError::Inconsistent(why));
+                return;
+            }
+        };
+        let env = match decode_reassembled(&bytes, &self.limits) {
+            Ok(env) if env.cluster_id == self.cfg.cluster_id => env,
+            Ok(_) => {
+                self.reject(
+                    from,
+                    gossipkv_proto::DecodeError::Inconsistent(
+                        "reassembled envelope names another cluster",
+                    ),
+                );
+                return;
+            }
+            Err(error) => {
+                self.reject(from, error);
+                return;
+            }
+        };
+        self.stats.messages_reassembled += 1;
+        trace!(%from, len = bytes.len(), "reassembled a fragmented envelope");
+        self.handle_envelope(now_ms, from, env, true);
+    }
+
+    /// Counts and reports a datagram (or reassembled envelope) that is not valid.
+    fn reject(&mut self, from: SocketAddr, error: gossipkv_proto::DecodeError) {
+        self.stats.decode_errors += 1;
+        debug!(%from, %error, "dropping undecodable message");
+        self.events
+            .push_back(Event::Error(NetworkError::Decode { from, error }));
+    }
+
+    fn on_syn(&mut self, now_ms: u64, from: SocketAddr, syn: Syn) {
         let mine = self.store.digest();
         if syn.resync_from.is_none() && same_digest(&syn.digest, &mine) {
             // Nothing to exchange: answer in the short form, an empty digest
@@ -573,7 +682,7 @@ impl Protocol {
         let mine = self.fit_digest(mine, self.budget / 2);
         let room = self.budget.saturating_sub(mine.size_hint());
         let reply = {
-            let delta = self.delta_for(&syn.digest, room);
+            let delta = self.delta_for(now_ms, from, &syn.digest, room);
             Reply::Delta(delta)
         };
         self.send(
@@ -596,7 +705,7 @@ impl Protocol {
                 self.on_page(now_ms, &sender.node_id, page);
             }
         }
-        self.answer_ack(from, &ack.digest);
+        self.answer_ack(now_ms, from, &ack.digest);
     }
 
     /// Tracks a re-synchronisation: pages from one peer, in key order, from
@@ -649,14 +758,18 @@ impl Protocol {
     /// to every one of them and nobody forwards (each node gets each write
     /// once); in a larger one it pushes to that many at random and they
     /// forward what was new to them to `fanout` peers each, hop-limited.
-    pub fn push_local(&mut self, records: Vec<Record>) {
+    ///
+    /// Records whose value is too large for a datagram go to the same peers,
+    /// each as its own fragmented envelope, and are not forwarded (peers
+    /// that miss them get them by anti-entropy).
+    pub fn push_local(&mut self, now_ms: u64, records: Vec<Record>) {
         let live = self.membership.in_states(&[MemberState::Alive]).len();
         let hops = if live <= PUSH_DIRECT_MAX {
             0
         } else {
             push_hops(live.div_ceil(PUSH_DIRECT_MAX), self.push_fanout()) + 1
         };
-        self.push_records(records, hops, None, PUSH_DIRECT_MAX);
+        self.push_records(now_ms, records, hops, None, PUSH_DIRECT_MAX);
     }
 
     fn push_fanout(&self) -> usize {
@@ -665,6 +778,7 @@ impl Protocol {
 
     fn push_records(
         &mut self,
+        now_ms: u64,
         records: Vec<Record>,
         hops: u32,
         exclude: Option<&NodeId>,
@@ -687,9 +801,11 @@ impl Protocol {
         let mut batch: Vec<Record> = Vec::new();
         let mut used = 0;
         let mut batches = Vec::new();
+        let mut large = Vec::new();
         for r in records {
             let cost = r.size_hint();
-            if cost > room {
+            if r.value.as_ref().is_some_and(|v| v.len() > self.inline_max) || cost > room {
+                large.push(r);
                 continue;
             }
             if used + cost > room && !batch.is_empty() {
@@ -715,6 +831,15 @@ impl Protocol {
                 );
             }
         }
+        // Large values last, so that they never delay the small writes of
+        // the same burst.
+        for r in large {
+            live.shuffle(&mut self.rng);
+            let targets: Vec<SocketAddr> = live.iter().take(fanout).copied().collect();
+            for to in targets {
+                self.send_large(now_ms, to, r.clone(), 0);
+            }
+        }
     }
 
     fn on_push(&mut self, now_ms: u64, from: SocketAddr, sender: &NodeId, push: Push) {
@@ -731,24 +856,84 @@ impl Protocol {
         self.stats.pushed_records_won += fresh.len() as u64;
         if push.hops > 0 && !fresh.is_empty() {
             let fanout = self.push_fanout();
-            self.push_records(fresh, push.hops - 1, Some(sender), fanout);
+            self.push_records(now_ms, fresh, push.hops - 1, Some(sender), fanout);
         }
     }
 
-    fn answer_ack(&mut self, to: SocketAddr, peer_digest: &Digest) {
+    fn answer_ack(&mut self, now_ms: u64, to: SocketAddr, peer_digest: &Digest) {
         if self.store.needs_resync(peer_digest) {
             // The peer gets pages when it asks with its own Syn.
             return;
         }
-        let delta = self.delta_for(peer_digest, self.budget);
+        let delta = self.delta_for(now_ms, to, peer_digest, self.budget);
         if !delta.is_empty() {
             self.send(to, Body::Ack(Ack { delta }));
         }
     }
 
-    fn delta_for(&mut self, peer: &Digest, budget: usize) -> Delta {
+    /// The delta for a peer at `to` with digest `peer`; records too large to
+    /// travel inline are sent to it apart.
+    fn delta_for(&mut self, now_ms: u64, to: SocketAddr, peer: &Digest, budget: usize) -> Delta {
         let rotate = self.rng.random::<u32>() as usize;
-        self.store.delta_for(peer, budget, rotate)
+        let (delta, large) = self
+            .store
+            .delta_split(peer, budget, rotate, self.inline_max);
+        for record in large {
+            self.send_large(now_ms, to, record, 0);
+        }
+        delta
+    }
+
+    /// How long before the same large record is sent to the same peer again.
+    fn large_resend_ms(&self) -> u64 {
+        3 * self.cfg.gossip_interval_ms.max(1)
+    }
+
+    /// Sends one record whose value is too large for a datagram, as a push
+    /// envelope cut into fragments, unless it went to `to` a moment ago.
+    ///
+    /// The envelope is the same whoever sends the record and whenever (its
+    /// header names the record's origin, with no address or heartbeat), so
+    /// at the receiver pieces of a retry, or from another node, fill the
+    /// holes of an earlier attempt.
+    fn send_large(&mut self, now_ms: u64, to: SocketAddr, record: Record, hops: u32) {
+        let key = (
+            to,
+            record.version.node.clone(),
+            record.version.generation,
+            record.version.seq,
+        );
+        if self
+            .large_sent
+            .get(&key)
+            .is_some_and(|&t| now_ms.saturating_sub(t) < self.large_resend_ms())
+        {
+            return;
+        }
+        self.large_sent.insert(key, now_ms);
+        self.stats.large_records_sent += 1;
+        let env = Envelope {
+            protocol_version: PROTOCOL_VERSION,
+            cluster_id: self.cfg.cluster_id.clone(),
+            sender: Sender {
+                node_id: record.version.node.clone(),
+                generation: record.version.generation,
+                addr: None,
+                heartbeat: 0,
+                left: false,
+            },
+            members: Vec::new(),
+            body: Body::Push(Push {
+                records: vec![record],
+                hops,
+            }),
+        };
+        if encoded_len(&env) <= self.cfg.packet_size {
+            // It fits after all: an ordinary push, under our own name.
+            self.send(to, env.body);
+            return;
+        }
+        self.send_envelope(to, env);
     }
 
     fn apply_delta(&mut self, now_ms: u64, from: SocketAddr, delta: &Delta) {
@@ -795,37 +980,79 @@ impl Protocol {
         }
     }
 
+    /// Our own header entry, with the current heartbeat.
+    fn me(&self) -> Sender {
+        Sender {
+            node_id: self.cfg.node_id.clone(),
+            generation: self.cfg.generation,
+            addr: self.cfg.advertise_addr,
+            heartbeat: self.heartbeat,
+            left: self.left,
+        }
+    }
+
     fn send(&mut self, to: SocketAddr, body: Body) {
         let mut env = Envelope {
             protocol_version: PROTOCOL_VERSION,
             cluster_id: self.cfg.cluster_id.clone(),
-            sender: Sender {
-                node_id: self.cfg.node_id.clone(),
-                generation: self.cfg.generation,
-                addr: self.cfg.advertise_addr,
-                heartbeat: self.heartbeat,
-                left: self.left,
-            },
+            sender: self.me(),
             members: Vec::new(),
             body,
         };
-        let room = self
-            .cfg
-            .packet_size
-            .saturating_sub(encoded_len(&env))
-            .min(self.cfg.packet_size / 2)
-            .max(self.member_budget);
-        env.members = self.member_sample(room);
+        let len = encoded_len(&env);
+        if len <= self.cfg.packet_size {
+            let room = (self.cfg.packet_size - len)
+                .min(self.cfg.packet_size / 2)
+                .max(self.member_budget);
+            env.members = self.member_sample(room);
+        }
+        self.send_envelope(to, env);
+    }
+
+    /// Queues an envelope: as one datagram when it fits the packet size,
+    /// otherwise cut into fragments (up to the largest message).
+    fn send_envelope(&mut self, to: SocketAddr, env: Envelope) {
         let payload = encode(&env);
-        if payload.len() > self.cfg.packet_size {
+        if payload.len() <= self.cfg.packet_size {
+            self.queue_datagram(to, payload);
+            return;
+        }
+        if payload.len() > self.limits.max_message {
             self.stats.oversized_dropped += 1;
             warn!(
                 len = payload.len(),
-                max = self.cfg.packet_size,
-                "encoded datagram exceeds the packet size; not sent"
+                max = self.limits.max_message,
+                "encoded envelope exceeds the largest message; not sent"
             );
             return;
         }
+        // The same bytes get the same id and the same cuts on every node, so
+        // pieces of one message from anywhere complete each other.
+        let id = message_id(&payload);
+        let pieces = fragment(&payload, id, self.piece_len);
+        let mut header = Envelope {
+            members: Vec::new(),
+            body: Body::Leave,
+            sender: self.me(),
+            ..env
+        };
+        for piece in pieces {
+            header.body = Body::Fragment(piece);
+            let datagram = encode(&header);
+            if datagram.len() > self.cfg.packet_size {
+                self.stats.oversized_dropped += 1;
+                warn!(
+                    len = datagram.len(),
+                    "fragment exceeds the packet size; not sent"
+                );
+                return;
+            }
+            self.stats.fragments_sent += 1;
+            self.queue_datagram(to, datagram);
+        }
+    }
+
+    fn queue_datagram(&mut self, to: SocketAddr, payload: Bytes) {
         self.stats.datagrams_sent += 1;
         self.stats.bytes_sent += payload.len() as u64;
         self.transmits.push_back(Transmit { to, payload });
@@ -950,6 +1177,7 @@ mod tests {
             rng_seed: 7,
             detector: DetectorConfig::for_interval(1_000),
             push: true,
+            max_value_size: 1 << 20,
         };
         let store = Arc::new(Store::new(Origin::new("me", 1)));
         Protocol::new(cfg, store, 1_000_000)

@@ -325,6 +325,10 @@ async fn bad_configuration_is_rejected_with_a_message() {
     assert!(err(b().packet_size(100)).await.contains("packet size"));
     assert!(err(b().packet_size(70_000)).await.contains("packet size"));
     assert!(err(b().fanout(0)).await.contains("fanout"));
+    assert!(err(b().max_value_size(0)).await.contains("max value size"));
+    assert!(err(b().max_value_size(65 << 20))
+        .await
+        .contains("max value size"));
 }
 
 #[tokio::test]
@@ -338,7 +342,7 @@ async fn local_node_errors_and_values() {
         kv.set("k".repeat(4001), "v".to_string()),
         Err(Error::InvalidKey { .. })
     ));
-    // Local-only nodes have no packet limit, and values of any size are kept.
+    // Values up to the maximum (1 MiB by default) are kept.
     kv.set("big", "y".repeat(1 << 20)).unwrap();
     assert_eq!(kv.get("big").unwrap().map(|v| v.len()), Some(1 << 20));
     kv.set("cfg/a", "1".to_string()).unwrap();
@@ -364,26 +368,79 @@ async fn local_node_errors_and_values() {
     assert_eq!(kv.get("cfg/b").unwrap().as_deref(), Some("2"));
 }
 
+/// A 1 MiB value travels as fragments, apart from the writer's other
+/// writes: small writes made after it replicate too, with eager push and
+/// with anti-entropy alone. Values above the maximum are refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn value_size_limit_follows_the_packet_size() {
+async fn a_1_mib_value_and_small_writes_after_it_all_replicate() {
+    for push in [true, false] {
+        let build = |id: &str, seeds: Vec<String>| {
+            GossipKv::<String, String>::builder()
+                .node_id(id)
+                .bind_addr("127.0.0.1:0")
+                .gossip_interval(Duration::from_millis(50))
+                .eager_push(push)
+                .seeds(seeds)
+                .build()
+        };
+        let a = build("big-a", vec![]).await.unwrap();
+        let seed = vec![a.local_addr().unwrap().to_string()];
+        let b = build("big-b", seed.clone()).await.unwrap();
+        let c = build("big-c", seed).await.unwrap();
+        let nodes = [&a, &b, &c];
+        wait_until("the three nodes know each other", DEADLINE, || {
+            nodes.iter().all(|n| n.peers().len() == 2)
+        })
+        .await;
+        let big: String = (0..(1usize << 20))
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        a.set("big", big.clone()).unwrap();
+        for i in 0..20 {
+            a.set(format!("small/{i}"), i.to_string()).unwrap();
+        }
+        wait_until(
+            &format!("every node holds the big value and the small writes (push {push})"),
+            DEADLINE,
+            || {
+                nodes.iter().all(|n| {
+                    get(n, "big").as_deref() == Some(big.as_str())
+                        && (0..20).all(|i| get(n, &format!("small/{i}")) == Some(i.to_string()))
+                })
+            },
+        )
+        .await;
+        let sent: u64 = a.stats().large_records_sent;
+        assert!(sent >= 1, "the big value went apart from the deltas");
+        for n in nodes {
+            n.shutdown().await.unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn values_above_the_maximum_are_refused_and_not_stored() {
     let kv = GossipKv::<String, String>::builder()
-        .bind_addr("127.0.0.1:0")
+        .max_value_size(1000)
         .build()
         .await
         .unwrap();
-    kv.set("fits", "v".repeat(800)).unwrap();
-    match kv.set("too-big", "v".repeat(1400)) {
-        Err(Error::ValueTooLarge { size, max }) => {
-            assert_eq!(size, 1400);
-            assert!((800..1400).contains(&max), "max {max}");
-        }
+    kv.set("fits", "v".repeat(1000)).unwrap();
+    match kv.set("too-big", "v".repeat(1001)) {
+        Err(Error::ValueTooLarge { size, max }) => assert_eq!((size, max), (1001, 1000)),
         other => panic!("expected ValueTooLarge, got {other:?}"),
     }
     assert!(
         !kv.contains_key("too-big"),
         "a rejected write must not be stored"
     );
-    kv.shutdown().await.unwrap();
+    // The default maximum is 1 MiB.
+    let kv = GossipKv::<String, String>::builder().build().await.unwrap();
+    kv.set("max", "v".repeat(1 << 20)).unwrap();
+    assert!(matches!(
+        kv.set("over", "v".repeat((1 << 20) + 1)),
+        Err(Error::ValueTooLarge { .. })
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

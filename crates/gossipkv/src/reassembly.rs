@@ -1,0 +1,272 @@
+//! Putting fragmented envelopes back together, within a memory bound.
+//!
+//! An envelope larger than a datagram (a large value) travels as
+//! [`Fragment`]s. A message's id is a hash of its encoding
+//! ([`message_id`]), and senders cut the same bytes at the same places, so
+//! the receiver keeps the pieces of each message id, whoever sent them,
+//! until all have arrived: pieces of a retry, or of the same large record
+//! sent by another node, fill the holes a lossy network left in an earlier
+//! attempt. The whole is handed back only if its hash matches its id.
+//!
+//! Bounds: at most `max_bytes` of pieces are held in all and at most
+//! `max_messages` messages are open; when a new piece would break either, the
+//! least recently active message is dropped. A message with no new piece for
+//! `timeout_ms` is dropped by [`Reassembly::expire`]. Pieces are checked
+//! against their message (same count and length, in range, not longer than
+//! the whole), so a hostile sender cannot make the receiver hold more than
+//! the bounds.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bytes::{Bytes, BytesMut};
+use gossipkv_proto::Fragment;
+
+/// The id of a message: the 64-bit FNV-1a hash of its encoding (stable
+/// across builds and platforms, so every node computes the same id).
+pub(crate) fn message_id(encoded: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = fnv::FnvHasher::default();
+    h.write(encoded);
+    h.finish()
+}
+
+/// What [`Reassembly::insert`] made of a piece.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// More pieces are needed (or the piece was a duplicate).
+    Pending,
+    /// The message is whole: its encoding.
+    Complete(Bytes),
+    /// The piece contradicts the pieces received before it, or the whole
+    /// does not match its id; the message was dropped.
+    Rejected(&'static str),
+}
+
+#[derive(Debug)]
+struct Partial {
+    count: u32,
+    total_len: u32,
+    pieces: BTreeMap<u32, Bytes>,
+    held: usize,
+    last_ms: u64,
+}
+
+/// Open fragmented messages; see the [module docs](self).
+#[derive(Debug)]
+pub(crate) struct Reassembly {
+    open: HashMap<u64, Partial>,
+    held: usize,
+    max_bytes: usize,
+    max_messages: usize,
+    timeout_ms: u64,
+    /// Messages dropped unfinished (timed out or pushed out by newer ones).
+    pub(crate) dropped: u64,
+}
+
+impl Reassembly {
+    /// Holds at most `max_bytes` of pieces in `max_messages` messages, each
+    /// kept `timeout_ms` after its last new piece.
+    pub(crate) fn new(max_bytes: usize, max_messages: usize, timeout_ms: u64) -> Self {
+        Reassembly {
+            open: HashMap::new(),
+            held: 0,
+            max_bytes,
+            max_messages: max_messages.max(1),
+            timeout_ms,
+            dropped: 0,
+        }
+    }
+
+    /// Bytes of pieces held now.
+    #[cfg(test)]
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.held
+    }
+
+    /// Adds one piece received at `now_ms`.
+    pub(crate) fn insert(&mut self, f: Fragment, now_ms: u64) -> Outcome {
+        let id = f.message_id;
+        if let Some(p) = self.open.get(&id) {
+            if p.count != f.count || p.total_len != f.total_len {
+                self.remove(&id);
+                return Outcome::Rejected("fragment disagrees with earlier pieces of its message");
+            }
+            if p.pieces.contains_key(&f.index) {
+                return Outcome::Pending;
+            }
+            if p.held + f.data.len() > p.total_len as usize {
+                self.remove(&id);
+                return Outcome::Rejected("fragments are longer than their message");
+            }
+        } else if f.data.len() as u64 > u64::from(f.total_len) {
+            return Outcome::Rejected("fragment is longer than its message");
+        }
+        self.make_room(id, f.data.len());
+        let p = self.open.entry(id).or_insert_with(|| Partial {
+            count: f.count,
+            total_len: f.total_len,
+            pieces: BTreeMap::new(),
+            held: 0,
+            last_ms: now_ms,
+        });
+        p.held += f.data.len();
+        p.last_ms = now_ms;
+        self.held += f.data.len();
+        p.pieces.insert(f.index, f.data);
+        if p.pieces.len() < p.count as usize {
+            return Outcome::Pending;
+        }
+        let whole = p.held == p.total_len as usize;
+        let p = self.remove(&id).expect("message is open");
+        if !whole {
+            return Outcome::Rejected("fragments do not add up to their message's length");
+        }
+        let mut out = BytesMut::with_capacity(p.total_len as usize);
+        for piece in p.pieces.values() {
+            out.extend_from_slice(piece);
+        }
+        if message_id(&out) != id {
+            return Outcome::Rejected("reassembled message does not match its id");
+        }
+        Outcome::Complete(out.freeze())
+    }
+
+    /// Drops messages that got no new piece for the timeout; returns how many.
+    pub(crate) fn expire(&mut self, now_ms: u64) -> usize {
+        let timeout = self.timeout_ms;
+        let stale: Vec<_> = self
+            .open
+            .iter()
+            .filter(|(_, p)| now_ms.saturating_sub(p.last_ms) > timeout)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in &stale {
+            self.remove(id);
+        }
+        self.dropped += stale.len() as u64;
+        stale.len()
+    }
+
+    /// Drops the least recently active other messages until `extra` more
+    /// bytes (and, for a new message, one more message) fit the bounds.
+    fn make_room(&mut self, keep: u64, extra: usize) {
+        let new = !self.open.contains_key(&keep);
+        while self.held + extra > self.max_bytes || (new && self.open.len() >= self.max_messages) {
+            let victim = self
+                .open
+                .iter()
+                .filter(|(&id, _)| id != keep)
+                .min_by_key(|(_, p)| p.last_ms)
+                .map(|(&id, _)| id);
+            match victim {
+                Some(id) => {
+                    self.remove(&id);
+                    self.dropped += 1;
+                }
+                None => break,
+            }
+        }
+    }
+
+    fn remove(&mut self, id: &u64) -> Option<Partial> {
+        let p = self.open.remove(id)?;
+        self.held -= p.held;
+        Some(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pieces of `data`; `salt` makes otherwise equal test messages distinct.
+    fn pieces(data: &[u8], salt: u64, len: usize) -> Vec<Fragment> {
+        let mut data = data.to_vec();
+        data.extend_from_slice(&salt.to_le_bytes());
+        let id = message_id(&data);
+        gossipkv_proto::fragment(&Bytes::from(data), id, len)
+    }
+
+    #[test]
+    fn pieces_in_any_order_and_with_duplicates_make_the_message() {
+        let data: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        let mut ps = pieces(&data, 7, 64);
+        ps.reverse();
+        let dup = ps[3].clone();
+        ps.insert(5, dup);
+        let mut r = Reassembly::new(1 << 20, 4, 1_000);
+        let mut done = None;
+        for p in ps {
+            match r.insert(p, 0) {
+                Outcome::Pending => {}
+                Outcome::Complete(b) => done = Some(b),
+                Outcome::Rejected(why) => panic!("{why}"),
+            }
+        }
+        let done = done.expect("message completes");
+        assert_eq!(&done[..data.len()], &data[..]);
+        assert_eq!(r.held_bytes(), 0);
+    }
+
+    #[test]
+    fn a_retry_fills_the_holes_of_an_earlier_attempt() {
+        let data = vec![9u8; 500];
+        let ps = pieces(&data, 1, 100);
+        let mut r = Reassembly::new(1 << 20, 4, 1_000);
+        // First attempt: every other piece lost.
+        for p in ps.iter().step_by(2) {
+            assert_eq!(r.insert(p.clone(), 0), Outcome::Pending);
+        }
+        // Second attempt: only the others arrive.
+        let mut out = Outcome::Pending;
+        for p in ps.iter().skip(1).step_by(2) {
+            out = r.insert(p.clone(), 10);
+        }
+        let Outcome::Complete(done) = out else {
+            panic!("message does not complete: {out:?}");
+        };
+        assert_eq!(&done[..data.len()], &data[..]);
+    }
+
+    #[test]
+    fn memory_and_message_bounds_hold_and_stale_messages_expire() {
+        let mut r = Reassembly::new(1_000, 2, 100);
+        for id in 0..10u64 {
+            let ps = pieces(&[1u8; 800], id, 400);
+            assert_eq!(r.insert(ps[0].clone(), id), Outcome::Pending);
+            assert!(r.held_bytes() <= 1_000);
+            assert!(r.open.len() <= 2);
+        }
+        assert!(r.dropped >= 8);
+        let open = r.open.len();
+        assert_eq!(r.expire(1_000), open);
+        assert_eq!(r.held_bytes(), 0);
+    }
+
+    #[test]
+    fn contradicting_pieces_are_rejected() {
+        let mut r = Reassembly::new(1 << 20, 4, 100);
+        let ps = pieces(&[1u8; 300], 5, 100);
+        assert_eq!(r.insert(ps[0].clone(), 0), Outcome::Pending);
+        let mut other = ps[1].clone();
+        other.count = 9;
+        assert!(matches!(r.insert(other, 0), Outcome::Rejected(_)));
+        assert_eq!(r.held_bytes(), 0);
+        // Pieces that fit together but are not the message their id names.
+        let mut forged = pieces(&[1u8; 300], 7, 100);
+        forged[1].data = Bytes::from(vec![2u8; 100]);
+        let mut last = Outcome::Pending;
+        for p in forged {
+            last = r.insert(p, 0);
+        }
+        assert!(matches!(last, Outcome::Rejected(_)));
+        // Pieces whose lengths do not add up to the whole.
+        let mut short = pieces(&[1u8; 300], 6, 100);
+        short[2].data = Bytes::from_static(b"x");
+        let mut last = Outcome::Pending;
+        for p in short {
+            last = r.insert(p, 0);
+        }
+        assert!(matches!(last, Outcome::Rejected(_)));
+    }
+}
