@@ -154,9 +154,14 @@ pub fn decode(buf: &[u8], limits: &Limits) -> Result<Envelope, DecodeError> {
 pub(crate) fn envelope_to_pb(env: &Envelope) -> pb::Envelope {
     let body = match &env.body {
         Body::Syn(syn) => pb::envelope::Body::Syn(pb::Syn {
-            digest: Some(digest_to_pb(&syn.digest)),
+            digest: match syn.digest_hash {
+                Some(_) => None,
+                None => Some(digest_to_pb(&syn.digest)),
+            },
             resync_from: syn.resync_from.clone().unwrap_or_default(),
             resyncing: syn.resync_from.is_some(),
+            hash_only: syn.digest_hash.is_some(),
+            digest_hash: syn.digest_hash.unwrap_or_default(),
         }),
         Body::SynAck(ack) => pb::envelope::Body::SynAck(pb::SynAck {
             digest: Some(digest_to_pb(&ack.digest)),
@@ -351,6 +356,18 @@ impl Decoder<'_> {
     }
 
     fn syn(&mut self, s: pb::Syn) -> Result<Syn, DecodeError> {
+        if s.hash_only {
+            if s.resyncing || s.digest.as_ref().is_some_and(|d| !d.entries.is_empty()) {
+                return Err(DecodeError::Inconsistent(
+                    "hash-only Syn carries a digest or a re-synchronisation request",
+                ));
+            }
+            return Ok(Syn {
+                digest: Digest::default(),
+                resync_from: None,
+                digest_hash: Some(s.digest_hash),
+            });
+        }
         let digest = self.digest(s.digest.ok_or(DecodeError::MissingField("Syn.digest"))?)?;
         let resync_from = if s.resyncing {
             self.key(&s.resync_from)?;
@@ -365,6 +382,7 @@ impl Decoder<'_> {
         Ok(Syn {
             digest,
             resync_from,
+            digest_hash: None,
         })
     }
 

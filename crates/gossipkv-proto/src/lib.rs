@@ -30,7 +30,7 @@
 //! let env = Envelope::new(
 //!     "prod",
 //!     Sender::new("a", 1, Some("10.0.0.1:7946".parse().unwrap())),
-//!     Body::Syn(Syn { digest: store.digest(), resync_from: None }),
+//!     Body::Syn(Syn { digest: store.digest(), resync_from: None, digest_hash: None }),
 //! );
 //! let datagram = encode(&env);
 //! assert_eq!(decode(&datagram, &Limits::default()), Ok(env));

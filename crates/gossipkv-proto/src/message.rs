@@ -131,6 +131,9 @@ pub struct Syn {
     /// `Some(start)` when the initiator is being re-synchronised and asks for
     /// the [`Page`] starting at key `start` instead of a delta.
     pub resync_from: Option<String>,
+    /// `Some(fingerprint)` for a hash-only Syn: `digest` is empty, and this is
+    /// [`Digest::fingerprint`] of the initiator's complete digest.
+    pub digest_hash: Option<u64>,
 }
 
 /// Second message of an exchange: the responder's watermarks and what the

@@ -225,6 +225,7 @@ fn overhead_constant_covers_the_largest_header() {
         Body::Syn(Syn {
             digest: Digest::default(),
             resync_from: Some("r".repeat(200)),
+            digest_hash: None,
         }),
         Body::SynAck(SynAck {
             digest: Digest::default(),
@@ -507,6 +508,7 @@ fn rejects_lengths_above_limits() {
         digest: Some(pb::Digest::default()),
         resync_from: "k".repeat(4_097),
         resyncing: true,
+        ..pb::Syn::default()
     }));
     assert!(matches!(
         decode_pb(&m),
@@ -652,8 +654,32 @@ fn rejects_inconsistent_fields() {
         digest: Some(pb::Digest::default()),
         resync_from: "k".into(),
         resyncing: false,
+        ..pb::Syn::default()
     }));
     assert!(matches!(decode_pb(&m), Err(DecodeError::Inconsistent(_))));
+
+    // A hash-only Syn carries no digest entries and no resync request.
+    for (entries, resyncing) in [(1, false), (0, true)] {
+        let mut m = valid_pb();
+        m.body = Some(pb::envelope::Body::Syn(pb::Syn {
+            digest: Some(pb::Digest {
+                entries: vec![
+                    pb::Watermark {
+                        node_id: "a".into(),
+                        generation: 1,
+                        seq: 1
+                    };
+                    entries
+                ],
+                ..pb::Digest::default()
+            }),
+            resyncing,
+            hash_only: true,
+            digest_hash: 7,
+            ..pb::Syn::default()
+        }));
+        assert!(matches!(decode_pb(&m), Err(DecodeError::Inconsistent(_))));
+    }
 
     let mut m = valid_pb();
     if let Some(pb::envelope::Body::SynAck(s)) = &mut m.body {
@@ -675,6 +701,7 @@ fn empty_strings_and_flags_round_trip() {
         Body::Syn(Syn {
             digest: Digest::default(),
             resync_from: Some(String::new()),
+            digest_hash: None,
         }),
         Body::SynAck(SynAck {
             digest: Digest::default(),

@@ -82,6 +82,7 @@ fn store_exchange_round_trips() {
         Body::Syn(Syn {
             digest: b.digest(),
             resync_from: None,
+            digest_hash: None,
         }),
     );
     let Body::Syn(syn) = decode(&encode(&syn), &limits).unwrap().body else {

@@ -265,11 +265,15 @@ fn an_idle_cluster_answers_in_the_short_form() {
     let mut syns = 0;
     let mut short = 0;
     let mut records = 0;
+    let mut hash_only = 0;
+    let mut pulls = 0;
     for (i, b) in before.iter().enumerate() {
         let a = sim.stats(i);
         syns += a.syns_received - b.syns_received;
         short += a.short_replies - b.short_replies;
         records += (a.records_won + a.records_lost) - (b.records_won + b.records_lost);
+        hash_only += a.hash_only_syns_sent - b.hash_only_syns_sent;
+        pulls += a.pulls_sent - b.pulls_sent;
     }
     assert!(syns > 0);
     assert_eq!(
@@ -277,6 +281,31 @@ fn an_idle_cluster_answers_in_the_short_form() {
         "every idle exchange is answered in the short form"
     );
     assert_eq!(records, 0, "no record travels while the cluster is idle");
+    assert_eq!(
+        hash_only, syns,
+        "idle Syns carry a digest fingerprint, not the digest"
+    );
+    assert_eq!(pulls, 0);
+
+    // A write on one node: the others learn of it through hash-only
+    // exchanges too (with eager push off, only anti-entropy can carry it).
+    let mut quiet = Sim::new(SimConfig {
+        seed,
+        nodes: 6,
+        seeds_per_node: 2,
+        push: false,
+        ..SimConfig::default()
+    });
+    quiet.run_for(20 * SEC);
+    quiet.set(2, "late", b"v");
+    quiet
+        .run_until(MIN, 100, |s| s.all_have("late", Some(b"v")))
+        .expect("a write made in an idle cluster spreads");
+    let pulls: u64 = (0..6).map(|i| quiet.stats(i).pulls_sent).sum();
+    assert!(
+        pulls > 0,
+        "quiet nodes asked for the write with a full digest"
+    );
 }
 
 #[test]

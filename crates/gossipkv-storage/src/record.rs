@@ -76,6 +76,33 @@ pub struct DigestEntry {
 }
 
 impl Digest {
+    /// A 64-bit fingerprint of the origins listed with a non-zero watermark
+    /// and their watermarks, independent of their order: two complete
+    /// digests with the same fingerprint almost surely say the same thing.
+    /// FNV-1a over a canonical form, so every node and build computes the
+    /// same value.
+    pub fn fingerprint(&self) -> u64 {
+        const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+        const PRIME: u64 = 0x0000_0100_0000_01b3;
+        let mut entries: Vec<&DigestEntry> =
+            self.entries.iter().filter(|e| e.watermark > 0).collect();
+        entries.sort_unstable_by(|a, b| a.origin.cmp(&b.origin));
+        let mut h = OFFSET;
+        let mut eat = |bytes: &[u8]| {
+            for &b in bytes {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(PRIME);
+            }
+        };
+        for e in entries {
+            eat(&(e.origin.node.as_str().len() as u64).to_le_bytes());
+            eat(e.origin.node.as_str().as_bytes());
+            eat(&e.origin.generation.to_le_bytes());
+            eat(&e.watermark.to_le_bytes());
+        }
+        h
+    }
+
     /// The watermark for `origin`: `Some(0)` when the digest covers `origin`
     /// without listing it, `None` when it does not cover it (see
     /// [`Digest::covers`]).

@@ -280,3 +280,31 @@ fn equal_hlc_ties_break_by_node_then_generation() {
         assert_eq!(s.get("k"), Some(Bytes::from_static(b"b1")));
     }
 }
+
+/// Digest fingerprints ignore entry order and zero watermarks, and change
+/// with any watermark.
+#[test]
+fn digest_fingerprints_compare_contents() {
+    use gossipkv_storage::{Digest, DigestEntry};
+    let entry = |n: &str, g: u64, w: u64| DigestEntry {
+        origin: Origin::new(n, g),
+        watermark: w,
+    };
+    let digest = |entries: Vec<DigestEntry>| Digest {
+        entries,
+        complete: true,
+        open_start: false,
+        open_end: false,
+    };
+    let a = digest(vec![entry("a", 1, 5), entry("b", 2, 7)]);
+    let b = digest(vec![entry("b", 2, 7), entry("c", 1, 0), entry("a", 1, 5)]);
+    assert_eq!(a.fingerprint(), b.fingerprint());
+    for other in [
+        digest(vec![entry("a", 1, 5), entry("b", 2, 8)]),
+        digest(vec![entry("a", 1, 5), entry("b", 3, 7)]),
+        digest(vec![entry("a", 1, 5)]),
+        digest(vec![entry("ab", 1, 5), entry("", 2, 7)]),
+    ] {
+        assert_ne!(a.fingerprint(), other.fingerprint(), "{other:?}");
+    }
+}

@@ -21,7 +21,9 @@
 //! send each a `Syn` with our digest; the peer answers `SynAck` with its
 //! digest and the delta we lack (or a re-synchronisation page when we are too
 //! far behind); we answer `Ack` with the delta it lacks. When both digests are
-//! equal the peer answers in a short form and no `Ack` follows. Fresh writes
+//! equal the peer answers in a short form and no `Ack` follows; a node whose
+//! digest did not change during the last round sends only its fingerprint,
+//! and asks again in full when the answer shows the peer is ahead. Fresh writes
 //! are also pushed at once (`Push`), and forwarded by the peers to whom they
 //! were new. Peers are known by node id; a node that hears from an unknown
 //! peer adds it, so seed lists may be asymmetric. Every datagram carries the
@@ -143,6 +145,10 @@ pub struct Stats {
     pub syns_sent: u64,
     /// Syns received.
     pub syns_received: u64,
+    /// Syns sent in the hash-only form (our digest had not changed).
+    pub hash_only_syns_sent: u64,
+    /// Full Syns sent after a hash-only exchange showed the peer has writes we lack.
+    pub pulls_sent: u64,
     /// Records too large to travel inline that were sent apart (fragmented).
     pub large_records_sent: u64,
     /// Fragment datagrams sent.
@@ -197,6 +203,12 @@ pub struct Protocol {
     /// every node of the cluster (it assumes the longest node id and address).
     piece_len: usize,
     reassembly: Reassembly,
+    /// Whether our digest did not change during the last round (Syns are
+    /// then hash-only while it stays the same).
+    quiet: bool,
+    last_fingerprint: Option<u64>,
+    /// Peers sent a hash-only Syn this round, not answered yet.
+    hash_only_to: std::collections::HashSet<SocketAddr>,
     /// When a large record (origin, generation, seq) was last sent to a peer.
     large_sent: HashMap<(SocketAddr, NodeId, u64, u64), u64>,
 }
@@ -275,6 +287,9 @@ impl Protocol {
             piece_len,
             reassembly,
             large_sent: HashMap::new(),
+            quiet: false,
+            last_fingerprint: None,
+            hash_only_to: std::collections::HashSet::new(),
         }
     }
 
@@ -432,7 +447,7 @@ impl Protocol {
         let gap = (self.cfg.gossip_interval_ms / 2).max(1);
         self.probed_ms
             .retain(|n, _| suspects.iter().any(|m| &m.node_id == n));
-        let mut digest = None;
+        let mut syn = None;
         for m in suspects {
             if self
                 .probed_ms
@@ -442,23 +457,44 @@ impl Protocol {
                 continue;
             }
             self.probed_ms.insert(m.node_id.clone(), now_ms);
-            let d = match &digest {
-                Some(d) => Clone::clone(d),
+            let s = match &syn {
+                Some(s) => Clone::clone(s),
                 None => {
-                    let d = self.digest_for_syn();
-                    digest = Some(d.clone());
-                    d
+                    let s = self.make_syn(None);
+                    syn = Some(s.clone());
+                    s
                 }
             };
-            self.stats.syns_sent += 1;
-            self.send(
-                m.addr,
-                Body::Syn(Syn {
-                    digest: d,
-                    resync_from: None,
-                }),
-            );
+            self.send_syn(m.addr, s);
         }
+    }
+
+    /// A Syn: hash-only when our digest did not change during the last round
+    /// and is still the same, otherwise our digest (or a window of it).
+    fn make_syn(&mut self, resync_from: Option<String>) -> Syn {
+        let digest = self.store.digest();
+        let fingerprint = digest.fingerprint();
+        if resync_from.is_none() && self.quiet && self.last_fingerprint == Some(fingerprint) {
+            return Syn {
+                digest: Digest::default(),
+                resync_from: None,
+                digest_hash: Some(fingerprint),
+            };
+        }
+        Syn {
+            digest: self.fit_digest(digest, self.budget / 2),
+            resync_from,
+            digest_hash: None,
+        }
+    }
+
+    fn send_syn(&mut self, to: SocketAddr, syn: Syn) {
+        self.stats.syns_sent += 1;
+        if syn.digest_hash.is_some() {
+            self.stats.hash_only_syns_sent += 1;
+            self.hash_only_to.insert(to);
+        }
+        self.send(to, Body::Syn(syn));
     }
 
     fn round(&mut self, _now_ms: u64) {
@@ -468,7 +504,11 @@ impl Protocol {
         if targets.is_empty() {
             return;
         }
-        let digest = self.digest_for_syn();
+        let fingerprint = self.store.digest().fingerprint();
+        self.quiet = self.last_fingerprint == Some(fingerprint);
+        self.last_fingerprint = Some(fingerprint);
+        // Answers to last round's hash-only Syns that never came are forgotten.
+        self.hash_only_to.clear();
         for to in targets {
             let resync_from = match &self.resync {
                 Some(r) if self.membership.get(&r.from).is_some_and(|p| p.addr == to) => {
@@ -476,12 +516,8 @@ impl Protocol {
                 }
                 _ => None,
             };
-            let syn = Syn {
-                digest: digest.clone(),
-                resync_from,
-            };
-            self.stats.syns_sent += 1;
-            self.send(to, Body::Syn(syn));
+            let syn = self.make_syn(resync_from);
+            self.send_syn(to, syn);
         }
     }
     fn pick_targets(&mut self) -> Vec<SocketAddr> {
@@ -527,12 +563,6 @@ impl Protocol {
         targets.sort();
         targets.dedup();
         targets
-    }
-
-    /// Our digest, or a rotating part of it when the whole does not fit half a packet.
-    fn digest_for_syn(&mut self) -> Digest {
-        let digest = self.store.digest();
-        self.fit_digest(digest, self.budget / 2)
     }
 
     fn fit_digest(&mut self, digest: Digest, max: usize) -> Digest {
@@ -647,6 +677,25 @@ impl Protocol {
 
     fn on_syn(&mut self, now_ms: u64, from: SocketAddr, syn: Syn) {
         let mine = self.store.digest();
+        if let Some(theirs) = syn.digest_hash {
+            // A hash-only Syn: the short form when the fingerprints agree,
+            // else our digest, from which the initiator sees what we lack
+            // (and, if we have writes it lacks, asks again in full).
+            let reply_digest = if mine.fingerprint() == theirs {
+                self.stats.short_replies += 1;
+                Digest::default()
+            } else {
+                self.fit_digest(mine, self.budget / 2)
+            };
+            self.send(
+                from,
+                Body::SynAck(SynAck {
+                    digest: reply_digest,
+                    reply: Reply::Delta(Delta::default()),
+                }),
+            );
+            return;
+        }
         if syn.resync_from.is_none() && same_digest(&syn.digest, &mine) {
             // Nothing to exchange: answer in the short form, an empty digest
             // that covers no origin, so the initiator has nothing to send back.
@@ -706,6 +755,24 @@ impl Protocol {
             }
         }
         self.answer_ack(now_ms, from, &ack.digest);
+        // The answer to a hash-only Syn carries no delta: if the peer has
+        // writes we lack, ask again with our full digest (once per Syn).
+        if self.hash_only_to.remove(&from) && self.peer_is_ahead(&ack.digest) {
+            self.stats.pulls_sent += 1;
+            let syn = Syn {
+                digest: self.fit_digest(self.store.digest(), self.budget / 2),
+                resync_from: None,
+                digest_hash: None,
+            };
+            self.send_syn(from, syn);
+        }
+    }
+
+    /// Whether `peer` lists a watermark above ours for some origin.
+    fn peer_is_ahead(&self, peer: &Digest) -> bool {
+        peer.entries
+            .iter()
+            .any(|e| e.watermark > self.store.watermark(&e.origin))
     }
 
     /// Tracks a re-synchronisation: pages from one peer, in key order, from

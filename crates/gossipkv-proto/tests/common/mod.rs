@@ -183,7 +183,13 @@ pub(crate) fn body() -> impl Strategy<Value = Body> {
     prop_oneof![
         (digest(), prop::option::of(text(12))).prop_map(|(digest, resync_from)| Body::Syn(Syn {
             digest,
-            resync_from
+            resync_from,
+            digest_hash: None,
+        })),
+        any::<u64>().prop_map(|h| Body::Syn(Syn {
+            digest: Digest::default(),
+            resync_from: None,
+            digest_hash: Some(h),
         })),
         (digest(), reply).prop_map(|(digest, reply)| Body::SynAck(SynAck { digest, reply })),
         delta().prop_map(|delta| Body::Ack(Ack { delta })),
