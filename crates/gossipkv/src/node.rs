@@ -64,6 +64,9 @@ pub(crate) struct Inner<V> {
 /// by anti-entropy.
 const PUSH_QUEUE: usize = 65_536;
 
+/// Datagrams sent per turn of the gossip task before it looks at new input.
+const SEND_BATCH: usize = 64;
+
 /// Capacity of the change and member-event queues of watchers; a watcher
 /// that falls further behind is told how many events it missed.
 pub const WATCH_QUEUE: usize = 4096;
@@ -699,11 +702,16 @@ async fn drive<T: Transport>(
     let mut buf = vec![0u8; transport.max_datagram_size() + 1];
     let mut stopping = false;
     loop {
-        let (transmits, events, deadline) = {
+        // A bounded batch at a time: between batches, new writes and
+        // datagrams are handled, and the protocol puts their replies ahead
+        // of the fragments of large values still waiting.
+        let (transmits, events, deadline, more) = {
             let mut p = protocol.lock();
-            let transmits: Vec<_> = std::iter::from_fn(|| p.poll_transmit()).collect();
+            let transmits: Vec<_> = std::iter::from_fn(|| p.poll_transmit())
+                .take(SEND_BATCH)
+                .collect();
             let events: Vec<_> = std::iter::from_fn(|| p.poll_event()).collect();
-            (transmits, events, p.poll_timeout())
+            (transmits, events, p.poll_timeout(), p.has_transmits())
         };
         for t in transmits {
             if let Err(e) = transport.send_to(&t.payload, t.to).await {
@@ -722,9 +730,17 @@ async fn drive<T: Transport>(
             out.event(ev);
         }
         if stopping {
+            // Send everything queued (the Leave announcements) before stopping.
+            if more {
+                continue;
+            }
             break;
         }
-        let wait = Duration::from_millis(deadline.saturating_sub(wall_ms()).min(60_000));
+        let wait = if more {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(deadline.saturating_sub(wall_ms()).min(60_000))
+        };
         tokio::select! {
             _ = &mut stop => {
                 protocol.lock().leave();

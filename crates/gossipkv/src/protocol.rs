@@ -193,6 +193,8 @@ pub struct Protocol {
     skew_reported_ms: HashMap<NodeId, u64>,
     probed_ms: HashMap<NodeId, u64>,
     transmits: VecDeque<Transmit>,
+    /// Fragments of large values, sent after `transmits`.
+    bulk: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: Stats,
     budget: usize,
@@ -222,7 +224,12 @@ const MAX_ADDR_TEXT: usize = 64;
 pub const MESSAGE_SLACK: usize = 64 << 10;
 
 /// Largest number of peers a writer pushes a fresh write to directly.
-pub const PUSH_DIRECT_MAX: usize = 16;
+///
+/// Reaching every node directly costs n − 1 datagrams per burst of writes and
+/// delivers each write once; rumor mongering needs about n · ln n datagrams to
+/// reach every node with high probability, so direct pushes are the cheaper
+/// way up to this size, and the fastest.
+pub const PUSH_DIRECT_MAX: usize = 128;
 
 /// Share of a datagram always reserved for the member sample (one part in
 /// ten); a datagram whose body leaves more room carries more members, up to
@@ -279,6 +286,7 @@ impl Protocol {
             skew_reported_ms: HashMap::new(),
             probed_ms: HashMap::new(),
             transmits: VecDeque::new(),
+            bulk: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
             budget,
@@ -382,9 +390,17 @@ impl Protocol {
             .min(self.next_check_ms)
     }
 
-    /// The next datagram to send, if any.
+    /// The next datagram to send, if any. Fragments of large values come
+    /// after every other datagram queued, so that they never delay a small
+    /// write or an exchange: a driver that sends a few at a time and feeds
+    /// new input in between keeps small messages fast.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
+        self.transmits.pop_front().or_else(|| self.bulk.pop_front())
+    }
+
+    /// Whether datagrams are waiting to be sent.
+    pub fn has_transmits(&self) -> bool {
+        !(self.transmits.is_empty() && self.bulk.is_empty())
     }
 
     /// The next event, if any.
@@ -1115,7 +1131,12 @@ impl Protocol {
                 return;
             }
             self.stats.fragments_sent += 1;
-            self.queue_datagram(to, datagram);
+            self.stats.datagrams_sent += 1;
+            self.stats.bytes_sent += datagram.len() as u64;
+            self.bulk.push_back(Transmit {
+                to,
+                payload: datagram,
+            });
         }
     }
 
