@@ -462,6 +462,12 @@ impl Store {
     /// value in transit never holds the others up. Once the peer holds the
     /// large record (by [`Store::merge`]), its watermark rises over it and the
     /// loose records after it.
+    ///
+    /// Newest first for a peer far behind: when the chunks fill three
+    /// quarters of the budget before the peer is caught up, the last quarter
+    /// carries, as loose records, the newest writes of the origin that was cut
+    /// and of the origins not reached, newest first. A far-behind peer sees
+    /// current values at once while the chunks fill in the history in order.
     pub fn delta_split(
         &self,
         peer: &Digest,
@@ -478,6 +484,11 @@ impl Store {
         let mut large_keys: HashSet<Arc<str>> = HashSet::new();
         let n = logs.len();
         let is_large = |e: &Entry| e.value.as_ref().is_some_and(|v| v.len() > inline_max);
+        let full_budget = budget;
+        let budget = budget - budget / 4;
+        // Where the chunks stopped short: the position in the rotation and
+        // the last seq of that origin already sent.
+        let mut stopped: Option<(usize, u64)> = None;
         'origins: for i in 0..n {
             let oid = ((rotate + i) % n) as u32;
             let log = logs[oid as usize].lock();
@@ -489,6 +500,7 @@ impl Store {
             }
             let chunk_cost = CHUNK_OVERHEAD + log.origin.node.as_str().len();
             if used + chunk_cost > budget {
+                stopped = Some((i, from));
                 break;
             }
             let mut chunk = OriginChunk {
@@ -503,6 +515,7 @@ impl Store {
             // Set once the chunk stopped before a large record: later writes
             // go loose.
             let mut loose_from = None;
+            let mut last_sent = from;
             for (&seq, ie) in log.index.range(from + 1..=log.watermark) {
                 let current = self.shard(&ie.key).read().get(&*ie.key).cloned();
                 if loose_from.is_some() {
@@ -524,6 +537,7 @@ impl Store {
                     cost += rec_cost;
                     sent_keys.insert(ie.key.clone());
                     delta.loose.push(self.to_record(ie.key.clone(), &e));
+                    last_sent = seq;
                     continue;
                 }
                 let mut add_record = None;
@@ -552,6 +566,7 @@ impl Store {
                         large.push(self.to_record(ie.key.clone(), e));
                     }
                     loose_from = Some(seq);
+                    last_sent = seq;
                     continue;
                 }
                 let rec_cost = add_record
@@ -579,6 +594,7 @@ impl Store {
                     });
                 }
                 chunk.to = seq;
+                last_sent = seq;
             }
             if !cut && loose_from.is_none() {
                 chunk.to = log.watermark;
@@ -588,10 +604,69 @@ impl Store {
                 delta.chunks.push(chunk);
             }
             if cut {
+                stopped = Some((i, last_sent));
                 break 'origins;
             }
         }
+        if let Some((at, after)) = stopped {
+            self.newest_first(
+                &logs,
+                peer,
+                (rotate, at, after),
+                (used, full_budget),
+                &mut sent_keys,
+                &is_large,
+                &mut delta.loose,
+            );
+        }
         (delta, large)
+    }
+
+    /// Adds loose records, newest first, from the origin at position `at` of
+    /// the rotation (writes after `after` only) and the origins after it,
+    /// while `used` stays within `budget`.
+    #[allow(clippy::too_many_arguments)]
+    fn newest_first(
+        &self,
+        logs: &[Arc<Mutex<OriginLog>>],
+        peer: &Digest,
+        (rotate, at, after): (usize, usize, u64),
+        (mut used, budget): (usize, usize),
+        sent_keys: &mut HashSet<Arc<str>>,
+        is_large: &dyn Fn(&Entry) -> bool,
+        loose: &mut Vec<Record>,
+    ) {
+        let n = logs.len();
+        for i in at..n {
+            let oid = ((rotate + i) % n) as u32;
+            let log = logs[oid as usize].lock();
+            let Some(from) = peer.watermark(&log.origin) else {
+                continue;
+            };
+            let from = if i == at { from.max(after) } else { from };
+            if from >= log.watermark {
+                continue;
+            }
+            for (&seq, ie) in log.index.range(from + 1..=log.watermark).rev() {
+                if sent_keys.contains(&ie.key) {
+                    continue;
+                }
+                let current = self.shard(&ie.key).read().get(&*ie.key).cloned();
+                let Some(e) = current.filter(|e| e.origin == oid && e.seq == seq) else {
+                    continue;
+                };
+                if is_large(&e) {
+                    continue;
+                }
+                let cost = self.entry_size(&ie.key, &e);
+                if used + cost > budget {
+                    return;
+                }
+                used += cost;
+                sent_keys.insert(ie.key.clone());
+                loose.push(self.to_record(ie.key.clone(), &e));
+            }
+        }
     }
 
     /// Applies a delta from a peer: merges its records, remembers its ghosts,

@@ -378,3 +378,35 @@ fn large_records_travel_apart_without_holding_up_later_writes() {
     assert_eq!(b.watermark(a.local_origin()), 5);
     assert_eq!(a.records(), b.records());
 }
+
+/// A peer far behind gets the newest writes first (as loose records) while
+/// the chunks fill in the history in order; its invariant holds throughout.
+#[test]
+fn a_far_behind_peer_gets_the_newest_writes_first() {
+    let a = Store::new(Origin::new("a", 1));
+    let b = Store::new(Origin::new("b", 1));
+    let mut oracle = Oracle::default();
+    for i in 0..500u64 {
+        oracle.record(&a.set(&format!("k{i:03}"), Bytes::from_static(b"v"), 100 + i));
+    }
+    let delta = a.delta_for(&b.digest(), 1_400, 0);
+    assert!(
+        delta.chunks[0].to < 500,
+        "one datagram does not hold 500 writes"
+    );
+    assert!(
+        delta.loose.iter().any(|r| &*r.key == "k499"),
+        "the newest write comes first"
+    );
+    b.apply(&delta);
+    oracle.check_w("b", &b).unwrap();
+    assert!(b.contains("k499") && b.contains("k000"));
+    let mut rounds = 0;
+    while b.watermark(a.local_origin()) < 500 {
+        b.apply(&a.delta_for(&b.digest(), 1_400, 0));
+        oracle.check_w("b", &b).unwrap();
+        rounds += 1;
+        assert!(rounds < 100);
+    }
+    assert_eq!(a.records(), b.records());
+}
