@@ -16,8 +16,9 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 
-use gossipkv_proto::Sender;
+use gossipkv_proto::{member_size_hint, Sender};
 use gossipkv_storage::NodeId;
+use rand::Rng;
 
 /// The state of a member, as this node sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -134,12 +135,13 @@ struct PhiDetector {
     last_ms: u64,
 }
 
-const WINDOW: usize = 100;
+/// Heartbeat gaps remembered per member (a few hundred bytes each).
+const WINDOW: usize = 32;
 
 impl PhiDetector {
     fn new(now_ms: u64, first_interval_ms: u64) -> Self {
         // Until real arrivals are known: one interval.
-        let mut intervals = VecDeque::with_capacity(WINDOW);
+        let mut intervals = VecDeque::new();
         intervals.push_back(first_interval_ms);
         PhiDetector {
             intervals,
@@ -190,12 +192,12 @@ type MakeEvent = fn(Member) -> MemberEvent;
 #[derive(Debug, Clone)]
 struct Entry {
     addr: SocketAddr,
+    /// Length of `addr` as text (what it costs in a member sample).
+    addr_len: usize,
     generation: u64,
     heartbeat: u64,
     state: MemberState,
     since_ms: u64,
-    /// When the heartbeat last rose (or the entry was created).
-    updated_ms: u64,
     detector: PhiDetector,
 }
 
@@ -210,6 +212,13 @@ pub(crate) struct Membership {
     /// so that stale gossip does not bring them back.
     forgotten: HashMap<NodeId, (u64, u64, u64)>,
     events: VecDeque<MemberEvent>,
+    /// Members in the order their heartbeat last rose or their state
+    /// changed, most recent last (stale duplicates are skipped when read).
+    recent: VecDeque<NodeId>,
+    /// Every member's id, for uniform sampling; rebuilt after joins and
+    /// removals (`ids_stale`).
+    ids: Vec<NodeId>,
+    ids_stale: bool,
 }
 
 impl Membership {
@@ -221,7 +230,89 @@ impl Membership {
             members: HashMap::new(),
             forgotten: HashMap::new(),
             events: VecDeque::new(),
+            recent: VecDeque::new(),
+            ids: Vec::new(),
+            ids_stale: false,
         }
+    }
+
+    /// Notes that `node` has news (a rising heartbeat or a new state).
+    fn touch(&mut self, node: &NodeId) {
+        self.recent.push_back(node.clone());
+        let cap = 4 * self.members.len() + 64;
+        while self.recent.len() > cap {
+            self.recent.pop_front();
+        }
+    }
+
+    /// A sample of members in `states` that fits `budget` bytes of member
+    /// entries: the freshest news first (up to half the budget), then
+    /// members picked uniformly at random. Costs O(sample), not O(members).
+    pub(crate) fn sample(
+        &mut self,
+        states: &[MemberState],
+        budget: usize,
+        rng: &mut impl Rng,
+    ) -> Vec<Sender> {
+        let mut out: Vec<Sender> = Vec::new();
+        let mut used = 0;
+        let to_sender = |node: &NodeId, e: &Entry| Sender {
+            node_id: node.clone(),
+            generation: e.generation,
+            addr: Some(e.addr),
+            heartbeat: e.heartbeat,
+            left: e.state == MemberState::Left,
+        };
+        let half = budget / 2;
+        for node in self.recent.iter().rev() {
+            let Some(e) = self.members.get(node) else {
+                continue;
+            };
+            if !states.contains(&e.state) || out.iter().any(|s| &s.node_id == node) {
+                continue;
+            }
+            let cost = member_size_hint(node.as_str().len(), e.addr_len);
+            if used + cost > half {
+                break;
+            }
+            used += cost;
+            out.push(to_sender(node, e));
+        }
+        if self.ids_stale {
+            self.ids = self.members.keys().cloned().collect();
+            self.ids.sort();
+            self.ids_stale = false;
+        }
+        let n = self.ids.len();
+        if n == 0 {
+            return out;
+        }
+        // Random picks until the budget is full, or after a bounded number
+        // of tries (members already picked or in other states are skipped).
+        for _ in 0..(2 * n).min(256) {
+            let node = &self.ids[rng.random_range(0..n)];
+            let Some(e) = self.members.get(node) else {
+                continue;
+            };
+            if !states.contains(&e.state) || out.iter().any(|s| &s.node_id == node) {
+                continue;
+            }
+            let cost = member_size_hint(node.as_str().len(), e.addr_len);
+            if used + cost > budget {
+                break;
+            }
+            used += cost;
+            out.push(to_sender(node, e));
+        }
+        out
+    }
+
+    /// Number of members in the given states.
+    pub(crate) fn count_in(&self, states: &[MemberState]) -> usize {
+        self.members
+            .values()
+            .filter(|e| states.contains(&e.state))
+            .count()
     }
 
     fn member(node: &NodeId, e: &Entry) -> Member {
@@ -262,11 +353,11 @@ impl Membership {
         }
         let fresh = |state| Entry {
             addr,
+            addr_len: addr_text_len(addr),
             generation: s.generation,
             heartbeat: s.heartbeat,
             state,
             since_ms: now_ms,
-            updated_ms: now_ms,
             detector: PhiDetector::new(now_ms, self.interval_ms),
         };
         let node = s.node_id.clone();
@@ -277,6 +368,8 @@ impl Membership {
                 MemberState::Alive
             };
             self.members.insert(node.clone(), fresh(state));
+            self.ids_stale = true;
+            self.touch(&node);
             self.emit(&node, MemberEvent::Joined);
             return;
         };
@@ -290,17 +383,20 @@ impl Membership {
                 MemberState::Alive
             };
             *e = fresh(state);
+            self.touch(&node);
             self.emit(&node, MemberEvent::Rejoined);
             return;
         }
-        if direct.is_some() {
+        if direct.is_some() && e.addr != addr {
             e.addr = addr;
+            e.addr_len = addr_text_len(addr);
         }
         if s.left {
             if e.state != MemberState::Left {
                 e.state = MemberState::Left;
                 e.since_ms = now_ms;
                 e.heartbeat = e.heartbeat.max(s.heartbeat);
+                self.touch(&node);
                 self.emit(&node, MemberEvent::Left);
             }
             return;
@@ -309,9 +405,13 @@ impl Membership {
             return;
         }
         e.heartbeat = s.heartbeat;
-        e.updated_ms = now_ms;
         e.detector.heartbeat(now_ms);
-        match e.state {
+        let state = e.state;
+        self.touch(&node);
+        let Some(e) = self.members.get_mut(&node) else {
+            return;
+        };
+        match state {
             MemberState::Alive | MemberState::Left => {}
             MemberState::Suspect => {
                 e.state = MemberState::Alive;
@@ -357,10 +457,12 @@ impl Membership {
             }
         }
         for (node, make) in changed {
+            self.touch(&node);
             self.emit(&node, make);
         }
         for node in forget {
             if let Some(e) = self.members.remove(&node) {
+                self.ids_stale = true;
                 self.forgotten
                     .insert(node.clone(), (e.generation, e.heartbeat, now_ms));
                 self.events
@@ -383,17 +485,6 @@ impl Membership {
         v.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         v
     }
-    /// Members in the given states, the most recently refreshed first.
-    pub(crate) fn freshest(&self, states: &[MemberState]) -> Vec<Member> {
-        let mut v: Vec<(&NodeId, &Entry)> = self
-            .members
-            .iter()
-            .filter(|(_, e)| states.contains(&e.state))
-            .collect();
-        v.sort_by(|a, b| b.1.updated_ms.cmp(&a.1.updated_ms).then(a.0.cmp(b.0)));
-        v.into_iter().map(|(n, e)| Self::member(n, e)).collect()
-    }
-
     /// Every member known (not the local node).
     pub(crate) fn all(&self) -> Vec<Member> {
         self.in_states(&[
@@ -414,6 +505,17 @@ impl Membership {
         self.members
             .values()
             .any(|e| e.addr == addr && matches!(e.state, MemberState::Alive | MemberState::Suspect))
+    }
+}
+
+/// Length of an address's text form, without allocating.
+fn addr_text_len(addr: SocketAddr) -> usize {
+    use std::io::Write;
+    let mut buf = [0u8; 64];
+    let mut w = &mut buf[..];
+    match write!(w, "{addr}") {
+        Ok(()) => 64 - w.len(),
+        Err(_) => 64,
     }
 }
 

@@ -35,8 +35,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use gossipkv_proto::{
-    decode, decode_reassembled, encode, encoded_len, envelope_overhead, fragment, member_size_hint,
-    Ack, Body, Envelope, Fragment, Limits, Push, Reply, Sender, Syn, SynAck, FRAGMENT_OVERHEAD,
+    decode, decode_reassembled, encode, encoded_len, envelope_overhead, fragment, Ack, Body,
+    Envelope, Fragment, Limits, Push, Reply, Sender, Syn, SynAck, FRAGMENT_OVERHEAD,
     PROTOCOL_VERSION,
 };
 use gossipkv_storage::{Delta, Digest, NodeId, Page, Record, Store};
@@ -846,7 +846,7 @@ impl Protocol {
     /// each as its own fragmented envelope, and are not forwarded (peers
     /// that miss them get them by anti-entropy).
     pub fn push_local(&mut self, now_ms: u64, records: Vec<Record>) {
-        let live = self.membership.in_states(&[MemberState::Alive]).len();
+        let live = self.membership.count_in(&[MemberState::Alive]);
         let hops = if live <= PUSH_DIRECT_MAX {
             0
         } else {
@@ -1148,44 +1148,13 @@ impl Protocol {
 }
 
 impl Protocol {
-    /// A random sample of members (alive, suspect or departed) that fits the
-    /// member budget of a datagram.
+    /// A sample of members (alive, suspect or departed) that fits the
+    /// member budget of a datagram: the freshest news first (heartbeats that
+    /// rose most recently spread fastest), then members picked at random.
     fn member_sample(&mut self, budget: usize) -> Vec<Sender> {
         const SHARED: [MemberState; 3] =
             [MemberState::Alive, MemberState::Suspect, MemberState::Left];
-        // Half the budget for the freshest news (heartbeats that rose most
-        // recently spread fastest), the rest for a random sample.
-        let fresh = self.membership.freshest(&SHARED);
-        let mut pool = self.membership.in_states(&SHARED);
-        pool.shuffle(&mut self.rng);
-        let half = budget / 2;
-        let mut used = 0;
-        let mut out: Vec<Sender> = Vec::new();
-        let picks = fresh
-            .into_iter()
-            .map(|m| (m, half))
-            .chain(pool.into_iter().map(|m| (m, budget)));
-        for (m, limit) in picks {
-            if out.iter().any(|s| s.node_id == m.node_id) {
-                continue;
-            }
-            let cost = member_size_hint(m.node_id.as_str().len(), m.addr.to_string().len());
-            if used + cost > limit {
-                if limit == budget {
-                    break;
-                }
-                continue;
-            }
-            used += cost;
-            out.push(Sender {
-                node_id: m.node_id,
-                generation: m.generation,
-                addr: Some(m.addr),
-                heartbeat: m.heartbeat,
-                left: m.state == MemberState::Left,
-            });
-        }
-        out
+        self.membership.sample(&SHARED, budget, &mut self.rng)
     }
 }
 
