@@ -103,6 +103,11 @@ pub struct DetectorConfig {
     pub acceptable_pause_ms: u64,
     /// Smallest standard deviation assumed for heartbeat arrivals, ms.
     pub min_std_dev_ms: u64,
+    /// How long a member the detector doubts is contacted directly before
+    /// it is suspected, ms: a member that answers (or whose heartbeat rises
+    /// meanwhile) is never suspected, so watchers do not see suspicions that
+    /// one datagram would have refuted.
+    pub confirm_timeout_ms: u64,
     /// How long a member stays suspect before it is declared dead, ms
     /// (it is contacted directly meanwhile, so that it can answer).
     pub suspect_timeout_ms: u64,
@@ -120,6 +125,7 @@ impl DetectorConfig {
             phi_threshold: 8.0,
             acceptable_pause_ms: interval_ms.max(500),
             min_std_dev_ms: (interval_ms / 2).max(50),
+            confirm_timeout_ms: interval_ms.max(1),
             suspect_timeout_ms: (2 * interval_ms).max(1_000),
             max_silence_ms: (5 * interval_ms).max(3_000),
             forget_after_ms: 3_600_000,
@@ -198,6 +204,8 @@ struct Entry {
     heartbeat: u64,
     state: MemberState,
     since_ms: u64,
+    /// Since when the detector doubts this alive member (it is being probed).
+    doubt_since: Option<u64>,
     detector: PhiDetector,
 }
 
@@ -358,6 +366,7 @@ impl Membership {
             heartbeat: s.heartbeat,
             state,
             since_ms: now_ms,
+            doubt_since: None,
             detector: PhiDetector::new(now_ms, self.interval_ms),
         };
         let node = s.node_id.clone();
@@ -401,10 +410,19 @@ impl Membership {
             }
             return;
         }
-        if s.heartbeat <= e.heartbeat || e.state == MemberState::Left {
+        if e.state == MemberState::Left {
+            return;
+        }
+        if s.heartbeat <= e.heartbeat {
+            // No news, but a reply to a probe of a doubted member is
+            // evidence of life all the same.
+            if direct.is_some() && e.doubt_since.take().is_some() {
+                e.detector.heartbeat(now_ms);
+            }
             return;
         }
         e.heartbeat = s.heartbeat;
+        e.doubt_since = None;
         e.detector.heartbeat(now_ms);
         let state = e.state;
         self.touch(&node);
@@ -434,12 +452,18 @@ impl Membership {
             match e.state {
                 MemberState::Alive => {
                     let silent = now_ms.saturating_sub(e.detector.last_ms);
-                    if silent >= self.cfg.max_silence_ms
-                        || e.detector.phi(now_ms, &self.cfg) > self.cfg.phi_threshold
-                    {
-                        e.state = MemberState::Suspect;
-                        e.since_ms = now_ms;
-                        changed.push((node.clone(), MemberEvent::Suspect));
+                    let doubtful = silent >= self.cfg.max_silence_ms
+                        || e.detector.phi(now_ms, &self.cfg) > self.cfg.phi_threshold;
+                    match e.doubt_since {
+                        _ if !doubtful => e.doubt_since = None,
+                        None => e.doubt_since = Some(now_ms),
+                        Some(t) if now_ms.saturating_sub(t) >= self.cfg.confirm_timeout_ms => {
+                            e.doubt_since = None;
+                            e.state = MemberState::Suspect;
+                            e.since_ms = now_ms;
+                            changed.push((node.clone(), MemberEvent::Suspect));
+                        }
+                        Some(_) => {}
                     }
                 }
                 MemberState::Suspect => {
@@ -485,6 +509,19 @@ impl Membership {
         v.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         v
     }
+    /// Alive members the detector doubts, and suspects: the members to
+    /// contact directly.
+    pub(crate) fn to_probe(&self) -> Vec<Member> {
+        let mut v: Vec<Member> = self
+            .members
+            .iter()
+            .filter(|(_, e)| e.state == MemberState::Suspect || e.doubt_since.is_some())
+            .map(|(n, e)| Self::member(n, e))
+            .collect();
+        v.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        v
+    }
+
     /// Every member known (not the local node).
     pub(crate) fn all(&self) -> Vec<Member> {
         self.in_states(&[
@@ -592,6 +629,30 @@ mod tests {
         m.observe(&sender("x", 1, 11, false), None, t);
         assert_eq!(m.get(&"x".into()).unwrap().state, MemberState::Alive);
         assert_eq!(kinds(&mut m), vec!["rejoined"]);
+    }
+
+    #[test]
+    fn a_doubted_member_that_answers_a_probe_is_never_suspected() {
+        let mut m = Membership::new("me".into(), 1000, DetectorConfig::for_interval(1000));
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        for hb in 1..=10 {
+            m.observe(&sender("x", 1, hb, false), None, hb * 1000);
+        }
+        let mut t = 10_000;
+        while m.to_probe().is_empty() {
+            t += 100;
+            m.check(t);
+            assert!(t < 20_000, "never doubted");
+        }
+        // The probe's answer carries the same heartbeat (no gossip news).
+        m.observe(&sender("x", 1, 10, false), Some(addr), t + 10);
+        assert!(m.to_probe().is_empty());
+        for _ in 0..5 {
+            t += 100;
+            m.check(t);
+        }
+        assert_eq!(m.get(&"x".into()).unwrap().state, MemberState::Alive);
+        assert_eq!(kinds(&mut m), vec!["joined"]);
     }
 
     #[test]

@@ -451,11 +451,12 @@ impl Protocol {
             self.round(now_ms);
         }
     }
-    /// Contacts suspected members directly, up to four times per interval each,
-    /// so that a member that is alive but unlucky with loss answers (its
-    /// reply carries a fresh heartbeat) before it is declared dead.
+    /// Contacts doubted and suspected members directly, up to twice per
+    /// interval each, so that a member that is alive but unlucky with loss
+    /// answers (its reply carries its heartbeat) before it is suspected, or
+    /// declared dead.
     fn probe_suspects(&mut self, now_ms: u64) {
-        let suspects = self.membership.in_states(&[MemberState::Suspect]);
+        let suspects = self.membership.to_probe();
         if suspects.is_empty() {
             self.probed_ms.clear();
             return;
