@@ -35,9 +35,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use gossipkv_proto::{
-    decode, decode_reassembled, encode, encoded_len, envelope_overhead, fragment, Ack, Body,
-    Envelope, Fragment, Limits, Push, Reply, Sender, Syn, SynAck, FRAGMENT_OVERHEAD,
-    PROTOCOL_VERSION,
+    decode, decode_reassembled, encode, encoded_len, envelope_overhead, Ack, Body, Envelope,
+    Fragment, Limits, Push, Reply, Sender, Syn, SynAck, FRAGMENT_OVERHEAD, PROTOCOL_VERSION,
 };
 use gossipkv_storage::{Delta, Digest, NodeId, Page, Record, Store};
 use rand::rngs::SmallRng;
@@ -193,8 +192,11 @@ pub struct Protocol {
     skew_reported_ms: HashMap<NodeId, u64>,
     probed_ms: HashMap<NodeId, u64>,
     transmits: VecDeque<Transmit>,
-    /// Fragments of large values, sent after `transmits`.
-    bulk: VecDeque<Transmit>,
+    /// Envelopes being cut into fragments, one datagram at a time, after
+    /// everything in `transmits`.
+    fragmenting: VecDeque<FragmentJob>,
+    /// Large-value envelopes not cut into fragments yet.
+    large_jobs: VecDeque<(SocketAddr, Envelope)>,
     events: VecDeque<Event>,
     stats: Stats,
     budget: usize,
@@ -222,6 +224,18 @@ const MAX_ADDR_TEXT: usize = 64;
 /// Room kept, beyond the longest value, for the rest of a fragmented envelope
 /// (key, version, header).
 pub const MESSAGE_SLACK: usize = 64 << 10;
+
+/// An envelope too large for a datagram, being cut into fragments.
+#[derive(Debug)]
+struct FragmentJob {
+    to: SocketAddr,
+    /// Our header; the body is replaced by each fragment in turn.
+    header: Envelope,
+    payload: Bytes,
+    id: u64,
+    next: usize,
+    count: usize,
+}
 
 /// Largest number of peers a writer pushes a fresh write to directly.
 ///
@@ -286,7 +300,8 @@ impl Protocol {
             skew_reported_ms: HashMap::new(),
             probed_ms: HashMap::new(),
             transmits: VecDeque::new(),
-            bulk: VecDeque::new(),
+            fragmenting: VecDeque::new(),
+            large_jobs: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
             budget,
@@ -395,12 +410,32 @@ impl Protocol {
     /// write or an exchange: a driver that sends a few at a time and feeds
     /// new input in between keeps small messages fast.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front().or_else(|| self.bulk.pop_front())
+        loop {
+            if let Some(t) = self.transmits.pop_front() {
+                return Some(t);
+            }
+            if !self.fragmenting.is_empty() {
+                if let Some(t) = self.next_fragment() {
+                    return Some(t);
+                }
+                continue;
+            }
+            let (to, env) = self.large_jobs.pop_front()?;
+            self.send_envelope(to, env);
+        }
+    }
+
+    /// Whether datagrams other than fragments of large values are waiting
+    /// to be sent. A driver sends those at once, and paces fragments (see
+    /// `drive` in the facade), so that a receiver's socket never holds a long
+    /// queue of fragments ahead of a small write.
+    pub fn has_urgent_transmits(&self) -> bool {
+        !self.transmits.is_empty()
     }
 
     /// Whether datagrams are waiting to be sent.
     pub fn has_transmits(&self) -> bool {
-        !(self.transmits.is_empty() && self.bulk.is_empty())
+        !(self.transmits.is_empty() && self.fragmenting.is_empty() && self.large_jobs.is_empty())
     }
 
     /// The next event, if any.
@@ -1017,7 +1052,10 @@ impl Protocol {
             self.send(to, env.body);
             return;
         }
-        self.send_envelope(to, env);
+        // Cut into fragments only once everything queued so far is out
+        // (see `poll_transmit`): cutting 1 MiB takes milliseconds, which the
+        // small writes of the same burst should not wait for.
+        self.large_jobs.push_back((to, env));
     }
 
     fn apply_delta(&mut self, now_ms: u64, from: SocketAddr, delta: &Delta) {
@@ -1113,32 +1151,59 @@ impl Protocol {
         // The same bytes get the same id and the same cuts on every node, so
         // pieces of one message from anywhere complete each other.
         let id = message_id(&payload);
-        let pieces = fragment(&payload, id, self.piece_len);
-        let mut header = Envelope {
+        let header = Envelope {
             members: Vec::new(),
             body: Body::Leave,
             sender: self.me(),
             ..env
         };
-        for piece in pieces {
-            header.body = Body::Fragment(piece);
-            let datagram = encode(&header);
-            if datagram.len() > self.cfg.packet_size {
-                self.stats.oversized_dropped += 1;
-                warn!(
-                    len = datagram.len(),
-                    "fragment exceeds the packet size; not sent"
-                );
-                return;
-            }
-            self.stats.fragments_sent += 1;
-            self.stats.datagrams_sent += 1;
-            self.stats.bytes_sent += datagram.len() as u64;
-            self.bulk.push_back(Transmit {
-                to,
-                payload: datagram,
-            });
+        self.fragmenting.push_back(FragmentJob {
+            to,
+            header,
+            count: payload.len().div_ceil(self.piece_len),
+            payload,
+            id,
+            next: 0,
+        });
+    }
+
+    /// The next fragment of the first envelope being cut, if any is left.
+    fn next_fragment(&mut self) -> Option<Transmit> {
+        let mut job = self.fragmenting.pop_front()?;
+        let i = job.next;
+        if i >= job.count {
+            return None;
         }
+        job.next += 1;
+        let start = i * self.piece_len;
+        let end = (start + self.piece_len).min(job.payload.len());
+        job.header.body = Body::Fragment(Fragment {
+            message_id: job.id,
+            index: i as u32,
+            count: job.count as u32,
+            total_len: job.payload.len() as u32,
+            data: job.payload.slice(start..end),
+        });
+        let datagram = encode(&job.header);
+        let to = job.to;
+        if job.next < job.count {
+            self.fragmenting.push_front(job);
+        }
+        if datagram.len() > self.cfg.packet_size {
+            self.stats.oversized_dropped += 1;
+            warn!(
+                len = datagram.len(),
+                "fragment exceeds the packet size; not sent"
+            );
+            return None;
+        }
+        self.stats.fragments_sent += 1;
+        self.stats.datagrams_sent += 1;
+        self.stats.bytes_sent += datagram.len() as u64;
+        Some(Transmit {
+            to,
+            payload: datagram,
+        })
     }
 
     fn queue_datagram(&mut self, to: SocketAddr, payload: Bytes) {
