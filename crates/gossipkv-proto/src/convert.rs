@@ -175,8 +175,25 @@ pub(crate) fn envelope_to_pb(env: &Envelope) -> pb::Envelope {
         }),
         Body::Leave => pb::envelope::Body::Leave(pb::Leave {}),
         Body::Push(p) => pb::envelope::Body::Push(pb::Push {
-            records: p.records.iter().map(record_to_pb).collect(),
+            records: p
+                .records
+                .iter()
+                .map(|r| {
+                    record_in(
+                        r,
+                        p.records
+                            .first()
+                            .map(|f| (&f.version.node, f.version.generation)),
+                    )
+                })
+                .collect(),
             hops: p.hops,
+            node_id: p
+                .records
+                .first()
+                .map(|f| f.version.node.as_str().to_owned())
+                .unwrap_or_default(),
+            generation: p.records.first().map_or(0, |f| f.version.generation),
         }),
         Body::Fragment(f) => pb::envelope::Body::Fragment(pb::Fragment {
             message_id: f.message_id,
@@ -222,6 +239,25 @@ pub(crate) fn digest_to_pb(d: &Digest) -> pb::Digest {
     }
 }
 
+/// The exact number of bytes `r` adds to a [`Push`] whose records' origin
+/// is `origin` (the push's first record's origin): the record, its tag and
+/// its length prefix.
+pub fn push_record_len(r: &Record, origin: &Origin) -> usize {
+    let m = record_in(r, Some((&origin.node, origin.generation)));
+    prost::encoding::message::encoded_len(1, &m)
+}
+
+/// A record whose origin is `ctx` (the enclosing push's or chunk's) leaves
+/// its node id empty and its generation 0.
+pub(crate) fn record_in(r: &Record, ctx: Option<(&NodeId, u64)>) -> pb::Record {
+    let mut m = record_to_pb(r);
+    if ctx.is_some_and(|(n, g)| *n == r.version.node && g == r.version.generation) {
+        m.node_id = String::new();
+        m.generation = 0;
+    }
+    m
+}
+
 pub(crate) fn record_to_pb(r: &Record) -> pb::Record {
     pb::Record {
         key: r.key.to_string(),
@@ -240,7 +276,11 @@ pub(crate) fn chunk_to_pb(c: &OriginChunk) -> pb::OriginChunk {
         generation: c.origin.generation,
         from: c.from,
         to: c.to,
-        records: c.records.iter().map(record_to_pb).collect(),
+        records: c
+            .records
+            .iter()
+            .map(|r| record_in(r, Some((&c.origin.node, c.origin.generation))))
+            .collect(),
         ghosts: c
             .ghosts
             .iter()
@@ -316,7 +356,17 @@ impl Decoder<'_> {
             }),
             pb::envelope::Body::Leave(_) => Body::Leave,
             pb::envelope::Body::Push(p) => Body::Push(Push {
-                records: self.records(p.records)?,
+                records: {
+                    let ctx = if p.node_id.is_empty() {
+                        None
+                    } else {
+                        Some(Origin {
+                            node: self.node_id(p.node_id)?,
+                            generation: p.generation,
+                        })
+                    };
+                    self.records(p.records, ctx.as_ref())?
+                },
                 hops: p.hops,
             }),
             pb::envelope::Body::Fragment(f) => Body::Fragment(self.fragment(f)?),
@@ -435,8 +485,19 @@ impl Decoder<'_> {
         })
     }
 
-    fn record(&self, r: pb::Record) -> Result<Record, DecodeError> {
+    fn record(&self, r: pb::Record, ctx: Option<&Origin>) -> Result<Record, DecodeError> {
         self.key(&r.key)?;
+        let (node, generation) = match ctx {
+            Some(o) if r.node_id.is_empty() => {
+                if r.generation != 0 {
+                    return Err(DecodeError::Inconsistent(
+                        "record without a node id carries a generation",
+                    ));
+                }
+                (o.node.clone(), o.generation)
+            }
+            _ => (self.node_id(r.node_id)?, r.generation),
+        };
         check("value length", r.value.len(), self.limits.max_value_len)?;
         let value = if r.deleted {
             if !r.value.is_empty() {
@@ -451,16 +512,22 @@ impl Decoder<'_> {
             value,
             version: Version {
                 hlc: Hlc::from_u64(r.hlc),
-                node: self.node_id(r.node_id)?,
-                generation: r.generation,
+                node,
+                generation,
                 seq: r.seq,
             },
         })
     }
 
-    fn records(&mut self, rs: Vec<pb::Record>) -> Result<Vec<Record>, DecodeError> {
+    /// Records; those without a node id belong to `ctx` (an enclosing push's
+    /// or chunk's origin), and are refused where there is none.
+    fn records(
+        &mut self,
+        rs: Vec<pb::Record>,
+        ctx: Option<&Origin>,
+    ) -> Result<Vec<Record>, DecodeError> {
         self.add_records(rs.len())?;
-        rs.into_iter().map(|r| self.record(r)).collect()
+        rs.into_iter().map(|r| self.record(r, ctx)).collect()
     }
 
     fn delta(&mut self, d: pb::Delta) -> Result<Delta, DecodeError> {
@@ -470,7 +537,7 @@ impl Decoder<'_> {
             .into_iter()
             .map(|c| self.chunk(c))
             .collect::<Result<_, _>>()?;
-        let loose = self.records(d.loose)?;
+        let loose = self.records(d.loose, None)?;
         Ok(Delta { chunks, loose })
     }
 
@@ -507,7 +574,7 @@ impl Decoder<'_> {
         if c.to < c.from {
             return Err(DecodeError::Inconsistent("chunk ends before it starts"));
         }
-        let records = self.records(c.records)?;
+        let records = self.records(c.records, Some(&origin))?;
         self.ghosts = self.ghosts.saturating_add(c.ghosts.len());
         check("ghosts", self.ghosts, self.limits.max_entries)?;
         let ghosts = c
@@ -550,7 +617,7 @@ impl Decoder<'_> {
             p.watermarks
                 .ok_or(DecodeError::MissingField("Page.watermarks"))?,
         )?;
-        let records = self.records(p.records)?;
+        let records = self.records(p.records, None)?;
         Ok(Page {
             start: p.start,
             end,

@@ -55,7 +55,7 @@ mod pb {
 
 pub use convert::{
     decode, decode_reassembled, encode, encoded_len, envelope_overhead, fragment, member_size_hint,
-    ENVELOPE_OVERHEAD, FRAGMENT_OVERHEAD, MEMBER_OVERHEAD,
+    push_record_len, ENVELOPE_OVERHEAD, FRAGMENT_OVERHEAD, MEMBER_OVERHEAD,
 };
 pub use error::DecodeError;
 pub use message::{

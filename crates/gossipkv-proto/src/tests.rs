@@ -417,7 +417,28 @@ fn rejects_empty_node_ids() {
     let m = with_chunk(|c| c.node_id.clear());
     assert_eq!(decode_pb(&m), Err(DecodeError::EmptyNodeId));
 
-    let m = with_chunk(|c| c.records[0].node_id.clear());
+    // Inside a chunk, an empty record node id means the chunk's origin, and
+    // the record then carries no generation of its own.
+    let m = with_chunk(|c| {
+        c.records[0].node_id.clear();
+        c.records[0].generation = 5;
+    });
+    assert!(matches!(decode_pb(&m), Err(DecodeError::Inconsistent(_))));
+    let m = with_chunk(|c| {
+        c.records[0].node_id.clear();
+        c.records[0].generation = 0;
+    });
+    assert!(decode_pb(&m).is_ok());
+    // Loose records have no enclosing origin: they must name theirs.
+    let mut m = valid_pb();
+    if let Some(pb::envelope::Body::SynAck(s)) = &mut m.body {
+        if let Some(pb::syn_ack::Reply::Delta(d)) = &mut s.reply {
+            let mut r = d.chunks[0].records[0].clone();
+            r.node_id.clear();
+            r.generation = 0;
+            d.loose.push(r);
+        }
+    }
     assert_eq!(decode_pb(&m), Err(DecodeError::EmptyNodeId));
 
     let mut m = valid_pb();

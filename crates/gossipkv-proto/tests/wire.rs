@@ -243,3 +243,62 @@ fn inconsistent_fragments_are_rejected() {
         Err(DecodeError::Inconsistent(_))
     ));
 }
+
+/// Records of a push's or a chunk's own origin do not repeat its node id
+/// and generation on the wire, and come back whole.
+#[test]
+fn records_of_the_enclosing_origin_omit_it() {
+    let store = Store::new(Origin::new("writer-with-a-long-node-id", 7));
+    let other = Store::new(Origin::new("other", 1));
+    let records: Vec<_> = (0..10)
+        .map(|i| store.set(&format!("k{i}"), Bytes::from_static(b"v"), 1_000 + i))
+        .chain([other.set("x", Bytes::from_static(b"y"), 5)])
+        .collect();
+    let push = |records: Vec<gossipkv_storage::Record>| {
+        Envelope::new(
+            "c",
+            Sender::new("s", 1, None),
+            Body::Push(Push { records, hops: 0 }),
+        )
+    };
+    let env = push(records.clone());
+    let limits = Limits::default();
+    assert_eq!(decode(&encode(&env), &limits), Ok(env.clone()));
+    // Ten records of one writer name it once; as loose records of a delta
+    // (no enclosing origin) each names it.
+    let same = records[..10].to_vec();
+    let pushed = encode(&push(same.clone())).len();
+    let loose = encode(&Envelope::new(
+        "c",
+        Sender::new("s", 1, None),
+        Body::Ack(Ack {
+            delta: gossipkv_storage::Delta {
+                chunks: Vec::new(),
+                loose: same,
+            },
+        }),
+    ))
+    .len();
+    assert!(
+        pushed + 9 * "writer-with-a-long-node-id".len() <= loose,
+        "push {pushed} bytes, loose {loose} bytes"
+    );
+    // Push sizes add up: header plus each record's push_record_len, plus at
+    // most two bytes as the push's own length prefix grows.
+    let origin = records[0].version.origin();
+    let header = encode(&push(records[..1].to_vec())).len()
+        - gossipkv_proto::push_record_len(&records[0], &origin);
+    let sum: usize = records
+        .iter()
+        .map(|r| gossipkv_proto::push_record_len(r, &origin))
+        .sum();
+    let len = encode(&env).len();
+    assert!(
+        (header + sum..=header + sum + 2).contains(&len),
+        "{len} vs {header} + {sum}"
+    );
+    // A chunk's records of its own origin round trip too.
+    let delta = store.delta_for(&other.digest(), 10_000, 0);
+    let ack = Envelope::new("c", Sender::new("s", 1, None), Body::Ack(Ack { delta }));
+    assert_eq!(decode(&encode(&ack), &limits), Ok(ack));
+}

@@ -48,6 +48,30 @@ impl Default for StoreConfig {
     }
 }
 
+/// Options of [`Store::delta_with`].
+#[derive(Clone, Copy)]
+pub struct DeltaOptions<'a> {
+    /// Bytes the delta may take (by [`Record::size_hint`]).
+    pub budget: usize,
+    /// Where the visit of origins starts (modulo their number).
+    pub rotate: usize,
+    /// Values longer than this are returned apart.
+    pub inline_max: usize,
+    /// Per origin, the first sequence number not to send yet (for example
+    /// writes still being pushed); `u64::MAX` sends everything.
+    pub hold: &'a dyn Fn(&Origin) -> u64,
+}
+
+impl std::fmt::Debug for DeltaOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeltaOptions")
+            .field("budget", &self.budget)
+            .field("rotate", &self.rotate)
+            .field("inline_max", &self.inline_max)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What [`Store::apply`] or [`Store::apply_page`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ApplyStats {
@@ -475,6 +499,27 @@ impl Store {
         rotate: usize,
         inline_max: usize,
     ) -> (Delta, Vec<Record>) {
+        self.delta_with(
+            peer,
+            &DeltaOptions {
+                budget,
+                rotate,
+                inline_max,
+                hold: &|_| u64::MAX,
+            },
+        )
+    }
+
+    /// Like [`Store::delta_split`], and writes that `opts.hold` holds back
+    /// (because they are being pushed) are not sent: an origin's chunk stops
+    /// before them, as if the budget had run out there.
+    pub fn delta_with(&self, peer: &Digest, opts: &DeltaOptions<'_>) -> (Delta, Vec<Record>) {
+        let DeltaOptions {
+            budget,
+            rotate,
+            inline_max,
+            hold,
+        } = *opts;
         let logs: Vec<_> = self.origins.read().logs.clone();
         let mut delta = Delta::default();
         let mut large = Vec::new();
@@ -495,7 +540,8 @@ impl Store {
             let Some(from) = peer.watermark(&log.origin) else {
                 continue;
             };
-            if from >= log.watermark {
+            let top = log.watermark.min(hold(&log.origin).saturating_sub(1));
+            if from >= top {
                 continue;
             }
             let chunk_cost = CHUNK_OVERHEAD + log.origin.node.as_str().len();
@@ -516,7 +562,7 @@ impl Store {
             // go loose.
             let mut loose_from = None;
             let mut last_sent = from;
-            for (&seq, ie) in log.index.range(from + 1..=log.watermark) {
+            for (&seq, ie) in log.index.range(from + 1..=top) {
                 let current = self.shard(&ie.key).read().get(&*ie.key).cloned();
                 if loose_from.is_some() {
                     // Only this origin's live writes, each once.
@@ -597,7 +643,7 @@ impl Store {
                 last_sent = seq;
             }
             if !cut && loose_from.is_none() {
-                chunk.to = log.watermark;
+                chunk.to = top;
             }
             used += cost;
             if chunk.to > chunk.from {
@@ -615,6 +661,7 @@ impl Store {
                 (rotate, at, after),
                 (used, full_budget),
                 &mut sent_keys,
+                hold,
                 &is_large,
                 &mut delta.loose,
             );
@@ -633,6 +680,7 @@ impl Store {
         (rotate, at, after): (usize, usize, u64),
         (mut used, budget): (usize, usize),
         sent_keys: &mut HashSet<Arc<str>>,
+        hold: &dyn Fn(&Origin) -> u64,
         is_large: &dyn Fn(&Entry) -> bool,
         loose: &mut Vec<Record>,
     ) {
@@ -644,10 +692,11 @@ impl Store {
                 continue;
             };
             let from = if i == at { from.max(after) } else { from };
-            if from >= log.watermark {
+            let top = log.watermark.min(hold(&log.origin).saturating_sub(1));
+            if from >= top {
                 continue;
             }
-            for (&seq, ie) in log.index.range(from + 1..=log.watermark).rev() {
+            for (&seq, ie) in log.index.range(from + 1..=top).rev() {
                 if sent_keys.contains(&ie.key) {
                     continue;
                 }

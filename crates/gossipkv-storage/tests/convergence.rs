@@ -410,3 +410,35 @@ fn a_far_behind_peer_gets_the_newest_writes_first() {
     }
     assert_eq!(a.records(), b.records());
 }
+
+/// Writes held back (being pushed) are left out of a delta, which stops its
+/// chunk before them; once released, they follow.
+#[test]
+fn held_writes_wait_and_follow() {
+    use gossipkv_storage::DeltaOptions;
+    let a = Store::new(Origin::new("a", 1));
+    let b = Store::new(Origin::new("b", 1));
+    let mut oracle = Oracle::default();
+    for i in 0..10u64 {
+        oracle.record(&a.set(&format!("k{i}"), Bytes::from_static(b"v"), 100 + i));
+    }
+    let a_origin = a.local_origin().clone();
+    let hold = move |o: &Origin| if *o == a_origin { 7 } else { u64::MAX };
+    let opts = DeltaOptions {
+        budget: 10_000,
+        rotate: 0,
+        inline_max: usize::MAX,
+        hold: &hold,
+    };
+    let (delta, large) = a.delta_with(&b.digest(), &opts);
+    assert!(large.is_empty());
+    assert_eq!(delta.chunks[0].to, 6);
+    assert!(delta.loose.is_empty());
+    b.apply(&delta);
+    oracle.check_w("b", &b).unwrap();
+    assert_eq!(b.watermark(a.local_origin()), 6);
+    assert!(!b.contains("k6"));
+    b.apply(&a.delta_for(&b.digest(), 10_000, 0));
+    assert_eq!(b.watermark(a.local_origin()), 10);
+    assert_eq!(a.records(), b.records());
+}

@@ -35,10 +35,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use gossipkv_proto::{
-    decode, decode_reassembled, encode, encoded_len, envelope_overhead, Ack, Body, Envelope,
-    Fragment, Limits, Push, Reply, Sender, Syn, SynAck, FRAGMENT_OVERHEAD, PROTOCOL_VERSION,
+    decode, decode_reassembled, encode, encoded_len, envelope_overhead, push_record_len, Ack, Body,
+    Envelope, Fragment, Limits, Push, Reply, Sender, Syn, SynAck, FRAGMENT_OVERHEAD,
+    PROTOCOL_VERSION,
 };
-use gossipkv_storage::{Delta, Digest, NodeId, Page, Record, Store};
+use gossipkv_storage::{Delta, DeltaOptions, Digest, NodeId, Origin, Page, Record, Store};
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -213,6 +214,8 @@ pub struct Protocol {
     last_fingerprint: Option<u64>,
     /// Peers sent a hash-only Syn this round, not answered yet.
     hash_only_to: std::collections::HashSet<SocketAddr>,
+    /// Per origin, recent pushes: (time slot start, lowest seq in the slot).
+    pushed: HashMap<Origin, VecDeque<(u64, u64)>>,
     /// When a large record (origin, generation, seq) was last sent to a peer.
     large_sent: HashMap<(SocketAddr, NodeId, u64, u64), u64>,
 }
@@ -310,6 +313,7 @@ impl Protocol {
             piece_len,
             reassembly,
             large_sent: HashMap::new(),
+            pushed: HashMap::new(),
             quiet: false,
             last_fingerprint: None,
             hash_only_to: std::collections::HashSet::new(),
@@ -888,7 +892,35 @@ impl Protocol {
         } else {
             push_hops(live.div_ceil(PUSH_DIRECT_MAX), self.push_fanout()) + 1
         };
+        if hops == 0 {
+            // Every live peer gets these directly.
+            self.note_pushed(now_ms, &records);
+        }
         self.push_records(now_ms, records, hops, None, PUSH_DIRECT_MAX);
+    }
+
+    /// Bytes a push datagram whose first record is `first` has for records.
+    fn push_room(&self, first: &Record) -> usize {
+        let stand_in = Record {
+            key: first.key.clone(),
+            value: None,
+            version: first.version.clone(),
+        };
+        let origin = first.version.origin();
+        let env = Envelope {
+            protocol_version: PROTOCOL_VERSION,
+            cluster_id: self.cfg.cluster_id.clone(),
+            sender: self.me(),
+            members: Vec::new(),
+            body: Body::Push(Push {
+                records: vec![stand_in.clone()],
+                hops: u32::MAX,
+            }),
+        };
+        // The header with the push's origin fields, less the stand-in; a
+        // few bytes spare for a heartbeat that grows meanwhile.
+        let header = encoded_len(&env).saturating_sub(push_record_len(&stand_in, &origin));
+        self.cfg.packet_size.saturating_sub(header + 8)
     }
 
     fn push_fanout(&self) -> usize {
@@ -916,20 +948,34 @@ impl Protocol {
         if live.is_empty() {
             return;
         }
-        let room = self.budget.saturating_sub(16);
+        // Pushes carry no member sample: the whole packet but the header
+        // (which names the records' origin once) is for records, sized
+        // exactly.
         let mut batch: Vec<Record> = Vec::new();
         let mut used = 0;
+        let mut room = 0;
         let mut batches = Vec::new();
         let mut large = Vec::new();
         for r in records {
-            let cost = r.size_hint();
-            if r.value.as_ref().is_some_and(|v| v.len() > self.inline_max) || cost > room {
+            if r.value.as_ref().is_some_and(|v| v.len() > self.inline_max) {
                 large.push(r);
                 continue;
             }
+            if batch.is_empty() {
+                room = self.push_room(&r);
+            }
+            let origin = batch.first().unwrap_or(&r).version.origin();
+            let mut cost = push_record_len(&r, &origin);
             if used + cost > room && !batch.is_empty() {
                 batches.push(std::mem::take(&mut batch));
                 used = 0;
+                room = self.push_room(&r);
+                cost = push_record_len(&r, &r.version.origin());
+            }
+            if cost > room {
+                // Too large for a push datagram after all: send it apart.
+                large.push(r);
+                continue;
             }
             used += cost;
             batch.push(r);
@@ -973,6 +1019,11 @@ impl Protocol {
         }
         self.stats.records_won += fresh.len() as u64;
         self.stats.pushed_records_won += fresh.len() as u64;
+        if push.hops == 0 {
+            // Pushed with no forwarding: the writer sent them to every live
+            // member directly (the cluster is small enough).
+            self.note_pushed(now_ms, &fresh);
+        }
         if push.hops > 0 && !fresh.is_empty() {
             let fanout = self.push_fanout();
             self.push_records(now_ms, fresh, push.hops - 1, Some(sender), fanout);
@@ -994,13 +1045,60 @@ impl Protocol {
     /// travel inline are sent to it apart.
     fn delta_for(&mut self, now_ms: u64, to: SocketAddr, peer: &Digest, budget: usize) -> Delta {
         let rotate = self.rng.random::<u32>() as usize;
-        let (delta, large) = self
-            .store
-            .delta_split(peer, budget, rotate, self.inline_max);
+        let horizon = now_ms.saturating_sub(self.push_hold_ms());
+        let pushed = &self.pushed;
+        // Writes pushed (or received by push) within the hold time are still
+        // reaching their peers by push: anti-entropy leaves them alone.
+        let hold = |o: &Origin| {
+            pushed.get(o).map_or(u64::MAX, |w| {
+                w.iter()
+                    .filter(|&&(at, _)| at >= horizon)
+                    .map(|&(_, seq)| seq)
+                    .min()
+                    .unwrap_or(u64::MAX)
+            })
+        };
+        let (delta, large) = self.store.delta_with(
+            peer,
+            &DeltaOptions {
+                budget,
+                rotate,
+                inline_max: self.inline_max,
+                hold: &hold,
+            },
+        );
         for record in large {
             self.send_large(now_ms, to, record, 0);
         }
         delta
+    }
+
+    /// How long writes that travel by push are left out of anti-entropy.
+    fn push_hold_ms(&self) -> u64 {
+        2 * self.cfg.gossip_interval_ms.max(1)
+    }
+
+    /// Notes that writes of their origins went out (or came in) by a push
+    /// that reaches every live member directly, at `now_ms`: per origin, time
+    /// slots of a quarter interval with the lowest sequence number seen in
+    /// each, for as long as the hold time. (Forwarded pushes may miss nodes,
+    /// so anti-entropy does not wait for them.)
+    fn note_pushed(&mut self, now_ms: u64, records: &[Record]) {
+        if !self.cfg.push {
+            return;
+        }
+        let slot = (self.cfg.gossip_interval_ms / 4).max(1);
+        let horizon = now_ms.saturating_sub(self.push_hold_ms());
+        for r in records {
+            let w = self.pushed.entry(r.version.origin()).or_default();
+            while w.front().is_some_and(|&(at, _)| at < horizon) {
+                w.pop_front();
+            }
+            match w.back_mut() {
+                Some((at, seq)) if now_ms < *at + slot => *seq = (*seq).min(r.version.seq),
+                _ => w.push_back((now_ms, r.version.seq)),
+            }
+        }
     }
 
     /// How long before the same large record is sent to the same peer again.
@@ -1122,7 +1220,10 @@ impl Protocol {
             body,
         };
         let len = encoded_len(&env);
-        if len <= self.cfg.packet_size {
+        // Pushes carry data only (and the sender's heartbeat in the header):
+        // membership spreads with the exchanges, which happen anyway.
+        let carries_members = !matches!(env.body, Body::Push(_));
+        if carries_members && len <= self.cfg.packet_size {
             let room = (self.cfg.packet_size - len)
                 .min(self.cfg.packet_size / 2)
                 .max(self.member_budget);
@@ -1284,7 +1385,6 @@ fn gc_interval(retention_ms: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gossipkv_storage::Origin;
 
     fn protocol(seeds: Vec<SocketAddr>) -> Protocol {
         let cfg = ProtocolConfig {
