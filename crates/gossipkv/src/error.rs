@@ -14,12 +14,14 @@ pub enum Error {
         /// What is wrong, in words.
         message: String,
     },
-    /// The record is too large to travel in one packet; nothing was written.
-    #[error("value too large: {size} bytes, at most {max} bytes fit in a packet for this key")]
+    /// The encoded value is longer than the node's maximum
+    /// ([`Builder::max_value_size`](crate::Builder::max_value_size));
+    /// nothing was written.
+    #[error("value too large: {size} bytes, at most {max} bytes (max_value_size)")]
     ValueTooLarge {
         /// Encoded value size in bytes.
         size: usize,
-        /// Largest encoded value size that fits for this key.
+        /// The largest encoded value size accepted.
         max: usize,
     },
     /// A key was empty or too long; nothing was written.
