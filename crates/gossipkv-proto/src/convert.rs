@@ -175,25 +175,34 @@ pub(crate) fn envelope_to_pb(env: &Envelope) -> pb::Envelope {
         }),
         Body::Leave => pb::envelope::Body::Leave(pb::Leave {}),
         Body::Push(p) => pb::envelope::Body::Push(pb::Push {
-            records: p
-                .records
-                .iter()
-                .map(|r| {
-                    record_in(
-                        r,
-                        p.records
-                            .first()
-                            .map(|f| (&f.version.node, f.version.generation)),
-                    )
-                })
-                .collect(),
+            records: match p.records.first() {
+                Some(first) if deltas_fit(&p.records) => {
+                    p.records.iter().map(|r| push_record(r, first)).collect()
+                }
+                Some(first) => p
+                    .records
+                    .iter()
+                    .map(|r| record_in(r, Some((&first.version.node, first.version.generation))))
+                    .collect(),
+                None => Vec::new(),
+            },
+            base_hlc: match p.records.first() {
+                Some(first) if deltas_fit(&p.records) => first.version.hlc.as_u64(),
+                _ => 0,
+            },
             hops: p.hops,
+            // Left out when the records' origin is the sender.
             node_id: p
                 .records
                 .first()
+                .filter(|f| !is_sender(env, f))
                 .map(|f| f.version.node.as_str().to_owned())
                 .unwrap_or_default(),
-            generation: p.records.first().map_or(0, |f| f.version.generation),
+            generation: p
+                .records
+                .first()
+                .filter(|f| !is_sender(env, f))
+                .map_or(0, |f| f.version.generation),
         }),
         Body::Fragment(f) => pb::envelope::Body::Fragment(pb::Fragment {
             message_id: f.message_id,
@@ -242,9 +251,34 @@ pub(crate) fn digest_to_pb(d: &Digest) -> pb::Digest {
 /// The exact number of bytes `r` adds to a [`Push`] whose records' origin
 /// is `origin` (the push's first record's origin): the record, its tag and
 /// its length prefix.
-pub fn push_record_len(r: &Record, origin: &Origin) -> usize {
-    let m = record_in(r, Some((&origin.node, origin.generation)));
+pub fn push_record_len(r: &Record, first: &Record) -> usize {
+    let m = push_record(r, first);
     prost::encoding::message::encoded_len(1, &m)
+}
+
+/// Whether `r` was written by the envelope's sender (this incarnation).
+fn is_sender(env: &Envelope, r: &Record) -> bool {
+    env.sender.node_id == r.version.node && env.sender.generation == r.version.generation
+}
+
+/// Whether a push's timestamps can count from its first record's: not when
+/// a record has the (never issued) timestamp 0, which a zero hlc field with
+/// a base would misread.
+fn deltas_fit(records: &[Record]) -> bool {
+    records.iter().all(|r| r.version.hlc.as_u64() != 0)
+}
+
+/// A record of a push whose first record is `first`: its origin left out
+/// when it is the first record's, its timestamp as a delta from the first
+/// record's when not earlier.
+fn push_record(r: &Record, first: &Record) -> pb::Record {
+    let mut m = record_in(r, Some((&first.version.node, first.version.generation)));
+    let base = first.version.hlc.as_u64();
+    if base != 0 && m.hlc >= base {
+        m.hlc_delta = m.hlc - base;
+        m.hlc = 0;
+    }
+    m
 }
 
 /// A record whose origin is `ctx` (the enclosing push's or chunk's) leaves
@@ -267,6 +301,7 @@ pub(crate) fn record_to_pb(r: &Record) -> pb::Record {
         node_id: r.version.node.as_str().to_owned(),
         generation: r.version.generation,
         seq: r.version.seq,
+        hlc_delta: 0,
     }
 }
 
@@ -358,14 +393,34 @@ impl Decoder<'_> {
             pb::envelope::Body::Push(p) => Body::Push(Push {
                 records: {
                     let ctx = if p.node_id.is_empty() {
-                        None
+                        Some(Origin {
+                            node: sender.node_id.clone(),
+                            generation: sender.generation,
+                        })
                     } else {
                         Some(Origin {
                             node: self.node_id(p.node_id)?,
                             generation: p.generation,
                         })
                     };
-                    self.records(p.records, ctx.as_ref())?
+                    if p.base_hlc == 0 && p.records.iter().any(|r| r.hlc_delta != 0) {
+                        return Err(DecodeError::Inconsistent("timestamp delta without a base"));
+                    }
+                    let mut records = p.records;
+                    for r in &mut records {
+                        if r.hlc == 0 {
+                            r.hlc = p
+                                .base_hlc
+                                .checked_add(r.hlc_delta)
+                                .ok_or(DecodeError::Inconsistent("timestamp delta overflows"))?;
+                            r.hlc_delta = 0;
+                        } else if r.hlc_delta != 0 {
+                            return Err(DecodeError::Inconsistent(
+                                "record carries a timestamp and a delta",
+                            ));
+                        }
+                    }
+                    self.records(records, ctx.as_ref())?
                 },
                 hops: p.hops,
             }),
@@ -487,6 +542,10 @@ impl Decoder<'_> {
 
     fn record(&self, r: pb::Record, ctx: Option<&Origin>) -> Result<Record, DecodeError> {
         self.key(&r.key)?;
+        if r.hlc_delta != 0 {
+            // Pushes resolve their deltas before their records get here.
+            return Err(DecodeError::Inconsistent("timestamp delta outside a push"));
+        }
         let (node, generation) = match ctx {
             Some(o) if r.node_id.is_empty() => {
                 if r.generation != 0 {

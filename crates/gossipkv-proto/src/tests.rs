@@ -738,3 +738,43 @@ fn empty_strings_and_flags_round_trip() {
         assert_eq!(decode(&encode(&env), &Limits::default()), Ok(env));
     }
 }
+
+#[test]
+fn timestamp_deltas_only_inside_pushes_with_a_base() {
+    // Outside a push: a delta is refused.
+    let m = with_chunk(|c| c.records[0].hlc_delta = 3);
+    assert!(matches!(decode_pb(&m), Err(DecodeError::Inconsistent(_))));
+    // A push with a delta but no base, or with both a timestamp and a delta.
+    let record = pb::Record {
+        hlc: 0,
+        hlc_delta: 2,
+        ..with_record()
+    };
+    for (base, hlc) in [(0, 0), (1_000, 5)] {
+        let mut m = valid_pb();
+        m.body = Some(pb::envelope::Body::Push(pb::Push {
+            records: vec![pb::Record {
+                hlc,
+                ..record.clone()
+            }],
+            base_hlc: base,
+            ..pb::Push::default()
+        }));
+        assert!(matches!(decode_pb(&m), Err(DecodeError::Inconsistent(_))));
+    }
+    // With a base, the delta counts from it.
+    let mut m = valid_pb();
+    m.body = Some(pb::envelope::Body::Push(pb::Push {
+        records: vec![record],
+        base_hlc: 1_000,
+        ..pb::Push::default()
+    }));
+    let Ok(Envelope {
+        body: Body::Push(p),
+        ..
+    }) = decode_pb(&m)
+    else {
+        panic!("push with a base did not decode");
+    };
+    assert_eq!(p.records[0].version.hlc.as_u64(), 1_002);
+}

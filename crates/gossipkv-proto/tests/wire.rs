@@ -285,12 +285,11 @@ fn records_of_the_enclosing_origin_omit_it() {
     );
     // Push sizes add up: header plus each record's push_record_len, plus at
     // most two bytes as the push's own length prefix grows.
-    let origin = records[0].version.origin();
     let header = encode(&push(records[..1].to_vec())).len()
-        - gossipkv_proto::push_record_len(&records[0], &origin);
+        - gossipkv_proto::push_record_len(&records[0], &records[0]);
     let sum: usize = records
         .iter()
-        .map(|r| gossipkv_proto::push_record_len(r, &origin))
+        .map(|r| gossipkv_proto::push_record_len(r, &records[0]))
         .sum();
     let len = encode(&env).len();
     assert!(

@@ -906,7 +906,6 @@ impl Protocol {
             value: None,
             version: first.version.clone(),
         };
-        let origin = first.version.origin();
         let env = Envelope {
             protocol_version: PROTOCOL_VERSION,
             cluster_id: self.cfg.cluster_id.clone(),
@@ -919,7 +918,7 @@ impl Protocol {
         };
         // The header with the push's origin fields, less the stand-in; a
         // few bytes spare for a heartbeat that grows meanwhile.
-        let header = encoded_len(&env).saturating_sub(push_record_len(&stand_in, &origin));
+        let header = encoded_len(&env).saturating_sub(push_record_len(&stand_in, &stand_in));
         self.cfg.packet_size.saturating_sub(header + 8)
     }
 
@@ -964,13 +963,12 @@ impl Protocol {
             if batch.is_empty() {
                 room = self.push_room(&r);
             }
-            let origin = batch.first().unwrap_or(&r).version.origin();
-            let mut cost = push_record_len(&r, &origin);
+            let mut cost = push_record_len(&r, batch.first().unwrap_or(&r));
             if used + cost > room && !batch.is_empty() {
                 batches.push(std::mem::take(&mut batch));
                 used = 0;
                 room = self.push_room(&r);
-                cost = push_record_len(&r, &r.version.origin());
+                cost = push_record_len(&r, &r);
             }
             if cost > room {
                 // Too large for a push datagram after all: send it apart.
