@@ -66,23 +66,35 @@ pub const FRAGMENT_OVERHEAD: usize = 40;
 /// or a random number). Returns no pieces when `encoded` is empty or
 /// `piece_len` is zero.
 pub fn fragment(encoded: &Bytes, message_id: u64, piece_len: usize) -> Vec<Fragment> {
-    if encoded.is_empty() || piece_len == 0 {
-        return Vec::new();
+    (0..)
+        .map_while(|i| fragment_piece(encoded, message_id, piece_len, i))
+        .collect()
+}
+
+/// Piece `index` of [`fragment`]'s output, cut on demand (`None` past the
+/// last piece, or when `encoded` is empty or `piece_len` zero).
+pub fn fragment_piece(
+    encoded: &Bytes,
+    message_id: u64,
+    piece_len: usize,
+    index: usize,
+) -> Option<Fragment> {
+    if piece_len == 0 {
+        return None;
     }
     let count = encoded.len().div_ceil(piece_len);
-    (0..count)
-        .map(|i| {
-            let start = i * piece_len;
-            let end = (start + piece_len).min(encoded.len());
-            Fragment {
-                message_id,
-                index: i as u32,
-                count: count as u32,
-                total_len: encoded.len() as u32,
-                data: encoded.slice(start..end),
-            }
-        })
-        .collect()
+    if index >= count {
+        return None;
+    }
+    let start = index * piece_len;
+    let end = (start + piece_len).min(encoded.len());
+    Some(Fragment {
+        message_id,
+        index: index as u32,
+        count: count as u32,
+        total_len: encoded.len() as u32,
+        data: encoded.slice(start..end),
+    })
 }
 
 /// Decodes an envelope reassembled from [`Fragment`]s: like [`decode`], but

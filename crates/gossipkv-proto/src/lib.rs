@@ -54,8 +54,8 @@ mod pb {
 }
 
 pub use convert::{
-    decode, decode_reassembled, encode, encoded_len, envelope_overhead, fragment, member_size_hint,
-    push_record_len, ENVELOPE_OVERHEAD, FRAGMENT_OVERHEAD, MEMBER_OVERHEAD,
+    decode, decode_reassembled, encode, encoded_len, envelope_overhead, fragment, fragment_piece,
+    member_size_hint, push_record_len, ENVELOPE_OVERHEAD, FRAGMENT_OVERHEAD, MEMBER_OVERHEAD,
 };
 pub use error::DecodeError;
 pub use message::{

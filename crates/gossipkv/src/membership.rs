@@ -229,6 +229,41 @@ pub(crate) struct Membership {
     ids_stale: bool,
 }
 
+/// A member sample being filled (see [`Membership::sample`]).
+struct Picker<'a> {
+    members: &'a HashMap<NodeId, Entry>,
+    states: &'a [MemberState],
+    out: Vec<Sender>,
+    used: usize,
+}
+
+impl Picker<'_> {
+    /// Adds `node` if it is in one of the states and not picked yet, and
+    /// its entry keeps the sample within `limit` bytes. Returns `false` only
+    /// when it did not fit.
+    fn offer(&mut self, node: &NodeId, limit: usize) -> bool {
+        let Some(e) = self.members.get(node) else {
+            return true;
+        };
+        if !self.states.contains(&e.state) || self.out.iter().any(|s| &s.node_id == node) {
+            return true;
+        }
+        let cost = member_size_hint(node.as_str().len(), e.addr_len);
+        if self.used + cost > limit {
+            return false;
+        }
+        self.used += cost;
+        self.out.push(Sender {
+            node_id: node.clone(),
+            generation: e.generation,
+            addr: Some(e.addr),
+            heartbeat: e.heartbeat,
+            left: e.state == MemberState::Left,
+        });
+        true
+    }
+}
+
 impl Membership {
     pub(crate) fn new(local: NodeId, interval_ms: u64, cfg: DetectorConfig) -> Self {
         Membership {
@@ -262,57 +297,31 @@ impl Membership {
         budget: usize,
         rng: &mut impl Rng,
     ) -> Vec<Sender> {
-        let mut out: Vec<Sender> = Vec::new();
-        let mut used = 0;
-        let to_sender = |node: &NodeId, e: &Entry| Sender {
-            node_id: node.clone(),
-            generation: e.generation,
-            addr: Some(e.addr),
-            heartbeat: e.heartbeat,
-            left: e.state == MemberState::Left,
-        };
-        let half = budget / 2;
-        for node in self.recent.iter().rev() {
-            let Some(e) = self.members.get(node) else {
-                continue;
-            };
-            if !states.contains(&e.state) || out.iter().any(|s| &s.node_id == node) {
-                continue;
-            }
-            let cost = member_size_hint(node.as_str().len(), e.addr_len);
-            if used + cost > half {
-                break;
-            }
-            used += cost;
-            out.push(to_sender(node, e));
-        }
         if self.ids_stale {
             self.ids = self.members.keys().cloned().collect();
             self.ids.sort();
             self.ids_stale = false;
         }
-        let n = self.ids.len();
-        if n == 0 {
-            return out;
+        let mut pick = Picker {
+            members: &self.members,
+            states,
+            out: Vec::new(),
+            used: 0,
+        };
+        for node in self.recent.iter().rev() {
+            if !pick.offer(node, budget / 2) {
+                break;
+            }
         }
         // Random picks until the budget is full, or after a bounded number
         // of tries (members already picked or in other states are skipped).
+        let n = self.ids.len();
         for _ in 0..(2 * n).min(256) {
-            let node = &self.ids[rng.random_range(0..n)];
-            let Some(e) = self.members.get(node) else {
-                continue;
-            };
-            if !states.contains(&e.state) || out.iter().any(|s| &s.node_id == node) {
-                continue;
-            }
-            let cost = member_size_hint(node.as_str().len(), e.addr_len);
-            if used + cost > budget {
+            if !pick.offer(&self.ids[rng.random_range(0..n)], budget) {
                 break;
             }
-            used += cost;
-            out.push(to_sender(node, e));
         }
-        out
+        pick.out
     }
 
     /// Number of members in the given states.

@@ -35,9 +35,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use gossipkv_proto::{
-    decode, decode_reassembled, encode, encoded_len, envelope_overhead, push_record_len, Ack, Body,
-    Envelope, Fragment, Limits, Push, Reply, Sender, Syn, SynAck, FRAGMENT_OVERHEAD,
-    PROTOCOL_VERSION,
+    decode, decode_reassembled, encode, encoded_len, envelope_overhead, fragment_piece,
+    push_record_len, Ack, Body, Envelope, Fragment, Limits, Push, Reply, Sender, Syn, SynAck,
+    FRAGMENT_OVERHEAD, PROTOCOL_VERSION,
 };
 use gossipkv_storage::{Delta, DeltaOptions, Digest, NodeId, Origin, Page, Record, Store};
 use rand::rngs::SmallRng;
@@ -236,8 +236,8 @@ struct FragmentJob {
     header: Envelope,
     payload: Bytes,
     id: u64,
+    /// Index of the next piece to send.
     next: usize,
-    count: usize,
 }
 
 /// Largest number of peers a writer pushes a fresh write to directly.
@@ -516,7 +516,8 @@ impl Protocol {
             let s = match &syn {
                 Some(s) => Clone::clone(s),
                 None => {
-                    let s = self.make_syn(None);
+                    let digest = self.store.digest();
+                    let s = self.make_syn(&digest, None);
                     syn = Some(s.clone());
                     s
                 }
@@ -527,8 +528,7 @@ impl Protocol {
 
     /// A Syn: hash-only when our digest did not change during the last round
     /// and is still the same, otherwise our digest (or a window of it).
-    fn make_syn(&mut self, resync_from: Option<String>) -> Syn {
-        let digest = self.store.digest();
+    fn make_syn(&mut self, digest: &Digest, resync_from: Option<String>) -> Syn {
         let fingerprint = digest.fingerprint();
         if resync_from.is_none() && self.quiet && self.last_fingerprint == Some(fingerprint) {
             return Syn {
@@ -538,7 +538,7 @@ impl Protocol {
             };
         }
         Syn {
-            digest: self.fit_digest(digest, self.budget / 2),
+            digest: self.fit_digest(digest.clone(), self.budget / 2),
             resync_from,
             digest_hash: None,
         }
@@ -560,7 +560,8 @@ impl Protocol {
         if targets.is_empty() {
             return;
         }
-        let fingerprint = self.store.digest().fingerprint();
+        let digest = self.store.digest();
+        let fingerprint = digest.fingerprint();
         self.quiet = self.last_fingerprint == Some(fingerprint);
         self.last_fingerprint = Some(fingerprint);
         // Answers to last round's hash-only Syns that never came are forgotten.
@@ -572,7 +573,7 @@ impl Protocol {
                 }
                 _ => None,
             };
-            let syn = self.make_syn(resync_from);
+            let syn = self.make_syn(&digest, resync_from);
             self.send_syn(to, syn);
         }
     }
@@ -1259,7 +1260,6 @@ impl Protocol {
         self.fragmenting.push_back(FragmentJob {
             to,
             header,
-            count: payload.len().div_ceil(self.piece_len),
             payload,
             id,
             next: 0,
@@ -1269,23 +1269,12 @@ impl Protocol {
     /// The next fragment of the first envelope being cut, if any is left.
     fn next_fragment(&mut self) -> Option<Transmit> {
         let mut job = self.fragmenting.pop_front()?;
-        let i = job.next;
-        if i >= job.count {
-            return None;
-        }
+        let piece = fragment_piece(&job.payload, job.id, self.piece_len, job.next)?;
         job.next += 1;
-        let start = i * self.piece_len;
-        let end = (start + self.piece_len).min(job.payload.len());
-        job.header.body = Body::Fragment(Fragment {
-            message_id: job.id,
-            index: i as u32,
-            count: job.count as u32,
-            total_len: job.payload.len() as u32,
-            data: job.payload.slice(start..end),
-        });
+        job.header.body = Body::Fragment(piece);
         let datagram = encode(&job.header);
         let to = job.to;
-        if job.next < job.count {
+        if job.next * self.piece_len < job.payload.len() {
             self.fragmenting.push_front(job);
         }
         if datagram.len() > self.cfg.packet_size {
