@@ -12,7 +12,8 @@ use prost::Message;
 
 use crate::error::DecodeError;
 use crate::message::{
-    Ack, Body, Envelope, Fragment, Limits, Push, Reply, Sender, Syn, SynAck, PROTOCOL_VERSION,
+    Ack, Body, Envelope, Fragment, Limits, Liveness, MemberSync, Probe, Push, Reply, Sender, Syn,
+    SynAck, PROTOCOL_VERSION,
 };
 use crate::pb;
 
@@ -25,10 +26,10 @@ use crate::pb;
 /// protocol version 6, cluster id 6, sender 6 + node id 6 + generation 11 +
 /// address 6, body field 6, and inside the body at most 8 (a `Syn`'s
 /// `resync_from` tag and prefix plus its flag; a delta's tag and prefix is 6),
-/// plus the sender's heartbeat 11 and left flag 2. That is 68; the constant
-/// leaves some slack. Entries of [`Envelope::members`] are extra, each bounded
+/// plus the sender's incarnation 11, left flag 2 and member-list fingerprint 9.
+/// That is 77; the constant leaves some slack. Entries of [`Envelope::members`] are extra, each bounded
 /// by [`member_size_hint`].
-pub const ENVELOPE_OVERHEAD: usize = 80;
+pub const ENVELOPE_OVERHEAD: usize = 88;
 
 /// Upper bound of an envelope's encoded size minus the content of its body,
 /// given the lengths (bytes) of its cluster id, sender node id and sender
@@ -48,8 +49,9 @@ pub fn envelope_overhead(cluster_id_len: usize, node_id_len: usize, addr_len: us
 }
 
 /// Upper bound of what a [`Sender`]-shaped entry of [`Envelope::members`]
-/// costs beyond its node id and address text.
-pub const MEMBER_OVERHEAD: usize = 40;
+/// costs beyond its node id and address text: entry tag and prefix 6, node id
+/// and address prefixes 12, generation and incarnation 22, flags 4.
+pub const MEMBER_OVERHEAD: usize = 44;
 
 /// Upper bound of the encoded size of one entry of [`Envelope::members`].
 pub fn member_size_hint(node_id_len: usize, addr_len: usize) -> usize {
@@ -216,6 +218,14 @@ pub(crate) fn envelope_to_pb(env: &Envelope) -> pb::Envelope {
                 .filter(|f| !is_sender(env, f))
                 .map_or(0, |f| f.version.generation),
         }),
+        Body::MemberSync(m) => pb::envelope::Body::MemberSync(pb::MemberSync {
+            buckets: m.buckets.clone(),
+            ttl: m.ttl,
+        }),
+        Body::Probe(p) => pb::envelope::Body::Probe(pb::Probe {
+            target: Some(node_ref_to_pb(&p.target)),
+            request: p.request,
+        }),
         Body::Fragment(f) => pb::envelope::Body::Fragment(pb::Fragment {
             message_id: f.message_id,
             index: f.index,
@@ -238,8 +248,14 @@ pub(crate) fn node_ref_to_pb(s: &Sender) -> pb::NodeRef {
         node_id: s.node_id.as_str().to_owned(),
         generation: s.generation,
         addr: s.addr.map(|a| a.to_string()).unwrap_or_default(),
-        heartbeat: s.heartbeat,
+        incarnation: s.incarnation,
         left: s.left,
+        liveness: match s.liveness {
+            Liveness::Alive => pb::Liveness::Alive,
+            Liveness::Suspect => pb::Liveness::Suspect,
+            Liveness::Dead => pb::Liveness::Dead,
+        } as i32,
+        members_hash: s.members_hash,
     }
 }
 
@@ -437,6 +453,21 @@ impl Decoder<'_> {
                 hops: p.hops,
             }),
             pb::envelope::Body::Fragment(f) => Body::Fragment(self.fragment(f)?),
+            pb::envelope::Body::MemberSync(m) => {
+                check(
+                    "member sync buckets",
+                    m.buckets.len(),
+                    self.limits.max_entries,
+                )?;
+                Body::MemberSync(MemberSync {
+                    buckets: m.buckets,
+                    ttl: m.ttl,
+                })
+            }
+            pb::envelope::Body::Probe(p) => Body::Probe(Probe {
+                target: self.sender(p.target.ok_or(DecodeError::MissingField("Probe.target"))?)?,
+                request: p.request,
+            }),
         };
         check("members", m.members.len(), self.limits.max_entries)?;
         let members = m
@@ -467,8 +498,15 @@ impl Decoder<'_> {
             node_id,
             generation: n.generation,
             addr,
-            heartbeat: n.heartbeat,
+            incarnation: n.incarnation,
             left: n.left,
+            liveness: match pb::Liveness::try_from(n.liveness) {
+                Ok(pb::Liveness::Alive) => Liveness::Alive,
+                Ok(pb::Liveness::Suspect) => Liveness::Suspect,
+                Ok(pb::Liveness::Dead) => Liveness::Dead,
+                Err(_) => return Err(DecodeError::Inconsistent("unknown member liveness")),
+            },
+            members_hash: n.members_hash,
         })
     }
 

@@ -59,7 +59,8 @@ pub use convert::{
 };
 pub use error::DecodeError;
 pub use message::{
-    Ack, Body, Envelope, Fragment, Limits, Push, Reply, Sender, Syn, SynAck, PROTOCOL_VERSION,
+    Ack, Body, Envelope, Fragment, Limits, Liveness, MemberSync, Probe, Push, Reply, Sender, Syn,
+    SynAck, PROTOCOL_VERSION,
 };
 
 #[cfg(test)]

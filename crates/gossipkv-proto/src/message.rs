@@ -45,10 +45,31 @@ pub struct Sender {
     /// The address the sender advertises, if any. It travels as text, so the
     /// IPv6 flow information is not carried (the scope id is).
     pub addr: Option<SocketAddr>,
-    /// The node's heartbeat counter (increases every gossip round).
-    pub heartbeat: u64,
+    /// The node's incarnation within its generation: raised only to refute
+    /// a suspicion or death of itself.
+    pub incarnation: u64,
     /// Whether the node announced that it is leaving.
     pub left: bool,
+    /// As an entry of [`Envelope::members`]: how the sending node sees the
+    /// member (a suspicion or death is about the member at `incarnation`; a
+    /// greater incarnation refutes it). Always [`Liveness::Alive`] in a sender.
+    pub liveness: Liveness,
+    /// In an envelope's sender: fingerprint of the sender's member list
+    /// (ids and generations of every node it knows, itself included), 0 when
+    /// not given. Zero in member entries.
+    pub members_hash: u64,
+}
+
+/// How a node sees a member it reports (see [`Sender::liveness`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Liveness {
+    /// Heard from and not doubted.
+    #[default]
+    Alive,
+    /// Did not answer probes; declared dead unless it refutes in time.
+    Suspect,
+    /// Declared dead.
+    Dead,
 }
 
 impl Sender {
@@ -58,8 +79,10 @@ impl Sender {
             node_id: node_id.into(),
             generation,
             addr,
-            heartbeat: 0,
+            incarnation: 0,
             left: false,
+            liveness: Liveness::Alive,
+            members_hash: 0,
         }
     }
 
@@ -94,6 +117,32 @@ pub enum Body {
     Push(Push),
     /// One piece of an envelope too large for one datagram.
     Fragment(Fragment),
+    /// Failure detection help: an indirect probe request or its answer.
+    Probe(Probe),
+    /// Member-list reconciliation between two nodes whose lists differ.
+    MemberSync(MemberSync),
+}
+
+/// Member-list reconciliation: the sender's per-bucket member-list
+/// fingerprints; the envelope's members are the sender's members from the
+/// buckets that differed from the receiver's (if this is an answer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberSync {
+    /// One fingerprint per bucket.
+    pub buckets: Vec<u64>,
+    /// How many more answers the exchange may take.
+    pub ttl: u32,
+}
+
+/// Failure detection help (SWIM's indirect probe).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// The member concerned.
+    pub target: Sender,
+    /// True: the sender asks the receiver to contact `target` (which did not
+    /// answer the sender) and to report back if it answers. False: the
+    /// sender reports `target` alive at `target.incarnation`.
+    pub request: bool,
 }
 
 /// One piece of an encoded envelope too large for one datagram (see

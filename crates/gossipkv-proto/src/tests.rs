@@ -16,7 +16,7 @@ use crate::convert::{
 };
 use crate::{
     decode, encode, encoded_len, envelope_overhead, pb, Ack, Body, DecodeError, Envelope, Fragment,
-    Limits, Push, Reply, Sender, Syn, SynAck, PROTOCOL_VERSION,
+    Limits, Liveness, MemberSync, Probe, Push, Reply, Sender, Syn, SynAck, PROTOCOL_VERSION,
 };
 
 #[path = "../tests/common/mod.rs"]
@@ -51,6 +51,10 @@ fn body_content(body: &Body) -> usize {
         }
         Body::Ack(a) => a.delta.size_hint(),
         Body::Leave => 0,
+        Body::MemberSync(m) => 9 * m.buckets.len() + 8,
+        Body::Probe(p) => {
+            crate::member_size_hint(p.target.node_id.as_str().len(), p.target.addr_len()) + 8
+        }
         Body::Push(p) => p.records.iter().map(|r| r.size_hint()).sum::<usize>() + 8,
         Body::Fragment(f) => f.data.len() + crate::FRAGMENT_OVERHEAD,
     }
@@ -153,7 +157,8 @@ proptest! {
         ],
     ) {
         let mut sender = Sender::new(node, u64::MAX, addr);
-        sender.heartbeat = u64::MAX;
+        sender.incarnation = u64::MAX;
+        sender.members_hash = u64::MAX;
         sender.left = true;
         let env = Envelope::new(cluster_id, sender, Body::SynAck(SynAck { digest, reply }));
         prop_assert!(encoded_len(&env) <= overhead_of(&env) + body_content(&env.body));

@@ -3,7 +3,8 @@
 use bytes::Bytes;
 use gossipkv_proto::{
     decode, decode_reassembled, encode, encoded_len, fragment, Ack, Body, DecodeError, Envelope,
-    Fragment, Limits, Push, Reply, Sender, Syn, SynAck, PROTOCOL_VERSION,
+    Fragment, Limits, Liveness, MemberSync, Probe, Push, Reply, Sender, Syn, SynAck,
+    PROTOCOL_VERSION,
 };
 use gossipkv_storage::{Origin, Store};
 use proptest::prelude::*;

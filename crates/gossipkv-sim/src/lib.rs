@@ -183,13 +183,19 @@ pub enum DatagramKind {
     Push,
     /// Departure announcement.
     Leave,
+    /// Piece of a large message.
+    Fragment,
+    /// Indirect probe request or answer.
+    Probe,
+    /// Member-list reconciliation.
+    MemberSync,
     /// Did not decode.
     Invalid,
 }
 
 impl DatagramKind {
     /// Number of kinds.
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 9;
     /// Every kind, in [`NetStats::by_kind`] order.
     pub const ALL: [DatagramKind; Self::COUNT] = [
         DatagramKind::Syn,
@@ -197,6 +203,9 @@ impl DatagramKind {
         DatagramKind::Ack,
         DatagramKind::Push,
         DatagramKind::Leave,
+        DatagramKind::Fragment,
+        DatagramKind::Probe,
+        DatagramKind::MemberSync,
         DatagramKind::Invalid,
     ];
 
@@ -208,6 +217,9 @@ impl DatagramKind {
             DatagramKind::Ack => "ack",
             DatagramKind::Push => "push",
             DatagramKind::Leave => "leave",
+            DatagramKind::Fragment => "fragment",
+            DatagramKind::Probe => "probe",
+            DatagramKind::MemberSync => "membersync",
             DatagramKind::Invalid => "invalid",
         }
     }
@@ -219,9 +231,10 @@ impl DatagramKind {
             Ok(Body::Ack(_)) => DatagramKind::Ack,
             Ok(Body::Push(_)) => DatagramKind::Push,
             Ok(Body::Leave) => DatagramKind::Leave,
-            // Kinds added to the wire format later.
-            #[allow(unreachable_patterns)]
-            Ok(_) | Err(_) => DatagramKind::Invalid,
+            Ok(Body::Fragment(_)) => DatagramKind::Fragment,
+            Ok(Body::Probe(_)) => DatagramKind::Probe,
+            Ok(Body::MemberSync(_)) => DatagramKind::MemberSync,
+            Err(_) => DatagramKind::Invalid,
         }
     }
 }

@@ -23,8 +23,6 @@ pub const DEFAULT_FANOUT: usize = 3;
 pub const DEFAULT_TOMBSTONE_RETENTION: Duration = Duration::from_secs(6 * 3600);
 /// Default cluster id.
 pub const DEFAULT_CLUSTER_ID: &str = "default";
-/// Default failure detector threshold.
-pub const DEFAULT_PHI_THRESHOLD: f64 = 8.0;
 /// Default time dead or departed members are remembered.
 pub const DEFAULT_DEAD_MEMBER_GRACE: Duration = Duration::from_secs(3600);
 /// Default interval between seed resolutions.
@@ -55,7 +53,7 @@ pub struct Builder<K, V> {
     pub(crate) error_handler: Option<ErrorHandler>,
     pub(crate) rng_seed: Option<u64>,
     pub(crate) discovery: bool,
-    pub(crate) phi_threshold: f64,
+    pub(crate) suspect_timeout: Option<Duration>,
     pub(crate) dead_member_grace: Duration,
     pub(crate) seed_refresh: Duration,
     pub(crate) eager_push: bool,
@@ -97,7 +95,7 @@ where
             error_handler: None,
             rng_seed: None,
             discovery: false,
-            phi_threshold: DEFAULT_PHI_THRESHOLD,
+            suspect_timeout: None,
             dead_member_grace: DEFAULT_DEAD_MEMBER_GRACE,
             seed_refresh: DEFAULT_SEED_REFRESH,
             eager_push: true,
@@ -205,11 +203,13 @@ where
         self
     }
 
-    /// Failure detector sensitivity (default 8): a member is suspected when
-    /// the phi-accrual value of its silence exceeds this. Higher is slower to
-    /// suspect and less prone to false alarms.
-    pub fn phi_threshold(mut self, threshold: f64) -> Self {
-        self.phi_threshold = threshold;
+    /// How long a member that stopped answering probes stays suspect before
+    /// it is declared dead (default four gossip intervals, at least 1 s). It
+    /// is probed and told of the suspicion meanwhile, so a live member
+    /// refutes it; longer is slower to declare a crash and safer on a lossy
+    /// network.
+    pub fn suspect_timeout(mut self, timeout: Duration) -> Self {
+        self.suspect_timeout = Some(timeout);
         self
     }
 

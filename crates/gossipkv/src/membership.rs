@@ -1,34 +1,51 @@
-//! Cluster membership and failure detection, sans-IO.
+//! Cluster membership and failure detection, sans-IO, in the manner of SWIM
+//! (Das et al.) with the suspicion mechanism that makes it robust to loss.
 //!
-//! Every node keeps a heartbeat counter that it raises every gossip round and
-//! sends in the header of every datagram; every datagram also carries a small,
-//! bounded sample of other members as the sender sees them. A member whose
-//! heartbeat rises is alive; a phi-accrual detector over the arrival times of
-//! rising heartbeats turns silence into suspicion, and suspicion that lasts
-//! into death. A node that shuts down announces it (`left`), which spreads the
-//! same way. Dead members are still contacted now and then, so a healed
-//! partition rejoins by itself, and are forgotten after a grace period.
+//! Failure detection is by probing. Every gossip round the protocol sends its
+//! Syn to the next member of a shuffled round-robin order, and the answer is
+//! the acknowledgement. A member that does not answer in time is probed
+//! through a few others as well ([`Membership::doubt`] after one interval);
+//! while doubted it is probed directly and through others, and one that still
+//! does not answer is *suspected*. The suspicion spreads as a rumor; the member
+//! refutes it by raising its *incarnation* (a counter it raises only for that),
+//! which overrides the rumor everywhere. A suspicion nobody refutes in time
+//! becomes death, which spreads the same way. A node that shuts down
+//! announces it (`left`).
 //!
-//! Liveness is kept out of the data digest: heartbeats never make two data
-//! digests differ.
+//! Rumors (joins, suspicions, deaths, refutations, departures) ride on the
+//! datagrams the protocol sends anyway, each a bounded number of times
+//! (about 3 log2 n). Every header also carries a fingerprint of the sender's
+//! member list; two nodes whose fingerprints differ add random samples of
+//! their lists to the datagrams they exchange until they agree, which is how
+//! a joining node learns the cluster. In a quiet cluster nothing
+//! membership-related travels but the sender's header, so idle traffic does
+//! not grow with the number of members.
+//!
+//! Dead members are still contacted now and then, so a healed partition
+//! rejoins by itself, and are forgotten after a grace period. Liveness is
+//! kept out of the data digest.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 
-use gossipkv_proto::{member_size_hint, Sender};
+use gossipkv_proto::{member_size_hint, Liveness, Sender};
 use gossipkv_storage::NodeId;
+use rand::seq::SliceRandom;
 use rand::Rng;
+
+use crate::reassembly::message_id;
 
 /// The state of a member, as this node sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MemberState {
-    /// Heard from recently.
+    /// Answers probes (or was vouched for by others).
     Alive,
-    /// Silent for longer than its usual rhythm; may be dead.
+    /// Did not answer probes, directly or through others; declared dead
+    /// unless it refutes the suspicion in time.
     Suspect,
-    /// Silent for so long that it is considered gone (it is still contacted
-    /// now and then, and comes back as soon as it is heard from).
+    /// Suspected for too long: considered gone (it is still contacted now
+    /// and then, and comes back as soon as it refutes its death).
     Dead,
     /// Announced that it left the cluster.
     Left,
@@ -54,10 +71,11 @@ pub struct Member {
     pub addr: SocketAddr,
     /// Its state.
     pub state: MemberState,
-    /// Its incarnation (changes when it restarts).
+    /// Its generation (changes when it restarts without its state).
     pub generation: u64,
-    /// Its last heartbeat seen.
-    pub heartbeat: u64,
+    /// Its incarnation within the generation: the member raises it to refute
+    /// a suspicion or death of itself.
+    pub incarnation: u64,
 }
 
 /// A change in membership.
@@ -65,9 +83,9 @@ pub struct Member {
 pub enum MemberEvent {
     /// A node was heard of for the first time.
     Joined(Member),
-    /// A member fell silent and is suspected.
+    /// A member did not answer probes and is suspected.
     Suspect(Member),
-    /// A suspected member was heard from again.
+    /// A suspected member refuted the suspicion.
     Alive(Member),
     /// A member is considered dead.
     Dead(Member),
@@ -97,23 +115,20 @@ impl MemberEvent {
 /// Tuning of the failure detector.
 #[derive(Clone, Debug)]
 pub struct DetectorConfig {
-    /// Phi above which a member is suspected (default 8).
-    pub phi_threshold: f64,
-    /// Silence the detector accepts on top of a member's usual rhythm, ms.
-    pub acceptable_pause_ms: u64,
-    /// Smallest standard deviation assumed for heartbeat arrivals, ms.
-    pub min_std_dev_ms: u64,
-    /// How long a member the detector doubts is contacted directly before
-    /// it is suspected, ms: a member that answers (or whose heartbeat rises
-    /// meanwhile) is never suspected, so watchers do not see suspicions that
-    /// one datagram would have refuted.
+    /// How long a probe waits for its answer before other members are asked
+    /// to probe too, ms. A member that has not answered one gossip interval
+    /// after a probe is doubted.
+    pub probe_timeout_ms: u64,
+    /// How many members are asked to probe a member that did not answer.
+    pub indirect_probes: usize,
+    /// How long a doubted member is probed (directly and through others)
+    /// before it is suspected, ms: a member that answers meanwhile is never
+    /// suspected, so one lost datagram does not raise a suspicion.
     pub confirm_timeout_ms: u64,
-    /// How long a member stays suspect before it is declared dead, ms
-    /// (it is contacted directly meanwhile, so that it can answer).
+    /// How long a member stays suspect before it is declared dead, ms (it is
+    /// probed directly meanwhile and told of the suspicion, so that it can
+    /// refute it).
     pub suspect_timeout_ms: u64,
-    /// Silence after which a member is suspected whatever phi says, ms: an
-    /// upper bound on detection time when heartbeats arrived irregularly.
-    pub max_silence_ms: u64,
     /// How long dead or departed members are remembered, ms.
     pub forget_after_ms: u64,
 }
@@ -122,74 +137,13 @@ impl DetectorConfig {
     /// Defaults derived from the gossip interval.
     pub fn for_interval(interval_ms: u64) -> Self {
         DetectorConfig {
-            phi_threshold: 8.0,
-            acceptable_pause_ms: interval_ms.max(500),
-            min_std_dev_ms: (interval_ms / 2).max(50),
+            probe_timeout_ms: (interval_ms / 2).max(1),
+            indirect_probes: 3,
             confirm_timeout_ms: interval_ms.max(1),
-            suspect_timeout_ms: (2 * interval_ms).max(1_000),
-            max_silence_ms: (5 * interval_ms).max(3_000),
+            suspect_timeout_ms: (3 * interval_ms).max(1_000),
             forget_after_ms: 3_600_000,
         }
     }
-}
-
-/// Phi-accrual failure detector over heartbeat arrival times
-/// (Hayashibara et al.; the normal approximation used by Akka and Cassandra).
-#[derive(Debug, Clone)]
-struct PhiDetector {
-    intervals: VecDeque<u64>,
-    last_ms: u64,
-}
-
-/// Heartbeat gaps remembered per member (a few hundred bytes each).
-const WINDOW: usize = 32;
-
-impl PhiDetector {
-    fn new(now_ms: u64, first_interval_ms: u64) -> Self {
-        // Until real arrivals are known: one interval.
-        let mut intervals = VecDeque::new();
-        intervals.push_back(first_interval_ms);
-        PhiDetector {
-            intervals,
-            last_ms: now_ms,
-        }
-    }
-
-    fn heartbeat(&mut self, now_ms: u64) {
-        let gap = now_ms.saturating_sub(self.last_ms);
-        if self.intervals.len() == WINDOW {
-            self.intervals.pop_front();
-        }
-        self.intervals.push_back(gap);
-        self.last_ms = now_ms;
-    }
-
-    fn phi(&self, now_ms: u64, cfg: &DetectorConfig) -> f64 {
-        let n = self.intervals.len().max(1) as f64;
-        let mean = self.intervals.iter().sum::<u64>() as f64 / n;
-        let var = self
-            .intervals
-            .iter()
-            .map(|&x| (x as f64 - mean).powi(2))
-            .sum::<f64>()
-            / n;
-        let std = var.sqrt().max(cfg.min_std_dev_ms as f64);
-        let elapsed = now_ms.saturating_sub(self.last_ms) as f64;
-        phi(elapsed, mean + cfg.acceptable_pause_ms as f64, std)
-    }
-}
-
-/// -log10 of the probability that a heartbeat comes later than `elapsed`,
-/// for arrivals distributed normally around `mean` (logistic approximation).
-fn phi(elapsed: f64, mean: f64, std: f64) -> f64 {
-    let y = (elapsed - mean) / std;
-    let e = (-y * (1.5976 + 0.070566 * y * y)).exp();
-    let p = if elapsed > mean {
-        e / (1.0 + e)
-    } else {
-        1.0 - 1.0 / (1.0 + e)
-    };
-    -p.max(f64::MIN_POSITIVE).log10()
 }
 
 /// Builds a [`MemberEvent`] of one kind.
@@ -198,127 +152,319 @@ type MakeEvent = fn(Member) -> MemberEvent;
 #[derive(Debug, Clone)]
 struct Entry {
     addr: SocketAddr,
-    /// Length of `addr` as text (what it costs in a member sample).
+    /// Length of `addr` as text (what it costs in a member entry).
     addr_len: usize,
     generation: u64,
-    heartbeat: u64,
+    incarnation: u64,
     state: MemberState,
     since_ms: u64,
-    /// Since when the detector doubts this alive member (it is being probed).
+    /// Since when this alive member is doubted (it missed a probe's answer
+    /// and is being probed again).
     doubt_since: Option<u64>,
-    detector: PhiDetector,
+    /// The member-list fingerprint the member last sent us (0: none yet).
+    members_hash: u64,
+    /// Its [`member_key`].
+    key: u64,
+}
+
+/// Buckets a member list is split into for reconciliation.
+pub(crate) const BUCKETS: usize = 32;
+
+/// The bucket of a member key.
+fn bucket_of(key: u64) -> usize {
+    (key >> 59) as usize % BUCKETS
+}
+
+/// Contribution of one node incarnation to a member-list fingerprint.
+fn member_key(node: &NodeId, generation: u64) -> u64 {
+    let mut bytes = Vec::with_capacity(node.as_str().len() + 8);
+    bytes.extend_from_slice(node.as_str().as_bytes());
+    bytes.extend_from_slice(&generation.to_le_bytes());
+    message_id(&bytes)
 }
 
 /// The membership table of one node.
 #[derive(Debug)]
 pub(crate) struct Membership {
     local: NodeId,
+    local_generation: u64,
     cfg: DetectorConfig,
-    interval_ms: u64,
     members: HashMap<NodeId, Entry>,
-    /// Members forgotten after their grace period: (generation, heartbeat),
-    /// so that stale gossip does not bring them back.
+    /// Members forgotten after their grace period: (generation, incarnation,
+    /// when), so that stale gossip does not bring them back.
     forgotten: HashMap<NodeId, (u64, u64, u64)>,
     events: VecDeque<MemberEvent>,
-    /// Members in the order their heartbeat last rose or their state
-    /// changed, most recent last (stale duplicates are skipped when read).
-    recent: VecDeque<NodeId>,
+    /// Members with a rumor to spread, in the order they are sent round-robin.
+    news: VecDeque<NodeId>,
+    /// Transmissions left per member in `news`.
+    news_left: HashMap<NodeId, u32>,
+    /// Transmissions left of our own entry (after we refuted a rumor).
+    self_news: u32,
+    /// XOR of [`member_key`] over the known members and ourselves.
+    hash: u64,
+    /// The same per bucket ([`bucket_of`]).
+    buckets: [u64; BUCKETS],
+    /// When `hash` last changed (a join, restart or removal).
+    hash_changed_ms: u64,
+    /// For how long after a change of `hash` first messages carry samples
+    /// too (three gossip intervals).
+    settle_ms: u64,
     /// Every member's id, for uniform sampling; rebuilt after joins and
     /// removals (`ids_stale`).
     ids: Vec<NodeId>,
     ids_stale: bool,
+    /// The member at each known address.
+    by_addr: HashMap<SocketAddr, NodeId>,
 }
 
 /// A member sample being filled (see [`Membership::sample`]).
 struct Picker<'a> {
     members: &'a HashMap<NodeId, Entry>,
-    states: &'a [MemberState],
     out: Vec<Sender>,
     used: usize,
+    limit: usize,
 }
 
 impl Picker<'_> {
-    /// Adds `node` if it is in one of the states and not picked yet, and
-    /// its entry keeps the sample within `limit` bytes. Returns `false` only
-    /// when it did not fit.
-    fn offer(&mut self, node: &NodeId, limit: usize) -> bool {
+    /// Adds `node` if known and not picked yet, and its entry keeps the
+    /// sample within the limit. Returns `false` only when it did not fit.
+    fn offer(&mut self, node: &NodeId) -> bool {
         let Some(e) = self.members.get(node) else {
             return true;
         };
-        if !self.states.contains(&e.state) || self.out.iter().any(|s| &s.node_id == node) {
+        if self.out.iter().any(|s| &s.node_id == node) {
             return true;
         }
         let cost = member_size_hint(node.as_str().len(), e.addr_len);
-        if self.used + cost > limit {
+        if self.used + cost > self.limit {
             return false;
         }
         self.used += cost;
-        self.out.push(Sender {
-            node_id: node.clone(),
-            generation: e.generation,
-            addr: Some(e.addr),
-            heartbeat: e.heartbeat,
-            left: e.state == MemberState::Left,
-        });
+        self.out.push(Membership::entry(node, e));
         true
     }
 }
 
 impl Membership {
-    pub(crate) fn new(local: NodeId, interval_ms: u64, cfg: DetectorConfig) -> Self {
+    pub(crate) fn new(
+        local: NodeId,
+        local_generation: u64,
+        interval_ms: u64,
+        cfg: DetectorConfig,
+    ) -> Self {
+        let hash = member_key(&local, local_generation);
+        let mut buckets = [0; BUCKETS];
+        buckets[bucket_of(hash)] = hash;
         Membership {
+            buckets,
             local,
+            local_generation,
             cfg,
-            interval_ms,
+            hash_changed_ms: 0,
+            settle_ms: 3 * interval_ms,
             members: HashMap::new(),
             forgotten: HashMap::new(),
             events: VecDeque::new(),
-            recent: VecDeque::new(),
+            news: VecDeque::new(),
+            news_left: HashMap::new(),
+            self_news: 0,
+            hash,
             ids: Vec::new(),
             ids_stale: false,
+            by_addr: HashMap::new(),
         }
     }
 
-    /// Notes that `node` has news (a rising heartbeat or a new state).
-    fn touch(&mut self, node: &NodeId) {
-        self.recent.push_back(node.clone());
-        let cap = 4 * self.members.len() + 64;
-        while self.recent.len() > cap {
-            self.recent.pop_front();
+    /// Fingerprint of the member list (ids and generations, ours included).
+    pub(crate) fn hash(&self) -> u64 {
+        self.hash
+    }
+
+    /// The fingerprints of the buckets of the member list.
+    pub(crate) fn buckets(&self) -> Vec<u64> {
+        self.buckets.to_vec()
+    }
+
+    /// Adds or removes a member key from the fingerprints.
+    fn toggle(&mut self, key: u64, now_ms: u64) {
+        self.hash ^= key;
+        self.buckets[bucket_of(key)] ^= key;
+        self.hash_changed_ms = now_ms;
+    }
+
+    /// Our members (any state) in the buckets whose fingerprints differ from
+    /// `theirs`, in random order, within `budget` bytes of entries; `None`
+    /// when no bucket differs (or `theirs` is not a bucket list).
+    pub(crate) fn reconcile(
+        &self,
+        theirs: &[u64],
+        budget: usize,
+        rng: &mut impl Rng,
+    ) -> Option<Vec<Sender>> {
+        if theirs.len() != BUCKETS {
+            return None;
+        }
+        let differs: Vec<bool> = (0..BUCKETS).map(|i| theirs[i] != self.buckets[i]).collect();
+        if !differs.iter().any(|&d| d) {
+            return None;
+        }
+        let mut candidates: Vec<(&NodeId, &Entry)> = self
+            .members
+            .iter()
+            .filter(|(_, e)| differs[bucket_of(e.key)])
+            .collect();
+        candidates.shuffle(rng);
+        let mut out = Vec::new();
+        let mut used = 0;
+        for (n, e) in candidates {
+            let cost = member_size_hint(n.as_str().len(), e.addr_len);
+            if used + cost > budget {
+                break;
+            }
+            used += cost;
+            out.push(Self::entry(n, e));
+        }
+        Some(out)
+    }
+
+    /// ⌈log2(n + 2)⌉ for n members.
+    fn log_n(&self) -> u32 {
+        let n = self.members.len() as u32 + 2;
+        u32::BITS - (n - 1).leading_zeros()
+    }
+
+    /// How many times a rumor of a change in state is sent: 3 ⌈log2(n + 2)⌉.
+    fn retransmits(&self) -> u32 {
+        3 * self.log_n()
+    }
+
+    /// Queues a rumor about `node` (its entry as we see it when sent).
+    fn spread(&mut self, node: &NodeId) {
+        let times = self.retransmits();
+        self.spread_times(node, times);
+    }
+
+    /// Queues a rumor about `node`, to be sent `times` times (at least as
+    /// many as already pending).
+    fn spread_times(&mut self, node: &NodeId, times: u32) {
+        match self.news_left.get_mut(node) {
+            Some(left) => *left = (*left).max(times),
+            None => {
+                // Fresh rumors go first; sent ones queue up behind the rest.
+                self.news_left.insert(node.clone(), times);
+                self.news.push_front(node.clone());
+            }
         }
     }
 
-    /// A sample of members in `states` that fits `budget` bytes of member
-    /// entries: the freshest news first (up to half the budget), then
-    /// members picked uniformly at random. Costs O(sample), not O(members).
+    /// Queues our own entry as a rumor (after a refutation).
+    pub(crate) fn spread_self(&mut self) {
+        self.self_news = self.retransmits();
+    }
+
+    /// Whether rumors are waiting to be spread, or the member list changed
+    /// in the last three intervals: the cluster is not quiet.
+    pub(crate) fn unsettled(&self, now_ms: u64) -> bool {
+        !self.news.is_empty()
+            || self.self_news > 0
+            || now_ms.saturating_sub(self.hash_changed_ms) < self.settle_ms
+    }
+
+    /// The wire entry of a member.
+    fn entry(node: &NodeId, e: &Entry) -> Sender {
+        Sender {
+            node_id: node.clone(),
+            generation: e.generation,
+            addr: Some(e.addr),
+            incarnation: e.incarnation,
+            left: e.state == MemberState::Left,
+            liveness: match e.state {
+                MemberState::Suspect => Liveness::Suspect,
+                MemberState::Dead => Liveness::Dead,
+                MemberState::Alive | MemberState::Left => Liveness::Alive,
+            },
+            members_hash: 0,
+        }
+    }
+
+    /// Member entries for a datagram to `to` (None: a node we know nothing
+    /// of), within `budget` bytes: `me` if our own rumor is pending, the
+    /// receiver's own entry when we hold it suspect or dead (so that it
+    /// refutes), pending rumors (each send counts), then members picked
+    /// uniformly at random if the receiver is unknown, or if its member-list
+    /// fingerprint differs from ours and either this is a `reply` to a
+    /// datagram that carried it or our list changed in the last three
+    /// intervals (otherwise the fingerprint we hold may be long stale, and
+    /// a settled node would send samples on every first contact). Costs
+    /// O(sample), not O(members).
     pub(crate) fn sample(
         &mut self,
-        states: &[MemberState],
+        me: &Sender,
+        to: Option<&NodeId>,
+        reply: bool,
+        now_ms: u64,
         budget: usize,
         rng: &mut impl Rng,
     ) -> Vec<Sender> {
-        if self.ids_stale {
-            self.ids = self.members.keys().cloned().collect();
-            self.ids.sort();
-            self.ids_stale = false;
-        }
         let mut pick = Picker {
             members: &self.members,
-            states,
             out: Vec::new(),
             used: 0,
+            limit: budget,
         };
-        for node in self.recent.iter().rev() {
-            if !pick.offer(node, budget / 2) {
-                break;
+        if self.self_news > 0 {
+            let cost = member_size_hint(me.node_id.as_str().len(), me.addr_len());
+            if cost <= budget {
+                pick.used += cost;
+                pick.out.push(Sender {
+                    members_hash: 0,
+                    ..me.clone()
+                });
+                self.self_news -= 1;
             }
         }
-        // Random picks until the budget is full, or after a bounded number
-        // of tries (members already picked or in other states are skipped).
-        let n = self.ids.len();
-        for _ in 0..(2 * n).min(256) {
-            if !pick.offer(&self.ids[rng.random_range(0..n)], budget) {
+        let target = to.and_then(|n| self.members.get(n).map(|e| (n, e)));
+        if let Some((n, e)) = target {
+            if matches!(e.state, MemberState::Suspect | MemberState::Dead) {
+                pick.offer(n);
+            }
+        }
+        for _ in 0..self.news.len() {
+            let Some(node) = self.news.pop_front() else {
                 break;
+            };
+            let Some(left) = self.news_left.get_mut(&node) else {
+                continue;
+            };
+            if !pick.offer(&node) {
+                self.news.push_front(node);
+                break;
+            }
+            *left -= 1;
+            if *left == 0 {
+                self.news_left.remove(&node);
+            } else {
+                self.news.push_back(node);
+            }
+        }
+        let differs = match target {
+            None => true,
+            Some((_, e)) => {
+                e.members_hash != self.hash
+                    && (reply || now_ms.saturating_sub(self.hash_changed_ms) < self.settle_ms)
+            }
+        };
+        if differs && !self.members.is_empty() {
+            if self.ids_stale {
+                self.ids = self.members.keys().cloned().collect();
+                self.ids.sort();
+                self.ids_stale = false;
+            }
+            let n = self.ids.len();
+            for _ in 0..(2 * n).min(256) {
+                if !pick.offer(&self.ids[rng.random_range(0..n)]) {
+                    break;
+                }
             }
         }
         pick.out
@@ -338,14 +484,19 @@ impl Membership {
             addr: e.addr,
             state: e.state,
             generation: e.generation,
-            heartbeat: e.heartbeat,
+            incarnation: e.incarnation,
         }
     }
 
-    fn emit(&mut self, node: &NodeId, make: MakeEvent) {
-        if let Some(e) = self.members.get(node) {
+    /// Moves `node` to `state` at `now_ms`, reports the change and spreads it.
+    fn change(&mut self, node: &NodeId, state: MemberState, now_ms: u64, make: MakeEvent) {
+        if let Some(e) = self.members.get_mut(node) {
+            e.state = state;
+            e.since_ms = now_ms;
+            e.doubt_since = None;
             let m = Self::member(node, e);
             self.events.push_back(make(m));
+            self.spread(node);
         }
     }
 
@@ -353,8 +504,21 @@ impl Membership {
         self.events.pop_front()
     }
 
+    /// A rumor about ourselves: returns the incarnation to take if it must be
+    /// refuted (a suspicion or death of our generation at an incarnation at
+    /// least ours).
+    pub(crate) fn refutes(&self, s: &Sender, incarnation: u64) -> Option<u64> {
+        (s.node_id == self.local
+            && s.generation == self.local_generation
+            && !s.left
+            && s.liveness != Liveness::Alive
+            && s.incarnation >= incarnation)
+            .then(|| s.incarnation + 1)
+    }
+
     /// Takes news about a node: the sender of a datagram (`direct`, with the
-    /// address it came from) or an entry of a member sample.
+    /// address it came from: evidence that it is alive) or a member entry
+    /// (a rumor).
     pub(crate) fn observe(&mut self, s: &Sender, direct: Option<SocketAddr>, now_ms: u64) {
         if s.node_id == self.local {
             return;
@@ -362,124 +526,190 @@ impl Membership {
         let Some(addr) = direct.or(s.addr) else {
             return;
         };
-        if let Some(&(g, hb, _)) = self.forgotten.get(&s.node_id) {
-            if (s.generation, s.heartbeat) <= (g, hb) {
-                return;
-            }
-            self.forgotten.remove(&s.node_id);
-        }
-        let fresh = |state| Entry {
-            addr,
-            addr_len: addr_text_len(addr),
-            generation: s.generation,
-            heartbeat: s.heartbeat,
-            state,
-            since_ms: now_ms,
-            doubt_since: None,
-            detector: PhiDetector::new(now_ms, self.interval_ms),
+        // A direct sender is alive whatever it says of itself.
+        let liveness = if direct.is_some() {
+            Liveness::Alive
+        } else {
+            s.liveness
         };
-        let node = s.node_id.clone();
-        let Some(e) = self.members.get_mut(&node) else {
-            let state = if s.left {
+        let state_of = |left: bool| {
+            if left {
                 MemberState::Left
             } else {
                 MemberState::Alive
-            };
-            self.members.insert(node.clone(), fresh(state));
+            }
+        };
+        let node = s.node_id.clone();
+        let Some(e) = self.members.get_mut(&node) else {
+            // Rumors of a suspicion or death of a member we do not know
+            // teach nothing worth keeping.
+            if liveness != Liveness::Alive {
+                return;
+            }
+            if let Some(&(g, inc, _)) = self.forgotten.get(&node) {
+                if (s.generation, s.incarnation) <= (g, inc) && direct.is_none() {
+                    return;
+                }
+                self.forgotten.remove(&node);
+            }
+            self.members.insert(
+                node.clone(),
+                Entry {
+                    addr,
+                    addr_len: addr_text_len(addr),
+                    generation: s.generation,
+                    incarnation: s.incarnation,
+                    state: state_of(s.left),
+                    since_ms: now_ms,
+                    doubt_since: None,
+                    members_hash: if direct.is_some() { s.members_hash } else { 0 },
+                    key: member_key(&node, s.generation),
+                },
+            );
+            let key = self.members[&node].key;
+            self.toggle(key, now_ms);
             self.ids_stale = true;
-            self.touch(&node);
-            self.emit(&node, MemberEvent::Joined);
+            self.by_addr.insert(addr, node.clone());
+            let m = Self::member(&node, &self.members[&node]);
+            self.events.push_back(MemberEvent::Joined(m));
+            // Joins change member-list fingerprints, so samples complete
+            // what the rumor does not reach: it is sent fewer times.
+            let times = self.log_n();
+            self.spread_times(&node, times);
             return;
         };
         if s.generation < e.generation {
             return;
         }
-        if s.generation > e.generation {
-            let state = if s.left {
-                MemberState::Left
-            } else {
-                MemberState::Alive
-            };
-            *e = fresh(state);
-            self.touch(&node);
-            self.emit(&node, MemberEvent::Rejoined);
-            return;
-        }
-        if direct.is_some() && e.addr != addr {
-            e.addr = addr;
-            e.addr_len = addr_text_len(addr);
-        }
-        if s.left {
-            if e.state != MemberState::Left {
-                e.state = MemberState::Left;
-                e.since_ms = now_ms;
-                e.heartbeat = e.heartbeat.max(s.heartbeat);
-                self.touch(&node);
-                self.emit(&node, MemberEvent::Left);
+        if direct.is_some() {
+            e.doubt_since = None;
+            e.members_hash = s.members_hash;
+            if e.addr != addr {
+                self.by_addr.remove(&e.addr);
+                self.by_addr.insert(addr, node.clone());
+                e.addr = addr;
+                e.addr_len = addr_text_len(addr);
             }
+        }
+        if s.generation > e.generation {
+            if liveness != Liveness::Alive {
+                return;
+            }
+            let old = e.key;
+            self.by_addr.remove(&e.addr);
+            self.by_addr.insert(addr, node.clone());
+            *e = Entry {
+                addr,
+                addr_len: addr_text_len(addr),
+                generation: s.generation,
+                incarnation: s.incarnation,
+                state: state_of(s.left),
+                since_ms: now_ms,
+                doubt_since: None,
+                members_hash: if direct.is_some() { s.members_hash } else { 0 },
+                key: member_key(&node, s.generation),
+            };
+            let new = e.key;
+            let m = Self::member(&node, e);
+            self.toggle(old, now_ms);
+            self.toggle(new, now_ms);
+            self.events.push_back(MemberEvent::Rejoined(m));
+            self.spread(&node);
             return;
         }
         if e.state == MemberState::Left {
             return;
         }
-        if s.heartbeat <= e.heartbeat {
-            // No news, but a reply to a probe of a doubted member is
-            // evidence of life all the same.
-            if direct.is_some() && e.doubt_since.take().is_some() {
-                e.detector.heartbeat(now_ms);
-            }
+        if s.left {
+            e.incarnation = e.incarnation.max(s.incarnation);
+            self.change(&node, MemberState::Left, now_ms, MemberEvent::Left);
             return;
         }
-        e.heartbeat = s.heartbeat;
-        e.doubt_since = None;
-        e.detector.heartbeat(now_ms);
-        let state = e.state;
-        self.touch(&node);
-        let Some(e) = self.members.get_mut(&node) else {
-            return;
-        };
-        match state {
-            MemberState::Alive | MemberState::Left => {}
-            MemberState::Suspect => {
-                e.state = MemberState::Alive;
-                e.since_ms = now_ms;
-                self.emit(&node, MemberEvent::Alive);
+        let newer = s.incarnation > e.incarnation;
+        let at_least = s.incarnation >= e.incarnation;
+        match (liveness, e.state) {
+            (Liveness::Alive, MemberState::Alive) => {
+                if newer {
+                    e.incarnation = s.incarnation;
+                }
             }
-            MemberState::Dead => {
-                e.state = MemberState::Alive;
-                e.since_ms = now_ms;
-                self.emit(&node, MemberEvent::Rejoined);
+            (Liveness::Alive, MemberState::Suspect) => {
+                if newer {
+                    e.incarnation = s.incarnation;
+                    self.change(&node, MemberState::Alive, now_ms, MemberEvent::Alive);
+                }
+            }
+            (Liveness::Alive, MemberState::Dead) => {
+                if newer {
+                    e.incarnation = s.incarnation;
+                    self.change(&node, MemberState::Alive, now_ms, MemberEvent::Rejoined);
+                }
+            }
+            (Liveness::Suspect, MemberState::Alive) => {
+                if at_least {
+                    e.incarnation = s.incarnation;
+                    self.change(&node, MemberState::Suspect, now_ms, MemberEvent::Suspect);
+                } else {
+                    // We know a refutation the sender does not: spread it.
+                    self.spread(&node);
+                }
+            }
+            (Liveness::Suspect, MemberState::Suspect) => {
+                if newer {
+                    e.incarnation = s.incarnation;
+                }
+            }
+            (Liveness::Dead, MemberState::Alive | MemberState::Suspect) => {
+                if at_least {
+                    e.incarnation = s.incarnation;
+                    self.change(&node, MemberState::Dead, now_ms, MemberEvent::Dead);
+                } else if e.state == MemberState::Alive {
+                    self.spread(&node);
+                }
+            }
+            (Liveness::Suspect | Liveness::Dead, MemberState::Dead) => {
+                if newer {
+                    e.incarnation = s.incarnation;
+                }
+            }
+            (_, MemberState::Left) => {}
+        }
+    }
+
+    /// Notes that another member reports `node` answered its probe: any
+    /// doubt ends (a suspicion needs a greater incarnation to end).
+    pub(crate) fn vouch(&mut self, node: &NodeId) {
+        if let Some(e) = self.members.get_mut(node) {
+            e.doubt_since = None;
+        }
+    }
+
+    /// Notes that `node` missed a probe's answer: it is doubted (probed
+    /// directly and through others) and suspected if that lasts.
+    pub(crate) fn doubt(&mut self, node: &NodeId, now_ms: u64) {
+        if let Some(e) = self.members.get_mut(node) {
+            if e.state == MemberState::Alive && e.doubt_since.is_none() {
+                e.doubt_since = Some(now_ms);
             }
         }
     }
 
     /// Re-evaluates every member's state at `now_ms`.
     pub(crate) fn check(&mut self, now_ms: u64) {
-        let mut changed: Vec<(NodeId, MakeEvent)> = Vec::new();
+        let mut changed: Vec<(NodeId, MemberState, MakeEvent)> = Vec::new();
         let mut forget = Vec::new();
-        for (node, e) in self.members.iter_mut() {
+        for (node, e) in self.members.iter() {
             match e.state {
                 MemberState::Alive => {
-                    let silent = now_ms.saturating_sub(e.detector.last_ms);
-                    let doubtful = silent >= self.cfg.max_silence_ms
-                        || e.detector.phi(now_ms, &self.cfg) > self.cfg.phi_threshold;
-                    match e.doubt_since {
-                        _ if !doubtful => e.doubt_since = None,
-                        None => e.doubt_since = Some(now_ms),
-                        Some(t) if now_ms.saturating_sub(t) >= self.cfg.confirm_timeout_ms => {
-                            e.doubt_since = None;
-                            e.state = MemberState::Suspect;
-                            e.since_ms = now_ms;
-                            changed.push((node.clone(), MemberEvent::Suspect));
-                        }
-                        Some(_) => {}
+                    if e.doubt_since
+                        .is_some_and(|t| now_ms.saturating_sub(t) >= self.cfg.confirm_timeout_ms)
+                    {
+                        changed.push((node.clone(), MemberState::Suspect, MemberEvent::Suspect));
                     }
                 }
                 MemberState::Suspect => {
                     if now_ms.saturating_sub(e.since_ms) >= self.cfg.suspect_timeout_ms {
-                        e.state = MemberState::Dead;
-                        e.since_ms = now_ms;
-                        changed.push((node.clone(), MemberEvent::Dead));
+                        changed.push((node.clone(), MemberState::Dead, MemberEvent::Dead));
                     }
                 }
                 MemberState::Dead | MemberState::Left => {
@@ -489,15 +719,19 @@ impl Membership {
                 }
             }
         }
-        for (node, make) in changed {
-            self.touch(&node);
-            self.emit(&node, make);
+        for (node, state, make) in changed {
+            self.change(&node, state, now_ms, make);
         }
         for node in forget {
             if let Some(e) = self.members.remove(&node) {
                 self.ids_stale = true;
+                self.toggle(e.key, now_ms);
+                self.news_left.remove(&node);
+                if self.by_addr.get(&e.addr) == Some(&node) {
+                    self.by_addr.remove(&e.addr);
+                }
                 self.forgotten
-                    .insert(node.clone(), (e.generation, e.heartbeat, now_ms));
+                    .insert(node.clone(), (e.generation, e.incarnation, now_ms));
                 self.events
                     .push_back(MemberEvent::Forgotten(Self::member(&node, &e)));
             }
@@ -518,8 +752,8 @@ impl Membership {
         v.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         v
     }
-    /// Alive members the detector doubts, and suspects: the members to
-    /// contact directly.
+
+    /// Doubted and suspected members: the members to probe directly.
     pub(crate) fn to_probe(&self) -> Vec<Member> {
         let mut v: Vec<Member> = self
             .members
@@ -546,11 +780,26 @@ impl Membership {
         self.members.get(node).map(|e| Self::member(node, e))
     }
 
+    /// The wire entry of the member with id `node`, if known.
+    pub(crate) fn entry_of(&self, node: &NodeId) -> Option<Sender> {
+        self.members.get(node).map(|e| Self::entry(node, e))
+    }
+
+    /// The id of the member at `addr`, if any.
+    pub(crate) fn id_at(&self, addr: SocketAddr) -> Option<NodeId> {
+        self.by_addr.get(&addr).cloned()
+    }
+
+    /// The id of the live (alive or suspect) member at `addr`, if any.
+    pub(crate) fn live_at(&self, addr: SocketAddr) -> Option<NodeId> {
+        let node = self.by_addr.get(&addr)?;
+        let e = self.members.get(node)?;
+        matches!(e.state, MemberState::Alive | MemberState::Suspect).then(|| node.clone())
+    }
+
     /// Whether `addr` belongs to a known member that is not dead or gone.
     pub(crate) fn is_live_addr(&self, addr: SocketAddr) -> bool {
-        self.members
-            .values()
-            .any(|e| e.addr == addr && matches!(e.state, MemberState::Alive | MemberState::Suspect))
+        self.live_at(addr).is_some()
     }
 }
 
@@ -568,11 +817,19 @@ fn addr_text_len(addr: SocketAddr) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::rngs::SmallRng;
+    use rand::SeedableRng;
 
-    fn sender(id: &str, generation: u64, heartbeat: u64, left: bool) -> Sender {
+    fn rumor(id: &str, generation: u64, incarnation: u64, liveness: Liveness) -> Sender {
         let mut s = Sender::new(id, generation, Some("127.0.0.1:9000".parse().unwrap()));
-        s.heartbeat = heartbeat;
-        s.left = left;
+        s.incarnation = incarnation;
+        s.liveness = liveness;
+        s
+    }
+
+    fn left(id: &str, generation: u64, incarnation: u64) -> Sender {
+        let mut s = rumor(id, generation, incarnation, Liveness::Alive);
+        s.left = true;
         s
     }
 
@@ -590,89 +847,149 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn phi_grows_with_silence() {
-        let cfg = DetectorConfig::for_interval(1000);
-        let mut d = PhiDetector::new(0, 1000);
-        for t in 1..=20 {
-            d.heartbeat(t * 1000);
-        }
-        let p1 = d.phi(21_000, &cfg);
-        let p2 = d.phi(24_000, &cfg);
-        let p3 = d.phi(27_000, &cfg);
-        assert!(p1 < 1.0, "{p1}");
-        assert!(p2 > p1 && p3 > p2, "{p1} {p2} {p3}");
-        assert!(p3 > 8.0, "{p3}");
+    fn table() -> Membership {
+        Membership::new("me".into(), 1, 1000, DetectorConfig::for_interval(1000))
+    }
+
+    fn state(m: &Membership, id: &str) -> Option<MemberState> {
+        m.get(&id.into()).map(|m| m.state)
     }
 
     #[test]
-    fn silence_leads_to_suspect_then_dead_and_a_heartbeat_revives() {
-        let mut m = Membership::new("me".into(), 1000, DetectorConfig::for_interval(1000));
-        for hb in 1..=10 {
-            m.observe(&sender("x", 1, hb, false), None, hb * 1000);
-        }
-        m.check(10_500);
-        assert_eq!(kinds(&mut m), vec!["joined"]);
-        let mut t = 10_000;
-        while m.get(&"x".into()).unwrap().state == MemberState::Alive {
-            t += 100;
-            m.check(t);
-            assert!(t < 20_000, "never suspected");
-        }
-        let suspect_at = t;
-        while m.get(&"x".into()).unwrap().state == MemberState::Suspect {
-            t += 100;
-            m.check(t);
-        }
-        assert_eq!(m.get(&"x".into()).unwrap().state, MemberState::Dead);
-        assert!(
-            t - 10_000 <= 8_000,
-            "declared dead {} ms after the last heartbeat",
-            t - 10_000
-        );
-        assert!(suspect_at - 10_000 >= 2_000, "suspected too early");
-        assert_eq!(kinds(&mut m), vec!["suspect", "dead"]);
-        // A stale heartbeat changes nothing; a fresh one revives.
-        m.observe(&sender("x", 1, 10, false), None, t);
-        assert_eq!(m.get(&"x".into()).unwrap().state, MemberState::Dead);
-        m.observe(&sender("x", 1, 11, false), None, t);
-        assert_eq!(m.get(&"x".into()).unwrap().state, MemberState::Alive);
-        assert_eq!(kinds(&mut m), vec!["rejoined"]);
+    fn a_doubt_that_lasts_becomes_suspicion_then_death() {
+        let mut m = table();
+        m.observe(&rumor("x", 1, 0, Liveness::Alive), None, 0);
+        m.doubt(&"x".into(), 1_000);
+        m.check(1_500);
+        assert_eq!(state(&m, "x"), Some(MemberState::Alive));
+        assert_eq!(m.to_probe().len(), 1, "a doubted member is probed");
+        m.check(2_000);
+        assert_eq!(state(&m, "x"), Some(MemberState::Suspect));
+        m.check(4_999);
+        assert_eq!(state(&m, "x"), Some(MemberState::Suspect));
+        m.check(5_000);
+        assert_eq!(state(&m, "x"), Some(MemberState::Dead));
+        assert_eq!(kinds(&mut m), vec!["joined", "suspect", "dead"]);
     }
 
     #[test]
-    fn a_doubted_member_that_answers_a_probe_is_never_suspected() {
-        let mut m = Membership::new("me".into(), 1000, DetectorConfig::for_interval(1000));
-        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        for hb in 1..=10 {
-            m.observe(&sender("x", 1, hb, false), None, hb * 1000);
-        }
-        let mut t = 10_000;
-        while m.to_probe().is_empty() {
-            t += 100;
-            m.check(t);
-            assert!(t < 20_000, "never doubted");
-        }
-        // The probe's answer carries the same heartbeat (no gossip news).
-        m.observe(&sender("x", 1, 10, false), Some(addr), t + 10);
+    fn an_answer_clears_a_doubt_before_it_becomes_suspicion() {
+        let mut m = table();
+        m.observe(&rumor("x", 1, 0, Liveness::Alive), None, 0);
+        m.doubt(&"x".into(), 1_000);
+        let from = "127.0.0.1:9".parse().unwrap();
+        m.observe(&rumor("x", 1, 0, Liveness::Alive), Some(from), 1_200);
+        m.check(5_000);
+        assert_eq!(state(&m, "x"), Some(MemberState::Alive));
         assert!(m.to_probe().is_empty());
-        for _ in 0..5 {
-            t += 100;
-            m.check(t);
+        assert_eq!(
+            m.get(&"x".into()).unwrap().addr,
+            from,
+            "direct address wins"
+        );
+    }
+
+    #[test]
+    fn suspicion_is_overridden_only_by_a_greater_incarnation() {
+        let mut m = table();
+        m.observe(&rumor("x", 1, 3, Liveness::Alive), None, 0);
+        // A stale suspicion (older incarnation) changes nothing.
+        m.observe(&rumor("x", 1, 2, Liveness::Suspect), None, 10);
+        assert_eq!(state(&m, "x"), Some(MemberState::Alive));
+        m.observe(&rumor("x", 1, 3, Liveness::Suspect), None, 20);
+        assert_eq!(state(&m, "x"), Some(MemberState::Suspect));
+        // The same incarnation, even heard directly, does not refute.
+        let from = "127.0.0.1:9000".parse().unwrap();
+        m.observe(&rumor("x", 1, 3, Liveness::Alive), Some(from), 30);
+        assert_eq!(state(&m, "x"), Some(MemberState::Suspect));
+        m.observe(&rumor("x", 1, 4, Liveness::Alive), None, 40);
+        assert_eq!(state(&m, "x"), Some(MemberState::Alive));
+        // Death at an older incarnation is stale too; at the current one it sticks
+        // until refuted.
+        m.observe(&rumor("x", 1, 3, Liveness::Dead), None, 50);
+        assert_eq!(state(&m, "x"), Some(MemberState::Alive));
+        m.observe(&rumor("x", 1, 4, Liveness::Dead), None, 60);
+        assert_eq!(state(&m, "x"), Some(MemberState::Dead));
+        m.observe(&rumor("x", 1, 5, Liveness::Alive), None, 70);
+        assert_eq!(state(&m, "x"), Some(MemberState::Alive));
+        assert_eq!(
+            kinds(&mut m),
+            vec!["joined", "suspect", "alive", "dead", "rejoined"]
+        );
+    }
+
+    #[test]
+    fn rumors_about_ourselves_are_refuted_with_a_greater_incarnation() {
+        let m = table();
+        assert_eq!(m.refutes(&rumor("me", 1, 4, Liveness::Suspect), 4), Some(5));
+        assert_eq!(m.refutes(&rumor("me", 1, 4, Liveness::Dead), 2), Some(5));
+        assert_eq!(m.refutes(&rumor("me", 1, 3, Liveness::Suspect), 4), None);
+        assert_eq!(m.refutes(&rumor("me", 1, 9, Liveness::Alive), 4), None);
+        assert_eq!(m.refutes(&rumor("me", 2, 9, Liveness::Dead), 4), None);
+        assert_eq!(m.refutes(&rumor("x", 1, 9, Liveness::Dead), 4), None);
+    }
+
+    #[test]
+    fn rumors_spread_a_bounded_number_of_times_and_quiet_tables_send_nothing() {
+        let mut m = table();
+        let me = Sender::new("me", 1, None);
+        let mut rng = SmallRng::seed_from_u64(1);
+        m.observe(&rumor("x", 1, 0, Liveness::Alive), None, 0);
+        let x: NodeId = "x".into();
+        let mut sent = 0;
+        while !m.sample(&me, None, false, 0, 1_000, &mut rng).is_empty() && sent < 100 {
+            sent += 1;
+            if !m.unsettled(10_000) {
+                break;
+            }
         }
-        assert_eq!(m.get(&"x".into()).unwrap().state, MemberState::Alive);
-        assert_eq!(kinds(&mut m), vec!["joined"]);
+        assert_eq!(sent, m.log_n() as usize, "a join is sent log2 n times");
+        // A peer that agrees on the member list gets no entries.
+        let from = "127.0.0.1:9000".parse().unwrap();
+        let mut s = rumor("x", 1, 0, Liveness::Alive);
+        s.members_hash = m.hash();
+        m.observe(&s, Some(from), 10);
+        assert!(m
+            .sample(&me, Some(&x), true, 10, 1_000, &mut rng)
+            .is_empty());
+        // One that does not gets a random sample in replies, and in first
+        // messages only while our list changed recently; so does an unknown
+        // node.
+        s.members_hash = 1;
+        m.observe(&s, Some(from), 20);
+        assert_eq!(m.sample(&me, Some(&x), false, 20, 1_000, &mut rng).len(), 1);
+        assert!(m
+            .sample(&me, Some(&x), false, 3_000, 1_000, &mut rng)
+            .is_empty());
+        assert_eq!(
+            m.sample(&me, Some(&x), true, 3_000, 1_000, &mut rng).len(),
+            1
+        );
+        assert_eq!(m.sample(&me, None, false, 3_000, 1_000, &mut rng).len(), 1);
+    }
+
+    #[test]
+    fn fingerprints_agree_on_the_same_members_whatever_the_order() {
+        let mut a = Membership::new("a".into(), 1, 1000, DetectorConfig::for_interval(1000));
+        let mut b = Membership::new("b".into(), 1, 1000, DetectorConfig::for_interval(1000));
+        a.observe(&rumor("b", 1, 0, Liveness::Alive), None, 0);
+        a.observe(&rumor("c", 7, 0, Liveness::Alive), None, 0);
+        b.observe(&rumor("c", 7, 0, Liveness::Alive), None, 0);
+        b.observe(&rumor("a", 1, 0, Liveness::Alive), None, 0);
+        assert_eq!(a.hash(), b.hash());
+        b.observe(&rumor("c", 8, 0, Liveness::Alive), None, 0);
+        assert_ne!(a.hash(), b.hash(), "a restart changes the fingerprint");
     }
 
     #[test]
     fn leave_sticks_for_the_generation_and_a_restart_rejoins() {
-        let mut m = Membership::new("me".into(), 1000, DetectorConfig::for_interval(1000));
-        m.observe(&sender("x", 1, 5, false), None, 0);
-        m.observe(&sender("x", 1, 6, true), None, 100);
-        m.observe(&sender("x", 1, 7, false), None, 200);
-        assert_eq!(m.get(&"x".into()).unwrap().state, MemberState::Left);
-        m.observe(&sender("x", 2, 1, false), None, 300);
-        assert_eq!(m.get(&"x".into()).unwrap().state, MemberState::Alive);
+        let mut m = table();
+        m.observe(&rumor("x", 1, 5, Liveness::Alive), None, 0);
+        m.observe(&left("x", 1, 5), None, 100);
+        m.observe(&rumor("x", 1, 7, Liveness::Alive), None, 200);
+        assert_eq!(state(&m, "x"), Some(MemberState::Left));
+        m.observe(&rumor("x", 2, 0, Liveness::Alive), None, 300);
+        assert_eq!(state(&m, "x"), Some(MemberState::Alive));
         assert_eq!(kinds(&mut m), vec!["joined", "left", "rejoined"]);
     }
 
@@ -680,15 +997,21 @@ mod tests {
     fn forgotten_members_are_not_revived_by_stale_gossip() {
         let mut cfg = DetectorConfig::for_interval(1000);
         cfg.forget_after_ms = 10_000;
-        let mut m = Membership::new("me".into(), 1000, cfg);
-        m.observe(&sender("x", 1, 5, true), None, 0);
+        let mut m = Membership::new("me".into(), 1, 1000, cfg);
+        let before = m.hash();
+        m.observe(&left("x", 1, 5), None, 0);
         m.check(20_000);
         assert!(m.get(&"x".into()).is_none());
-        m.observe(&sender("x", 1, 5, false), None, 20_100);
+        assert_eq!(
+            m.hash(),
+            before,
+            "a forgotten member leaves the fingerprint"
+        );
+        m.observe(&rumor("x", 1, 5, Liveness::Alive), None, 20_100);
         assert!(m.get(&"x".into()).is_none());
-        m.observe(&sender("x", 1, 6, false), None, 20_200);
-        assert_eq!(m.get(&"x".into()).unwrap().state, MemberState::Alive);
-        m.observe(&sender("me", 1, 6, false), None, 20_200);
+        m.observe(&rumor("x", 1, 6, Liveness::Alive), None, 20_200);
+        assert_eq!(state(&m, "x"), Some(MemberState::Alive));
+        m.observe(&rumor("me", 1, 6, Liveness::Alive), None, 20_200);
         assert!(
             m.get(&"me".into()).is_none(),
             "the local node is never a member of its own table"

@@ -254,7 +254,7 @@ where
                     MemberState::Alive
                 },
                 generation: self.inner.store.local_origin().generation,
-                heartbeat: 0,
+                incarnation: 0,
             }],
         }
     }
@@ -419,8 +419,8 @@ where
     if b.tombstone_retention.is_zero() {
         return Err(invalid("tombstone retention must be greater than zero"));
     }
-    if !(b.phi_threshold.is_finite() && b.phi_threshold > 0.0) {
-        return Err(invalid("phi threshold must be a positive number"));
+    if b.suspect_timeout.is_some_and(|t| t.is_zero()) {
+        return Err(invalid("suspect timeout must be greater than zero"));
     }
     if b.seed_refresh.is_zero() {
         return Err(invalid("seed refresh interval must be greater than zero"));
@@ -513,10 +513,16 @@ where
         rng_seed: b.rng_seed.unwrap_or_else(|| rand::rng().random()),
         push: b.eager_push,
         max_value_size: b.max_value_size,
-        detector: DetectorConfig {
-            phi_threshold: b.phi_threshold,
-            forget_after_ms: b.dead_member_grace.as_millis() as u64,
-            ..DetectorConfig::for_interval(b.gossip_interval.as_millis().max(1) as u64)
+        detector: {
+            let defaults =
+                DetectorConfig::for_interval(b.gossip_interval.as_millis().max(1) as u64);
+            DetectorConfig {
+                suspect_timeout_ms: b
+                    .suspect_timeout
+                    .map_or(defaults.suspect_timeout_ms, |t| t.as_millis() as u64),
+                forget_after_ms: b.dead_member_grace.as_millis() as u64,
+                ..defaults
+            }
         },
     };
     let protocol = Arc::new(Mutex::new(Protocol::new(cfg, store.clone(), wall_ms())));

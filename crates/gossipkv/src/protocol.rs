@@ -26,8 +26,19 @@
 //! and asks again in full when the answer shows the peer is ahead. Fresh writes
 //! are also pushed at once (`Push`), and forwarded by the peers to whom they
 //! were new. Peers are known by node id; a node that hears from an unknown
-//! peer adds it, so seed lists may be asymmetric. Every datagram carries the
-//! sender's heartbeat and a bounded sample of members (see `membership`).
+//! peer adds it, so seed lists may be asymmetric.
+//!
+//! The round's first Syn goes to the next member of a shuffled round-robin
+//! order and doubles as a failure-detection probe: its answer is the
+//! acknowledgement (SWIM). While the cluster is quiet (digest unchanged, no
+//! membership rumors, no re-synchronisation) that is the only Syn of the
+//! round; otherwise `fanout - 1` random peers get one too. A probe left
+//! unanswered for half an interval is retried through a few other members
+//! (`Probe` requests, whose answers vouch for the target); one left
+//! unanswered for an interval makes the target doubted (see `membership`).
+//! Every header carries the sender's incarnation and member-list fingerprint;
+//! membership rumors and, between nodes whose fingerprints differ, member
+//! samples ride on the datagrams.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -36,12 +47,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use gossipkv_proto::{
     decode, decode_reassembled, encode, encoded_len, envelope_overhead, fragment_piece,
-    push_record_len, Ack, Body, Envelope, Fragment, Limits, Push, Reply, Sender, Syn, SynAck,
-    FRAGMENT_OVERHEAD, PROTOCOL_VERSION,
+    push_record_len, Ack, Body, Envelope, Fragment, Limits, MemberSync, Probe, Push, Reply, Sender,
+    Syn, SynAck, FRAGMENT_OVERHEAD, PROTOCOL_VERSION,
 };
 use gossipkv_storage::{Delta, DeltaOptions, Digest, NodeId, Origin, Page, Record, Store};
 use rand::rngs::SmallRng;
-use rand::seq::SliceRandom;
+use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 use tracing::{debug, info, trace, warn};
 
@@ -160,6 +171,14 @@ pub struct Stats {
     /// Fragmented envelopes dropped unfinished (pieces lost; anti-entropy
     /// sends them again).
     pub reassemblies_dropped: u64,
+    /// Requests sent to other members to probe a member that did not answer.
+    pub probe_requests_sent: u64,
+    /// Members probed on behalf of other members.
+    pub probes_relayed: u64,
+    /// Rumors of our own suspicion or death refuted.
+    pub refutations: u64,
+    /// Member-list reconciliation messages sent.
+    pub member_syncs_sent: u64,
 }
 
 /// Progress of a re-synchronisation we receive from one peer.
@@ -182,8 +201,18 @@ pub struct Protocol {
     limits: Limits,
     rng: SmallRng,
     membership: Membership,
-    heartbeat: u64,
+    /// Our incarnation: raised to refute rumors of our suspicion or death.
+    incarnation: u64,
     left: bool,
+    /// Members probed (sent a Syn) and not heard from since: when, and
+    /// whether others were asked to probe them too.
+    awaiting: HashMap<NodeId, (u64, bool)>,
+    /// The round-robin probe order (shuffled again once used up).
+    probe_order: Vec<NodeId>,
+    /// Members we probe on behalf of others: who asked, until when.
+    relays: HashMap<NodeId, Vec<(SocketAddr, u64)>>,
+    /// The time of the latest input (ms since the epoch).
+    now_ms: u64,
     discovered: Vec<SocketAddr>,
     next_round_ms: u64,
     next_check_ms: u64,
@@ -283,14 +312,19 @@ impl Protocol {
         );
         let membership = Membership::new(
             cfg.node_id.clone(),
+            cfg.generation,
             cfg.gossip_interval_ms,
             cfg.detector.clone(),
         );
         Protocol {
             rng: SmallRng::seed_from_u64(cfg.rng_seed),
             membership,
-            heartbeat: 0,
+            incarnation: 0,
             left: false,
+            awaiting: HashMap::new(),
+            probe_order: Vec::new(),
+            relays: HashMap::new(),
+            now_ms,
             discovered: Vec::new(),
             next_round_ms: now_ms,
             next_check_ms: now_ms,
@@ -363,7 +397,7 @@ impl Protocol {
                 MemberState::Alive
             },
             generation: self.cfg.generation,
-            heartbeat: self.heartbeat,
+            incarnation: self.incarnation,
         };
         let mut v = vec![me];
         v.extend(self.membership.all());
@@ -453,6 +487,7 @@ impl Protocol {
 
     /// Runs whatever is due at `now_ms`: a gossip round, tombstone collection.
     pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
         if self.left {
             self.next_round_ms = u64::MAX;
             self.next_gc_ms = u64::MAX;
@@ -461,6 +496,7 @@ impl Protocol {
         }
         if now_ms >= self.next_check_ms {
             self.next_check_ms = now_ms + (self.cfg.gossip_interval_ms / 4).max(1);
+            self.check_probes(now_ms);
             self.membership.check(now_ms);
             self.probe_suspects(now_ms);
             if self.reassembly.expire(now_ms) > 0 {
@@ -490,10 +526,65 @@ impl Protocol {
             self.round(now_ms);
         }
     }
+    /// Probes left unanswered: after the probe timeout the target is doubted
+    /// (see `membership`) and a few other live members are asked to probe it
+    /// too; a probe is forgotten after an interval. Also drops relay
+    /// requests past their deadline.
+    fn check_probes(&mut self, now_ms: u64) {
+        let timeout = self.cfg.detector.probe_timeout_ms;
+        let period = self.cfg.gossip_interval_ms.max(1);
+        let mut ask = Vec::new();
+        let mut expired = Vec::new();
+        for (node, (sent, helped)) in self.awaiting.iter_mut() {
+            let waited = now_ms.saturating_sub(*sent);
+            if waited >= period {
+                expired.push(node.clone());
+            } else if waited >= timeout && !*helped {
+                *helped = true;
+                ask.push(node.clone());
+            }
+        }
+        for node in expired {
+            self.awaiting.remove(&node);
+        }
+        for node in &ask {
+            self.membership.doubt(node, now_ms);
+        }
+        for node in ask {
+            let Some(target) = self.membership.entry_of(&node) else {
+                continue;
+            };
+            let helpers: Vec<SocketAddr> = self
+                .membership
+                .in_states(&[MemberState::Alive])
+                .into_iter()
+                .filter(|m| m.node_id != node)
+                .map(|m| m.addr)
+                .collect::<Vec<_>>()
+                .choose_multiple(&mut self.rng, self.cfg.detector.indirect_probes)
+                .copied()
+                .collect();
+            for to in helpers {
+                self.stats.probe_requests_sent += 1;
+                self.send(
+                    to,
+                    Body::Probe(Probe {
+                        target: target.clone(),
+                        request: true,
+                    }),
+                );
+            }
+        }
+        self.relays.retain(|_, asks| {
+            asks.retain(|&(_, until)| until > now_ms);
+            !asks.is_empty()
+        });
+    }
+
     /// Contacts doubted and suspected members directly, up to twice per
     /// interval each, so that a member that is alive but unlucky with loss
-    /// answers (its reply carries its heartbeat) before it is suspected, or
-    /// declared dead.
+    /// answers before it is suspected, or declared dead (and learns that it
+    /// is suspected, so that it refutes).
     fn probe_suspects(&mut self, now_ms: u64) {
         let suspects = self.membership.to_probe();
         if suspects.is_empty() {
@@ -513,6 +604,9 @@ impl Protocol {
                 continue;
             }
             self.probed_ms.insert(m.node_id.clone(), now_ms);
+            self.awaiting
+                .entry(m.node_id.clone())
+                .or_insert((now_ms, false));
             let s = match &syn {
                 Some(s) => Clone::clone(s),
                 None => {
@@ -553,17 +647,16 @@ impl Protocol {
         self.send(to, Body::Syn(syn));
     }
 
-    fn round(&mut self, _now_ms: u64) {
+    fn round(&mut self, now_ms: u64) {
         self.stats.rounds += 1;
-        self.heartbeat += 1;
-        let targets = self.pick_targets();
-        if targets.is_empty() {
-            return;
-        }
         let digest = self.store.digest();
         let fingerprint = digest.fingerprint();
         self.quiet = self.last_fingerprint == Some(fingerprint);
         self.last_fingerprint = Some(fingerprint);
+        let targets = self.pick_targets(now_ms);
+        if targets.is_empty() {
+            return;
+        }
         // Answers to last round's hash-only Syns that never came are forgotten.
         self.hash_only_to.clear();
         for to in targets {
@@ -577,17 +670,55 @@ impl Protocol {
             self.send_syn(to, syn);
         }
     }
-    fn pick_targets(&mut self) -> Vec<SocketAddr> {
+    /// The next member to probe in the shuffled round-robin order.
+    fn next_probe(&mut self) -> Option<Member> {
+        for _ in 0..2 {
+            while let Some(node) = self.probe_order.pop() {
+                if let Some(m) = self.membership.get(&node) {
+                    if matches!(m.state, MemberState::Alive | MemberState::Suspect) {
+                        return Some(m);
+                    }
+                }
+            }
+            self.probe_order = self
+                .membership
+                .in_states(&[MemberState::Alive, MemberState::Suspect])
+                .into_iter()
+                .map(|m| m.node_id)
+                .collect();
+            self.probe_order.shuffle(&mut self.rng);
+        }
+        None
+    }
+
+    /// This round's Syn targets: the next member to probe, `fanout - 1`
+    /// random live members too unless the cluster is quiet, a dead member
+    /// now and then, and seeds nobody answered from yet.
+    fn pick_targets(&mut self, now_ms: u64) -> Vec<SocketAddr> {
         let live = self
             .membership
             .in_states(&[MemberState::Alive, MemberState::Suspect]);
-        let mut peers: Vec<SocketAddr> = live.iter().map(|m| m.addr).collect();
-        peers.shuffle(&mut self.rng);
-        let mut targets: Vec<SocketAddr> = peers.into_iter().take(self.cfg.fanout.max(1)).collect();
+        let mut targets: Vec<SocketAddr> = Vec::new();
+        if let Some(m) = self.next_probe() {
+            targets.push(m.addr);
+            self.awaiting.entry(m.node_id).or_insert((now_ms, false));
+        }
+        let quiet = self.quiet && self.resync.is_none() && !self.membership.unsettled(now_ms);
+        if !quiet {
+            let mut peers: Vec<SocketAddr> = live
+                .iter()
+                .map(|m| m.addr)
+                .filter(|a| !targets.contains(a))
+                .collect();
+            peers.shuffle(&mut self.rng);
+            targets.extend(peers.into_iter().take(self.cfg.fanout.max(1) - 1));
+        }
         if let Some(r) = &self.resync {
             if let Some(p) = self.membership.get(&r.from) {
                 if !targets.contains(&p.addr) {
-                    targets.pop();
+                    if targets.len() > 1 {
+                        targets.pop();
+                    }
                     targets.push(p.addr);
                 }
             }
@@ -630,6 +761,7 @@ impl Protocol {
 
     /// Handles one datagram received from `from` at `now_ms`.
     pub fn handle_datagram(&mut self, now_ms: u64, from: SocketAddr, bytes: &[u8]) {
+        self.now_ms = now_ms;
         self.stats.datagrams_received += 1;
         self.stats.bytes_received += bytes.len() as u64;
         let env = match decode(bytes, &self.limits) {
@@ -671,9 +803,9 @@ impl Protocol {
                 }
                 return;
             }
-            self.membership.observe(&sender, Some(from), now_ms);
+            self.heard_from(now_ms, from, &sender);
             for m in &env.members {
-                self.membership.observe(m, None, now_ms);
+                self.rumor(now_ms, m);
             }
         }
         if self.left {
@@ -690,6 +822,131 @@ impl Protocol {
             Body::Push(push) => self.on_push(now_ms, from, &sender.node_id, push),
             Body::Fragment(f) if !inner => self.on_fragment(now_ms, from, f),
             Body::Fragment(_) => {}
+            Body::Probe(p) => self.on_probe(now_ms, from, p),
+            Body::MemberSync(m) => self.on_member_sync(from, m),
+        }
+    }
+
+    /// Answers a member-list reconciliation: while `ttl` allows and some
+    /// bucket still differs (the entries it carried were taken already), our
+    /// bucket fingerprints and our members from the differing buckets.
+    fn on_member_sync(&mut self, from: SocketAddr, sync: MemberSync) {
+        if sync.ttl == 0 {
+            return;
+        }
+        self.send_member_sync(from, Some(&sync.buckets), sync.ttl - 1);
+    }
+
+    /// Sends our bucket fingerprints to `to`, with our members from the
+    /// buckets that differ from `theirs` (when known; nothing is sent if
+    /// none differs).
+    fn send_member_sync(&mut self, to: SocketAddr, theirs: Option<&[u64]>, ttl: u32) {
+        let buckets = self.membership.buckets();
+        let mut env = Envelope {
+            protocol_version: PROTOCOL_VERSION,
+            cluster_id: self.cfg.cluster_id.clone(),
+            sender: self.me(),
+            members: Vec::new(),
+            body: Body::MemberSync(MemberSync { buckets, ttl }),
+        };
+        if let Some(theirs) = theirs {
+            let room = self.cfg.packet_size.saturating_sub(encoded_len(&env));
+            match self.membership.reconcile(theirs, room, &mut self.rng) {
+                Some(members) => env.members = members,
+                None => return,
+            }
+        }
+        self.stats.member_syncs_sent += 1;
+        self.send_envelope(to, env);
+    }
+
+    /// A datagram came from `sender` at `from`: it is alive. Answers the
+    /// probe we may be waiting on, and relays that to members that asked us
+    /// to probe it.
+    fn heard_from(&mut self, now_ms: u64, from: SocketAddr, sender: &Sender) {
+        self.membership.observe(sender, Some(from), now_ms);
+        self.awaiting.remove(&sender.node_id);
+        if let Some(asks) = self.relays.remove(&sender.node_id) {
+            let target = Sender {
+                addr: sender.addr.or(Some(from)),
+                members_hash: 0,
+                ..sender.clone()
+            };
+            for (to, _) in asks {
+                self.send(
+                    to,
+                    Body::Probe(Probe {
+                        target: target.clone(),
+                        request: false,
+                    }),
+                );
+            }
+        }
+    }
+
+    /// A member entry from a datagram: a rumor about us is refuted by taking
+    /// a greater incarnation (every header carries it, and it spreads as a
+    /// rumor of our own); any other goes to the membership table.
+    fn rumor(&mut self, now_ms: u64, m: &Sender) {
+        if let Some(incarnation) = self.membership.refutes(m, self.incarnation) {
+            debug!(
+                incarnation,
+                liveness = ?m.liveness,
+                "refuting a rumor about this node"
+            );
+            self.stats.refutations += 1;
+            self.incarnation = incarnation;
+            self.membership.spread_self();
+            return;
+        }
+        self.membership.observe(m, None, now_ms);
+    }
+
+    /// Failure detection help: probe a member for a peer that could not
+    /// reach it, or take a peer's word that a member answered it.
+    fn on_probe(&mut self, now_ms: u64, from: SocketAddr, probe: Probe) {
+        if !probe.request {
+            // Vouched for: it answered the peer, which counts as an answer.
+            if let Some((sent, _)) = self.awaiting.remove(&probe.target.node_id) {
+                trace!(member = %probe.target.node_id, waited = now_ms.saturating_sub(sent), "probe answered indirectly");
+            }
+            self.membership.vouch(&probe.target.node_id);
+            self.rumor(now_ms, &probe.target);
+            return;
+        }
+        if probe.target.node_id == self.cfg.node_id {
+            // We are the target: answering directly proves it best.
+            let me = self.me();
+            self.send(
+                from,
+                Body::Probe(Probe {
+                    target: Sender {
+                        members_hash: 0,
+                        ..me
+                    },
+                    request: false,
+                }),
+            );
+            return;
+        }
+        let Some(target) = self.membership.get(&probe.target.node_id) else {
+            return;
+        };
+        const MAX_RELAYS: usize = 64;
+        let until = now_ms + self.cfg.gossip_interval_ms.max(1);
+        let fresh = !self.relays.contains_key(&target.node_id);
+        if fresh && self.relays.len() >= MAX_RELAYS {
+            return;
+        }
+        let asks = self.relays.entry(target.node_id.clone()).or_default();
+        if !asks.iter().any(|&(a, _)| a == from) {
+            asks.push((from, until));
+        }
+        if fresh {
+            self.stats.probes_relayed += 1;
+            let digest = self.store.digest();
+            let syn = self.make_syn(&digest, None);
+            self.send_syn(target.addr, syn);
         }
     }
 
@@ -801,6 +1058,10 @@ impl Protocol {
     }
 
     fn on_syn_ack(&mut self, now_ms: u64, from: SocketAddr, sender: &Sender, ack: SynAck) {
+        // The peer's member list differs from ours: reconcile them.
+        if sender.members_hash != 0 && sender.members_hash != self.membership.hash() {
+            self.send_member_sync(from, None, 2);
+        }
         match &ack.reply {
             Reply::Delta(delta) => self.apply_delta(now_ms, from, delta),
             Reply::Page(page) => {
@@ -918,7 +1179,7 @@ impl Protocol {
             }),
         };
         // The header with the push's origin fields, less the stand-in; a
-        // few bytes spare for a heartbeat that grows meanwhile.
+        // few bytes spare for an incarnation that grows meanwhile.
         let header = encoded_len(&env).saturating_sub(push_record_len(&stand_in, &stand_in));
         self.cfg.packet_size.saturating_sub(header + 8)
     }
@@ -1109,7 +1370,7 @@ impl Protocol {
     /// envelope cut into fragments, unless it went to `to` a moment ago.
     ///
     /// The envelope is the same whoever sends the record and whenever (its
-    /// header names the record's origin, with no address or heartbeat), so
+    /// header names the record's origin, with no address or incarnation), so
     /// at the receiver pieces of a retry, or from another node, fill the
     /// holes of an earlier attempt.
     fn send_large(&mut self, now_ms: u64, to: SocketAddr, record: Record, hops: u32) {
@@ -1131,13 +1392,7 @@ impl Protocol {
         let env = Envelope {
             protocol_version: PROTOCOL_VERSION,
             cluster_id: self.cfg.cluster_id.clone(),
-            sender: Sender {
-                node_id: record.version.node.clone(),
-                generation: record.version.generation,
-                addr: None,
-                heartbeat: 0,
-                left: false,
-            },
+            sender: Sender::new(record.version.node.clone(), record.version.generation, None),
             members: Vec::new(),
             body: Body::Push(Push {
                 records: vec![record],
@@ -1199,14 +1454,16 @@ impl Protocol {
         }
     }
 
-    /// Our own header entry, with the current heartbeat.
+    /// Our own header entry: incarnation and member-list fingerprint.
     fn me(&self) -> Sender {
         Sender {
             node_id: self.cfg.node_id.clone(),
             generation: self.cfg.generation,
             addr: self.cfg.advertise_addr,
-            heartbeat: self.heartbeat,
+            incarnation: self.incarnation,
             left: self.left,
+            liveness: gossipkv_proto::Liveness::Alive,
+            members_hash: self.membership.hash(),
         }
     }
 
@@ -1219,14 +1476,22 @@ impl Protocol {
             body,
         };
         let len = encoded_len(&env);
-        // Pushes carry data only (and the sender's heartbeat in the header):
-        // membership spreads with the exchanges, which happen anyway.
+        // Pushes carry data only: membership spreads with the exchanges,
+        // which happen anyway.
         let carries_members = !matches!(env.body, Body::Push(_));
         if carries_members && len <= self.cfg.packet_size {
-            let room = (self.cfg.packet_size - len)
-                .min(self.cfg.packet_size / 2)
-                .max(self.member_budget);
-            env.members = self.member_sample(room);
+            let room = (self.cfg.packet_size - len).max(self.member_budget);
+            let me = env.sender.clone();
+            let to_id = self.membership.id_at(to);
+            let reply = !matches!(env.body, Body::Syn(_));
+            env.members = self.membership.sample(
+                &me,
+                to_id.as_ref(),
+                reply,
+                self.now_ms,
+                room,
+                &mut self.rng,
+            );
         }
         self.send_envelope(to, env);
     }
@@ -1298,17 +1563,6 @@ impl Protocol {
         self.stats.datagrams_sent += 1;
         self.stats.bytes_sent += payload.len() as u64;
         self.transmits.push_back(Transmit { to, payload });
-    }
-}
-
-impl Protocol {
-    /// A sample of members (alive, suspect or departed) that fits the
-    /// member budget of a datagram: the freshest news first (heartbeats that
-    /// rose most recently spread fastest), then members picked at random.
-    fn member_sample(&mut self, budget: usize) -> Vec<Sender> {
-        const SHARED: [MemberState; 3] =
-            [MemberState::Alive, MemberState::Suspect, MemberState::Left];
-        self.membership.sample(&SHARED, budget, &mut self.rng)
     }
 }
 

@@ -12,7 +12,9 @@ use gossipkv_storage::{
 };
 use proptest::prelude::*;
 
-use super::{Ack, Body, Envelope, Fragment, Push, Reply, Sender, Syn, SynAck};
+use super::{
+    Ack, Body, Envelope, Fragment, Liveness, MemberSync, Probe, Push, Reply, Sender, Syn, SynAck,
+};
 
 /// Any characters (unicode, control characters, NUL), up to `max` of them.
 pub(crate) fn text(max: usize) -> impl Strategy<Value = String> {
@@ -167,15 +169,29 @@ pub(crate) fn addr() -> impl Strategy<Value = Option<SocketAddr>> {
 }
 
 pub(crate) fn sender() -> impl Strategy<Value = Sender> {
-    (node_id(), int(), addr(), int(), any::<bool>()).prop_map(
-        |(node_id, generation, addr, heartbeat, left)| Sender {
-            node_id,
-            generation,
-            addr,
-            heartbeat,
-            left,
-        },
+    (
+        (node_id(), int(), addr(), int(), any::<bool>()),
+        (liveness(), any::<u64>()),
     )
+        .prop_map(
+            |((node_id, generation, addr, incarnation, left), (liveness, members_hash))| Sender {
+                node_id,
+                generation,
+                addr,
+                incarnation,
+                left,
+                liveness,
+                members_hash,
+            },
+        )
+}
+
+pub(crate) fn liveness() -> impl Strategy<Value = Liveness> {
+    prop_oneof![
+        Just(Liveness::Alive),
+        Just(Liveness::Suspect),
+        Just(Liveness::Dead)
+    ]
 }
 
 pub(crate) fn body() -> impl Strategy<Value = Body> {
@@ -194,6 +210,10 @@ pub(crate) fn body() -> impl Strategy<Value = Body> {
         (digest(), reply).prop_map(|(digest, reply)| Body::SynAck(SynAck { digest, reply })),
         delta().prop_map(|delta| Body::Ack(Ack { delta })),
         Just(Body::Leave),
+        (sender(), any::<bool>())
+            .prop_map(|(target, request)| Body::Probe(Probe { target, request })),
+        (proptest::collection::vec(any::<u64>(), 0..40), any::<u32>())
+            .prop_map(|(buckets, ttl)| Body::MemberSync(MemberSync { buckets, ttl })),
         (proptest::collection::vec(record(), 0..4), any::<u32>())
             .prop_map(|(records, hops)| Body::Push(Push { records, hops })),
         (any::<u64>(), 2..100u32, 1..64usize).prop_flat_map(|(message_id, count, len)| {

@@ -233,11 +233,11 @@ fn run_one(cfg: SimConfig, a: &Args) -> ScaleReport {
     report
 }
 
-/// A failure detector that suspects a member only after 60 silent intervals.
+/// A failure detector that suspects a member only after 60 unanswered
+/// intervals.
 fn lenient_detector(interval_ms: u64) -> DetectorConfig {
     DetectorConfig {
-        phi_threshold: 1e9,
-        max_silence_ms: 60 * interval_ms,
+        confirm_timeout_ms: 60 * interval_ms,
         ..DetectorConfig::for_interval(interval_ms)
     }
 }
