@@ -21,7 +21,7 @@ pub mod scale;
 
 use std::cmp::Ordering;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
@@ -273,6 +273,8 @@ pub struct Sim {
     /// Group of each node; datagrams only flow inside a group.
     group: Vec<usize>,
     isolated: Vec<bool>,
+    /// Node pairs (lower index first) whose datagrams are dropped.
+    cut: HashSet<(usize, usize)>,
     net: NetStats,
     errors: Vec<(usize, NetworkError)>,
     member_events: Vec<(usize, u64, MemberEvent)>,
@@ -355,6 +357,7 @@ impl Sim {
             armed: vec![None; cfg_nodes],
             scratch: Vec::new(),
             isolated: vec![false; cfg_nodes],
+            cut: HashSet::new(),
             net: NetStats::default(),
             errors: Vec::new(),
             member_events: Vec::new(),
@@ -594,14 +597,24 @@ impl Sim {
         self.isolated[i] = true;
     }
 
-    /// Ends every partition and isolation.
+    /// Drops every datagram between nodes `a` and `b`, both ways, until
+    /// [`Sim::heal`] (both still reach everyone else).
+    pub fn cut(&mut self, a: usize, b: usize) {
+        self.cut.insert((a.min(b), a.max(b)));
+    }
+
+    /// Ends every partition, isolation and cut.
     pub fn heal(&mut self) {
         self.group = vec![0; self.nodes.len()];
         self.isolated.fill(false);
+        self.cut.clear();
     }
 
     fn connected(&self, a: usize, b: usize) -> bool {
-        !self.isolated[a] && !self.isolated[b] && self.group[a] == self.group[b]
+        !self.isolated[a]
+            && !self.isolated[b]
+            && self.group[a] == self.group[b]
+            && !self.cut.contains(&(a.min(b), a.max(b)))
     }
 
     /// Runs the simulation for `ms` of virtual time.

@@ -12,6 +12,32 @@ fn all_see(sim: &Sim, target: usize, state: MemberState) -> bool {
         .all(|i| sim.state_seen(i, target) == Some(state))
 }
 
+/// A cluster of `nodes`, each seeded with two others, once every node lists
+/// every node.
+fn formed(seed: u64, nodes: usize) -> Sim {
+    let mut sim = Sim::new(SimConfig {
+        seed,
+        nodes,
+        seeds_per_node: 2,
+        ..SimConfig::default()
+    });
+    sim.run_until(MIN, SEC, knows_everyone)
+        .expect("cluster forms");
+    sim
+}
+
+/// The member events at or after `start` that match `pred`.
+fn events_since(
+    sim: &Sim,
+    start: u64,
+    pred: impl Fn(&MemberEvent) -> bool,
+) -> Vec<&(usize, u64, MemberEvent)> {
+    sim.member_events()
+        .iter()
+        .filter(|(_, t, e)| *t >= start && pred(e))
+        .collect()
+}
+
 /// Whether every node lists every node (itself included), in any state.
 fn knows_everyone(sim: &Sim) -> bool {
     (0..sim.len()).all(|i| sim.members(i).len() == sim.len())
@@ -79,36 +105,44 @@ fn thirty_percent_loss_for_ten_minutes_declares_no_healthy_node_dead() {
         "thirty_percent_loss_for_ten_minutes_declares_no_healthy_node_dead",
         seed,
     );
-    let mut sim = Sim::new(SimConfig {
-        seed,
-        nodes: 10,
-        seeds_per_node: 2,
-        ..SimConfig::default()
-    });
-    sim.run_until(MIN, SEC, knows_everyone)
-        .expect("cluster forms");
+    let mut sim = formed(seed, 10);
     sim.set_loss(0.3);
     let start = sim.elapsed_ms();
     for minute in 0..10 {
         sim.set(minute % 10, &format!("k{minute}"), b"v");
         sim.run_for(MIN);
     }
-    let false_deaths: Vec<_> = sim
-        .member_events()
-        .iter()
-        .filter(|(_, t, e)| *t >= start && matches!(e, MemberEvent::Dead(_)))
-        .collect();
+    let false_deaths: Vec<_> = events_since(&sim, start, |e| matches!(e, MemberEvent::Dead(_)));
     assert!(
         false_deaths.is_empty(),
         "healthy nodes declared dead: {false_deaths:?}"
     );
-    let suspicions = sim
-        .member_events()
-        .iter()
-        .filter(|(_, t, e)| *t >= start && matches!(e, MemberEvent::Suspect(_)))
-        .count();
+    let suspicions = events_since(&sim, start, |e| matches!(e, MemberEvent::Suspect(_))).len();
     eprintln!("10 min at 30% loss: {suspicions} suspicions, 0 deaths");
     assert!(sim.converged(), "data still converges under loss");
+}
+
+#[test]
+fn a_member_one_node_cannot_reach_is_vouched_for_by_the_others() {
+    let seed = seed(67);
+    let _g = SeedGuard::new(
+        "a_member_one_node_cannot_reach_is_vouched_for_by_the_others",
+        seed,
+    );
+    let mut sim = formed(seed, 8);
+    let start = sim.elapsed_ms();
+    // Nodes 0 and 5 can no longer exchange datagrams, but both reach
+    // everyone else: probes between them fail, probes through others do not.
+    sim.cut(0, 5);
+    sim.run_for(5 * MIN);
+    let deaths: Vec<_> = events_since(&sim, start, |e| matches!(e, MemberEvent::Dead(_)));
+    assert!(deaths.is_empty(), "members declared dead: {deaths:?}");
+    assert_eq!(sim.state_seen(0, 5), Some(MemberState::Alive));
+    assert_eq!(sim.state_seen(5, 0), Some(MemberState::Alive));
+    let vouched: u64 = (0..8).map(|i| sim.stats(i).probes_relayed).sum();
+    assert!(vouched > 0, "other members probed on the cut nodes' behalf");
+    let suspicions = events_since(&sim, start, |e| matches!(e, MemberEvent::Suspect(_))).len();
+    eprintln!("5 min with one link cut: {suspicions} suspicions, {vouched} probes relayed");
 }
 
 #[test]
@@ -118,14 +152,7 @@ fn a_partitioned_cluster_finds_itself_again_and_converges() {
         "a_partitioned_cluster_finds_itself_again_and_converges",
         seed,
     );
-    let mut sim = Sim::new(SimConfig {
-        seed,
-        nodes: 10,
-        seeds_per_node: 2,
-        ..SimConfig::default()
-    });
-    sim.run_until(MIN, SEC, knows_everyone)
-        .expect("cluster forms");
+    let mut sim = formed(seed, 10);
     let left: Vec<usize> = (0..5).collect();
     let right: Vec<usize> = (5..10).collect();
     sim.partition(&[&left, &right]);
@@ -153,14 +180,7 @@ fn a_partitioned_cluster_finds_itself_again_and_converges() {
 fn a_graceful_leave_is_seen_within_three_rounds() {
     let seed = seed(53);
     let _g = SeedGuard::new("a_graceful_leave_is_seen_within_three_rounds", seed);
-    let mut sim = Sim::new(SimConfig {
-        seed,
-        nodes: 8,
-        seeds_per_node: 2,
-        ..SimConfig::default()
-    });
-    sim.run_until(MIN, SEC, knows_everyone)
-        .expect("cluster forms");
+    let mut sim = formed(seed, 8);
     sim.leave(3);
     let took = sim
         .run_until(3 * SEC, 50, |s| all_see(s, 3, MemberState::Left))
@@ -175,14 +195,7 @@ fn a_graceful_leave_is_seen_within_three_rounds() {
 fn a_restarted_node_rejoins_with_a_new_generation() {
     let seed = seed(59);
     let _g = SeedGuard::new("a_restarted_node_rejoins_with_a_new_generation", seed);
-    let mut sim = Sim::new(SimConfig {
-        seed,
-        nodes: 6,
-        seeds_per_node: 2,
-        ..SimConfig::default()
-    });
-    sim.run_until(MIN, SEC, knows_everyone)
-        .expect("cluster forms");
+    let mut sim = formed(seed, 6);
     sim.crash(4);
     sim.run_until(20 * SEC, 100, |s| all_see(s, 4, MemberState::Dead))
         .expect("crash detected");

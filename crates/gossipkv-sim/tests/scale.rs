@@ -4,19 +4,16 @@
 //! are `cargo xtask sim`.
 //!
 //! Measured (seed 1, fanout 3): anti-entropy alone reaches all 1,000 nodes in
-//! 0.52 rounds (yardstick 8.2), push in 0.2. It is this far under the
-//! yardstick because rounds are staggered (a node infected early in an
-//! interval spreads within it), each node has 3 exchanges per round of its
-//! own, and the detector's direct probes of doubted members add many more
-//! exchanges as N grows (about 40 per node per round at 1,000 nodes). With
-//! fanout 1 and a detector that waits 60 silent rounds, 300 nodes take 4.3
-//! rounds (`gossipkv-sim --fanout 1 --lenient-detector`).
+//! 2.8 rounds (yardstick 8.2), push in 1.0. It is under the yardstick because
+//! rounds are staggered (a node infected early in an interval spreads within
+//! it) and a node whose digest just changed contacts `fanout` peers, not one.
+//! The cluster forms in about 37 rounds (every node seeded with 4 others).
 
 use gossipkv_sim::scale::{rounds_to_converge, yardstick, ScaleOptions};
 use gossipkv_sim::{seed, SeedGuard, SimConfig};
 
 /// Cluster size: 1,000 (`GOSSIPKV_SIM_SCALE_NODES` overrides it). The two
-/// runs (push off and on) take about 100 s side by side; the simulator and
+/// runs (push off and on) take about 55 s side by side; the simulator and
 /// the crates it drives are optimized even in test builds (see the
 /// workspace's `[profile.dev.package]` entries). The 10,000-node measurement
 /// is `cargo xtask sim`.

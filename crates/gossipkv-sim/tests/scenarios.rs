@@ -267,6 +267,8 @@ fn an_idle_cluster_answers_in_the_short_form() {
     let mut records = 0;
     let mut hash_only = 0;
     let mut pulls = 0;
+    let mut entries = 0;
+    let mut sent = 0;
     for (i, b) in before.iter().enumerate() {
         let a = sim.stats(i);
         syns += a.syns_received - b.syns_received;
@@ -274,6 +276,8 @@ fn an_idle_cluster_answers_in_the_short_form() {
         records += (a.records_won + a.records_lost) - (b.records_won + b.records_lost);
         hash_only += a.hash_only_syns_sent - b.hash_only_syns_sent;
         pulls += a.pulls_sent - b.pulls_sent;
+        entries += a.member_entries_sent - b.member_entries_sent;
+        sent += a.datagrams_sent - b.datagrams_sent;
     }
     assert!(syns > 0);
     assert_eq!(
@@ -286,13 +290,21 @@ fn an_idle_cluster_answers_in_the_short_form() {
         "idle Syns carry a digest fingerprint, not the digest"
     );
     assert_eq!(pulls, 0);
+    assert_eq!(entries, 0, "a settled member list sends no member entries");
+    // One probe Syn per node per round, and its answer.
+    assert!(
+        sent <= 6 * 30 * 2 + 6,
+        "{sent} datagrams in 30 idle rounds of 6 nodes"
+    );
 
     // A write on one node: the others learn of it through hash-only
-    // exchanges too (with eager push off, only anti-entropy can carry it).
+    // exchanges too (with eager push off, only anti-entropy can carry it;
+    // with fanout 1, the writer's full-digest Syns reach one peer a round).
     let mut quiet = Sim::new(SimConfig {
         seed,
         nodes: 6,
         seeds_per_node: 2,
+        fanout: 1,
         push: false,
         ..SimConfig::default()
     });

@@ -179,6 +179,8 @@ pub struct Stats {
     pub refutations: u64,
     /// Member-list reconciliation messages sent.
     pub member_syncs_sent: u64,
+    /// Member entries (rumors, samples, reconciliation) sent in datagrams.
+    pub member_entries_sent: u64,
 }
 
 /// Progress of a re-synchronisation we receive from one peer.
@@ -213,6 +215,8 @@ pub struct Protocol {
     relays: HashMap<NodeId, Vec<(SocketAddr, u64)>>,
     /// The time of the latest input (ms since the epoch).
     now_ms: u64,
+    /// When our last re-synchronisation completed.
+    resynced_ms: Option<u64>,
     discovered: Vec<SocketAddr>,
     next_round_ms: u64,
     next_check_ms: u64,
@@ -325,6 +329,7 @@ impl Protocol {
             probe_order: Vec::new(),
             relays: HashMap::new(),
             now_ms,
+            resynced_ms: None,
             discovered: Vec::new(),
             next_round_ms: now_ms,
             next_check_ms: now_ms,
@@ -547,6 +552,7 @@ impl Protocol {
         for node in expired {
             self.awaiting.remove(&node);
         }
+        ask.sort_unstable();
         for node in &ask {
             self.membership.doubt(node, now_ms);
         }
@@ -638,7 +644,19 @@ impl Protocol {
         }
     }
 
-    fn send_syn(&mut self, to: SocketAddr, syn: Syn) {
+    fn send_syn(&mut self, to: SocketAddr, mut syn: Syn) {
+        // Any Syn to the peer re-synchronising us asks for the next page: a
+        // plain one (a probe, a pull) would be answered with the first page
+        // again and restart the re-synchronisation.
+        if syn.resync_from.is_none() {
+            if let Some(r) = &self.resync {
+                if self.membership.get(&r.from).is_some_and(|p| p.addr == to) {
+                    let cursor = r.cursor.clone();
+                    let digest = self.store.digest();
+                    syn = self.make_syn(&digest, Some(cursor));
+                }
+            }
+        }
         self.stats.syns_sent += 1;
         if syn.digest_hash.is_some() {
             self.stats.hash_only_syns_sent += 1;
@@ -651,7 +669,14 @@ impl Protocol {
         self.stats.rounds += 1;
         let digest = self.store.digest();
         let fingerprint = digest.fingerprint();
-        self.quiet = self.last_fingerprint == Some(fingerprint);
+        // Just after a re-synchronisation we may still be behind in origins
+        // its pages did not vouch for: keep sending whole digests to
+        // `fanout` peers for a few rounds, so that a peer notices and starts
+        // the next one.
+        let recent_resync = self
+            .resynced_ms
+            .is_some_and(|t| now_ms.saturating_sub(t) < 5 * self.cfg.gossip_interval_ms);
+        self.quiet = self.last_fingerprint == Some(fingerprint) && !recent_resync;
         self.last_fingerprint = Some(fingerprint);
         let targets = self.pick_targets(now_ms);
         if targets.is_empty() {
@@ -857,6 +882,7 @@ impl Protocol {
             }
         }
         self.stats.member_syncs_sent += 1;
+        self.stats.member_entries_sent += env.members.len() as u64;
         self.send_envelope(to, env);
     }
 
@@ -1129,6 +1155,7 @@ impl Protocol {
                 if let Some(r) = self.resync.take() {
                     let raised = self.store.raise_watermarks(&r.watermarks);
                     self.stats.resyncs_completed += 1;
+                    self.resynced_ms = Some(now_ms);
                     debug!(peer = %r.from, raised, "re-synchronisation complete");
                 }
             }
@@ -1492,6 +1519,7 @@ impl Protocol {
                 room,
                 &mut self.rng,
             );
+            self.stats.member_entries_sent += env.members.len() as u64;
         }
         self.send_envelope(to, env);
     }
