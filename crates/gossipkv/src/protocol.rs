@@ -859,7 +859,10 @@ impl Protocol {
         if sync.ttl == 0 {
             return;
         }
-        self.send_member_sync(from, Some(&sync.buckets), sync.ttl - 1);
+        // We start exchanges with a ttl of 2; a greater one from the network
+        // is capped, so a forged one cannot keep two nodes answering each
+        // other.
+        self.send_member_sync(from, Some(&sync.buckets), sync.ttl.min(2) - 1);
     }
 
     /// Sends our bucket fingerprints to `to`, with our members from the
@@ -1710,6 +1713,99 @@ mod tests {
             .filter(|e| matches!(e, Event::Error(NetworkError::Decode { .. })))
             .count() as u64;
         assert_eq!(reported, s.decode_errors);
+    }
+
+    #[test]
+    fn a_forged_member_sync_gets_one_bounded_answer() {
+        let mut p = protocol(vec![]);
+        let from: SocketAddr = "127.0.0.1:7009".parse().unwrap();
+        let env = Envelope::new(
+            "test",
+            Sender::new("peer", 1, Some(from)),
+            Body::MemberSync(MemberSync {
+                buckets: vec![1; crate::membership::BUCKETS],
+                ttl: u32::MAX,
+            }),
+        );
+        p.handle_datagram(1_000_000, from, &encode(&env));
+        let answers: Vec<Envelope> = std::iter::from_fn(|| p.poll_transmit())
+            .map(|t| decode(&t.payload, &Limits::default()).unwrap())
+            .collect();
+        assert_eq!(answers.len(), 1);
+        match &answers[0].body {
+            Body::MemberSync(m) => {
+                assert_eq!(m.ttl, 1, "the ttl is capped");
+                assert_eq!(m.buckets.len(), crate::membership::BUCKETS);
+            }
+            other => panic!("unexpected answer {other:?}"),
+        }
+        assert!(
+            answers[0]
+                .members
+                .iter()
+                .any(|m| m.node_id.as_str() == "peer"),
+            "the answer carries the members of the differing buckets"
+        );
+        // A bucket list of the wrong length is not answered.
+        let env = Envelope {
+            body: Body::MemberSync(MemberSync {
+                buckets: vec![1; 3],
+                ttl: 2,
+            }),
+            ..env
+        };
+        p.handle_datagram(1_000_001, from, &encode(&env));
+        assert_eq!(destinations(&mut p), Vec::<SocketAddr>::new());
+    }
+
+    #[test]
+    fn a_silent_member_is_probed_through_others_then_doubted() {
+        let mut p = protocol(vec![]);
+        let peers: Vec<SocketAddr> = (1..=4)
+            .map(|i| format!("127.0.0.1:710{i}").parse().unwrap())
+            .collect();
+        for (i, a) in peers.iter().enumerate() {
+            // A probe answer from each: it only says the sender is alive.
+            let sender = Sender::new(format!("p{i}"), 1, Some(*a));
+            let body = Body::Probe(Probe {
+                target: sender.clone(),
+                request: false,
+            });
+            p.handle_datagram(1_000_000, *a, &encode(&Envelope::new("test", sender, body)));
+        }
+        let _ = destinations(&mut p);
+        // A round: Syns to `fanout` peers (the member list just changed), the
+        // first to the next member in the probe order, whose answer is awaited.
+        p.handle_timeout(1_000_000);
+        let first = destinations(&mut p);
+        assert_eq!(first.len(), 3);
+        let awaited: Vec<&NodeId> = p.awaiting.keys().collect();
+        assert_eq!(awaited.len(), 1);
+        let target = p.membership.get(awaited[0]).unwrap().addr;
+        assert!(first.contains(&target));
+        // Nobody answers: after half an interval three others are asked to
+        // probe it, and it is probed directly again.
+        p.handle_timeout(1_000_500);
+        let sent: Vec<(SocketAddr, Envelope)> = std::iter::from_fn(|| p.poll_transmit())
+            .map(|t| (t.to, decode(&t.payload, &Limits::default()).unwrap()))
+            .collect();
+        let requests: Vec<SocketAddr> = sent
+            .iter()
+            .filter(|(_, e)| matches!(&e.body, Body::Probe(r) if r.request))
+            .map(|(to, _)| *to)
+            .collect();
+        assert_eq!(requests.len(), 3, "{sent:?}");
+        assert!(!requests.contains(&target));
+        assert!(sent
+            .iter()
+            .any(|(to, e)| *to == target && matches!(e.body, Body::Syn(_))));
+        let doubted = p.membership.to_probe();
+        assert_eq!(doubted.len(), 1);
+        assert_eq!(doubted[0].addr, target);
+        // Still silent an interval later: suspected.
+        p.handle_timeout(1_001_500);
+        let suspect = p.membership.get(&doubted[0].node_id).unwrap();
+        assert_eq!(suspect.state, MemberState::Suspect);
     }
 
     #[test]
