@@ -204,7 +204,7 @@ where
     }
 
     /// How long a member that stopped answering probes stays suspect before
-    /// it is declared dead (default four gossip intervals, at least 1 s). It
+    /// it is declared dead (default three gossip intervals, at least 1 s). It
     /// is probed and told of the suspicion meanwhile, so a live member
     /// refutes it; longer is slower to declare a crash and safer on a lossy
     /// network.

@@ -3,10 +3,11 @@
 //!
 //! Failure detection is by probing. Every gossip round the protocol sends its
 //! Syn to the next member of a shuffled round-robin order, and the answer is
-//! the acknowledgement. A member that does not answer in time is probed
-//! through a few others as well ([`Membership::doubt`] after one interval);
-//! while doubted it is probed directly and through others, and one that still
-//! does not answer is *suspected*. The suspicion spreads as a rumor; the member
+//! the acknowledgement. A member that does not answer within the probe
+//! timeout (half an interval) is *doubted* ([`Membership::doubt`]) and
+//! probed through a few others as well; while doubted it is probed directly
+//! and through others, and one that still does not answer for an interval is
+//! *suspected*. The suspicion spreads as a rumor; the member
 //! refutes it by raising its *incarnation* (a counter it raises only for that),
 //! which overrides the rumor everywhere. A suspicion nobody refutes in time
 //! becomes death, which spreads the same way. A node that shuts down
@@ -116,9 +117,8 @@ impl MemberEvent {
 /// Tuning of the failure detector.
 #[derive(Clone, Debug)]
 pub struct DetectorConfig {
-    /// How long a probe waits for its answer before other members are asked
-    /// to probe too, ms. A member that has not answered one gossip interval
-    /// after a probe is doubted.
+    /// How long a probe waits for its answer before the member is doubted
+    /// and other members are asked to probe it too, ms.
     pub probe_timeout_ms: u64,
     /// How many members are asked to probe a member that did not answer.
     pub indirect_probes: usize,
@@ -174,6 +174,13 @@ pub(crate) const BUCKETS: usize = 32;
 /// The bucket of a member key.
 fn bucket_of(key: u64) -> usize {
     (key >> 59) as usize % BUCKETS
+}
+
+/// Whether a member in `state` counts in the member-list fingerprint: live
+/// members only, so that nodes that learned of a dead or departed member at
+/// different times (or never) still agree.
+fn listed(state: MemberState) -> bool {
+    matches!(state, MemberState::Alive | MemberState::Suspect)
 }
 
 /// Contribution of one node incarnation to a member-list fingerprint.
@@ -312,7 +319,7 @@ impl Membership {
         let mut candidates: Vec<(&NodeId, &Entry)> = self
             .members
             .iter()
-            .filter(|(_, e)| differs[bucket_of(e.key)])
+            .filter(|(_, e)| listed(e.state) && differs[bucket_of(e.key)])
             .collect();
         // Sorted first, so that a seeded run does the same every time.
         candidates.sort_unstable_by(|a, b| a.0.cmp(b.0));
@@ -484,10 +491,14 @@ impl Membership {
     /// Moves `node` to `state` at `now_ms`, reports the change and spreads it.
     fn change(&mut self, node: &NodeId, state: MemberState, now_ms: u64, make: MakeEvent) {
         if let Some(e) = self.members.get_mut(node) {
+            let toggles = listed(e.state) != listed(state);
             e.state = state;
             e.since_ms = now_ms;
             e.doubt_since = None;
-            let m = Self::member(node, e);
+            let (m, key) = (Self::member(node, e), e.key);
+            if toggles {
+                self.toggle(key, now_ms);
+            }
             self.events.push_back(make(m));
             self.spread(node);
         }
@@ -506,7 +517,8 @@ impl Membership {
             && !s.left
             && s.liveness != Liveness::Alive
             && s.incarnation >= incarnation)
-            .then(|| s.incarnation + 1)
+            .then(|| s.incarnation.checked_add(1))
+            .flatten()
     }
 
     /// Takes news about a node: the sender of a datagram (`direct`, with the
@@ -559,10 +571,19 @@ impl Membership {
                     key: member_key(&node, s.generation),
                 },
             );
-            let key = self.members[&node].key;
-            self.toggle(key, now_ms);
+            let e = &self.members[&node];
+            if listed(e.state) {
+                let key = e.key;
+                self.toggle(key, now_ms);
+            }
             self.ids_stale = true;
-            self.by_addr.insert(addr, node.clone());
+            if direct.is_some() {
+                self.by_addr.insert(addr, node.clone());
+            } else {
+                // A rumor does not take an address from a member we know
+                // there (it may be stale).
+                self.by_addr.entry(addr).or_insert_with(|| node.clone());
+            }
             let m = Self::member(&node, &self.members[&node]);
             self.events.push_back(MemberEvent::Joined(m));
             // A join is not rumored: it changes member-list fingerprints,
@@ -576,19 +597,28 @@ impl Membership {
             e.doubt_since = None;
             e.members_hash = s.members_hash;
             if e.addr != addr {
-                self.by_addr.remove(&e.addr);
-                self.by_addr.insert(addr, node.clone());
+                if self.by_addr.get(&e.addr) == Some(&node) {
+                    self.by_addr.remove(&e.addr);
+                }
                 e.addr = addr;
                 e.addr_len = addr_text_len(addr);
             }
+            // Whoever was known at this address before, it is this node now.
+            self.by_addr.insert(addr, node.clone());
         }
         if s.generation > e.generation {
             if liveness != Liveness::Alive {
                 return;
             }
-            let old = e.key;
-            self.by_addr.remove(&e.addr);
-            self.by_addr.insert(addr, node.clone());
+            let old = listed(e.state).then_some(e.key);
+            if self.by_addr.get(&e.addr) == Some(&node) {
+                self.by_addr.remove(&e.addr);
+            }
+            if direct.is_some() {
+                self.by_addr.insert(addr, node.clone());
+            } else {
+                self.by_addr.entry(addr).or_insert_with(|| node.clone());
+            }
             *e = Entry {
                 addr,
                 addr_len: addr_text_len(addr),
@@ -600,10 +630,11 @@ impl Membership {
                 members_hash: if direct.is_some() { s.members_hash } else { 0 },
                 key: member_key(&node, s.generation),
             };
-            let new = e.key;
+            let new = listed(e.state).then_some(e.key);
             let m = Self::member(&node, e);
-            self.toggle(old, now_ms);
-            self.toggle(new, now_ms);
+            for key in [old, new].into_iter().flatten() {
+                self.toggle(key, now_ms);
+            }
             self.events.push_back(MemberEvent::Rejoined(m));
             self.spread(&node);
             return;
@@ -647,7 +678,10 @@ impl Membership {
             }
             (Liveness::Suspect, MemberState::Suspect) => {
                 if newer {
+                    // A new suspicion: the member gets the whole timeout
+                    // again to refute it.
                     e.incarnation = s.incarnation;
+                    e.since_ms = now_ms;
                 }
             }
             (Liveness::Dead, MemberState::Alive | MemberState::Suspect) => {
@@ -719,7 +753,9 @@ impl Membership {
         for node in forget {
             if let Some(e) = self.members.remove(&node) {
                 self.ids_stale = true;
-                self.toggle(e.key, now_ms);
+                if listed(e.state) {
+                    self.toggle(e.key, now_ms);
+                }
                 self.news_left.remove(&node);
                 if self.by_addr.get(&e.addr) == Some(&node) {
                     self.by_addr.remove(&e.addr);
@@ -986,6 +1022,69 @@ mod tests {
         assert_eq!(a.hash(), b.hash());
         b.observe(&rumor("c", 8, 0, Liveness::Alive), None, 0);
         assert_ne!(a.hash(), b.hash(), "a restart changes the fingerprint");
+    }
+
+    #[test]
+    fn an_overflowing_incarnation_is_not_refuted_and_does_not_panic() {
+        let m = table();
+        let forged = rumor("me", 1, u64::MAX, Liveness::Dead);
+        assert_eq!(m.refutes(&forged, 0), None);
+    }
+
+    #[test]
+    fn dead_and_departed_members_stay_out_of_the_fingerprint() {
+        let mut a = Membership::new("a".into(), 1, 1000, DetectorConfig::for_interval(1000));
+        let mut b = Membership::new("b".into(), 1, 1000, DetectorConfig::for_interval(1000));
+        a.observe(&rumor("b", 1, 0, Liveness::Alive), None, 0);
+        b.observe(&rumor("a", 1, 0, Liveness::Alive), None, 0);
+        assert_eq!(a.hash(), b.hash());
+        // `a` knew `d` and `l` before one died and the other left; `b` never
+        // heard of them (rumors of their end teach it nothing).
+        a.observe(&rumor("d", 1, 0, Liveness::Alive), None, 0);
+        a.observe(&rumor("l", 1, 0, Liveness::Alive), None, 0);
+        assert_ne!(a.hash(), b.hash());
+        a.observe(&rumor("d", 1, 0, Liveness::Dead), None, 10);
+        a.observe(&left("l", 1, 0), None, 10);
+        b.observe(&rumor("d", 1, 0, Liveness::Dead), None, 10);
+        assert_eq!(a.hash(), b.hash(), "the lists agree on the live members");
+        assert!(a
+            .reconcile(&b.buckets(), 10_000, &mut SmallRng::seed_from_u64(1))
+            .is_none());
+        // A member that comes back counts again.
+        a.observe(&rumor("d", 1, 1, Liveness::Alive), None, 20);
+        assert_ne!(a.hash(), b.hash());
+    }
+
+    #[test]
+    fn a_rumor_does_not_take_an_address_from_a_known_member() {
+        let mut m = table();
+        let addr: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+        m.observe(&rumor("y", 1, 0, Liveness::Alive), Some(addr), 0);
+        // A stale rumor puts `x` at the same address.
+        m.observe(&rumor("x", 1, 0, Liveness::Alive), None, 10);
+        assert_eq!(m.id_at(addr), Some("y".into()));
+        // `x` restarts elsewhere: `y` keeps its address.
+        let elsewhere: SocketAddr = "127.0.0.1:9001".parse().unwrap();
+        m.observe(&rumor("x", 2, 0, Liveness::Alive), Some(elsewhere), 20);
+        assert_eq!(m.id_at(addr), Some("y".into()));
+        assert_eq!(m.id_at(elsewhere), Some("x".into()));
+        // Direct contact from a new node at `y`'s address: it is there now.
+        m.observe(&rumor("z", 1, 0, Liveness::Alive), Some(addr), 30);
+        assert_eq!(m.id_at(addr), Some("z".into()));
+    }
+
+    #[test]
+    fn a_newer_suspicion_gets_the_whole_timeout() {
+        let mut m = table();
+        m.observe(&rumor("x", 1, 0, Liveness::Alive), None, 0);
+        m.observe(&rumor("x", 1, 0, Liveness::Suspect), None, 0);
+        // The refutation was missed; a new suspicion at the new incarnation
+        // arrives just before the first would have turned into death.
+        m.observe(&rumor("x", 1, 1, Liveness::Suspect), None, 2_900);
+        m.check(3_000);
+        assert_eq!(state(&m, "x"), Some(MemberState::Suspect));
+        m.check(5_900);
+        assert_eq!(state(&m, "x"), Some(MemberState::Dead));
     }
 
     #[test]

@@ -33,9 +33,9 @@
 //! acknowledgement (SWIM). While the cluster is quiet (digest unchanged, no
 //! membership rumors, no re-synchronisation) that is the only Syn of the
 //! round; otherwise `fanout - 1` random peers get one too. A probe left
-//! unanswered for half an interval is retried through a few other members
-//! (`Probe` requests, whose answers vouch for the target); one left
-//! unanswered for an interval makes the target doubted (see `membership`).
+//! unanswered for half an interval makes the target doubted (see
+//! `membership`) and is retried through a few other members (`Probe`
+//! requests, whose answers vouch for the target).
 //! Every header carries the sender's incarnation and member-list fingerprint;
 //! membership rumors and, between nodes whose fingerprints differ, member
 //! samples ride on the datagrams.
@@ -542,11 +542,12 @@ impl Protocol {
         let mut expired = Vec::new();
         for (node, (sent, helped)) in self.awaiting.iter_mut() {
             let waited = now_ms.saturating_sub(*sent);
-            if waited >= period {
-                expired.push(node.clone());
-            } else if waited >= timeout && !*helped {
+            if waited >= timeout && !*helped {
                 *helped = true;
                 ask.push(node.clone());
+            }
+            if waited >= period {
+                expired.push(node.clone());
             }
         }
         for node in expired {
