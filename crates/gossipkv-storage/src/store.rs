@@ -252,10 +252,14 @@ impl Store {
         };
         let key: Arc<str> = {
             let k = match shard.get_key_value(key) {
-                Some((k, old)) => {
+                Some((k, _)) => {
+                    // Replaced in place: the map keeps its key.
                     let k = k.clone();
-                    self.adjust_live(old.value.is_some(), entry.value.is_some());
-                    shard.insert(k.clone(), entry);
+                    if let Some(old) = shard.get_mut(key) {
+                        let was_live = old.value.is_some();
+                        *old = entry;
+                        self.adjust_live(was_live, value.is_some());
+                    }
                     k
                 }
                 None => {
