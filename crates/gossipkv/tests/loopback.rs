@@ -329,6 +329,9 @@ async fn bad_configuration_is_rejected_with_a_message() {
     assert!(err(b().max_value_size(65 << 20))
         .await
         .contains("max value size"));
+    assert!(err(b().suspect_timeout(Duration::ZERO))
+        .await
+        .contains("suspect timeout"));
 }
 
 #[tokio::test]
