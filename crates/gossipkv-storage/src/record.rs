@@ -155,6 +155,43 @@ impl Digest {
         part
     }
 
+    /// A subset of this (complete) digest that fits `max_bytes`, for a
+    /// re-synchronisation page: the origins in `prefer` first, then the
+    /// others from the `rotate`-th one on, wrapping around. The subset need
+    /// not be contiguous: an unlisted origin inside its range reads as
+    /// watermark 0, which only makes a page's receiver keep more and raise
+    /// less. Returns the digest whole when it fits.
+    pub fn page_window(mut self, max_bytes: usize, rotate: usize, prefer: &[Origin]) -> Digest {
+        if self.size_hint() <= max_bytes || self.entries.is_empty() {
+            return self;
+        }
+        self.entries.sort_by(|a, b| a.origin.cmp(&b.origin));
+        let n = self.entries.len();
+        let start = rotate % n;
+        self.entries.rotate_left(start);
+        let (mut order, rest): (Vec<DigestEntry>, Vec<DigestEntry>) = self
+            .entries
+            .into_iter()
+            .partition(|e| prefer.contains(&e.origin));
+        order.extend(rest);
+        let mut part = Digest {
+            entries: Vec::new(),
+            complete: false,
+            open_start: false,
+            open_end: false,
+        };
+        let mut used = part.size_hint();
+        for e in order {
+            let cost = e.origin.node.as_str().len() + DIGEST_ENTRY_OVERHEAD;
+            if used + cost <= max_bytes {
+                used += cost;
+                part.entries.push(e);
+            }
+        }
+        part.entries.sort_by(|a, b| a.origin.cmp(&b.origin));
+        part
+    }
+
     /// An upper bound of this digest's encoded size.
     pub fn size_hint(&self) -> usize {
         16 + self

@@ -474,11 +474,20 @@ impl Store {
     /// could miss a delete whose tombstone was collected here. It must then
     /// be sent [`Store::page`]s instead.
     pub fn needs_resync(&self, peer: &Digest) -> bool {
+        !self.resync_origins(peer).is_empty()
+    }
+
+    /// The origins in which the peer with digest `peer` is below this
+    /// store's floor (see [`Store::needs_resync`]).
+    pub fn resync_origins(&self, peer: &Digest) -> Vec<Origin> {
         let logs: Vec<_> = self.origins.read().logs.clone();
-        logs.iter().any(|log| {
-            let log = log.lock();
-            log.floor > 0 && peer.watermark(&log.origin).is_some_and(|w| w < log.floor)
-        })
+        logs.iter()
+            .filter_map(|log| {
+                let log = log.lock();
+                (log.floor > 0 && peer.watermark(&log.origin).is_some_and(|w| w < log.floor))
+                    .then(|| log.origin.clone())
+            })
+            .collect()
     }
 
     /// Records the peer with digest `peer` lacks, cut to `budget` bytes (by

@@ -289,6 +289,43 @@ fn tombstone_dropped_by_a_page_still_forces_lagging_peers_to_resync() {
 /// with D's older value. That is the documented rule; at least every replica
 /// agrees, when they all collect in step.
 #[test]
+fn page_windows_list_the_origins_a_peer_is_behind_in_first() {
+    let origins: Vec<Origin> = (0..24)
+        .map(|i| Origin::new(format!("w-{i:02}"), 1))
+        .collect();
+    let digest = Digest {
+        entries: origins
+            .iter()
+            .map(|o| DigestEntry {
+                origin: o.clone(),
+                watermark: 2,
+            })
+            .collect(),
+        complete: true,
+        open_start: false,
+        open_end: false,
+    };
+    let max = digest.size_hint() / 4;
+    let behind = [origins[0].clone(), origins[1].clone(), origins[23].clone()];
+    let w = digest.clone().page_window(max, 20, &behind);
+    assert!(w.size_hint() <= max);
+    assert!(!w.complete && !w.open_start && !w.open_end);
+    for o in &behind {
+        assert_eq!(w.watermark(o), Some(2), "{o:?} is listed");
+    }
+    // The rest are taken from the rotation point on, wrapping around; an
+    // unlisted origin inside the range reads as 0, never as the sender's.
+    assert!(w.entries.len() > behind.len());
+    assert!(w.entries.windows(2).all(|p| p[0].origin < p[1].origin));
+    for o in &origins {
+        let listed = w.entries.iter().any(|e| &e.origin == o);
+        assert_eq!(w.watermark(o).unwrap_or(0), if listed { 2 } else { 0 });
+    }
+    // A digest that fits is returned whole.
+    assert_eq!(digest.clone().page_window(usize::MAX, 3, &behind), digest);
+}
+
+#[test]
 fn unseen_write_older_than_a_collected_delete_comes_back_everywhere() {
     let a = Store::new(Origin::new("a", 1));
     let b = Store::new(Origin::new("b", 1));

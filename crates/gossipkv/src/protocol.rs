@@ -217,6 +217,8 @@ pub struct Protocol {
     now_ms: u64,
     /// When our last re-synchronisation completed.
     resynced_ms: Option<u64>,
+    /// When a peer last answered a hash-only Syn with a different digest.
+    mismatch_ms: Option<u64>,
     discovered: Vec<SocketAddr>,
     next_round_ms: u64,
     next_check_ms: u64,
@@ -330,6 +332,7 @@ impl Protocol {
             relays: HashMap::new(),
             now_ms,
             resynced_ms: None,
+            mismatch_ms: None,
             discovered: Vec::new(),
             next_round_ms: now_ms,
             next_check_ms: now_ms,
@@ -638,6 +641,18 @@ impl Protocol {
                 digest_hash: Some(fingerprint),
             };
         }
+        // Asking for a later page of a re-synchronisation: our watermarks
+        // for exactly the origins the first page listed, so that the sender
+        // lists the same ones on every page and the pass raises them all.
+        if let (Some(_), Some(r)) = (&resync_from, &self.resync) {
+            if !r.watermarks.complete {
+                return Syn {
+                    digest: restrict(digest, &r.watermarks),
+                    resync_from,
+                    digest_hash: None,
+                };
+            }
+        }
         Syn {
             digest: self.fit_digest(digest.clone(), self.budget / 2),
             resync_from,
@@ -671,13 +686,15 @@ impl Protocol {
         let digest = self.store.digest();
         let fingerprint = digest.fingerprint();
         // Just after a re-synchronisation we may still be behind in origins
-        // its pages did not vouch for: keep sending whole digests to
-        // `fanout` peers for a few rounds, so that a peer notices and starts
-        // the next one.
-        let recent_resync = self
-            .resynced_ms
-            .is_some_and(|t| now_ms.saturating_sub(t) < 5 * self.cfg.gossip_interval_ms);
-        self.quiet = self.last_fingerprint == Some(fingerprint) && !recent_resync;
+        // its pages did not vouch for, and after a peer answered with a
+        // different digest we are not in step: keep sending whole digests
+        // (windows of them, rotating) to `fanout` peers for a few rounds, so
+        // that a peer notices what we lack.
+        let recent = |t: Option<u64>| {
+            t.is_some_and(|t| now_ms.saturating_sub(t) < 5 * self.cfg.gossip_interval_ms)
+        };
+        let unsettled = recent(self.resynced_ms) || recent(self.mismatch_ms);
+        self.quiet = self.last_fingerprint == Some(fingerprint) && !unsettled;
         self.last_fingerprint = Some(fingerprint);
         let targets = self.pick_targets(now_ms);
         if targets.is_empty() {
@@ -1053,14 +1070,24 @@ impl Protocol {
             );
             return;
         }
-        if syn.resync_from.is_some() || self.store.needs_resync(&syn.digest) {
+        let behind = self.store.resync_origins(&syn.digest);
+        if syn.resync_from.is_some() || !behind.is_empty() {
             // A page gets the whole datagram: the reply's own digest is the
             // empty one (the initiator is being re-synchronised and has
             // nothing to send back), and the page carries a window of our
             // watermarks small enough to leave room for records.
             let start = syn.resync_from.unwrap_or_default();
             let rotate = self.rng.random::<u32>() as usize;
-            let watermarks = mine.window(self.budget / 4, rotate);
+            // The first page lists the origins the initiator is below our
+            // floor in first (they decide which of its stale records it may
+            // drop); later pages list the origins the initiator names (those
+            // of the first page), so that the pass raises them all.
+            let watermarks = match &syn.digest {
+                d if !start.is_empty() && !d.complete && !d.entries.is_empty() => {
+                    restrict(&mine, d).page_window(self.budget / 4, 0, &[])
+                }
+                _ => mine.page_window(self.budget / 4, rotate, &behind),
+            };
             let page = self.store.page(&start, self.budget, watermarks);
             trace!(%from, start = %page.start, records = page.records.len(), "sending resync page");
             self.send(
@@ -1105,7 +1132,14 @@ impl Protocol {
         self.answer_ack(now_ms, from, &ack.digest);
         // The answer to a hash-only Syn carries no delta: if the peer has
         // writes we lack, ask again with our full digest (once per Syn).
-        if self.hash_only_to.remove(&from) && self.peer_is_ahead(&ack.digest) {
+        let hash_only = self.hash_only_to.remove(&from);
+        if hash_only && !ack.digest.entries.is_empty() {
+            // The fingerprints differ: until they agree again, send whole
+            // digests (a window of ours may not show what the peer must see,
+            // for example that we fell below its floor in some origin).
+            self.mismatch_ms = Some(now_ms);
+        }
+        if hash_only && self.peer_is_ahead(&ack.digest) {
             self.stats.pulls_sent += 1;
             let syn = Syn {
                 digest: self.fit_digest(self.store.digest(), self.budget / 2),
@@ -1611,22 +1645,32 @@ fn log_member_event(e: &MemberEvent) {
     }
 }
 
+/// `digest`'s watermarks (0 where it has none) for exactly the origins `to`
+/// lists: what a node asking for a later page of a re-synchronisation sends.
+fn restrict(digest: &Digest, to: &Digest) -> Digest {
+    subset(to.entries.iter().map(|e| gossipkv_storage::DigestEntry {
+        origin: e.origin.clone(),
+        watermark: digest.watermark(&e.origin).unwrap_or(0),
+    }))
+}
+
 /// The origins both digests speak for, at the lower of their watermarks (a
 /// partial result: it says nothing of other origins).
 fn intersect(a: &Digest, b: &Digest) -> Digest {
-    let entries = a
-        .entries
-        .iter()
-        .filter_map(|e| {
-            b.watermark(&e.origin)
-                .map(|w| gossipkv_storage::DigestEntry {
-                    origin: e.origin.clone(),
-                    watermark: w.min(e.watermark),
-                })
-        })
-        .collect();
+    subset(a.entries.iter().filter_map(|e| {
+        b.watermark(&e.origin)
+            .map(|w| gossipkv_storage::DigestEntry {
+                origin: e.origin.clone(),
+                watermark: w.min(e.watermark),
+            })
+    }))
+}
+
+/// A digest listing just `entries` (unlisted origins inside their range read
+/// as watermark 0).
+fn subset(entries: impl Iterator<Item = gossipkv_storage::DigestEntry>) -> Digest {
     Digest {
-        entries,
+        entries: entries.collect(),
         complete: false,
         open_start: false,
         open_end: false,
