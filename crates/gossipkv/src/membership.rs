@@ -168,6 +168,28 @@ struct Entry {
     key: u64,
 }
 
+impl Entry {
+    /// The entry of a member first heard of, or heard of in a new
+    /// generation, from `s` (the sender of a datagram if `direct`).
+    fn first(node: &NodeId, s: &Sender, addr: SocketAddr, direct: bool, now_ms: u64) -> Entry {
+        Entry {
+            addr,
+            addr_len: addr_text_len(addr),
+            generation: s.generation,
+            incarnation: s.incarnation,
+            state: if s.left {
+                MemberState::Left
+            } else {
+                MemberState::Alive
+            },
+            since_ms: now_ms,
+            doubt_since: None,
+            members_hash: if direct { s.members_hash } else { 0 },
+            key: member_key(node, s.generation),
+        }
+    }
+}
+
 /// Buckets a member list is split into for reconciliation.
 pub(crate) const BUCKETS: usize = 32;
 
@@ -537,13 +559,6 @@ impl Membership {
         } else {
             s.liveness
         };
-        let state_of = |left: bool| {
-            if left {
-                MemberState::Left
-            } else {
-                MemberState::Alive
-            }
-        };
         let node = s.node_id.clone();
         let Some(e) = self.members.get_mut(&node) else {
             // Rumors of a suspicion or death of a member we do not know
@@ -557,34 +572,14 @@ impl Membership {
                 }
                 self.forgotten.remove(&node);
             }
-            self.members.insert(
-                node.clone(),
-                Entry {
-                    addr,
-                    addr_len: addr_text_len(addr),
-                    generation: s.generation,
-                    incarnation: s.incarnation,
-                    state: state_of(s.left),
-                    since_ms: now_ms,
-                    doubt_since: None,
-                    members_hash: if direct.is_some() { s.members_hash } else { 0 },
-                    key: member_key(&node, s.generation),
-                },
-            );
-            let e = &self.members[&node];
+            let e = Entry::first(&node, s, addr, direct.is_some(), now_ms);
             if listed(e.state) {
-                let key = e.key;
-                self.toggle(key, now_ms);
+                self.toggle(e.key, now_ms);
             }
+            let m = Self::member(&node, &e);
+            self.members.insert(node.clone(), e);
             self.ids_stale = true;
-            if direct.is_some() {
-                self.by_addr.insert(addr, node.clone());
-            } else {
-                // A rumor does not take an address from a member we know
-                // there (it may be stale).
-                self.by_addr.entry(addr).or_insert_with(|| node.clone());
-            }
-            let m = Self::member(&node, &self.members[&node]);
+            self.claim_addr(addr, &node, direct.is_some());
             self.events.push_back(MemberEvent::Joined(m));
             // A join is not rumored: it changes member-list fingerprints,
             // and reconciliation carries it to nodes that lack it.
@@ -603,35 +598,23 @@ impl Membership {
                 e.addr = addr;
                 e.addr_len = addr_text_len(addr);
             }
-            // Whoever was known at this address before, it is this node now.
+            // Heard from there: it is this node's address now, whoever was
+            // known there before (see `claim_addr`).
             self.by_addr.insert(addr, node.clone());
         }
         if s.generation > e.generation {
             if liveness != Liveness::Alive {
                 return;
             }
+            let old_addr = e.addr;
             let old = listed(e.state).then_some(e.key);
-            if self.by_addr.get(&e.addr) == Some(&node) {
-                self.by_addr.remove(&e.addr);
-            }
-            if direct.is_some() {
-                self.by_addr.insert(addr, node.clone());
-            } else {
-                self.by_addr.entry(addr).or_insert_with(|| node.clone());
-            }
-            *e = Entry {
-                addr,
-                addr_len: addr_text_len(addr),
-                generation: s.generation,
-                incarnation: s.incarnation,
-                state: state_of(s.left),
-                since_ms: now_ms,
-                doubt_since: None,
-                members_hash: if direct.is_some() { s.members_hash } else { 0 },
-                key: member_key(&node, s.generation),
-            };
+            *e = Entry::first(&node, s, addr, direct.is_some(), now_ms);
             let new = listed(e.state).then_some(e.key);
             let m = Self::member(&node, e);
+            if self.by_addr.get(&old_addr) == Some(&node) {
+                self.by_addr.remove(&old_addr);
+            }
+            self.claim_addr(addr, &node, direct.is_some());
             for key in [old, new].into_iter().flatten() {
                 self.toggle(key, now_ms);
             }
@@ -698,6 +681,17 @@ impl Membership {
                 }
             }
             (_, MemberState::Left) => {}
+        }
+    }
+
+    /// Records that `node` is at `addr`: certainly when we heard from it
+    /// there (`direct`), whoever was known there before; from a rumor, only
+    /// if no other member is known there (the rumor may be stale).
+    fn claim_addr(&mut self, addr: SocketAddr, node: &NodeId, direct: bool) {
+        if direct {
+            self.by_addr.insert(addr, node.clone());
+        } else {
+            self.by_addr.entry(addr).or_insert_with(|| node.clone());
         }
     }
 

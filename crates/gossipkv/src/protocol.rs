@@ -215,10 +215,10 @@ pub struct Protocol {
     relays: HashMap<NodeId, Vec<(SocketAddr, u64)>>,
     /// The time of the latest input (ms since the epoch).
     now_ms: u64,
-    /// When our last re-synchronisation completed.
-    resynced_ms: Option<u64>,
-    /// When a peer last answered a hash-only Syn with a different digest.
-    mismatch_ms: Option<u64>,
+    /// Until when rounds send whole digests (not quiet): set after a
+    /// re-synchronisation completes and when a peer answers a hash-only Syn
+    /// with a different digest.
+    whole_digests_until_ms: u64,
     discovered: Vec<SocketAddr>,
     next_round_ms: u64,
     next_check_ms: u64,
@@ -283,9 +283,8 @@ struct FragmentJob {
 /// way up to this size, and the fastest.
 pub const PUSH_DIRECT_MAX: usize = 128;
 
-/// Share of a datagram always reserved for the member sample (one part in
-/// ten); a datagram whose body leaves more room carries more members, up to
-/// half the packet.
+/// Share of a datagram always reserved for member entries (one part in
+/// ten); a datagram whose body leaves more room may carry more.
 const MEMBER_SHARE: usize = 10;
 
 impl Protocol {
@@ -331,8 +330,7 @@ impl Protocol {
             probe_order: Vec::new(),
             relays: HashMap::new(),
             now_ms,
-            resynced_ms: None,
-            mismatch_ms: None,
+            whole_digests_until_ms: 0,
             discovered: Vec::new(),
             next_round_ms: now_ms,
             next_check_ms: now_ms,
@@ -690,11 +688,8 @@ impl Protocol {
         // different digest we are not in step: keep sending whole digests
         // (windows of them, rotating) to `fanout` peers for a few rounds, so
         // that a peer notices what we lack.
-        let recent = |t: Option<u64>| {
-            t.is_some_and(|t| now_ms.saturating_sub(t) < 5 * self.cfg.gossip_interval_ms)
-        };
-        let unsettled = recent(self.resynced_ms) || recent(self.mismatch_ms);
-        self.quiet = self.last_fingerprint == Some(fingerprint) && !unsettled;
+        self.quiet =
+            self.last_fingerprint == Some(fingerprint) && now_ms >= self.whole_digests_until_ms;
         self.last_fingerprint = Some(fingerprint);
         let targets = self.pick_targets(now_ms);
         if targets.is_empty() {
@@ -738,17 +733,21 @@ impl Protocol {
     /// random live members too unless the cluster is quiet, a dead member
     /// now and then, and seeds nobody answered from yet.
     fn pick_targets(&mut self, now_ms: u64) -> Vec<SocketAddr> {
-        let live = self
-            .membership
-            .in_states(&[MemberState::Alive, MemberState::Suspect]);
         let mut targets: Vec<SocketAddr> = Vec::new();
-        if let Some(m) = self.next_probe() {
-            targets.push(m.addr);
-            self.awaiting.entry(m.node_id).or_insert((now_ms, false));
-        }
+        // The probe order holds every live member: none means none is live.
+        let no_live = match self.next_probe() {
+            Some(m) => {
+                targets.push(m.addr);
+                self.awaiting.entry(m.node_id).or_insert((now_ms, false));
+                false
+            }
+            None => true,
+        };
         let quiet = self.quiet && self.resync.is_none() && !self.membership.unsettled(now_ms);
         if !quiet {
-            let mut peers: Vec<SocketAddr> = live
+            let mut peers: Vec<SocketAddr> = self
+                .membership
+                .in_states(&[MemberState::Alive, MemberState::Suspect])
                 .iter()
                 .map(|m| m.addr)
                 .filter(|a| !targets.contains(a))
@@ -785,7 +784,7 @@ impl Protocol {
             .collect();
         unknown.sort();
         unknown.dedup();
-        if live.is_empty() {
+        if no_live {
             targets.append(&mut unknown);
         } else if !unknown.is_empty() {
             let i = self.rng.random_range(0..unknown.len());
@@ -1137,7 +1136,7 @@ impl Protocol {
             // The fingerprints differ: until they agree again, send whole
             // digests (a window of ours may not show what the peer must see,
             // for example that we fell below its floor in some origin).
-            self.mismatch_ms = Some(now_ms);
+            self.send_whole_digests(now_ms);
         }
         if hash_only && self.peer_is_ahead(&ack.digest) {
             self.stats.pulls_sent += 1;
@@ -1148,6 +1147,11 @@ impl Protocol {
             };
             self.send_syn(from, syn);
         }
+    }
+
+    /// Makes the next five rounds send whole digests to `fanout` peers.
+    fn send_whole_digests(&mut self, now_ms: u64) {
+        self.whole_digests_until_ms = now_ms + 5 * self.cfg.gossip_interval_ms;
     }
 
     /// Whether `peer` lists a watermark above ours for some origin.
@@ -1193,7 +1197,7 @@ impl Protocol {
                 if let Some(r) = self.resync.take() {
                     let raised = self.store.raise_watermarks(&r.watermarks);
                     self.stats.resyncs_completed += 1;
-                    self.resynced_ms = Some(now_ms);
+                    self.send_whole_digests(now_ms);
                     debug!(peer = %r.from, raised, "re-synchronisation complete");
                 }
             }
