@@ -1,12 +1,24 @@
 //! `cargo xtask sim`: dissemination at scale in the deterministic simulator.
 //!
-//! Builds and runs the `gossipkv-sim` binary of `gossipkv-sim` in release mode
-//! for 1,000 and 10,000 nodes (`--quick`: 1,000 only), with eager push off
-//! (anti-entropy only, "pull") and on. Each run lets the cluster form, writes
-//! one key and counts the rounds until every node holds it. Prints a table and
-//! writes `<target>/xtask-sim/sim.json` (figures of earlier runs for other
-//! node counts are kept), whose top-level `sim_*` keys `cargo xtask bench`
-//! merges into its summary.
+//! Builds and runs the `gossipkv-sim` binary of `gossipkv-sim` in release mode.
+//! Each run writes one key on one node of a cluster and counts the rounds
+//! until every node holds it, with eager push off (anti-entropy only, "pull")
+//! and on. Two kinds of runs:
+//!
+//! - **given membership**, for 1,000 and 10,000 nodes: the cluster starts
+//!   formed and its nodes draw peers from a shared list of all nodes (a
+//!   simulated node then costs no member table; seconds per run). Their
+//!   figures are the `sim_*` keys, e.g. `sim_rounds_n10000_pull`.
+//! - **formed membership**, for up to [`FORMED_MAX_NODES`] nodes (not with
+//!   `--quick`): the cluster first forms through gossip, failure detector
+//!   and all (about a minute for 1,000 nodes; each simulated node keeps
+//!   about 520 B per member, so 10,000 nodes would need ~50 GB). Their
+//!   figures are the `sim_formed_*` keys.
+//!
+//! Prints a table and writes `<target>/xtask-sim/sim.json` (figures of earlier
+//! runs for other node counts are kept), whose top-level `sim_*` keys
+//! `cargo xtask bench` merges into its summary. `cargo xtask bench` runs the
+//! given-membership part itself.
 
 use std::fs;
 use std::path::Path;
@@ -23,10 +35,12 @@ pub(crate) const SIM_PACKAGE: &str = "gossipkv-sim";
 /// See [`SIM_PACKAGE`].
 pub(crate) const SIM_BIN: &str = "gossipkv-sim";
 
-/// Node counts of a full run, and of `--quick`.
-pub(crate) const FULL_NODES: &[usize] = &[1_000, 10_000];
-/// See [`FULL_NODES`].
-pub(crate) const QUICK_NODES: &[usize] = &[1_000];
+/// Node counts simulated unless `--nodes` says otherwise.
+pub(crate) const DEFAULT_NODES: &[usize] = &[1_000, 10_000];
+
+/// Largest node count simulated with formed membership (larger ones are
+/// skipped: see the module documentation).
+pub(crate) const FORMED_MAX_NODES: usize = 2_000;
 
 /// Wall-clock limit of one run (one node count, push on or off), seconds,
 /// unless `--max-wall-secs` says otherwise. The protocol's work per datagram
@@ -34,29 +48,52 @@ pub(crate) const QUICK_NODES: &[usize] = &[1_000];
 /// that hits the limit is reported as given up.
 pub(crate) const DEFAULT_MAX_WALL_SECS: u64 = 3_600;
 
+/// How membership is simulated (see the module documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Membership {
+    Given,
+    Formed,
+}
+
+impl Membership {
+    fn arg(self) -> &'static str {
+        match self {
+            Membership::Given => "given",
+            Membership::Formed => "formed",
+        }
+    }
+}
+
 /// Runs the simulations, prints the table and writes `sim.json`.
 pub(crate) fn run(opts: &SimOptions) -> anyhow::Result<()> {
     let root = workspace::root();
     let target_dir = workspace::target_dir(&root)?;
     let out_dir = target_dir.join("xtask-sim");
     fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
-    let runs_file = out_dir.join("runs.json");
-    let _ = fs::remove_file(&runs_file);
 
-    let args = cargo_args(opts, &runs_file);
-    println!("$ cargo {}", args.join(" "));
-    let status = Command::new(workspace::cargo())
-        .args(&args)
-        .current_dir(&root)
-        .status()
-        .context("failed to run the simulator")?;
-    if !status.success() {
-        bail!("`{SIM_BIN}` failed ({status})");
+    let mut runs: Vec<Value> = Vec::new();
+    for (membership, nodes) in plan(opts) {
+        if nodes.is_empty() {
+            continue;
+        }
+        let runs_file = out_dir.join(format!("runs-{}.json", membership.arg()));
+        let _ = fs::remove_file(&runs_file);
+        let args = cargo_args(opts, membership, &nodes, &runs_file);
+        println!("$ cargo {}", args.join(" "));
+        let status = Command::new(workspace::cargo())
+            .args(&args)
+            .current_dir(&root)
+            .status()
+            .context("failed to run the simulator")?;
+        if !status.success() {
+            bail!("`{SIM_BIN}` failed ({status})");
+        }
+        let text = fs::read_to_string(&runs_file)
+            .with_context(|| format!("cannot read {}", runs_file.display()))?;
+        let mut these: Vec<Value> = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a JSON array", runs_file.display()))?;
+        runs.append(&mut these);
     }
-    let text = fs::read_to_string(&runs_file)
-        .with_context(|| format!("cannot read {}", runs_file.display()))?;
-    let runs: Vec<Value> = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a JSON array", runs_file.display()))?;
 
     println!();
     print!("{}", table(&runs));
@@ -77,20 +114,40 @@ pub(crate) fn run(opts: &SimOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The node counts to simulate.
-pub(crate) fn node_counts(opts: &SimOptions) -> Vec<usize> {
-    if !opts.nodes.is_empty() {
-        opts.nodes.clone()
-    } else if opts.quick {
-        QUICK_NODES.to_vec()
+/// The node counts to simulate with each kind of membership: given for
+/// every count; formed for those up to [`FORMED_MAX_NODES`], and not with
+/// `--quick` or `--given-only`.
+pub(crate) fn plan(opts: &SimOptions) -> Vec<(Membership, Vec<usize>)> {
+    let nodes = if opts.nodes.is_empty() {
+        DEFAULT_NODES.to_vec()
     } else {
-        FULL_NODES.to_vec()
-    }
+        opts.nodes.clone()
+    };
+    let formed: Vec<usize> = if opts.quick || opts.given_only {
+        Vec::new()
+    } else {
+        let (small, big): (Vec<usize>, Vec<usize>) =
+            nodes.iter().partition(|&&n| n <= FORMED_MAX_NODES);
+        for n in big {
+            println!(
+                "(formed membership at {n} nodes skipped: each simulated node keeps \
+                 ~520 B per member, ~{} GB in all; given membership covers it)",
+                n * n * 520 / 1_000_000_000
+            );
+        }
+        small
+    };
+    vec![(Membership::Given, nodes), (Membership::Formed, formed)]
 }
 
 /// Arguments for `cargo`: `run --release -p gossipkv-sim --bin gossipkv-sim --
-/// --nodes N... --max-wall-secs S --json FILE [extra...]`.
-pub(crate) fn cargo_args(opts: &SimOptions, json: &Path) -> Vec<String> {
+/// --membership M --nodes N... --max-wall-secs S --json FILE [extra...]`.
+pub(crate) fn cargo_args(
+    opts: &SimOptions,
+    membership: Membership,
+    nodes: &[usize],
+    json: &Path,
+) -> Vec<String> {
     let mut args: Vec<String> = [
         "run",
         "--release",
@@ -99,11 +156,13 @@ pub(crate) fn cargo_args(opts: &SimOptions, json: &Path) -> Vec<String> {
         "--bin",
         SIM_BIN,
         "--",
+        "--membership",
+        membership.arg(),
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
-    for n in node_counts(opts) {
+    for n in nodes {
         args.push("--nodes".into());
         args.push(n.to_string());
     }
@@ -119,6 +178,11 @@ pub(crate) fn cargo_args(opts: &SimOptions, json: &Path) -> Vec<String> {
     args
 }
 
+/// Whether a run's membership was formed (its keys get a `formed_` prefix).
+fn formed(run: &Value) -> bool {
+    run.get("membership").and_then(Value::as_str) == Some("formed")
+}
+
 fn mode(run: &Value) -> &'static str {
     if run.get("push").and_then(Value::as_bool).unwrap_or(false) {
         "push"
@@ -130,17 +194,19 @@ fn mode(run: &Value) -> &'static str {
 /// Adds the `sim_*` figures of `runs` to `figures`: per node count N and mode
 /// (`pull` = anti-entropy only, `push` = eager push too), rounds to converge
 /// (null when the run gave up), bytes per node per round while disseminating
-/// and idle, membership formation rounds and wall time; the yardstick per N;
+/// and idle, and wall time; for formed membership (keys `sim_formed_*`) also
+/// membership formation rounds and false suspicions; the yardstick per N;
 /// and the raw reports under `sim_runs`.
 pub(crate) fn merge_figures(figures: &mut Map<String, Value>, runs: &[Value]) {
+    let same = |a: &Value, b: &Value| {
+        ["nodes", "push", "membership"]
+            .iter()
+            .all(|k| a.get(*k) == b.get(*k))
+    };
     let mut kept: Vec<Value> = match figures.get("sim_runs") {
         Some(Value::Array(old)) => old
             .iter()
-            .filter(|o| {
-                !runs
-                    .iter()
-                    .any(|r| r.get("nodes") == o.get("nodes") && r.get("push") == o.get("push"))
-            })
+            .filter(|o| !runs.iter().any(|r| same(r, o)))
             .cloned()
             .collect(),
         _ => Vec::new(),
@@ -150,29 +216,24 @@ pub(crate) fn merge_figures(figures: &mut Map<String, Value>, runs: &[Value]) {
             continue;
         };
         let m = mode(run);
+        let p = if formed(run) { "sim_formed" } else { "sim" };
         let get = |k: &str| run.get(k).cloned().unwrap_or(Value::Null);
-        for (key, field) in [
-            (format!("sim_rounds_n{n}_{m}"), "rounds"),
-            (
-                format!("sim_bytes_per_node_round_n{n}_{m}"),
-                "bytes_per_node_per_round",
-            ),
-            (
-                format!("sim_idle_bytes_per_node_round_n{n}_{m}"),
-                "idle_bytes_per_node_per_round",
-            ),
-            (
-                format!("sim_membership_rounds_n{n}_{m}"),
-                "membership_rounds",
-            ),
-            (
-                format!("sim_idle_suspicions_per_node_round_n{n}_{m}"),
+        let mut fields = vec![
+            ("rounds", "rounds"),
+            ("bytes_per_node_round", "bytes_per_node_per_round"),
+            ("idle_bytes_per_node_round", "idle_bytes_per_node_per_round"),
+            ("wall_secs", "wall_secs"),
+            ("gave_up", "gave_up"),
+        ];
+        if formed(run) {
+            fields.push(("membership_rounds", "membership_rounds"));
+            fields.push((
+                "idle_suspicions_per_node_round",
                 "idle_suspicions_per_node_per_round",
-            ),
-            (format!("sim_wall_secs_n{n}_{m}"), "wall_secs"),
-            (format!("sim_gave_up_n{n}_{m}"), "gave_up"),
-        ] {
-            figures.insert(key, get(field));
+            ));
+        }
+        for (name, field) in fields {
+            figures.insert(format!("{p}_{name}_n{n}_{m}"), get(field));
         }
         figures.insert(format!("sim_yardstick_n{n}"), get("yardstick"));
         kept.push(run.clone());
@@ -211,7 +272,11 @@ pub(crate) fn table(runs: &[Value]) -> String {
             if mode(r) == "push" { "on" } else { "off" },
             rounds,
             cell(r.get("yardstick"), 2),
-            cell(r.get("membership_rounds"), 0),
+            if formed(r) {
+                cell(r.get("membership_rounds"), 0)
+            } else {
+                "given".into()
+            },
             cell(r.get("bytes_per_node_per_round"), 0),
             cell(r.get("idle_bytes_per_node_per_round"), 0),
             cell(r.get("wall_secs"), 1),
@@ -227,44 +292,81 @@ pub(crate) fn table(runs: &[Value]) -> String {
 mod tests {
     use super::*;
 
-    fn run(nodes: u64, push: bool, rounds: Option<f64>) -> Value {
+    fn run(nodes: u64, push: bool, membership: &str, rounds: Option<f64>) -> Value {
         serde_json::json!({
-            "nodes": nodes, "push": push, "rounds": rounds, "yardstick": 8.2,
-            "bytes_per_node_per_round": 100.0, "idle_bytes_per_node_per_round": 90.0,
-            "membership_rounds": 20.0, "wall_secs": 1.5, "gave_up": null,
+            "nodes": nodes, "push": push, "membership": membership, "rounds": rounds,
+            "yardstick": 8.2, "bytes_per_node_per_round": 100.0,
+            "idle_bytes_per_node_per_round": 90.0, "membership_rounds": 20.0,
+            "idle_suspicions_per_node_per_round": 0.0, "wall_secs": 1.5, "gave_up": null,
         })
     }
 
     #[test]
-    fn figures_are_keyed_by_nodes_and_mode() {
+    fn figures_are_keyed_by_nodes_mode_and_membership() {
         let mut f = Map::new();
         merge_figures(
             &mut f,
-            &[run(1000, false, Some(1.5)), run(1000, true, Some(0.4))],
+            &[
+                run(1000, false, "given", Some(1.5)),
+                run(1000, true, "given", Some(0.4)),
+                run(1000, false, "formed", Some(1.7)),
+            ],
         );
         assert_eq!(f["sim_rounds_n1000_pull"], 1.5);
         assert_eq!(f["sim_rounds_n1000_push"], 0.4);
+        assert_eq!(f["sim_formed_rounds_n1000_pull"], 1.7);
+        assert_eq!(f["sim_formed_membership_rounds_n1000_pull"], 20.0);
+        assert!(!f.contains_key("sim_membership_rounds_n1000_pull"));
         assert_eq!(f["sim_yardstick_n1000"], 8.2);
         assert_eq!(f["sim_idle_bytes_per_node_round_n1000_pull"], 90.0);
         // A later run for another size keeps these, and a gave-up run is null.
-        merge_figures(&mut f, &[run(10000, false, None)]);
+        merge_figures(&mut f, &[run(10000, false, "given", None)]);
         assert_eq!(f["sim_rounds_n1000_pull"], 1.5);
         assert!(f["sim_rounds_n10000_pull"].is_null());
-        assert_eq!(f["sim_runs"].as_array().unwrap().len(), 3);
-        let t = table(&[run(10000, false, None)]);
+        assert_eq!(f["sim_runs"].as_array().unwrap().len(), 4);
+        // A new run replaces the old one of the same kind only.
+        merge_figures(&mut f, &[run(1000, false, "given", Some(1.2))]);
+        assert_eq!(f["sim_rounds_n1000_pull"], 1.2);
+        assert_eq!(f["sim_formed_rounds_n1000_pull"], 1.7);
+        assert_eq!(f["sim_runs"].as_array().unwrap().len(), 4);
+        let t = table(&[run(10000, false, "given", None)]);
         assert!(t.contains("gave up"), "{t}");
     }
 
     #[test]
-    fn quick_runs_one_thousand_nodes() {
+    fn quick_and_given_only_skip_formed_membership() {
         let quick = SimOptions {
             quick: true,
             ..SimOptions::default()
         };
-        assert_eq!(node_counts(&quick), vec![1_000]);
-        assert_eq!(node_counts(&SimOptions::default()), vec![1_000, 10_000]);
-        let args = cargo_args(&quick, Path::new("/t/runs.json"));
+        assert_eq!(
+            plan(&quick),
+            vec![
+                (Membership::Given, vec![1_000, 10_000]),
+                (Membership::Formed, vec![])
+            ]
+        );
+        assert_eq!(
+            plan(&SimOptions::default()),
+            vec![
+                (Membership::Given, vec![1_000, 10_000]),
+                (Membership::Formed, vec![1_000])
+            ]
+        );
+        let given_only = SimOptions {
+            given_only: true,
+            nodes: vec![500],
+            ..SimOptions::default()
+        };
+        assert_eq!(plan(&given_only)[1], (Membership::Formed, vec![]));
+        let args = cargo_args(
+            &quick,
+            Membership::Given,
+            &[1_000],
+            Path::new("/t/runs.json"),
+        );
         assert!(args.windows(2).any(|w| w == ["--nodes", "1000"]));
+        assert!(args.windows(2).any(|w| w == ["--membership", "given"]));
         assert!(args.windows(2).any(|w| w == ["--json", "/t/runs.json"]));
     }
 }

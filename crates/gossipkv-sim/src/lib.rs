@@ -26,7 +26,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use gossipkv::protocol::{Event, Protocol, ProtocolConfig, Stats, Transmit};
+use gossipkv::protocol::{Directory, Event, Protocol, ProtocolConfig, Stats, Transmit};
 use gossipkv::NetworkError;
 use gossipkv::{DetectorConfig, Member, MemberEvent, MemberState};
 use gossipkv_proto::{decode, Body, Limits};
@@ -75,6 +75,14 @@ pub struct SimConfig {
     /// Failure detector of every node; `None`: the protocol's default for
     /// the gossip interval.
     pub detector: Option<DetectorConfig>,
+    /// Membership taken as given: every node draws its gossip and push
+    /// peers from one shared list of all nodes
+    /// ([`ProtocolConfig::directory`]) instead of its member table, and no
+    /// membership is probed or gossiped. The cluster starts formed, and a
+    /// simulated node costs no member table, so clusters of 10,000 nodes
+    /// fit in memory. Measures dissemination alone; failure scenarios need
+    /// real membership (`false`, the default).
+    pub given_membership: bool,
 }
 
 impl Default for SimConfig {
@@ -95,6 +103,7 @@ impl Default for SimConfig {
             record_member_events: true,
             classify_datagrams: false,
             detector: None,
+            given_membership: false,
         }
     }
 }
@@ -279,6 +288,8 @@ pub struct Sim {
     errors: Vec<(usize, NetworkError)>,
     member_events: Vec<(usize, u64, MemberEvent)>,
     member_counts: MemberEventCounts,
+    /// Every node's address, when membership is given.
+    directory: Option<Arc<Directory>>,
 }
 
 /// Membership events seen by all nodes, by kind.
@@ -344,7 +355,11 @@ impl Sim {
             });
         }
         let cfg_nodes = cfg.nodes;
+        let directory = cfg
+            .given_membership
+            .then(|| Arc::new(Directory::new(addrs.clone())));
         let mut sim = Sim {
+            directory,
             now_ms: SIM_EPOCH_MS,
             group: vec![0; cfg.nodes],
             rng,
@@ -391,6 +406,7 @@ impl Sim {
                 .unwrap_or_else(|| DetectorConfig::for_interval(self.cfg.gossip_interval_ms)),
             push: self.cfg.push,
             max_value_size: gossipkv::DEFAULT_MAX_VALUE_SIZE,
+            directory: self.directory.clone(),
         };
         // Stagger first rounds across one interval, like nodes started at different times.
         let offset = self.rng.random_range(0..self.cfg.gossip_interval_ms.max(1));

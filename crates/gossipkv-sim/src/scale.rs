@@ -3,8 +3,10 @@
 //!
 //! [`rounds_to_converge`] lets a cluster form (every node seeded with a few
 //! random earlier nodes, until every node lists every other node as a live
-//! member; the protocol has no way to pre-seed a full membership, and the
-//! time it takes is part of the report), writes one key on one node, runs
+//! member; the time it takes is part of the report) or, with
+//! [`SimConfig::given_membership`], starts from a formed cluster whose nodes
+//! draw peers from a shared directory (what lets 10,000 nodes fit in
+//! memory), then writes one key on one node, runs
 //! until every node holds it, then keeps running without writes to measure
 //! idle traffic. Everything is bounded in virtual time, so a run always ends,
 //! and deterministic for a seed; [`rounds_to_converge_with`] also lets the
@@ -16,6 +18,9 @@ use std::time::Instant;
 use gossipkv::MemberState;
 
 use crate::{DatagramKind, NetStats, Sim, SimConfig};
+
+/// Rounds run before the write when membership is given.
+pub const GIVEN_WARM_UP_ROUNDS: u64 = 3;
 
 /// Bounds and sampling of a [`rounds_to_converge`] run, in gossip rounds.
 #[derive(Clone, Debug)]
@@ -69,6 +74,10 @@ pub struct ScaleReport {
     pub seed: u64,
     /// Peers per round.
     pub fanout: usize,
+    /// Whether membership was given ([`SimConfig::given_membership`]): the
+    /// cluster started formed, and the membership figures are then `None`
+    /// and 1.0 / 0.0.
+    pub given_membership: bool,
     /// Rounds (virtual time / gossip interval, from the start) until every
     /// node listed every other node as alive or suspect, or `None` if that did
     /// not happen within [`ScaleOptions::max_membership_rounds`].
@@ -190,11 +199,27 @@ pub fn rounds_to_converge_with(
     // 1. Membership: run until every node lists every other node as a live
     // member (alive, or suspect: both are gossiped with). Checked every
     // tenth of a round, counted every round.
-    let mut census = Census::default();
+    // When membership is given the cluster starts formed, and this phase is
+    // a warm-up of a few rounds, so that the write meets a quiet cluster
+    // (whose nodes send one Syn per round), as it does after forming.
+    let given = sim.config().given_membership;
+    let mut census = if given {
+        Census::given(n)
+    } else {
+        Census::default()
+    };
     let start = sim.elapsed_ms();
     let mut next_census = start;
     let step = (interval / 10).max(1);
-    let formed = sim.run_until(opts.max_membership_rounds * interval, step, |s| {
+    let max_ms = if given {
+        GIVEN_WARM_UP_ROUNDS * interval
+    } else {
+        opts.max_membership_rounds * interval
+    };
+    let formed = sim.run_until(max_ms, step, |s| {
+        if given {
+            return s.elapsed_ms() - start >= max_ms;
+        }
         let now = s.elapsed_ms();
         let mut detail = None;
         if now >= next_census {
@@ -210,7 +235,9 @@ pub fn rounds_to_converge_with(
         };
         census.complete == n || stop(&mut gave_up, p)
     });
-    let formed = formed.filter(|_| gave_up.is_none()).map(rounds_of);
+    let formed = formed
+        .filter(|_| gave_up.is_none() && !given)
+        .map(rounds_of);
     let _ = stop(
         &mut gave_up,
         Progress {
@@ -218,7 +245,9 @@ pub fn rounds_to_converge_with(
             rounds: rounds_of(sim.elapsed_ms() - start),
             detail: Some(format!(
                 "{}: {}",
-                if formed.is_some() {
+                if given {
+                    "given"
+                } else if formed.is_some() {
                     "formed"
                 } else {
                     "gave up"
@@ -321,6 +350,7 @@ pub fn rounds_to_converge_with(
         push: cfg.push,
         seed: cfg.seed,
         fanout: cfg.fanout,
+        given_membership: given,
         membership_rounds: formed,
         membership_alive_share: Census::share(census.alive, n),
         membership_suspect_share: Census::share(census.suspect, n),
@@ -355,6 +385,18 @@ struct Census {
 }
 
 impl Census {
+    /// The census of a cluster whose membership is given: complete.
+    fn given(n: usize) -> Self {
+        let pairs = n * n.saturating_sub(1);
+        Census {
+            complete: n,
+            all_alive: n,
+            alive: pairs,
+            suspect: 0,
+            dead: 0,
+        }
+    }
+
     fn take(sim: &Sim) -> Self {
         let n = sim.len();
         let mut c = Census::default();

@@ -513,6 +513,7 @@ where
         rng_seed: b.rng_seed.unwrap_or_else(|| rand::rng().random()),
         push: b.eager_push,
         max_value_size: b.max_value_size,
+        directory: None,
         detector: {
             let defaults =
                 DetectorConfig::for_interval(b.gossip_interval.as_millis().max(1) as u64);

@@ -39,6 +39,10 @@
 //! Every header carries the sender's incarnation and member-list fingerprint;
 //! membership rumors and, between nodes whose fingerprints differ, member
 //! samples ride on the datagrams.
+//!
+//! A simulator may hand every instance a [`Directory`] of all nodes
+//! ([`ProtocolConfig::directory`]): peers are then drawn from it, and
+//! membership is neither probed nor gossiped.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -94,6 +98,80 @@ pub struct ProtocolConfig {
     /// Largest value replicated, in bytes. Values too large for a datagram
     /// travel apart from deltas, as envelopes cut into fragments.
     pub max_value_size: usize,
+    /// `None` for a real node. A simulation aid otherwise: gossip and push
+    /// peers are drawn from this fixed list of every node instead of the
+    /// member table, and membership is neither probed nor gossiped (headers
+    /// carry no member-list fingerprint, datagrams no member entries). The
+    /// cluster is taken as formed and healthy. This lets a simulator run
+    /// clusters too large for every simulated node to hold a full member
+    /// table, and measure dissemination alone.
+    pub directory: Option<Arc<Directory>>,
+}
+
+/// A fixed list of every node's address, drawn from uniformly at random (see
+/// [`ProtocolConfig::directory`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Directory {
+    addrs: Vec<SocketAddr>,
+}
+
+impl Directory {
+    /// A directory of these addresses (duplicates are dropped).
+    pub fn new(mut addrs: Vec<SocketAddr>) -> Self {
+        addrs.sort_unstable();
+        addrs.dedup();
+        Directory { addrs }
+    }
+
+    /// Number of addresses listed.
+    pub fn len(&self) -> usize {
+        self.addrs.len()
+    }
+
+    /// Whether no address is listed.
+    pub fn is_empty(&self) -> bool {
+        self.addrs.is_empty()
+    }
+
+    /// Up to `n` distinct listed addresses, none of them in `skip`, drawn
+    /// uniformly at random. Costs O(n + skip.len()), whatever the length.
+    pub fn sample(&self, rng: &mut impl Rng, n: usize, skip: &[SocketAddr]) -> Vec<SocketAddr> {
+        let amount = (n + skip.len()).min(self.addrs.len());
+        rand::seq::index::sample(rng, self.addrs.len(), amount)
+            .into_iter()
+            .map(|i| self.addrs[i])
+            .filter(|a| !skip.contains(a))
+            .take(n)
+            .collect()
+    }
+}
+
+/// Where the pushes of one batch of records go (see `Protocol::push_records`).
+enum PushPeers {
+    /// Live members, shuffled for each batch.
+    Members(Vec<SocketAddr>),
+    /// Drawn from the directory, but these addresses.
+    Drawn(Arc<Directory>, Vec<SocketAddr>),
+}
+
+impl PushPeers {
+    fn is_empty(&self) -> bool {
+        match self {
+            PushPeers::Members(live) => live.is_empty(),
+            PushPeers::Drawn(dir, skip) => dir.len() <= skip.len(),
+        }
+    }
+
+    /// Up to `n` of them, at random.
+    fn draw(&mut self, rng: &mut SmallRng, n: usize) -> Vec<SocketAddr> {
+        match self {
+            PushPeers::Members(live) => {
+                live.shuffle(rng);
+                live.iter().take(n).copied().collect()
+            }
+            PushPeers::Drawn(dir, skip) => dir.sample(rng, n, skip),
+        }
+    }
 }
 
 /// Something the driver should know about.
@@ -733,6 +811,9 @@ impl Protocol {
     /// random live members too unless the cluster is quiet, a dead member
     /// now and then, and seeds nobody answered from yet.
     fn pick_targets(&mut self, now_ms: u64) -> Vec<SocketAddr> {
+        if let Some(dir) = self.cfg.directory.clone() {
+            return self.pick_from_directory(&dir);
+        }
         let mut targets: Vec<SocketAddr> = Vec::new();
         // The probe order holds every live member: none means none is live.
         let no_live = match self.next_probe() {
@@ -755,16 +836,7 @@ impl Protocol {
             peers.shuffle(&mut self.rng);
             targets.extend(peers.into_iter().take(self.cfg.fanout.max(1) - 1));
         }
-        if let Some(r) = &self.resync {
-            if let Some(p) = self.membership.get(&r.from) {
-                if !targets.contains(&p.addr) {
-                    if targets.len() > 1 {
-                        targets.pop();
-                    }
-                    targets.push(p.addr);
-                }
-            }
-        }
+        self.add_resync_peer(&mut targets);
         // Dead members are contacted now and then, so that a healed
         // partition finds itself again.
         let dead = self.membership.in_states(&[MemberState::Dead]);
@@ -793,6 +865,37 @@ impl Protocol {
         targets.sort();
         targets.dedup();
         targets
+    }
+
+    /// This round's Syn targets with a [`Directory`]: one random node while
+    /// the cluster is quiet, `fanout` otherwise; no probes.
+    fn pick_from_directory(&mut self, dir: &Directory) -> Vec<SocketAddr> {
+        let quiet = self.quiet && self.resync.is_none();
+        let n = if quiet { 1 } else { self.cfg.fanout.max(1) };
+        let own: Vec<SocketAddr> = self.cfg.advertise_addr.into_iter().collect();
+        let mut targets = dir.sample(&mut self.rng, n, &own);
+        self.add_resync_peer(&mut targets);
+        targets.sort();
+        targets.dedup();
+        targets
+    }
+
+    /// Makes sure the peer re-synchronising us gets a Syn this round (in
+    /// place of the last random target when there are several).
+    fn add_resync_peer(&self, targets: &mut Vec<SocketAddr>) {
+        let Some(p) = self
+            .resync
+            .as_ref()
+            .and_then(|r| self.membership.get(&r.from))
+        else {
+            return;
+        };
+        if !targets.contains(&p.addr) {
+            if targets.len() > 1 {
+                targets.pop();
+            }
+            targets.push(p.addr);
+        }
     }
 
     fn fit_digest(&mut self, digest: Digest, max: usize) -> Digest {
@@ -1217,7 +1320,10 @@ impl Protocol {
     /// each as its own fragmented envelope, and are not forwarded (peers
     /// that miss them get them by anti-entropy).
     pub fn push_local(&mut self, now_ms: u64, records: Vec<Record>) {
-        let live = self.membership.count_in(&[MemberState::Alive]);
+        let live = match &self.cfg.directory {
+            Some(dir) => dir.len().saturating_sub(1),
+            None => self.membership.count_in(&[MemberState::Alive]),
+        };
         let hops = if live <= PUSH_DIRECT_MAX {
             0
         } else {
@@ -1268,14 +1374,8 @@ impl Protocol {
         if !self.cfg.push || self.left || records.is_empty() {
             return;
         }
-        let mut live: Vec<SocketAddr> = self
-            .membership
-            .in_states(&[MemberState::Alive])
-            .into_iter()
-            .filter(|m| Some(&m.node_id) != exclude)
-            .map(|m| m.addr)
-            .collect();
-        if live.is_empty() {
+        let mut peers = self.push_peers(exclude);
+        if peers.is_empty() {
             return;
         }
         // Pushes carry no member sample: the whole packet but the header
@@ -1313,8 +1413,7 @@ impl Protocol {
             batches.push(batch);
         }
         for records in batches {
-            live.shuffle(&mut self.rng);
-            for &to in live.iter().take(fanout) {
+            for to in peers.draw(&mut self.rng, fanout) {
                 self.stats.pushes_sent += 1;
                 self.send(
                     to,
@@ -1328,11 +1427,35 @@ impl Protocol {
         // Large values last, so that they never delay the small writes of
         // the same burst.
         for r in large {
-            live.shuffle(&mut self.rng);
-            let targets: Vec<SocketAddr> = live.iter().take(fanout).copied().collect();
-            for to in targets {
+            for to in peers.draw(&mut self.rng, fanout) {
                 self.send_large(now_ms, to, r.clone(), 0);
             }
+        }
+    }
+
+    /// Where pushes may go: live members but `exclude`, or, with a
+    /// [`Directory`], every node but us and `exclude`.
+    fn push_peers(&self, exclude: Option<&NodeId>) -> PushPeers {
+        let excluded = exclude
+            .and_then(|id| self.membership.get(id))
+            .map(|m| m.addr);
+        match &self.cfg.directory {
+            Some(dir) => PushPeers::Drawn(
+                dir.clone(),
+                self.cfg
+                    .advertise_addr
+                    .into_iter()
+                    .chain(excluded)
+                    .collect(),
+            ),
+            None => PushPeers::Members(
+                self.membership
+                    .in_states(&[MemberState::Alive])
+                    .into_iter()
+                    .filter(|m| Some(&m.node_id) != exclude)
+                    .map(|m| m.addr)
+                    .collect(),
+            ),
         }
     }
 
@@ -1532,7 +1655,12 @@ impl Protocol {
             incarnation: self.incarnation,
             left: self.left,
             liveness: gossipkv_proto::Liveness::Alive,
-            members_hash: self.membership.hash(),
+            // 0: no fingerprint, so peers start no member-list reconciliation.
+            members_hash: if self.cfg.directory.is_some() {
+                0
+            } else {
+                self.membership.hash()
+            },
         }
     }
 
@@ -1547,7 +1675,8 @@ impl Protocol {
         let len = encoded_len(&env);
         // Pushes carry data only: membership spreads with the exchanges,
         // which happen anyway.
-        let carries_members = !matches!(env.body, Body::Push(_));
+        // So do datagrams of nodes that gossip with a directory.
+        let carries_members = !matches!(env.body, Body::Push(_)) && self.cfg.directory.is_none();
         if carries_members && len <= self.cfg.packet_size {
             let room = (self.cfg.packet_size - len).max(self.member_budget);
             let me = env.sender.clone();
@@ -1722,6 +1851,7 @@ mod tests {
             detector: DetectorConfig::for_interval(1_000),
             push: true,
             max_value_size: 1 << 20,
+            directory: None,
         };
         let store = Arc::new(Store::new(Origin::new("me", 1)));
         Protocol::new(cfg, store, 1_000_000)
@@ -1855,6 +1985,56 @@ mod tests {
         p.handle_timeout(1_001_500);
         let suspect = p.membership.get(&doubted[0].node_id).unwrap();
         assert_eq!(suspect.state, MemberState::Suspect);
+    }
+
+    #[test]
+    fn a_directory_sample_is_distinct_skips_and_is_bounded() {
+        let addrs: Vec<SocketAddr> = (1..=20)
+            .map(|i| SocketAddr::from(([127, 0, 0, i], 7000)))
+            .collect();
+        let dir = Directory::new([addrs.clone(), addrs.clone()].concat());
+        assert_eq!(dir.len(), 20);
+        let mut rng = SmallRng::seed_from_u64(3);
+        for n in [0, 1, 3, 19, 25] {
+            let skip = &addrs[..2];
+            let got = dir.sample(&mut rng, n, skip);
+            assert_eq!(got.len(), n.min(18), "n = {n}");
+            assert!(got.iter().all(|a| addrs.contains(a) && !skip.contains(a)));
+            let mut uniq = got.clone();
+            uniq.sort();
+            uniq.dedup();
+            assert_eq!(uniq.len(), got.len(), "distinct");
+        }
+        assert!(Directory::default().sample(&mut rng, 3, &[]).is_empty());
+    }
+
+    #[test]
+    fn with_a_directory_peers_come_from_it_and_no_membership_travels() {
+        let own: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        let others: Vec<SocketAddr> = (1..=30)
+            .map(|i| SocketAddr::from(([127, 0, 0, 2], 7000 + i)))
+            .collect();
+        let dir = Arc::new(Directory::new([vec![own], others.clone()].concat()));
+        let mut p = protocol(vec![]);
+        p.cfg.directory = Some(dir);
+        let mut rounds = Vec::new();
+        for r in 0..6 {
+            p.handle_timeout(1_000_000 + r * 1_000);
+            let sent: Vec<Transmit> = std::iter::from_fn(|| p.poll_transmit()).collect();
+            for t in &sent {
+                assert!(others.contains(&t.to), "{} is not in the directory", t.to);
+                let env = decode(&t.payload, &Limits::default()).expect("decodes");
+                assert_eq!(env.sender.members_hash, 0);
+                assert!(env.members.is_empty());
+            }
+            rounds.push(sent.len());
+        }
+        // The first round is not quiet: `fanout` Syns; once the digest is
+        // unchanged, one per round. No probes, so no member is doubted.
+        assert_eq!(rounds[0], 3, "{rounds:?}");
+        assert_eq!(rounds[5], 1, "{rounds:?}");
+        assert!(p.membership.to_probe().is_empty());
+        assert_eq!(p.stats.probe_requests_sent, 0);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Measures dissemination at scale: `gossipkv-sim --nodes 1000 --nodes 10000`.
 //!
 //! For each node count and each of push off (anti-entropy only) and push on,
-//! lets a cluster form, writes one key and counts the gossip rounds until every
-//! node holds it (see [`gossipkv_sim::scale`]). The push-off and push-on runs
+//! lets a cluster form (or, with `--membership given`, starts it formed, its
+//! nodes drawing peers from a shared directory), writes one key and counts the
+//! gossip rounds until every node holds it (see [`gossipkv_sim::scale`]). The push-off and push-on runs
 //! of one node count run side by side on two threads. Progress goes to stderr,
 //! a table to stdout, and `--json FILE` writes the reports as a JSON array.
 //!
@@ -25,6 +26,11 @@ Usage: gossipkv-sim [OPTIONS]
 Options:
   --nodes N                 Cluster size; repeat for several (default 1000)
   --push on|off|both        Eager push of fresh writes (default both)
+  --membership formed|given|both
+                            Let membership form through gossip (formed), or
+                            start formed with peers drawn from a shared list
+                            of all nodes, no member tables (given; what fits
+                            10,000 nodes in memory). Default formed
   --seed S                  Seed (default 1)
   --fanout F                Peers per round (default 3)
   --seeds-per-node K        Earlier nodes each node is seeded with (default 4)
@@ -43,6 +49,7 @@ Options:
 struct Args {
     nodes: Vec<usize>,
     push: Vec<bool>,
+    given: Vec<bool>,
     seed: u64,
     fanout: usize,
     seeds_per_node: usize,
@@ -58,6 +65,7 @@ fn parse(args: &[String]) -> Result<Option<Args>, String> {
     let mut a = Args {
         nodes: Vec::new(),
         push: vec![false, true],
+        given: vec![false],
         seed: 1,
         fanout: 3,
         seeds_per_node: 4,
@@ -87,6 +95,14 @@ fn parse(args: &[String]) -> Result<Option<Args>, String> {
                     "off" => vec![false],
                     "both" => vec![false, true],
                     other => return Err(format!("bad value `{other}` for --push")),
+                }
+            }
+            "--membership" => {
+                a.given = match value("--membership")?.as_str() {
+                    "formed" => vec![false],
+                    "given" => vec![true],
+                    "both" => vec![false, true],
+                    other => return Err(format!("bad value `{other}` for --membership")),
                 }
             }
             "--seed" => a.seed = num("--seed", value("--seed")?)?,
@@ -133,11 +149,17 @@ fn main() -> ExitCode {
         }
     };
     let mut reports = Vec::new();
-    for &nodes in &a.nodes {
+    let sizes: Vec<(usize, bool)> = a
+        .nodes
+        .iter()
+        .flat_map(|&n| a.given.iter().map(move |&g| (n, g)))
+        .collect();
+    for (nodes, given_membership) in sizes {
         let run = |push: bool| {
             let cfg = SimConfig {
                 seed: a.seed,
                 nodes,
+                given_membership,
                 fanout: a.fanout,
                 seeds_per_node: a.seeds_per_node,
                 push,
@@ -192,7 +214,12 @@ fn main() -> ExitCode {
 
 /// One measurement, with progress on stderr and the wall-clock and memory limits.
 fn run_one(cfg: SimConfig, a: &Args) -> ScaleReport {
-    let label = format!("n={} push={}", cfg.nodes, on_off(cfg.push));
+    let label = format!(
+        "n={} push={} membership={}",
+        cfg.nodes,
+        on_off(cfg.push),
+        membership(cfg.given_membership)
+    );
     eprintln!("[sim] {label}: starting");
     let start = Instant::now();
     let mut last = Instant::now();
@@ -249,6 +276,14 @@ fn rss_mb() -> Option<u64> {
     Some(pages * 4096 / (1024 * 1024))
 }
 
+fn membership(given: bool) -> &'static str {
+    if given {
+        "given"
+    } else {
+        "formed"
+    }
+}
+
 fn on_off(b: bool) -> &'static str {
     if b {
         "on"
@@ -281,7 +316,11 @@ fn table(reports: &[ScaleReport]) -> String {
             "{:>7} {:>5} {:>11} {:>8} {:>10.2} {:>13} {:>10} {:>8.1}",
             r.nodes,
             on_off(r.push),
-            opt(r.membership_rounds),
+            if r.given_membership {
+                "given".to_string()
+            } else {
+                opt(r.membership_rounds)
+            },
             opt(r.rounds),
             r.yardstick,
             whole(r.bytes_per_node_per_round),
@@ -317,7 +356,8 @@ fn json(reports: &[ScaleReport]) -> String {
         .map(|r| {
             format!(
                 concat!(
-                    "  {{\"nodes\": {}, \"push\": {}, \"seed\": {}, \"fanout\": {}, ",
+                    "  {{\"nodes\": {}, \"push\": {}, \"membership\": \"{}\", ",
+                    "\"seed\": {}, \"fanout\": {}, ",
                     "\"membership_rounds\": {}, \"membership_alive_share\": {}, ",
                     "\"membership_suspect_share\": {}, ",
                     "\"rounds\": {}, \"reached_share\": {}, \"yardstick\": {}, ",
@@ -331,6 +371,7 @@ fn json(reports: &[ScaleReport]) -> String {
                 ),
                 r.nodes,
                 r.push,
+                membership(r.given_membership),
                 r.seed,
                 r.fanout,
                 jnum(r.membership_rounds),
