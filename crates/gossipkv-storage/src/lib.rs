@@ -41,6 +41,7 @@
 //! ```
 
 mod record;
+mod seq_index;
 mod store;
 mod version;
 

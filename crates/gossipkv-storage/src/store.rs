@@ -2,7 +2,7 @@
 
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::hash_map::Entry as MapEntry;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -15,6 +15,7 @@ use crate::record::{
     record_size_hint, Delta, Digest, DigestEntry, Ghost, OriginChunk, Page, Record, CHUNK_OVERHEAD,
     GHOST_OVERHEAD,
 };
+use crate::seq_index::{IndexEntry, SeqIndex};
 use crate::version::{Hlc, HlcClock, Origin, Version};
 
 /// A function told of every change of a key's state: the key and its new
@@ -104,12 +105,6 @@ struct Entry {
 }
 
 #[derive(Debug)]
-struct IndexEntry {
-    key: Arc<str>,
-    hlc: Hlc,
-}
-
-#[derive(Debug)]
 struct OriginLog {
     origin: Origin,
     /// Invariant W: every write of this origin with seq <= watermark is held,
@@ -119,7 +114,7 @@ struct OriginLog {
     /// A peer whose watermark is below it must re-synchronise.
     floor: u64,
     /// seq -> key of that write (live, or superseded: a "ghost").
-    index: BTreeMap<u64, IndexEntry>,
+    index: SeqIndex,
 }
 
 /// Keys are hashed with foldhash (randomly seeded per map): several times
@@ -424,15 +419,18 @@ impl Store {
             }
         };
         if version.seq > log.floor {
-            log.index.entry(version.seq).or_insert(IndexEntry {
-                key,
-                hlc: version.hlc,
-            });
+            log.index.insert_if_absent(
+                version.seq,
+                IndexEntry {
+                    key,
+                    hlc: version.hlc,
+                },
+            );
         }
         // Every indexed write of this origin is held (or something newer for
         // its key is), so contiguous arrivals (eager pushes) raise the
         // watermark without waiting for anti-entropy.
-        while log.index.contains_key(&(log.watermark + 1)) {
+        while log.index.contains(log.watermark + 1) {
             log.watermark += 1;
         }
         won
@@ -590,7 +588,7 @@ impl Store {
             // go loose.
             let mut loose_from = None;
             let mut last_sent = from;
-            for (&seq, ie) in log.index.range(from + 1..=top) {
+            for (seq, ie) in log.index.range(from + 1, top) {
                 let current = self.shard(&ie.key).read().get(&*ie.key).cloned();
                 if loose_from.is_some() {
                     // Only this origin's live writes, each once.
@@ -724,7 +722,7 @@ impl Store {
             if from >= top {
                 continue;
             }
-            for (&seq, ie) in log.index.range(from + 1..=top).rev() {
+            for (seq, ie) in log.index.range(from + 1, top).rev() {
                 if sent_keys.contains(&ie.key) {
                     continue;
                 }
@@ -764,10 +762,13 @@ impl Store {
             for g in &chunk.ghosts {
                 self.clock.observe(g.hlc);
                 if g.seq > log.floor {
-                    log.index.entry(g.seq).or_insert(IndexEntry {
-                        key: g.key.clone(),
-                        hlc: g.hlc,
-                    });
+                    log.index.insert_if_absent(
+                        g.seq,
+                        IndexEntry {
+                            key: g.key.clone(),
+                            hlc: g.hlc,
+                        },
+                    );
                 }
             }
             if log.watermark >= chunk.from && chunk.to > log.watermark {
@@ -796,7 +797,7 @@ impl Store {
             let mut log = log.lock();
             let watermark = log.watermark;
             let mut remove = Vec::new();
-            for (&seq, ie) in log.index.range(..=watermark) {
+            for (seq, ie) in log.index.range(0, watermark) {
                 if ie.hlc >= cutoff {
                     break;
                 }
@@ -816,7 +817,7 @@ impl Store {
                 }
             }
             for seq in remove {
-                log.index.remove(&seq);
+                log.index.remove(seq);
                 log.floor = log.floor.max(seq);
             }
         }
@@ -1044,7 +1045,7 @@ impl OriginLog {
             origin,
             watermark: 0,
             floor: 0,
-            index: BTreeMap::new(),
+            index: SeqIndex::default(),
         }
     }
 }
