@@ -161,7 +161,7 @@ fn empty_node_id_is_rejected() {
 #[test]
 fn a_large_envelope_round_trips_through_fragments() {
     let store = Store::new(Origin::new("a", 1));
-    let record = store.set("big", Bytes::from(vec![0x5a; 1 << 20]), 1_000);
+    let record = store.write("big", Some(Bytes::from(vec![0x5a; 1 << 20])), 1_000);
     let env = Envelope::new(
         "c",
         Sender::new("a", 1, Some("127.0.0.1:7000".parse().unwrap())),
@@ -252,8 +252,8 @@ fn records_of_the_enclosing_origin_omit_it() {
     let store = Store::new(Origin::new("writer-with-a-long-node-id", 7));
     let other = Store::new(Origin::new("other", 1));
     let records: Vec<_> = (0..10)
-        .map(|i| store.set(&format!("k{i}"), Bytes::from_static(b"v"), 1_000 + i))
-        .chain([other.set("x", Bytes::from_static(b"y"), 5)])
+        .map(|i| store.write(&format!("k{i}"), Some(Bytes::from_static(b"v")), 1_000 + i))
+        .chain([other.write("x", Some(Bytes::from_static(b"y")), 5)])
         .collect();
     let push = |records: Vec<gossipkv_storage::Record>| {
         Envelope::new(

@@ -552,7 +552,7 @@ impl Sim {
         let t = self.local_ms(i);
         let r = self.nodes[i]
             .store
-            .set(key, Bytes::copy_from_slice(value), t);
+            .write(key, Some(Bytes::copy_from_slice(value)), t);
         self.pushed(i, r.clone());
         r
     }
@@ -567,7 +567,7 @@ impl Sim {
     /// Deletes a key on node `i` at its local time.
     pub fn delete(&mut self, i: usize, key: &str) -> Record {
         let t = self.local_ms(i);
-        let r = self.nodes[i].store.delete(key, t);
+        let r = self.nodes[i].store.write(key, None, t);
         self.pushed(i, r.clone());
         r
     }

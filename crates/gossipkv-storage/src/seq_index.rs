@@ -312,9 +312,12 @@ mod tests {
                 // repeating an entry.
                 let mut it = index.range(lo, hi);
                 let (mut head, mut tail) = (Vec::new(), Vec::new());
-                loop {
-                    match it.next() { Some(x) => head.push(x), None => break }
-                    match it.next_back() { Some(x) => tail.push(x), None => break }
+                while let Some(x) = it.next() {
+                    head.push(x);
+                    match it.next_back() {
+                        Some(x) => tail.push(x),
+                        None => break,
+                    }
                 }
                 tail.reverse();
                 head.extend(tail);

@@ -220,17 +220,36 @@ impl Store {
     // ----- local operations -------------------------------------------------
 
     /// Writes `value` under `key` as a new local version at `now_ms`.
-    /// Returns the record written.
-    pub fn set(&self, key: &str, value: Bytes, now_ms: u64) -> Record {
-        self.write_local(key, Some(value), now_ms)
+    /// Returns the version written (see [`Store::write`] for the record).
+    pub fn set(&self, key: &str, value: Bytes, now_ms: u64) -> Version {
+        let (_, hlc, seq) = self.write_local(key, Some(value), now_ms);
+        Version::new(hlc, &self.local, seq)
     }
 
-    /// Deletes `key` by writing a tombstone at `now_ms`. Returns the tombstone.
-    pub fn delete(&self, key: &str, now_ms: u64) -> Record {
-        self.write_local(key, None, now_ms)
+    /// Deletes `key` by writing a tombstone at `now_ms`. Returns the version
+    /// of the tombstone.
+    pub fn delete(&self, key: &str, now_ms: u64) -> Version {
+        let (_, hlc, seq) = self.write_local(key, None, now_ms);
+        Version::new(hlc, &self.local, seq)
     }
 
-    fn write_local(&self, key: &str, value: Option<Bytes>, now_ms: u64) -> Record {
+    /// Writes `value` under `key` (a tombstone for `None`) like
+    /// [`Store::set`] and [`Store::delete`], and returns the record written,
+    /// for a caller that sends it on (an eager push). The record shares the
+    /// store's key and value, which costs the value a shared header when it
+    /// had none (a `Bytes` made from a `Vec`); [`Store::set`] does not.
+    pub fn write(&self, key: &str, value: Option<Bytes>, now_ms: u64) -> Record {
+        let (key, hlc, seq) = self.write_local(key, value.clone(), now_ms);
+        Record {
+            key,
+            value,
+            version: Version::new(hlc, &self.local, seq),
+        }
+    }
+
+    /// A local write: the key as held, and the timestamp and sequence number
+    /// it got.
+    fn write_local(&self, key: &str, value: Option<Bytes>, now_ms: u64) -> (Arc<str>, Hlc, u64) {
         let mut log = self.local_log.lock();
         let seq = log.watermark + 1;
         let mut shard = self.shard(key).write();
@@ -239,33 +258,33 @@ impl Store {
         // than whatever the key holds (otherwise it could overwrite a newer
         // merged version).
         let hlc = self.clock.tick(now_ms);
+        let live = value.is_some();
+        if self.observer.0.get().is_some() {
+            self.notify(key, value.as_ref());
+        }
         let entry = Entry {
-            value: value.clone(),
+            value,
             hlc,
             origin: 0,
             seq,
         };
-        let key: Arc<str> = {
-            let k = match shard.get_key_value(key) {
-                Some((k, _)) => {
-                    // Replaced in place: the map keeps its key.
-                    let k = k.clone();
-                    if let Some(old) = shard.get_mut(key) {
-                        let was_live = old.value.is_some();
-                        *old = entry;
-                        self.adjust_live(was_live, value.is_some());
-                    }
-                    k
+        let key: Arc<str> = match shard.get_key_value(key) {
+            Some((k, _)) => {
+                // Replaced in place: the map keeps its key.
+                let k = k.clone();
+                if let Some(old) = shard.get_mut(key) {
+                    let was_live = old.value.is_some();
+                    *old = entry;
+                    self.adjust_live(was_live, live);
                 }
-                None => {
-                    let k: Arc<str> = Arc::from(key);
-                    self.adjust_live(false, entry.value.is_some());
-                    shard.insert(k.clone(), entry);
-                    k
-                }
-            };
-            self.notify(&k, value.as_ref());
-            k
+                k
+            }
+            None => {
+                let k: Arc<str> = Arc::from(key);
+                self.adjust_live(false, live);
+                shard.insert(k.clone(), entry);
+                k
+            }
         };
         drop(shard);
         log.index.insert(
@@ -276,11 +295,7 @@ impl Store {
             },
         );
         log.watermark = seq;
-        Record {
-            key,
-            value,
-            version: Version::new(hlc, &self.local, seq),
-        }
+        (key, hlc, seq)
     }
 
     /// The value of `key`, if it holds one (tombstones read as `None`).

@@ -68,9 +68,9 @@ fn concurrent_local_ops_keep_counts_and_replicate() {
                             match rng.below(10) {
                                 0..=3 => {
                                     let v = Bytes::from(format!("t{t}-{i}"));
-                                    mine.push(store.set(&key, v, 1_000 + i));
+                                    mine.push(store.write(&key, Some(v), 1_000 + i));
                                 }
-                                4..=5 => mine.push(store.delete(&key, 1_000 + i)),
+                                4..=5 => mine.push(store.write(&key, None, 1_000 + i)),
                                 _ => {
                                     let _ = store.get(&key);
                                     let _ = store.get_record(&key);
@@ -271,7 +271,7 @@ fn local_write_racing_a_merge_keeps_the_greater_version() {
                     (0..ROUNDS)
                         .map(|i| {
                             barrier.wait();
-                            store.set(&keys[i as usize], Bytes::from_static(b"local"), i)
+                            store.write(&keys[i as usize], Some(Bytes::from_static(b"local")), i)
                         })
                         .collect::<Vec<_>>()
                 })

@@ -194,13 +194,13 @@ impl Net {
                 let r = r % n;
                 self.now[r] += dt;
                 let value = Bytes::from(vec![b'v'; len]);
-                let w = self.stores[r].set(KEYS[key], value, self.now[r]);
+                let w = self.stores[r].write(KEYS[key], Some(value), self.now[r]);
                 self.oracle.record(&w);
             }
             Step::Delete { r, key, dt } => {
                 let r = r % n;
                 self.now[r] += dt;
-                let w = self.stores[r].delete(KEYS[key], self.now[r]);
+                let w = self.stores[r].write(KEYS[key], None, self.now[r]);
                 self.oracle.record(&w);
             }
             Step::Exchange {
@@ -323,7 +323,7 @@ fn tiny_budget_makes_no_false_progress() {
     let b = Store::new(Origin::new("b", 1));
     let mut oracle = Oracle::default();
     for i in 0..5 {
-        oracle.record(&a.set(&format!("k{i}"), Bytes::from_static(b"v"), 100 + i));
+        oracle.record(&a.write(&format!("k{i}"), Some(Bytes::from_static(b"v")), 100 + i));
     }
     for budget in [0, 10, 60, 100] {
         let d = a.delta_for(&b.digest(), budget, 0);
@@ -349,10 +349,14 @@ fn large_records_travel_apart_without_holding_up_later_writes() {
     let a = Store::new(Origin::new("a", 1));
     let b = Store::new(Origin::new("b", 1));
     let mut oracle = Oracle::default();
-    oracle.record(&a.set("small0", Bytes::from_static(b"s"), 100));
-    oracle.record(&a.set("big", Bytes::from(vec![7u8; 10_000]), 101));
+    oracle.record(&a.write("small0", Some(Bytes::from_static(b"s")), 100));
+    oracle.record(&a.write("big", Some(Bytes::from(vec![7u8; 10_000])), 101));
     for i in 1..4 {
-        oracle.record(&a.set(&format!("small{i}"), Bytes::from_static(b"s"), 101 + i));
+        oracle.record(&a.write(
+            &format!("small{i}"),
+            Some(Bytes::from_static(b"s")),
+            101 + i,
+        ));
     }
     let (delta, large) = a.delta_split(&b.digest(), 1_000, 0, 100);
     assert_eq!(large.len(), 1);
@@ -387,7 +391,7 @@ fn a_far_behind_peer_gets_the_newest_writes_first() {
     let b = Store::new(Origin::new("b", 1));
     let mut oracle = Oracle::default();
     for i in 0..500u64 {
-        oracle.record(&a.set(&format!("k{i:03}"), Bytes::from_static(b"v"), 100 + i));
+        oracle.record(&a.write(&format!("k{i:03}"), Some(Bytes::from_static(b"v")), 100 + i));
     }
     let delta = a.delta_for(&b.digest(), 1_400, 0);
     assert!(
@@ -420,7 +424,7 @@ fn held_writes_wait_and_follow() {
     let b = Store::new(Origin::new("b", 1));
     let mut oracle = Oracle::default();
     for i in 0..10u64 {
-        oracle.record(&a.set(&format!("k{i}"), Bytes::from_static(b"v"), 100 + i));
+        oracle.record(&a.write(&format!("k{i}"), Some(Bytes::from_static(b"v")), 100 + i));
     }
     let a_origin = a.local_origin().clone();
     let hold = move |o: &Origin| if *o == a_origin { 7 } else { u64::MAX };

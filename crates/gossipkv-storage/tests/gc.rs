@@ -42,11 +42,11 @@ fn away_peer_resyncs_by_pages_and_deletes_stick() {
     let mut o = Oracle::default();
 
     for i in 0..10u64 {
-        o.record(&a.set(&format!("k{i}"), val(&format!("a{i}")), 1_000 + i));
+        o.record(&a.write(&format!("k{i}"), Some(val(&format!("a{i}"))), 1_000 + i));
     }
-    o.record(&b.set("b0", val("b0"), 1_100));
-    o.record(&c.set("c0", val("c0"), 1_200));
-    o.record(&c.set("k9", val("c-k9"), 1_300));
+    o.record(&b.write("b0", Some(val("b0")), 1_100));
+    o.record(&c.write("c0", Some(val("c0")), 1_200));
+    o.record(&c.write("k9", Some(val("c-k9")), 1_300));
     converge(&[&a, &b, &c], 300, 50).unwrap();
     assert_identical(&all);
     check_all(&o, &all);
@@ -54,16 +54,16 @@ fn away_peer_resyncs_by_pages_and_deletes_stick() {
     // C goes away.
     let c_old = c.records();
     for i in 0..4 {
-        o.record(&a.delete(&format!("k{i}"), 2_000 + i));
+        o.record(&a.write(&format!("k{i}"), None, 2_000 + i));
     }
-    o.record(&a.set("k4", val("a4'"), 2_010));
-    o.record(&a.set("k5", val("a5'"), 2_020));
-    o.record(&b.delete("k6", 2_030));
-    o.record(&b.delete("b0", 2_040));
+    o.record(&a.write("k4", Some(val("a4'")), 2_010));
+    o.record(&a.write("k5", Some(val("a5'")), 2_020));
+    o.record(&b.write("k6", None, 2_030));
+    o.record(&b.write("b0", None, 2_040));
     // C writes while away; A and B never see these before C returns.
-    o.record(&c.set("c-away", val("c-away"), 2_100));
-    o.record(&c.set("k7", val("c-k7"), 2_200));
-    o.record(&c.delete("k8", 2_300));
+    o.record(&c.write("c-away", Some(val("c-away")), 2_100));
+    o.record(&c.write("k7", Some(val("c-k7")), 2_200));
+    o.record(&c.write("k8", None, 2_300));
     converge(&[&a, &b], 300, 50).unwrap();
     assert_identical(&[("a", &a), ("b", &b)]);
     check_all(&o, &all);
@@ -147,16 +147,16 @@ fn brand_new_peer_gets_everything_by_pages() {
     let b = Store::new(Origin::new("b", 1));
     let mut o = Oracle::default();
     for i in 0..30u64 {
-        o.record(&a.set(&format!("k{i:02}"), val(&format!("v{i}")), 1_000 + i));
-        o.record(&b.set(&format!("j{i:02}"), val(&format!("w{i}")), 1_000 + i));
+        o.record(&a.write(&format!("k{i:02}"), Some(val(&format!("v{i}"))), 1_000 + i));
+        o.record(&b.write(&format!("j{i:02}"), Some(val(&format!("w{i}"))), 1_000 + i));
     }
     for i in (0..30u64).step_by(3) {
-        o.record(&a.delete(&format!("k{i:02}"), 2_000 + i));
-        o.record(&b.delete(&format!("j{i:02}"), 2_000 + i));
+        o.record(&a.write(&format!("k{i:02}"), None, 2_000 + i));
+        o.record(&b.write(&format!("j{i:02}"), None, 2_000 + i));
     }
     converge(&[&a, &b], 1_400, 50).unwrap();
     // A recent delete, kept through the collection.
-    o.record(&a.delete("k01", 9_000 + R));
+    o.record(&a.write("k01", None, 9_000 + R));
     let stats = a.collect_garbage(5_000 + R, R);
     o.collected(5_000 + R, R);
     assert_eq!(stats.tombstones, 20);
@@ -179,7 +179,7 @@ fn brand_new_peer_gets_everything_by_pages() {
     d.apply(&a.delta_for(&d.digest(), 1_400, 0));
     assert_eq!(snapshot(&d), snap);
     // D's own writes flow to A by deltas.
-    o.record(&d.set("k00", val("from d"), 20_000));
+    o.record(&d.write("k00", Some(val("from d")), 20_000));
     converge(&[&a, &d], 1_400, 50).unwrap();
     assert_eq!(a.get("k00"), Some(val("from d")));
     assert_identical(&[("a", &a), ("d", &d)]);
@@ -330,7 +330,7 @@ fn unseen_write_older_than_a_collected_delete_comes_back_everywhere() {
     let a = Store::new(Origin::new("a", 1));
     let b = Store::new(Origin::new("b", 1));
     let d = Store::new(Origin::new("d", 1));
-    let old = d.set("k", val("d"), 1_000);
+    let old = d.write("k", Some(val("d")), 1_000);
     a.delete("k", 2_000);
     converge(&[&a, &b], 1_400, 20).unwrap();
     for s in [&a, &b, &d] {
@@ -466,9 +466,13 @@ impl World {
         self.now[w] += op.dt;
         let key = KEYS[op.key];
         let r = if op.delete {
-            self.stores[w].delete(key, self.now[w])
+            self.stores[w].write(key, None, self.now[w])
         } else {
-            self.stores[w].set(key, Bytes::from(vec![b'a' + w as u8; op.len]), self.now[w])
+            self.stores[w].write(
+                key,
+                Some(Bytes::from(vec![b'a' + w as u8; op.len])),
+                self.now[w],
+            )
         };
         self.oracle.record(&r);
     }

@@ -234,9 +234,9 @@ proptest! {
             let key = KEYS[key];
             let before = s.get_record(key);
             let w = if delete {
-                s.delete(key, now_ms)
+                s.write(key, None, now_ms)
             } else {
-                s.set(key, Bytes::from_static(b"local"), now_ms)
+                s.write(key, Some(Bytes::from_static(b"local")), now_ms)
             };
             prop_assert!(w.version.hlc > max_seen, "{:?} does not beat {:?}", w.version, max_seen);
             prop_assert!(w.version.hlc > last);

@@ -150,8 +150,7 @@ where
                 max: self.inner.max_value_size,
             });
         }
-        let record = self.inner.store.set(key, bytes, wall_ms());
-        self.push(record);
+        self.write(key, Some(bytes));
         Ok(())
     }
 
@@ -172,8 +171,7 @@ where
     pub fn delete(&self, key: impl AsRef<str>) -> Result<(), Error> {
         let key = key.as_ref();
         self.check_writable(key)?;
-        let record = self.inner.store.delete(key, wall_ms());
-        self.push(record);
+        self.write(key, None);
         Ok(())
     }
 
@@ -323,11 +321,20 @@ where
         self.inner.closed.load(Ordering::SeqCst)
     }
 
-    fn push(&self, record: Record) {
-        if let Some(tx) = &self.inner.push_tx {
-            // Never block a write: when the queue is full, anti-entropy delivers it.
-            let _ = tx.try_send(record);
-        }
+    /// A local write (a delete for `None`), queued for eager push when the
+    /// node pushes; otherwise no record is built for it.
+    fn write(&self, key: &str, value: Option<Bytes>) {
+        let store = &self.inner.store;
+        let Some(tx) = &self.inner.push_tx else {
+            match value {
+                Some(v) => store.set(key, v, wall_ms()),
+                None => store.delete(key, wall_ms()),
+            };
+            return;
+        };
+        let record = store.write(key, value, wall_ms());
+        // Never block a write: when the queue is full, anti-entropy delivers it.
+        let _ = tx.try_send(record);
     }
 
     fn check_writable(&self, key: &str) -> Result<(), Error> {
