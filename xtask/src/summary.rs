@@ -226,8 +226,8 @@ pub(crate) fn missing_keys(summary: &Value, required: &[&'static str]) -> Vec<&'
         .collect()
 }
 
-/// Renders the top-level figures of `summary` (every entry that is not a
-/// criterion benchmark row): the `required` keys first, in their order
+/// Renders the top-level figures of `summary` (every entry that is neither a
+/// criterion benchmark row nor a list such as `sim_runs`): the `required` keys first, in their order
 /// (`missing` for absent ones), then the others sorted by name.
 pub(crate) fn figures_table(summary: &Value, required: &[&str]) -> String {
     let empty = Map::new();
@@ -241,7 +241,9 @@ pub(crate) fn figures_table(summary: &Value, required: &[&str]) -> String {
         .collect();
     let mut others: Vec<(&String, &Value)> = map
         .iter()
-        .filter(|(key, value)| !value.is_object() && !required.contains(&key.as_str()))
+        .filter(|(key, value)| {
+            !value.is_object() && !value.is_array() && !required.contains(&key.as_str())
+        })
         .collect();
     others.sort_by(|a, b| a.0.cmp(b.0));
     rows.extend(
@@ -486,6 +488,7 @@ mod tests {
     fn figures_table_lists_required_then_extras() {
         let summary = json!({
             "storage/get": {"mean_ns": 1.0},
+            "sim_runs": [{"nodes": 1000, "rounds": 4.0}],
             "zeta": 0.5,
             "alpha": 1234567.891,
             "get_ops_1t": 12.0,
@@ -507,6 +510,7 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("storage/get"), "{text}");
+        assert!(!text.contains("sim_runs"), "{text}");
         let widths: Vec<usize> = lines.iter().map(|l| l.chars().count()).collect();
         assert!(widths.iter().all(|w| *w == widths[0]), "{text}");
     }
