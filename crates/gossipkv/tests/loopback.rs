@@ -86,6 +86,44 @@ async fn three_nodes_chained_by_asymmetric_seeds_converge_both_ways() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_eager_push_writes_and_deletes_spread_by_anti_entropy() {
+    // Nodes that do not push write through `Store::set`, which builds no
+    // record: the periodic exchanges alone must carry everything.
+    let quiet = |id: &'static str, seeds: Vec<String>| {
+        GossipKv::<String, String>::builder()
+            .node_id(id)
+            .bind_addr("127.0.0.1:0")
+            .gossip_interval(Duration::from_millis(50))
+            .eager_push(false)
+            .seeds(seeds)
+            .build()
+    };
+    let a = quiet("nopush-a", vec![]).await.unwrap();
+    let b = quiet("nopush-b", vec![a.local_addr().unwrap().to_string()])
+        .await
+        .unwrap();
+    for i in 0..50 {
+        a.set(format!("k{i}"), format!("v{i}")).unwrap();
+    }
+    wait_until("b holds a's writes", DEADLINE, || b.len() == 50).await;
+    // b has seen k7 now, so its delete is newer than a's write.
+    b.delete("k7").unwrap();
+    b.set("from-b", "b".to_string()).unwrap();
+    wait_until("both nodes hold the same keys", DEADLINE, || {
+        [&a, &b].iter().all(|n| {
+            get(n, "k49").as_deref() == Some("v49")
+                && get(n, "from-b").as_deref() == Some("b")
+                && n.len() == 50
+        }) && get(&a, "k7").is_none()
+    })
+    .await;
+    assert_eq!(a.stats().pushes_sent + b.stats().pushes_sent, 0);
+    for n in [a, b] {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_nodes_receive_2000_keys_then_a_delete() {
     let first = node("bulk-0", &[]).await;
     let mut nodes = vec![first.clone()];
