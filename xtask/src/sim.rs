@@ -178,10 +178,24 @@ pub(crate) fn cargo_args(
     args
 }
 
+/// How a run's membership came about: `"given"` or `"formed"` (runs written
+/// before the simulator had given membership say nothing, and were formed).
+fn membership(run: &Value) -> &str {
+    run.get("membership")
+        .and_then(Value::as_str)
+        .unwrap_or("formed")
+}
+
 /// Whether a run's membership was formed (its keys get a `formed_` prefix).
 fn formed(run: &Value) -> bool {
-    run.get("membership").and_then(Value::as_str) == Some("formed")
+    membership(run) == "formed"
 }
+
+/// Figures of formed runs written before they had their own prefix.
+const LEGACY_PREFIXES: &[&str] = &[
+    "sim_membership_rounds_n",
+    "sim_idle_suspicions_per_node_round_n",
+];
 
 fn mode(run: &Value) -> &'static str {
     if run.get("push").and_then(Value::as_bool).unwrap_or(false) {
@@ -198,10 +212,11 @@ fn mode(run: &Value) -> &'static str {
 /// membership formation rounds and false suspicions; the yardstick per N;
 /// and the raw reports under `sim_runs`.
 pub(crate) fn merge_figures(figures: &mut Map<String, Value>, runs: &[Value]) {
+    figures.retain(|k, _| !LEGACY_PREFIXES.iter().any(|p| k.starts_with(p)));
     let same = |a: &Value, b: &Value| {
-        ["nodes", "push", "membership"]
-            .iter()
-            .all(|k| a.get(*k) == b.get(*k))
+        a.get("nodes") == b.get("nodes")
+            && a.get("push") == b.get("push")
+            && membership(a) == membership(b)
     };
     let mut kept: Vec<Value> = match figures.get("sim_runs") {
         Some(Value::Array(old)) => old
@@ -331,6 +346,24 @@ mod tests {
         assert_eq!(f["sim_runs"].as_array().unwrap().len(), 4);
         let t = table(&[run(10000, false, "given", None)]);
         assert!(t.contains("gave up"), "{t}");
+    }
+
+    #[test]
+    fn runs_from_before_given_membership_count_as_formed() {
+        let mut legacy = run(1000, false, "formed", Some(3.5));
+        legacy.as_object_mut().unwrap().remove("membership");
+        let mut f = Map::new();
+        f.insert("sim_runs".into(), Value::Array(vec![legacy]));
+        f.insert("sim_membership_rounds_n1000_pull".into(), 41.into());
+        f.insert(
+            "sim_idle_suspicions_per_node_round_n1000_pull".into(),
+            0.into(),
+        );
+        merge_figures(&mut f, &[run(1000, false, "formed", Some(3.6))]);
+        assert_eq!(f["sim_runs"].as_array().unwrap().len(), 1, "replaced");
+        assert!(!f.contains_key("sim_membership_rounds_n1000_pull"));
+        assert!(!f.contains_key("sim_idle_suspicions_per_node_round_n1000_pull"));
+        assert_eq!(f["sim_formed_rounds_n1000_pull"], 3.6);
     }
 
     #[test]

@@ -149,7 +149,12 @@ fn given_membership_converges_many_writers_under_loss() {
     let c = sim.contents(0);
     assert_eq!(c.len(), 1 + 20 - 5, "{:?}", c.keys().collect::<Vec<_>>());
     assert!(!c.contains_key("own-0") && c.contains_key("own-10"));
-    // With membership given, no member entry travels (headers carry none).
+    // With membership given, no member entry travels (headers carry none),
+    // and no node keeps a member table: each lists only itself.
     let stats = sim.stats(0);
     assert_eq!(stats.member_entries_sent, 0, "{stats:?}");
+    for i in 0..200 {
+        assert_eq!(sim.members(i).len(), 1, "node {i}: {:?}", sim.members(i));
+    }
+    assert_eq!(sim.member_event_counts(), Default::default());
 }

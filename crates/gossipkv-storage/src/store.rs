@@ -259,9 +259,9 @@ impl Store {
         // merged version).
         let hlc = self.clock.tick(now_ms);
         let live = value.is_some();
-        if self.observer.0.get().is_some() {
-            self.notify(key, value.as_ref());
-        }
+        // Told before the map changes, while the shard is locked: nobody
+        // can see the difference.
+        self.notify(key, value.as_ref());
         let entry = Entry {
             value,
             hlc,

@@ -308,3 +308,24 @@ fn digest_fingerprints_compare_contents() {
         assert_ne!(a.fingerprint(), other.fingerprint(), "{other:?}");
     }
 }
+
+/// `set` and `delete` return the version they wrote, and leave the same state
+/// as `write`, which returns the whole record.
+#[test]
+fn set_and_delete_return_the_version_written_and_match_write() {
+    let s = Store::new(Origin::new("a", 1));
+    let t = Store::new(Origin::new("a", 1));
+    let v = s.set("k", Bytes::from_static(b"one"), 1_000);
+    let r = t.write("k", Some(Bytes::from_static(b"one")), 1_000);
+    assert_eq!(s.get_record("k").map(|r| r.version), Some(v.clone()));
+    assert_eq!(r.version, v);
+    assert_eq!(s.records(), t.records());
+    let d = s.delete("k", 1_001);
+    let rd = t.write("k", None, 1_001);
+    assert!(d > v);
+    assert_eq!(s.get_record("k").map(|r| r.version), Some(d.clone()));
+    assert_eq!(rd.version, d);
+    assert!(rd.is_tombstone() && s.get("k").is_none());
+    assert_eq!(s.records(), t.records());
+    assert_eq!(s.digest(), t.digest());
+}

@@ -100,9 +100,10 @@ pub struct ProtocolConfig {
     pub max_value_size: usize,
     /// `None` for a real node. A simulation aid otherwise: gossip and push
     /// peers are drawn from this fixed list of every node instead of the
-    /// member table, and membership is neither probed nor gossiped (headers
-    /// carry no member-list fingerprint, datagrams no member entries). The
-    /// cluster is taken as formed and healthy. This lets a simulator run
+    /// member table, and membership is neither kept, probed nor gossiped
+    /// (the table stays empty, headers carry no member-list fingerprint,
+    /// datagrams no member entries). The cluster is taken as formed and
+    /// healthy. This lets a simulator run
     /// clusters too large for every simulated node to hold a full member
     /// table, and measure dissemination alone.
     pub directory: Option<Arc<Directory>>,
@@ -123,6 +124,11 @@ impl Directory {
         Directory { addrs }
     }
 
+    /// Whether `addr` is listed.
+    pub fn contains(&self, addr: &SocketAddr) -> bool {
+        self.addrs.binary_search(addr).is_ok()
+    }
+
     /// Number of addresses listed.
     pub fn len(&self) -> usize {
         self.addrs.len()
@@ -134,7 +140,8 @@ impl Directory {
     }
 
     /// Up to `n` distinct listed addresses, none of them in `skip`, drawn
-    /// uniformly at random. Costs O(n + skip.len()), whatever the length.
+    /// uniformly at random. The cost depends on `n` and `skip.len()` only,
+    /// not on the length of the list.
     pub fn sample(&self, rng: &mut impl Rng, n: usize, skip: &[SocketAddr]) -> Vec<SocketAddr> {
         let amount = (n + skip.len()).min(self.addrs.len());
         rand::seq::index::sample(rng, self.addrs.len(), amount)
@@ -158,6 +165,7 @@ impl PushPeers {
     fn is_empty(&self) -> bool {
         match self {
             PushPeers::Members(live) => live.is_empty(),
+            // `skip` holds distinct listed addresses only.
             PushPeers::Drawn(dir, skip) => dir.len() <= skip.len(),
         }
     }
@@ -265,6 +273,8 @@ pub struct Stats {
 #[derive(Debug, Clone)]
 struct Resync {
     from: NodeId,
+    /// The address its pages come from.
+    addr: SocketAddr,
     cursor: String,
     /// The sender's watermarks from the first page: what we may raise ours to
     /// once every page has been applied.
@@ -740,13 +750,11 @@ impl Protocol {
         // Any Syn to the peer re-synchronising us asks for the next page: a
         // plain one (a probe, a pull) would be answered with the first page
         // again and restart the re-synchronisation.
-        if syn.resync_from.is_none() {
+        if syn.resync_from.is_none() && self.resync_addr() == Some(to) {
             if let Some(r) = &self.resync {
-                if self.membership.get(&r.from).is_some_and(|p| p.addr == to) {
-                    let cursor = r.cursor.clone();
-                    let digest = self.store.digest();
-                    syn = self.make_syn(&digest, Some(cursor));
-                }
+                let cursor = r.cursor.clone();
+                let digest = self.store.digest();
+                syn = self.make_syn(&digest, Some(cursor));
             }
         }
         self.stats.syns_sent += 1;
@@ -777,9 +785,7 @@ impl Protocol {
         self.hash_only_to.clear();
         for to in targets {
             let resync_from = match &self.resync {
-                Some(r) if self.membership.get(&r.from).is_some_and(|p| p.addr == to) => {
-                    Some(r.cursor.clone())
-                }
+                Some(r) if self.resync_addr() == Some(to) => Some(r.cursor.clone()),
                 _ => None,
             };
             let syn = self.make_syn(&digest, resync_from);
@@ -883,19 +889,26 @@ impl Protocol {
     /// Makes sure the peer re-synchronising us gets a Syn this round (in
     /// place of the last random target when there are several).
     fn add_resync_peer(&self, targets: &mut Vec<SocketAddr>) {
-        let Some(p) = self
-            .resync
-            .as_ref()
-            .and_then(|r| self.membership.get(&r.from))
-        else {
+        let Some(addr) = self.resync_addr() else {
             return;
         };
-        if !targets.contains(&p.addr) {
+        if !targets.contains(&addr) {
             if targets.len() > 1 {
                 targets.pop();
             }
-            targets.push(p.addr);
+            targets.push(addr);
         }
+    }
+
+    /// Where the peer re-synchronising us is: its member entry's address
+    /// while it is a member, or, with a [`Directory`] (no member table), the
+    /// address its pages came from.
+    fn resync_addr(&self) -> Option<SocketAddr> {
+        let r = self.resync.as_ref()?;
+        if self.cfg.directory.is_some() {
+            return Some(r.addr);
+        }
+        self.membership.get(&r.from).map(|p| p.addr)
     }
 
     fn fit_digest(&mut self, digest: Digest, max: usize) -> Digest {
@@ -1013,7 +1026,10 @@ impl Protocol {
     /// probe we may be waiting on, and relays that to members that asked us
     /// to probe it.
     fn heard_from(&mut self, now_ms: u64, from: SocketAddr, sender: &Sender) {
-        self.membership.observe(sender, Some(from), now_ms);
+        // With a directory there is no member table to keep.
+        if self.cfg.directory.is_none() {
+            self.membership.observe(sender, Some(from), now_ms);
+        }
         self.awaiting.remove(&sender.node_id);
         if let Some(asks) = self.relays.remove(&sender.node_id) {
             let target = Sender {
@@ -1048,7 +1064,9 @@ impl Protocol {
             self.membership.spread_self();
             return;
         }
-        self.membership.observe(m, None, now_ms);
+        if self.cfg.directory.is_none() {
+            self.membership.observe(m, None, now_ms);
+        }
     }
 
     /// Failure detection help: probe a member for a peer that could not
@@ -1228,7 +1246,7 @@ impl Protocol {
                 self.stats.pages_applied += 1;
                 self.stats.records_won += stats.won as u64;
                 self.stats.records_lost += stats.lost as u64;
-                self.on_page(now_ms, &sender.node_id, page);
+                self.on_page(now_ms, from, &sender.node_id, page);
             }
         }
         self.answer_ack(now_ms, from, &ack.digest);
@@ -1267,7 +1285,7 @@ impl Protocol {
     /// Tracks a re-synchronisation: pages from one peer, in key order, from
     /// the first key to the last. Pages from anyone else, or out of order,
     /// are merged (that is always safe) but do not advance it.
-    fn on_page(&mut self, now_ms: u64, sender: &NodeId, page: &Page) {
+    fn on_page(&mut self, now_ms: u64, from: SocketAddr, sender: &NodeId, page: &Page) {
         let stale = self.resync.as_ref().is_some_and(|r| {
             now_ms.saturating_sub(r.progress_ms) > 10 * self.cfg.gossip_interval_ms
         });
@@ -1278,6 +1296,7 @@ impl Protocol {
         if page.start.is_empty() && (ours || stale) {
             self.resync = Some(Resync {
                 from: sender.clone(),
+                addr: from,
                 cursor: String::new(),
                 watermarks: page.watermarks.clone(),
                 progress_ms: now_ms,
@@ -1368,7 +1387,7 @@ impl Protocol {
         now_ms: u64,
         records: Vec<Record>,
         hops: u32,
-        exclude: Option<&NodeId>,
+        exclude: Option<(&NodeId, SocketAddr)>,
         fanout: usize,
     ) {
         if !self.cfg.push || self.left || records.is_empty() {
@@ -1435,24 +1454,24 @@ impl Protocol {
 
     /// Where pushes may go: live members but `exclude`, or, with a
     /// [`Directory`], every node but us and `exclude`.
-    fn push_peers(&self, exclude: Option<&NodeId>) -> PushPeers {
-        let excluded = exclude
-            .and_then(|id| self.membership.get(id))
-            .map(|m| m.addr);
+    fn push_peers(&self, exclude: Option<(&NodeId, SocketAddr)>) -> PushPeers {
         match &self.cfg.directory {
-            Some(dir) => PushPeers::Drawn(
-                dir.clone(),
-                self.cfg
+            Some(dir) => {
+                let mut skip: Vec<SocketAddr> = self
+                    .cfg
                     .advertise_addr
                     .into_iter()
-                    .chain(excluded)
-                    .collect(),
-            ),
+                    .chain(exclude.map(|(_, addr)| addr))
+                    .filter(|a| dir.contains(a))
+                    .collect();
+                skip.dedup();
+                PushPeers::Drawn(dir.clone(), skip)
+            }
             None => PushPeers::Members(
                 self.membership
                     .in_states(&[MemberState::Alive])
                     .into_iter()
-                    .filter(|m| Some(&m.node_id) != exclude)
+                    .filter(|m| Some(&m.node_id) != exclude.map(|(id, _)| id))
                     .map(|m| m.addr)
                     .collect(),
             ),
@@ -1478,7 +1497,7 @@ impl Protocol {
         }
         if push.hops > 0 && !fresh.is_empty() {
             let fanout = self.push_fanout();
-            self.push_records(now_ms, fresh, push.hops - 1, Some(sender), fanout);
+            self.push_records(now_ms, fresh, push.hops - 1, Some((sender, from)), fanout);
         }
     }
 
