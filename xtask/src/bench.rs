@@ -105,6 +105,14 @@ pub(crate) fn run(opts: &BenchOptions) -> anyhow::Result<()> {
     print!("{}", summary::table(&rows));
 
     let mut json = summary::to_json(&rows, summary::NAMED_FIGURES);
+    if !opts.summary_only {
+        let from_env = std::env::var(KEYS_ENV).ok();
+        if let (Some(keys), Some(map)) =
+            (store_keys(opts, from_env.as_deref()), json.as_object_mut())
+        {
+            map.insert(STORE_KEYS_FIGURE.into(), keys.into());
+        }
+    }
     let sim_file = SIM_FILE.iter().fold(target_dir.clone(), |p, c| p.join(c));
     for file in [&cluster_file, &sim_file] {
         merge_file(&mut json, file)?;
@@ -229,6 +237,21 @@ pub(crate) fn cargo_bench_args(opts: &BenchOptions) -> Vec<String> {
     args
 }
 
+/// Summary key recording how many keys the `storage/*_1m` benchmarks used.
+pub(crate) const STORE_KEYS_FIGURE: &str = "store_bench_keys";
+
+/// How many keys the `storage/*_1m` benchmarks of this run use: `from_env`
+/// (the caller's [`KEYS_ENV`]) if it is a number, else [`QUICK_KEYS`] with
+/// `--quick` and one million without.
+pub(crate) fn store_keys(opts: &BenchOptions, from_env: Option<&str>) -> Option<u64> {
+    let parse = |t: &str| t.trim().replace('_', "").parse::<u64>().ok();
+    match from_env {
+        Some(text) => parse(text),
+        None if opts.quick => parse(QUICK_KEYS),
+        None => Some(1_000_000),
+    }
+}
+
 /// Environment variables for the `cargo bench` process: `--quick` sets
 /// [`KEYS_ENV`] to [`QUICK_KEYS`] unless the caller's environment has it.
 pub(crate) fn bench_env(
@@ -245,6 +268,18 @@ pub(crate) fn bench_env(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_store_key_count_is_recorded() {
+        let quick = BenchOptions {
+            quick: true,
+            ..BenchOptions::default()
+        };
+        assert_eq!(store_keys(&quick, None), Some(100_000));
+        assert_eq!(store_keys(&BenchOptions::default(), None), Some(1_000_000));
+        assert_eq!(store_keys(&quick, Some("2_000")), Some(2_000));
+        assert_eq!(store_keys(&quick, Some("many")), None);
+    }
 
     #[test]
     fn quick_passes_criterion_flags() {
