@@ -13,8 +13,11 @@ pub const RECORD_OVERHEAD: usize = 64;
 pub const CHUNK_OVERHEAD: usize = 48;
 /// Upper bound of what a ghost entry costs beyond its key.
 pub const GHOST_OVERHEAD: usize = 40;
-/// Upper bound of what one digest entry costs beyond its node id.
-pub const DIGEST_ENTRY_OVERHEAD: usize = 40;
+/// Upper bound of what one digest entry costs beyond its node id: the
+/// entry's tag and length (1 + 3 bytes), the node id's tag and length
+/// (1 + 3), and the generation and watermark (1 + 10 each), for node ids
+/// shorter than 2 MB.
+pub const DIGEST_ENTRY_OVERHEAD: usize = 30;
 
 /// One key's state: a value or a tombstone (`value == None`), with its version.
 #[derive(Clone, PartialEq, Eq, Debug)]
