@@ -395,9 +395,41 @@ impl Store {
     /// collected, so accepting it would bring the key back.
     pub fn merge(&self, record: Record) -> bool {
         self.clock.observe(record.version.hlc);
-        let origin = record.version.origin();
-        let (oid, log) = self.intern(&origin);
+        let (oid, log) = self.intern(&record.version.origin());
         let mut log = log.lock();
+        self.merge_locked(&mut log, oid, record)
+    }
+
+    /// Merges `records` as [`Store::merge`] would one after the other, and
+    /// returns whether each won. Consecutive records of one origin (a push,
+    /// a delta's chunk) share one lookup and one lock of that origin.
+    pub fn merge_batch(&self, records: Vec<Record>) -> Vec<bool> {
+        let mut won = Vec::with_capacity(records.len());
+        let mut rest = records.into_iter().peekable();
+        while let Some(first) = rest.next() {
+            let origin = first.version.origin();
+            let same = |r: &Record| {
+                r.version.generation == origin.generation && r.version.node == origin.node
+            };
+            let mut run = vec![first];
+            while let Some(r) = rest.next_if(|r| same(r)) {
+                run.push(r);
+            }
+            if let Some(newest) = run.iter().map(|r| r.version.hlc).max() {
+                self.clock.observe(newest);
+            }
+            let (oid, log) = self.intern(&origin);
+            let mut log = log.lock();
+            for r in run {
+                won.push(self.merge_locked(&mut log, oid, r));
+            }
+        }
+        won
+    }
+
+    /// [`Store::merge`] once the record's origin is interned as `oid`, its
+    /// log locked and its timestamp observed.
+    fn merge_locked(&self, log: &mut OriginLog, oid: u32, record: Record) -> bool {
         let Record {
             key,
             value,
@@ -764,14 +796,13 @@ impl Store {
     /// the loose records.
     pub fn apply(&self, delta: &Delta) -> ApplyStats {
         let mut stats = ApplyStats::default();
+        let mut count = |won: Vec<bool>| {
+            let n = won.iter().filter(|w| **w).count();
+            stats.won += n;
+            stats.lost += won.len() - n;
+        };
         for chunk in &delta.chunks {
-            for r in &chunk.records {
-                if self.merge(r.clone()) {
-                    stats.won += 1;
-                } else {
-                    stats.lost += 1;
-                }
-            }
+            count(self.merge_batch(chunk.records.clone()));
             let (_, log) = self.intern(&chunk.origin);
             let mut log = log.lock();
             for g in &chunk.ghosts {
@@ -791,13 +822,7 @@ impl Store {
                 stats.advanced += 1;
             }
         }
-        for r in &delta.loose {
-            if self.merge(r.clone()) {
-                stats.won += 1;
-            } else {
-                stats.lost += 1;
-            }
-        }
+        count(self.merge_batch(delta.loose.clone()));
         stats
     }
 

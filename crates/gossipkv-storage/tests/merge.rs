@@ -329,3 +329,28 @@ fn set_and_delete_return_the_version_written_and_match_write() {
     assert_eq!(s.records(), t.records());
     assert_eq!(s.digest(), t.digest());
 }
+
+proptest! {
+    /// Merging in batches (runs of one origin share a lock) wins and loses
+    /// exactly as merging one record at a time, and leaves the same state.
+    #[test]
+    fn batches_merge_like_single_records(recs in records(40), cuts in proptest::collection::vec(1usize..8, 1..10)) {
+        let one = local_store();
+        let single: Vec<bool> = recs.iter().map(|r| one.merge(r.clone())).collect();
+        let batched_store = local_store();
+        let mut batched = Vec::new();
+        let mut rest = recs.as_slice();
+        for c in cuts.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (now, later) = rest.split_at((*c).min(rest.len()));
+            batched.extend(batched_store.merge_batch(now.to_vec()));
+            rest = later;
+        }
+        prop_assert_eq!(batched, single);
+        prop_assert_eq!(batched_store.records(), one.records());
+        prop_assert_eq!(batched_store.digest().fingerprint(), one.digest().fingerprint());
+        prop_assert_eq!(batched_store.clock().last(), one.clock().last());
+    }
+}

@@ -1481,8 +1481,9 @@ impl Protocol {
     fn on_push(&mut self, now_ms: u64, from: SocketAddr, sender: &NodeId, push: Push) {
         self.check_skew(now_ms, from, &push.records);
         let mut fresh = Vec::new();
-        for r in push.records {
-            if self.store.merge(r.clone()) {
+        let won = self.store.merge_batch(push.records.clone());
+        for (r, won) in push.records.into_iter().zip(won) {
+            if won {
                 fresh.push(r);
             } else {
                 self.stats.records_lost += 1;
