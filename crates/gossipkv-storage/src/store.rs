@@ -795,14 +795,21 @@ impl Store {
     /// raises watermarks where the chunk starts at or below them, then merges
     /// the loose records.
     pub fn apply(&self, delta: &Delta) -> ApplyStats {
+        self.apply_owned(delta.clone())
+    }
+
+    /// [`Store::apply`] for a delta the caller no longer needs: its records
+    /// are stored as they are, not copied (a copy gives each value a shared
+    /// header that the store would keep).
+    pub fn apply_owned(&self, delta: Delta) -> ApplyStats {
         let mut stats = ApplyStats::default();
         let mut count = |won: Vec<bool>| {
             let n = won.iter().filter(|w| **w).count();
             stats.won += n;
             stats.lost += won.len() - n;
         };
-        for chunk in &delta.chunks {
-            count(self.merge_batch(chunk.records.clone()));
+        for mut chunk in delta.chunks {
+            count(self.merge_batch(std::mem::take(&mut chunk.records)));
             let (_, log) = self.intern(&chunk.origin);
             let mut log = log.lock();
             for g in &chunk.ghosts {
@@ -822,7 +829,7 @@ impl Store {
                 stats.advanced += 1;
             }
         }
-        count(self.merge_batch(delta.loose.clone()));
+        count(self.merge_batch(delta.loose));
         stats
     }
 

@@ -54,7 +54,7 @@ use gossipkv_proto::{
     push_record_len, Ack, Body, Envelope, Fragment, Limits, MemberSync, Probe, Push, Reply, Sender,
     Syn, SynAck, FRAGMENT_OVERHEAD, PROTOCOL_VERSION,
 };
-use gossipkv_storage::{Delta, DeltaOptions, Digest, NodeId, Origin, Page, Record, Store};
+use gossipkv_storage::{Delta, DeltaOptions, Digest, NodeId, Origin, Page, Record, Store, Version};
 use rand::rngs::SmallRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
@@ -975,7 +975,7 @@ impl Protocol {
                 self.on_syn(now_ms, from, syn)
             }
             Body::SynAck(ack) => self.on_syn_ack(now_ms, from, &sender, ack),
-            Body::Ack(ack) => self.apply_delta(now_ms, from, &ack.delta),
+            Body::Ack(ack) => self.apply_delta(now_ms, from, ack.delta),
             Body::Leave => {}
             Body::Push(push) => self.on_push(now_ms, from, &sender.node_id, push),
             Body::Fragment(f) if !inner => self.on_fragment(now_ms, from, f),
@@ -1239,14 +1239,14 @@ impl Protocol {
         if sender.members_hash != 0 && sender.members_hash != self.membership.hash() {
             self.send_member_sync(from, None, 2);
         }
-        match &ack.reply {
+        match ack.reply {
             Reply::Delta(delta) => self.apply_delta(now_ms, from, delta),
             Reply::Page(page) => {
-                let stats = self.store.apply_page(page);
+                let stats = self.store.apply_page(&page);
                 self.stats.pages_applied += 1;
                 self.stats.records_won += stats.won as u64;
                 self.stats.records_lost += stats.lost as u64;
-                self.on_page(now_ms, from, &sender.node_id, page);
+                self.on_page(now_ms, from, &sender.node_id, &page);
             }
         }
         self.answer_ack(now_ms, from, &ack.digest);
@@ -1350,7 +1350,7 @@ impl Protocol {
         };
         if hops == 0 {
             // Every live peer gets these directly.
-            self.note_pushed(now_ms, &records);
+            self.note_pushed(now_ms, records.iter().map(|r| &r.version));
         }
         self.push_records(now_ms, records, hops, None, PUSH_DIRECT_MAX);
     }
@@ -1480,23 +1480,32 @@ impl Protocol {
 
     fn on_push(&mut self, now_ms: u64, from: SocketAddr, sender: &NodeId, push: Push) {
         self.check_skew(now_ms, from, &push.records);
-        let mut fresh = Vec::new();
-        let won = self.store.merge_batch(push.records.clone());
-        for (r, won) in push.records.into_iter().zip(won) {
-            if won {
-                fresh.push(r);
-            } else {
-                self.stats.records_lost += 1;
-            }
-        }
-        self.stats.records_won += fresh.len() as u64;
-        self.stats.pushed_records_won += fresh.len() as u64;
+        // The records are copied only when they may be forwarded: a copy
+        // gives every value a shared header, which the store then keeps.
+        let versions: Vec<Version> = push.records.iter().map(|r| r.version.clone()).collect();
+        let copy = (push.hops > 0).then(|| push.records.clone());
+        let won = self.store.merge_batch(push.records);
+        let n = won.iter().filter(|w| **w).count();
+        self.stats.records_won += n as u64;
+        self.stats.pushed_records_won += n as u64;
+        self.stats.records_lost += (won.len() - n) as u64;
         if push.hops == 0 {
             // Pushed with no forwarding: the writer sent them to every live
             // member directly (the cluster is small enough).
-            self.note_pushed(now_ms, &fresh);
+            let fresh = versions
+                .iter()
+                .zip(&won)
+                .filter(|(_, w)| **w)
+                .map(|(v, _)| v);
+            self.note_pushed(now_ms, fresh);
         }
-        if push.hops > 0 && !fresh.is_empty() {
+        if let Some(records) = copy.filter(|_| n > 0) {
+            let fresh: Vec<Record> = records
+                .into_iter()
+                .zip(&won)
+                .filter(|(_, w)| **w)
+                .map(|(r, _)| r)
+                .collect();
             let fanout = self.push_fanout();
             self.push_records(now_ms, fresh, push.hops - 1, Some((sender, from)), fanout);
         }
@@ -1555,20 +1564,20 @@ impl Protocol {
     /// slots of a quarter interval with the lowest sequence number seen in
     /// each, for as long as the hold time. (Forwarded pushes may miss nodes,
     /// so anti-entropy does not wait for them.)
-    fn note_pushed(&mut self, now_ms: u64, records: &[Record]) {
+    fn note_pushed<'a>(&mut self, now_ms: u64, versions: impl IntoIterator<Item = &'a Version>) {
         if !self.cfg.push {
             return;
         }
         let slot = (self.cfg.gossip_interval_ms / 4).max(1);
         let horizon = now_ms.saturating_sub(self.push_hold_ms());
-        for r in records {
-            let w = self.pushed.entry(r.version.origin()).or_default();
+        for v in versions {
+            let w = self.pushed.entry(v.origin()).or_default();
             while w.front().is_some_and(|&(at, _)| at < horizon) {
                 w.pop_front();
             }
             match w.back_mut() {
-                Some((at, seq)) if now_ms < *at + slot => *seq = (*seq).min(r.version.seq),
-                _ => w.push_back((now_ms, r.version.seq)),
+                Some((at, seq)) if now_ms < *at + slot => *seq = (*seq).min(v.seq),
+                _ => w.push_back((now_ms, v.seq)),
             }
         }
     }
@@ -1622,14 +1631,15 @@ impl Protocol {
         self.large_jobs.push_back((to, env));
     }
 
-    fn apply_delta(&mut self, now_ms: u64, from: SocketAddr, delta: &Delta) {
+    fn apply_delta(&mut self, now_ms: u64, from: SocketAddr, delta: Delta) {
         if delta.is_empty() {
             return;
         }
         for chunk in &delta.chunks {
             self.check_skew(now_ms, from, &chunk.records);
         }
-        let stats = self.store.apply(delta);
+        // Owned: the store keeps the decoded values as they are.
+        let stats = self.store.apply_owned(delta);
         self.stats.records_won += stats.won as u64;
         self.stats.records_lost += stats.lost as u64;
         if stats.won > 0 {
