@@ -1482,7 +1482,11 @@ impl Protocol {
         self.check_skew(now_ms, from, &push.records);
         // The records are copied only when they may be forwarded: a copy
         // gives every value a shared header, which the store then keeps.
-        let versions: Vec<Version> = push.records.iter().map(|r| r.version.clone()).collect();
+        let versions: Vec<Version> = if push.hops == 0 {
+            push.records.iter().map(|r| r.version.clone()).collect()
+        } else {
+            Vec::new()
+        };
         let copy = (push.hops > 0).then(|| push.records.clone());
         let won = self.store.merge_batch(push.records);
         let n = won.iter().filter(|w| **w).count();
