@@ -400,3 +400,55 @@ fn a_1_mib_value_replicates_under_loss_without_holding_up_later_writes() {
     assert!(sim.net_stats().lost > 0, "loss was injected");
     eprintln!("1 MiB under 5% loss: small writes after {small} ms, big value after {took} ms more");
 }
+
+#[test]
+fn overwrites_stop_costing_index_memory_once_every_member_has_them() {
+    let seed = seed(9);
+    let _g = SeedGuard::new(
+        "overwrites_stop_costing_index_memory_once_every_member_has_them",
+        seed,
+    );
+    // An hour of tombstone retention: the time-based collection alone would
+    // keep every overwritten write in every index for the whole run.
+    let mut sim = Sim::new(SimConfig {
+        seed,
+        nodes: 5,
+        loss: 0.05,
+        tombstone_retention_ms: 60 * MIN,
+        ..SimConfig::default()
+    });
+    sim.run_for(5 * SEC);
+    // Node 0 overwrites ten keys 300 times each over a minute; node 4 is
+    // down for part of it and comes back with a new generation.
+    for i in 0..3_000u32 {
+        let key = format!("hot-{}", i % 10);
+        sim.set(0, &key, format!("v{i}").as_bytes());
+        sim.run_for(20);
+        if i == 1_000 {
+            sim.crash(4);
+        }
+        if i == 2_000 {
+            sim.restart(4);
+        }
+    }
+    sim.delete(0, "hot-9");
+    // Two collection passes (every minute with this retention) after the
+    // writes stop.
+    sim.run_for(3 * MIN);
+    sim.run_until(2 * MIN, SEC, |s| s.converged())
+        .expect("converges");
+    for i in 0..5 {
+        let c = sim.contents(i);
+        assert_eq!(c.len(), 9, "node {i}: {:?}", c.keys().collect::<Vec<_>>());
+        assert_eq!(c["hot-0"].as_ref(), b"v2990");
+        // Ten live writes, give or take what arrived after the last pass;
+        // the 3,000 overwrites would all still be indexed otherwise.
+        let indexed = sim.store(i).index_len();
+        assert!(indexed <= 20, "node {i} still indexes {indexed} writes");
+    }
+    assert!(
+        sim.stats(0).superseded_collected >= 2_900,
+        "{:?}",
+        sim.stats(0)
+    );
+}

@@ -57,7 +57,6 @@ impl SeqIndex {
     }
 
     /// Number of entries.
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.run.len() - self.holes + self.late.len()
     }

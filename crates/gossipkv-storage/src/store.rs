@@ -871,6 +871,51 @@ impl Store {
         stats
     }
 
+    /// Removes the index entries of superseded writes ("ghosts") of each
+    /// listed origin up to its bound (and the local watermark), whatever
+    /// their age, and raises the collected floor over them. Returns how many
+    /// were removed.
+    ///
+    /// Always safe, as [`Store::collect_garbage`] is: a peer whose watermark
+    /// is below a floor is sent re-synchronisation pages instead of deltas.
+    /// A good bound is the lowest watermark the live peers have for the
+    /// origin: then none of them has to be re-synchronised, and overwrites
+    /// no longer cost index memory for the whole tombstone retention.
+    pub fn collect_superseded(&self, bounds: &[(Origin, u64)]) -> usize {
+        let mut removed = 0;
+        for (origin, bound) in bounds {
+            let Some((oid, log)) = self.id_and_log(origin) else {
+                continue;
+            };
+            let mut log = log.lock();
+            let top = (*bound).min(log.watermark);
+            let ghosts: Vec<u64> = log
+                .index
+                .range(0, top)
+                .filter(|(seq, ie)| {
+                    let shard = self.shard(&ie.key).read();
+                    !shard
+                        .get(&*ie.key)
+                        .is_some_and(|e| e.origin == oid && e.seq == *seq)
+                })
+                .map(|(seq, _)| seq)
+                .collect();
+            for seq in ghosts {
+                log.index.remove(seq);
+                log.floor = log.floor.max(seq);
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Number of index entries: one per live write, plus the superseded
+    /// writes not collected yet (see [`Store::collect_superseded`]).
+    pub fn index_len(&self) -> usize {
+        let logs: Vec<_> = self.origins.read().logs.clone();
+        logs.iter().map(|l| l.lock().index.len()).sum()
+    }
+
     /// Raises local watermarks to those of `digest` (the first page of a
     /// completed re-synchronisation, see [`Page`]).
     pub fn raise_watermarks(&self, digest: &Digest) -> usize {
@@ -1042,6 +1087,13 @@ impl Store {
                 (next, log)
             }
         }
+    }
+
+    fn id_and_log(&self, origin: &Origin) -> Option<(u32, Arc<Mutex<OriginLog>>)> {
+        let o = self.origins.read();
+        o.ids
+            .get(origin)
+            .map(|&id| (id, o.logs[id as usize].clone()))
     }
 
     fn log_of(&self, origin: &Origin) -> Option<Arc<Mutex<OriginLog>>> {

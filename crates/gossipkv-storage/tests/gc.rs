@@ -790,3 +790,41 @@ fn large_indexes_merge_late_entries_and_compact_collected_ones() {
         .collect();
     assert_eq!(seqs, (2_001..=4_000).collect::<Vec<u64>>());
 }
+
+/// Collecting superseded writes up to a bound keeps every live write and
+/// tombstone, raises the floor, and sends a peer below it to pages; a peer
+/// at the bound still gets deltas, and invariant W holds everywhere.
+#[test]
+fn superseded_writes_are_collected_up_to_a_bound() {
+    let a = Store::new(Origin::new("a", 1));
+    let b = Store::new(Origin::new("b", 1));
+    let mut o = Oracle::default();
+    for round in 0..5u64 {
+        for k in 0..4u64 {
+            o.record(&a.write(
+                &format!("k{k}"),
+                Some(val(&format!("{round}"))),
+                1_000 + round * 10 + k,
+            ));
+        }
+    }
+    o.record(&a.write("k3", None, 2_000));
+    // 21 writes: k0-k2 live at seqs 17-19, k3's tombstone at 21.
+    converge(&[&a, &b], 1_400, 20).unwrap();
+    assert_eq!(a.index_len(), 21);
+    let bound = 18;
+    let removed = a.collect_superseded(&[(a.local_origin().clone(), bound)]);
+    // Superseded and at most 18: seqs 1-16 (k3's write at 20 is above the
+    // bound). Live k0 (17) and k1 (18) stay.
+    assert_eq!(removed, 16);
+    assert_eq!(a.index_len(), 5);
+    assert_eq!(a.floor(a.local_origin()), 16);
+    check_all(&o, &[("a", &a), ("b", &b)]);
+    // B is past the floor: deltas still work. A new peer is not: pages.
+    assert!(!a.needs_resync(&b.digest()));
+    let c = Store::new(Origin::new("c", 1));
+    assert!(a.needs_resync(&c.digest()));
+    converge(&[&a, &b, &c], 1_400, 40).unwrap();
+    assert_identical(&[("a", &a), ("b", &b), ("c", &c)]);
+    check_all(&o, &[("a", &a), ("b", &b), ("c", &c)]);
+}

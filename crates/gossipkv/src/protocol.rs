@@ -230,6 +230,9 @@ pub struct Stats {
     pub resyncs_completed: u64,
     /// Tombstones collected.
     pub tombstones_collected: u64,
+    /// Index entries of superseded writes collected once every live member
+    /// had passed them (before the tombstone retention).
+    pub superseded_collected: u64,
     /// Datagrams not sent because they came out larger than the packet size (a bug if ever non-zero).
     pub oversized_dropped: u64,
     /// Push datagrams sent (fresh writes and forwards).
@@ -314,6 +317,9 @@ pub struct Protocol {
     rotate: usize,
     resync: Option<Resync>,
     skew_reported_ms: HashMap<NodeId, u64>,
+    /// Per member: its generation and the highest watermark per origin its
+    /// digests showed (see `collect_superseded`).
+    peer_marks: HashMap<NodeId, (u64, HashMap<Origin, u64>)>,
     probed_ms: HashMap<NodeId, u64>,
     transmits: VecDeque<Transmit>,
     /// Envelopes being cut into fragments, one datagram at a time, after
@@ -429,6 +435,7 @@ impl Protocol {
             rotate: 0,
             resync: None,
             skew_reported_ms: HashMap::new(),
+            peer_marks: HashMap::new(),
             probed_ms: HashMap::new(),
             transmits: VecDeque::new(),
             fragmenting: VecDeque::new(),
@@ -607,6 +614,7 @@ impl Protocol {
                 .store
                 .collect_garbage(now_ms, self.cfg.tombstone_retention_ms);
             self.stats.tombstones_collected += gc.tombstones as u64;
+            self.collect_superseded();
             if gc.tombstones + gc.ghosts > 0 {
                 debug!(
                     tombstones = gc.tombstones,
@@ -972,9 +980,12 @@ impl Protocol {
         match env.body {
             Body::Syn(syn) => {
                 self.stats.syns_received += 1;
-                self.on_syn(now_ms, from, syn)
+                self.on_syn(now_ms, from, &sender, syn)
             }
-            Body::SynAck(ack) => self.on_syn_ack(now_ms, from, &sender, ack),
+            Body::SynAck(ack) => {
+                self.note_digest(&sender, &ack.digest);
+                self.on_syn_ack(now_ms, from, &sender, ack)
+            }
             Body::Ack(ack) => self.apply_delta(now_ms, from, ack.delta),
             Body::Leave => {}
             Body::Push(push) => self.on_push(now_ms, from, &sender.node_id, push),
@@ -982,6 +993,70 @@ impl Protocol {
             Body::Fragment(_) => {}
             Body::Probe(p) => self.on_probe(now_ms, from, p),
             Body::MemberSync(m) => self.on_member_sync(from, m),
+        }
+    }
+
+    /// Remembers the watermarks `digest` shows for `sender` (they only grow
+    /// within one generation), for `collect_superseded`.
+    fn note_digest(&mut self, sender: &Sender, digest: &Digest) {
+        if self.cfg.directory.is_some() || digest.entries.is_empty() {
+            return;
+        }
+        let marks = self
+            .peer_marks
+            .entry(sender.node_id.clone())
+            .or_insert_with(|| (sender.generation, HashMap::new()));
+        if marks.0 != sender.generation {
+            *marks = (sender.generation, HashMap::new());
+        }
+        for e in &digest.entries {
+            let m = marks.1.entry(e.origin.clone()).or_insert(0);
+            *m = (*m).max(e.watermark);
+        }
+    }
+
+    /// Collects the superseded writes ("ghosts") that every live member has
+    /// passed, by the watermarks their digests showed: none of them needs
+    /// re-synchronising for it, and overwrites stop costing index memory
+    /// for the whole tombstone retention. Members we have no watermark from
+    /// count as 0, so nothing of that origin is collected early.
+    fn collect_superseded(&mut self) {
+        if self.cfg.directory.is_some() {
+            return;
+        }
+        let live: Vec<Member> = self
+            .membership
+            .in_states(&[MemberState::Alive, MemberState::Suspect]);
+        self.peer_marks
+            .retain(|id, _| live.iter().any(|m| &m.node_id == id));
+        if live.is_empty() {
+            return;
+        }
+        let bounds: Vec<(Origin, u64)> = self
+            .store
+            .digest()
+            .entries
+            .into_iter()
+            .map(|e| {
+                let lowest = live
+                    .iter()
+                    .map(|m| {
+                        self.peer_marks
+                            .get(&m.node_id)
+                            .filter(|(generation, _)| *generation == m.generation)
+                            .and_then(|(_, marks)| marks.get(&e.origin).copied())
+                            .unwrap_or(0)
+                    })
+                    .min()
+                    .unwrap_or(0);
+                (e.origin, lowest.min(e.watermark))
+            })
+            .filter(|(_, bound)| *bound > 0)
+            .collect();
+        let removed = self.store.collect_superseded(&bounds);
+        self.stats.superseded_collected += removed as u64;
+        if removed > 0 {
+            debug!(removed, "collected superseded index entries");
         }
     }
 
@@ -1156,7 +1231,7 @@ impl Protocol {
             .push_back(Event::Error(NetworkError::Decode { from, error }));
     }
 
-    fn on_syn(&mut self, now_ms: u64, from: SocketAddr, syn: Syn) {
+    fn on_syn(&mut self, now_ms: u64, from: SocketAddr, sender: &Sender, syn: Syn) {
         let mine = self.store.digest();
         if let Some(theirs) = syn.digest_hash {
             // A hash-only Syn: the short form when the fingerprints agree,
@@ -1164,6 +1239,8 @@ impl Protocol {
             // (and, if we have writes it lacks, asks again in full).
             let reply_digest = if mine.fingerprint() == theirs {
                 self.stats.short_replies += 1;
+                // Its watermarks are ours.
+                self.note_digest(sender, &mine);
                 Digest::default()
             } else {
                 self.fit_digest(mine, self.budget / 2)
@@ -1177,6 +1254,7 @@ impl Protocol {
             );
             return;
         }
+        self.note_digest(sender, &syn.digest);
         if syn.resync_from.is_none() && same_digest(&syn.digest, &mine) {
             // Nothing to exchange: answer in the short form, an empty digest
             // that covers no origin, so the initiator has nothing to send back.
