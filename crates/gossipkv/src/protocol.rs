@@ -64,6 +64,10 @@ use crate::error::NetworkError;
 use crate::membership::{DetectorConfig, Member, MemberEvent, MemberState, Membership};
 use crate::reassembly::{message_id, Outcome, Reassembly};
 
+/// Most (member, origin) watermarks a node keeps for collecting superseded
+/// writes early (about 16 MB at most; 512 writers seen by 512 members).
+const PEER_MARKS_MAX: usize = 1 << 18;
+
 /// Timestamps further ahead of the local clock than this are reported as clock skew.
 pub const CLOCK_SKEW_REPORT_MS: u64 = 30_000;
 
@@ -320,6 +324,9 @@ pub struct Protocol {
     /// Per member: its generation and the highest watermark per origin its
     /// digests showed (see `collect_superseded`).
     peer_marks: HashMap<NodeId, (u64, HashMap<Origin, u64>)>,
+    /// Pairs in `peer_marks`, and how many it may hold.
+    peer_marks_len: usize,
+    peer_marks_max: usize,
     probed_ms: HashMap<NodeId, u64>,
     transmits: VecDeque<Transmit>,
     /// Envelopes being cut into fragments, one datagram at a time, after
@@ -436,6 +443,8 @@ impl Protocol {
             resync: None,
             skew_reported_ms: HashMap::new(),
             peer_marks: HashMap::new(),
+            peer_marks_len: 0,
+            peer_marks_max: PEER_MARKS_MAX,
             probed_ms: HashMap::new(),
             transmits: VecDeque::new(),
             fragmenting: VecDeque::new(),
@@ -998,6 +1007,11 @@ impl Protocol {
 
     /// Remembers the watermarks `digest` shows for `sender` (they only grow
     /// within one generation), for `collect_superseded`.
+    ///
+    /// At most `peer_marks_max` (member, origin) pairs are kept, so that a
+    /// cluster of thousands of writers does not cost every node millions of
+    /// entries: past it, new pairs are not recorded, and their origins are
+    /// left to the retention collection.
     fn note_digest(&mut self, sender: &Sender, digest: &Digest) {
         if self.cfg.directory.is_some() || digest.entries.is_empty() {
             return;
@@ -1007,11 +1021,18 @@ impl Protocol {
             .entry(sender.node_id.clone())
             .or_insert_with(|| (sender.generation, HashMap::new()));
         if marks.0 != sender.generation {
+            self.peer_marks_len -= marks.1.len();
             *marks = (sender.generation, HashMap::new());
         }
         for e in &digest.entries {
-            let m = marks.1.entry(e.origin.clone()).or_insert(0);
-            *m = (*m).max(e.watermark);
+            match marks.1.get_mut(&e.origin) {
+                Some(m) => *m = (*m).max(e.watermark),
+                None if self.peer_marks_len < self.peer_marks_max => {
+                    marks.1.insert(e.origin.clone(), e.watermark);
+                    self.peer_marks_len += 1;
+                }
+                None => {}
+            }
         }
     }
 
@@ -1027,8 +1048,13 @@ impl Protocol {
         let live: Vec<Member> = self
             .membership
             .in_states(&[MemberState::Alive, MemberState::Suspect]);
-        self.peer_marks
-            .retain(|id, _| live.iter().any(|m| &m.node_id == id));
+        let mut kept = 0;
+        self.peer_marks.retain(|id, (_, marks)| {
+            let keep = live.iter().any(|m| &m.node_id == id);
+            kept += if keep { marks.len() } else { 0 };
+            keep
+        });
+        self.peer_marks_len = kept;
         if live.is_empty() {
             return;
         }
@@ -2147,6 +2173,48 @@ mod tests {
         assert_eq!(rounds[5], 1, "{rounds:?}");
         assert!(p.membership.to_probe().is_empty());
         assert_eq!(p.stats.probe_requests_sent, 0);
+    }
+
+    #[test]
+    fn peer_watermarks_are_kept_up_to_a_bound_and_forgotten_with_members() {
+        let mut p = protocol(vec![]);
+        p.peer_marks_max = 10;
+        let sender = |id: &str, generation: u64| Sender {
+            node_id: id.into(),
+            generation,
+            addr: None,
+            incarnation: 0,
+            left: false,
+            liveness: gossipkv_proto::Liveness::Alive,
+            members_hash: 0,
+        };
+        let digest = |n: u64, w: u64| Digest {
+            entries: (0..n)
+                .map(|i| gossipkv_storage::DigestEntry {
+                    origin: Origin::new(format!("o{i}"), 1),
+                    watermark: w,
+                })
+                .collect(),
+            complete: true,
+            ..Digest::default()
+        };
+        p.note_digest(&sender("a", 1), &digest(6, 5));
+        p.note_digest(&sender("b", 1), &digest(6, 7));
+        // Ten pairs at most: b got four of its six.
+        assert_eq!(p.peer_marks_len, 10);
+        assert_eq!(p.peer_marks[&NodeId::new("b")].1.len(), 4);
+        // Known pairs still rise; a lower watermark does not lower them.
+        p.note_digest(&sender("a", 1), &digest(6, 9));
+        p.note_digest(&sender("a", 1), &digest(6, 2));
+        assert!(p.peer_marks[&NodeId::new("a")].1.values().all(|w| *w == 9));
+        // A new generation starts afresh.
+        p.note_digest(&sender("a", 2), &digest(1, 1));
+        assert_eq!(p.peer_marks[&NodeId::new("a")].1.len(), 1);
+        assert_eq!(p.peer_marks_len, 5);
+        // Neither is a member: the collection pass forgets both.
+        p.collect_superseded();
+        assert!(p.peer_marks.is_empty());
+        assert_eq!(p.peer_marks_len, 0);
     }
 
     #[test]
