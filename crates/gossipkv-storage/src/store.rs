@@ -104,6 +104,13 @@ struct Entry {
     seq: u64,
 }
 
+impl Entry {
+    /// Whether this is the write `seq` of the origin interned as `oid`.
+    fn is_write(&self, oid: u32, seq: u64) -> bool {
+        self.origin == oid && self.seq == seq
+    }
+}
+
 #[derive(Debug)]
 struct OriginLog {
     origin: Origin,
@@ -639,7 +646,7 @@ impl Store {
                 let current = self.shard(&ie.key).read().get(&*ie.key).cloned();
                 if loose_from.is_some() {
                     // Only this origin's live writes, each once.
-                    let Some(e) = current.filter(|e| e.origin == oid && e.seq == seq) else {
+                    let Some(e) = current.filter(|e| e.is_write(oid, seq)) else {
                         continue;
                     };
                     if sent_keys.contains(&ie.key) {
@@ -662,11 +669,11 @@ impl Store {
                 let mut add_record = None;
                 let mut add_ghost = false;
                 match current {
-                    Some(e) if e.origin == oid && e.seq == seq && !sent_keys.contains(&ie.key) => {
+                    Some(e) if e.is_write(oid, seq) && !sent_keys.contains(&ie.key) => {
                         add_record = Some(e);
                     }
                     // Live, but already sent as the newer version of a ghost.
-                    Some(e) if e.origin == oid && e.seq == seq => {}
+                    Some(e) if e.is_write(oid, seq) => {}
                     Some(e) => {
                         add_ghost = true;
                         let newer = self.origin_of(e.origin);
@@ -774,7 +781,7 @@ impl Store {
                     continue;
                 }
                 let current = self.shard(&ie.key).read().get(&*ie.key).cloned();
-                let Some(e) = current.filter(|e| e.origin == oid && e.seq == seq) else {
+                let Some(e) = current.filter(|e| e.is_write(oid, seq)) else {
                     continue;
                 };
                 if is_large(&e) {
@@ -850,7 +857,7 @@ impl Store {
                 }
                 let mut shard = self.shard(&ie.key).write();
                 match shard.get(&*ie.key) {
-                    Some(e) if e.origin == oid as u32 && e.seq == seq => {
+                    Some(e) if e.is_write(oid as u32, seq) => {
                         if e.value.is_none() {
                             shard.remove(&*ie.key);
                             stats.tombstones += 1;
@@ -863,10 +870,7 @@ impl Store {
                     }
                 }
             }
-            for seq in remove {
-                log.index.remove(seq);
-                log.floor = log.floor.max(seq);
-            }
+            log.forget(remove);
         }
         stats
     }
@@ -894,17 +898,12 @@ impl Store {
                 .range(0, top)
                 .filter(|(seq, ie)| {
                     let shard = self.shard(&ie.key).read();
-                    !shard
-                        .get(&*ie.key)
-                        .is_some_and(|e| e.origin == oid && e.seq == *seq)
+                    !shard.get(&*ie.key).is_some_and(|e| e.is_write(oid, *seq))
                 })
                 .map(|(seq, _)| seq)
                 .collect();
-            for seq in ghosts {
-                log.index.remove(seq);
-                log.floor = log.floor.max(seq);
-                removed += 1;
-            }
+            removed += ghosts.len();
+            log.forget(ghosts);
         }
         removed
     }
@@ -1097,8 +1096,7 @@ impl Store {
     }
 
     fn log_of(&self, origin: &Origin) -> Option<Arc<Mutex<OriginLog>>> {
-        let o = self.origins.read();
-        o.ids.get(origin).map(|&id| o.logs[id as usize].clone())
+        self.id_and_log(origin).map(|(_, log)| log)
     }
 
     fn origin_of(&self, id: u32) -> Origin {
@@ -1139,6 +1137,15 @@ impl Store {
 }
 
 impl OriginLog {
+    /// Removes the index entries of `seqs` and raises the collected floor
+    /// over them.
+    fn forget(&mut self, seqs: Vec<u64>) {
+        for seq in seqs {
+            self.index.remove(seq);
+            self.floor = self.floor.max(seq);
+        }
+    }
+
     fn new(origin: Origin) -> Self {
         OriginLog {
             origin,

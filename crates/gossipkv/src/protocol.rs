@@ -767,9 +767,8 @@ impl Protocol {
         // Any Syn to the peer re-synchronising us asks for the next page: a
         // plain one (a probe, a pull) would be answered with the first page
         // again and restart the re-synchronisation.
-        if syn.resync_from.is_none() && self.resync_addr() == Some(to) {
-            if let Some(r) = &self.resync {
-                let cursor = r.cursor.clone();
+        if syn.resync_from.is_none() {
+            if let Some(cursor) = self.resync_cursor_for(to) {
                 let digest = self.store.digest();
                 syn = self.make_syn(&digest, Some(cursor));
             }
@@ -801,10 +800,7 @@ impl Protocol {
         // Answers to last round's hash-only Syns that never came are forgotten.
         self.hash_only_to.clear();
         for to in targets {
-            let resync_from = match &self.resync {
-                Some(r) if self.resync_addr() == Some(to) => Some(r.cursor.clone()),
-                _ => None,
-            };
+            let resync_from = self.resync_cursor_for(to);
             let syn = self.make_syn(&digest, resync_from);
             self.send_syn(to, syn);
         }
@@ -915,6 +911,12 @@ impl Protocol {
             }
             targets.push(addr);
         }
+    }
+
+    /// The page to ask `to` for, if it is the peer re-synchronising us.
+    fn resync_cursor_for(&self, to: SocketAddr) -> Option<String> {
+        let r = self.resync.as_ref()?;
+        (self.resync_addr() == Some(to)).then(|| r.cursor.clone())
     }
 
     /// Where the peer re-synchronising us is: its member entry's address
@@ -1058,21 +1060,25 @@ impl Protocol {
         if live.is_empty() {
             return;
         }
+        // Each live member's marks, of its current generation (`None`: none).
+        let marks: Vec<Option<&HashMap<Origin, u64>>> = live
+            .iter()
+            .map(|m| {
+                self.peer_marks
+                    .get(&m.node_id)
+                    .filter(|(generation, _)| *generation == m.generation)
+                    .map(|(_, marks)| marks)
+            })
+            .collect();
         let bounds: Vec<(Origin, u64)> = self
             .store
             .digest()
             .entries
             .into_iter()
             .map(|e| {
-                let lowest = live
+                let lowest = marks
                     .iter()
-                    .map(|m| {
-                        self.peer_marks
-                            .get(&m.node_id)
-                            .filter(|(generation, _)| *generation == m.generation)
-                            .and_then(|(_, marks)| marks.get(&e.origin).copied())
-                            .unwrap_or(0)
-                    })
+                    .map(|m| m.and_then(|m| m.get(&e.origin).copied()).unwrap_or(0))
                     .min()
                     .unwrap_or(0);
                 (e.origin, lowest.min(e.watermark))
@@ -1584,39 +1590,37 @@ impl Protocol {
 
     fn on_push(&mut self, now_ms: u64, from: SocketAddr, sender: &NodeId, push: Push) {
         self.check_skew(now_ms, from, &push.records);
-        // The records are copied only when they may be forwarded: a copy
-        // gives every value a shared header, which the store then keeps.
-        let versions: Vec<Version> = if push.hops == 0 {
-            push.records.iter().map(|r| r.version.clone()).collect()
-        } else {
-            Vec::new()
-        };
-        let copy = (push.hops > 0).then(|| push.records.clone());
-        let won = self.store.merge_batch(push.records);
-        let n = won.iter().filter(|w| **w).count();
-        self.stats.records_won += n as u64;
-        self.stats.pushed_records_won += n as u64;
-        self.stats.records_lost += (won.len() - n) as u64;
-        if push.hops == 0 {
-            // Pushed with no forwarding: the writer sent them to every live
-            // member directly (the cluster is small enough).
-            let fresh = versions
-                .iter()
-                .zip(&won)
-                .filter(|(_, w)| **w)
-                .map(|(v, _)| v);
-            self.note_pushed(now_ms, fresh);
+        // Records are copied only when they may be forwarded: a copy gives
+        // every value a shared header, which the store then keeps.
+        match push.hops.checked_sub(1) {
+            None => {
+                // Pushed with no forwarding: the writer sent them to every
+                // live member directly (the cluster is small enough).
+                let versions: Vec<Version> =
+                    push.records.iter().map(|r| r.version.clone()).collect();
+                let won = self.merge_pushed(push.records);
+                self.note_pushed(now_ms, winners(&versions, &won));
+            }
+            Some(hops) => {
+                let copy = push.records.clone();
+                let won = self.merge_pushed(push.records);
+                let fresh: Vec<Record> = winners(copy, &won).collect();
+                if !fresh.is_empty() {
+                    let fanout = self.push_fanout();
+                    self.push_records(now_ms, fresh, hops, Some((sender, from)), fanout);
+                }
+            }
         }
-        if let Some(records) = copy.filter(|_| n > 0) {
-            let fresh: Vec<Record> = records
-                .into_iter()
-                .zip(&won)
-                .filter(|(_, w)| **w)
-                .map(|(r, _)| r)
-                .collect();
-            let fanout = self.push_fanout();
-            self.push_records(now_ms, fresh, push.hops - 1, Some((sender, from)), fanout);
-        }
+    }
+
+    /// Merges pushed records and counts them; returns whether each won.
+    fn merge_pushed(&mut self, records: Vec<Record>) -> Vec<bool> {
+        let won = self.store.merge_batch(records);
+        let n = won.iter().filter(|w| **w).count() as u64;
+        self.stats.records_won += n;
+        self.stats.pushed_records_won += n;
+        self.stats.records_lost += won.len() as u64 - n;
+        won
     }
 
     fn answer_ack(&mut self, now_ms: u64, to: SocketAddr, peer_digest: &Digest) {
@@ -1963,6 +1967,18 @@ fn same_digest(a: &Digest, b: &Digest) -> bool {
 fn push_hops(n: usize, fanout: usize) -> u32 {
     let f = fanout.max(2) as f64;
     ((n.max(2) as f64).ln() / f.ln()).ceil() as u32 + 1
+}
+
+/// The items whose flag in `won` is set (the two go in the same order).
+fn winners<'a, T: 'a>(
+    items: impl IntoIterator<Item = T> + 'a,
+    won: &'a [bool],
+) -> impl Iterator<Item = T> + 'a {
+    items
+        .into_iter()
+        .zip(won)
+        .filter(|(_, w)| **w)
+        .map(|(t, _)| t)
 }
 
 /// How often tombstones are collected: a tenth of the retention, between 1 s and 1 min.
