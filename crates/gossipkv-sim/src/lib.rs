@@ -24,11 +24,13 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use gossipkv::protocol::{Directory, Event, Protocol, ProtocolConfig, Stats, Transmit};
-use gossipkv::NetworkError;
-use gossipkv::{DetectorConfig, Member, MemberEvent, MemberState};
+use gossipkv_core::{
+    DetectorConfig, Directory, Event, Instant, Member, MemberEvent, MemberState, NetworkError,
+    Protocol, ProtocolConfig, Stats, Transmit, WallTime,
+};
 use gossipkv_proto::{decode, Body, Limits};
 use gossipkv_storage::{NodeId, Origin, Record, Store};
 use rand::rngs::SmallRng;
@@ -83,6 +85,9 @@ pub struct SimConfig {
     /// fit in memory. Measures dissemination alone; failure scenarios need
     /// real membership (`false`, the default).
     pub given_membership: bool,
+    /// Every node's maximum clock drift (see
+    /// [`ProtocolConfig::max_clock_drift`]).
+    pub max_clock_drift: Duration,
 }
 
 impl Default for SimConfig {
@@ -104,6 +109,7 @@ impl Default for SimConfig {
             classify_datagrams: false,
             detector: None,
             given_membership: false,
+            max_clock_drift: gossipkv_core::DEFAULT_MAX_CLOCK_DRIFT,
         }
     }
 }
@@ -321,6 +327,7 @@ impl MemberEventCounts {
             MemberEvent::Left(_) => &mut self.left,
             MemberEvent::Rejoined(_) => &mut self.rejoined,
             MemberEvent::Forgotten(_) => &mut self.forgotten,
+            _ => return,
         };
         *c += 1;
     }
@@ -386,44 +393,42 @@ impl Sim {
 
     fn start_protocol(&mut self, i: usize) {
         let rng_seed = self.rng.random();
-        let local = self.local_ms(i);
+        let interval = Duration::from_millis(self.cfg.gossip_interval_ms);
         let n = &mut self.nodes[i];
-        let cfg = ProtocolConfig {
-            node_id: n.id.clone(),
-            generation: n.generation,
-            cluster_id: "sim".into(),
-            advertise_addr: Some(n.addr),
-            gossip_interval_ms: self.cfg.gossip_interval_ms,
-            fanout: self.cfg.fanout,
-            packet_size: self.cfg.packet_size,
-            tombstone_retention_ms: self.cfg.tombstone_retention_ms,
-            seeds: n.seeds.clone(),
-            rng_seed,
-            detector: self
-                .cfg
-                .detector
-                .clone()
-                .unwrap_or_else(|| DetectorConfig::for_interval(self.cfg.gossip_interval_ms)),
-            push: self.cfg.push,
-            max_value_size: gossipkv::DEFAULT_MAX_VALUE_SIZE,
-            directory: self.directory.clone(),
-        };
+        let mut cfg = ProtocolConfig::new(n.id.clone(), n.generation, "sim");
+        cfg.advertise_addr = Some(n.addr);
+        cfg.gossip_interval = interval;
+        cfg.fanout = self.cfg.fanout;
+        cfg.packet_size = self.cfg.packet_size;
+        cfg.tombstone_retention = Duration::from_millis(self.cfg.tombstone_retention_ms);
+        cfg.seeds = n.seeds.clone();
+        cfg.rng_seed = rng_seed;
+        cfg.detector = self
+            .cfg
+            .detector
+            .clone()
+            .unwrap_or_else(|| DetectorConfig::for_interval(interval));
+        cfg.push = self.cfg.push;
+        cfg.max_clock_drift = self.cfg.max_clock_drift;
+        cfg.directory = self.directory.clone();
         // Stagger first rounds across one interval, like nodes started at different times.
         let offset = self.rng.random_range(0..self.cfg.gossip_interval_ms.max(1));
-        n.proto = Some(Protocol::new(cfg, n.store.clone(), local + offset));
+        n.proto = Some(Protocol::new(
+            cfg,
+            n.store.clone(),
+            Instant::from_millis(self.now_ms + offset),
+        ));
         self.rearm(i);
     }
 
     /// Re-reads node `i`'s next timer after a call into it. When the deadline
     /// moved, the previous heap entry goes stale and a fresh one is pushed.
     fn rearm(&mut self, i: usize) {
-        let n = &self.nodes[i];
-        let at = n
+        let at = self.nodes[i]
             .proto
             .as_ref()
-            .map(|p| p.poll_timeout())
-            .filter(|&t| t != u64::MAX)
-            .map(|t| t.saturating_add_signed(-n.skew_ms));
+            .and_then(|p| p.poll_timeout())
+            .map(Instant::as_millis);
         if at == self.armed[i] {
             return;
         }
@@ -543,8 +548,19 @@ impl Sim {
         self.nodes[i].proto.is_some()
     }
 
+    /// Node `i`'s wall clock, in ms since the epoch (virtual time shifted
+    /// by its skew).
     fn local_ms(&self, i: usize) -> u64 {
         self.now_ms.saturating_add_signed(self.nodes[i].skew_ms)
+    }
+
+    /// Node `i`'s clocks: the monotonic one (virtual time; skew never
+    /// touches it) and its wall clock.
+    fn clocks(&self, i: usize) -> (Instant, WallTime) {
+        (
+            Instant::from_millis(self.now_ms),
+            WallTime::from_unix_ms(self.local_ms(i)),
+        )
     }
 
     /// Writes a value on node `i` at its local time.
@@ -559,7 +575,7 @@ impl Sim {
 
     fn pushed(&mut self, i: usize, r: Record) {
         if let Some(p) = self.nodes[i].proto.as_mut() {
-            p.push_local(self.now_ms, vec![r]);
+            p.push_local(Instant::from_millis(self.now_ms), vec![r]);
         }
         self.drain(i);
     }
@@ -577,10 +593,10 @@ impl Sim {
         self.cfg.loss = p;
     }
 
-    /// Shifts node `i`'s wall clock by `skew_ms` (positive: ahead).
+    /// Shifts node `i`'s wall clock by `skew_ms` (positive: ahead). Its
+    /// monotonic clock, which drives its timers, is not affected.
     pub fn set_clock_skew(&mut self, i: usize, skew_ms: i64) {
         self.nodes[i].skew_ms = skew_ms;
-        self.rearm(i);
     }
 
     /// Crashes node `i`: it stops at once, without a goodbye, and loses its state.
@@ -684,9 +700,9 @@ impl Sim {
                 // it gets a fresh entry.
                 self.timers.pop();
                 self.disarm(i);
-                let local = self.local_ms(i);
+                let (now, wall) = self.clocks(i);
                 if let Some(p) = self.nodes[i].proto.as_mut() {
-                    p.handle_timeout(local);
+                    p.handle_timeout(now, wall);
                 }
                 self.drain(i);
             }
@@ -694,13 +710,13 @@ impl Sim {
     }
 
     fn deliver(&mut self, m: InFlight) {
-        let local = self.local_ms(m.to);
+        let (now, wall) = self.clocks(m.to);
         let Some(p) = self.nodes[m.to].proto.as_mut() else {
             self.net.cut += 1;
             return;
         };
         self.net.delivered += 1;
-        p.handle_datagram(local, m.from, &m.payload);
+        p.handle_datagram(now, wall, m.from, &m.payload);
         self.drain(m.to);
     }
 

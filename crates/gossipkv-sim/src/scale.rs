@@ -15,7 +15,7 @@
 use std::ops::ControlFlow;
 use std::time::Instant;
 
-use gossipkv::MemberState;
+use gossipkv_core::MemberState;
 
 use crate::{DatagramKind, NetStats, Sim, SimConfig};
 
@@ -406,7 +406,7 @@ impl Census {
                 match m.state {
                     MemberState::Alive => alive += 1,
                     MemberState::Suspect => suspect += 1,
-                    MemberState::Dead | MemberState::Left => dead += 1,
+                    _ => dead += 1,
                 }
             }
             // `members` lists the node itself, alive.

@@ -1,6 +1,6 @@
 //! Membership and failure detection scenarios in virtual time.
 
-use gossipkv::{MemberEvent, MemberState};
+use gossipkv_core::{MemberEvent, MemberState};
 use gossipkv_sim::{seed, SeedGuard, Sim, SimConfig};
 
 const SEC: u64 = 1_000;

@@ -1,7 +1,7 @@
 //! Simulator scenarios: what real sockets cannot reproduce, in virtual time.
 //! Every scenario prints its seed when it fails (replay with GOSSIPKV_SIM_SEED).
 
-use gossipkv::NetworkError;
+use gossipkv_core::NetworkError;
 use gossipkv_sim::{seed, SeedGuard, Sim, SimConfig};
 
 const SEC: u64 = 1_000;

@@ -484,8 +484,13 @@ impl Store {
         // Every indexed write of this origin is held (or something newer for
         // its key is), so contiguous arrivals (eager pushes) raise the
         // watermark without waiting for anti-entropy.
-        while log.index.contains(log.watermark + 1) {
-            log.watermark += 1;
+        // (Checked: a forged chunk may have put the watermark at the end of
+        // the sequence space.)
+        while let Some(next) = log.watermark.checked_add(1) {
+            if !log.index.contains(next) {
+                break;
+            }
+            log.watermark = next;
         }
         won
     }

@@ -5,32 +5,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gossipkv_core::{
+    NetworkError, DEFAULT_FANOUT, DEFAULT_GOSSIP_INTERVAL, DEFAULT_MAX_CLOCK_DRIFT,
+    DEFAULT_MAX_VALUE_SIZE, DEFAULT_PACKET_SIZE, DEFAULT_TOMBSTONE_RETENTION,
+};
+
 use crate::codec::Codec;
-use crate::error::{Error, NetworkError};
+use crate::error::Error;
 use crate::GossipKv;
 
-/// Largest packet size accepted (the largest UDP payload over IPv4).
-pub const MAX_PACKET_SIZE: usize = 65_507;
-/// Smallest packet size accepted.
-pub const MIN_PACKET_SIZE: usize = 512;
-/// Default packet size: safe on real networks.
-pub const DEFAULT_PACKET_SIZE: usize = 1_400;
-/// Default time between gossip rounds.
-pub const DEFAULT_GOSSIP_INTERVAL: Duration = Duration::from_secs(1);
-/// Default number of peers contacted per round.
-pub const DEFAULT_FANOUT: usize = 3;
-/// Default tombstone retention.
-pub const DEFAULT_TOMBSTONE_RETENTION: Duration = Duration::from_secs(6 * 3600);
 /// Default cluster id.
 pub const DEFAULT_CLUSTER_ID: &str = "default";
 /// Default time dead or departed members are remembered.
 pub const DEFAULT_DEAD_MEMBER_GRACE: Duration = Duration::from_secs(3600);
 /// Default interval between seed resolutions.
 pub const DEFAULT_SEED_REFRESH: Duration = Duration::from_secs(30);
-/// Default largest value: 1 MiB.
-pub const DEFAULT_MAX_VALUE_SIZE: usize = 1 << 20;
-/// Upper bound of [`Builder::max_value_size`]: 64 MiB.
-pub const MAX_VALUE_SIZE_LIMIT: usize = 64 << 20;
 
 pub(crate) type ErrorHandler = Arc<dyn Fn(&NetworkError) + Send + Sync>;
 
@@ -58,6 +47,7 @@ pub struct Builder<K, V> {
     pub(crate) seed_refresh: Duration,
     pub(crate) eager_push: bool,
     pub(crate) max_value_size: usize,
+    pub(crate) max_clock_drift: Duration,
     pub(crate) _key: PhantomData<fn() -> K>,
 }
 
@@ -100,6 +90,7 @@ where
             seed_refresh: DEFAULT_SEED_REFRESH,
             eager_push: true,
             max_value_size: DEFAULT_MAX_VALUE_SIZE,
+            max_clock_drift: DEFAULT_MAX_CLOCK_DRIFT,
             _key: PhantomData,
         }
     }
@@ -235,6 +226,19 @@ where
         self
     }
 
+    /// How far a peer's timestamps may lead this node's wall clock (default
+    /// one hour, at least one second). A record stamped further ahead (a
+    /// peer whose clock is set years ahead, or a forged timestamp) is not
+    /// applied, and does not move this node's clock, until the wall clock
+    /// comes within the bound; it is counted and reported as
+    /// [`NetworkError::ClockSkew`](crate::NetworkError::ClockSkew) with
+    /// `deferred: true`. Records ahead by less are applied and reported
+    /// once they lead by more than 30 s. Every node should use the same value.
+    pub fn max_clock_drift(mut self, drift: Duration) -> Self {
+        self.max_clock_drift = drift;
+        self
+    }
+
     /// Seeds the random generator that picks gossip peers (default: random),
     /// for reproducible runs.
     pub fn rng_seed(mut self, seed: u64) -> Self {
@@ -246,7 +250,7 @@ where
     /// its gossip task when a bind address was given. Must be called inside
     /// a tokio runtime when a bind address is given.
     pub async fn build(self) -> Result<GossipKv<K, V>, Error> {
-        crate::node::start(self).await
+        crate::start::start(self).await
     }
 }
 

@@ -35,30 +35,32 @@
 //! the network. What this crate does not do: strong consistency (there are
 //! no transactions and no linearizable reads), persistence, or encryption.
 //!
-//! The gossip protocol itself is the sans-IO state machine in [`protocol`];
-//! [`GossipKv`] drives it from one tokio task.
+//! The gossip protocol itself is the sans-IO state machine of the
+//! `gossipkv-core` crate; [`GossipKv`] drives it from one tokio task.
 
 mod builder;
 mod codec;
 mod discovery;
+mod driver;
 mod error;
-mod membership;
+mod health;
 mod node;
-pub mod protocol;
-mod reassembly;
+mod start;
 mod watch;
 
-pub use builder::{
-    Builder, DEFAULT_CLUSTER_ID, DEFAULT_DEAD_MEMBER_GRACE, DEFAULT_FANOUT,
-    DEFAULT_GOSSIP_INTERVAL, DEFAULT_MAX_VALUE_SIZE, DEFAULT_PACKET_SIZE, DEFAULT_SEED_REFRESH,
-    DEFAULT_TOMBSTONE_RETENTION, MAX_PACKET_SIZE, MAX_VALUE_SIZE_LIMIT, MIN_PACKET_SIZE,
-};
+pub use builder::{Builder, DEFAULT_CLUSTER_ID, DEFAULT_DEAD_MEMBER_GRACE, DEFAULT_SEED_REFRESH};
 pub use codec::{BytesCodec, Codec, CodecError, DefaultCodec, JsonCodec, StringCodec};
-pub use error::{Error, NetworkError};
-pub use membership::{DetectorConfig, Member, MemberEvent, MemberState};
-pub use node::{GossipKv, MAX_KEY_LEN, MAX_NODE_ID_LEN, WATCH_QUEUE};
-pub use protocol::Stats;
+pub use error::Error;
+pub use health::{Health, Problem, ProblemKind, HEALTH_WINDOW};
+pub use node::{GossipKv, MAX_KEY_LEN, WATCH_QUEUE};
 pub use watch::{MemberEvents, WatchEvent, Watcher};
 
-/// The storage layer, re-exported for tooling and simulations.
-pub use gossipkv_storage as storage;
+pub use bytes::Bytes;
+pub use gossipkv_core::{
+    Member, MemberEvent, MemberState, NetworkError, Stats, DEFAULT_FANOUT,
+    DEFAULT_GOSSIP_INTERVAL, DEFAULT_MAX_CLOCK_DRIFT, DEFAULT_MAX_VALUE_SIZE, DEFAULT_PACKET_SIZE,
+    DEFAULT_TOMBSTONE_RETENTION, MAX_NODE_ID_LEN, MAX_PACKET_SIZE, MAX_VALUE_SIZE_LIMIT,
+    MIN_PACKET_SIZE,
+};
+pub use gossipkv_proto::DecodeError;
+pub use gossipkv_storage::{Hlc, NodeId, Record, Version};

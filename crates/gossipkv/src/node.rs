@@ -1,43 +1,29 @@
-//! The node: [`GossipKv`] handles and the thin tokio task that drives the protocol.
+//! The node: [`GossipKv`] handles and what they share.
 
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use gossipkv_storage::{record_size_hint, NodeId, Origin, Record, Store, CHUNK_OVERHEAD};
-use gossipkv_transport::{Transport, UdpConfig, UdpTransport};
+use gossipkv_core::{Member, MemberEvent, MemberState, Protocol, Stats};
+use gossipkv_storage::{record_size_hint, NodeId, Record, Store, CHUNK_OVERHEAD};
 use parking_lot::Mutex;
-use rand::Rng;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::info;
 
-use crate::builder::{
-    parse_socket_addr, split_host_port, Builder, ErrorHandler, MAX_PACKET_SIZE,
-    MAX_VALUE_SIZE_LIMIT, MIN_PACKET_SIZE,
-};
+use crate::builder::Builder;
 use crate::codec::Codec;
-use crate::discovery::{start_mdns, MdnsConfig, MdnsHandle};
-use crate::error::{Error, NetworkError};
-use crate::membership::{DetectorConfig, Member, MemberEvent, MemberState};
-use crate::protocol::{Event, Protocol, ProtocolConfig, Stats};
+use crate::discovery::MdnsHandle;
+use crate::driver::wall_now;
+use crate::error::Error;
+use crate::health::{Health, HealthTracker};
 use crate::watch::{Change, MemberEvents, Watcher};
 
-/// Longest node id accepted, in bytes.
-pub const MAX_NODE_ID_LEN: usize = 128;
 /// Longest key accepted, in bytes (networked nodes also need the key to fit
 /// a packet with room to spare).
 pub const MAX_KEY_LEN: usize = 4000;
-
-/// Milliseconds since the Unix epoch, from the system clock.
-pub(crate) fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 pub(crate) struct Inner<V> {
     pub(crate) store: Arc<Store>,
@@ -52,6 +38,9 @@ pub(crate) struct Inner<V> {
     pub(crate) protocol: Option<Arc<Mutex<Protocol>>>,
     pub(crate) task: Mutex<Option<(oneshot::Sender<()>, JoinHandle<()>)>>,
     pub(crate) errors_dropped: Arc<AtomicU64>,
+    pub(crate) health: Arc<HealthTracker>,
+    /// Whether the node has seeds or discovery (it expects peers).
+    pub(crate) expects_peers: bool,
     pub(crate) changes: broadcast::Sender<Change>,
     pub(crate) member_events: broadcast::Sender<MemberEvent>,
     pub(crate) closed_tx: watch::Sender<bool>,
@@ -60,20 +49,6 @@ pub(crate) struct Inner<V> {
     pub(crate) push_tx: Option<mpsc::Sender<Record>>,
 }
 
-/// Fresh writes queued for eager push; beyond this, writes still replicate
-/// by anti-entropy.
-const PUSH_QUEUE: usize = 65_536;
-
-/// Times the gossip task yields, while coalescing a burst of writes, for more
-/// writes to fill its datagrams.
-const PUSH_YIELDS: usize = 8;
-
-/// Datagrams sent per turn of the gossip task before it looks at new input.
-/// When only fragments of large values are left, the task sends one such
-/// batch per timer tick (about 64 datagrams per millisecond, 90 MB/s with the
-/// default packet size), so that a receiver never has more than one batch of
-/// fragments queued ahead of a small write.
-const SEND_BATCH: usize = 64;
 
 /// Capacity of the change and member-event queues of watchers; a watcher
 /// that falls further behind is told how many events it missed.
@@ -243,17 +218,17 @@ where
     pub fn members(&self) -> Vec<Member> {
         match &self.inner.protocol {
             Some(p) => p.lock().members(),
-            None => vec![Member {
-                node_id: self.inner.node_id.clone(),
-                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-                state: if self.is_closed() {
+            None => vec![Member::new(
+                self.inner.node_id.clone(),
+                SocketAddr::from(([0, 0, 0, 0], 0)),
+                if self.is_closed() {
                     MemberState::Left
                 } else {
                     MemberState::Alive
                 },
-                generation: self.inner.store.local_origin().generation,
-                incarnation: 0,
-            }],
+                self.inner.store.local_origin().generation,
+                0,
+            )],
         }
     }
 
@@ -284,9 +259,29 @@ where
         self.inner.errors_dropped.load(Ordering::Relaxed)
     }
 
-    /// The underlying replicated store (for inspection and tooling).
-    pub fn store(&self) -> &Arc<Store> {
-        &self.inner.store
+    /// Every record this node holds, tombstones included, sorted by key,
+    /// each with its version: for inspection, tooling and tests (two
+    /// converged nodes return equal snapshots).
+    pub fn snapshot(&self) -> Vec<Record> {
+        self.inner.store.records()
+    }
+
+    /// This node's health: live peers, and the problems it saw (a duplicate
+    /// node id, another cluster on the network, forged writes, clock skew,
+    /// undecodable datagrams, I/O errors), whether or not an error handler
+    /// is set. See [`Health::is_healthy`].
+    pub fn health(&self) -> Health {
+        let live_peers = self
+            .inner
+            .protocol
+            .as_ref()
+            .map_or(0, |p| p.lock().peers().len());
+        Health {
+            live_peers,
+            expects_peers: self.inner.expects_peers,
+            problems: self.inner.health.problems(),
+            errors_dropped: self.errors_dropped(),
+        }
     }
     /// Announces the departure to the cluster, stops gossiping and closes
     /// the socket. Peers mark this node `Left` at once. Writes fail with
@@ -326,13 +321,14 @@ where
     fn write(&self, key: &str, value: Option<Bytes>) {
         let store = &self.inner.store;
         let Some(tx) = &self.inner.push_tx else {
+            let now = wall_now().as_unix_ms();
             match value {
-                Some(v) => store.set(key, v, wall_ms()),
-                None => store.delete(key, wall_ms()),
+                Some(v) => store.set(key, v, now),
+                None => store.delete(key, now),
             };
             return;
         };
-        let record = store.write(key, value, wall_ms());
+        let record = store.write(key, value, wall_now().as_unix_ms());
         // Never block a write: when the queue is full, anti-entropy delivers it.
         let _ = tx.try_send(record);
     }
@@ -379,444 +375,3 @@ impl<V> Drop for Inner<V> {
     }
 }
 
-fn invalid(message: impl Into<String>) -> Error {
-    Error::InvalidConfig {
-        message: message.into(),
-    }
-}
-
-/// Validates a builder and starts the node.
-pub(crate) async fn start<K, V>(b: Builder<K, V>) -> Result<GossipKv<K, V>, Error>
-where
-    K: From<String> + AsRef<str> + Send + Sync + 'static,
-    V: Send + Sync + 'static,
-{
-    let node_id = match &b.node_id {
-        Some(id) if id.is_empty() => return Err(invalid("node id is empty")),
-        Some(id) if id.len() > MAX_NODE_ID_LEN => {
-            return Err(invalid(format!(
-                "node id is {} bytes, at most {MAX_NODE_ID_LEN}",
-                id.len()
-            )))
-        }
-        Some(id) => id.clone(),
-        None => format!("node-{:016x}", rand::rng().random::<u64>()),
-    };
-    if b.cluster_id.is_empty() || b.cluster_id.len() > 128 {
-        return Err(invalid("cluster id must be 1 to 128 bytes"));
-    }
-    if b.gossip_interval.is_zero() {
-        return Err(invalid("gossip interval must be greater than zero"));
-    }
-    if b.fanout == 0 {
-        return Err(invalid("fanout must be at least 1"));
-    }
-    if !(MIN_PACKET_SIZE..=MAX_PACKET_SIZE).contains(&b.packet_size) {
-        return Err(invalid(format!(
-            "packet size {} is out of range {MIN_PACKET_SIZE}..={MAX_PACKET_SIZE}",
-            b.packet_size
-        )));
-    }
-    if !(1..=MAX_VALUE_SIZE_LIMIT).contains(&b.max_value_size) {
-        return Err(invalid(format!(
-            "max value size {} is out of range 1..={MAX_VALUE_SIZE_LIMIT}",
-            b.max_value_size
-        )));
-    }
-    if b.tombstone_retention.is_zero() {
-        return Err(invalid("tombstone retention must be greater than zero"));
-    }
-    if b.suspect_timeout.is_some_and(|t| t.is_zero()) {
-        return Err(invalid("suspect timeout must be greater than zero"));
-    }
-    if b.seed_refresh.is_zero() {
-        return Err(invalid("seed refresh interval must be greater than zero"));
-    }
-    for seed in &b.seeds {
-        split_host_port(seed).map_err(|m| invalid(format!("seed {m}")))?;
-    }
-    let node = NodeId::new(&node_id);
-    // A new generation per start: writes of this incarnation never reuse
-    // sequence numbers that peers saw from an earlier one.
-    let generation = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(1, |d| d.as_micros() as u64)
-        .max(1);
-    let store = Arc::new(Store::new(Origin::new(node.clone(), generation)));
-    let (changes, _) = broadcast::channel::<Change>(WATCH_QUEUE);
-    let (member_events, _) = broadcast::channel::<MemberEvent>(WATCH_QUEUE);
-    let (closed_tx, _) = watch::channel(false);
-    {
-        let tx = changes.clone();
-        store.set_observer(Arc::new(move |key: &str, value: Option<&Bytes>| {
-            if tx.receiver_count() > 0 {
-                let _ = tx.send(Change {
-                    key: Arc::from(key),
-                    value: value.cloned(),
-                });
-            }
-        }));
-    }
-    let Some(bind) = &b.bind_addr else {
-        if !b.seeds.is_empty() {
-            return Err(invalid("seeds need a bind address"));
-        }
-        if b.discovery {
-            return Err(invalid("discovery needs a bind address"));
-        }
-        if b.advertise_addr.is_some() {
-            return Err(invalid("an advertise address needs a bind address"));
-        }
-        debug!(node = %node, "started local-only node");
-        return Ok(GossipKv {
-            inner: Arc::new(Inner {
-                store,
-                codec: b.codec,
-                node_id: node,
-                local_addr: None,
-                record_budget: None,
-                max_value_size: b.max_value_size,
-                closed: AtomicBool::new(false),
-                protocol: None,
-                task: Mutex::new(None),
-                errors_dropped: Arc::new(AtomicU64::new(0)),
-                changes,
-                member_events,
-                closed_tx,
-                discovery: Mutex::new(None),
-                push_tx: None,
-            }),
-            _key: PhantomData,
-        });
-    };
-    let bind = parse_socket_addr("bind address", bind)?;
-    let advertise = match &b.advertise_addr {
-        Some(a) => Some(parse_socket_addr("advertise address", a)?),
-        None => None,
-    };
-    let transport = UdpTransport::bind(bind, UdpConfig::default()).map_err(|e| match e {
-        gossipkv_transport::TransportError::Bind { addr, source } => Error::Bind { addr, source },
-        other => Error::Bind {
-            addr: bind,
-            source: std::io::Error::other(other.to_string()),
-        },
-    })?;
-    let local_addr = transport.local_addr();
-    let advertise = advertise.unwrap_or(local_addr);
-
-    let (err_tx, errors_dropped) = spawn_error_reporter(b.error_handler.clone());
-    let seeds = resolve_seeds(&b.seeds, &err_tx, &errors_dropped).await;
-
-    let cfg = ProtocolConfig {
-        node_id: node.clone(),
-        generation,
-        cluster_id: b.cluster_id.clone(),
-        advertise_addr: (!advertise.ip().is_unspecified()).then_some(advertise),
-        gossip_interval_ms: b.gossip_interval.as_millis().max(1) as u64,
-        fanout: b.fanout,
-        packet_size: b.packet_size,
-        tombstone_retention_ms: b.tombstone_retention.as_millis() as u64,
-        seeds,
-        rng_seed: b.rng_seed.unwrap_or_else(|| rand::rng().random()),
-        push: b.eager_push,
-        max_value_size: b.max_value_size,
-        directory: None,
-        detector: {
-            let defaults =
-                DetectorConfig::for_interval(b.gossip_interval.as_millis().max(1) as u64);
-            DetectorConfig {
-                suspect_timeout_ms: b
-                    .suspect_timeout
-                    .map_or(defaults.suspect_timeout_ms, |t| t.as_millis() as u64),
-                forget_after_ms: b.dead_member_grace.as_millis() as u64,
-                ..defaults
-            }
-        },
-    };
-    let protocol = Arc::new(Mutex::new(Protocol::new(cfg, store.clone(), wall_ms())));
-    let record_budget = Some(protocol.lock().body_budget());
-    let (stop_tx, stop_rx) = oneshot::channel();
-    let (addrs_tx, addrs_rx) = mpsc::channel::<Addrs>(16);
-    let (push_tx, push_rx) = mpsc::channel::<Record>(PUSH_QUEUE);
-    let push_tx = b.eager_push.then_some(push_tx);
-    if b.seeds.iter().any(|s| s.parse::<SocketAddr>().is_err()) {
-        tokio::spawn(refresh_seeds(
-            b.seeds.clone(),
-            b.seed_refresh,
-            addrs_tx.clone(),
-            err_tx.clone(),
-            errors_dropped.clone(),
-        ));
-    }
-    let discovery = if b.discovery {
-        let (disc_tx, mut disc_rx) = mpsc::channel::<Vec<SocketAddr>>(16);
-        let handle = start_mdns(
-            MdnsConfig {
-                node_id: node_id.clone(),
-                cluster_id: b.cluster_id.clone(),
-                addr: advertise,
-            },
-            disc_tx,
-        )
-        .map_err(|m| invalid(format!("cannot start mDNS discovery: {m}")))?;
-        let fwd = addrs_tx.clone();
-        tokio::spawn(async move {
-            while let Some(addrs) = disc_rx.recv().await {
-                if fwd.send(Addrs::Discovered(addrs)).await.is_err() {
-                    break;
-                }
-            }
-        });
-        Some(handle)
-    } else {
-        None
-    };
-    drop(addrs_tx);
-    let handle = tokio::spawn(drive(
-        transport,
-        protocol.clone(),
-        stop_rx,
-        addrs_rx,
-        push_rx,
-        Outputs {
-            err_tx,
-            errors_dropped: errors_dropped.clone(),
-            member_events: member_events.clone(),
-        },
-    ));
-    info!(node = %node, addr = %local_addr, cluster = %b.cluster_id, "node started");
-    Ok(GossipKv {
-        inner: Arc::new(Inner {
-            store,
-            codec: b.codec,
-            node_id: node,
-            local_addr: Some(local_addr),
-            record_budget,
-            max_value_size: b.max_value_size,
-            closed: AtomicBool::new(false),
-            protocol: Some(protocol),
-            task: Mutex::new(Some((stop_tx, handle))),
-            errors_dropped,
-            changes,
-            member_events,
-            closed_tx,
-            discovery: Mutex::new(discovery),
-            push_tx,
-        }),
-        _key: PhantomData,
-    })
-}
-
-async fn resolve_seeds(
-    seeds: &[String],
-    err_tx: &Option<mpsc::Sender<NetworkError>>,
-    dropped: &AtomicU64,
-) -> Vec<SocketAddr> {
-    let mut out = Vec::new();
-    for seed in seeds {
-        match tokio::net::lookup_host(seed.as_str()).await {
-            Ok(addrs) => out.extend(addrs),
-            Err(e) => {
-                warn!(seed = %seed, error = %e, "cannot resolve seed");
-                report(
-                    err_tx,
-                    dropped,
-                    NetworkError::SeedResolution {
-                        seed: seed.clone(),
-                        message: e.to_string(),
-                    },
-                );
-            }
-        }
-    }
-    out.sort();
-    out.dedup();
-    out
-}
-
-fn spawn_error_reporter(
-    handler: Option<ErrorHandler>,
-) -> (Option<mpsc::Sender<NetworkError>>, Arc<AtomicU64>) {
-    let dropped = Arc::new(AtomicU64::new(0));
-    let Some(handler) = handler else {
-        return (None, dropped);
-    };
-    let (tx, mut rx) = mpsc::channel::<NetworkError>(1024);
-    tokio::spawn(async move {
-        while let Some(e) = rx.recv().await {
-            let h = handler.clone();
-            // The handler is user code: run it where it cannot block the runtime's workers.
-            let _ = tokio::task::spawn_blocking(move || h(&e)).await;
-        }
-    });
-    (Some(tx), dropped)
-}
-
-fn report(tx: &Option<mpsc::Sender<NetworkError>>, dropped: &AtomicU64, e: NetworkError) {
-    if let Some(tx) = tx {
-        if tx.try_send(e).is_err() {
-            dropped.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-/// New addresses to contact, from seed re-resolution or discovery.
-#[derive(Debug)]
-enum Addrs {
-    Seeds(Vec<SocketAddr>),
-    Discovered(Vec<SocketAddr>),
-}
-
-/// Where the driver sends what the protocol reports.
-struct Outputs {
-    err_tx: Option<mpsc::Sender<NetworkError>>,
-    errors_dropped: Arc<AtomicU64>,
-    member_events: broadcast::Sender<MemberEvent>,
-}
-
-impl Outputs {
-    fn event(&self, ev: Event) {
-        match ev {
-            Event::Error(e) => report(&self.err_tx, &self.errors_dropped, e),
-            Event::Member(m) => {
-                let _ = self.member_events.send(m);
-            }
-        }
-    }
-}
-
-/// Resolves seed host names again every `every`, so a name that later points
-/// elsewhere is followed.
-async fn refresh_seeds(
-    seeds: Vec<String>,
-    every: Duration,
-    tx: mpsc::Sender<Addrs>,
-    err_tx: Option<mpsc::Sender<NetworkError>>,
-    dropped: Arc<AtomicU64>,
-) {
-    let mut last = Vec::new();
-    loop {
-        tokio::time::sleep(every).await;
-        let addrs = resolve_seeds(&seeds, &err_tx, &dropped).await;
-        if addrs != last {
-            debug!(?addrs, "seed addresses changed");
-            last = addrs.clone();
-            if tx.send(Addrs::Seeds(addrs)).await.is_err() {
-                return;
-            }
-        } else if tx.is_closed() {
-            return;
-        }
-    }
-}
-
-/// The driver: one task that feeds the protocol with datagrams, timeouts and
-/// new addresses, and sends what it produces. When told to stop (or when
-/// every handle is dropped) it announces the departure before it ends.
-async fn drive<T: Transport>(
-    transport: T,
-    protocol: Arc<Mutex<Protocol>>,
-    mut stop: oneshot::Receiver<()>,
-    mut addrs: mpsc::Receiver<Addrs>,
-    mut pushes: mpsc::Receiver<Record>,
-    out: Outputs,
-) {
-    let mut buf = vec![0u8; transport.max_datagram_size() + 1];
-    let mut stopping = false;
-    loop {
-        // A bounded batch at a time: between batches, new writes and
-        // datagrams are handled, and the protocol puts their replies ahead
-        // of the fragments of large values still waiting.
-        let (transmits, events, deadline, more, urgent) = {
-            let mut p = protocol.lock();
-            let transmits: Vec<_> = std::iter::from_fn(|| p.poll_transmit())
-                .take(SEND_BATCH)
-                .collect();
-            let events: Vec<_> = std::iter::from_fn(|| p.poll_event()).collect();
-            let (more, urgent) = (p.has_transmits(), p.has_urgent_transmits());
-            (transmits, events, p.poll_timeout(), more, urgent)
-        };
-        for t in transmits {
-            if let Err(e) = transport.send_to(&t.payload, t.to).await {
-                debug!(to = %t.to, error = %e, "send failed");
-                report(
-                    &out.err_tx,
-                    &out.errors_dropped,
-                    NetworkError::Io {
-                        op: "send",
-                        message: format!("to {}: {e}", t.to),
-                    },
-                );
-            }
-        }
-        for ev in events {
-            out.event(ev);
-        }
-        if stopping {
-            // Send everything queued (the Leave announcements) before stopping.
-            if more {
-                continue;
-            }
-            break;
-        }
-        // Only fragments of large values left: the next batch after the
-        // timer's next tick (about SEND_BATCH datagrams per millisecond).
-        let wait = if more {
-            Duration::from_millis(1)
-        } else {
-            Duration::from_millis(deadline.saturating_sub(wall_ms()).min(60_000))
-        };
-        tokio::select! {
-            _ = &mut stop => {
-                protocol.lock().leave();
-                stopping = true;
-            }
-            r = transport.recv_from(&mut buf) => match r {
-                Ok((n, from)) => protocol.lock().handle_datagram(wall_ms(), from, &buf[..n]),
-                Err(e) => {
-                    warn!(error = %e, "receive failed");
-                    report(&out.err_tx, &out.errors_dropped, NetworkError::Io { op: "recv", message: e.to_string() });
-                    // Do not spin on a persistent error.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            },
-            Some(first) = pushes.recv() => {
-                // Coalesce a burst of writes into packet-sized pushes. When
-                // more than one write came, the writer is busy: yield a few
-                // times to let the burst fill whole datagrams (microseconds).
-                let mut batch = vec![first];
-                let mut yields = 0;
-                while batch.len() < 4096 {
-                    match pushes.try_recv() {
-                        Ok(r) => batch.push(r),
-                        Err(_) if batch.len() > 1 && yields < PUSH_YIELDS => {
-                            yields += 1;
-                            tokio::task::yield_now().await;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                protocol.lock().push_local(wall_ms(), batch);
-            }
-            Some(a) = addrs.recv() => match a {
-                Addrs::Seeds(s) => protocol.lock().set_seeds(s),
-                Addrs::Discovered(d) => protocol.lock().set_discovered(d),
-            },
-            _ = tokio::time::sleep(wait), if !urgent => {
-                let now = wall_ms();
-                if now >= deadline {
-                    protocol.lock().handle_timeout(now);
-                }
-            }
-            // Replies and small writes to send: go round at once (a zero
-            // sleep would wait for the timer's next millisecond tick).
-            _ = std::future::ready(()), if urgent => {
-                let now = wall_ms();
-                if now >= deadline {
-                    protocol.lock().handle_timeout(now);
-                }
-            }
-        }
-    }
-    debug!("gossip task stopped");
-}

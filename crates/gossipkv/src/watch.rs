@@ -8,7 +8,7 @@ use tokio::sync::{broadcast, watch};
 use tracing::warn;
 
 use crate::codec::Codec;
-use crate::membership::MemberEvent;
+use gossipkv_core::MemberEvent;
 
 /// A change of one key, as the store applied it.
 #[derive(Clone, Debug)]

@@ -179,8 +179,8 @@ async fn concurrent_writes_agree_on_one_winner_and_a_later_write_wins() {
     .await;
     // Full records (versions included) are identical too.
     wait_until("identical records", DEADLINE, || {
-        let r = a.store().records();
-        r == b.store().records() && r == c.store().records()
+        let r = a.snapshot();
+        r == b.snapshot() && r == c.snapshot()
     })
     .await;
     // A write made after seeing the winner wins everywhere.
@@ -243,7 +243,7 @@ async fn garbage_and_foreign_clusters_change_nothing() {
         .unwrap();
     let addr = a.local_addr().unwrap();
     a.set("keep", "me".to_string()).unwrap();
-    let before = a.store().records();
+    let before = a.snapshot();
 
     // A node of another cluster that seeds itself with `a` and writes keys.
     let stranger = GossipKv::<String, String>::builder()
@@ -321,7 +321,7 @@ async fn garbage_and_foreign_clusters_change_nothing() {
     );
     // Bit-flipped datagrams may decode into valid-but-different messages from
     // "helper"; nothing of ours may be lost or changed.
-    let after = a.store().records();
+    let after = a.snapshot();
     for r in &before {
         assert!(after.contains(r), "record {r:?} changed");
     }
@@ -526,7 +526,7 @@ async fn keys_that_cannot_travel_are_rejected_even_for_deletes() {
         Err(Error::InvalidKey { .. })
     ));
     assert!(matches!(kv.delete(&long), Err(Error::InvalidKey { .. })));
-    assert!(!kv.store().contains(&long));
+    assert!(!kv.contains_key(&long));
     kv.set("k".repeat(200), "fits".to_string()).unwrap();
     kv.shutdown().await.unwrap();
 }

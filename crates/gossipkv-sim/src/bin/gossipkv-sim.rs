@@ -16,7 +16,7 @@ use std::ops::ControlFlow;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use gossipkv::DetectorConfig;
+use gossipkv_core::DetectorConfig;
 use gossipkv_sim::scale::{rounds_to_converge_with, KindRate, Progress, ScaleOptions, ScaleReport};
 use gossipkv_sim::SimConfig;
 
@@ -263,10 +263,10 @@ fn run_one(cfg: SimConfig, a: &Args) -> ScaleReport {
 /// A failure detector that suspects a member only after 60 unanswered
 /// intervals.
 fn lenient_detector(interval_ms: u64) -> DetectorConfig {
-    DetectorConfig {
-        confirm_timeout_ms: 60 * interval_ms,
-        ..DetectorConfig::for_interval(interval_ms)
-    }
+    let interval = std::time::Duration::from_millis(interval_ms);
+    let mut d = DetectorConfig::for_interval(interval);
+    d.confirm_timeout = 60 * interval;
+    d
 }
 
 /// Resident memory of this process, MiB (Linux only).

@@ -2,7 +2,7 @@
 //!
 //! An envelope larger than a datagram (a large value) travels as
 //! [`Fragment`]s. A message's id is a hash of its encoding
-//! ([`message_id`]), and senders cut the same bytes at the same places, so
+//! (a stable hash of it), and senders cut the same bytes at the same places, so
 //! the receiver keeps the pieces of each message id, whoever sent them,
 //! until all have arrived: pieces of a retry, or of the same large record
 //! sent by another node, fill the holes a lossy network left in an earlier
@@ -11,40 +11,19 @@
 //! Bounds: at most `max_bytes` of pieces are held in all and at most
 //! `max_messages` messages are open; when a new piece would break either, the
 //! least recently active message is dropped. A message with no new piece for
-//! `timeout_ms` is dropped by [`Reassembly::expire`]. Pieces are checked
+//! `timeout` is dropped by [`Reassembly::expire`]. Pieces are checked
 //! against their message (same count and length, in range, not longer than
 //! the whole), so a hostile sender cannot make the receiver hold more than
 //! the bounds.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use gossipkv_proto::Fragment;
 
-/// The id of a message: a 64-bit hash of its encoding, stable across builds
-/// and platforms so that every node computes the same id. It is FNV-1a taken
-/// over little-endian 64-bit words (then the remaining bytes), seeded with
-/// the length and finished with the SplitMix64 mixer: eight times faster
-/// than byte-wise FNV, which matters for 1 MiB messages.
-pub(crate) fn message_id(encoded: &[u8]) -> u64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut h = OFFSET ^ encoded.len() as u64;
-    let mut words = encoded.chunks_exact(8);
-    for w in &mut words {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(w);
-        h = (h ^ u64::from_le_bytes(b)).wrapping_mul(PRIME);
-    }
-    for &b in words.remainder() {
-        h = (h ^ u64::from(b)).wrapping_mul(PRIME);
-    }
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
-}
+use crate::hash::stable_hash;
+use crate::time::Instant;
 
 /// What [`Reassembly::insert`] made of a piece.
 #[derive(Debug, PartialEq, Eq)]
@@ -64,31 +43,31 @@ struct Partial {
     total_len: u32,
     pieces: BTreeMap<u32, Bytes>,
     held: usize,
-    last_ms: u64,
+    last: Instant,
 }
 
 /// Open fragmented messages; see the [module docs](self).
 #[derive(Debug)]
 pub(crate) struct Reassembly {
-    open: HashMap<u64, Partial>,
+    open: BTreeMap<u64, Partial>,
     held: usize,
     max_bytes: usize,
     max_messages: usize,
-    timeout_ms: u64,
+    timeout: Duration,
     /// Messages dropped unfinished (timed out or pushed out by newer ones).
     pub(crate) dropped: u64,
 }
 
 impl Reassembly {
     /// Holds at most `max_bytes` of pieces in `max_messages` messages, each
-    /// kept `timeout_ms` after its last new piece.
-    pub(crate) fn new(max_bytes: usize, max_messages: usize, timeout_ms: u64) -> Self {
+    /// kept `timeout` after its last new piece.
+    pub(crate) fn new(max_bytes: usize, max_messages: usize, timeout: Duration) -> Self {
         Reassembly {
-            open: HashMap::new(),
+            open: BTreeMap::new(),
             held: 0,
             max_bytes,
             max_messages: max_messages.max(1),
-            timeout_ms,
+            timeout,
             dropped: 0,
         }
     }
@@ -99,8 +78,8 @@ impl Reassembly {
         self.held
     }
 
-    /// Adds one piece received at `now_ms`.
-    pub(crate) fn insert(&mut self, f: Fragment, now_ms: u64) -> Outcome {
+    /// Adds one piece received at `now`.
+    pub(crate) fn insert(&mut self, f: Fragment, now: Instant) -> Outcome {
         let id = f.message_id;
         if let Some(p) = self.open.get(&id) {
             if p.count != f.count || p.total_len != f.total_len {
@@ -123,10 +102,10 @@ impl Reassembly {
             total_len: f.total_len,
             pieces: BTreeMap::new(),
             held: 0,
-            last_ms: now_ms,
+            last: now,
         });
         p.held += f.data.len();
-        p.last_ms = now_ms;
+        p.last = now;
         self.held += f.data.len();
         p.pieces.insert(f.index, f.data);
         if p.pieces.len() < p.count as usize {
@@ -141,19 +120,19 @@ impl Reassembly {
         for piece in p.pieces.values() {
             out.extend_from_slice(piece);
         }
-        if message_id(&out) != id {
+        if stable_hash(&out) != id {
             return Outcome::Rejected("reassembled message does not match its id");
         }
         Outcome::Complete(out.freeze())
     }
 
     /// Drops messages that got no new piece for the timeout; returns how many.
-    pub(crate) fn expire(&mut self, now_ms: u64) -> usize {
-        let timeout = self.timeout_ms;
+    pub(crate) fn expire(&mut self, now: Instant) -> usize {
+        let timeout = self.timeout;
         let stale: Vec<_> = self
             .open
             .iter()
-            .filter(|(_, p)| now_ms.saturating_sub(p.last_ms) > timeout)
+            .filter(|(_, p)| now.saturating_since(p.last) > timeout)
             .map(|(&id, _)| id)
             .collect();
         for id in &stale {
@@ -172,7 +151,7 @@ impl Reassembly {
                 .open
                 .iter()
                 .filter(|(&id, _)| id != keep)
-                .min_by_key(|(_, p)| p.last_ms)
+                .min_by_key(|(_, p)| p.last)
                 .map(|(&id, _)| id);
             match victim {
                 Some(id) => {
@@ -199,7 +178,7 @@ mod tests {
     fn pieces(data: &[u8], salt: u64, len: usize) -> Vec<Fragment> {
         let mut data = data.to_vec();
         data.extend_from_slice(&salt.to_le_bytes());
-        let id = message_id(&data);
+        let id = stable_hash(&data);
         gossipkv_proto::fragment(&Bytes::from(data), id, len)
     }
 
@@ -210,10 +189,10 @@ mod tests {
         ps.reverse();
         let dup = ps[3].clone();
         ps.insert(5, dup);
-        let mut r = Reassembly::new(1 << 20, 4, 1_000);
+        let mut r = Reassembly::new(1 << 20, 4, Duration::from_secs(1));
         let mut done = None;
         for p in ps {
-            match r.insert(p, 0) {
+            match r.insert(p, Instant::from_millis(0)) {
                 Outcome::Pending => {}
                 Outcome::Complete(b) => done = Some(b),
                 Outcome::Rejected(why) => panic!("{why}"),
@@ -228,15 +207,15 @@ mod tests {
     fn a_retry_fills_the_holes_of_an_earlier_attempt() {
         let data = vec![9u8; 500];
         let ps = pieces(&data, 1, 100);
-        let mut r = Reassembly::new(1 << 20, 4, 1_000);
+        let mut r = Reassembly::new(1 << 20, 4, Duration::from_secs(1));
         // First attempt: every other piece lost.
         for p in ps.iter().step_by(2) {
-            assert_eq!(r.insert(p.clone(), 0), Outcome::Pending);
+            assert_eq!(r.insert(p.clone(), Instant::from_millis(0)), Outcome::Pending);
         }
         // Second attempt: only the others arrive.
         let mut out = Outcome::Pending;
         for p in ps.iter().skip(1).step_by(2) {
-            out = r.insert(p.clone(), 10);
+            out = r.insert(p.clone(), Instant::from_millis(10));
         }
         let Outcome::Complete(done) = out else {
             panic!("message does not complete: {out:?}");
@@ -246,34 +225,34 @@ mod tests {
 
     #[test]
     fn memory_and_message_bounds_hold_and_stale_messages_expire() {
-        let mut r = Reassembly::new(1_000, 2, 100);
+        let mut r = Reassembly::new(1_000, 2, Duration::from_millis(100));
         for id in 0..10u64 {
             let ps = pieces(&[1u8; 800], id, 400);
-            assert_eq!(r.insert(ps[0].clone(), id), Outcome::Pending);
+            assert_eq!(r.insert(ps[0].clone(), Instant::from_millis(id)), Outcome::Pending);
             assert!(r.held_bytes() <= 1_000);
             assert!(r.open.len() <= 2);
         }
         assert!(r.dropped >= 8);
         let open = r.open.len();
-        assert_eq!(r.expire(1_000), open);
+        assert_eq!(r.expire(Instant::from_millis(1_000)), open);
         assert_eq!(r.held_bytes(), 0);
     }
 
     #[test]
     fn contradicting_pieces_are_rejected() {
-        let mut r = Reassembly::new(1 << 20, 4, 100);
+        let mut r = Reassembly::new(1 << 20, 4, Duration::from_millis(100));
         let ps = pieces(&[1u8; 300], 5, 100);
-        assert_eq!(r.insert(ps[0].clone(), 0), Outcome::Pending);
+        assert_eq!(r.insert(ps[0].clone(), Instant::from_millis(0)), Outcome::Pending);
         let mut other = ps[1].clone();
         other.count = 9;
-        assert!(matches!(r.insert(other, 0), Outcome::Rejected(_)));
+        assert!(matches!(r.insert(other, Instant::from_millis(0)), Outcome::Rejected(_)));
         assert_eq!(r.held_bytes(), 0);
         // Pieces that fit together but are not the message their id names.
         let mut forged = pieces(&[1u8; 300], 7, 100);
         forged[1].data = Bytes::from(vec![2u8; 100]);
         let mut last = Outcome::Pending;
         for p in forged {
-            last = r.insert(p, 0);
+            last = r.insert(p, Instant::from_millis(0));
         }
         assert!(matches!(last, Outcome::Rejected(_)));
         // Pieces whose lengths do not add up to the whole.
@@ -281,7 +260,7 @@ mod tests {
         short[2].data = Bytes::from_static(b"x");
         let mut last = Outcome::Pending;
         for p in short {
-            last = r.insert(p, 0);
+            last = r.insert(p, Instant::from_millis(0));
         }
         assert!(matches!(last, Outcome::Rejected(_)));
     }

@@ -1,0 +1,317 @@
+//! Guards against hostile and broken peers, applied to every record,
+//! chunk, ghost and page before it reaches the store.
+//!
+//! - **Own origin.** Only this node writes its current origin. A record,
+//!   chunk or page watermark from outside that claims a write of ours we
+//!   never made (a sequence number beyond ours, or a version newer than what
+//!   we hold for its key) is refused, counted and reported
+//!   ([`NetworkError::OwnOriginClaimed`]); chunks of our own origin are never
+//!   applied (an honest peer never sends one: we are never behind on our own
+//!   writes). So nobody can make this node reuse or skip a sequence number.
+//! - **Clock drift.** A timestamp further ahead of our wall clock than
+//!   [`ProtocolConfig::max_clock_drift`](crate::ProtocolConfig::max_clock_drift)
+//!   never reaches the store, so it never moves our hybrid logical clock: the
+//!   record (or ghost) carrying it is held back and anti-entropy brings it
+//!   again later. A delta chunk is cut before it, so no watermark rises over
+//!   it; a page holding one is refused whole. Timestamps ahead by more than
+//!   [`CLOCK_SKEW_REPORT`] but within the bound are applied. Both are reported
+//!   as [`NetworkError::ClockSkew`] (at most once a minute per writer).
+//!
+//! Because every remote timestamp is at most the drift bound ahead of local
+//! wall time, the clock can only reach the end of its range if the local
+//! wall clock does: it never saturates into ties.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gossipkv_storage::{Delta, Hlc, NodeId, OriginChunk, Page, Record};
+use tracing::warn;
+
+use crate::config::CLOCK_SKEW_REPORT;
+use crate::context::Context;
+use crate::event::NetworkError;
+use crate::time::{millis, Instant};
+
+/// Most writers whose skew reports are rate-limited at once.
+const MAX_SKEW_REPORTS: usize = 1_024;
+
+/// How often skew is reported per writer.
+const SKEW_REPORT_EVERY: Duration = Duration::from_secs(60);
+
+/// What a screen found in one datagram.
+#[derive(Debug, Default)]
+struct Findings {
+    /// Own-origin claims refused.
+    forged: u64,
+    /// Records and ghosts held back.
+    deferred: u64,
+    /// Per writer: the furthest timestamp ahead, and whether it was held back.
+    ahead: BTreeMap<NodeId, (u64, bool)>,
+}
+
+/// The guards' state: when skew was last reported, per writer.
+#[derive(Debug, Default)]
+pub(crate) struct Guard {
+    reported: BTreeMap<NodeId, Instant>,
+}
+
+/// How a record's timestamp stands against the wall clock.
+enum Stamp {
+    /// Within the report threshold.
+    Fine,
+    /// Ahead by this many ms, within the drift bound: applied, reported.
+    Ahead(u64),
+    /// Ahead by this many ms, beyond the drift bound: held back.
+    Beyond(u64),
+}
+
+impl Guard {
+    /// Screens pushed (or loose) records: returns those that may be merged.
+    pub(crate) fn screen_records(
+        &mut self,
+        cx: &mut Context,
+        from: SocketAddr,
+        records: Vec<Record>,
+    ) -> Vec<Record> {
+        let mut f = Findings::default();
+        let kept = keep_records(cx, records, &mut f);
+        self.report(cx, from, f);
+        kept
+    }
+
+    /// Screens a delta in place: chunks of our own origin go, records that
+    /// claim our origin or are stamped beyond the drift go, and a chunk that
+    /// lost a record or ghost is cut just before it.
+    pub(crate) fn screen_delta(&mut self, cx: &mut Context, from: SocketAddr, delta: &mut Delta) {
+        let mut f = Findings::default();
+        let own = cx.store.local_origin().clone();
+        let before = delta.chunks.len();
+        delta.chunks.retain(|c| c.origin != own);
+        f.forged += (before - delta.chunks.len()) as u64;
+        for chunk in &mut delta.chunks {
+            screen_chunk(cx, chunk, &mut f);
+        }
+        let loose = std::mem::take(&mut delta.loose);
+        delta.loose = keep_records(cx, loose, &mut f);
+        self.report(cx, from, f);
+    }
+
+    /// Screens a re-synchronisation page: `false` (refused whole, counted
+    /// and reported) when it carries a record stamped beyond the drift, or
+    /// claims writes of our own origin we never made (in its records or its
+    /// watermarks). A page cannot be cut like a chunk: its drop rule and the
+    /// watermarks raised at the end of the pass speak for every key in its
+    /// range.
+    pub(crate) fn screen_page(&mut self, cx: &mut Context, from: SocketAddr, page: &Page) -> bool {
+        let mut f = Findings::default();
+        let own = cx.store.local_origin();
+        let own_mark = cx.store.watermark(own);
+        if page.watermarks.watermark(own).is_some_and(|w| w > own_mark) {
+            f.forged += 1;
+        }
+        for r in &page.records {
+            if forges_own(cx, r) {
+                f.forged += 1;
+            }
+            match stamp(cx, r.version.hlc) {
+                Stamp::Fine => {}
+                Stamp::Ahead(ms) => note_ahead(&mut f, &r.version.node, ms, false),
+                Stamp::Beyond(ms) => {
+                    f.deferred += 1;
+                    note_ahead(&mut f, &r.version.node, ms, true);
+                }
+            }
+        }
+        let ok = f.forged == 0 && f.deferred == 0;
+        if !ok {
+            cx.stats.pages_refused += 1;
+        }
+        self.report(cx, from, f);
+        ok
+    }
+
+    /// Counts and reports what a screen found.
+    fn report(&mut self, cx: &mut Context, from: SocketAddr, f: Findings) {
+        if f.forged > 0 {
+            cx.stats.own_origin_refused += f.forged;
+            warn!(%from, count = f.forged, "refused writes claiming this node's own origin");
+            cx.report(NetworkError::OwnOriginClaimed {
+                from,
+                count: f.forged,
+            });
+        }
+        cx.stats.records_deferred += f.deferred;
+        for (node, (skew_ms, deferred)) in f.ahead {
+            self.report_skew(cx, from, node, skew_ms, deferred);
+        }
+    }
+
+    /// Reports that `node`'s records are `skew_ms` ahead, at most once a
+    /// minute per writer.
+    fn report_skew(&mut self, cx: &mut Context, from: SocketAddr, node: NodeId, skew_ms: u64, deferred: bool) {
+        let now = cx.now;
+        if self
+            .reported
+            .get(&node)
+            .is_some_and(|&t| now.saturating_since(t) < SKEW_REPORT_EVERY)
+        {
+            return;
+        }
+        if !self.reported.contains_key(&node) && self.reported.len() >= MAX_SKEW_REPORTS {
+            self.reported
+                .retain(|_, t| now.saturating_since(*t) < SKEW_REPORT_EVERY);
+            if self.reported.len() >= MAX_SKEW_REPORTS {
+                return;
+            }
+        }
+        self.reported.insert(node.clone(), now);
+        warn!(node = %node, skew_ms, deferred, "clock skew: records ahead of local clock");
+        cx.report(NetworkError::ClockSkew {
+            from,
+            node_id: node.to_string(),
+            skew_ms,
+            deferred,
+        });
+    }
+
+    /// Number of writers whose reports are rate-limited (for bound checks).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.reported.len()
+    }
+}
+
+/// How `hlc` stands against our wall clock.
+fn stamp(cx: &Context, hlc: Hlc) -> Stamp {
+    let wall = cx.wall.as_unix_ms();
+    let t = hlc.physical_ms();
+    if t <= wall.saturating_add(millis(CLOCK_SKEW_REPORT)) {
+        return Stamp::Fine;
+    }
+    let ahead = t - wall;
+    if ahead > millis(cx.cfg.max_clock_drift) {
+        Stamp::Beyond(ahead)
+    } else {
+        Stamp::Ahead(ahead)
+    }
+}
+
+fn note_ahead(f: &mut Findings, node: &NodeId, ms: u64, deferred: bool) {
+    let e = f.ahead.entry(node.clone()).or_insert((0, false));
+    e.0 = e.0.max(ms);
+    e.1 |= deferred;
+}
+
+/// Whether `r` claims a write of our own origin that we never made: a
+/// sequence number beyond ours, or a version newer than what we hold for
+/// its key. (A record of ours for a key we no longer hold may be an old
+/// copy of a write whose delete we collected: not counted, but never
+/// applied either.)
+fn forges_own(cx: &Context, r: &Record) -> bool {
+    let own = cx.store.local_origin();
+    if r.version.node != own.node || r.version.generation != own.generation {
+        return false;
+    }
+    r.version.seq > cx.store.watermark(own)
+        || cx
+            .store
+            .get_record(&r.key)
+            .is_some_and(|held| held.version < r.version)
+}
+
+/// Whether `r` is of our own origin.
+fn is_own(cx: &Context, r: &Record) -> bool {
+    let own = cx.store.local_origin();
+    r.version.generation == own.generation && r.version.node == own.node
+}
+
+/// What to do with one record from outside.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Admit {
+    /// Merge it.
+    Merge,
+    /// A write of ours that we hold, or something newer for its key: there
+    /// is nothing to merge, and nothing is lost by dropping it.
+    Held,
+    /// Drop it: it claims our origin, or is stamped beyond the drift.
+    Refuse,
+}
+
+/// The records that may be merged: not of our own origin (counting the
+/// forged ones), not stamped beyond the drift (counting those, and noting
+/// every writer ahead of our clock).
+fn keep_records(cx: &Context, records: Vec<Record>, f: &mut Findings) -> Vec<Record> {
+    records
+        .into_iter()
+        .filter(|r| admit(cx, r, f) == Admit::Merge)
+        .collect()
+}
+
+/// What to do with one record (see [`keep_records`]).
+fn admit(cx: &Context, r: &Record, f: &mut Findings) -> Admit {
+    if is_own(cx, r) {
+        let held = cx
+            .store
+            .get_record(&r.key)
+            .is_some_and(|h| h.version >= r.version);
+        if held {
+            return Admit::Held;
+        }
+        f.forged += u64::from(forges_own(cx, r));
+        return Admit::Refuse;
+    }
+    match stamp(cx, r.version.hlc) {
+        Stamp::Fine => Admit::Merge,
+        Stamp::Ahead(ms) => {
+            note_ahead(f, &r.version.node, ms, false);
+            Admit::Merge
+        }
+        Stamp::Beyond(ms) => {
+            note_ahead(f, &r.version.node, ms, true);
+            f.deferred += 1;
+            Admit::Refuse
+        }
+    }
+}
+
+/// Screens one chunk of another origin. Records that may not be merged
+/// are dropped; so are ghosts stamped beyond the drift, and ghosts whose
+/// newer record was dropped (the receiver would not hold what they vouch
+/// for). The chunk's range then ends just before the first write it no
+/// longer accounts for, so the receiver's watermark never rises over it.
+fn screen_chunk(cx: &Context, chunk: &mut OriginChunk, f: &mut Findings) {
+    let mut cut: Option<u64> = None;
+    let mut lost_keys: BTreeSet<Arc<str>> = BTreeSet::new();
+    let origin = chunk.origin.clone();
+    chunk.records.retain(|r| {
+        match admit(cx, r, f) {
+            Admit::Merge => return true,
+            Admit::Held => return false,
+            Admit::Refuse => {}
+        }
+        if r.version.generation == origin.generation && r.version.node == origin.node {
+            cut = Some(cut.map_or(r.version.seq, |c| c.min(r.version.seq)));
+        } else {
+            lost_keys.insert(r.key.clone());
+        }
+        false
+    });
+    chunk.ghosts.retain(|g| {
+        let beyond = matches!(stamp(cx, g.hlc), Stamp::Beyond(_));
+        if !beyond && !lost_keys.contains(&g.key) {
+            return true;
+        }
+        if beyond {
+            f.deferred += 1;
+            note_ahead(f, &origin.node, g.hlc.physical_ms() - cx.wall.as_unix_ms(), true);
+        }
+        cut = Some(cut.map_or(g.seq, |c| c.min(g.seq)));
+        false
+    });
+    if let Some(cut) = cut {
+        // `cut` lies in (from, to], so the chunk still starts where it did.
+        chunk.to = chunk.to.min(cut.saturating_sub(1)).max(chunk.from);
+    }
+}

@@ -1,0 +1,192 @@
+//! Collection marks: the highest watermark per origin each live member's
+//! digests showed, so that a node can drop the index entries of superseded
+//! writes ("ghosts") every live member has passed, long before the
+//! tombstone retention.
+
+use std::collections::BTreeMap;
+
+use gossipkv_proto::Sender;
+use gossipkv_storage::{NodeId, Origin};
+use tracing::debug;
+
+use crate::context::Context;
+use crate::peers::Peers;
+use crate::swim::{Member, MAX_MEMBERS};
+
+/// Most (member, origin) watermarks kept (about 16 MB at most; 512 writers
+/// seen by 512 members).
+pub(crate) const MARKS_MAX: usize = 1 << 18;
+
+/// One member's marks, for one generation of it.
+#[derive(Debug)]
+struct Marks {
+    generation: u64,
+    watermarks: BTreeMap<Origin, u64>,
+}
+
+/// Every live member's marks.
+#[derive(Debug)]
+pub(crate) struct PeerMarks {
+    members: BTreeMap<NodeId, Marks>,
+    /// (member, origin) pairs held, and how many may be.
+    len: usize,
+    max: usize,
+}
+
+impl Default for PeerMarks {
+    fn default() -> Self {
+        PeerMarks {
+            members: BTreeMap::new(),
+            len: 0,
+            max: MARKS_MAX,
+        }
+    }
+}
+
+impl PeerMarks {
+    /// Remembers the watermarks `digest` shows for `sender` (they only grow
+    /// within one generation). At most `max` (member, origin) pairs are
+    /// kept, so that a cluster of thousands of writers does not cost every
+    /// node millions of entries: past it, new pairs are not recorded, and
+    /// their origins are left to the retention collection. Nothing is kept
+    /// when membership is not (a given directory).
+    pub(crate) fn note(&mut self, peers: &Peers, sender: &Sender, digest: &gossipkv_storage::Digest) {
+        if !peers.keeps_membership() || digest.entries.is_empty() {
+            return;
+        }
+        if !self.members.contains_key(&sender.node_id) && self.members.len() >= MAX_MEMBERS {
+            return;
+        }
+        let marks = self
+            .members
+            .entry(sender.node_id.clone())
+            .or_insert_with(|| Marks {
+                generation: sender.generation,
+                watermarks: BTreeMap::new(),
+            });
+        if marks.generation != sender.generation {
+            self.len -= marks.watermarks.len();
+            *marks = Marks {
+                generation: sender.generation,
+                watermarks: BTreeMap::new(),
+            };
+        }
+        for e in &digest.entries {
+            match marks.watermarks.get_mut(&e.origin) {
+                Some(m) => *m = (*m).max(e.watermark),
+                None if self.len < self.max => {
+                    marks.watermarks.insert(e.origin.clone(), e.watermark);
+                    self.len += 1;
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Collects the superseded writes every live member has passed, by the
+    /// watermarks their digests showed: none of them needs re-synchronising
+    /// for it, and overwrites stop costing index memory for the whole
+    /// tombstone retention. Members we have no watermark from count as 0, so
+    /// nothing of that origin is collected early. Forgets the marks of
+    /// members no longer live.
+    pub(crate) fn collect(&mut self, cx: &mut Context) {
+        let Some(live) = cx.peers.live_for_collection() else {
+            return;
+        };
+        self.retain_live(&live);
+        if live.is_empty() {
+            return;
+        }
+        // Each live member's marks, of its current generation (`None`: none).
+        let marks: Vec<Option<&BTreeMap<Origin, u64>>> = live
+            .iter()
+            .map(|m| {
+                self.members
+                    .get(&m.node_id)
+                    .filter(|k| k.generation == m.generation)
+                    .map(|k| &k.watermarks)
+            })
+            .collect();
+        let bounds: Vec<(Origin, u64)> = cx
+            .store
+            .digest()
+            .entries
+            .into_iter()
+            .map(|e| {
+                let lowest = marks
+                    .iter()
+                    .map(|m| m.and_then(|m| m.get(&e.origin).copied()).unwrap_or(0))
+                    .min()
+                    .unwrap_or(0);
+                (e.origin, lowest.min(e.watermark))
+            })
+            .filter(|(_, bound)| *bound > 0)
+            .collect();
+        let removed = cx.store.collect_superseded(&bounds);
+        cx.stats.superseded_collected += removed as u64;
+        if removed > 0 {
+            debug!(removed, "collected superseded index entries");
+        }
+    }
+
+    /// Forgets the marks of members not in `live`.
+    fn retain_live(&mut self, live: &[Member]) {
+        let mut kept = 0;
+        self.members.retain(|id, marks| {
+            let keep = live.iter().any(|m| &m.node_id == id);
+            kept += if keep { marks.watermarks.len() } else { 0 };
+            keep
+        });
+        self.len = kept;
+    }
+
+    /// Number of (member, origin) pairs held (for bound checks).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ProtocolConfig;
+    use gossipkv_storage::{Digest, DigestEntry};
+
+    #[test]
+    fn peer_watermarks_are_kept_up_to_a_bound_and_forgotten_with_members() {
+        let peers = Peers::new(&ProtocolConfig::new("me", 1, "test"));
+        let mut p = PeerMarks {
+            max: 10,
+            ..PeerMarks::default()
+        };
+        let sender = |id: &str, generation: u64| Sender::new(id, generation, None);
+        let digest = |n: u64, w: u64| Digest {
+            entries: (0..n)
+                .map(|i| DigestEntry {
+                    origin: Origin::new(format!("o{i}"), 1),
+                    watermark: w,
+                })
+                .collect(),
+            complete: true,
+            ..Digest::default()
+        };
+        p.note(&peers, &sender("a", 1), &digest(6, 5));
+        p.note(&peers, &sender("b", 1), &digest(6, 7));
+        // Ten pairs at most: b got four of its six.
+        assert_eq!(p.len, 10);
+        assert_eq!(p.members[&NodeId::new("b")].watermarks.len(), 4);
+        // Known pairs still rise; a lower watermark does not lower them.
+        p.note(&peers, &sender("a", 1), &digest(6, 9));
+        p.note(&peers, &sender("a", 1), &digest(6, 2));
+        assert!(p.members[&NodeId::new("a")].watermarks.values().all(|w| *w == 9));
+        // A new generation starts afresh.
+        p.note(&peers, &sender("a", 2), &digest(1, 1));
+        assert_eq!(p.members[&NodeId::new("a")].watermarks.len(), 1);
+        assert_eq!(p.len, 5);
+        // Neither is a member: the collection pass forgets both.
+        p.retain_live(&[]);
+        assert!(p.members.is_empty());
+        assert_eq!(p.len, 0);
+    }
+}

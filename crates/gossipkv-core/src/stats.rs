@@ -1,0 +1,86 @@
+//! [`Stats`]: the protocol's counters.
+
+/// Counters of one protocol instance, for metrics and tests. New counters
+/// may be added in any release, so the struct cannot be built outside this
+/// crate; read its fields.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Gossip rounds started.
+    pub rounds: u64,
+    /// Datagrams handed to the driver for sending.
+    pub datagrams_sent: u64,
+    /// Payload bytes handed to the driver for sending.
+    pub bytes_sent: u64,
+    /// Datagrams received (valid or not).
+    pub datagrams_received: u64,
+    /// Payload bytes received.
+    pub bytes_received: u64,
+    /// Datagrams dropped because they did not decode.
+    pub decode_errors: u64,
+    /// Datagrams dropped because they came from another cluster.
+    pub foreign_cluster: u64,
+    /// Datagrams dropped because they claimed our own node id.
+    pub duplicate_node_id: u64,
+    /// Records that won when merged.
+    pub records_won: u64,
+    /// Records received that were already known or older.
+    pub records_lost: u64,
+    /// Re-synchronisation pages applied.
+    pub pages_applied: u64,
+    /// Re-synchronisations completed.
+    pub resyncs_completed: u64,
+    /// Tombstones collected.
+    pub tombstones_collected: u64,
+    /// Index entries of superseded writes collected once every live member
+    /// had passed them (before the tombstone retention).
+    pub superseded_collected: u64,
+    /// Datagrams not sent because they came out larger than the packet size (a bug if ever non-zero).
+    pub oversized_dropped: u64,
+    /// Push datagrams sent (fresh writes and forwards).
+    pub pushes_sent: u64,
+    /// Pushed records that were new here.
+    pub pushed_records_won: u64,
+    /// Syns answered in the short form because both digests were equal.
+    pub short_replies: u64,
+    /// Syns sent (gossip rounds and suspect probes).
+    pub syns_sent: u64,
+    /// Syns received.
+    pub syns_received: u64,
+    /// Syns sent in the hash-only form (our digest had not changed).
+    pub hash_only_syns_sent: u64,
+    /// Full Syns sent after a hash-only exchange showed the peer has writes we lack.
+    pub pulls_sent: u64,
+    /// Records too large to travel inline that were sent apart (fragmented).
+    pub large_records_sent: u64,
+    /// Fragment datagrams sent.
+    pub fragments_sent: u64,
+    /// Fragment datagrams received.
+    pub fragments_received: u64,
+    /// Fragmented envelopes put back together.
+    pub messages_reassembled: u64,
+    /// Fragmented envelopes dropped unfinished (pieces lost; anti-entropy
+    /// sends them again).
+    pub reassemblies_dropped: u64,
+    /// Requests sent to other members to probe a member that did not answer.
+    pub probe_requests_sent: u64,
+    /// Members probed on behalf of other members.
+    pub probes_relayed: u64,
+    /// Rumors of our own suspicion or death refuted.
+    pub refutations: u64,
+    /// Member-list reconciliation messages sent.
+    pub member_syncs_sent: u64,
+    /// Member entries (rumors, samples, reconciliation) sent in datagrams.
+    pub member_entries_sent: u64,
+    /// Records, delta chunks and page watermarks from other nodes that
+    /// claimed this node's own current origin beyond what it wrote
+    /// (forged), refused. Only this node writes its origin.
+    pub own_origin_refused: u64,
+    /// Records and ghosts stamped further ahead of the local wall clock than
+    /// the maximum clock drift, held back (anti-entropy brings them again
+    /// once local time is within the bound).
+    pub records_deferred: u64,
+    /// Re-synchronisation pages refused whole because they carried a record
+    /// stamped beyond the maximum clock drift (or forged for our origin).
+    pub pages_refused: u64,
+}

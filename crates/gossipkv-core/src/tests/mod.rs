@@ -1,0 +1,4 @@
+//! Unit tests of the protocol as a whole, driven by hand.
+
+mod guards;
+mod protocol;

@@ -1,0 +1,315 @@
+//! Starting a node: the builder's options checked, the store, socket,
+//! protocol, driver and discovery set up.
+
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use gossipkv_core::{
+    DetectorConfig, MemberEvent, Protocol, ProtocolConfig, MAX_NODE_ID_LEN, MAX_PACKET_SIZE,
+    MAX_VALUE_SIZE_LIMIT, MIN_PACKET_SIZE,
+};
+use gossipkv_storage::{NodeId, Origin, Record, Store};
+use gossipkv_transport::{Transport, UdpConfig, UdpTransport};
+use parking_lot::Mutex;
+use rand::Rng;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tracing::{debug, info};
+
+use crate::builder::{parse_socket_addr, split_host_port, Builder};
+use crate::discovery::{start_mdns, MdnsConfig, MdnsHandle};
+use crate::driver::{refresh_seeds, resolve_seeds, wall_now, Addrs, Clock, Driver, Reporter};
+use crate::error::Error;
+use crate::health::HealthTracker;
+use crate::node::{GossipKv, Inner, WATCH_QUEUE};
+use crate::watch::Change;
+
+/// Fresh writes queued for eager push; beyond this, writes still replicate
+/// by anti-entropy.
+const PUSH_QUEUE: usize = 65_536;
+
+/// Longest cluster id accepted, in bytes.
+const MAX_CLUSTER_ID_LEN: usize = 128;
+
+fn invalid(message: impl Into<String>) -> Error {
+    Error::InvalidConfig {
+        message: message.into(),
+    }
+}
+
+/// Checks the options that need no I/O.
+fn check<K, V>(b: &Builder<K, V>) -> Result<(), Error> {
+    if let Some(id) = &b.node_id {
+        if id.is_empty() {
+            return Err(invalid("node id is empty"));
+        }
+        if id.len() > MAX_NODE_ID_LEN {
+            return Err(invalid(format!(
+                "node id is {} bytes, at most {MAX_NODE_ID_LEN}",
+                id.len()
+            )));
+        }
+    }
+    if b.cluster_id.is_empty() || b.cluster_id.len() > MAX_CLUSTER_ID_LEN {
+        return Err(invalid("cluster id must be 1 to 128 bytes"));
+    }
+    if b.gossip_interval.is_zero() {
+        return Err(invalid("gossip interval must be greater than zero"));
+    }
+    if b.fanout == 0 {
+        return Err(invalid("fanout must be at least 1"));
+    }
+    if !(MIN_PACKET_SIZE..=MAX_PACKET_SIZE).contains(&b.packet_size) {
+        return Err(invalid(format!(
+            "packet size {} is out of range {MIN_PACKET_SIZE}..={MAX_PACKET_SIZE}",
+            b.packet_size
+        )));
+    }
+    if !(1..=MAX_VALUE_SIZE_LIMIT).contains(&b.max_value_size) {
+        return Err(invalid(format!(
+            "max value size {} is out of range 1..={MAX_VALUE_SIZE_LIMIT}",
+            b.max_value_size
+        )));
+    }
+    if b.tombstone_retention.is_zero() {
+        return Err(invalid("tombstone retention must be greater than zero"));
+    }
+    if b.suspect_timeout.is_some_and(|t| t.is_zero()) {
+        return Err(invalid("suspect timeout must be greater than zero"));
+    }
+    if b.seed_refresh.is_zero() {
+        return Err(invalid("seed refresh interval must be greater than zero"));
+    }
+    if b.max_clock_drift < Duration::from_secs(1) {
+        return Err(invalid("max clock drift must be at least one second"));
+    }
+    for seed in &b.seeds {
+        split_host_port(seed).map_err(|m| invalid(format!("seed {m}")))?;
+    }
+    if b.bind_addr.is_none() {
+        if !b.seeds.is_empty() {
+            return Err(invalid("seeds need a bind address"));
+        }
+        if b.discovery {
+            return Err(invalid("discovery needs a bind address"));
+        }
+        if b.advertise_addr.is_some() {
+            return Err(invalid("an advertise address needs a bind address"));
+        }
+    }
+    Ok(())
+}
+
+/// The channels and trackers every node has, networked or not.
+struct Shared {
+    store: Arc<Store>,
+    changes: broadcast::Sender<Change>,
+    member_events: broadcast::Sender<MemberEvent>,
+    closed_tx: watch::Sender<bool>,
+    health: Arc<HealthTracker>,
+}
+
+impl Shared {
+    fn new(node: &NodeId, generation: u64) -> Self {
+        let store = Arc::new(Store::new(Origin::new(node.clone(), generation)));
+        let (changes, _) = broadcast::channel::<Change>(WATCH_QUEUE);
+        let (member_events, _) = broadcast::channel::<MemberEvent>(WATCH_QUEUE);
+        let (closed_tx, _) = watch::channel(false);
+        let tx = changes.clone();
+        store.set_observer(Arc::new(move |key: &str, value: Option<&Bytes>| {
+            if tx.receiver_count() > 0 {
+                let _ = tx.send(Change {
+                    key: Arc::from(key),
+                    value: value.cloned(),
+                });
+            }
+        }));
+        Shared {
+            store,
+            changes,
+            member_events,
+            closed_tx,
+            health: Arc::new(HealthTracker::default()),
+        }
+    }
+}
+
+/// Validates a builder and starts the node.
+pub(crate) async fn start<K, V>(b: Builder<K, V>) -> Result<GossipKv<K, V>, Error>
+where
+    K: From<String> + AsRef<str> + Send + Sync + 'static,
+    V: Send + Sync + 'static,
+{
+    check(&b)?;
+    let node_id = b
+        .node_id
+        .clone()
+        .unwrap_or_else(|| format!("node-{:016x}", rand::rng().random::<u64>()));
+    let node = NodeId::new(&node_id);
+    // A new generation per start: writes of this incarnation never reuse
+    // sequence numbers that peers saw from an earlier one.
+    let generation = (wall_now().as_unix_ms().saturating_mul(1_000)).max(1);
+    let shared = Shared::new(&node, generation);
+    let Some(bind) = &b.bind_addr else {
+        debug!(node = %node, "started local-only node");
+        return Ok(local_only(b, node, shared));
+    };
+    let bind = parse_socket_addr("bind address", bind)?;
+    let advertise = match &b.advertise_addr {
+        Some(a) => Some(parse_socket_addr("advertise address", a)?),
+        None => None,
+    };
+    let transport = UdpTransport::bind(bind, UdpConfig::default()).map_err(|e| match e {
+        gossipkv_transport::TransportError::Bind { addr, source } => Error::Bind { addr, source },
+        other => Error::Bind {
+            addr: bind,
+            source: std::io::Error::other(other.to_string()),
+        },
+    })?;
+    let local_addr = transport.local_addr();
+    let advertise = advertise.unwrap_or(local_addr);
+    let reporter = Reporter::spawn(b.error_handler.clone(), shared.health.clone());
+    let seeds = resolve_seeds(&b.seeds, &reporter).await;
+    let cfg = protocol_config(&b, node.clone(), generation, advertise, seeds);
+    let clock = Clock::new();
+    let protocol = Arc::new(Mutex::new(Protocol::new(cfg, shared.store.clone(), clock.now())));
+    let record_budget = Some(protocol.lock().body_budget());
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let (addrs_tx, addrs_rx) = mpsc::channel::<Addrs>(16);
+    let (push_tx, push_rx) = mpsc::channel::<Record>(PUSH_QUEUE);
+    let push_tx = b.eager_push.then_some(push_tx);
+    if b.seeds.iter().any(|s| s.parse::<SocketAddr>().is_err()) {
+        tokio::spawn(refresh_seeds(
+            b.seeds.clone(),
+            b.seed_refresh,
+            addrs_tx.clone(),
+            reporter.clone(),
+        ));
+    }
+    let discovery = if b.discovery {
+        Some(discover(&b, &node_id, advertise, addrs_tx.clone())?)
+    } else {
+        None
+    };
+    drop(addrs_tx);
+    let handle = tokio::spawn(
+        Driver {
+            transport,
+            protocol: protocol.clone(),
+            clock,
+            stop: stop_rx,
+            addrs: addrs_rx,
+            pushes: push_rx,
+            reporter: reporter.clone(),
+            member_events: shared.member_events.clone(),
+        }
+        .run(),
+    );
+    info!(node = %node, addr = %local_addr, cluster = %b.cluster_id, "node started");
+    Ok(GossipKv {
+        inner: Arc::new(Inner {
+            store: shared.store,
+            codec: b.codec,
+            node_id: node,
+            local_addr: Some(local_addr),
+            record_budget,
+            max_value_size: b.max_value_size,
+            closed: AtomicBool::new(false),
+            protocol: Some(protocol),
+            task: Mutex::new(Some((stop_tx, handle))),
+            errors_dropped: reporter.dropped().clone(),
+            health: shared.health,
+            expects_peers: !b.seeds.is_empty() || b.discovery,
+            changes: shared.changes,
+            member_events: shared.member_events,
+            closed_tx: shared.closed_tx,
+            discovery: Mutex::new(discovery),
+            push_tx,
+        }),
+        _key: PhantomData,
+    })
+}
+
+/// A node without a network: a local in-memory store.
+fn local_only<K, V>(b: Builder<K, V>, node: NodeId, shared: Shared) -> GossipKv<K, V> {
+    GossipKv {
+        inner: Arc::new(Inner {
+            store: shared.store,
+            codec: b.codec,
+            node_id: node,
+            local_addr: None,
+            record_budget: None,
+            max_value_size: b.max_value_size,
+            closed: AtomicBool::new(false),
+            protocol: None,
+            task: Mutex::new(None),
+            errors_dropped: Arc::new(AtomicU64::new(0)),
+            health: shared.health,
+            expects_peers: false,
+            changes: shared.changes,
+            member_events: shared.member_events,
+            closed_tx: shared.closed_tx,
+            discovery: Mutex::new(None),
+            push_tx: None,
+        }),
+        _key: PhantomData,
+    }
+}
+
+/// The protocol's options from the builder's.
+fn protocol_config<K, V>(
+    b: &Builder<K, V>,
+    node: NodeId,
+    generation: u64,
+    advertise: SocketAddr,
+    seeds: Vec<SocketAddr>,
+) -> ProtocolConfig {
+    let mut cfg = ProtocolConfig::new(node, generation, b.cluster_id.clone());
+    cfg.advertise_addr = (!advertise.ip().is_unspecified()).then_some(advertise);
+    cfg.gossip_interval = b.gossip_interval.max(Duration::from_millis(1));
+    cfg.fanout = b.fanout;
+    cfg.packet_size = b.packet_size;
+    cfg.tombstone_retention = b.tombstone_retention;
+    cfg.seeds = seeds;
+    cfg.rng_seed = b.rng_seed.unwrap_or_else(|| rand::rng().random());
+    cfg.push = b.eager_push;
+    cfg.max_value_size = b.max_value_size;
+    cfg.max_clock_drift = b.max_clock_drift;
+    let mut detector = DetectorConfig::for_interval(cfg.gossip_interval);
+    if let Some(t) = b.suspect_timeout {
+        detector.suspect_timeout = t;
+    }
+    detector.forget_after = b.dead_member_grace;
+    cfg.detector = detector;
+    cfg
+}
+
+/// Starts mDNS discovery; addresses found are forwarded to the driver.
+fn discover<K, V>(
+    b: &Builder<K, V>,
+    node_id: &str,
+    advertise: SocketAddr,
+    addrs_tx: mpsc::Sender<Addrs>,
+) -> Result<MdnsHandle, Error> {
+    let (disc_tx, mut disc_rx) = mpsc::channel::<Vec<SocketAddr>>(16);
+    let handle = start_mdns(
+        MdnsConfig {
+            node_id: node_id.to_string(),
+            cluster_id: b.cluster_id.clone(),
+            addr: advertise,
+        },
+        disc_tx,
+    )
+    .map_err(|m| invalid(format!("cannot start mDNS discovery: {m}")))?;
+    tokio::spawn(async move {
+        while let Some(addrs) = disc_rx.recv().await {
+            if addrs_tx.send(Addrs::Discovered(addrs)).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(handle)
+}
