@@ -22,6 +22,20 @@
 //! `prost-build` from a `.proto` parsed by `protox`, so no `protoc` is needed;
 //! they stay private.
 //!
+//! # Features
+//!
+//! * `testing` (off by default): the public module `testing`, with
+//!   [`proptest`](https://docs.rs/proptest) strategies for every wire type
+//!   (it adds `proptest` as a dependency). Arbitrary ones (`envelope`,
+//!   `body`, `record`, ...) exercise the encoding; the hostile-peer ones
+//!   (`envelope_in` and the other `*_in` strategies, given a `World` of
+//!   cluster id, node ids, generations and keys) generate envelopes of every
+//!   kind that pass [`decode`] and the receiver's cluster-id check while
+//!   colliding with its own origin and keys, for property tests of a
+//!   protocol state machine. Enable it for tests only:
+//!   `gossipkv-proto = { workspace = true, features = ["testing"] }` under
+//!   `[dev-dependencies]`.
+//!
 //! ```
 //! use gossipkv_proto::{decode, encode, Body, Envelope, Limits, Sender, Syn};
 //! use gossipkv_storage::Store;
@@ -62,6 +76,9 @@ pub use message::{
     Ack, Body, Envelope, Fragment, Limits, Liveness, MemberSync, Probe, Push, Reply, Sender, Syn,
     SynAck, PROTOCOL_VERSION,
 };
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 #[cfg(test)]
 mod tests;

@@ -14,13 +14,11 @@ use prost::Message;
 use crate::convert::{
     chunk_to_pb, delta_to_pb, digest_to_pb, envelope_to_pb, page_to_pb, record_to_pb,
 };
+use crate::testing::{self, World};
 use crate::{
-    decode, encode, encoded_len, envelope_overhead, pb, Ack, Body, DecodeError, Envelope, Fragment,
-    Limits, Liveness, MemberSync, Probe, Push, Reply, Sender, Syn, SynAck, PROTOCOL_VERSION,
+    decode, encode, encoded_len, envelope_overhead, pb, Ack, Body, DecodeError, Envelope, Limits,
+    Reply, Sender, Syn, SynAck, PROTOCOL_VERSION,
 };
-
-#[path = "../tests/common/mod.rs"]
-mod common;
 
 /// Encoded size of `msg` as a field (tag, length prefix, body) with a
 /// one-byte tag, as every message field of the schema has.
@@ -77,15 +75,16 @@ fn overhead_of(env: &Envelope) -> usize {
 }
 
 fn big_chunk() -> impl Strategy<Value = OriginChunk> {
-    common::chunk_of(common::big_record())
+    testing::chunk_of(testing::big_record())
 }
 
 fn big_digest() -> impl Strategy<Value = Digest> {
-    let entry =
-        (common::long_text(300), common::int(), common::int()).prop_map(|(n, g, w)| DigestEntry {
+    let entry = (testing::long_text(300), testing::int(), testing::int()).prop_map(|(n, g, w)| {
+        DigestEntry {
             origin: Origin::new(n, g),
             watermark: w,
-        });
+        }
+    });
     (prop::collection::vec(entry, 0..200), any::<bool>()).prop_map(|(entries, complete)| Digest {
         entries,
         complete,
@@ -95,9 +94,9 @@ fn big_digest() -> impl Strategy<Value = Digest> {
 
 fn big_page() -> impl Strategy<Value = Page> {
     (
-        common::long_text(300),
-        prop::option::of(common::long_text(300)),
-        prop::collection::vec(common::big_record(), 0..4),
+        testing::long_text(300),
+        prop::option::of(testing::long_text(300)),
+        prop::collection::vec(testing::big_record(), 0..4),
         big_digest(),
     )
         .prop_map(|(start, end, records, watermarks)| Page {
@@ -110,7 +109,7 @@ fn big_page() -> impl Strategy<Value = Page> {
 
 proptest! {
     #[test]
-    fn record_encoding_within_size_hint(r in common::big_record()) {
+    fn record_encoding_within_size_hint(r in testing::big_record()) {
         prop_assert!(field_len(&record_to_pb(&r)) <= r.size_hint());
     }
 
@@ -138,7 +137,7 @@ proptest! {
     }
 
     #[test]
-    fn envelope_within_overhead_and_hints(env in common::envelope()) {
+    fn envelope_within_overhead_and_hints(env in testing::envelope()) {
         let len = encoded_len(&env);
         prop_assert_eq!(len, encode(&env).len());
         prop_assert!(len <= overhead_of(&env) + body_content(&env.body) + members_content(&env));
@@ -146,9 +145,9 @@ proptest! {
 
     #[test]
     fn big_envelope_within_overhead_and_hints(
-        cluster_id in common::long_text(300),
-        node in common::long_text(300),
-        addr in common::addr(),
+        cluster_id in testing::long_text(300),
+        node in testing::long_text(300),
+        addr in testing::addr(),
         digest in big_digest(),
         reply in prop_oneof![
             prop::collection::vec(big_chunk(), 0..3)
@@ -782,4 +781,202 @@ fn timestamp_deltas_only_inside_pushes_with_a_base() {
         panic!("push with a base did not decode");
     };
     assert_eq!(p.records[0].version.hlc.as_u64(), 1_002);
+}
+
+// ----- the hostile-peer strategies of `testing` -------------------------------
+
+/// A world like a test of the protocol would use: a few short node ids,
+/// generations and keys.
+fn small_world() -> World {
+    World::new("prod", ["a", "b", "c"], [1, 2], ["k", "key", ""])
+}
+
+/// Worlds with odd pools: empty or long node ids and keys (invalid ones are
+/// to be ignored), any generations, possibly empty pools.
+fn odd_world() -> impl Strategy<Value = World> {
+    (
+        testing::text(8),
+        prop::collection::vec(
+            prop_oneof![testing::text(4), Just(String::new()), Just("n".repeat(257))],
+            0..4,
+        ),
+        prop::collection::vec(testing::int(), 0..3),
+        prop::collection::vec(
+            prop_oneof![
+                testing::text(4),
+                Just("k".repeat(4_097)),
+                Just("k".repeat(4_096))
+            ],
+            0..4,
+        ),
+    )
+        .prop_map(|(cluster_id, node_ids, generations, keys)| {
+            World::new(cluster_id, node_ids, generations, keys)
+        })
+}
+
+/// Checks an envelope of [`testing::envelope_in`]`(world)`; `small`: the
+/// world's pool entries are short, so the encoding must stay under 8 KiB.
+fn check_hostile(world: &World, env: &Envelope, small: bool) -> Result<(), TestCaseError> {
+    prop_assert_eq!(&env.cluster_id, &world.cluster_id);
+    prop_assert_eq!(env.protocol_version, PROTOCOL_VERSION);
+    let buf = encode(env);
+    prop_assert_eq!(buf.len(), encoded_len(env));
+    prop_assert!(!small || buf.len() < 8 << 10, "{} bytes", buf.len());
+    prop_assert!(buf.len() <= overhead_of(env) + body_content(&env.body) + members_content(env));
+    prop_assert_eq!(decode(&buf, &Limits::default()), Ok(env.clone()));
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    #[test]
+    fn hostile_envelopes_round_trip(env in testing::envelope_in(small_world())) {
+        check_hostile(&small_world(), &env, true)?;
+    }
+
+    #[test]
+    fn hostile_envelopes_of_odd_worlds_round_trip(
+        (world, env) in odd_world().prop_flat_map(|w| (Just(w.clone()), testing::envelope_in(w))),
+    ) {
+        check_hostile(&world, &env, false)?;
+    }
+}
+
+/// The message id [`fragmented_in`](testing::fragmented_in) is given in the
+/// tests: the length and the first bytes.
+fn test_message_id(encoded: &[u8]) -> u64 {
+    let mut head = [0u8; 4];
+    let n = encoded.len().min(4);
+    head[..n].copy_from_slice(&encoded[..n]);
+    ((encoded.len() as u64) << 32) | u64::from(u32::from_le_bytes(head))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn hostile_fragments_reassemble(
+        pieces in testing::fragmented_in(small_world(), test_message_id),
+    ) {
+        prop_assert!(pieces.len() >= 2);
+        let mut frags = Vec::new();
+        for env in &pieces {
+            check_hostile(&small_world(), env, true)?;
+            prop_assert_eq!(&env.sender, &pieces[0].sender);
+            let Body::Fragment(f) = &env.body else {
+                return Err(TestCaseError::fail("a piece is not a fragment"));
+            };
+            frags.push(f.clone());
+        }
+        frags.sort_by_key(|f| f.index);
+        let count = frags.len();
+        let mut whole = Vec::new();
+        for (i, f) in frags.iter().enumerate() {
+            prop_assert_eq!(f.index as usize, i);
+            prop_assert_eq!(f.count as usize, count);
+            whole.extend_from_slice(&f.data);
+        }
+        prop_assert_eq!(frags[0].total_len as usize, whole.len());
+        prop_assert_eq!(frags[0].message_id, test_message_id(&whole));
+        let inner = crate::decode_reassembled(&whole, &Limits::default());
+        prop_assert!(inner.is_ok(), "{:?}", inner);
+        let inner = inner.unwrap();
+        prop_assert_eq!(&inner.cluster_id, &small_world().cluster_id);
+        let reencoded = encode(&inner);
+        prop_assert_eq!(&reencoded[..], &whole[..]);
+    }
+}
+
+/// Over many envelopes of [`testing::envelope_in`]: every body kind shows
+/// up, and node ids, origins and keys mostly come from the world's pools.
+#[test]
+fn hostile_envelopes_cover_kinds_and_collide_with_the_world() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+
+    let world = small_world();
+    let own = Origin::new("a", 1);
+    let strategy = testing::envelope_in(world.clone());
+    let mut runner = TestRunner::deterministic();
+    let mut kinds = std::collections::BTreeSet::new();
+    let (mut senders, mut own_senders, mut pooled_keys, mut keys, mut own_records) =
+        (0, 0, 0, 0, 0);
+    let mut max_len = 0;
+    for _ in 0..3_000 {
+        let env = strategy.new_tree(&mut runner).unwrap().current();
+        max_len = max_len.max(encode(&env).len());
+        senders += 1;
+        own_senders += usize::from(env.sender.origin() == own);
+        let mut records: Vec<&Record> = Vec::new();
+        let kind = match &env.body {
+            Body::Syn(s) if s.digest_hash.is_some() => "syn hash-only",
+            Body::Syn(s) if s.resync_from.is_some() => "syn resync",
+            Body::Syn(_) => "syn",
+            Body::SynAck(SynAck {
+                reply: Reply::Delta(d),
+                ..
+            })
+            | Body::Ack(Ack { delta: d }) => {
+                records.extend(d.loose.iter());
+                records.extend(d.chunks.iter().flat_map(|c| &c.records));
+                if d.chunks.iter().any(|c| !c.ghosts.is_empty()) {
+                    kinds.insert("ghosts");
+                }
+                if matches!(env.body, Body::Ack(_)) {
+                    "ack"
+                } else {
+                    "synack delta"
+                }
+            }
+            Body::SynAck(SynAck {
+                reply: Reply::Page(p),
+                ..
+            }) => {
+                records.extend(p.records.iter());
+                "synack page"
+            }
+            Body::Leave => "leave",
+            Body::Push(p) => {
+                records.extend(p.records.iter());
+                "push"
+            }
+            Body::Fragment(_) => "fragment",
+            Body::Probe(_) => "probe",
+            Body::MemberSync(_) => "member sync",
+        };
+        kinds.insert(kind);
+        for r in records {
+            keys += 1;
+            pooled_keys += usize::from(world.keys.iter().any(|k| **k == *r.key));
+            own_records += usize::from(r.version.node == own.node && r.version.generation == 1);
+            if r.value.is_none() {
+                kinds.insert("tombstone");
+            }
+        }
+    }
+    let expected = [
+        "ack",
+        "fragment",
+        "ghosts",
+        "leave",
+        "member sync",
+        "probe",
+        "push",
+        "syn",
+        "syn hash-only",
+        "syn resync",
+        "synack delta",
+        "synack page",
+        "tombstone",
+    ];
+    assert_eq!(kinds, expected.into_iter().collect(), "kinds seen");
+    // 4/5 of node ids and generations from pools of 3 and 2: about 1/9 of
+    // senders are the receiver's own origin.
+    assert!(own_senders * 20 > senders, "{own_senders} of {senders}");
+    assert!(pooled_keys * 10 > keys * 7, "{pooled_keys} of {keys}");
+    assert!(own_records * 20 > keys, "{own_records} of {keys}");
+    assert!(max_len < 8 << 10, "{max_len}");
+    println!("largest encoding: {max_len} bytes");
 }

@@ -1,19 +1,17 @@
 //! Round trips and robustness of the public encode / decode API.
 
 use bytes::Bytes;
+use gossipkv_proto::testing;
 use gossipkv_proto::{
     decode, decode_reassembled, encode, encoded_len, fragment, Ack, Body, DecodeError, Envelope,
-    Fragment, Limits, Liveness, MemberSync, Probe, Push, Reply, Sender, Syn, SynAck,
-    PROTOCOL_VERSION,
+    Fragment, Limits, Push, Reply, Sender, Syn, SynAck, PROTOCOL_VERSION,
 };
 use gossipkv_storage::{Origin, Store};
 use proptest::prelude::*;
 
-mod common;
-
 proptest! {
     #[test]
-    fn round_trip(env in common::envelope()) {
+    fn round_trip(env in testing::envelope()) {
         let buf = encode(&env);
         prop_assert_eq!(buf.len(), encoded_len(&env));
         prop_assert_eq!(decode(&buf, &Limits::default()), Ok(env));
@@ -25,7 +23,7 @@ proptest! {
     }
 
     #[test]
-    fn truncations_never_panic(env in common::envelope(), cut in any::<prop::sample::Index>()) {
+    fn truncations_never_panic(env in testing::envelope(), cut in any::<prop::sample::Index>()) {
         let buf = encode(&env);
         let cut = cut.index(buf.len() + 1);
         let res = decode(&buf[..cut], &Limits::default());
@@ -36,7 +34,7 @@ proptest! {
 
     #[test]
     fn bit_flips_never_panic(
-        env in common::envelope(),
+        env in testing::envelope(),
         flips in prop::collection::vec((any::<prop::sample::Index>(), 0..8u8), 1..4),
     ) {
         let mut buf = encode(&env).to_vec();
@@ -49,7 +47,7 @@ proptest! {
 
     #[test]
     fn tight_limits_never_panic(
-        env in common::envelope(),
+        env in testing::envelope(),
         max in 0..8usize,
     ) {
         let limits = Limits {
