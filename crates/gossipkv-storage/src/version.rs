@@ -44,6 +44,46 @@ impl From<String> for NodeId {
     }
 }
 
+// Comparisons with strings, both ways, so that `member.node_id == "node-a"`
+// and `"node-a" == member.node_id` compile. They compare the id's text,
+// exactly as `NodeId`'s own `PartialEq` does.
+
+impl PartialEq<str> for NodeId {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for NodeId {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<String> for NodeId {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl PartialEq<NodeId> for str {
+    fn eq(&self, other: &NodeId) -> bool {
+        self == other.as_str()
+    }
+}
+
+impl PartialEq<NodeId> for &str {
+    fn eq(&self, other: &NodeId) -> bool {
+        *self == other.as_str()
+    }
+}
+
+impl PartialEq<NodeId> for String {
+    fn eq(&self, other: &NodeId) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
 /// A hybrid logical clock timestamp: 48 bits of milliseconds since the Unix
 /// epoch and a 16-bit logical counter, packed into one `u64` so that the
 /// integer order is the timestamp order.
@@ -182,6 +222,33 @@ impl Version {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_ids_compare_with_strings_both_ways() {
+        let id = NodeId::new("node-a");
+        let other = NodeId::from("node-b".to_string());
+        let (a, b): (String, String) = ("node-a".into(), "node-b".into());
+        // NodeId against str, &str and String.
+        assert!(id == *"node-a");
+        assert!(id == "node-a");
+        assert!(id == a);
+        assert!(id != "node-b");
+        assert!(id != b);
+        assert!(other != *"node-a");
+        assert!(other != a);
+        // And the other way round.
+        assert!(*"node-a" == id);
+        assert!("node-a" == id);
+        assert!(a == id);
+        assert!("node-a" != other);
+        assert!(b != id);
+        assert!(String::new() != id);
+        // A prefix or a case change is not equal.
+        assert!(id != "node");
+        assert!(id != "NODE-A");
+        // Consistent with NodeId's own equality.
+        assert_eq!(id == NodeId::new("node-a"), id == "node-a");
+    }
 
     #[test]
     fn hlc_packs_and_orders() {

@@ -11,7 +11,7 @@ use gossipkv_core::{
 };
 
 use crate::codec::Codec;
-use crate::error::Error;
+use crate::error::{ConfigOption, Error};
 use crate::GossipKv;
 
 /// Default cluster id.
@@ -24,10 +24,39 @@ pub const DEFAULT_SEED_REFRESH: Duration = Duration::from_secs(30);
 pub(crate) type ErrorHandler = Arc<dyn Fn(&NetworkError) + Send + Sync>;
 
 /// Configures and starts a [`GossipKv`] node. Start from
-/// [`GossipKv::builder`] (default codec) or [`GossipKv::builder_with_codec`].
+/// [`GossipKv::builder`] (default codec) or [`GossipKv::builder_with_codec`];
+/// both make `String` keys, and [`key_type`](Builder::key_type) picks
+/// another key type.
 ///
 /// With no [`bind_addr`](Builder::bind_addr), the node is a local in-memory
-/// store that never touches the network.
+/// store that never touches the network. [`build`](Builder::build) checks
+/// every option first and returns [`Error::InvalidConfig`], naming the
+/// option, when one cannot work.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), gossipkv::Error> {
+/// use std::time::Duration;
+/// use gossipkv::{ConfigOption, Error, GossipKv};
+///
+/// let kv = GossipKv::<String, String>::builder()
+///     .node_id("node-a")
+///     .cluster_id("prod")
+///     .bind_addr("127.0.0.1:0")
+///     .gossip_interval(Duration::from_millis(200))
+///     .build()
+///     .await?;
+/// kv.shutdown().await?;
+///
+/// // Seeds without a bind address cannot work.
+/// let err = GossipKv::<String, String>::builder()
+///     .seeds(["10.0.0.1:7946"])
+///     .build()
+///     .await
+///     .unwrap_err();
+/// assert!(matches!(err, Error::InvalidConfig { option: ConfigOption::Seeds, .. }));
+/// # Ok(()) }
+/// ```
 pub struct Builder<K, V> {
     pub(crate) node_id: Option<String>,
     pub(crate) cluster_id: String,
@@ -179,6 +208,8 @@ where
     /// Called for network, decode and clock-skew problems. It runs on a task of
     /// its own, so a slow handler never stalls the receive path (reports that
     /// arrive while it is busy beyond a queue of 1,024 are dropped and counted).
+    /// Without a handler the problems are still kept, by kind, in
+    /// [`GossipKv::health`].
     pub fn error_handler(
         mut self,
         handler: impl Fn(&NetworkError) + Send + Sync + 'static,
@@ -186,6 +217,7 @@ where
         self.error_handler = Some(Arc::new(handler));
         self
     }
+
     /// Finds peers on the local network with mDNS (service
     /// `_gossipkv._udp.local.`), in addition to any seeds. Needs a bind
     /// address. Nodes of other clusters are ignored.
@@ -247,10 +279,64 @@ where
     }
 
     /// Checks the options and starts the node: binds the socket and spawns
-    /// its gossip task when a bind address was given. Must be called inside
-    /// a tokio runtime when a bind address is given.
+    /// its gossip task when a bind address was given.
+    ///
+    /// Errors: [`Error::InvalidConfig`] naming the option that cannot work;
+    /// [`Error::NoRuntime`] when a bind address is given but this is not
+    /// running inside a tokio runtime (a node without a bind address needs
+    /// none; the runtime needs I/O and time enabled, as `#[tokio::main]`
+    /// does); [`Error::Bind`] when the socket cannot be bound.
     pub async fn build(self) -> Result<GossipKv<K, V>, Error> {
         crate::start::start(self).await
+    }
+}
+
+impl<K, V> Builder<K, V> {
+    /// Uses `K2` as the key type instead of `String` (the default of
+    /// [`GossipKv::builder`]); every option set so far is kept. `K2` is any
+    /// type made from a `String` and viewed as a `str`, such as a newtype
+    /// around `String` or `Arc<str>`: keys are stored as strings, and `K2`
+    /// is what [`keys`](GossipKv::keys), [`scan_prefix`](GossipKv::scan_prefix)
+    /// and watchers hand back.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), gossipkv::Error> {
+    /// use std::sync::Arc;
+    /// use gossipkv::{Bytes, GossipKv};
+    ///
+    /// let kv = GossipKv::builder().key_type::<Arc<str>>().build().await?;
+    /// kv.set("k", Bytes::from_static(b"v"))?;
+    /// let keys: Vec<Arc<str>> = kv.keys();
+    /// assert_eq!(&*keys[0], "k");
+    /// # Ok(()) }
+    /// ```
+    pub fn key_type<K2>(self) -> Builder<K2, V>
+    where
+        K2: From<String> + AsRef<str> + Send + Sync + 'static,
+    {
+        Builder {
+            node_id: self.node_id,
+            cluster_id: self.cluster_id,
+            bind_addr: self.bind_addr,
+            advertise_addr: self.advertise_addr,
+            seeds: self.seeds,
+            gossip_interval: self.gossip_interval,
+            fanout: self.fanout,
+            packet_size: self.packet_size,
+            tombstone_retention: self.tombstone_retention,
+            codec: self.codec,
+            error_handler: self.error_handler,
+            rng_seed: self.rng_seed,
+            discovery: self.discovery,
+            suspect_timeout: self.suspect_timeout,
+            dead_member_grace: self.dead_member_grace,
+            seed_refresh: self.seed_refresh,
+            eager_push: self.eager_push,
+            max_value_size: self.max_value_size,
+            max_clock_drift: self.max_clock_drift,
+            _key: PhantomData,
+        }
     }
 }
 
@@ -270,8 +356,15 @@ pub(crate) fn split_host_port(s: &str) -> Result<(&str, u16), String> {
 }
 
 /// Parses an address that must be an IP address and a port.
-pub(crate) fn parse_socket_addr(what: &str, s: &str) -> Result<SocketAddr, Error> {
-    s.parse().map_err(|_| Error::InvalidConfig {
-        message: format!("{what} {s:?} is not an ip:port address"),
+pub(crate) fn parse_socket_addr(
+    option: ConfigOption,
+    what: &str,
+    s: &str,
+) -> Result<SocketAddr, Error> {
+    s.parse().map_err(|_| {
+        Error::config(
+            option,
+            format!("{what} {s:?} is not an ip:port address (host names are not accepted here)"),
+        )
     })
 }

@@ -2,25 +2,78 @@
 
 use std::any::Any;
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, Serialize};
 
 /// A value could not be encoded or decoded.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{message}")]
+///
+/// It carries a message and, when the codec had one, the underlying error
+/// ([`std::error::Error::source`] returns it: a `serde_json::Error` from
+/// [`JsonCodec`] and [`DefaultCodec`], a [`std::str::Utf8Error`] from
+/// [`StringCodec`]). The API wraps it in
+/// [`Error::Codec`](crate::Error::Codec), which names the key.
+///
+/// Two codec errors are equal when their messages and their sources'
+/// messages are equal.
+#[derive(Debug, Clone)]
 pub struct CodecError {
     message: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl CodecError {
-    /// Creates an error with a message.
+    /// Creates an error with a message and no source.
     pub fn new(message: impl fmt::Display) -> Self {
         CodecError {
             message: message.to_string(),
+            source: None,
         }
     }
+
+    /// Creates an error with a message and the error that caused it, which
+    /// [`source`](std::error::Error::source) returns. The message should say
+    /// what failed without repeating the source's own text.
+    pub fn with_source(
+        message: impl fmt::Display,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        CodecError {
+            message: message.to_string(),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// The message, without the source's.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
 }
+
+impl fmt::Display for CodecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CodecError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl PartialEq for CodecError {
+    fn eq(&self, other: &Self) -> bool {
+        self.message == other.message
+            && self.source.as_ref().map(ToString::to_string)
+                == other.source.as_ref().map(ToString::to_string)
+    }
+}
+
+impl Eq for CodecError {}
 
 /// Turns values into bytes and back. Implementations must be deterministic
 /// enough that `decode(encode(v)) == v`.
@@ -99,11 +152,20 @@ impl<V: Serialize + DeserializeOwned> Codec<V> for JsonCodec {
     fn encode(&self, value: &V) -> Result<Bytes, CodecError> {
         serde_json::to_vec(value)
             .map(Bytes::from)
-            .map_err(CodecError::new)
+            .map_err(|e| CodecError::with_source("cannot encode the value as JSON", e))
     }
 
     fn decode(&self, bytes: &Bytes) -> Result<V, CodecError> {
-        serde_json::from_slice(bytes).map_err(CodecError::new)
+        serde_json::from_slice(bytes).map_err(|e| {
+            CodecError::with_source(
+                format!(
+                    "{} bytes do not decode as JSON of {}",
+                    bytes.len(),
+                    std::any::type_name::<V>()
+                ),
+                e,
+            )
+        })
     }
 }
 
@@ -122,7 +184,7 @@ impl Codec<String> for StringCodec {
     fn decode(&self, bytes: &Bytes) -> Result<String, CodecError> {
         std::str::from_utf8(bytes)
             .map(str::to_owned)
-            .map_err(|e| CodecError::new(format!("value is not UTF-8: {e}")))
+            .map_err(|e| CodecError::with_source("value is not UTF-8 text", e))
     }
 }
 
@@ -210,5 +272,38 @@ mod tests {
     #[test]
     fn string_codec_rejects_invalid_utf8() {
         assert!(StringCodec.decode(&Bytes::from_static(b"\xff")).is_err());
+    }
+
+    #[test]
+    fn codec_errors_keep_their_source() {
+        use std::error::Error as _;
+        // serde_json's error, from JsonCodec and from DefaultCodec's JSON path.
+        let e = Codec::<Vec<u32>>::decode(&JsonCodec, &Bytes::from_static(b"{oops")).unwrap_err();
+        let src = e.source().expect("a source");
+        assert!(src.downcast_ref::<serde_json::Error>().is_some(), "{src:?}");
+        assert!(e.to_string().contains("JSON"), "{e}");
+        assert!(
+            !e.to_string().contains(&src.to_string()),
+            "not repeated: {e}"
+        );
+        let e = Codec::<Vec<u32>>::decode(&DefaultCodec, &Bytes::from_static(b"[1,")).unwrap_err();
+        assert!(e
+            .source()
+            .unwrap()
+            .downcast_ref::<serde_json::Error>()
+            .is_some());
+        // Utf8Error from the string codecs.
+        let e = Codec::<String>::decode(&DefaultCodec, &Bytes::from_static(b"\xff")).unwrap_err();
+        assert!(e
+            .source()
+            .unwrap()
+            .downcast_ref::<std::str::Utf8Error>()
+            .is_some());
+        // A plain error has none; clones and equality keep it.
+        let plain = CodecError::new("bad");
+        assert!(plain.source().is_none());
+        assert_eq!(plain.message(), "bad");
+        assert_eq!(e.clone(), e);
+        assert_ne!(plain, e);
     }
 }

@@ -105,7 +105,7 @@ pub(crate) fn start_mdns(
 
     let daemon = ServiceDaemon::new().map_err(|e| format!("mDNS daemon: {e}"))?;
     // From here on, shut the daemon down on every error (drop does it).
-    let mut handle = MdnsHandle {
+    let handle = MdnsHandle {
         daemon: Some(daemon.clone()),
         fullname: fullname.clone(),
     };
@@ -135,7 +135,8 @@ pub(crate) fn start_mdns(
         .name("gossipkv-mdns".to_string())
         .spawn(move || browser.run(events, tx))
     {
-        handle.shutdown();
+        // Dropping the handle shuts the daemon down without blocking.
+        drop(handle);
         return Err(format!("mDNS browse thread: {e}"));
     }
     debug!(instance = %fullname, addr = %cfg.addr, "mDNS discovery started");
@@ -143,7 +144,10 @@ pub(crate) fn start_mdns(
 }
 
 impl MdnsHandle {
-    /// Unregisters (sends goodbye) and shuts the daemon down; idempotent.
+    /// Unregisters (sends goodbye) and shuts the daemon down, waiting up to
+    /// [`SHUTDOWN_WAIT`] for each answer: blocking, so never on an async
+    /// worker (`GossipKv::shutdown` runs it with `spawn_blocking`, `Drop`
+    /// on a thread of its own). Idempotent.
     pub(crate) fn shutdown(&mut self) {
         let Some(daemon) = self.daemon.take() else {
             return;
@@ -174,8 +178,40 @@ impl MdnsHandle {
 }
 
 impl Drop for MdnsHandle {
+    /// Never blocks the caller (the last handle of a node may be dropped on
+    /// an async worker): the goodbye and the daemon's shutdown, and the wait
+    /// for their answers, run on a short-lived thread of their own. Should
+    /// no thread start, both are sent without waiting for the answers.
     fn drop(&mut self) {
-        self.shutdown();
+        let Some(daemon) = self.daemon.take() else {
+            return;
+        };
+        let fullname = std::mem::take(&mut self.fullname);
+        let mut handle = MdnsHandle {
+            daemon: Some(daemon.clone()),
+            fullname: fullname.clone(),
+        };
+        off_thread(
+            "gossipkv-mdns-stop",
+            move || handle.shutdown(),
+            move || {
+                // Both only queue a command for the daemon's own thread.
+                let _ = daemon.unregister(&fullname);
+                let _ = daemon.shutdown();
+            },
+        );
+    }
+}
+
+/// Runs `work` on a new thread named `name` and returns at once; runs
+/// `fallback` here instead when no thread can be started.
+fn off_thread(name: &str, work: impl FnOnce() + Send + 'static, fallback: impl FnOnce()) {
+    if let Err(e) = std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(work)
+    {
+        warn!("cannot start thread {name}: {e}; not waiting for the mDNS daemon");
+        fallback();
     }
 }
 
@@ -359,6 +395,30 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn off_thread_returns_before_the_work_is_done() {
+        // The work blocks until released: `off_thread` must not wait for it
+        // (no mDNS daemon here: mDNS only runs in tests/mdns.rs, inside a
+        // network namespace).
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let start = std::time::Instant::now();
+        off_thread(
+            "test-off-thread",
+            move || {
+                let _ = release_rx.recv();
+                let _ = done_tx.send(());
+            },
+            || panic!("a thread can be started"),
+        );
+        assert!(start.elapsed() < Duration::from_secs(1));
+        assert!(done_rx.try_recv().is_err(), "the work is still blocked");
+        release_tx.send(()).unwrap();
+        done_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the work finishes on its own thread");
+    }
 
     #[test]
     fn labels_are_valid_dns_labels() {

@@ -36,14 +36,34 @@ const PUSH_BATCH: usize = 4096;
 /// counted.
 const REPORT_QUEUE: usize = 1024;
 
-/// Wall-clock time, from the system clock: the only place the facade reads
-/// it (for write timestamps and the protocol's wall-time inputs).
+/// Wall-clock time, from the system clock: with [`new_generation`], the
+/// only place the facade reads it (for write timestamps and the protocol's
+/// wall-time inputs).
 pub(crate) fn wall_now() -> WallTime {
     WallTime::from_unix_ms(
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64),
     )
+}
+
+/// A new generation per start, so that writes of this incarnation never
+/// reuse sequence numbers peers saw from an earlier one: the start time in
+/// microseconds, and strictly greater than the last one this process handed
+/// out, so that two nodes started in the same instant (with the same node
+/// id by mistake) are still told apart and reported as duplicates.
+pub(crate) fn new_generation() -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now_us = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    let mut next = 0;
+    // fetch_update with a closure that always returns Some cannot fail.
+    let _ = LAST.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+        next = now_us.max(last.saturating_add(1)).max(1);
+        Some(next)
+    });
+    next
 }
 
 /// The protocol's monotonic clock: milliseconds since the node started, on

@@ -1,18 +1,40 @@
-//! [`Error`]: what the API returns. (What the error handler is given,
+//! [`Error`]: what the API returns, and [`ConfigOption`]: which builder
+//! option a configuration error is about. (What the error handler is given,
 //! [`NetworkError`](crate::NetworkError), comes from `gossipkv-core`.)
 
+use std::fmt;
 use std::net::SocketAddr;
 
+use crate::codec::CodecError;
+
 /// Errors returned by [`GossipKv`](crate::GossipKv) and its builder.
+///
+/// Errors that have a cause keep it: [`std::error::Error::source`] returns
+/// the I/O error of [`Error::Bind`] and [`Error::Signal`], and the
+/// [`CodecError`] of [`Error::Codec`] (which in turn returns the codec's own
+/// error, such as a `serde_json::Error`).
 #[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The builder was given options that cannot work together; nothing was started.
-    #[error("invalid configuration: {message}")]
+    /// The builder was given options that cannot work; nothing was started.
+    /// `option` says which builder method to look at.
+    #[error("invalid configuration: {option}: {message}")]
     InvalidConfig {
+        /// The option that failed (its `Display` is the builder method's name).
+        option: ConfigOption,
         /// What is wrong, in words.
         message: String,
     },
+    /// [`Builder::build`](crate::Builder::build) was called for a networked
+    /// node (one with a bind address) outside a tokio runtime; nothing was
+    /// started. Call it from async code running on a tokio runtime with I/O
+    /// and time enabled (`#[tokio::main]` or `Runtime::block_on`). A node
+    /// without a bind address needs no runtime.
+    #[error(
+        "no tokio runtime: a node with a bind address must be built inside a tokio runtime \
+         (with I/O and time enabled)"
+    )]
+    NoRuntime,
     /// The encoded value is longer than the node's maximum
     /// ([`Builder::max_value_size`](crate::Builder::max_value_size));
     /// nothing was written.
@@ -35,14 +57,32 @@ pub enum Error {
         /// The node's id.
         node_id: String,
     },
-    /// The value codec failed to encode or decode a value.
-    #[error("codec error: {0}")]
-    Codec(#[from] crate::codec::CodecError),
+    /// The value of `key` failed to encode (on `set`; nothing was written)
+    /// or to decode (on `get`, `scan_prefix_checked`, and in
+    /// [`WatchEvent::error`](crate::WatchEvent::error)), for example a value
+    /// written by a node with another codec or another value type.
+    #[error("codec error for key {key:?}: {source}")]
+    Codec {
+        /// The key whose value failed.
+        key: String,
+        /// What the codec said.
+        #[source]
+        source: CodecError,
+    },
     /// Binding the UDP socket failed.
     #[error("cannot bind {addr}: {source}")]
     Bind {
         /// The address asked for.
         addr: SocketAddr,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Listening for termination signals failed
+    /// ([`GossipKv::shutdown_on_termination`](crate::GossipKv::shutdown_on_termination));
+    /// the node was not shut down.
+    #[error("cannot listen for termination signals: {source}")]
+    Signal {
         /// Why it failed.
         #[source]
         source: std::io::Error,
@@ -53,4 +93,144 @@ pub enum Error {
         /// What happened.
         message: String,
     },
+}
+
+/// The builder option an [`Error::InvalidConfig`] is about. Its `Display`
+/// is the name of the [`Builder`](crate::Builder) method that sets it, such
+/// as `bind_addr` or `max_clock_drift`.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ConfigOption {
+    /// [`Builder::node_id`](crate::Builder::node_id).
+    NodeId,
+    /// [`Builder::cluster_id`](crate::Builder::cluster_id).
+    ClusterId,
+    /// [`Builder::bind_addr`](crate::Builder::bind_addr).
+    BindAddr,
+    /// [`Builder::advertise_addr`](crate::Builder::advertise_addr).
+    AdvertiseAddr,
+    /// [`Builder::seeds`](crate::Builder::seeds).
+    Seeds,
+    /// [`Builder::gossip_interval`](crate::Builder::gossip_interval).
+    GossipInterval,
+    /// [`Builder::fanout`](crate::Builder::fanout).
+    Fanout,
+    /// [`Builder::packet_size`](crate::Builder::packet_size).
+    PacketSize,
+    /// [`Builder::max_value_size`](crate::Builder::max_value_size).
+    MaxValueSize,
+    /// [`Builder::tombstone_retention`](crate::Builder::tombstone_retention).
+    TombstoneRetention,
+    /// [`Builder::suspect_timeout`](crate::Builder::suspect_timeout).
+    SuspectTimeout,
+    /// [`Builder::dead_member_grace`](crate::Builder::dead_member_grace).
+    DeadMemberGrace,
+    /// [`Builder::seed_refresh_interval`](crate::Builder::seed_refresh_interval).
+    SeedRefreshInterval,
+    /// [`Builder::discovery`](crate::Builder::discovery): also used when the
+    /// mDNS daemon cannot start.
+    Discovery,
+    /// [`Builder::max_clock_drift`](crate::Builder::max_clock_drift).
+    MaxClockDrift,
+}
+
+impl ConfigOption {
+    /// The name of the builder method that sets this option.
+    pub fn method_name(self) -> &'static str {
+        match self {
+            ConfigOption::NodeId => "node_id",
+            ConfigOption::ClusterId => "cluster_id",
+            ConfigOption::BindAddr => "bind_addr",
+            ConfigOption::AdvertiseAddr => "advertise_addr",
+            ConfigOption::Seeds => "seeds",
+            ConfigOption::GossipInterval => "gossip_interval",
+            ConfigOption::Fanout => "fanout",
+            ConfigOption::PacketSize => "packet_size",
+            ConfigOption::MaxValueSize => "max_value_size",
+            ConfigOption::TombstoneRetention => "tombstone_retention",
+            ConfigOption::SuspectTimeout => "suspect_timeout",
+            ConfigOption::DeadMemberGrace => "dead_member_grace",
+            ConfigOption::SeedRefreshInterval => "seed_refresh_interval",
+            ConfigOption::Discovery => "discovery",
+            ConfigOption::MaxClockDrift => "max_clock_drift",
+        }
+    }
+}
+
+impl fmt::Display for ConfigOption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.method_name())
+    }
+}
+
+impl Error {
+    /// A configuration error about `option`.
+    pub(crate) fn config(option: ConfigOption, message: impl Into<String>) -> Self {
+        Error::InvalidConfig {
+            option,
+            message: message.into(),
+        }
+    }
+
+    /// A codec error about the value of `key`.
+    pub(crate) fn codec(key: &str, source: CodecError) -> Self {
+        Error::Codec {
+            key: key.to_string(),
+            source,
+        }
+    }
+}
+
+/// An error and its sources on one line (`a: b: c`), for logs.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        next = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn config_options_display_as_builder_methods() {
+        assert_eq!(ConfigOption::BindAddr.to_string(), "bind_addr");
+        assert_eq!(ConfigOption::MaxClockDrift.to_string(), "max_clock_drift");
+        assert_eq!(
+            ConfigOption::SeedRefreshInterval.to_string(),
+            "seed_refresh_interval"
+        );
+        let e = Error::config(ConfigOption::Fanout, "fanout must be at least 1");
+        assert_eq!(
+            e.to_string(),
+            "invalid configuration: fanout: fanout must be at least 1"
+        );
+    }
+
+    #[test]
+    fn codec_errors_name_the_key_and_keep_the_chain() {
+        let json = serde_json::from_slice::<u32>(b"x").unwrap_err();
+        let e = Error::codec("cfg/a", CodecError::with_source("not JSON", json));
+        assert!(e.to_string().contains("\"cfg/a\""), "{e}");
+        let codec = e.source().unwrap();
+        assert!(codec.downcast_ref::<CodecError>().is_some());
+        assert!(codec
+            .source()
+            .unwrap()
+            .downcast_ref::<serde_json::Error>()
+            .is_some());
+        let line = chain(&e);
+        assert!(
+            line.starts_with("codec error for key \"cfg/a\": not JSON"),
+            "{line}"
+        );
+        assert!(line.contains("expected value"), "{line}");
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use gossipkv_core::NetworkError;
 use parking_lot::Mutex;
@@ -32,6 +32,8 @@ pub enum ProblemKind {
     Io,
     /// A seed host name did not resolve.
     SeedResolution,
+    /// A kind of report this version does not classify yet.
+    Other,
 }
 
 impl ProblemKind {
@@ -44,7 +46,22 @@ impl ProblemKind {
             NetworkError::ClockSkew { .. } => ProblemKind::ClockSkew,
             NetworkError::Decode { .. } => ProblemKind::Decode,
             NetworkError::SeedResolution { .. } => ProblemKind::SeedResolution,
-            _ => ProblemKind::Io,
+            NetworkError::Io { .. } => ProblemKind::Io,
+            _ => ProblemKind::Other,
+        }
+    }
+
+    /// A short description, as `Health`'s `Display` shows it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ProblemKind::DuplicateNodeId => "another node uses this node's id",
+            ProblemKind::ForeignCluster => "nodes of another cluster send to this node",
+            ProblemKind::OwnOriginClaimed => "a peer claimed writes of this node (forged?)",
+            ProblemKind::ClockSkew => "a peer's clock is far ahead",
+            ProblemKind::Decode => "undecodable datagrams",
+            ProblemKind::Io => "network I/O errors",
+            ProblemKind::SeedResolution => "a seed does not resolve",
+            ProblemKind::Other => "other problems",
         }
     }
 
@@ -60,6 +77,12 @@ impl ProblemKind {
     }
 }
 
+impl fmt::Display for ProblemKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.describe())
+    }
+}
+
 /// One kind of problem: how often, and the latest report.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -70,8 +93,12 @@ pub struct Problem {
     pub count: u64,
     /// The latest report.
     pub last: NetworkError,
-    /// When the latest report was made.
+    /// When the latest report was made, by the wall clock (for display).
     pub last_seen: SystemTime,
+    /// When the latest report was made, by the monotonic clock: what
+    /// [`Health::is_healthy`] ages problems by, so that a wall clock
+    /// stepped back or forward does not keep a problem or clear it early.
+    pub last_seen_at: Instant,
 }
 
 /// A node's health: see [`GossipKv::health`](crate::GossipKv::health).
@@ -93,25 +120,31 @@ impl Health {
     /// forged writes of our origin) was seen in the last
     /// [`HEALTH_WINDOW`], and a node that expects peers has one.
     pub fn is_healthy(&self) -> bool {
-        let recent = |p: &&Problem| {
-            p.kind.is_serious()
-                && p.last_seen
-                    .elapsed()
-                    .map_or(true, |age| age < HEALTH_WINDOW)
-        };
+        let recent = |p: &&Problem| p.kind.is_serious() && p.last_seen_at.elapsed() < HEALTH_WINDOW;
         !self.problems.iter().any(|p| recent(&p)) && (!self.expects_peers || self.live_peers > 0)
     }
 }
 
 impl fmt::Display for Health {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = if self.is_healthy() { "healthy" } else { "UNHEALTHY" };
+        let state = if self.is_healthy() {
+            "healthy"
+        } else {
+            "UNHEALTHY"
+        };
         write!(f, "{state}: {} live peer(s)", self.live_peers)?;
         if self.expects_peers && self.live_peers == 0 {
             write!(f, " (seeds or discovery configured, but no peer answers)")?;
         }
         for p in &self.problems {
-            write!(f, "; {:?} x{}: {}", p.kind, p.count, p.last)?;
+            write!(f, "; {} (x{}, latest: {})", p.kind, p.count, p.last)?;
+        }
+        if self.errors_dropped > 0 {
+            write!(
+                f,
+                "; {} report(s) dropped by a slow error handler",
+                self.errors_dropped
+            )?;
         }
         Ok(())
     }
@@ -135,10 +168,12 @@ impl HealthTracker {
             count: 0,
             last: e.clone(),
             last_seen: SystemTime::now(),
+            last_seen_at: Instant::now(),
         });
         p.count += 1;
         p.last = e.clone();
         p.last_seen = SystemTime::now();
+        p.last_seen_at = Instant::now();
         if first && kind.is_serious() {
             error!(error = %e, "this node cannot replicate as configured; see GossipKv::health");
         }
@@ -149,5 +184,77 @@ impl HealthTracker {
         let mut v: Vec<Problem> = self.problems.lock().values().cloned().collect();
         v.sort_by_key(|p| (!p.kind.is_serious(), p.kind));
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn from() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 7946))
+    }
+
+    fn health(tracker: &HealthTracker, live_peers: usize, expects_peers: bool) -> Health {
+        Health {
+            live_peers,
+            expects_peers,
+            problems: tracker.problems(),
+            errors_dropped: 0,
+        }
+    }
+
+    #[test]
+    fn serious_problems_make_a_node_unhealthy_for_a_while() {
+        let t = HealthTracker::default();
+        assert!(health(&t, 0, false).is_healthy());
+        // Not serious: undecodable datagrams, I/O.
+        t.note(&NetworkError::Io {
+            op: "send",
+            source: Arc::new(std::io::Error::other("boom")),
+        });
+        assert!(health(&t, 0, false).is_healthy());
+        // Serious: a duplicate node id, counted and listed first.
+        for _ in 0..2 {
+            t.note(&NetworkError::DuplicateNodeId {
+                from: from(),
+                node_id: "a".into(),
+                generation: 7,
+            });
+        }
+        let h = health(&t, 3, true);
+        assert!(!h.is_healthy());
+        assert_eq!(h.problems[0].kind, ProblemKind::DuplicateNodeId);
+        assert_eq!(h.problems[0].count, 2);
+        assert_eq!(h.problems[1].kind, ProblemKind::Io);
+        let text = h.to_string();
+        assert!(
+            text.starts_with("UNHEALTHY: 3 live peer(s); another node uses this node's id (x2"),
+            "{text}"
+        );
+        // Seen longer ago than the window: healthy again (still listed).
+        let mut old = h.clone();
+        // The wall clock says nothing: stepped an hour back, still recent.
+        old.problems[0].last_seen = SystemTime::now() - HEALTH_WINDOW - Duration::from_secs(3600);
+        assert!(!old.is_healthy(), "{old}");
+        let Some(long_ago) = Instant::now().checked_sub(HEALTH_WINDOW + Duration::from_secs(1))
+        else {
+            return; // A monotonic clock this young cannot go back that far.
+        };
+        old.problems[0].last_seen_at = long_ago;
+        assert!(old.is_healthy(), "{old}");
+        assert_eq!(old.problems.len(), 2);
+    }
+
+    #[test]
+    fn a_node_that_expects_peers_needs_one() {
+        let t = HealthTracker::default();
+        let h = health(&t, 0, true);
+        assert!(!h.is_healthy());
+        assert!(h.to_string().contains("no peer answers"), "{h}");
+        assert!(health(&t, 1, true).is_healthy());
     }
 }

@@ -11,7 +11,7 @@ use gossipkv_storage::{record_size_hint, NodeId, Record, Store, CHUNK_OVERHEAD};
 use parking_lot::Mutex;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{debug, info, warn};
 
 use crate::builder::Builder;
 use crate::codec::Codec;
@@ -49,7 +49,6 @@ pub(crate) struct Inner<V> {
     pub(crate) push_tx: Option<mpsc::Sender<Record>>,
 }
 
-
 /// Capacity of the change and member-event queues of watchers; a watcher
 /// that falls further behind is told how many events it missed.
 pub const WATCH_QUEUE: usize = 4096;
@@ -86,15 +85,41 @@ impl<K, V> std::fmt::Debug for GossipKv<K, V> {
     }
 }
 
-impl<K, V> GossipKv<K, V>
+impl<V> GossipKv<String, V>
 where
-    K: From<String> + AsRef<str> + Send + Sync + 'static,
-    V: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+    V: Send + Sync + 'static,
 {
-    /// A builder using the [`DefaultCodec`](crate::DefaultCodec): raw bytes for
-    /// `String`, `Vec<u8>` and `Bytes`, JSON for other serde types.
-    pub fn builder() -> Builder<K, V> {
+    /// A builder of a node with `String` keys, using the
+    /// [`DefaultCodec`](crate::DefaultCodec): raw bytes for `String`,
+    /// `Vec<u8>` and `Bytes`, JSON for other serde types.
+    ///
+    /// The key type is fixed here, so `GossipKv::builder()` needs no
+    /// turbofish: the value type is inferred from use (or named, as in
+    /// `GossipKv::<String, MyType>::builder()`). For another key type, see
+    /// [`Builder::key_type`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), gossipkv::Error> {
+    /// use gossipkv::{Bytes, GossipKv};
+    ///
+    /// let kv = GossipKv::builder().build().await?;
+    /// kv.set("k", Bytes::from_static(b"v"))?; // V = Bytes
+    /// assert_eq!(kv.get("k")?, Some(Bytes::from_static(b"v")));
+    /// # Ok(()) }
+    /// ```
+    pub fn builder() -> Builder<String, V>
+    where
+        V: serde::Serialize + serde::de::DeserializeOwned,
+    {
         Builder::new(Arc::new(crate::codec::DefaultCodec))
+    }
+
+    /// A builder of a node with `String` keys and an explicit codec, for
+    /// value types without serde support (or another encoding). For
+    /// another key type, see [`Builder::key_type`].
+    pub fn builder_with_codec(codec: impl Codec<V>) -> Builder<String, V> {
+        Builder::new(Arc::new(codec))
     }
 }
 
@@ -103,22 +128,22 @@ where
     K: From<String> + AsRef<str> + Send + Sync + 'static,
     V: Send + Sync + 'static,
 {
-    /// A builder with an explicit codec, for value types without serde support.
-    pub fn builder_with_codec(codec: impl Codec<V>) -> Builder<K, V> {
-        Builder::new(Arc::new(codec))
-    }
-
     /// Writes `value` under `key`. Returns once the write is in the local
     /// store; it reaches the other nodes in the background.
     ///
     /// Errors: [`Error::Closed`] after [`shutdown`](Self::shutdown),
     /// [`Error::InvalidKey`], [`Error::ValueTooLarge`] when the encoded value
     /// is longer than [`Builder::max_value_size`](crate::Builder::max_value_size),
-    /// [`Error::Codec`].
+    /// [`Error::Codec`] (naming the key) when the value does not encode.
+    /// Nothing is written when it fails.
     pub fn set(&self, key: impl AsRef<str>, value: V) -> Result<(), Error> {
         let key = key.as_ref();
         self.check_writable(key)?;
-        let bytes = self.inner.codec.encode_owned(value)?;
+        let bytes = self
+            .inner
+            .codec
+            .encode_owned(value)
+            .map_err(|e| Error::codec(key, e))?;
         if bytes.len() > self.inner.max_value_size {
             return Err(Error::ValueTooLarge {
                 size: bytes.len(),
@@ -131,11 +156,16 @@ where
 
     /// Reads the value of `key` from the local replica.
     ///
-    /// Errors: [`Error::Codec`] when the stored bytes do not decode as `V`
-    /// (for example a value written by a node with another codec).
+    /// Errors: [`Error::Codec`], naming the key, when the stored bytes do
+    /// not decode as `V` (for example a value written by a node with another
+    /// codec or another value type).
     pub fn get(&self, key: impl AsRef<str>) -> Result<Option<V>, Error> {
-        match self.inner.store.get(key.as_ref()) {
-            Some(bytes) => Ok(Some(self.inner.codec.decode(&bytes)?)),
+        let key = key.as_ref();
+        match self.inner.store.get(key) {
+            Some(bytes) => match self.inner.codec.decode(&bytes) {
+                Ok(v) => Ok(Some(v)),
+                Err(e) => Err(Error::codec(key, e)),
+            },
             None => Ok(None),
         }
     }
@@ -170,14 +200,65 @@ where
         self.inner.store.keys().into_iter().map(K::from).collect()
     }
 
-    /// The keys starting with `prefix` and their values, sorted by key.
-    /// A value that does not decode is an [`Error::Codec`].
+    /// The keys starting with `prefix` and their values, sorted by key (an
+    /// empty prefix scans everything).
+    ///
+    /// One bad value does not fail the scan: an entry whose value does not
+    /// decode as `V` is left out, and a `warn!` log (target `gossipkv::node`)
+    /// names its key and the codec's error. Use
+    /// [`scan_prefix_checked`](Self::scan_prefix_checked) to see every entry,
+    /// the undecodable ones included. The `Result` is kept for errors to
+    /// come; today this never fails.
     pub fn scan_prefix(&self, prefix: impl AsRef<str>) -> Result<Vec<(K, V)>, Error> {
+        Ok(self
+            .inner
+            .store
+            .scan_prefix(prefix.as_ref())
+            .into_iter()
+            .filter_map(|(k, b)| match self.inner.codec.decode(&b) {
+                Ok(v) => Some((K::from(k), v)),
+                Err(e) => {
+                    warn!(
+                        key = %k,
+                        error = %crate::error::chain(&e),
+                        "scan_prefix: value does not decode; left out (scan_prefix_checked shows it)"
+                    );
+                    None
+                }
+            })
+            .collect())
+    }
+
+    /// Every key starting with `prefix`, sorted, each with its decoded value
+    /// or the [`Error::Codec`] (naming the key) its value gave: for callers
+    /// that must see every entry, such as a migration or a consistency
+    /// check. Nothing is logged.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), gossipkv::Error> {
+    /// use gossipkv::{Error, GossipKv};
+    ///
+    /// let kv = GossipKv::<String, u32>::builder().build().await?;
+    /// kv.set("n/1", 1)?;
+    /// for (key, value) in kv.scan_prefix_checked("n/") {
+    ///     match value {
+    ///         Ok(n) => println!("{key} = {n}"),
+    ///         Err(Error::Codec { source, .. }) => println!("{key} does not decode: {source}"),
+    ///         Err(e) => return Err(e),
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn scan_prefix_checked(&self, prefix: impl AsRef<str>) -> Vec<(K, Result<V, Error>)> {
         self.inner
             .store
             .scan_prefix(prefix.as_ref())
             .into_iter()
-            .map(|(k, b)| Ok((K::from(k), self.inner.codec.decode(&b)?)))
+            .map(|(k, b)| {
+                let value = self.inner.codec.decode(&b).map_err(|e| Error::codec(&k, e));
+                (K::from(k), value)
+            })
             .collect()
     }
 
@@ -214,7 +295,9 @@ where
             })
             .unwrap_or_default()
     }
+
     /// Every member of the cluster as this node sees it, the local node first.
+    /// A local-only node lists itself, at `0.0.0.0:0`.
     pub fn members(&self) -> Vec<Member> {
         match &self.inner.protocol {
             Some(p) => p.lock().members(),
@@ -269,7 +352,30 @@ where
     /// This node's health: live peers, and the problems it saw (a duplicate
     /// node id, another cluster on the network, forged writes, clock skew,
     /// undecodable datagrams, I/O errors), whether or not an error handler
-    /// is set. See [`Health::is_healthy`].
+    /// is set. See [`Health::is_healthy`]: a duplicate node id, a foreign
+    /// cluster or forged writes seen in the last
+    /// [`HEALTH_WINDOW`](crate::HEALTH_WINDOW), or no live peer while seeds
+    /// or discovery are configured, make a node unhealthy. Cheap enough for
+    /// a readiness probe; its `Display` is one line for a log or a status
+    /// page.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), gossipkv::Error> {
+    /// use gossipkv::{GossipKv, ProblemKind};
+    ///
+    /// let kv = GossipKv::<String, String>::builder().build().await?;
+    /// let health = kv.health();
+    /// if !health.is_healthy() {
+    ///     eprintln!("gossipkv: {health}");
+    /// }
+    /// let duplicate = health
+    ///     .problems
+    ///     .iter()
+    ///     .any(|p| p.kind == ProblemKind::DuplicateNodeId);
+    /// assert!(!duplicate);
+    /// # Ok(()) }
+    /// ```
     pub fn health(&self) -> Health {
         let live_peers = self
             .inner
@@ -283,10 +389,19 @@ where
             errors_dropped: self.errors_dropped(),
         }
     }
+
     /// Announces the departure to the cluster, stops gossiping and closes
     /// the socket. Peers mark this node `Left` at once. Writes fail with
     /// [`Error::Closed`] afterwards; reads keep serving the local data;
-    /// watchers and member event streams end. Calling it again does nothing.
+    /// watchers and member event streams deliver what was already queued,
+    /// then end. Calling it again does nothing.
+    ///
+    /// A process that exits without it (killed, or stopped by a signal it
+    /// does not handle) is seen by its peers as `Suspect`, then `Dead`,
+    /// never `Left`; see [`shutdown_on_termination`](Self::shutdown_on_termination).
+    /// Dropping the last handle also announces the departure, from the
+    /// gossip task, provided the runtime keeps running long enough; only
+    /// `shutdown().await` waits until it is sent.
     pub async fn shutdown(&self) -> Result<(), Error> {
         self.inner.closed.store(true, Ordering::SeqCst);
         self.inner.closed_tx.send_replace(true);
@@ -309,6 +424,116 @@ where
             info!(node = %self.inner.node_id, "node shut down");
         }
         Ok(())
+    }
+
+    /// Waits for `signal`, then [`shutdown`](Self::shutdown)s the node, so
+    /// that its peers see it leave (`Left`) at once instead of suspecting
+    /// it and declaring it dead a few seconds later.
+    ///
+    /// The returned future holds no handle: spawning it does not keep the
+    /// node alive. It returns `Ok(())` early, without waiting for `signal`,
+    /// once the node is shut down by other means or its last handle is
+    /// dropped. For SIGINT and SIGTERM, see
+    /// [`shutdown_on_termination`](Self::shutdown_on_termination).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), gossipkv::Error> {
+    /// use gossipkv::GossipKv;
+    ///
+    /// let kv = GossipKv::<String, String>::builder().build().await?;
+    /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// let leave = tokio::spawn(kv.shutdown_on(async move {
+    ///     let _ = stopped.await;
+    /// }));
+    /// // ... serve ...
+    /// stop.send(()).unwrap();
+    /// leave.await.unwrap()?;
+    /// assert!(kv.is_closed());
+    /// # Ok(()) }
+    /// ```
+    pub fn shutdown_on<F>(
+        &self,
+        signal: F,
+    ) -> impl std::future::Future<Output = Result<(), Error>> + Send + 'static
+    where
+        F: std::future::Future + Send + 'static,
+    {
+        self.leave_when(async move {
+            signal.await;
+            Ok(())
+        })
+    }
+
+    /// Shuts the node down when `signal` returns `Ok`; returns its error
+    /// otherwise (the node is left running). Holds no handle, and returns
+    /// `Ok` early once the node is shut down or dropped.
+    fn leave_when<F>(
+        &self,
+        signal: F,
+    ) -> impl std::future::Future<Output = Result<(), Error>> + Send + 'static
+    where
+        F: std::future::Future<Output = Result<(), Error>> + Send + 'static,
+    {
+        let weak = Arc::downgrade(&self.inner);
+        let mut closed = self.inner.closed_tx.subscribe();
+        async move {
+            tokio::select! {
+                r = signal => r?,
+                // Shut down already, or every handle dropped.
+                _ = closed.wait_for(|c| *c) => return Ok(()),
+            }
+            match weak.upgrade() {
+                Some(inner) => {
+                    GossipKv::<K, V> {
+                        inner,
+                        _key: PhantomData,
+                    }
+                    .shutdown()
+                    .await
+                }
+                None => Ok(()),
+            }
+        }
+    }
+
+    /// Waits for SIGINT (Ctrl-C) or, on Unix, SIGTERM (what `kill`,
+    /// systemd, Docker and Kubernetes send to stop a process), then
+    /// [`shutdown`](Self::shutdown)s the node so that its peers see it
+    /// leave. A process that dies on SIGTERM without this is only noticed
+    /// when it stops answering probes: peers suspect it, then declare it
+    /// `Dead` after the suspect timeout; it never shows as `Left`.
+    ///
+    /// Once the handlers are installed, these signals no longer end the
+    /// process by themselves: return from `main` (or exit) after this
+    /// returns. The handlers are installed when the future is first polled,
+    /// so await or spawn it early. Like [`shutdown_on`](Self::shutdown_on),
+    /// it holds no handle, and returns early if the node is shut down by
+    /// other means.
+    ///
+    /// Errors: [`Error::Signal`] when the handlers cannot be installed (the
+    /// node is left running); those of [`shutdown`](Self::shutdown).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), gossipkv::Error> {
+    /// use gossipkv::GossipKv;
+    ///
+    /// let kv = GossipKv::<String, String>::builder()
+    ///     .bind_addr("0.0.0.0:7946")
+    ///     .build()
+    ///     .await?;
+    /// // Run the service on other tasks; leave the cluster on SIGINT/SIGTERM.
+    /// kv.shutdown_on_termination().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn shutdown_on_termination(
+        &self,
+    ) -> impl std::future::Future<Output = Result<(), Error>> + Send + 'static {
+        self.leave_when(async {
+            termination()
+                .await
+                .map_err(|source| Error::Signal { source })
+        })
     }
 
     /// Whether [`shutdown`](Self::shutdown) was called.
@@ -367,6 +592,31 @@ where
     }
 }
 
+/// Waits for SIGINT or (on Unix) SIGTERM.
+async fn termination() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => debug!("SIGTERM received: leaving the cluster"),
+            _ = int.recv() => debug!("SIGINT received: leaving the cluster"),
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await?;
+        debug!("Ctrl-C received: leaving the cluster");
+        Ok(())
+    }
+}
+
+/// Dropping the last handle never blocks: it tells the gossip task to
+/// announce the departure and stop (the task does so on its own, if its
+/// runtime keeps running), and the mDNS daemon, if any, is shut down on a
+/// thread of its own.
 impl<V> Drop for Inner<V> {
     fn drop(&mut self) {
         if let Some((stop, _handle)) = self.task.get_mut().take() {
@@ -374,4 +624,3 @@ impl<V> Drop for Inner<V> {
         }
     }
 }
-

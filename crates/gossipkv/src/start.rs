@@ -21,8 +21,8 @@ use tracing::{debug, info};
 
 use crate::builder::{parse_socket_addr, split_host_port, Builder};
 use crate::discovery::{start_mdns, MdnsConfig, MdnsHandle};
-use crate::driver::{refresh_seeds, resolve_seeds, wall_now, Addrs, Clock, Driver, Reporter};
-use crate::error::Error;
+use crate::driver::{new_generation, refresh_seeds, resolve_seeds, Addrs, Clock, Driver, Reporter};
+use crate::error::{ConfigOption, Error};
 use crate::health::HealthTracker;
 use crate::node::{GossipKv, Inner, WATCH_QUEUE};
 use crate::watch::Change;
@@ -34,70 +34,99 @@ const PUSH_QUEUE: usize = 65_536;
 /// Longest cluster id accepted, in bytes.
 const MAX_CLUSTER_ID_LEN: usize = 128;
 
-fn invalid(message: impl Into<String>) -> Error {
-    Error::InvalidConfig {
-        message: message.into(),
-    }
-}
-
-/// Checks the options that need no I/O.
+/// Checks the options that need no I/O. Each error names the option that
+/// failed, as the builder method that sets it.
 fn check<K, V>(b: &Builder<K, V>) -> Result<(), Error> {
+    use ConfigOption as O;
     if let Some(id) = &b.node_id {
         if id.is_empty() {
-            return Err(invalid("node id is empty"));
+            return Err(Error::config(O::NodeId, "node id is empty"));
         }
         if id.len() > MAX_NODE_ID_LEN {
-            return Err(invalid(format!(
-                "node id is {} bytes, at most {MAX_NODE_ID_LEN}",
-                id.len()
-            )));
+            return Err(Error::config(
+                O::NodeId,
+                format!("node id is {} bytes, at most {MAX_NODE_ID_LEN}", id.len()),
+            ));
         }
     }
     if b.cluster_id.is_empty() || b.cluster_id.len() > MAX_CLUSTER_ID_LEN {
-        return Err(invalid("cluster id must be 1 to 128 bytes"));
+        return Err(Error::config(
+            O::ClusterId,
+            format!(
+                "cluster id is {} bytes, it must be 1 to {MAX_CLUSTER_ID_LEN}",
+                b.cluster_id.len()
+            ),
+        ));
     }
     if b.gossip_interval.is_zero() {
-        return Err(invalid("gossip interval must be greater than zero"));
+        return Err(Error::config(
+            O::GossipInterval,
+            "gossip interval must be greater than zero",
+        ));
     }
     if b.fanout == 0 {
-        return Err(invalid("fanout must be at least 1"));
+        return Err(Error::config(O::Fanout, "fanout must be at least 1"));
     }
     if !(MIN_PACKET_SIZE..=MAX_PACKET_SIZE).contains(&b.packet_size) {
-        return Err(invalid(format!(
-            "packet size {} is out of range {MIN_PACKET_SIZE}..={MAX_PACKET_SIZE}",
-            b.packet_size
-        )));
+        return Err(Error::config(
+            O::PacketSize,
+            format!(
+                "packet size {} is out of range {MIN_PACKET_SIZE}..={MAX_PACKET_SIZE}",
+                b.packet_size
+            ),
+        ));
     }
     if !(1..=MAX_VALUE_SIZE_LIMIT).contains(&b.max_value_size) {
-        return Err(invalid(format!(
-            "max value size {} is out of range 1..={MAX_VALUE_SIZE_LIMIT}",
-            b.max_value_size
-        )));
+        return Err(Error::config(
+            O::MaxValueSize,
+            format!(
+                "max value size {} is out of range 1..={MAX_VALUE_SIZE_LIMIT}",
+                b.max_value_size
+            ),
+        ));
     }
     if b.tombstone_retention.is_zero() {
-        return Err(invalid("tombstone retention must be greater than zero"));
+        return Err(Error::config(
+            O::TombstoneRetention,
+            "tombstone retention must be greater than zero",
+        ));
     }
     if b.suspect_timeout.is_some_and(|t| t.is_zero()) {
-        return Err(invalid("suspect timeout must be greater than zero"));
+        return Err(Error::config(
+            O::SuspectTimeout,
+            "suspect timeout must be greater than zero",
+        ));
     }
     if b.seed_refresh.is_zero() {
-        return Err(invalid("seed refresh interval must be greater than zero"));
+        return Err(Error::config(
+            O::SeedRefreshInterval,
+            "seed refresh interval must be greater than zero",
+        ));
     }
     if b.max_clock_drift < Duration::from_secs(1) {
-        return Err(invalid("max clock drift must be at least one second"));
+        return Err(Error::config(
+            O::MaxClockDrift,
+            "max clock drift must be at least one second",
+        ));
     }
     for seed in &b.seeds {
-        split_host_port(seed).map_err(|m| invalid(format!("seed {m}")))?;
+        split_host_port(seed).map_err(|m| Error::config(O::Seeds, format!("seed {m}")))?;
     }
     if b.bind_addr.is_none() {
         if !b.seeds.is_empty() {
-            return Err(invalid("seeds need a bind address"));
+            return Err(Error::config(O::Seeds, "seeds need a bind address"));
         }
         if b.discovery {
-            return Err(invalid("discovery needs a bind address"));
+            return Err(Error::config(
+                O::Discovery,
+                "discovery needs a bind address",
+            ));
         }
         if b.advertise_addr.is_some() {
-            return Err(invalid("an advertise address needs a bind address"));
+            return Err(Error::config(
+                O::AdvertiseAddr,
+                "an advertise address needs a bind address",
+            ));
         }
     }
     Ok(())
@@ -149,19 +178,26 @@ where
         .clone()
         .unwrap_or_else(|| format!("node-{:016x}", rand::rng().random::<u64>()));
     let node = NodeId::new(&node_id);
-    // A new generation per start: writes of this incarnation never reuse
-    // sequence numbers that peers saw from an earlier one.
-    let generation = (wall_now().as_unix_ms().saturating_mul(1_000)).max(1);
+    let generation = new_generation();
     let shared = Shared::new(&node, generation);
     let Some(bind) = &b.bind_addr else {
         debug!(node = %node, "started local-only node");
         return Ok(local_only(b, node, shared));
     };
-    let bind = parse_socket_addr("bind address", bind)?;
+    let bind = parse_socket_addr(ConfigOption::BindAddr, "bind address", bind)?;
     let advertise = match &b.advertise_addr {
-        Some(a) => Some(parse_socket_addr("advertise address", a)?),
+        Some(a) => Some(parse_socket_addr(
+            ConfigOption::AdvertiseAddr,
+            "advertise address",
+            a,
+        )?),
         None => None,
     };
+    // Everything from here on (the socket, the tasks) needs a runtime:
+    // without one, say so instead of panicking inside the transport.
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(Error::NoRuntime);
+    }
     let transport = UdpTransport::bind(bind, UdpConfig::default()).map_err(|e| match e {
         gossipkv_transport::TransportError::Bind { addr, source } => Error::Bind { addr, source },
         other => Error::Bind {
@@ -175,7 +211,11 @@ where
     let seeds = resolve_seeds(&b.seeds, &reporter).await;
     let cfg = protocol_config(&b, node.clone(), generation, advertise, seeds);
     let clock = Clock::new();
-    let protocol = Arc::new(Mutex::new(Protocol::new(cfg, shared.store.clone(), clock.now())));
+    let protocol = Arc::new(Mutex::new(Protocol::new(
+        cfg,
+        shared.store.clone(),
+        clock.now(),
+    )));
     let record_budget = Some(protocol.lock().body_budget());
     let (stop_tx, stop_rx) = oneshot::channel();
     let (addrs_tx, addrs_rx) = mpsc::channel::<Addrs>(16);
@@ -303,7 +343,12 @@ fn discover<K, V>(
         },
         disc_tx,
     )
-    .map_err(|m| invalid(format!("cannot start mDNS discovery: {m}")))?;
+    .map_err(|m| {
+        Error::config(
+            ConfigOption::Discovery,
+            format!("cannot start mDNS discovery: {m}"),
+        )
+    })?;
     tokio::spawn(async move {
         while let Some(addrs) = disc_rx.recv().await {
             if addrs_tx.send(Addrs::Discovered(addrs)).await.is_err() {

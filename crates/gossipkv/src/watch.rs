@@ -7,7 +7,7 @@ use bytes::Bytes;
 use tokio::sync::{broadcast, watch};
 use tracing::warn;
 
-use crate::codec::Codec;
+use crate::codec::{Codec, CodecError};
 use gossipkv_core::MemberEvent;
 
 /// A change of one key, as the store applied it.
@@ -18,16 +18,37 @@ pub(crate) struct Change {
 }
 
 /// One change seen by a [`Watcher`].
+///
+/// Three cases, told apart by `value` and `error`:
+///
+/// | `value` | `error` | meaning |
+/// |---|---|---|
+/// | `Some(v)` | `None` | the key was set to `v` |
+/// | `None` | `None` | the key was deleted ([`is_delete`](Self::is_delete)) |
+/// | `None` | `Some(e)` | the key was set, but its value does not decode with this node's codec (for example a value written by a node with another value type); `e` says why |
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WatchEvent<K, V> {
     /// The full key.
     pub key: K,
-    /// The new value; `None` when the key was deleted.
+    /// The new value; `None` when the key was deleted, or when the new
+    /// value does not decode (then [`error`](Self::error) is set).
     pub value: Option<V>,
+    /// Why the new value does not decode; `None` for a decoded value and
+    /// for a delete. Undecodable values are delivered with this set, never
+    /// skipped.
+    pub error: Option<CodecError>,
     /// How many changes (of any key) this watcher missed just before this
     /// one because it fell behind. When non-zero, re-read the keys you care
     /// about (for example with `scan_prefix`).
     pub missed: u64,
+}
+
+impl<K, V> WatchEvent<K, V> {
+    /// Whether this event is a delete: no value and no decoding error.
+    pub fn is_delete(&self) -> bool {
+        self.value.is_none() && self.error.is_none()
+    }
 }
 
 /// Changes of the keys under a prefix, local and remote; see
@@ -47,6 +68,45 @@ impl<K, V> std::fmt::Debug for Watcher<K, V> {
             .field("prefix", &self.prefix)
             .field("missed", &self.missed)
             .finish()
+    }
+}
+
+/// Whether the node behind `closed` shut down (or is gone).
+fn is_closed(closed: &watch::Receiver<bool>) -> bool {
+    *closed.borrow() || closed.has_changed().is_err()
+}
+
+/// Receives the next item of `rx`; once `closed` says the node shut down,
+/// delivers what is still queued, then `None`.
+async fn next<T: Clone>(
+    rx: &mut broadcast::Receiver<T>,
+    closed: &mut watch::Receiver<bool>,
+    missed: &mut u64,
+) -> Option<T> {
+    loop {
+        // What is queued first, even after shutdown.
+        match rx.try_recv() {
+            Ok(item) => return Some(item),
+            Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                *missed += n;
+                continue;
+            }
+            Err(broadcast::error::TryRecvError::Closed) => return None,
+            Err(broadcast::error::TryRecvError::Empty) => {}
+        }
+        if is_closed(closed) {
+            return None;
+        }
+        tokio::select! {
+            biased;
+            r = rx.recv() => match r {
+                Ok(item) => return Some(item),
+                Err(broadcast::error::RecvError::Lagged(n)) => *missed += n,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            },
+            // Shut down: go round to drain the queue.
+            _ = closed.wait_for(|c| *c) => {}
+        }
     }
 }
 
@@ -72,41 +132,40 @@ impl<K: From<String>, V: 'static> Watcher<K, V> {
         &self.prefix
     }
 
-    /// The next change under the prefix; `None` once the node shut down.
-    /// A value that does not decode with the node's codec is skipped (and
-    /// logged).
+    /// The next change under the prefix. After the node shut down (or its
+    /// last handle was dropped), the changes already queued are still
+    /// delivered, then `None`.
+    ///
+    /// A value that does not decode with the node's codec is delivered
+    /// too, with `value: None` and [`WatchEvent::error`] set (and logged
+    /// with `warn!`).
     pub async fn recv(&mut self) -> Option<WatchEvent<K, V>> {
         loop {
-            if *self.closed.borrow() {
-                return None;
+            let c = next(&mut self.rx, &mut self.closed, &mut self.missed).await?;
+            if !c.key.starts_with(&self.prefix) {
+                continue;
             }
-            let change = tokio::select! {
-                r = self.rx.recv() => r,
-                _ = self.closed.wait_for(|c| *c) => return None,
+            let (value, error) = match &c.value {
+                Some(b) => match self.codec.decode(b) {
+                    Ok(v) => (Some(v), None),
+                    Err(e) => {
+                        warn!(
+                            key = %c.key,
+                            error = %crate::error::chain(&e),
+                            "watched value does not decode; delivered with WatchEvent::error"
+                        );
+                        (None, Some(e))
+                    }
+                },
+                None => (None, None),
             };
-            match change {
-                Ok(c) if c.key.starts_with(&self.prefix) => {
-                    let value = match &c.value {
-                        Some(b) => match self.codec.decode(b) {
-                            Ok(v) => Some(v),
-                            Err(e) => {
-                                warn!(key = %c.key, error = %e, "watched value does not decode; skipped");
-                                continue;
-                            }
-                        },
-                        None => None,
-                    };
-                    let missed = std::mem::take(&mut self.missed);
-                    return Some(WatchEvent {
-                        key: K::from(c.key.to_string()),
-                        value,
-                        missed,
-                    });
-                }
-                Ok(_) => {}
-                Err(broadcast::error::RecvError::Lagged(n)) => self.missed += n,
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
+            let missed = std::mem::take(&mut self.missed);
+            return Some(WatchEvent {
+                key: K::from(c.key.to_string()),
+                value,
+                error,
+                missed,
+            });
         }
     }
 }
@@ -128,22 +187,11 @@ impl MemberEvents {
         }
     }
 
-    /// The next membership change; `None` once the node shut down.
+    /// The next membership change. After the node shut down (or its last
+    /// handle was dropped), the events already queued are still delivered,
+    /// then `None`.
     pub async fn recv(&mut self) -> Option<MemberEvent> {
-        loop {
-            if *self.closed.borrow() {
-                return None;
-            }
-            let r = tokio::select! {
-                r = self.rx.recv() => r,
-                _ = self.closed.wait_for(|c| *c) => return None,
-            };
-            match r {
-                Ok(e) => return Some(e),
-                Err(broadcast::error::RecvError::Lagged(n)) => self.missed += n,
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
-        }
+        next(&mut self.rx, &mut self.closed, &mut self.missed).await
     }
 
     /// How many events this stream missed so far because it fell behind.

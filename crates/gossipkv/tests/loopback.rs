@@ -339,37 +339,86 @@ async fn garbage_and_foreign_clusters_change_nothing() {
 }
 
 #[tokio::test]
-async fn bad_configuration_is_rejected_with_a_message() {
-    async fn err(b: gossipkv::Builder<String, String>) -> String {
+async fn bad_configuration_is_rejected_naming_the_option() {
+    use gossipkv::ConfigOption as O;
+    async fn err(b: gossipkv::Builder<String, String>) -> (O, String) {
         match b.build().await {
-            Err(Error::InvalidConfig { message }) => message,
+            Err(Error::InvalidConfig { option, message }) => (option, message),
             other => panic!("expected InvalidConfig, got {other:?}"),
         }
     }
     let b = || GossipKv::<String, String>::builder();
-    assert!(err(b().seeds(["127.0.0.1:1"]))
-        .await
-        .contains("bind address"));
-    assert!(err(b().bind_addr("not an address"))
-        .await
-        .contains("not an ip:port"));
-    assert!(err(b().bind_addr("127.0.0.1:0").seeds(["no-port"]))
-        .await
-        .contains("seed"));
-    assert!(err(b().gossip_interval(Duration::ZERO))
-        .await
-        .contains("interval"));
-    assert!(err(b().node_id("")).await.contains("node id"));
-    assert!(err(b().packet_size(100)).await.contains("packet size"));
-    assert!(err(b().packet_size(70_000)).await.contains("packet size"));
-    assert!(err(b().fanout(0)).await.contains("fanout"));
-    assert!(err(b().max_value_size(0)).await.contains("max value size"));
-    assert!(err(b().max_value_size(65 << 20))
-        .await
-        .contains("max value size"));
-    assert!(err(b().suspect_timeout(Duration::ZERO))
-        .await
-        .contains("suspect timeout"));
+    let cases: Vec<(gossipkv::Builder<String, String>, O, &str)> = vec![
+        (b().seeds(["127.0.0.1:1"]), O::Seeds, "bind address"),
+        (
+            b().bind_addr("not an address"),
+            O::BindAddr,
+            "not an ip:port",
+        ),
+        (
+            b().bind_addr("127.0.0.1:0").advertise_addr("nope"),
+            O::AdvertiseAddr,
+            "not an ip:port",
+        ),
+        (
+            b().advertise_addr("127.0.0.1:1"),
+            O::AdvertiseAddr,
+            "bind address",
+        ),
+        (
+            b().bind_addr("127.0.0.1:0").seeds(["no-port"]),
+            O::Seeds,
+            "seed",
+        ),
+        (
+            b().gossip_interval(Duration::ZERO),
+            O::GossipInterval,
+            "interval",
+        ),
+        (b().node_id(""), O::NodeId, "node id"),
+        (b().node_id("n".repeat(129)), O::NodeId, "node id"),
+        (b().cluster_id(""), O::ClusterId, "cluster id"),
+        (b().packet_size(100), O::PacketSize, "packet size"),
+        (b().packet_size(70_000), O::PacketSize, "packet size"),
+        (b().fanout(0), O::Fanout, "fanout"),
+        (b().max_value_size(0), O::MaxValueSize, "max value size"),
+        (
+            b().max_value_size(65 << 20),
+            O::MaxValueSize,
+            "max value size",
+        ),
+        (
+            b().tombstone_retention(Duration::ZERO),
+            O::TombstoneRetention,
+            "retention",
+        ),
+        (
+            b().suspect_timeout(Duration::ZERO),
+            O::SuspectTimeout,
+            "suspect timeout",
+        ),
+        (
+            b().seed_refresh_interval(Duration::ZERO),
+            O::SeedRefreshInterval,
+            "refresh",
+        ),
+        (
+            b().max_clock_drift(Duration::from_millis(10)),
+            O::MaxClockDrift,
+            "drift",
+        ),
+        (b().discovery(true), O::Discovery, "bind address"),
+    ];
+    for (builder, option, words) in cases {
+        let (got, message) = err(builder).await;
+        assert_eq!(got, option, "{message}");
+        assert!(message.contains(words), "{option}: {message:?}");
+    }
+    // The error's text names the builder method.
+    let e = b().fanout(0).build().await.unwrap_err();
+    assert!(e.to_string().contains("fanout"), "{e}");
+    let e = b().bind_addr("x").build().await.unwrap_err();
+    assert!(e.to_string().contains("bind_addr"), "{e}");
 }
 
 #[tokio::test]

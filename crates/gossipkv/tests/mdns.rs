@@ -16,8 +16,11 @@
 //! discovery and no seeds. The `mdns-a` nodes must find each other and
 //! replicate a key; the `mdns-b` node must never see them nor their data;
 //! a node that shuts down must leave discovery (its goodbye is seen by an
-//! independent mDNS browser) and stop being an alive member. Every wait polls
-//! a condition with a deadline; nothing sleeps and hopes.
+//! independent mDNS browser) and stop being an alive member. Then, on a
+//! current-thread runtime, dropping the last handle of a discovery node must
+//! return within [`DROP_BOUND`] without stalling the runtime, and its goodbye
+//! must still be sent. Every wait polls a condition with a deadline; nothing
+//! sleeps and hopes.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -155,7 +158,14 @@ fn inner() -> ExitCode {
             .worker_threads(2)
             .enable_all()
             .build()?;
-        rt.block_on(scenario())
+        rt.block_on(scenario())?;
+        drop(rt);
+        // On a current-thread runtime, a blocking drop would stall every
+        // task: the one place where it shows.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(dropping_a_discovery_node())
     });
     match outcome {
         Ok(Ok(())) => {
@@ -447,6 +457,47 @@ async fn scenario() -> Result<()> {
     for kv in [a1, a2, b1] {
         kv.shutdown().await?;
     }
+    observer.stop();
+    Ok(())
+}
+
+/// Longest a drop of a discovery node's last handle may take.
+const DROP_BOUND: Duration = Duration::from_millis(200);
+
+/// Drops the last handle of a registered discovery node on a
+/// current-thread runtime: the drop returns at once (the goodbye and the
+/// daemon's shutdown run off the caller), a timer on the same runtime still
+/// fires, and the goodbye is still sent.
+async fn dropping_a_discovery_node() -> Result<()> {
+    let observer = Observer::start()?;
+    let no_invariant = || Ok(());
+    let kv = node("mdns-drop", "mdns-c", IP_A).await?;
+    wait_until(
+        "the browser sees mdns-drop registered",
+        &no_invariant,
+        || Ok(observer.nodes().contains_key("mdns-drop")),
+    )
+    .await?;
+    let timer = tokio::spawn(async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    });
+    let start = Instant::now();
+    drop(kv);
+    let took = start.elapsed();
+    eprintln!("mdns: dropping the last handle of a discovery node took {took:?}");
+    ensure!(
+        took < DROP_BOUND,
+        "dropping the last handle of a discovery node took {took:?} (bound {DROP_BOUND:?})"
+    );
+    tokio::time::timeout(DEADLINE, timer)
+        .await
+        .context("a timer on the same current-thread runtime never fired")??;
+    wait_until(
+        "mdns-drop's goodbye reaches the browser after the drop",
+        &no_invariant,
+        || Ok(!observer.nodes().contains_key("mdns-drop")),
+    )
+    .await?;
     observer.stop();
     Ok(())
 }

@@ -1,27 +1,20 @@
 //! Membership, failure detection and watch tests over real UDP on loopback.
 //! Every wait polls a condition with a deadline.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gossipkv::{GossipKv, MemberEvent, MemberState};
+use gossipkv::{GossipKv, MemberEvent, MemberEvents, MemberState};
 
 mod common;
 
-use common::{wait_until, Kv};
+use common::{state_of, wait_until, Kv};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 const INTERVAL: Duration = Duration::from_millis(100);
 
 async fn node(id: &str, seeds: &[&Kv]) -> Kv {
     common::node_with(id, seeds, INTERVAL).await
-}
-
-fn state_of(observer: &Kv, node_id: &str) -> Option<MemberState> {
-    observer
-        .members()
-        .into_iter()
-        .find(|m| m.node_id.as_str() == node_id)
-        .map(|m| m.state)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,40 +149,88 @@ fn a_killed_node_is_declared_dead_and_its_data_stays() {
     });
 }
 
+/// Forwards a node's member events into a shared log while the node runs.
+fn collect(mut events: MemberEvents) -> Arc<Mutex<Vec<MemberEvent>>> {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let sink = log.clone();
+    tokio::spawn(async move {
+        while let Some(e) = events.recv().await {
+            sink.lock().unwrap().push(e);
+        }
+    });
+    log
+}
+
+/// The node ids of the events of one kind in a log.
+fn ids(log: &Mutex<Vec<MemberEvent>>, kind: fn(&MemberEvent) -> bool) -> Vec<String> {
+    let mut ids: Vec<String> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| kind(e))
+        .map(|e| e.member().node_id.to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthy_nodes_are_never_declared_dead() {
+    // Each node's events are collected from before the others join, while
+    // the cluster runs.
     let a = node("h-a", &[]).await;
+    let log_a = collect(a.member_events());
     let b = node("h-b", &[&a]).await;
+    let log_b = collect(b.member_events());
     let c = node("h-c", &[&b]).await;
-    let mut events = [a.member_events(), b.member_events(), c.member_events()];
-    wait_until("cluster formed", DEADLINE, || {
-        [&a, &b, &c].iter().all(|n| {
-            n.members()
-                .iter()
-                .filter(|m| m.state == MemberState::Alive)
-                .count()
-                == 3
-        })
-    })
+    let log_c = collect(c.member_events());
+    let logs = [("h-a", &log_a), ("h-b", &log_b), ("h-c", &log_c)];
+    let joined = |e: &MemberEvent| matches!(e, MemberEvent::Joined(_));
+    let dead = |e: &MemberEvent| matches!(e, MemberEvent::Dead(_));
+    // The stream really delivers: every node's Joined events of the other
+    // two arrive while the cluster runs.
+    wait_until(
+        "every node's stream delivered the other two's Joined",
+        DEADLINE,
+        || {
+            logs.iter().all(|(me, log)| {
+                let mut others: Vec<String> = ["h-a", "h-b", "h-c"]
+                    .iter()
+                    .filter(|n| *n != me)
+                    .map(|n| n.to_string())
+                    .collect();
+                others.sort();
+                ids(log, joined) == others
+            })
+        },
+    )
     .await;
-    // Keep writing for 40 gossip intervals while watching the events.
+    // Keep writing for 40 gossip intervals; no event may be a death.
     let end = Instant::now() + INTERVAL * 40;
     let mut i = 0;
     while Instant::now() < end {
         a.set(format!("k{}", i % 10), format!("{i}")).unwrap();
         i += 1;
         tokio::time::sleep(Duration::from_millis(20)).await;
+        for (me, log) in &logs {
+            assert_eq!(
+                ids(log, dead),
+                Vec::<String>::new(),
+                "{me} declared a healthy node dead"
+            );
+        }
+    }
+    for (me, log) in &logs {
+        assert_eq!(
+            ids(log, dead),
+            Vec::<String>::new(),
+            "{me} declared a healthy node dead"
+        );
+        let count = log.lock().unwrap().len();
+        assert!(count >= 2, "{me} saw {count} events");
     }
     for n in [&a, &b, &c] {
         n.shutdown().await.unwrap();
-    }
-    for ev in events.iter_mut() {
-        while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(100), ev.recv()).await {
-            assert!(
-                !matches!(e, MemberEvent::Dead(_)),
-                "healthy node declared dead: {e:?}"
-            );
-        }
     }
 }
 
@@ -250,6 +291,14 @@ async fn local_writes_are_seen_by_local_watchers_and_slow_watchers_are_told_what
     assert!(ev.missed > 0, "missed {}", ev.missed);
     assert_eq!(kv.len(), n + 1, "every write was applied (plus \"nope\")");
     kv.shutdown().await.unwrap();
+    // What was still queued is delivered after the shutdown, then the end:
+    // every write was either delivered or counted as missed.
+    let mut delivered = 1;
+    while let Some(ev) = slow.recv().await {
+        assert_eq!(ev.missed, 0);
+        delivered += 1;
+    }
+    assert_eq!(ev.missed as usize + delivered, n);
     assert!(slow.recv().await.is_none());
 }
 

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use gossipkv::GossipKv;
+use gossipkv::{GossipKv, MemberState};
 
 /// The node type most tests use.
 pub type Kv = GossipKv<String, String>;
@@ -31,4 +31,13 @@ pub async fn node_with(id: &str, seeds: &[&Kv], interval: Duration) -> Kv {
         .build()
         .await
         .expect("node starts")
+}
+
+/// The state in which `observer` lists the member `node_id`, if it lists it.
+pub fn state_of(observer: &Kv, node_id: &str) -> Option<MemberState> {
+    observer
+        .members()
+        .into_iter()
+        .find(|m| m.node_id == node_id)
+        .map(|m| m.state)
 }
