@@ -1,0 +1,299 @@
+//! Propagation of single writes, and the scenarios that measure it: `n10`,
+//! `n100` and `sweep` (cluster size against eager push on and off).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use rand::rngs::SmallRng;
+use rand::Rng;
+
+use crate::cluster::{on_off, with_cluster, Cluster, Spec};
+use crate::idle::{idle_traffic, Idle, IDLE_ROUNDS};
+use crate::options::Plan;
+use crate::report::{progress, Report};
+use crate::{plot, INTERVAL};
+
+/// Pause between two sweeps over the nodes while waiting for a write.
+const POLL: Duration = Duration::from_micros(100);
+/// Cluster sizes of the push on / push off sweep.
+pub(crate) const SWEEP_SIZES: [usize; 5] = [2, 5, 10, 20, 50];
+
+/// Propagation times of a series of writes, in milliseconds.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Propagation {
+    /// One entry per sample; timed-out samples count as the deadline.
+    ms: Vec<f64>,
+    /// Samples that did not complete within the deadline.
+    timeouts: usize,
+}
+
+impl Propagation {
+    /// Nearest-rank percentile of the samples (`p` in 0..=1).
+    fn percentile(&self, p: f64) -> f64 {
+        percentile(&self.ms, p)
+    }
+
+    /// Fraction of the samples slower than `ms` (with eager push on, about
+    /// the writes that the push did not bring to every node).
+    fn share_over(&self, ms: f64) -> f64 {
+        if self.ms.is_empty() {
+            return 0.0;
+        }
+        self.ms.iter().filter(|&&t| t > ms).count() as f64 / self.ms.len() as f64
+    }
+
+    /// Records `propagation_{p50,samples,timeouts}_..._{suffix}`, and with
+    /// `p99` also p90, p99 and the share over 10 ms.
+    pub(crate) fn put(&self, report: &mut Report, suffix: &str, p99: bool) {
+        report.put(format!("propagation_p50_ms_{suffix}"), self.percentile(0.5));
+        if p99 {
+            report.put(format!("propagation_p90_ms_{suffix}"), self.percentile(0.9));
+            report.put(
+                format!("propagation_share_over_10ms_{suffix}"),
+                self.share_over(10.0),
+            );
+            report.put(
+                format!("propagation_p99_ms_{suffix}"),
+                self.percentile(0.99),
+            );
+        }
+        report.put(
+            format!("propagation_samples_{suffix}"),
+            self.ms.len() as f64,
+        );
+        report.put(
+            format!("propagation_timeouts_{suffix}"),
+            self.timeouts as f64,
+        );
+    }
+
+    /// A progress line: percentiles, sample and timeout counts.
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} writes ({} timed \
+             out); {:.0}% took over 10 ms",
+            self.percentile(0.5),
+            self.percentile(0.9),
+            self.percentile(0.99),
+            self.percentile(1.0),
+            self.ms.len(),
+            self.timeouts,
+            self.share_over(10.0) * 100.0
+        )
+    }
+}
+
+/// Nearest-rank percentile of `values` (`p` in 0..=1); NaN if empty.
+fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Writes `samples` fresh keys one at a time, each from a random node, and
+/// times each until every other node reads it. Between samples it pauses a
+/// random fraction of the gossip interval, so writes land at every phase of
+/// the gossip rounds. Stops early after three timeouts.
+pub(crate) async fn propagation(
+    cluster: &Cluster,
+    tag: &str,
+    samples: usize,
+    deadline: Duration,
+    rng: &mut SmallRng,
+) -> Result<Propagation> {
+    let n = cluster.len();
+    ensure!(n >= 2, "propagation needs two nodes");
+    let mut result = Propagation::default();
+    for s in 0..samples {
+        let pause = rng.random_range(0..INTERVAL.as_micros() as u64);
+        tokio::time::sleep(Duration::from_micros(pause)).await;
+        let writer = rng.random_range(0..n);
+        let key = format!("{tag}-{s:06}");
+        let value = format!("value-{s}");
+        match propagate_once(cluster, writer, &key, &value, deadline)? {
+            Some(took) => result.ms.push(took.as_secs_f64() * 1e3),
+            None => {
+                result.ms.push(deadline.as_secs_f64() * 1e3);
+                result.timeouts += 1;
+                if result.timeouts >= 3 {
+                    eprintln!(
+                        "warning: {tag}: three writes timed out; stopping after {} samples",
+                        s + 1
+                    );
+                    break;
+                }
+            }
+        }
+    }
+    Ok(result)
+}
+
+/// Sets `key` on `writer` and polls the other nodes until all read `value`;
+/// `None` on timeout. Blocks this thread between sweeps (see [`POLL`]).
+fn propagate_once(
+    cluster: &Cluster,
+    writer: usize,
+    key: &str,
+    value: &str,
+    deadline: Duration,
+) -> Result<Option<Duration>> {
+    let start = Instant::now();
+    cluster.nodes[writer]
+        .set(key, value.to_owned())
+        .with_context(|| format!("set {key} on node {writer}"))?;
+    let mut pending: Vec<usize> = (0..cluster.len()).filter(|&i| i != writer).collect();
+    loop {
+        let mut err = None;
+        pending.retain(|&i| match cluster.nodes[i].get(key) {
+            Ok(got) => got.as_deref() != Some(value),
+            Err(e) => {
+                err = Some(e);
+                true
+            }
+        });
+        if let Some(e) = err {
+            return Err(e).context(format!("get {key}"));
+        }
+        if pending.is_empty() {
+            return Ok(Some(start.elapsed()));
+        }
+        if start.elapsed() > deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// What [`formed_idle_propagation`] measured.
+struct Measured {
+    /// From the call until the cluster had formed.
+    formed: Duration,
+    /// Idle traffic.
+    idle: Idle,
+    /// Propagation of single writes.
+    prop: Propagation,
+}
+
+/// Starts and forms the cluster of `spec`, then measures idle traffic and
+/// propagation of `samples` single writes; progress lines start with `label`.
+async fn formed_idle_propagation(
+    spec: Spec<'_>,
+    label: &str,
+    samples: usize,
+    deadline: Duration,
+    rng: &mut SmallRng,
+    t0: Instant,
+) -> Result<Measured> {
+    let start = Instant::now();
+    with_cluster(spec, t0, async |c: &Cluster| {
+        let formed = start.elapsed();
+        progress(
+            t0,
+            format!("{label}: idle traffic over {IDLE_ROUNDS} rounds..."),
+        );
+        let idle = idle_traffic(c).await?;
+        progress(t0, format!("{label}: {}", idle.describe()));
+        progress(t0, format!("{label}: {samples} single writes..."));
+        let prop = propagation(c, spec.name, samples, deadline, rng).await?;
+        progress(t0, format!("{label}: {}", prop.describe()));
+        Ok(Measured { formed, idle, prop })
+    })
+    .await
+}
+
+/// Ten nodes: idle traffic, then propagation of single writes.
+pub(crate) async fn scenario_n10(
+    report: &mut Report,
+    plan: Plan,
+    rng: &mut SmallRng,
+    t0: Instant,
+) -> Result<()> {
+    let spec = Spec::new("n10", 10);
+    let samples = plan.samples_n10;
+    let m = formed_idle_propagation(spec, "n=10", samples, plan.sample_deadline, rng, t0).await?;
+    m.idle.put(report, "n10");
+    m.prop.put(report, "n10", true);
+    Ok(())
+}
+
+/// A hundred nodes: formation, idle traffic, propagation.
+pub(crate) async fn scenario_n100(
+    report: &mut Report,
+    plan: Plan,
+    rng: &mut SmallRng,
+    t0: Instant,
+) -> Result<()> {
+    let spec = Spec::new("n100", 100);
+    let samples = plan.samples_n100;
+    let m = formed_idle_propagation(spec, "n=100", samples, plan.sample_deadline, rng, t0).await?;
+    report.put(
+        "cluster_start_and_form_ms_n100",
+        m.formed.as_secs_f64() * 1e3,
+    );
+    m.idle.put(report, "n100");
+    m.prop.put(report, "n100", true);
+    Ok(())
+}
+
+/// Propagation against cluster size, eager push on and off, and its SVG.
+pub(crate) async fn scenario_sweep(
+    report: &mut Report,
+    plan: Plan,
+    rng: &mut SmallRng,
+    t0: Instant,
+    svg: &Path,
+) -> Result<()> {
+    let mut points: [Vec<(usize, f64)>; 2] = [Vec::new(), Vec::new()];
+    for push in [true, false] {
+        for n in SWEEP_SIZES {
+            let name = format!("sweep-{}-{n}", on_off(push));
+            let spec = Spec {
+                push,
+                ..Spec::new(&name, n)
+            };
+            let result = with_cluster(spec, t0, async |c: &Cluster| {
+                let prop =
+                    propagation(c, &name, plan.samples_sweep, plan.sample_deadline, rng).await?;
+                progress(
+                    t0,
+                    format!("n={n}, push {}: {}", on_off(push), prop.describe()),
+                );
+                Ok(prop)
+            })
+            .await;
+            // One failed cluster size leaves a gap in the plot, not an empty plot.
+            let prop = match result {
+                Ok(prop) => prop,
+                Err(e) => {
+                    report.fail(t0, &name, e);
+                    continue;
+                }
+            };
+            prop.put(report, &format!("push_{}_n{n}", on_off(push)), false);
+            points[usize::from(!push)].push((n, prop.percentile(0.5)));
+        }
+    }
+    plot::plot(svg, &points[0], &points[1])?;
+    progress(t0, format!("sweep: wrote {}", svg.display()));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), 50.0);
+        assert_eq!(percentile(&v, 0.99), 99.0);
+        assert_eq!(percentile(&v, 1.0), 100.0);
+        assert_eq!(percentile(&[3.0, 1.0, 2.0], 0.5), 2.0);
+        assert!(percentile(&[], 0.5).is_nan());
+    }
+}
