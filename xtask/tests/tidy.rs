@@ -79,15 +79,31 @@ fn proto_does_not_depend_on_io() {
 fn core_has_no_io_dependencies() {
     assert_no_deps(
         "gossipkv-core",
-        &["tokio", "socket2", "mdns-sd", "mio", "gossipkv-transport", "gossipkv"],
+        &[
+            "tokio",
+            "socket2",
+            "mdns-sd",
+            "mio",
+            "gossipkv-transport",
+            "gossipkv",
+        ],
     );
     // Its own dependencies: storage, wire format, randomness and logging,
     // plus two small data-only crates (byte buffers, error derives).
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let output = Command::new(&cargo)
         .args([
-            "tree", "-p", "gossipkv-core", "-e", "normal", "--depth", "1", "--prefix", "none",
-            "--format", "{p}",
+            "tree",
+            "-p",
+            "gossipkv-core",
+            "-e",
+            "normal",
+            "--depth",
+            "1",
+            "--prefix",
+            "none",
+            "--format",
+            "{p}",
         ])
         .current_dir(root())
         .output()
@@ -111,7 +127,10 @@ fn core_has_no_io_dependencies() {
     .map(|s| s.to_string())
     .collect();
     let extra: Vec<&String> = direct.difference(&allowed).collect();
-    assert!(extra.is_empty(), "gossipkv-core must not depend on {extra:?}");
+    assert!(
+        extra.is_empty(),
+        "gossipkv-core must not depend on {extra:?}"
+    );
     println!("checked: gossipkv-core depends directly on {direct:?} only");
 }
 
@@ -220,7 +239,10 @@ fn long_functions(text: &str, max: usize) -> Vec<(usize, usize)> {
     let mut i = 0;
     while i < lines.len() {
         let t = lines[i].trim_start();
-        let t = t.strip_prefix("pub(crate) ").or_else(|| t.strip_prefix("pub ")).unwrap_or(t);
+        let t = t
+            .strip_prefix("pub(crate) ")
+            .or_else(|| t.strip_prefix("pub "))
+            .unwrap_or(t);
         let t = t.strip_prefix("const ").unwrap_or(t);
         let t = t.strip_prefix("async ").unwrap_or(t);
         if !t.starts_with("fn ") {
@@ -269,7 +291,10 @@ fn core_files_and_functions_stay_small() {
         let text = fs::read_to_string(&file).expect("readable");
         let n = text.lines().count();
         if n > MAX_FILE {
-            problems.push(format!("{}: {n} lines (at most {MAX_FILE})", file.display()));
+            problems.push(format!(
+                "{}: {n} lines (at most {MAX_FILE})",
+                file.display()
+            ));
         }
         for (line, len) in long_functions(&text, MAX_FN) {
             problems.push(format!(

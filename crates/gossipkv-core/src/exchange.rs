@@ -119,7 +119,13 @@ impl Exchange {
     /// Sends a Syn. Any Syn to the peer re-synchronising us asks for the
     /// next page: a plain one (a probe, a pull) would be answered with the
     /// first page again and restart the re-synchronisation.
-    pub(crate) fn send_syn(&mut self, cx: &mut Context, to: SocketAddr, mut syn: Syn, resync: &ResyncClient) {
+    pub(crate) fn send_syn(
+        &mut self,
+        cx: &mut Context,
+        to: SocketAddr,
+        mut syn: Syn,
+        resync: &ResyncClient,
+    ) {
         if syn.resync_from.is_none() {
             if let Some(cursor) = resync.cursor_for(&cx.peers, to) {
                 let digest = cx.store.digest();
@@ -136,7 +142,12 @@ impl Exchange {
 
     /// Sends one Syn, built from our current digest, to each of `targets`
     /// (probes of suspects, probes on behalf of others).
-    pub(crate) fn syn_all(&mut self, cx: &mut Context, targets: Vec<SocketAddr>, resync: &ResyncClient) {
+    pub(crate) fn syn_all(
+        &mut self,
+        cx: &mut Context,
+        targets: Vec<SocketAddr>,
+        resync: &ResyncClient,
+    ) {
         if targets.is_empty() {
             return;
         }
@@ -148,7 +159,14 @@ impl Exchange {
     }
 
     /// Answers a Syn from `sender` at `from`.
-    pub(crate) fn on_syn(&mut self, cx: &mut Context, from: SocketAddr, sender: &Sender, syn: Syn, parts: Parts<'_>) {
+    pub(crate) fn on_syn(
+        &mut self,
+        cx: &mut Context,
+        from: SocketAddr,
+        sender: &Sender,
+        syn: Syn,
+        parts: Parts<'_>,
+    ) {
         cx.stats.syns_received += 1;
         let mine = cx.store.digest();
         if let Some(theirs) = syn.digest_hash {
@@ -188,7 +206,13 @@ impl Exchange {
     /// After a SynAck's delta or page is applied: send the peer what it
     /// lacks, and if this answered a hash-only Syn that showed the peer is
     /// ahead, ask again with our whole digest (once per Syn).
-    pub(crate) fn after_syn_ack(&mut self, cx: &mut Context, from: SocketAddr, peer: &Digest, parts: Parts<'_>) {
+    pub(crate) fn after_syn_ack(
+        &mut self,
+        cx: &mut Context,
+        from: SocketAddr,
+        peer: &Digest,
+        parts: Parts<'_>,
+    ) {
         if !cx.store.needs_resync(peer) {
             // (A peer that needs pages gets them when it asks with its own Syn.)
             let delta = delta_for(cx, from, peer, cx.sizes.body, parts.push, parts.large);

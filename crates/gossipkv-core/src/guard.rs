@@ -150,7 +150,14 @@ impl Guard {
 
     /// Reports that `node`'s records are `skew_ms` ahead, at most once a
     /// minute per writer.
-    fn report_skew(&mut self, cx: &mut Context, from: SocketAddr, node: NodeId, skew_ms: u64, deferred: bool) {
+    fn report_skew(
+        &mut self,
+        cx: &mut Context,
+        from: SocketAddr,
+        node: NodeId,
+        skew_ms: u64,
+        deferred: bool,
+    ) {
         let now = cx.now;
         if self
             .reported
@@ -305,7 +312,12 @@ fn screen_chunk(cx: &Context, chunk: &mut OriginChunk, f: &mut Findings) {
         }
         if beyond {
             f.deferred += 1;
-            note_ahead(f, &origin.node, g.hlc.physical_ms() - cx.wall.as_unix_ms(), true);
+            note_ahead(
+                f,
+                &origin.node,
+                g.hlc.physical_ms() - cx.wall.as_unix_ms(),
+                true,
+            );
         }
         cut = Some(cut.map_or(g.seq, |c| c.min(g.seq)));
         false

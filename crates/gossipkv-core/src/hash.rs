@@ -39,6 +39,10 @@ mod tests {
             assert_ne!(stable_hash(&changed), a, "byte {i}");
             changed[i] ^= 1;
         }
-        assert_ne!(stable_hash(b"ab"), stable_hash(b"ab\0"), "the length counts");
+        assert_ne!(
+            stable_hash(b"ab"),
+            stable_hash(b"ab\0"),
+            "the length counts"
+        );
     }
 }

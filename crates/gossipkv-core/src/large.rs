@@ -54,7 +54,11 @@ impl LargeValues {
         if self.sent.len() >= MAX_REMEMBERED {
             self.expire(cx.now);
             if self.sent.len() >= MAX_REMEMBERED {
-                let oldest = self.sent.iter().min_by_key(|(_, t)| **t).map(|(k, _)| k.clone());
+                let oldest = self
+                    .sent
+                    .iter()
+                    .min_by_key(|(_, t)| **t)
+                    .map(|(k, _)| k.clone());
                 if let Some(oldest) = oldest {
                     self.sent.remove(&oldest);
                 }

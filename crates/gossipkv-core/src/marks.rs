@@ -50,7 +50,12 @@ impl PeerMarks {
     /// node millions of entries: past it, new pairs are not recorded, and
     /// their origins are left to the retention collection. Nothing is kept
     /// when membership is not (a given directory).
-    pub(crate) fn note(&mut self, peers: &Peers, sender: &Sender, digest: &gossipkv_storage::Digest) {
+    pub(crate) fn note(
+        &mut self,
+        peers: &Peers,
+        sender: &Sender,
+        digest: &gossipkv_storage::Digest,
+    ) {
         if !peers.keeps_membership() || digest.entries.is_empty() {
             return;
         }
@@ -179,7 +184,10 @@ mod tests {
         // Known pairs still rise; a lower watermark does not lower them.
         p.note(&peers, &sender("a", 1), &digest(6, 9));
         p.note(&peers, &sender("a", 1), &digest(6, 2));
-        assert!(p.members[&NodeId::new("a")].watermarks.values().all(|w| *w == 9));
+        assert!(p.members[&NodeId::new("a")]
+            .watermarks
+            .values()
+            .all(|w| *w == 9));
         // A new generation starts afresh.
         p.note(&peers, &sender("a", 2), &digest(1, 1));
         assert_eq!(p.members[&NodeId::new("a")].watermarks.len(), 1);

@@ -141,7 +141,10 @@ impl Outbox {
         }
         if datagram.len() > self.packet_size {
             stats.oversized_dropped += 1;
-            warn!(len = datagram.len(), "fragment exceeds the packet size; not sent");
+            warn!(
+                len = datagram.len(),
+                "fragment exceeds the packet size; not sent"
+            );
             return None;
         }
         stats.fragments_sent += 1;
@@ -177,9 +180,9 @@ impl Context {
         if carries && len <= self.cfg.packet_size {
             let room = (self.cfg.packet_size - len).max(self.sizes.members);
             let reply = !matches!(env.body, Body::Syn(_));
-            env.members =
-                self.peers
-                    .sample(&env.sender, to, reply, self.now, room, &mut self.rng);
+            env.members = self
+                .peers
+                .sample(&env.sender, to, reply, self.now, room, &mut self.rng);
             self.stats.member_entries_sent += env.members.len() as u64;
         }
         self.send_envelope(to, env);

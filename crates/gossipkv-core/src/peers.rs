@@ -171,7 +171,12 @@ impl Peers {
     }
 
     /// The periodic membership check.
-    pub(crate) fn timeout(&mut self, now: Instant, rng: &mut SmallRng, stats: &mut Stats) -> Vec<Action> {
+    pub(crate) fn timeout(
+        &mut self,
+        now: Instant,
+        rng: &mut SmallRng,
+        stats: &mut Stats,
+    ) -> Vec<Action> {
         match self {
             Peers::Swim(s) => s.timeout(now, rng, stats),
             Peers::Given { .. } => Vec::new(),
@@ -243,8 +248,11 @@ impl Peers {
     ) -> Vec<SocketAddr> {
         match self {
             Peers::Swim(s) => {
-                let mut unknown: Vec<SocketAddr> =
-                    unknown.iter().copied().filter(|a| Some(*a) != own).collect();
+                let mut unknown: Vec<SocketAddr> = unknown
+                    .iter()
+                    .copied()
+                    .filter(|a| Some(*a) != own)
+                    .collect();
                 unknown.sort();
                 unknown.dedup();
                 s.round_targets(now, rng, quiet, fanout, resync, &unknown)

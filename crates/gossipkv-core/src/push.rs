@@ -58,7 +58,12 @@ impl Pusher {
     /// Pushes fresh local writes to the alive peers (see the module docs).
     /// Records whose value is too large for a datagram go to the same
     /// peers, each as its own fragmented envelope, and are not forwarded.
-    pub(crate) fn push_local(&mut self, cx: &mut Context, large: &mut LargeValues, records: Vec<Record>) {
+    pub(crate) fn push_local(
+        &mut self,
+        cx: &mut Context,
+        large: &mut LargeValues,
+        records: Vec<Record>,
+    ) {
         let alive = cx.peers.alive_count();
         let hops = if alive <= PUSH_DIRECT_MAX {
             0
@@ -109,7 +114,11 @@ impl Pusher {
     /// interval with the lowest sequence number seen in each, for as long
     /// as the hold time. (Forwarded pushes may miss nodes, so anti-entropy
     /// does not wait for them.)
-    pub(crate) fn note<'a>(&mut self, now: Instant, versions: impl IntoIterator<Item = &'a Version>) {
+    pub(crate) fn note<'a>(
+        &mut self,
+        now: Instant,
+        versions: impl IntoIterator<Item = &'a Version>,
+    ) {
         if !self.enabled {
             return;
         }
@@ -126,7 +135,10 @@ impl Pusher {
             }
             match w.back_mut() {
                 Some(s) if now < s.at + self.slot => s.seq = s.seq.min(v.seq),
-                _ => w.push_back(Slot { at: now, seq: v.seq }),
+                _ => w.push_back(Slot {
+                    at: now,
+                    seq: v.seq,
+                }),
             }
         }
     }
@@ -200,7 +212,10 @@ fn batch(cx: &Context, records: Vec<Record>) -> (Vec<Vec<Record>>, Vec<Record>) 
     let mut batches = Vec::new();
     let mut apart = Vec::new();
     for r in records {
-        if r.value.as_ref().is_some_and(|v| v.len() > cx.sizes.inline_max) {
+        if r.value
+            .as_ref()
+            .is_some_and(|v| v.len() > cx.sizes.inline_max)
+        {
             apart.push(r);
             continue;
         }

@@ -210,7 +210,10 @@ mod tests {
         let mut r = Reassembly::new(1 << 20, 4, Duration::from_secs(1));
         // First attempt: every other piece lost.
         for p in ps.iter().step_by(2) {
-            assert_eq!(r.insert(p.clone(), Instant::from_millis(0)), Outcome::Pending);
+            assert_eq!(
+                r.insert(p.clone(), Instant::from_millis(0)),
+                Outcome::Pending
+            );
         }
         // Second attempt: only the others arrive.
         let mut out = Outcome::Pending;
@@ -228,7 +231,10 @@ mod tests {
         let mut r = Reassembly::new(1_000, 2, Duration::from_millis(100));
         for id in 0..10u64 {
             let ps = pieces(&[1u8; 800], id, 400);
-            assert_eq!(r.insert(ps[0].clone(), Instant::from_millis(id)), Outcome::Pending);
+            assert_eq!(
+                r.insert(ps[0].clone(), Instant::from_millis(id)),
+                Outcome::Pending
+            );
             assert!(r.held_bytes() <= 1_000);
             assert!(r.open.len() <= 2);
         }
@@ -242,10 +248,16 @@ mod tests {
     fn contradicting_pieces_are_rejected() {
         let mut r = Reassembly::new(1 << 20, 4, Duration::from_millis(100));
         let ps = pieces(&[1u8; 300], 5, 100);
-        assert_eq!(r.insert(ps[0].clone(), Instant::from_millis(0)), Outcome::Pending);
+        assert_eq!(
+            r.insert(ps[0].clone(), Instant::from_millis(0)),
+            Outcome::Pending
+        );
         let mut other = ps[1].clone();
         other.count = 9;
-        assert!(matches!(r.insert(other, Instant::from_millis(0)), Outcome::Rejected(_)));
+        assert!(matches!(
+            r.insert(other, Instant::from_millis(0)),
+            Outcome::Rejected(_)
+        ));
         assert_eq!(r.held_bytes(), 0);
         // Pieces that fit together but are not the message their id names.
         let mut forged = pieces(&[1u8; 300], 7, 100);

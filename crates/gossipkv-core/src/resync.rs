@@ -33,7 +33,13 @@ const STALE_INTERVALS: u32 = 10;
 /// is below our floor in (they decide which of its stale records it may
 /// drop); later pages list the origins the initiator names (those of the
 /// first page), so that the pass raises them all.
-pub(crate) fn serve_page(cx: &mut Context, from: SocketAddr, syn: Syn, mine: &Digest, behind: &[Origin]) {
+pub(crate) fn serve_page(
+    cx: &mut Context,
+    from: SocketAddr,
+    syn: Syn,
+    mine: &Digest,
+    behind: &[Origin],
+) {
     let start = syn.resync_from.unwrap_or_default();
     let rotate = cx.rng.random::<u32>() as usize;
     let window = cx.sizes.body / 4;

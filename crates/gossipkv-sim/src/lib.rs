@@ -180,6 +180,8 @@ pub struct NetStats {
     pub cut: u64,
     /// Payload bytes sent.
     pub bytes: u64,
+    /// The largest datagram sent, bytes.
+    pub largest: u64,
     /// Datagrams and payload bytes sent, by kind (only with
     /// [`SimConfig::classify_datagrams`]).
     pub by_kind: [KindStats; DatagramKind::COUNT],
@@ -752,6 +754,7 @@ impl Sim {
     fn send(&mut self, i: usize, from: SocketAddr, t: Transmit) {
         self.net.sent += 1;
         self.net.bytes += t.payload.len() as u64;
+        self.net.largest = self.net.largest.max(t.payload.len() as u64);
         if self.cfg.classify_datagrams {
             let k = &mut self.net.by_kind[DatagramKind::of(&t.payload) as usize];
             k.sent += 1;

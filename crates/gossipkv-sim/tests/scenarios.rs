@@ -262,7 +262,11 @@ fn an_idle_cluster_answers_in_the_short_form() {
     sim.run_for(10 * SEC);
     let before: Vec<_> = (0..6).map(|i| sim.stats(i)).collect();
     sim.run_for(30 * SEC);
-    let mut syns = 0;
+    // Counters compared with each other are counted at the same event, so
+    // a datagram in flight at the window's edges cannot make them differ:
+    // Syns received with the replies to them, Syns sent with their form.
+    let mut syns_received = 0;
+    let mut syns_sent = 0;
     let mut short = 0;
     let mut records = 0;
     let mut hash_only = 0;
@@ -271,7 +275,8 @@ fn an_idle_cluster_answers_in_the_short_form() {
     let mut sent = 0;
     for (i, b) in before.iter().enumerate() {
         let a = sim.stats(i);
-        syns += a.syns_received - b.syns_received;
+        syns_received += a.syns_received - b.syns_received;
+        syns_sent += a.syns_sent - b.syns_sent;
         short += a.short_replies - b.short_replies;
         records += (a.records_won + a.records_lost) - (b.records_won + b.records_lost);
         hash_only += a.hash_only_syns_sent - b.hash_only_syns_sent;
@@ -279,27 +284,31 @@ fn an_idle_cluster_answers_in_the_short_form() {
         entries += a.member_entries_sent - b.member_entries_sent;
         sent += a.datagrams_sent - b.datagrams_sent;
     }
-    assert!(syns > 0);
+    assert!(syns_received > 0);
     assert_eq!(
-        short, syns,
+        short, syns_received,
         "every idle exchange is answered in the short form"
     );
     assert_eq!(records, 0, "no record travels while the cluster is idle");
     assert_eq!(
-        hash_only, syns,
+        hash_only, syns_sent,
         "idle Syns carry a digest fingerprint, not the digest"
     );
     assert_eq!(pulls, 0);
     assert_eq!(entries, 0, "a settled member list sends no member entries");
-    // One probe Syn per node per round, and its answer.
+    // One probe Syn per node per round, and its answer (a round may fall
+    // either side of each window edge).
     assert!(
-        sent <= 6 * 30 * 2 + 6,
+        sent <= 6 * 31 * 2,
         "{sent} datagrams in 30 idle rounds of 6 nodes"
     );
 
-    // A write on one node: the others learn of it through hash-only
-    // exchanges too (with eager push off, only anti-entropy can carry it;
-    // with fanout 1, the writer's full-digest Syns reach one peer a round).
+    // A write on one node: the others learn of it through the quiet
+    // exchanges too (with eager push off, only anti-entropy can carry it).
+    // Whether some node pulls it with a full digest or receives it first
+    // from a full-digest Syn depends on the seed; the pull itself is
+    // checked exactly by the core's unit test
+    // `a_hash_only_syn_answered_by_a_peer_ahead_pulls`.
     let mut quiet = Sim::new(SimConfig {
         seed,
         nodes: 6,
@@ -313,10 +322,16 @@ fn an_idle_cluster_answers_in_the_short_form() {
     quiet
         .run_until(MIN, 100, |s| s.all_have("late", Some(b"v")))
         .expect("a write made in an idle cluster spreads");
-    let pulls: u64 = (0..6).map(|i| quiet.stats(i).pulls_sent).sum();
+    quiet.run_for(10 * SEC);
+    let before: Vec<_> = (0..6).map(|i| quiet.stats(i)).collect();
+    quiet.run_for(10 * SEC);
+    let idle_again = (0..6).all(|i| {
+        let (a, b) = (quiet.stats(i), &before[i]);
+        a.syns_sent - b.syns_sent == a.hash_only_syns_sent - b.hash_only_syns_sent
+    });
     assert!(
-        pulls > 0,
-        "quiet nodes asked for the write with a full digest"
+        idle_again,
+        "once everyone has the write, the cluster is quiet again"
     );
 }
 
@@ -360,8 +375,19 @@ fn many_writers_and_a_long_absence_resync_within_packet_limits() {
             "key-{i} resurrected"
         );
     }
+    // Every datagram fits the packet size, and none had to be cut into
+    // fragments (pages and deltas are cut to the budget; the 900-byte value
+    // travels apart as one push). Dropped datagrams would not show in the
+    // largest size, so both are checked.
     let oversized: u64 = (0..n).map(|i| sim.stats(i).oversized_dropped).sum();
-    assert_eq!(oversized, 0, "every datagram fits the packet size");
+    assert_eq!(oversized, 0, "no datagram was dropped for its size");
+    let fragments: u64 = (0..n).map(|i| sim.stats(i).fragments_sent).sum();
+    assert_eq!(fragments, 0, "no envelope was cut into fragments");
+    let largest = sim.net_stats().largest;
+    assert!(
+        largest > 0 && largest <= 1_400,
+        "largest datagram: {largest} bytes"
+    );
 }
 
 /// A 1 MiB value crosses a lossy network as ~1,000 fragments per copy:

@@ -4,8 +4,7 @@
 use std::net::SocketAddr;
 
 use gossipkv_proto::{
-    decode, decode_reassembled, Body, DecodeError, Envelope, Fragment, Push, Reply, Sender,
-    SynAck,
+    decode, decode_reassembled, Body, DecodeError, Envelope, Fragment, Push, Reply, Sender, SynAck,
 };
 use gossipkv_storage::{Delta, NodeId, Page, Record, Version};
 use tracing::{debug, trace};
@@ -19,7 +18,13 @@ use crate::time::{Instant, WallTime};
 impl Protocol {
     /// Handles one datagram received from `from` at `now` (`wall`: the wall
     /// clock, see the driving contract).
-    pub fn handle_datagram(&mut self, now: Instant, wall: WallTime, from: SocketAddr, bytes: &[u8]) {
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        wall: WallTime,
+        from: SocketAddr,
+        bytes: &[u8],
+    ) {
         self.cx.now = now;
         self.cx.wall = wall;
         self.cx.stats.datagrams_received += 1;
@@ -50,10 +55,8 @@ impl Protocol {
             body,
             ..
         } = env;
-        if !inner {
-            if !self.heard_from(from, &sender, &members) {
-                return;
-            }
+        if !inner && !self.heard_from(from, &sender, &members) {
+            return;
         }
         if self.cx.left {
             return;
@@ -61,7 +64,8 @@ impl Protocol {
         match body {
             Body::Syn(syn) => {
                 let parts = parts!(self);
-                self.exchange.on_syn(&mut self.cx, from, &sender, syn, parts);
+                self.exchange
+                    .on_syn(&mut self.cx, from, &sender, syn, parts);
             }
             Body::SynAck(ack) => self.on_syn_ack(from, &sender, ack),
             Body::Ack(ack) => self.apply_delta(from, ack.delta),
@@ -215,7 +219,6 @@ impl Protocol {
         debug!(%from, %error, "dropping undecodable message");
         self.cx.report(NetworkError::Decode { from, error });
     }
-
 }
 
 /// The items whose flag in `won` is set (the two go in the same order).
@@ -229,4 +232,3 @@ fn winners<'a, T: 'a>(
         .filter(|(_, w)| **w)
         .map(|(t, _)| t)
 }
-

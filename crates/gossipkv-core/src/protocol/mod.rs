@@ -333,7 +333,11 @@ impl Protocol {
         self.cx.stats.tombstones_collected += gc.tombstones as u64;
         self.marks.collect(&mut self.cx);
         if gc.tombstones + gc.ghosts > 0 {
-            debug!(tombstones = gc.tombstones, ghosts = gc.ghosts, "collected garbage");
+            debug!(
+                tombstones = gc.tombstones,
+                ghosts = gc.ghosts,
+                "collected garbage"
+            );
         }
     }
 
@@ -353,9 +357,9 @@ impl Protocol {
             .collect();
         let fanout = cx.cfg.fanout();
         let own = cx.cfg.advertise_addr;
-        let targets = cx
-            .peers
-            .round_targets(cx.now, &mut cx.rng, quiet, fanout, resync, own, &unknown);
+        let targets =
+            cx.peers
+                .round_targets(cx.now, &mut cx.rng, quiet, fanout, resync, own, &unknown);
         if targets.is_empty() {
             return;
         }
@@ -373,16 +377,14 @@ impl Protocol {
     /// coalesced).
     pub fn push_local(&mut self, now: Instant, records: Vec<Record>) {
         self.cx.now = now;
-        self.push
-            .push_local(&mut self.cx, &mut self.large, records);
+        self.push.push_local(&mut self.cx, &mut self.large, records);
     }
 
     /// Sizes of every map and queue the protocol keeps, for tests that
     /// check state stays bounded whatever the network sends.
     #[cfg(test)]
     pub(crate) fn state_sizes(&self) -> Vec<(&'static str, usize)> {
-        let [members, forgotten, by_addr, awaiting, relays, probed, rumors] =
-            self.cx.peers.sizes();
+        let [members, forgotten, by_addr, awaiting, relays, probed, rumors] = self.cx.peers.sizes();
         vec![
             ("members", members),
             ("forgotten", forgotten),

@@ -108,7 +108,12 @@ impl Swim {
 
     /// A datagram came from `sender` at `from`: it is alive, and answers
     /// the probe we may be waiting on (and those we relay).
-    pub(crate) fn heard_from(&mut self, now: Instant, from: SocketAddr, sender: &Sender) -> Vec<Action> {
+    pub(crate) fn heard_from(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        sender: &Sender,
+    ) -> Vec<Action> {
         self.table.observe(sender, Some(from), now);
         self.prober.heard_from(from, sender)
     }
@@ -129,7 +134,12 @@ impl Swim {
 
     /// The periodic check: unanswered probes, suspicion and death timeouts,
     /// direct probes of doubted and suspected members.
-    pub(crate) fn timeout(&mut self, now: Instant, rng: &mut impl Rng, stats: &mut Stats) -> Vec<Action> {
+    pub(crate) fn timeout(
+        &mut self,
+        now: Instant,
+        rng: &mut impl Rng,
+        stats: &mut Stats,
+    ) -> Vec<Action> {
         let mut actions = self
             .prober
             .check(&mut self.table, now, self.interval, rng, stats);
@@ -173,7 +183,10 @@ impl Swim {
         let Some(target) = self.table.get(&probe.target.node_id) else {
             return Vec::new();
         };
-        if self.prober.relay(&target.node_id, from, now + self.interval) {
+        if self
+            .prober
+            .relay(&target.node_id, from, now + self.interval)
+        {
             stats.probes_relayed += 1;
             return vec![Action::Syn(target.addr)];
         }
@@ -209,8 +222,15 @@ impl Swim {
 
     /// Our live members in the buckets that differ from `theirs`, within
     /// `room` bytes; `None` when none differs.
-    pub(crate) fn reconcile(&self, theirs: &[u64], room: usize, rng: &mut impl Rng) -> Option<Vec<Sender>> {
-        self.table.print.reconcile(&self.table.members, theirs, room, rng)
+    pub(crate) fn reconcile(
+        &self,
+        theirs: &[u64],
+        room: usize,
+        rng: &mut impl Rng,
+    ) -> Option<Vec<Sender>> {
+        self.table
+            .print
+            .reconcile(&self.table.members, theirs, room, rng)
     }
 
     /// This round's Syn targets: the next member to probe, `fanout - 1`
@@ -237,7 +257,7 @@ impl Swim {
             }
             None => true,
         };
-        if !(quiet && !self.unsettled(now)) {
+        if !quiet || self.unsettled(now) {
             let mut peers: Vec<SocketAddr> = self
                 .table
                 .live()
@@ -310,8 +330,16 @@ impl Swim {
     ) -> Vec<Sender> {
         let to = self.table.id_at(to);
         let t = &mut self.table;
-        t.rumors
-            .sample(&t.members, &t.print, me, to.as_ref(), reply, now, budget, rng)
+        t.rumors.sample(
+            &t.members,
+            &t.print,
+            me,
+            to.as_ref(),
+            reply,
+            now,
+            budget,
+            rng,
+        )
     }
 
     /// The next membership event, if any.
@@ -324,7 +352,15 @@ impl Swim {
     pub(crate) fn sizes(&self) -> [usize; 7] {
         let (members, forgotten, by_addr) = self.table.sizes();
         let (awaiting, relays, probed) = self.prober.sizes();
-        [members, forgotten, by_addr, awaiting, relays, probed, self.table.rumors.len()]
+        [
+            members,
+            forgotten,
+            by_addr,
+            awaiting,
+            relays,
+            probed,
+            self.table.rumors.len(),
+        ]
     }
 
     /// The table, for tests.

@@ -58,7 +58,12 @@ pub(crate) struct Prober {
 impl Prober {
     /// The next member to probe in the shuffled round-robin order; its
     /// answer is awaited from `now`.
-    pub(crate) fn next(&mut self, table: &Table, now: Instant, rng: &mut impl Rng) -> Option<Member> {
+    pub(crate) fn next(
+        &mut self,
+        table: &Table,
+        now: Instant,
+        rng: &mut impl Rng,
+    ) -> Option<Member> {
         for _ in 0..2 {
             while let Some(node) = self.order.pop() {
                 if let Some(m) = table.get(&node).filter(|m| m.state.is_live()) {
@@ -140,7 +145,12 @@ impl Prober {
     /// twice per interval, so that a member that is alive but unlucky with
     /// loss answers before it is suspected, or declared dead (and learns
     /// that it is suspected, so that it refutes).
-    pub(crate) fn suspects_due(&mut self, table: &Table, now: Instant, interval: Duration) -> Vec<SocketAddr> {
+    pub(crate) fn suspects_due(
+        &mut self,
+        table: &Table,
+        now: Instant,
+        interval: Duration,
+    ) -> Vec<SocketAddr> {
         let suspects = table.to_probe();
         if suspects.is_empty() {
             self.probed.clear();
@@ -151,11 +161,7 @@ impl Prober {
             .retain(|n, _| suspects.iter().any(|m| &m.node_id == n));
         let mut due = Vec::new();
         for m in suspects {
-            if self
-                .probed
-                .get(&m.node_id)
-                .is_some_and(|&t| now < t + gap)
-            {
+            if self.probed.get(&m.node_id).is_some_and(|&t| now < t + gap) {
                 continue;
             }
             self.probed.insert(m.node_id.clone(), now);

@@ -300,7 +300,8 @@ impl Table {
         if toggles {
             self.print.toggle(key, now);
         }
-        self.events.push_back(MemberEvent::of_change(from, state, m));
+        self.events
+            .push_back(MemberEvent::of_change(from, state, m));
         self.rumors.spread(node, self.members.len());
     }
 
@@ -334,8 +335,7 @@ impl Table {
             let waited = now.saturating_since(e.since);
             match e.state {
                 MemberState::Alive => {
-                    if e
-                        .doubt_since
+                    if e.doubt_since
                         .is_some_and(|t| now.saturating_since(t) >= cfg.confirm_timeout)
                     {
                         changed.push((node.clone(), MemberState::Suspect));

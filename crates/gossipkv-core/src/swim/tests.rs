@@ -100,7 +100,11 @@ fn an_answer_clears_a_doubt_before_it_becomes_suspicion() {
     m.check(t(5_000));
     assert_eq!(state(&m, "x"), Some(MemberState::Alive));
     assert!(m.to_probe().is_empty());
-    assert_eq!(m.get(&"x".into()).unwrap().addr, from, "direct address wins");
+    assert_eq!(
+        m.get(&"x".into()).unwrap().addr,
+        from,
+        "direct address wins"
+    );
 }
 
 #[test]
@@ -293,7 +297,11 @@ fn forgotten_members_are_not_revived_by_stale_gossip() {
     m.observe(&left("x", 1, 5), None, t(0));
     m.check(t(20_000));
     assert!(m.get(&"x".into()).is_none());
-    assert_eq!(m.print.hash(), before, "a forgotten member leaves the fingerprint");
+    assert_eq!(
+        m.print.hash(),
+        before,
+        "a forgotten member leaves the fingerprint"
+    );
     m.observe(&rumor("x", 1, 5, Liveness::Alive), None, t(20_100));
     assert!(m.get(&"x".into()).is_none());
     m.observe(&rumor("x", 1, 6, Liveness::Alive), None, t(20_200));
@@ -312,7 +320,10 @@ fn the_table_holds_at_most_max_members() {
         let mut s = Sender::new(
             format!("n{i}"),
             1,
-            Some(SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 7946))),
+            Some(SocketAddr::from((
+                [10, (i >> 16) as u8, (i >> 8) as u8, i as u8],
+                7946,
+            ))),
         );
         s.incarnation = 0;
         m.observe(&s, None, t(0));

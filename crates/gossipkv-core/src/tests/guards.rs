@@ -61,10 +61,18 @@ const END_OF_TIME: Hlc = Hlc::from_u64(u64::MAX);
 fn a_record_stamped_at_the_end_of_time_never_moves_the_clock() {
     let mut p = protocol(vec![]);
     let writer = Origin::new("w", 1);
-    deliver(&mut p, 0, evil(), &from_evil(push(vec![record("k", "evil", END_OF_TIME, &writer, 1)])));
+    deliver(
+        &mut p,
+        0,
+        evil(),
+        &from_evil(push(vec![record("k", "evil", END_OF_TIME, &writer, 1)])),
+    );
     let store = p.store().clone();
     assert_eq!(store.get("k"), None, "held back, not applied");
-    assert!(store.clock().last() < ahead(1_000), "the clock did not move");
+    assert!(
+        store.clock().last() < ahead(1_000),
+        "the clock did not move"
+    );
     assert_eq!(p.stats().records_deferred, 1);
     assert!(reports(&mut p).iter().any(|e| matches!(
         e,
@@ -102,16 +110,26 @@ fn a_peer_with_a_clock_in_the_year_2100_is_held_back_and_reported() {
     assert!(store.clock().last() < ahead(1_000));
     // Ten minutes ahead is within the default drift (one hour): applied, reported.
     let near = Origin::new("skewed", 1);
-    deliver(&mut p, 1, evil(), &from_evil(push(vec![record("c", "soon", ahead(600_000), &near, 1)])));
+    deliver(
+        &mut p,
+        1,
+        evil(),
+        &from_evil(push(vec![record("c", "soon", ahead(600_000), &near, 1)])),
+    );
     assert_eq!(store.get("c").as_deref(), Some(&b"soon"[..]));
     let skew: Vec<(String, bool)> = reports(&mut p)
         .into_iter()
         .filter_map(|e| match e {
-            NetworkError::ClockSkew { node_id, deferred, .. } => Some((node_id, deferred)),
+            NetworkError::ClockSkew {
+                node_id, deferred, ..
+            } => Some((node_id, deferred)),
             _ => None,
         })
         .collect();
-    assert_eq!(skew, vec![("broken".to_string(), true), ("skewed".to_string(), false)]);
+    assert_eq!(
+        skew,
+        vec![("broken".to_string(), true), ("skewed".to_string(), false)]
+    );
 }
 
 #[test]
@@ -150,7 +168,11 @@ fn ghosts_stamped_beyond_the_drift_cut_their_chunk() {
     deliver(&mut p, 0, evil(), &from_evil(ack(vec![chunk], vec![])));
     let store = p.store().clone();
     assert_eq!(store.watermark(&writer), 1, "no watermark over the ghost");
-    assert_eq!(store.get("c").as_deref(), Some(&b"3"[..]), "later records still merge");
+    assert_eq!(
+        store.get("c").as_deref(),
+        Some(&b"3"[..]),
+        "later records still merge"
+    );
     assert!(store.clock().last() < ahead(1_000));
 }
 
@@ -196,7 +218,12 @@ fn records_of_our_own_origin_from_outside_are_never_applied() {
         value: Some(Bytes::from_static(b"ours")),
         version: v1.clone(),
     };
-    deliver(&mut p, 0, evil(), &from_evil(push(vec![forged_newer, forged_far, echo])));
+    deliver(
+        &mut p,
+        0,
+        evil(),
+        &from_evil(push(vec![forged_newer, forged_far, echo])),
+    );
     assert_eq!(store.get("k").as_deref(), Some(&b"ours"[..]));
     assert_eq!(store.get("x"), None);
     assert_eq!(store.watermark(&own), 1);
@@ -229,7 +256,11 @@ fn a_page_claiming_our_own_origin_is_refused_whole() {
         reply: Reply::Page(page),
     });
     deliver(&mut p, 0, evil(), &from_evil(body));
-    assert_eq!(store.get("keep").as_deref(), Some(&b"1"[..]), "nothing dropped");
+    assert_eq!(
+        store.get("keep").as_deref(),
+        Some(&b"1"[..]),
+        "nothing dropped"
+    );
     assert_eq!(store.watermark(&own), 1, "nothing raised");
     assert_eq!(p.stats().pages_refused, 1);
     assert_eq!(p.stats().pages_applied, 0);

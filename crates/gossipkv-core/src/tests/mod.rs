@@ -1,4 +1,5 @@
 //! Unit tests of the protocol as a whole, driven by hand.
 
 mod guards;
+mod hostile;
 mod protocol;

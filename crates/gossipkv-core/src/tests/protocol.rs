@@ -8,7 +8,10 @@ use gossipkv_proto::{decode, encode, Body, Envelope, Limits, MemberSync, Probe, 
 use gossipkv_storage::{NodeId, Origin, Store};
 
 use crate::swim::reconcile::BUCKETS;
-use crate::{Directory, Event, Instant, MemberState, NetworkError, Protocol, ProtocolConfig, Transmit, WallTime};
+use crate::{
+    Directory, Event, Instant, MemberState, NetworkError, Protocol, ProtocolConfig, Transmit,
+    WallTime,
+};
 
 /// The wall clock of these tests (2026-01-01).
 pub(crate) const WALL: u64 = 1_767_225_600_000;
@@ -107,7 +110,10 @@ fn a_forged_member_sync_gets_one_bounded_answer() {
         other => panic!("unexpected answer {other:?}"),
     }
     assert!(
-        answers[0].members.iter().any(|m| m.node_id.as_str() == "peer"),
+        answers[0]
+            .members
+            .iter()
+            .any(|m| m.node_id.as_str() == "peer"),
         "the answer carries the members of the differing buckets"
     );
     // A bucket list of the wrong length is not answered.
@@ -191,7 +197,9 @@ fn with_a_directory_peers_come_from_it_and_no_membership_travels() {
         .map(|i| SocketAddr::from(([127, 0, 0, 2], 7000 + i)))
         .collect();
     let mut cfg = config(vec![]);
-    cfg.directory = Some(Arc::new(Directory::new([vec![own], others.clone()].concat())));
+    cfg.directory = Some(Arc::new(Directory::new(
+        [vec![own], others.clone()].concat(),
+    )));
     let store = Arc::new(Store::new(Origin::new("me", 1)));
     let mut p = Protocol::new(cfg, store, Instant::from_millis(0));
     let mut rounds = Vec::new();
@@ -237,7 +245,10 @@ fn a_wall_clock_stepped_back_an_hour_stops_no_timer() {
         let _ = sent(&mut p);
         rounds.push(p.stats().rounds);
         let next = p.poll_timeout().unwrap();
-        assert!(next > now && next <= now + Duration::from_secs(1), "{next:?} after {now:?}");
+        assert!(
+            next > now && next <= now + Duration::from_secs(1),
+            "{next:?} after {now:?}"
+        );
     }
     assert_eq!(p.stats().rounds, 40, "one round per interval: {rounds:?}");
     // Once the wall clock is back past the tombstone's age, it is collected.
@@ -254,4 +265,55 @@ fn after_leave_nothing_is_due() {
     assert_eq!(p.poll_timeout(), None);
     timeout(&mut p, 10_000);
     assert!(sent(&mut p).is_empty());
+}
+
+#[test]
+fn a_hash_only_syn_answered_by_a_peer_ahead_pulls() {
+    use gossipkv_proto::{Reply, SynAck};
+    use gossipkv_storage::{Delta, Digest, DigestEntry};
+    let peer: SocketAddr = "127.0.0.1:7001".parse().unwrap();
+    let mut p = protocol(vec![peer]);
+    // Two rounds: the first sends a whole digest, the second (digest
+    // unchanged) only its fingerprint.
+    timeout(&mut p, 0);
+    let _ = sent(&mut p);
+    timeout(&mut p, 1_000);
+    assert_eq!(p.stats().hash_only_syns_sent, 1);
+    let _ = sent(&mut p);
+    let answer = |watermark| {
+        let digest = Digest {
+            entries: vec![DigestEntry {
+                origin: Origin::new("peer", 1),
+                watermark,
+            }],
+            complete: true,
+            ..Digest::default()
+        };
+        Envelope::new(
+            "test",
+            Sender::new("peer", 1, Some(peer)),
+            Body::SynAck(SynAck {
+                digest,
+                reply: Reply::Delta(Delta::default()),
+            }),
+        )
+    };
+    // The peer holds writes we lack: we ask again with our whole digest.
+    deliver(&mut p, 1_010, peer, &answer(5));
+    assert_eq!(p.stats().pulls_sent, 1);
+    let pulled: Vec<Envelope> = sent(&mut p)
+        .into_iter()
+        .map(|t| decode(&t.payload, &Limits::default()).unwrap())
+        .filter(|e| matches!(&e.body, Body::Syn(s) if s.digest_hash.is_none()))
+        .collect();
+    assert_eq!(pulled.len(), 1, "one full Syn to the peer");
+    // Only once per hash-only Syn: a second answer does not pull again.
+    deliver(&mut p, 1_020, peer, &answer(5));
+    assert_eq!(p.stats().pulls_sent, 1);
+    // A peer that is not ahead is not pulled from.
+    timeout(&mut p, 2_000);
+    let _ = sent(&mut p);
+    let before = p.stats().pulls_sent;
+    deliver(&mut p, 2_010, peer, &answer(0));
+    assert_eq!(p.stats().pulls_sent, before);
 }
