@@ -108,9 +108,14 @@ impl Guard {
         let mut f = Findings::default();
         let own = cx.store.local_origin();
         let own_mark = cx.store.watermark(own);
-        if page.watermarks.watermark(own).is_some_and(|w| w > own_mark) {
-            f.forged += 1;
-        }
+        // Every entry, not the first: a digest from outside may name an
+        // origin more than once, and the store raises each one it names.
+        f.forged += page
+            .watermarks
+            .entries
+            .iter()
+            .filter(|e| &e.origin == own && e.watermark > own_mark)
+            .count() as u64;
         for r in &page.records {
             if forges_own(cx, r) {
                 f.forged += 1;

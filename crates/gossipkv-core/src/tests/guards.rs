@@ -266,6 +266,39 @@ fn a_page_claiming_our_own_origin_is_refused_whole() {
     assert_eq!(p.stats().pages_applied, 0);
 }
 
+/// Found by `hostile_traffic_breaks_no_invariant` in CI: the guard read
+/// only the first entry for our origin, the store raised every entry.
+#[test]
+fn a_page_naming_our_origin_twice_is_refused_whole() {
+    let mut p = protocol(vec![]);
+    let store = p.store().clone();
+    let own = store.local_origin().clone();
+    store.set("keep", Bytes::from_static(b"1"), WALL);
+    let entry = |watermark| DigestEntry {
+        origin: own.clone(),
+        watermark,
+    };
+    let page = Page {
+        start: String::new(),
+        end: None,
+        records: vec![],
+        watermarks: Digest {
+            entries: vec![entry(1), entry(2)],
+            ..Digest::default()
+        },
+    };
+    let body = Body::SynAck(SynAck {
+        digest: Digest::default(),
+        reply: Reply::Page(page),
+    });
+    deliver(&mut p, 0, evil(), &from_evil(body));
+    assert_eq!(store.watermark(&own), 1, "nothing raised");
+    assert_eq!(p.stats().pages_refused, 1);
+    assert_eq!(p.stats().own_origin_refused, 1);
+    let next = store.set("y", Bytes::from_static(b"next"), WALL + 1);
+    assert_eq!(next.seq, 2, "no sequence number skipped or reused");
+}
+
 #[test]
 fn forged_sequence_numbers_near_the_end_of_the_space_do_not_panic() {
     let mut p = protocol(vec![]);
