@@ -7,9 +7,11 @@ pub(crate) const USAGE: &str = "\
 Usage: cargo xtask <COMMAND> [OPTIONS]
 
 Commands:
-  ci       Run the CI script .ci/run (fmt, clippy, tests, docs, cargo-deny)
+  ci       Run the CI script .ci/run (fmt, clippy, tests, seed sweep, docs,
+           cargo-deny)
   bench    Run the criterion benchmarks of gossipkv-benches and summarize them
   sim      Measure dissemination at scale in the simulator (release build)
+  sweep    Run the simulator's scenarios once per seed (release build)
   help     Print this help
 
 Options for `bench`:
@@ -32,7 +34,16 @@ is simulated with membership given (the cluster starts formed, peers drawn
 from a shared list of all nodes: seconds for 10,000 nodes), and counts up to
 2,000 also with membership formed through gossip (about a minute for 1,000
 nodes; each simulated node keeps ~520 B per member, so 10,000 nodes would
-need ~50 GB). `bench` runs the given-membership part itself.";
+need ~50 GB). `bench` runs the given-membership part itself.
+
+Options for `sweep`:
+  --seeds A..=B         Seeds to run, inclusive (also `A..B`, or one seed N;
+                        default 1..=100)
+  --timeout-secs S      Give up one suite run after S seconds (default 300)
+
+`sweep` builds the scenarios and membership suites of gossipkv-sim in release
+mode and runs each once per seed with GOSSIPKV_SIM_SEED set; it prints the
+replay command of every failure and fails if any seed failed.";
 
 /// A parsed `cargo xtask` invocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +56,26 @@ pub(crate) enum Command {
     Bench(BenchOptions),
     /// Run the simulator at scale.
     Sim(SimOptions),
+    /// Run the simulator's scenarios over many seeds.
+    Sweep(SweepOptions),
+}
+
+/// Options of `cargo xtask sweep`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SweepOptions {
+    /// First and last seed, inclusive.
+    pub(crate) seeds: (u64, u64),
+    /// Limit of one suite run.
+    pub(crate) timeout: std::time::Duration,
+}
+
+impl Default for SweepOptions {
+    fn default() -> Self {
+        SweepOptions {
+            seeds: (1, 100),
+            timeout: std::time::Duration::from_secs(300),
+        }
+    }
 }
 
 /// Options of `cargo xtask sim`.
@@ -91,6 +122,7 @@ pub(crate) fn parse(args: &[String]) -> anyhow::Result<Command> {
         }
         "bench" => parse_bench(rest),
         "sim" => parse_sim(rest),
+        "sweep" => parse_sweep(rest),
         other => bail!("unknown command `{other}`\n\n{USAGE}"),
     }
 }
@@ -136,6 +168,44 @@ fn parse_sim(args: &[String]) -> anyhow::Result<Command> {
         }
     }
     Ok(Command::Sim(opts))
+}
+
+/// Parses the arguments after `cargo xtask sweep`.
+fn parse_sweep(args: &[String]) -> anyhow::Result<Command> {
+    let mut opts = SweepOptions::default();
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "--seeds" => {
+                let Some(range) = iter.next().and_then(|v| seed_range(v)) else {
+                    bail!("`--seeds` needs a range such as 1..=40, 1..41 or 7\n\n{USAGE}");
+                };
+                opts.seeds = range;
+            }
+            "--timeout-secs" => {
+                let Some(v) = iter.next().and_then(|v| v.parse::<u64>().ok()) else {
+                    bail!("`--timeout-secs` needs a number\n\n{USAGE}");
+                };
+                opts.timeout = std::time::Duration::from_secs(v);
+            }
+            "--help" | "-h" => return Ok(Command::Help),
+            other => bail!("unexpected argument `{other}` for `sweep`\n\n{USAGE}"),
+        }
+    }
+    Ok(Command::Sweep(opts))
+}
+
+/// `A..=B`, `A..B` (B exclusive) or `N`, as an inclusive, non-empty range.
+fn seed_range(text: &str) -> Option<(u64, u64)> {
+    let (from, to) = if let Some((a, b)) = text.split_once("..=") {
+        (a.parse().ok()?, b.parse().ok()?)
+    } else if let Some((a, b)) = text.split_once("..") {
+        (a.parse().ok()?, b.parse::<u64>().ok()?.checked_sub(1)?)
+    } else {
+        let n = text.parse().ok()?;
+        (n, n)
+    };
+    (from <= to).then_some((from, to))
 }
 
 #[cfg(test)]
@@ -185,6 +255,27 @@ mod tests {
                 ..SimOptions::default()
             })
         );
+    }
+
+    #[test]
+    fn parses_sweep() {
+        let seeds = |s: &str| match parse(&args(&["sweep", "--seeds", s])) {
+            Ok(Command::Sweep(o)) => Some(o.seeds),
+            _ => None,
+        };
+        assert_eq!(seeds("1..=40"), Some((1, 40)));
+        assert_eq!(seeds("5..10"), Some((5, 9)));
+        assert_eq!(seeds("7"), Some((7, 7)));
+        assert_eq!(seeds("10..=1"), None);
+        assert_eq!(seeds("3..3"), None);
+        assert_eq!(seeds("0..0"), None);
+        assert_eq!(seeds("x..=3"), None);
+        assert_eq!(
+            parse(&args(&["sweep"])).unwrap(),
+            Command::Sweep(SweepOptions::default())
+        );
+        assert!(parse(&args(&["sweep", "--seeds"])).is_err());
+        assert!(parse(&args(&["sweep", "--timeout-secs", "soon"])).is_err());
     }
 
     #[test]

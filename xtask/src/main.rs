@@ -9,6 +9,8 @@
 //! - `cargo xtask sim [--quick] [--nodes N]...` measures dissemination at 1,000
 //!   and 10,000 nodes in the simulator, prints a table and writes
 //!   `target/xtask-sim/sim.json`.
+//! - `cargo xtask sweep [--seeds A..=B]` runs the simulator's scenario and
+//!   membership suites in release mode once per seed.
 //!
 //! The `cargo xtask` alias is defined in `.cargo/config.toml`.
 
@@ -18,6 +20,7 @@ mod cli;
 mod criterion;
 mod sim;
 mod summary;
+mod sweep;
 mod workspace;
 
 use std::process::ExitCode;
@@ -51,5 +54,10 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
             sim::run(&opts)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Sweep(opts) => Ok(if sweep::run(&opts)? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }),
     }
 }

@@ -64,11 +64,24 @@ fn a_chain_of_seeds_learns_the_whole_cluster() {
     eprintln!("20 chained nodes know each other after {took} ms");
 }
 
+/// SWIM's completeness bound, in ms, for `members` live members at the
+/// default detector settings (one-second interval). Every node probes each
+/// member once per cycle of `members` rounds, in an order shuffled again
+/// for each cycle, so any one node probes the crashed member within
+/// `2 * members - 1` rounds; then the probe times out (half an interval),
+/// the doubt is confirmed (one interval), the suspicion runs out (three
+/// intervals), and the death spreads (three rounds allowed). Usually some
+/// node probes it within the first few rounds (about 6 s in all; the
+/// slowest of 600 seeds took 9.8 s).
+fn detection_bound_ms(members: u64) -> u64 {
+    (2 * members - 1 + 7) * SEC + SEC / 2
+}
+
 #[test]
-fn a_crashed_node_is_declared_dead_by_all_within_ten_seconds() {
+fn a_crashed_node_is_declared_dead_by_all_within_one_probe_cycle_and_the_timeouts() {
     let seed = seed(41);
     let _g = SeedGuard::new(
-        "a_crashed_node_is_declared_dead_by_all_within_ten_seconds",
+        "a_crashed_node_is_declared_dead_by_all_within_one_probe_cycle_and_the_timeouts",
         seed,
     );
     let mut sim = Sim::new(SimConfig {
@@ -82,9 +95,12 @@ fn a_crashed_node_is_declared_dead_by_all_within_ten_seconds() {
         .expect("cluster forms");
     sim.run_for(30 * SEC);
     sim.crash(7);
+    // Nine members: 24.5 s at worst.
     let took = sim
-        .run_until(10 * SEC, 100, |s| all_see(s, 7, MemberState::Dead))
-        .expect("every node declares the crashed node dead within 10 s");
+        .run_until(detection_bound_ms(9), 100, |s| {
+            all_see(s, 7, MemberState::Dead)
+        })
+        .expect("every node declares the crashed node dead within the completeness bound");
     eprintln!("crash detected by all in {took} ms");
     // Healthy nodes are not declared dead, and the dead node's data stays.
     for i in (0..10).filter(|&i| i != 7) {
