@@ -78,10 +78,10 @@ fn detection_bound_ms(members: u64) -> u64 {
 }
 
 #[test]
-fn a_crashed_node_is_declared_dead_by_all_within_one_probe_cycle_and_the_timeouts() {
+fn a_crashed_node_is_declared_dead_by_all_within_the_completeness_bound() {
     let seed = seed(41);
     let _g = SeedGuard::new(
-        "a_crashed_node_is_declared_dead_by_all_within_one_probe_cycle_and_the_timeouts",
+        "a_crashed_node_is_declared_dead_by_all_within_the_completeness_bound",
         seed,
     );
     let mut sim = Sim::new(SimConfig {

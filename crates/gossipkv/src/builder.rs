@@ -250,9 +250,10 @@ where
         self
     }
 
-    /// Pushes every fresh write at once to `fanout` live peers, which forward
-    /// what was new to them (default on). Off, writes spread only by the
-    /// periodic anti-entropy rounds.
+    /// Pushes every fresh write at once to every live peer, up to 128 of
+    /// them (default on); in a larger cluster to 128 at random, which forward
+    /// what was new to them to `fanout` peers each. Off, writes spread only
+    /// by the periodic anti-entropy rounds.
     pub fn eager_push(mut self, enabled: bool) -> Self {
         self.eager_push = enabled;
         self

@@ -227,9 +227,10 @@
 //!
 //! - The README at the repository root is the user guide: every builder
 //!   option and its default, the error table, troubleshooting (duplicate
-//!   node ids, cluster id mismatches, clock skew, firewalls), *How
-//!   replication works* (versions, digests, deltas, push, membership), the
-//!   limits in full, and performance figures.
+//!   node ids, cluster id mismatches, clock skew, firewalls), the limits in
+//!   full, and performance figures.
+//! - docs/ALGORITHM.md explains the algorithm: versions, digests, deltas,
+//!   push, re-synchronisation, the guards and membership.
 //! - ARCHITECTURE.md explains the crates and the invariants they keep.
 //! - The protocol itself is the sans-IO state machine of the
 //!   `gossipkv-core` crate; [`GossipKv`] drives it from one tokio task. The

@@ -131,7 +131,8 @@ impl Protocol {
     pub fn new(cfg: ProtocolConfig, store: Arc<Store>, now: Instant) -> Self {
         let interval = cfg.interval();
         let max_message = cfg.max_value_size.saturating_add(crate::MESSAGE_SLACK);
-        // Room for two whole messages (one may be replaced by its retry).
+        // Room for four whole messages (a sender's retry may overlap the
+        // message it replaces).
         let reassembly = Reassembly::new(
             max_message.saturating_mul(4),
             OPEN_MESSAGES,

@@ -320,9 +320,10 @@ proptest! {
 }
 
 /// The traffic above reaches the code it is meant to attack: records are
-/// applied and held back, our own origin is claimed and refused, fragmented
-/// messages are reassembled, exchanges are answered. Without this, the
-/// property could hold because every datagram was dropped at the door.
+/// applied and held back, our own origin is claimed and refused, pages are
+/// refused whole, fragmented messages are reassembled, exchanges are
+/// answered. Without this, the property could hold because every datagram
+/// was dropped at the door.
 #[test]
 fn hostile_traffic_reaches_every_guard() {
     let mut runner = TestRunner::deterministic();
@@ -344,5 +345,6 @@ fn hostile_traffic_reaches_every_guard() {
     assert!(total.own_origin_refused > 0, "{total:?}");
     assert!(total.messages_reassembled > 0, "{total:?}");
     assert!(total.syns_received > 0, "{total:?}");
+    assert!(total.pages_refused > 0, "{total:?}");
     assert!(total.datagrams_sent > 0, "{total:?}");
 }
