@@ -13,6 +13,7 @@
 //! | `baseline_get_1m`, `baseline_get_1m_2threads`, `baseline_set_1m` | the same on a `parking_lot::RwLock<HashMap<String, Bytes>>` |
 //! | `merge` | `Store::merge` of 1,000 fresh records of another origin (newer versions of random existing keys) |
 //! | `delta_build_1400`, `delta_build_64k` | one `Store::delta_for` an empty peer from a 100,000-key store, budget 1,400 bytes / 64 KiB (elements: records in the delta) |
+//! | `resync_full_20k` | a full re-synchronisation of an empty store from a 20,000-key store, page by page (`Store::page`, then `Store::apply_page`), 1,400-byte pages (elements: records moved) |
 //!
 //! The `*_1m` stores and `merge`'s store hold one million keys, or
 //! `GOSSIPKV_BENCH_KEYS` keys when that variable is set (`cargo xtask bench
@@ -38,6 +39,8 @@ use gossipkv_storage::{
 };
 use parking_lot::RwLock;
 
+/// Keys of the store `resync_full_20k` pages through.
+const RESYNC_STORE_KEYS: usize = 20_000;
 /// Keys of the store `delta_build_*` reads from.
 const DELTA_STORE_KEYS: usize = 100_000;
 /// Operations after which `set_1m` and `merge` collect ghosts (untimed).
@@ -54,6 +57,7 @@ fn main() {
     baseline_benches(&mut group, keys);
     merge_bench(&mut group, keys);
     delta_build_benches(&mut group);
+    resync_bench(&mut group);
     group.finish();
     criterion.final_summary();
 }
@@ -286,4 +290,28 @@ fn delta_build_benches(group: &mut BenchmarkGroup<'_, WallTime>) {
             b.iter(|| store.delta_for(black_box(&peer), black_box(budget), 0))
         });
     }
+}
+
+/// `resync_full_20k`: every page of a [`RESYNC_STORE_KEYS`]-key store,
+/// built and applied to an empty store, as a joiner's full
+/// re-synchronisation does.
+fn resync_bench(group: &mut BenchmarkGroup<'_, WallTime>) {
+    let w = Workload::new(RESYNC_STORE_KEYS, SEED);
+    let from = w.filled_store(Origin::new("a", 1));
+    let resync = || {
+        let to = Store::new(Origin::new("b", 1));
+        let mut start = String::new();
+        loop {
+            let page = from.page(&start, 1_400, from.digest());
+            to.apply_page(&page);
+            match page.end {
+                Some(end) => start = end,
+                None => break,
+            }
+        }
+        to
+    };
+    assert_eq!(resync().len(), from.len(), "resync_full_20k: incomplete");
+    group.throughput(Throughput::Elements(RESYNC_STORE_KEYS as u64));
+    group.bench_function("resync_full_20k", |b| b.iter(resync));
 }

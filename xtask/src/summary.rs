@@ -78,6 +78,7 @@ pub(crate) const NAMED_FIGURES: &[NamedFigure] = &[
     NamedFigure::per_second("baseline_get_ops_2t", &["storage/baseline_get_1m_2threads"]),
     NamedFigure::per_second("baseline_set_ops_1t", &["storage/baseline_set_1m"]),
     NamedFigure::per_second("merge_records_per_s", &["storage/merge"]),
+    NamedFigure::per_second("resync_records_per_s", &["storage/resync_full_20k"]),
     NamedFigure::megabytes_per_second("encode_mb_per_s", &["codec/encode_synack_64k"]),
     NamedFigure::megabytes_per_second("decode_mb_per_s", &["codec/decode_synack_64k"]),
 ];

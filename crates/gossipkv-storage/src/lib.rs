@@ -42,6 +42,7 @@
 
 mod record;
 mod seq_index;
+mod shard;
 mod store;
 mod version;
 

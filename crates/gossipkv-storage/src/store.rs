@@ -1,8 +1,8 @@
 //! The sharded last-writer-wins store with its per-origin index.
 
-use std::cmp::Ordering as CmpOrdering;
+use std::cmp::{Ordering as CmpOrdering, Reverse};
 use std::collections::hash_map::Entry as MapEntry;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -16,6 +16,7 @@ use crate::record::{
     GHOST_OVERHEAD,
 };
 use crate::seq_index::{IndexEntry, SeqIndex};
+use crate::shard::ShardMap;
 use crate::version::{Hlc, HlcClock, Origin, Version};
 
 /// A function told of every change of a key's state: the key and its new
@@ -126,8 +127,9 @@ struct OriginLog {
 
 /// Keys are hashed with foldhash (randomly seeded per map): several times
 /// faster than the standard SipHash on short keys, which matters because
-/// every `get` and `set` hashes its key twice (shard, then map).
-type Shard = RwLock<HashMap<Arc<str>, Entry, FastState>>;
+/// every `get` and `set` hashes its key twice (shard, then map). Each shard
+/// also keeps its keys in order, for pages and prefix scans.
+type Shard = RwLock<ShardMap<Entry>>;
 
 /// A shard alone on its cache lines (two, against adjacent-line
 /// prefetching): readers on different cores that take the read locks of
@@ -155,7 +157,9 @@ struct Origins {
 ///
 /// Reads take one shard's read lock; local writes of one origin are ordered
 /// by that origin's log lock. Lock order, everywhere: origin table (released
-/// before anything else), then one origin log, then one shard.
+/// before anything else), then one origin log, then one shard; the only
+/// holder of several shards ([`Store::page`], read locks) takes them in
+/// index order and, while holding them, only reads the origin table.
 ///
 /// The store never reads a clock: callers pass the physical time in
 /// milliseconds to every operation that needs one.
@@ -182,7 +186,7 @@ impl Store {
     pub fn with_config(local: Origin, config: StoreConfig) -> Self {
         let n = config.shards.max(1).next_power_of_two();
         let shards = (0..n)
-            .map(|_| Padded(RwLock::new(HashMap::with_hasher(FastState::default()))))
+            .map(|_| Padded(RwLock::new(ShardMap::default())))
             .collect();
         let mut origins = Origins::default();
         let local_log = Arc::new(Mutex::new(OriginLog::new(local.clone())));
@@ -367,8 +371,11 @@ impl Store {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
             let shard = shard.read();
-            for (k, e) in shard.iter() {
-                if let (true, Some(v)) = (k.starts_with(prefix), &e.value) {
+            let matching = shard
+                .range(prefix, None)
+                .take_while(|(k, _)| k.starts_with(prefix));
+            for (k, e) in matching {
+                if let Some(v) = &e.value {
                     out.push((k.to_string(), v.clone()));
                 }
             }
@@ -864,7 +871,7 @@ impl Store {
                 match shard.get(&*ie.key) {
                     Some(e) if e.is_write(oid as u32, seq) => {
                         if e.value.is_none() {
-                            shard.remove(&*ie.key);
+                            shard.remove(&ie.key);
                             stats.tombstones += 1;
                             remove.push(seq);
                         }
@@ -948,18 +955,13 @@ impl Store {
     /// would not leave room for records. It must be taken before the call.
     /// `end` is the successor of the last key included (that key followed by
     /// a NUL character), so the page's size is bounded by the keys it carries.
+    ///
+    /// The shards' ordered keys are merged from `start` on, so a page costs
+    /// its own records (times log of the shard count) plus one range lookup
+    /// per shard, and a whole re-synchronisation of n keys about n log n.
+    /// All shards are read-locked for the page, in index order: a thread
+    /// that holds several shard locks always takes them in that order.
     pub fn page(&self, start: &str, budget: usize, watermarks: Digest) -> Page {
-        let mut items: Vec<(Arc<str>, Entry)> = Vec::new();
-        for shard in self.shards.iter() {
-            let shard = shard.read();
-            items.extend(
-                shard
-                    .iter()
-                    .filter(|(k, _)| &***k >= start)
-                    .map(|(k, e)| (k.clone(), e.clone())),
-            );
-        }
-        items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut page = Page {
             start: start.to_string(),
             end: None,
@@ -967,20 +969,32 @@ impl Store {
             watermarks,
         };
         let mut used = page.size_hint();
-        for (k, e) in items {
-            let cost = self.entry_size(&k, &e) + k.len();
+        let guards: Vec<_> = self.shards.iter().map(|s| s.read()).collect();
+        let mut walks: Vec<_> = guards.iter().map(|g| g.range(start, None)).collect();
+        // The next entry of each shard; the heap orders their keys.
+        let mut next: Vec<Option<&Entry>> = vec![None; walks.len()];
+        let mut heads = BinaryHeap::with_capacity(walks.len());
+        for (i, walk) in walks.iter_mut().enumerate() {
+            if let Some((k, e)) = walk.next() {
+                next[i] = Some(e);
+                heads.push(Reverse((k, i)));
+            }
+        }
+        while let Some(Reverse((k, i))) = heads.pop() {
+            let Some(e) = next[i].take() else { break };
+            let cost = self.entry_size(k, e) + k.len();
             // Always make progress: a page carries at least one record.
             if used + cost > budget && !page.records.is_empty() {
-                let last = page
-                    .records
-                    .last()
-                    .map(|r| r.key.to_string())
-                    .unwrap_or_default();
-                page.end = Some(last + "\0");
+                let last = page.records.last().map(|r| r.key.to_string());
+                page.end = Some(last.unwrap_or_default() + "\0");
                 break;
             }
             used += cost;
-            page.records.push(self.to_record(k, &e));
+            page.records.push(self.to_record(k.clone(), e));
+            if let Some((k, e)) = walks[i].next() {
+                next[i] = Some(e);
+                heads.push(Reverse((k, i)));
+            }
         }
         page
     }
@@ -996,32 +1010,19 @@ impl Store {
                 stats.lost += 1;
             }
         }
-        let in_range =
-            |k: &str| k >= page.start.as_str() && page.end.as_deref().is_none_or(|end| k < end);
         let origins: Vec<Origin> = self.origins.read().origins.clone();
         let mut collected: Vec<(u32, u64)> = Vec::new();
         for shard in self.shards.iter() {
-            let mut shard = shard.write();
-            let mut dropped = Vec::new();
-            for (k, e) in shard.iter() {
-                if !in_range(k) || in_page.contains(&**k) {
-                    continue;
-                }
-                // An origin interned (by a concurrent merge) since `origins`
-                // was read is looked up again.
-                let origin = match origins.get(e.origin as usize) {
-                    Some(o) => o.clone(),
-                    None => self.origin_of(e.origin),
-                };
-                if page
-                    .watermarks
-                    .watermark(&origin)
-                    .is_some_and(|w| w >= e.seq)
-                {
-                    dropped.push(k.clone());
-                }
+            // A page covers a narrow range: most shards hold nothing to drop
+            // in it, and are only read.
+            if self
+                .dropped_by(&shard.read(), page, &in_page, &origins)
+                .is_empty()
+            {
+                continue;
             }
-            for k in dropped {
+            let mut shard = shard.write();
+            for k in self.dropped_by(&shard, page, &in_page, &origins) {
                 if let Some(e) = shard.remove(&k) {
                     self.adjust_live(e.value.is_some(), false);
                     stats.dropped += 1;
@@ -1044,6 +1045,33 @@ impl Store {
             }
         }
         stats
+    }
+
+    /// The keys of `shard` that `page` drops: in its range, absent from it,
+    /// and held at a version its watermarks cover (see [`Page`]).
+    fn dropped_by(
+        &self,
+        shard: &ShardMap<Entry>,
+        page: &Page,
+        in_page: &HashSet<&str>,
+        origins: &[Origin],
+    ) -> Vec<Arc<str>> {
+        let covered = |e: &Entry| {
+            // An origin interned (by a concurrent merge) since `origins` was
+            // read is looked up again.
+            let origin = match origins.get(e.origin as usize) {
+                Some(o) => o.clone(),
+                None => self.origin_of(e.origin),
+            };
+            page.watermarks
+                .watermark(&origin)
+                .is_some_and(|w| w >= e.seq)
+        };
+        shard
+            .range(&page.start, page.end.as_deref())
+            .filter(|(k, e)| !in_page.contains(&***k) && covered(e))
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
     // ----- helpers ------------------------------------------------------------
