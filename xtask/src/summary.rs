@@ -104,6 +104,8 @@ pub(crate) const REQUIRED_KEYS: &[&str] = &[
     "sim_rounds_n1000_pull",
     "sim_rounds_n10000_pull",
     "bulk_10k_keys_n10_ms",
+    "late_join_ms_20k",
+    "cold_burst_ms_2k",
     "bulk_10k_keys_n10_bytes",
     "max_value_bytes_replicated",
 ];

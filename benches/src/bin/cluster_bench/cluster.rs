@@ -47,7 +47,7 @@ impl Cluster {
     ///
     /// Every node binds `127.0.0.1:0`. The transport leaves `SO_REUSEADDR`
     /// off, so the kernel hands each node a port no other socket has.
-    async fn start(spec: Spec<'_>) -> Result<Cluster> {
+    pub(crate) async fn start(spec: Spec<'_>) -> Result<Cluster> {
         let mut cluster = Cluster { nodes: Vec::new() };
         for i in 0..spec.nodes {
             match cluster.start_node(spec, i).await {
@@ -63,7 +63,7 @@ impl Cluster {
     }
 
     /// Starts node `i`, seeded with the first node and the one before it.
-    async fn start_node(&self, spec: Spec<'_>, i: usize) -> Result<Kv> {
+    pub(crate) async fn start_node(&self, spec: Spec<'_>, i: usize) -> Result<Kv> {
         let mut seeds = Vec::new();
         if let Some(first) = self.nodes.first() {
             seeds.push(addr(first)?);
@@ -156,7 +156,7 @@ impl Cluster {
     }
 
     /// Shuts every node down, reporting (not returning) errors.
-    async fn shutdown(self) {
+    pub(crate) async fn shutdown(self) {
         for node in &self.nodes {
             if let Err(e) = node.shutdown().await {
                 eprintln!("warning: shutting down {} failed: {e}", node.node_id());

@@ -13,7 +13,8 @@
 //! to `--out` and an SVG of propagation time against cluster size (eager push
 //! on and off) to `--svg` (default: `propagation.svg` beside `--out`).
 //! `--only` takes a comma-separated list of scenarios (`memory`, `n10`,
-//! `bulk`, `n100`, `maxvalue`, `sweep`) to run a subset.
+//! `bulk`, `n100`, `maxvalue`, `sweep`, `latejoin`, `coldburst`) to run a
+//! subset.
 //!
 //! Propagation is the time from `set` on one node until `get` returns the
 //! value on every other node; the nodes are polled from the main thread (not
@@ -31,10 +32,12 @@
 //! - [`idle`]: traffic of a cluster nobody writes to.
 //! - [`bulk`]: the `bulk` scenario (10,000 keys written on one node).
 //! - [`max_value`]: the `maxvalue` scenario (the largest value).
+//! - [`catchup`]: the cold paths, `latejoin` and `coldburst`.
 //! - [`memory`]: the `memory` scenario, in a subprocess.
 //! - [`plot`]: the SVG of the sweep.
 
 mod bulk;
+mod catchup;
 mod cluster;
 mod idle;
 mod max_value;
@@ -119,6 +122,15 @@ async fn run(opts: &Options) -> Result<()> {
     if opts.wants("sweep") {
         let result = propagation::scenario_sweep(&mut report, plan, &mut rng, t0, &opts.svg).await;
         report.check(t0, "sweep", result);
+    }
+
+    if opts.wants("latejoin") {
+        let result = catchup::late_join(&mut report, plan, t0).await;
+        report.check(t0, "latejoin", result);
+    }
+    if opts.wants("coldburst") {
+        let result = catchup::cold_burst(&mut report, plan, t0).await;
+        report.check(t0, "coldburst", result);
     }
 
     report.finish(&opts.out, opts.quick, t0)

@@ -6,7 +6,16 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 
 /// Every scenario, in the order they run.
-const SCENARIOS: [&str; 6] = ["memory", "n10", "bulk", "n100", "maxvalue", "sweep"];
+const SCENARIOS: [&str; 8] = [
+    "memory",
+    "n10",
+    "bulk",
+    "n100",
+    "maxvalue",
+    "sweep",
+    "latejoin",
+    "coldburst",
+];
 
 /// Hidden flag: measure the memory per entry and print it, nothing else
 /// (see [`crate::memory`]).
@@ -63,6 +72,8 @@ pub(crate) struct Plan {
     pub(crate) sample_deadline: Duration,
     /// Longest wait for one value to reach the other node (max value search).
     pub(crate) replicate_deadline: Duration,
+    /// Longest wait for a late joiner or a cold burst to be everywhere.
+    pub(crate) catchup_deadline: Duration,
 }
 
 impl Plan {
@@ -76,6 +87,7 @@ impl Plan {
                 samples_sweep: 15,
                 sample_deadline: Duration::from_secs(5),
                 replicate_deadline: Duration::from_secs(2),
+                catchup_deadline: Duration::from_secs(20),
             }
         } else {
             Plan {
@@ -85,6 +97,7 @@ impl Plan {
                 samples_sweep: 50,
                 sample_deadline: Duration::from_secs(10),
                 replicate_deadline: Duration::from_secs(4),
+                catchup_deadline: Duration::from_secs(180),
             }
         }
     }

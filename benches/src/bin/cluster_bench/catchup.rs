@@ -1,0 +1,246 @@
+//! The cold paths: `latejoin` (a fourth node joins three that hold 20,000
+//! keys) and `coldburst` (2,000 keys written on one of ten nodes started one
+//! after another, before the cluster has formed). Both time until the last
+//! node holds every key; a run that does not finish within its deadline
+//! reports the deadline and a timeout flag, plus how far it got.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+
+use crate::cluster::{sent_between, with_cluster, Cluster, Spec};
+use crate::options::Plan;
+use crate::report::{progress, Report};
+use crate::{Kv, INTERVAL};
+
+/// Keys the three formed nodes hold when the fourth joins.
+const JOIN_KEYS: usize = 20_000;
+/// Keys written at once before the cluster formed.
+const BURST_KEYS: usize = 2_000;
+/// Nodes of the cold burst.
+const BURST_NODES: usize = 10;
+/// Bytes of one key.
+const KEY_LEN: usize = 16;
+/// Bytes of one value.
+const VALUE_LEN: usize = 100;
+
+/// The `i`-th key, [`KEY_LEN`] bytes.
+fn key(i: usize) -> String {
+    format!("join-{i:011}")
+}
+
+/// The `i`-th value, [`VALUE_LEN`] bytes.
+fn value(i: usize) -> String {
+    format!("value-{i:094}")
+}
+
+/// How one catch-up went.
+#[derive(Debug)]
+struct CatchUp {
+    /// Until every node held every key, or the deadline.
+    ms: f64,
+    /// Whether the deadline passed first.
+    timed_out: bool,
+    /// Keys the poorest node held at the end.
+    least: usize,
+    /// Bytes all nodes sent meanwhile, over the keys and values delivered.
+    bytes_ratio: f64,
+}
+
+impl CatchUp {
+    fn describe(&self, what: &str, keys: usize) -> String {
+        let outcome = if self.timed_out {
+            format!(
+                "NOT done after {:.0} ms: the poorest node had {}",
+                self.ms, self.least
+            )
+        } else {
+            format!("done in {:.1} ms", self.ms)
+        };
+        format!(
+            "{what}: {outcome} of {keys} keys; {:.2}x the keys and values in bytes sent",
+            self.bytes_ratio
+        )
+    }
+
+    /// Records `{what}_ms_{size}` and its companions, the names the
+    /// catch-up targets use.
+    fn put(&self, report: &mut Report, what: &str, size: &str) {
+        report.put(format!("{what}_ms_{size}"), self.ms);
+        let timed_out = f64::from(u8::from(self.timed_out));
+        report.put(format!("{what}_timed_out_{size}"), timed_out);
+        report.put(format!("{what}_keys_held_{size}"), self.least as f64);
+        report.put(format!("{what}_bytes_ratio_{size}"), self.bytes_ratio);
+    }
+}
+
+/// Writes keys `0..n` on `node`.
+fn write_keys(node: &Kv, n: usize) -> Result<()> {
+    for i in 0..n {
+        node.set(key(i), value(i))
+            .with_context(|| format!("set {}", key(i)))?;
+    }
+    Ok(())
+}
+
+/// Polls `nodes` from this thread until each holds `keys` keys, or until
+/// `deadline` after `start`; `delivered` is how many key-and-value copies
+/// had to travel, for the byte ratio.
+fn wait_all(
+    nodes: &[&Kv],
+    keys: usize,
+    start: Instant,
+    deadline: Duration,
+    bytes: impl Fn() -> u64,
+    delivered: usize,
+) -> CatchUp {
+    let least = || nodes.iter().map(|n| n.len()).min().unwrap_or(0);
+    let timed_out = loop {
+        if least() >= keys {
+            break false;
+        }
+        if start.elapsed() > deadline {
+            break true;
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    };
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    CatchUp {
+        ms,
+        timed_out,
+        least: least(),
+        bytes_ratio: bytes() as f64 / (delivered * (KEY_LEN + VALUE_LEN)) as f64,
+    }
+}
+
+/// Checks every key's value on `node`.
+fn verify(node: &Kv, keys: usize) -> Result<()> {
+    for i in 0..keys {
+        ensure!(
+            node.get(key(i))?.as_deref() == Some(value(i).as_str()),
+            "{} has a wrong value for {}",
+            node.node_id(),
+            key(i)
+        );
+    }
+    Ok(())
+}
+
+/// `late_join_ms_20k` and companions: three formed nodes hold [`JOIN_KEYS`] keys written on
+/// the first; a fourth node starts with the first as its one seed.
+pub(crate) async fn late_join(report: &mut Report, plan: Plan, t0: Instant) -> Result<()> {
+    let spec = Spec::new("latejoin", 3);
+    with_cluster(spec, t0, async |c: &Cluster| {
+        progress(
+            t0,
+            format!("latejoin: writing {JOIN_KEYS} keys on one of 3 nodes..."),
+        );
+        write_keys(&c.nodes[0], JOIN_KEYS)?;
+        let holders: Vec<&Kv> = c.nodes.iter().collect();
+        let spread = wait_all(
+            &holders,
+            JOIN_KEYS,
+            Instant::now(),
+            plan.catchup_deadline,
+            || 0,
+            1,
+        );
+        ensure!(
+            !spread.timed_out,
+            "the 3 formed nodes did not share the keys: {spread:?}"
+        );
+        let before = c.stats();
+        let start = Instant::now();
+        let seed = c.nodes[0].local_addr().context("bound")?.to_string();
+        let joiner = Kv::builder()
+            .cluster_id(spec.name)
+            .node_id("latejoin-joiner")
+            .bind_addr("127.0.0.1:0")
+            .gossip_interval(INTERVAL)
+            .seeds([seed])
+            .build()
+            .await
+            .context("cannot start the joiner")?;
+        let bytes = || {
+            let (sent, _) = sent_between(&before, &c.stats());
+            sent + joiner.stats().bytes_sent
+        };
+        let join = wait_all(
+            &[&joiner],
+            JOIN_KEYS,
+            start,
+            plan.catchup_deadline,
+            bytes,
+            JOIN_KEYS,
+        );
+        progress(t0, join.describe("latejoin", JOIN_KEYS));
+        let checked = if join.timed_out {
+            Ok(())
+        } else {
+            verify(&joiner, JOIN_KEYS)
+        };
+        join.put(report, "late_join", "20k");
+        if let Err(e) = joiner.shutdown().await {
+            eprintln!("warning: shutting down the joiner failed: {e}");
+        }
+        checked
+    })
+    .await
+}
+
+/// `cold_burst_ms_2k` and companions: [`BURST_NODES`] nodes started one
+/// after another, and [`BURST_KEYS`] keys written on the last the moment it
+/// has started, before it has heard from any peer.
+pub(crate) async fn cold_burst(report: &mut Report, plan: Plan, t0: Instant) -> Result<()> {
+    let spec = Spec::new("coldburst", BURST_NODES);
+    progress(
+        t0,
+        format!("coldburst: starting {BURST_NODES} nodes, writing {BURST_KEYS} keys on the last at once..."),
+    );
+    let mut c = Cluster::start(Spec::new("coldburst", BURST_NODES - 1)).await?;
+    let result = async {
+        let before = c.stats();
+        let start = Instant::now();
+        let writer = c.start_node(spec, BURST_NODES - 1).await?;
+        write_keys(&writer, BURST_KEYS)?;
+        let write_ms = start.elapsed().as_secs_f64() * 1e3;
+        c.nodes.push(writer);
+        let nodes: Vec<&Kv> = c.nodes.iter().collect();
+        let bytes = || sent_between(&before, &c.stats()).0;
+        let delivered = (BURST_NODES - 1) * BURST_KEYS;
+        let burst = wait_all(
+            &nodes,
+            BURST_KEYS,
+            start,
+            plan.catchup_deadline,
+            bytes,
+            delivered,
+        );
+        progress(
+            t0,
+            format!(
+                "{} (writer started and written in {write_ms:.1} ms)",
+                burst.describe("coldburst", BURST_KEYS)
+            ),
+        );
+        burst.put(report, "cold_burst", "2k");
+        if !burst.timed_out {
+            verify(&c.nodes[0], BURST_KEYS)?;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    c.shutdown().await;
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_values_have_the_advertised_size() {
+        assert_eq!(key(JOIN_KEYS).len(), KEY_LEN);
+        assert_eq!(value(JOIN_KEYS).len(), VALUE_LEN);
+    }
+}
