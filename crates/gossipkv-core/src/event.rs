@@ -25,6 +25,9 @@ pub enum Event {
     Error(NetworkError),
     /// Membership changed.
     Member(MemberEvent),
+    /// This node has caught up (once per instance; see
+    /// [`Protocol::is_synced`](crate::Protocol::is_synced)).
+    Synced,
 }
 
 /// Problems seen while running. None of them stops the node: the offending

@@ -23,6 +23,7 @@ use crate::large::LargeValues;
 use crate::marks::PeerMarks;
 use crate::push::Pusher;
 use crate::resync::{self, ResyncClient};
+use crate::synced;
 use crate::time::Instant;
 
 /// For how many intervals rounds send whole digests after an exchange
@@ -175,6 +176,7 @@ impl Exchange {
             // (and, if we have writes it lacks, asks again in full).
             let reply = if mine.fingerprint() == theirs {
                 cx.stats.short_replies += 1;
+                synced::note_agreement(cx, from);
                 // Its watermarks are ours.
                 parts.marks.note(&cx.peers, sender, &mine);
                 Digest::default()
@@ -185,6 +187,7 @@ impl Exchange {
             return;
         }
         parts.marks.note(&cx.peers, sender, &syn.digest);
+        synced::note_digest(cx, from, &syn.digest);
         if syn.resync_from.is_none() && same_digest(&syn.digest, &mine) {
             // Nothing to exchange: an empty digest that covers no origin, so
             // the initiator has nothing to send back.

@@ -56,6 +56,7 @@ mod reassembly;
 mod resync;
 mod stats;
 mod swim;
+mod synced;
 mod time;
 
 #[cfg(test)]

@@ -83,4 +83,8 @@ pub struct Stats {
     /// Re-synchronisation pages refused whole because they carried a record
     /// stamped beyond the maximum clock drift (or forged for our origin).
     pub pages_refused: u64,
+    /// Whether this node has caught up once: it exchanged digests with a
+    /// live member and held everything that member vouched for (see
+    /// [`Protocol::is_synced`](crate::Protocol::is_synced)).
+    pub synced: bool,
 }

@@ -11,9 +11,9 @@ use gossipkv_core::{Event, MemberEvent, NetworkError, Protocol, WallTime};
 use gossipkv_storage::Record;
 use gossipkv_transport::Transport;
 use parking_lot::Mutex;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::builder::ErrorHandler;
 use crate::health::HealthTracker;
@@ -160,6 +160,8 @@ pub(crate) struct Driver<T> {
     pub(crate) pushes: mpsc::Receiver<Record>,
     pub(crate) reporter: Reporter,
     pub(crate) member_events: broadcast::Sender<MemberEvent>,
+    /// Set when the protocol says this node has caught up.
+    pub(crate) synced: watch::Sender<bool>,
 }
 
 /// What one turn of the driver took from the protocol.
@@ -256,6 +258,10 @@ impl<T: Transport> Driver<T> {
             Event::Error(e) => self.reporter.report(e),
             Event::Member(m) => {
                 let _ = self.member_events.send(m);
+            }
+            Event::Synced => {
+                info!("caught up with the cluster");
+                self.synced.send_replace(true);
             }
             other => debug!(?other, "unhandled protocol event"),
         }

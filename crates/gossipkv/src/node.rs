@@ -44,6 +44,8 @@ pub(crate) struct Inner<V> {
     pub(crate) changes: broadcast::Sender<Change>,
     pub(crate) member_events: broadcast::Sender<MemberEvent>,
     pub(crate) closed_tx: watch::Sender<bool>,
+    /// Whether the node has caught up once (see [`GossipKv::is_synced`]).
+    pub(crate) synced: watch::Sender<bool>,
     pub(crate) discovery: Mutex<Option<MdnsHandle>>,
     /// Fresh local writes on their way to the gossip task (for eager push).
     pub(crate) push_tx: Option<mpsc::Sender<Record>>,
@@ -534,6 +536,47 @@ where
                 .await
                 .map_err(|source| Error::Signal { source })
         })
+    }
+
+    /// Whether this node has caught up with the cluster at least once: it
+    /// exchanged digests with a live member and held everything that member
+    /// vouched for (or their digests agreed). Until then a joined or
+    /// restarted node answers reads with less than the cluster holds. A
+    /// node without seeds or discovery, or without a network, has nobody to
+    /// catch up from and is synced from the start.
+    ///
+    /// Set once, never unset: a node that falls behind later (a partition,
+    /// writes still on their way) stays synced. Two nodes that start empty
+    /// at the same time count each other as caught up, so restart nodes one
+    /// at a time, each after the previous one is synced. Also in
+    /// [`Stats::synced`].
+    pub fn is_synced(&self) -> bool {
+        *self.inner.synced.borrow()
+    }
+
+    /// Waits until this node [is synced](Self::is_synced); at once if it
+    /// is. A readiness signal: serve traffic, or report ready, after it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] if the node is shut down first.
+    pub async fn synced(&self) -> Result<(), Error> {
+        let mut synced = self.inner.synced.subscribe();
+        let mut closed = self.inner.closed_tx.subscribe();
+        loop {
+            if *synced.borrow_and_update() {
+                return Ok(());
+            }
+            if *closed.borrow_and_update() || self.is_closed() {
+                return Err(Error::Closed {
+                    node_id: self.node_id().to_string(),
+                });
+            }
+            tokio::select! {
+                _ = synced.changed() => {}
+                _ = closed.changed() => {}
+            }
+        }
     }
 
     /// Whether [`shutdown`](Self::shutdown) was called.

@@ -138,6 +138,7 @@ struct Shared {
     changes: broadcast::Sender<Change>,
     member_events: broadcast::Sender<MemberEvent>,
     closed_tx: watch::Sender<bool>,
+    synced: watch::Sender<bool>,
     health: Arc<HealthTracker>,
 }
 
@@ -147,6 +148,7 @@ impl Shared {
         let (changes, _) = broadcast::channel::<Change>(WATCH_QUEUE);
         let (member_events, _) = broadcast::channel::<MemberEvent>(WATCH_QUEUE);
         let (closed_tx, _) = watch::channel(false);
+        let (synced, _) = watch::channel(false);
         let tx = changes.clone();
         store.set_observer(Arc::new(move |key: &str, value: Option<&Bytes>| {
             if tx.receiver_count() > 0 {
@@ -161,6 +163,7 @@ impl Shared {
             changes,
             member_events,
             closed_tx,
+            synced,
             health: Arc::new(HealthTracker::default()),
         }
     }
@@ -217,6 +220,12 @@ where
         clock.now(),
     )));
     let record_budget = Some(protocol.lock().body_budget());
+    let expects_peers = !b.seeds.is_empty() || b.discovery;
+    if !expects_peers {
+        // Nobody to catch up from.
+        protocol.lock().mark_synced();
+        shared.synced.send_replace(true);
+    }
     let (stop_tx, stop_rx) = oneshot::channel();
     let (addrs_tx, addrs_rx) = mpsc::channel::<Addrs>(16);
     let (push_tx, push_rx) = mpsc::channel::<Record>(PUSH_QUEUE);
@@ -245,6 +254,7 @@ where
             pushes: push_rx,
             reporter: reporter.clone(),
             member_events: shared.member_events.clone(),
+            synced: shared.synced.clone(),
         }
         .run(),
     );
@@ -262,10 +272,11 @@ where
             task: Mutex::new(Some((stop_tx, handle))),
             errors_dropped: reporter.dropped().clone(),
             health: shared.health,
-            expects_peers: !b.seeds.is_empty() || b.discovery,
+            expects_peers,
             changes: shared.changes,
             member_events: shared.member_events,
             closed_tx: shared.closed_tx,
+            synced: shared.synced,
             discovery: Mutex::new(discovery),
             push_tx,
         }),
@@ -275,6 +286,8 @@ where
 
 /// A node without a network: a local in-memory store.
 fn local_only<K, V>(b: Builder<K, V>, node: NodeId, shared: Shared) -> GossipKv<K, V> {
+    // Nobody to catch up from.
+    shared.synced.send_replace(true);
     GossipKv {
         inner: Arc::new(Inner {
             store: shared.store,
@@ -292,6 +305,7 @@ fn local_only<K, V>(b: Builder<K, V>, node: NodeId, shared: Shared) -> GossipKv<
             changes: shared.changes,
             member_events: shared.member_events,
             closed_tx: shared.closed_tx,
+            synced: shared.synced,
             discovery: Mutex::new(None),
             push_tx: None,
         }),

@@ -579,3 +579,60 @@ async fn keys_that_cannot_travel_are_rejected_even_for_deletes() {
     kv.set("k".repeat(200), "fits".to_string()).unwrap();
     kv.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_is_synced_once_it_holds_what_its_seed_held() {
+    const KEYS: usize = 200;
+    let a = node("sync-a", &[]).await;
+    assert!(a.is_synced(), "no seeds: nobody to catch up from");
+    assert!(a.stats().synced);
+    for i in 0..KEYS {
+        a.set(format!("k{i:03}"), format!("{i}")).unwrap();
+    }
+    let b = node("sync-b", &[&a]).await;
+    // Anti-entropy moves about one packet of records per exchange: 200
+    // keys take many rounds, so the joiner cannot be synced yet.
+    assert!(!b.is_synced(), "synced before any exchange");
+    tokio::time::timeout(DEADLINE, b.synced())
+        .await
+        .expect("the joiner catches up within the deadline")
+        .expect("the node is running");
+    assert!(b.is_synced() && b.stats().synced);
+    // Synced means it holds what the seed vouched for: every key.
+    for i in 0..KEYS {
+        assert_eq!(get(&b, &format!("k{i:03}")), Some(i.to_string()));
+    }
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_sync_ends_with_closed_when_the_node_shuts_down_first() {
+    // A seed that never answers: a socket nobody reads.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b = GossipKv::<String, String>::builder()
+        .node_id("sync-lonely")
+        .bind_addr("127.0.0.1:0")
+        .gossip_interval(Duration::from_millis(50))
+        .seeds([silent.local_addr().unwrap().to_string()])
+        .build()
+        .await
+        .unwrap();
+    let waiter = {
+        let b = b.clone();
+        tokio::spawn(async move { b.synced().await })
+    };
+    assert!(!b.is_synced());
+    b.shutdown().await.unwrap();
+    let result = tokio::time::timeout(DEADLINE, waiter)
+        .await
+        .expect("the waiter ends")
+        .unwrap();
+    assert!(matches!(result, Err(Error::Closed { .. })), "{result:?}");
+    let local = GossipKv::<String, String>::builder().build().await.unwrap();
+    assert!(
+        local.is_synced(),
+        "a local-only node has nobody to wait for"
+    );
+    local.synced().await.unwrap();
+}

@@ -6,13 +6,14 @@ use std::net::SocketAddr;
 use gossipkv_proto::{
     decode, decode_reassembled, Body, DecodeError, Envelope, Fragment, Push, Reply, Sender, SynAck,
 };
-use gossipkv_storage::{Delta, NodeId, Page, Record, Version};
+use gossipkv_storage::{Delta, Digest, NodeId, Page, Record, Version};
 use tracing::{debug, trace};
 
 use super::Protocol;
 use crate::event::NetworkError;
 use crate::exchange::Parts;
 use crate::reassembly::Outcome;
+use crate::synced;
 use crate::time::{Instant, WallTime};
 
 impl Protocol {
@@ -119,9 +120,17 @@ impl Protocol {
         if let Some(action) = self.cx.peers.on_syn_ack(from, sender.members_hash) {
             self.cx.run(vec![action]);
         }
+        // The short form: an empty digest and an empty delta.
+        let agreed = ack.digest == Digest::default()
+            && matches!(&ack.reply, Reply::Delta(d) if d.is_empty());
         match ack.reply {
             Reply::Delta(delta) => self.apply_delta(from, delta),
             Reply::Page(page) => self.on_page(from, &sender.node_id, &page),
+        }
+        if agreed {
+            synced::note_agreement(&mut self.cx, from);
+        } else {
+            synced::note_digest(&mut self.cx, from, &ack.digest);
         }
         let parts = parts!(self);
         self.exchange

@@ -168,6 +168,22 @@ impl Protocol {
         &self.cx.store
     }
 
+    /// Whether this node has caught up once: it exchanged digests with a
+    /// live member and held everything that member vouched for, or its
+    /// digest and a member's agreed. Set once ([`Event::Synced`]), never
+    /// unset. A complete digest or an agreement counts; a windowed one does
+    /// not (its other origins are unknown).
+    pub fn is_synced(&self) -> bool {
+        self.cx.stats.synced
+    }
+
+    /// Declares this node caught up without an exchange, for a node that
+    /// has nobody to catch up from (no seeds, no discovery). Emits
+    /// [`Event::Synced`] unless already synced.
+    pub fn mark_synced(&mut self) {
+        crate::synced::mark(&mut self.cx, None);
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> Stats {
         let mut s = self.cx.stats;

@@ -3,3 +3,4 @@
 mod guards;
 mod hostile;
 mod protocol;
+mod synced;
