@@ -35,7 +35,7 @@ use crate::event::NetworkError;
 use crate::time::{millis, Instant};
 
 /// Most writers whose skew reports are rate-limited at once.
-const MAX_SKEW_REPORTS: usize = 1_024;
+pub(crate) const MAX_SKEW_REPORTS: usize = 1_024;
 
 /// How often skew is reported per writer.
 const SKEW_REPORT_EVERY: Duration = Duration::from_secs(60);

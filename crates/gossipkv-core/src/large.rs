@@ -19,7 +19,7 @@ use crate::time::Instant;
 
 /// Most (peer, record) sends remembered; past it the oldest is forgotten
 /// (which only risks sending that record again early).
-const MAX_REMEMBERED: usize = 4_096;
+pub(crate) const MAX_REMEMBERED: usize = 4_096;
 
 /// Which peer got which large record (by origin and sequence number).
 type SentKey = (SocketAddr, NodeId, u64, u64);

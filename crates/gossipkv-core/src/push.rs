@@ -23,7 +23,7 @@ use crate::time::{millis, Instant};
 
 /// Most origins whose recent pushes are remembered (pushed records name
 /// their origin, so this map is fed by the network).
-const MAX_ORIGINS_NOTED: usize = 4_096;
+pub(crate) const MAX_ORIGINS_NOTED: usize = 4_096;
 
 /// One time slot of recent pushes of an origin.
 #[derive(Debug, Clone, Copy)]

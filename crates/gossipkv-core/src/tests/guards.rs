@@ -328,3 +328,48 @@ fn forged_sequence_numbers_near_the_end_of_the_space_do_not_panic() {
     let _ = Duration::ZERO;
     let _ = HLC_MAX_PHYSICAL_MS;
 }
+
+/// Skew is reported at most once a minute per writer, and the writers
+/// remembered for that are capped.
+#[test]
+fn skew_reports_are_rate_limited_per_writer_and_capped() {
+    let mut p = protocol(vec![]);
+    let skewed = |p: &mut Protocol, ms: u64, writer: &str, seq: u64| {
+        let origin = Origin::new(writer, 1);
+        // A minute ahead: within the drift bound, over the report threshold.
+        let hlc = Hlc::new(WALL + ms + 60_000, 0);
+        let key = format!("{writer}-{seq}");
+        let body = push(vec![record(&key, "v", hlc, &origin, seq)]);
+        deliver(p, ms, evil(), &from_evil(body));
+        reports(p)
+            .into_iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    NetworkError::ClockSkew {
+                        deferred: false,
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    assert_eq!(skewed(&mut p, 0, "w", 1), 1, "first report");
+    assert_eq!(skewed(&mut p, 30_000, "w", 2), 0, "within the minute");
+    assert_eq!(skewed(&mut p, 30_000, "x", 1), 1, "another writer");
+    assert_eq!(skewed(&mut p, 61_000, "w", 3), 1, "a minute later");
+    assert_eq!(p.store().len(), 4, "all applied: within the drift bound");
+    // Many writers at once: reports stop at the cap, memory with them.
+    let mut reported = 0;
+    for i in 0..1_100 {
+        reported += skewed(&mut p, 62_000, &format!("many-{i}"), 1);
+    }
+    let cap = crate::guard::MAX_SKEW_REPORTS;
+    assert_eq!(reported, cap - 2, "w and x hold two places");
+    let held = p
+        .state_sizes()
+        .into_iter()
+        .find(|(name, _)| *name == "skew reports")
+        .map(|(_, n)| n);
+    assert_eq!(held, Some(cap));
+}

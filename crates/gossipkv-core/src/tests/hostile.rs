@@ -276,9 +276,15 @@ impl Node {
                     MAX_MEMBERS
                 }
                 "relays" => crate::swim::probe::MAX_RELAYS,
+                "pushed origins" => crate::push::MAX_ORIGINS_NOTED,
+                "large sends" => crate::large::MAX_REMEMBERED,
+                "peer marks" => crate::marks::MARKS_MAX,
+                "skew reports" => crate::guard::MAX_SKEW_REPORTS,
+                // Cleared every round; at most one per Syn target.
+                "hash-only syns" => MAX_MEMBERS,
                 "reassembly bytes" => 4 * max_message,
                 "events" => 0,
-                _ => 4_096,
+                other => panic!("no cap known for {other}: add it here"),
             };
             assert!(len <= cap, "{name}: {len} > {cap}");
         }
