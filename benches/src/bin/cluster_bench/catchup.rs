@@ -206,7 +206,11 @@ pub(crate) async fn cold_burst(report: &mut Report, plan: Plan, t0: Instant) -> 
         let write_ms = start.elapsed().as_secs_f64() * 1e3;
         c.nodes.push(writer);
         let nodes: Vec<&Kv> = c.nodes.iter().collect();
-        let bytes = || sent_between(&before, &c.stats()).0;
+        // The writer started after `before`: all it sent counts.
+        let bytes = || {
+            let stats = c.stats();
+            sent_between(&before, &stats).0 + stats[BURST_NODES - 1].bytes_sent
+        };
         let delivered = (BURST_NODES - 1) * BURST_KEYS;
         let burst = wait_all(
             &nodes,
