@@ -17,6 +17,7 @@ use crate::event::{Event, NetworkError};
 use crate::outbox::Outbox;
 use crate::peers::Peers;
 use crate::swim::Action;
+use crate::synced::Windows;
 use crate::time::{Instant, WallTime};
 use crate::Stats;
 
@@ -38,6 +39,8 @@ pub(crate) struct Context {
     pub(crate) left: bool,
     pub(crate) peers: Peers,
     pub(crate) out: Outbox,
+    /// Windows of peers' digests that showed nothing we lack (until synced).
+    pub(crate) windows: Windows,
 }
 
 impl Context {
@@ -55,6 +58,7 @@ impl Context {
             stats: Stats::default(),
             events: VecDeque::new(),
             left: false,
+            windows: Windows::default(),
         }
     }
 

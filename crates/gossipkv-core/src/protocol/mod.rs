@@ -171,8 +171,8 @@ impl Protocol {
     /// Whether this node has caught up once: it exchanged digests with a
     /// live member and held everything that member vouched for, or its
     /// digest and a member's agreed. Set once ([`Event::Synced`]), never
-    /// unset. A complete digest or an agreement counts; a windowed one does
-    /// not (its other origins are unknown).
+    /// unset. A digest sent in windows counts once fresh windows of one
+    /// peer cover every origin.
     pub fn is_synced(&self) -> bool {
         self.cx.stats.synced
     }
@@ -416,6 +416,7 @@ impl Protocol {
             ("skew reports", self.guard.len()),
             ("hash-only syns", self.exchange.pending()),
             ("reassembly bytes", self.reassembly.held_bytes()),
+            ("sync windows", self.cx.windows.len()),
             ("events", self.cx.events.len()),
         ]
     }

@@ -282,6 +282,7 @@ impl Node {
                 "skew reports" => crate::guard::MAX_SKEW_REPORTS,
                 // Cleared every round; at most one per Syn target.
                 "hash-only syns" => MAX_MEMBERS,
+                "sync windows" => crate::synced::MAX_WINDOW_PEERS,
                 "reassembly bytes" => 4 * max_message,
                 "events" => 0,
                 other => panic!("no cap known for {other}: add it here"),

@@ -81,7 +81,7 @@ fn a_joiner_is_synced_exactly_when_it_holds_what_its_peer_vouched_for() {
 }
 
 #[test]
-fn a_windowed_digest_is_not_evidence_and_the_short_form_is() {
+fn one_window_is_not_evidence_and_the_short_form_is() {
     let (mut p, _) = node("me", 7103, vec![]);
     let peer: SocketAddr = "127.0.0.1:7104".parse().unwrap();
     let reply = |digest: Digest| {
@@ -92,7 +92,7 @@ fn a_windowed_digest_is_not_evidence_and_the_short_form_is() {
         });
         Envelope::new("test", sender, body)
     };
-    // A window that lists nothing we lack says nothing of the rest.
+    // One window that lists nothing we lack says nothing of the rest.
     let window = Digest {
         entries: vec![DigestEntry {
             origin: Origin::new("peer", 1),
@@ -132,4 +132,101 @@ fn a_node_alone_is_synced_when_its_driver_says_so() {
     p.mark_synced();
     assert!(p.is_synced() && p.stats().synced);
     assert_eq!(synced_events(&mut p), 1);
+}
+
+/// A window of `peer`'s digest listing `origins` (all at watermark 0).
+fn window(origins: &[&str], open_start: bool, open_end: bool) -> Digest {
+    Digest {
+        entries: origins
+            .iter()
+            .map(|o| DigestEntry {
+                origin: Origin::new(*o, 1),
+                watermark: 0,
+            })
+            .collect(),
+        complete: false,
+        open_start,
+        open_end,
+    }
+}
+
+fn syn_ack_from(peer: SocketAddr, digest: Digest) -> Envelope {
+    let body = Body::SynAck(SynAck {
+        digest,
+        reply: Reply::Delta(Default::default()),
+    });
+    Envelope::new("test", Sender::new("peer", 1, Some(peer)), body)
+}
+
+#[test]
+fn fresh_windows_of_one_peer_covering_every_origin_are_evidence() {
+    let peer: SocketAddr = "127.0.0.1:7110".parse().unwrap();
+    let other: SocketAddr = "127.0.0.1:7111".parse().unwrap();
+    let start = || window(&["a", "c"], true, false);
+    let end = || window(&["c", "e"], false, true);
+    // Overlapping windows from the open start to the open end.
+    let (mut p, _) = node("me", 7112, vec![]);
+    deliver(&mut p, 0, peer, &syn_ack_from(peer, start()));
+    assert!(!p.is_synced());
+    deliver(&mut p, 10, peer, &syn_ack_from(peer, end()));
+    assert!(p.is_synced());
+    assert_eq!(synced_events(&mut p), 1);
+
+    // A gap between two windows: origins in it are unknown.
+    let (mut p, _) = node("me", 7113, vec![]);
+    deliver(&mut p, 0, peer, &syn_ack_from(peer, start()));
+    deliver(
+        &mut p,
+        10,
+        peer,
+        &syn_ack_from(peer, window(&["d", "e"], false, true)),
+    );
+    assert!(
+        !p.is_synced(),
+        "nothing spoke for the origins between c and d"
+    );
+
+    // Windows of two different peers do not add up.
+    let (mut p, _) = node("me", 7114, vec![]);
+    deliver(&mut p, 0, peer, &syn_ack_from(peer, start()));
+    deliver(&mut p, 10, other, &syn_ack_from(other, end()));
+    assert!(!p.is_synced());
+
+    // A window older than the freshness bound no longer counts.
+    let (mut p, _) = node("me", 7115, vec![]);
+    deliver(&mut p, 0, peer, &syn_ack_from(peer, start()));
+    deliver(&mut p, 500, peer, &syn_ack_from(peer, end()));
+    assert!(!p.is_synced(), "the first window is five intervals old");
+
+    // A window that shows us behind forgets what that peer showed before.
+    let (mut p, _) = node("me", 7116, vec![]);
+    deliver(&mut p, 0, peer, &syn_ack_from(peer, start()));
+    let mut ahead = window(&["b"], false, false);
+    ahead.entries[0].watermark = 5;
+    deliver(&mut p, 10, peer, &syn_ack_from(peer, ahead));
+    deliver(&mut p, 20, peer, &syn_ack_from(peer, end()));
+    assert!(!p.is_synced());
+}
+
+#[test]
+fn windows_are_kept_for_a_bounded_number_of_peers() {
+    let (mut p, _) = node("me", 7117, vec![]);
+    let cap = crate::synced::MAX_WINDOW_PEERS;
+    for i in 0..(3 * cap) {
+        let peer: SocketAddr = format!("127.0.0.2:{}", 1000 + i).parse().unwrap();
+        deliver(
+            &mut p,
+            0,
+            peer,
+            &syn_ack_from(peer, window(&["a"], true, false)),
+        );
+        let held = p
+            .state_sizes()
+            .into_iter()
+            .find(|(name, _)| *name == "sync windows")
+            .map(|(_, n)| n)
+            .unwrap();
+        assert!(held <= cap, "{held} peers' windows kept");
+    }
+    assert!(!p.is_synced());
 }
