@@ -170,6 +170,12 @@
 //! # Ok(()) }
 //! ```
 //!
+//! A node that just joined or restarted holds less than the cluster until it
+//! has caught up: [`GossipKv::synced`] waits for that (it exchanged digests
+//! with a live member and held everything that member vouched for), and
+//! [`GossipKv::is_synced`] says it without waiting. Both fit a readiness
+//! probe beside `health`.
+//!
 //! ## Errors
 //!
 //! The API returns [`Error`]: [`Error::InvalidConfig`] names the failed
@@ -188,7 +194,8 @@
 //!   (1 MiB by default, up to 64 MiB).
 //! - Every node holds every key: a replica is as large as the whole map.
 //! - No persistence: a restarted node starts empty and catches up from its
-//!   peers.
+//!   peers, at about one packet of records per gossip round for the whole
+//!   cluster (a bulk path is planned).
 //! - No encryption, no authentication: the cluster id is a name, not a
 //!   secret. Run it on a network you trust.
 //! - Last writer wins by hybrid logical clock: clock skew decides which of
