@@ -48,6 +48,14 @@ pub const PUSH_DIRECT_MAX: usize = 128;
 /// (key, version, header).
 pub const MESSAGE_SLACK: usize = 64 << 10;
 
+/// Default [`ProtocolConfig::stream_threshold`]: a few packets' worth of
+/// small writes.
+pub const DEFAULT_STREAM_THRESHOLD: u64 = 64;
+/// Default [`ProtocolConfig::max_serving_streams`].
+pub const DEFAULT_MAX_SERVING_STREAMS: usize = 4;
+/// Default [`ProtocolConfig::stream_frame_size`]: 64 KiB.
+pub const DEFAULT_STREAM_FRAME_SIZE: usize = 64 << 10;
+
 /// Longest text form of a socket address ("[v6%scope]:port"), as assumed
 /// when cutting fragments.
 const MAX_ADDR_TEXT: usize = 64;
@@ -104,12 +112,26 @@ pub struct ProtocolConfig {
     /// simulator run clusters too large for every simulated node to hold a
     /// full member table, and measure dissemination alone.
     pub directory: Option<Arc<Directory>>,
+    /// Whether this node asks peers for streams when it is far behind, and
+    /// serves them (see [`Protocol::poll_stream_open`](crate::Protocol::poll_stream_open)).
+    /// Off by default: a driver that can carry streams turns it on.
+    pub streams: bool,
+    /// How many writes a peer must vouch for that this node lacks (and
+    /// that are not reaching it by push) before it asks that peer for a
+    /// stream.
+    pub stream_threshold: u64,
+    /// Most streams served at once; further requests are refused (the
+    /// asking peer catches up by datagrams, or asks again later).
+    pub max_serving_streams: usize,
+    /// Bytes of records per stream frame (a record larger than this gets a
+    /// frame of its own).
+    pub stream_frame_size: usize,
 }
 
 impl ProtocolConfig {
     /// The defaults for node `node_id` of generation `generation` in
     /// cluster `cluster_id`: no address, no seeds, the `DEFAULT_*`
-    /// constants, eager push on, random seed 0, no directory.
+    /// constants, eager push on, random seed 0, no directory, streams off.
     pub fn new(node_id: impl Into<NodeId>, generation: u64, cluster_id: impl Into<String>) -> Self {
         ProtocolConfig {
             node_id: node_id.into(),
@@ -127,6 +149,10 @@ impl ProtocolConfig {
             max_value_size: DEFAULT_MAX_VALUE_SIZE,
             max_clock_drift: DEFAULT_MAX_CLOCK_DRIFT,
             directory: None,
+            streams: false,
+            stream_threshold: DEFAULT_STREAM_THRESHOLD,
+            max_serving_streams: DEFAULT_MAX_SERVING_STREAMS,
+            stream_frame_size: DEFAULT_STREAM_FRAME_SIZE,
         }
     }
 

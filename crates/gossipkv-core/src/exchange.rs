@@ -284,6 +284,7 @@ pub(crate) fn delta_for(
             rotate,
             inline_max: cx.sizes.inline_max,
             hold: &hold,
+            newest_first: true,
         },
     );
     for record in apart {

@@ -55,6 +55,7 @@ mod push;
 mod reassembly;
 mod resync;
 mod stats;
+mod stream;
 mod swim;
 mod synced;
 mod time;
@@ -66,11 +67,12 @@ pub use config::{
     ProtocolConfig, CLOCK_SKEW_REPORT, DEFAULT_FANOUT, DEFAULT_GOSSIP_INTERVAL,
     DEFAULT_MAX_CLOCK_DRIFT, DEFAULT_MAX_VALUE_SIZE, DEFAULT_PACKET_SIZE,
     DEFAULT_TOMBSTONE_RETENTION, MAX_NODE_ID_LEN, MAX_PACKET_SIZE, MAX_VALUE_SIZE_LIMIT,
-    MESSAGE_SLACK, MIN_PACKET_SIZE, PUSH_DIRECT_MAX,
+    MESSAGE_SLACK, MIN_PACKET_SIZE, PUSH_DIRECT_MAX, DEFAULT_STREAM_THRESHOLD, DEFAULT_MAX_SERVING_STREAMS, DEFAULT_STREAM_FRAME_SIZE,
 };
 pub use event::{Event, NetworkError, Transmit};
 pub use peers::Directory;
 pub use protocol::Protocol;
 pub use stats::Stats;
+pub use stream::{StreamId, StreamOpen, StreamRefused, StreamSend};
 pub use swim::{DetectorConfig, Member, MemberEvent, MemberState, MAX_MEMBERS};
 pub use time::{Instant, WallTime};

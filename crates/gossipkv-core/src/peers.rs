@@ -3,7 +3,7 @@
 //! ([`Swim`]); a simulated one may be given a fixed [`Directory`] of every
 //! node instead. Every difference between the two lives in this file.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use gossipkv_proto::{MemberSync, Probe, Sender};
@@ -310,6 +310,38 @@ impl Peers {
         match self {
             Peers::Swim(s) => s.get(node).map(|m| m.addr),
             Peers::Given { .. } => Some(pages_from),
+        }
+    }
+
+    /// Whether `node` is a live member reached at `addr` (with a directory:
+    /// whether `addr` is listed): a peer we may ask for a stream.
+    pub(crate) fn is_live_at(&self, node: &NodeId, addr: SocketAddr) -> bool {
+        match self {
+            Peers::Swim(s) => s
+                .get(node)
+                .is_some_and(|m| m.state.is_live() && m.addr == addr),
+            Peers::Given { dir, .. } => dir.contains(&addr),
+        }
+    }
+
+    /// Whether `node` is a live member whose address has the IP `ip` (with
+    /// a directory: whether a listed address has it): a peer we may serve a
+    /// stream to over a connection from `ip`.
+    pub(crate) fn is_live_from(&self, node: &NodeId, ip: IpAddr) -> bool {
+        match self {
+            Peers::Swim(s) => s
+                .get(node)
+                .is_some_and(|m| m.state.is_live() && m.addr.ip() == ip),
+            Peers::Given { dir, .. } => dir.addrs.iter().any(|a| a.ip() == ip),
+        }
+    }
+
+    /// Whether some live member's address has the IP `ip` (with a
+    /// directory: some listed address): a connection we may accept.
+    pub(crate) fn any_live_from(&self, ip: IpAddr) -> bool {
+        match self {
+            Peers::Swim(s) => s.live().iter().any(|m| m.addr.ip() == ip),
+            Peers::Given { dir, .. } => dir.addrs.iter().any(|a| a.ip() == ip),
         }
     }
 

@@ -87,4 +87,27 @@ pub struct Stats {
     /// live member and held everything that member vouched for (see
     /// [`Protocol::is_synced`](crate::Protocol::is_synced)).
     pub synced: bool,
+    /// Streams this node asked peers for (it was far behind).
+    pub streams_requested: u64,
+    /// Streams received to their end.
+    pub streams_completed: u64,
+    /// Streams received that were cut, refused or failed before their end.
+    pub streams_cut: u64,
+    /// Streams this node served to their end.
+    pub streams_served: u64,
+    /// Streams this node served that were closed before their end.
+    pub streams_served_cut: u64,
+    /// Connections refused: streams off, too many served, not a live
+    /// member, or bad opening.
+    pub streams_refused: u64,
+    /// Frames sent on served streams.
+    pub stream_frames_sent: u64,
+    /// Records sent on served streams.
+    pub stream_records_sent: u64,
+    /// Bytes sent on streams (served frames, and our openings).
+    pub stream_bytes_sent: u64,
+    /// Frames received on streams.
+    pub stream_frames_received: u64,
+    /// Bytes received on streams.
+    pub stream_bytes_received: u64,
 }

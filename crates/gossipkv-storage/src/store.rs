@@ -62,6 +62,12 @@ pub struct DeltaOptions<'a> {
     /// Per origin, the first sequence number not to send yet (for example
     /// writes still being pushed); `u64::MAX` sends everything.
     pub hold: &'a dyn Fn(&Origin) -> u64,
+    /// Whether a quarter of the budget is kept for loose records: when the
+    /// chunks stop short, the newest writes the peer lacks beyond them fill
+    /// it (they reach it a round early; the chunks bring them again later).
+    /// Right for a datagram per round; a stream, whose next frame follows
+    /// at once, turns it off and fills the whole budget with chunks.
+    pub newest_first: bool,
 }
 
 impl std::fmt::Debug for DeltaOptions<'_> {
@@ -70,6 +76,7 @@ impl std::fmt::Debug for DeltaOptions<'_> {
             .field("budget", &self.budget)
             .field("rotate", &self.rotate)
             .field("inline_max", &self.inline_max)
+            .field("newest_first", &self.newest_first)
             .finish_non_exhaustive()
     }
 }
@@ -598,6 +605,7 @@ impl Store {
                 rotate,
                 inline_max,
                 hold: &|_| u64::MAX,
+                newest_first: true,
             },
         )
     }
@@ -611,6 +619,7 @@ impl Store {
             rotate,
             inline_max,
             hold,
+            newest_first,
         } = *opts;
         let logs: Vec<_> = self.origins.read().logs.clone();
         let mut delta = Delta::default();
@@ -622,7 +631,10 @@ impl Store {
         let n = logs.len();
         let is_large = |e: &Entry| e.value.as_ref().is_some_and(|v| v.len() > inline_max);
         let full_budget = budget;
-        let budget = budget - budget / 4;
+        let budget = match newest_first {
+            true => budget - budget / 4,
+            false => budget,
+        };
         // Where the chunks stopped short: the position in the rotation and
         // the last seq of that origin already sent.
         let mut stopped: Option<(usize, u64)> = None;
@@ -746,7 +758,7 @@ impl Store {
                 break 'origins;
             }
         }
-        if let Some((at, after)) = stopped {
+        if let Some((at, after)) = stopped.filter(|_| newest_first) {
             self.newest_first(
                 &logs,
                 peer,

@@ -433,6 +433,7 @@ fn held_writes_wait_and_follow() {
         rotate: 0,
         inline_max: usize::MAX,
         hold: &hold,
+        newest_first: true,
     };
     let (delta, large) = a.delta_with(&b.digest(), &opts);
     assert!(large.is_empty());

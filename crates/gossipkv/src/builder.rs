@@ -77,6 +77,8 @@ pub struct Builder<K, V> {
     pub(crate) eager_push: bool,
     pub(crate) max_value_size: usize,
     pub(crate) max_clock_drift: Duration,
+    pub(crate) streams: bool,
+    pub(crate) max_serving_streams: usize,
     pub(crate) _key: PhantomData<fn() -> K>,
 }
 
@@ -120,6 +122,8 @@ where
             eager_push: true,
             max_value_size: DEFAULT_MAX_VALUE_SIZE,
             max_clock_drift: DEFAULT_MAX_CLOCK_DRIFT,
+            streams: true,
+            max_serving_streams: gossipkv_core::DEFAULT_MAX_SERVING_STREAMS,
             _key: PhantomData,
         }
     }
@@ -272,6 +276,28 @@ where
         self
     }
 
+    /// Catches up in bulk over TCP when far behind (default on): a node
+    /// that lacks more than a few packets' worth of a peer's writes (it
+    /// joined, restarted, was cut off by a partition, or a burst was written
+    /// before it was reachable) asks that peer for a stream, served on the
+    /// gossip port number over TCP, instead of receiving about one packet of
+    /// records per gossip round. Off, the node neither asks for streams nor
+    /// listens for them; catch-up then goes by datagrams only. When the TCP
+    /// port cannot be bound the node runs without streams and reports it.
+    pub fn streams(mut self, enabled: bool) -> Self {
+        self.streams = enabled;
+        self
+    }
+
+    /// Most streams this node serves at once (default 4); peers asking
+    /// beyond it are refused and ask again later (or catch up by datagrams
+    /// meanwhile). Each costs the serving node about one 64 KiB frame of
+    /// memory and a share of its upload.
+    pub fn max_serving_streams(mut self, n: usize) -> Self {
+        self.max_serving_streams = n;
+        self
+    }
+
     /// Seeds the random generator that picks gossip peers (default: random),
     /// for reproducible runs.
     pub fn rng_seed(mut self, seed: u64) -> Self {
@@ -336,6 +362,8 @@ impl<K, V> Builder<K, V> {
             eager_push: self.eager_push,
             max_value_size: self.max_value_size,
             max_clock_drift: self.max_clock_drift,
+            streams: self.streams,
+            max_serving_streams: self.max_serving_streams,
             _key: PhantomData,
         }
     }

@@ -7,16 +7,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use gossipkv_core::{Event, MemberEvent, NetworkError, Protocol, WallTime};
+use gossipkv_core::{Event, MemberEvent, NetworkError, Protocol, StreamOpen, WallTime};
 use gossipkv_storage::Record;
 use gossipkv_transport::Transport;
 use parking_lot::Mutex;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::builder::ErrorHandler;
 use crate::health::HealthTracker;
+use crate::streams::{self, StreamCx};
 
 /// Datagrams sent per turn of the gossip task before it looks at new input.
 /// When only fragments of large values are left, the task sends one such
@@ -162,6 +165,8 @@ pub(crate) struct Driver<T> {
     pub(crate) member_events: broadcast::Sender<MemberEvent>,
     /// Set when the protocol says this node has caught up.
     pub(crate) synced: watch::Sender<bool>,
+    /// Where streams are served (`None`: streams off).
+    pub(crate) listener: Option<TcpListener>,
 }
 
 /// What one turn of the driver took from the protocol.
@@ -171,6 +176,8 @@ struct Turn {
     deadline: Option<gossipkv_core::Instant>,
     more: bool,
     urgent: bool,
+    /// Streams the protocol asks for.
+    opens: Vec<StreamOpen>,
 }
 
 impl<T: Transport> Driver<T> {
@@ -179,11 +186,21 @@ impl<T: Transport> Driver<T> {
     pub(crate) async fn run(mut self) {
         let mut buf = vec![0u8; self.transport.max_datagram_size() + 1];
         let mut stopping = false;
+        // Stream tasks: aborted when the driver ends.
+        let mut streams = JoinSet::new();
+        let stream_cx = StreamCx {
+            protocol: self.protocol.clone(),
+            clock: self.clock,
+        };
+        let listener = self.listener.take();
         loop {
             // A bounded batch at a time: between batches, new writes and
             // datagrams are handled, and the protocol puts their replies
             // ahead of the fragments of large values still waiting.
             let turn = self.take();
+            for open in turn.opens {
+                streams.spawn(streams::receive(stream_cx.clone(), open));
+            }
             self.send(turn.transmits).await;
             for ev in turn.events {
                 self.event(ev);
@@ -216,6 +233,19 @@ impl<T: Transport> Driver<T> {
                     Addrs::Seeds(s) => self.protocol.lock().set_seeds(s),
                     Addrs::Discovered(d) => self.protocol.lock().set_discovered(d),
                 },
+                r = accept(listener.as_ref()) => match r {
+                    Ok((sock, from)) => {
+                        if let Some(id) = streams::accept(&stream_cx, from) {
+                            streams.spawn(streams::serve(stream_cx.clone(), id, sock, from));
+                        }
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "accepting a stream failed");
+                        // Do not spin on a persistent error (no descriptors left).
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                },
+                Some(_) = streams.join_next(), if !streams.is_empty() => {}
                 _ = tokio::time::sleep_until(wake), if !turn.urgent => self.tick(),
                 // Replies and small writes to send: go round at once (a zero
                 // sleep would wait for the timer's next millisecond tick).
@@ -232,12 +262,14 @@ impl<T: Transport> Driver<T> {
             .take(SEND_BATCH)
             .collect();
         let events: Vec<_> = std::iter::from_fn(|| p.poll_event()).collect();
+        let opens: Vec<_> = std::iter::from_fn(|| p.poll_stream_open()).collect();
         Turn {
             transmits,
             events,
             deadline: p.poll_timeout(),
             more: p.has_transmits(),
             urgent: p.has_urgent_transmits(),
+            opens,
         }
     }
 
@@ -318,6 +350,14 @@ impl<T: Transport> Driver<T> {
         if p.poll_timeout().is_some_and(|d| now >= d) {
             p.handle_timeout(now, wall_now());
         }
+    }
+}
+
+/// The next connection on `listener`; never, without one.
+async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
     }
 }
 

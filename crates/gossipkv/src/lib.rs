@@ -252,6 +252,7 @@ mod error;
 mod health;
 mod node;
 mod start;
+mod streams;
 mod watch;
 
 pub use builder::{Builder, DEFAULT_CLUSTER_ID, DEFAULT_DEAD_MEMBER_GRACE, DEFAULT_SEED_REFRESH};

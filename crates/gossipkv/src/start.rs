@@ -212,7 +212,12 @@ where
     let advertise = advertise.unwrap_or(local_addr);
     let reporter = Reporter::spawn(b.error_handler.clone(), shared.health.clone());
     let seeds = resolve_seeds(&b.seeds, &reporter).await;
-    let cfg = protocol_config(&b, node.clone(), generation, advertise, seeds);
+    let listener = match b.streams {
+        true => crate::streams::listen(local_addr, &reporter),
+        false => None,
+    };
+    let mut cfg = protocol_config(&b, node.clone(), generation, advertise, seeds);
+    cfg.streams = listener.is_some();
     let clock = Clock::new();
     let protocol = Arc::new(Mutex::new(Protocol::new(
         cfg,
@@ -255,6 +260,7 @@ where
             reporter: reporter.clone(),
             member_events: shared.member_events.clone(),
             synced: shared.synced.clone(),
+            listener,
         }
         .run(),
     );
@@ -332,6 +338,7 @@ fn protocol_config<K, V>(
     cfg.push = b.eager_push;
     cfg.max_value_size = b.max_value_size;
     cfg.max_clock_drift = b.max_clock_drift;
+    cfg.max_serving_streams = b.max_serving_streams;
     let mut detector = DetectorConfig::for_interval(cfg.gossip_interval);
     if let Some(t) = b.suspect_timeout {
         detector.suspect_timeout = t;

@@ -172,7 +172,8 @@ pub(crate) fn sent_between(before: &[Stats], after: &[Stats]) -> (u64, u64) {
         .zip(before)
         .fold((0, 0), |(bytes, datagrams), (a, b)| {
             (
-                bytes + (a.bytes_sent - b.bytes_sent),
+                // Datagrams and streams alike (payload bytes).
+                bytes + (a.bytes_sent + a.stream_bytes_sent - b.bytes_sent - b.stream_bytes_sent),
                 datagrams + (a.datagrams_sent - b.datagrams_sent),
             )
         })

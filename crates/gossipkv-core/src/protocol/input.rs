@@ -64,9 +64,15 @@ impl Protocol {
         }
         match body {
             Body::Syn(syn) => {
+                // A peer far ahead of us: ask it for a stream.
+                let ahead = (self.cx.cfg.streams && syn.digest_hash.is_none())
+                    .then(|| syn.digest.clone());
                 let parts = parts!(self);
                 self.exchange
                     .on_syn(&mut self.cx, from, &sender, syn, parts);
+                if let Some(digest) = ahead {
+                    self.consider_stream(from, &sender.node_id, &digest);
+                }
             }
             Body::SynAck(ack) => self.on_syn_ack(from, &sender, ack),
             Body::Ack(ack) => self.apply_delta(from, ack.delta),
@@ -135,10 +141,11 @@ impl Protocol {
         let parts = parts!(self);
         self.exchange
             .after_syn_ack(&mut self.cx, from, &ack.digest, parts);
+        self.consider_stream(from, &sender.node_id, &ack.digest);
     }
 
     /// A re-synchronisation page: screened, applied, and tracked.
-    fn on_page(&mut self, from: SocketAddr, sender: &NodeId, page: &Page) {
+    pub(super) fn on_page(&mut self, from: SocketAddr, sender: &NodeId, page: &Page) {
         if !self.guard.screen_page(&mut self.cx, from, page) {
             return;
         }
@@ -150,11 +157,12 @@ impl Protocol {
             self.exchange
                 .send_whole_digests(self.cx.now, self.cx.cfg.interval());
         }
+        self.consider_stream(from, sender, &page.watermarks);
     }
 
     /// A delta: screened, then applied (owned: the store keeps the decoded
     /// values as they are).
-    fn apply_delta(&mut self, from: SocketAddr, mut delta: Delta) {
+    pub(super) fn apply_delta(&mut self, from: SocketAddr, mut delta: Delta) {
         if delta.is_empty() {
             return;
         }

@@ -19,6 +19,7 @@ use crate::marks::PeerMarks;
 use crate::push::Pusher;
 use crate::reassembly::Reassembly;
 use crate::resync::ResyncClient;
+use crate::stream::Streams;
 use crate::swim::{Member, MemberEvent, MemberState};
 use crate::time::{millis, Instant, WallTime};
 use crate::Stats;
@@ -37,6 +38,7 @@ macro_rules! parts {
 }
 
 mod input;
+mod streams;
 
 /// Most fragmented messages open at once.
 const OPEN_MESSAGES: usize = 32;
@@ -121,6 +123,7 @@ pub struct Protocol {
     marks: PeerMarks,
     reassembly: Reassembly,
     guard: Guard,
+    streams: Streams,
     timers: Timers,
     discovered: Vec<SocketAddr>,
 }
@@ -150,6 +153,7 @@ impl Protocol {
             large: LargeValues::new(interval),
             marks: PeerMarks::default(),
             guard: Guard::default(),
+            streams: Streams::default(),
             reassembly,
             timers,
             discovered: Vec::new(),
@@ -417,6 +421,8 @@ impl Protocol {
             ("hash-only syns", self.exchange.pending()),
             ("reassembly bytes", self.reassembly.held_bytes()),
             ("sync windows", self.cx.windows.len()),
+            ("streams", self.streams.open.len()),
+            ("stream back-offs", self.streams.backoff_len()),
             ("events", self.cx.events.len()),
         ]
     }

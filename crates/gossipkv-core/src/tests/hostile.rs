@@ -283,6 +283,9 @@ impl Node {
                 // Cleared every round; at most one per Syn target.
                 "hash-only syns" => MAX_MEMBERS,
                 "sync windows" => crate::synced::MAX_WINDOW_PEERS,
+                // Those served, and the one asked for.
+                "streams" => crate::DEFAULT_MAX_SERVING_STREAMS + 1,
+                "stream back-offs" => crate::stream::MAX_BACKOFF_PEERS,
                 "reassembly bytes" => 4 * max_message,
                 "events" => 0,
                 other => panic!("no cap known for {other}: add it here"),

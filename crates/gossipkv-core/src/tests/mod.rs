@@ -4,3 +4,4 @@ mod guards;
 mod hostile;
 mod protocol;
 mod synced;
+mod streams;

@@ -1,0 +1,473 @@
+//! The bulk path between two protocol instances, with datagrams and stream
+//! bytes passed by hand: what a joiner receives, a cut stream resuming, a
+//! refused stream leaving the datagram path to converge, and streams a
+//! hostile peer opens.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use gossipkv_proto::stream::{frame, open};
+use gossipkv_proto::{encode, Body, Envelope, Sender, Syn};
+use gossipkv_storage::{Origin, Store};
+
+use super::protocol::{at, WALL};
+use crate::{Instant, Protocol, ProtocolConfig, StreamRefused, StreamSend};
+
+const INTERVAL: u64 = 100;
+
+fn node(id: &str, port: u16, seeds: Vec<SocketAddr>) -> (Protocol, SocketAddr) {
+    node_with(id, port, seeds, |_| {})
+}
+
+fn node_with(
+    id: &str,
+    port: u16,
+    seeds: Vec<SocketAddr>,
+    tune: impl FnOnce(&mut ProtocolConfig),
+) -> (Protocol, SocketAddr) {
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut cfg = ProtocolConfig::new(id, 1, "test");
+    cfg.advertise_addr = Some(addr);
+    cfg.seeds = seeds;
+    cfg.rng_seed = u64::from(port);
+    cfg.gossip_interval = Duration::from_millis(INTERVAL);
+    cfg.streams = true;
+    tune(&mut cfg);
+    let store = Arc::new(Store::new(Origin::new(id, 1)));
+    (Protocol::new(cfg, store, Instant::from_millis(0)), addr)
+}
+
+fn key(i: usize) -> String {
+    format!("key/{i:05}")
+}
+
+/// Two nodes, `a` serving and `b` catching up, on a hand-driven network.
+struct Pair {
+    a: Protocol,
+    a_addr: SocketAddr,
+    b: Protocol,
+    b_addr: SocketAddr,
+    ms: u64,
+    /// Frames a stream may carry before it is cut (`None`: never cut).
+    cut_after: Option<usize>,
+    /// Refuse every connection.
+    refuse: bool,
+    /// Frames delivered over every stream.
+    frames: usize,
+}
+
+impl Pair {
+    fn new(a: (Protocol, SocketAddr), b: (Protocol, SocketAddr)) -> Self {
+        Pair {
+            a: a.0,
+            a_addr: a.1,
+            b: b.0,
+            b_addr: b.1,
+            ms: 0,
+            cut_after: None,
+            refuse: false,
+            frames: 0,
+        }
+    }
+
+    /// One 10 ms step: timers, datagrams both ways, streams asked for.
+    fn step(&mut self) {
+        self.ms += 10;
+        let (now, wall) = at(self.ms);
+        self.a.handle_timeout(now, wall);
+        self.b.handle_timeout(now, wall);
+        for _ in 0..8 {
+            let mut quiet = true;
+            while let Some(t) = self.a.poll_transmit() {
+                quiet = false;
+                if t.to == self.b_addr {
+                    self.b.handle_datagram(now, wall, self.a_addr, &t.payload);
+                }
+            }
+            while let Some(t) = self.b.poll_transmit() {
+                quiet = false;
+                if t.to == self.a_addr {
+                    self.a.handle_datagram(now, wall, self.b_addr, &t.payload);
+                }
+            }
+            while let Some(req) = self.b.poll_stream_open() {
+                quiet = false;
+                assert_eq!(req.to, self.a_addr);
+                self.stream(req);
+            }
+            if quiet {
+                break;
+            }
+        }
+    }
+
+    /// Runs one stream `b` asked for, whole or up to the cut.
+    fn stream(&mut self, req: crate::StreamOpen) {
+        let (now, wall) = at(self.ms);
+        if self.refuse {
+            self.b.handle_stream_closed(now, req.id);
+            return;
+        }
+        let sid = match self.a.accept_stream(now, self.b_addr) {
+            Ok(id) => id,
+            Err(_) => return self.b.handle_stream_closed(now, req.id),
+        };
+        self.a
+            .handle_stream_data(now, wall, sid, &req.bytes)
+            .expect("the opening is accepted");
+        let mut sent = 0;
+        loop {
+            match self.a.poll_stream_send(now, sid) {
+                StreamSend::Data(bytes) => {
+                    if self.cut_after.is_some_and(|n| sent >= n) {
+                        break;
+                    }
+                    sent += 1;
+                    self.frames += 1;
+                    // In two pieces, cut mid-frame: frames are put back
+                    // together whatever the reads.
+                    let mid = bytes.len() / 2;
+                    for piece in [&bytes[..mid], &bytes[mid..]] {
+                        self.b
+                            .handle_stream_data(now, wall, req.id, piece)
+                            .expect("frames are accepted");
+                    }
+                }
+                StreamSend::Wait => panic!("the opening is in"),
+                StreamSend::Finished => break,
+            }
+        }
+        self.a.handle_stream_closed(now, sid);
+        self.b.handle_stream_closed(now, req.id);
+    }
+
+    fn run_until(&mut self, max_ms: u64, done: impl Fn(&Pair) -> bool) -> Option<u64> {
+        while self.ms < max_ms {
+            self.step();
+            if done(self) {
+                return Some(self.ms);
+            }
+        }
+        None
+    }
+}
+
+/// `a` holding `n` keys, `deleted` of them deleted since.
+fn seeded(n: usize, deleted: usize) -> (Protocol, SocketAddr) {
+    let a = node("a", 7201, vec![]);
+    for i in 0..n {
+        a.0.store().set(&key(i), Bytes::from(vec![b'v'; 100]), WALL);
+    }
+    for i in 0..deleted {
+        a.0.store().delete(&key(i * 7 % n), WALL + 1);
+    }
+    a
+}
+
+fn holds_exactly(p: &Protocol, n: usize, deleted: usize) -> bool {
+    let gone: std::collections::BTreeSet<usize> = (0..deleted).map(|i| i * 7 % n).collect();
+    p.store().len() == n - gone.len()
+        && (0..n).all(|i| p.store().contains(&key(i)) != gone.contains(&i))
+}
+
+#[test]
+fn a_late_joiner_gets_every_key_by_stream_and_none_deleted_before_it_joined() {
+    const N: usize = 5_000;
+    const DELETED: usize = 300;
+    let a = seeded(N, DELETED);
+    let b = node("b", 7202, vec![a.1]);
+    let mut pair = Pair::new(a, b);
+    let took = pair
+        .run_until(5_000, |p| holds_exactly(&p.b, N, DELETED))
+        .unwrap_or_else(|| panic!("b holds {} keys", pair.b.store().len()));
+    // One round to meet, one stream: datagrams alone move about ten
+    // records per exchange, so 5,000 keys would need minutes.
+    assert!(took <= 3 * INTERVAL, "took {took} ms");
+    let (a, b) = (pair.a.stats(), pair.b.stats());
+    assert_eq!(b.streams_requested, 1);
+    assert_eq!(b.streams_completed, 1);
+    assert_eq!(a.streams_served, 1);
+    assert!(a.stream_records_sent >= N as u64, "{a:?}");
+    // Each record once (a deleted key's tombstone may go twice: for the
+    // write it hides, and as a write of its own).
+    assert!(a.stream_records_sent <= (N + DELETED) as u64, "{a:?}");
+    // The last frame carries the server's digest: the joiner knows it is
+    // caught up without waiting for another round.
+    assert!(pair.b.is_synced());
+    // It holds the tombstones too: a delete travelling late cannot
+    // resurrect anything.
+    assert_eq!(pair.b.store().len_with_tombstones(), N);
+}
+
+#[test]
+fn a_joiner_below_the_collected_floor_is_streamed_pages_and_drops_nothing_it_should_keep() {
+    const N: usize = 3_000;
+    const DELETED: usize = 200;
+    let a = seeded(N, DELETED);
+    // The tombstones are collected: a peer that never saw the deletes is
+    // below a's floor and must be sent pages, not deltas.
+    let gc = a.0.store().collect_garbage(WALL + 10, 0);
+    assert!(gc.tombstones > 0);
+    let b = node("b", 7203, vec![a.1]);
+    // b wrote a key of its own and holds a stale copy of a deleted key
+    // that a's pages must drop.
+    b.0.store().set("b/own", Bytes::from_static(b"mine"), WALL);
+    let stale = pair_stale_record(&a.0);
+    b.0.store().merge(stale.clone());
+    let mut pair = Pair::new(a, b);
+    pair.run_until(5_000, |p| {
+        p.b.stats().streams_completed >= 1 && p.b.store().len() == N - DELETED + 1
+    })
+    .unwrap_or_else(|| panic!("b holds {} keys", pair.b.store().len()));
+    assert!(pair.b.stats().pages_applied > 0, "pages, not deltas");
+    assert!(pair.b.store().contains("b/own"), "its own write is kept");
+    assert!(
+        !pair.b.store().contains(&stale.key),
+        "the deleted key is dropped"
+    );
+    assert_eq!(pair.b.stats().resyncs_completed, 1);
+}
+
+/// A record a wrote for a key it deleted since, as a peer that saw the
+/// write but not the delete would hold it.
+fn pair_stale_record(a: &Protocol) -> gossipkv_storage::Record {
+    let victim = key(0);
+    assert!(!a.store().contains(&victim));
+    let origin = a.store().local_origin().clone();
+    gossipkv_storage::Record {
+        key: victim.as_str().into(),
+        value: Some(Bytes::from_static(b"stale")),
+        version: gossipkv_storage::Version::new(
+            gossipkv_storage::Hlc::new(WALL - 5, 0),
+            &origin,
+            1,
+        ),
+    }
+}
+
+#[test]
+fn a_cut_stream_resumes_where_the_receiver_stands() {
+    const N: usize = 5_000;
+    let a = seeded(N, 0);
+    let b = node("b", 7204, vec![a.1]);
+    let mut pair = Pair::new(a, b);
+    pair.cut_after = Some(3);
+    pair.run_until(500, |p| p.b.stats().streams_cut >= 1)
+        .expect("a stream was asked for and cut");
+    let first = pair.b.store().len();
+    assert!(first > 100 && first < N, "the cut stream left {first} keys");
+    let sent_before = pair.a.stats().stream_records_sent;
+    // From now on streams go through.
+    pair.cut_after = None;
+    pair.run_until(10_000, |p| p.b.store().len() == N)
+        .unwrap_or_else(|| panic!("b holds {}", pair.b.store().len()));
+    let b = pair.b.stats();
+    assert_eq!(b.streams_cut, 1);
+    assert!(b.streams_completed >= 1);
+    // The second stream started where b stood, not from the start.
+    let resent = pair.a.stats().stream_records_sent - sent_before;
+    assert!(
+        resent <= (N - first) as u64 + 64,
+        "{resent} records sent after the cut; {} were missing; {b:?} {:?}",
+        N - first,
+        pair.a.stats()
+    );
+}
+
+#[test]
+fn refused_streams_leave_the_datagram_path_to_converge() {
+    const N: usize = 400;
+    let a = node_with("a", 7205, vec![], |c| c.max_serving_streams = 0);
+    for i in 0..N {
+        a.0.store().set(&key(i), Bytes::from(vec![b'v'; 100]), WALL);
+    }
+    let b = node("b", 7206, vec![a.1]);
+    let mut pair = Pair::new(a, b);
+    pair.run_until(60_000, |p| p.b.store().len() == N)
+        .unwrap_or_else(|| panic!("b holds {}", pair.b.store().len()));
+    let (a, b) = (pair.a.stats(), pair.b.stats());
+    assert!(a.streams_refused >= 1 && a.streams_served == 0, "{a:?}");
+    assert!(b.streams_cut >= 1 && b.streams_completed == 0, "{b:?}");
+    // Backed off: not one request per round.
+    let rounds = b.rounds;
+    assert!(
+        b.streams_requested * 5 <= rounds,
+        "{} requests in {rounds} rounds",
+        b.streams_requested
+    );
+}
+
+#[test]
+fn a_node_far_behind_asks_once_while_a_stream_is_open() {
+    let a = seeded(2_000, 0);
+    let (mut b, _) = node("b", 7207, vec![a.1]);
+    let mut pair_a = a.0;
+    // Meet: b's Syn, a's SynAck.
+    let (now, wall) = at(0);
+    b.handle_timeout(now, wall);
+    for t in std::iter::from_fn(|| b.poll_transmit()) {
+        pair_a.handle_datagram(now, wall, "127.0.0.1:7207".parse().unwrap(), &t.payload);
+    }
+    for t in std::iter::from_fn(|| pair_a.poll_transmit()) {
+        b.handle_datagram(now, wall, a.1, &t.payload);
+    }
+    assert!(b.poll_stream_open().is_some());
+    // More digests from a while the stream is open: no second request.
+    for ms in (100..1_000).step_by(100) {
+        let (now, wall) = at(ms);
+        b.handle_timeout(now, wall);
+        pair_a.handle_timeout(now, wall);
+        for t in std::iter::from_fn(|| b.poll_transmit()) {
+            pair_a.handle_datagram(now, wall, "127.0.0.1:7207".parse().unwrap(), &t.payload);
+        }
+        for t in std::iter::from_fn(|| pair_a.poll_transmit()) {
+            b.handle_datagram(now, wall, a.1, &t.payload);
+        }
+        assert!(b.poll_stream_open().is_none());
+    }
+    assert_eq!(b.stats().streams_requested, 1);
+    assert_eq!(b.open_streams(), 1);
+}
+
+// A hostile peer against the serving side.
+
+/// `a` with `b` as a live member (b's Syn made it one).
+fn server_knowing_b() -> (Protocol, SocketAddr, Protocol, SocketAddr) {
+    let (mut a, a_addr) = node("a", 7210, vec![]);
+    let (mut b, b_addr) = node("b", 7211, vec![a_addr]);
+    let (now, wall) = at(0);
+    b.handle_timeout(now, wall);
+    for t in std::iter::from_fn(|| b.poll_transmit()) {
+        a.handle_datagram(now, wall, b_addr, &t.payload);
+    }
+    assert!(a.peers().iter().any(|(n, _)| n.as_str() == "b"));
+    (a, a_addr, b, b_addr)
+}
+
+fn hello(cluster: &str, from: &str, body: Body) -> Bytes {
+    let env = Envelope::new(
+        cluster,
+        Sender::new(from, 1, Some("127.0.0.1:7211".parse().unwrap())),
+        body,
+    );
+    open(&encode(&env))
+}
+
+fn syn(p: &Protocol) -> Body {
+    Body::Syn(Syn {
+        digest: p.store().digest(),
+        resync_from: None,
+        digest_hash: None,
+    })
+}
+
+#[test]
+fn connections_from_strangers_are_refused_before_any_byte_is_read() {
+    let (mut a, _, _, _) = server_knowing_b();
+    let (now, _) = at(10);
+    let stranger: SocketAddr = "10.9.9.9:5000".parse().unwrap();
+    assert_eq!(
+        a.accept_stream(now, stranger),
+        Err(StreamRefused::NotAMember(stranger))
+    );
+    assert_eq!(a.stats().streams_refused, 1);
+    assert_eq!(a.open_streams(), 0);
+}
+
+#[test]
+fn a_node_serves_at_most_its_limit_at_once() {
+    let (mut a, _, _, b_addr) = server_knowing_b();
+    let (now, _) = at(10);
+    let ids: Vec<_> = (0..crate::DEFAULT_MAX_SERVING_STREAMS)
+        .map(|_| a.accept_stream(now, b_addr).expect("within the limit"))
+        .collect();
+    assert!(matches!(
+        a.accept_stream(now, b_addr),
+        Err(StreamRefused::Busy(n)) if n == crate::DEFAULT_MAX_SERVING_STREAMS
+    ));
+    // One closes: one more may open.
+    a.handle_stream_closed(now, ids[0]);
+    assert!(a.accept_stream(now, b_addr).is_ok());
+}
+
+#[test]
+fn bad_openings_close_the_stream_and_are_counted() {
+    let (mut a, _, b, b_addr) = server_knowing_b();
+    let (now, wall) = at(10);
+    let cases: Vec<(&str, Bytes)> = vec![
+        ("wrong magic", Bytes::from_static(b"HTTP/1.1 GET /\r\n")),
+        ("another cluster", hello("other", "b", syn(&b))),
+        ("a stranger's id", hello("test", "mallory", syn(&b))),
+        ("our own id", hello("test", "a", syn(&b))),
+        ("not a Syn", hello("test", "b", Body::Leave)),
+        ("garbage frame", {
+            let mut v = gossipkv_proto::stream::STREAM_MAGIC.to_vec();
+            v.extend_from_slice(&frame(&[0xff; 40]));
+            Bytes::from(v)
+        }),
+        ("a huge length", {
+            let mut v = gossipkv_proto::stream::STREAM_MAGIC.to_vec();
+            v.extend_from_slice(&u32::MAX.to_be_bytes());
+            Bytes::from(v)
+        }),
+        ("bytes after the opening", {
+            let mut v = hello("test", "b", syn(&b)).to_vec();
+            v.extend_from_slice(b"more");
+            Bytes::from(v)
+        }),
+    ];
+    for (i, (what, bytes)) in cases.iter().enumerate() {
+        let id = a.accept_stream(now, b_addr).expect("accepted");
+        assert!(
+            a.handle_stream_data(now, wall, id, bytes).is_err(),
+            "{what} was accepted"
+        );
+        assert_eq!(a.open_streams(), 0, "{what} left the stream open");
+        assert_eq!(a.stats().streams_refused, i as u64 + 1, "{what}");
+        assert_eq!(a.poll_stream_send(now, id), StreamSend::Finished);
+    }
+    // A good opening still works after all that.
+    let id = a.accept_stream(now, b_addr).unwrap();
+    a.handle_stream_data(now, wall, id, &hello("test", "b", syn(&b)))
+        .unwrap();
+    assert!(matches!(a.poll_stream_send(now, id), StreamSend::Data(_)));
+}
+
+#[test]
+fn a_receiver_refuses_frames_not_from_the_peer_it_asked() {
+    let a = seeded(1_000, 0);
+    let (mut b, b_addr) = node("b", 7212, vec![a.1]);
+    let mut a = a.0;
+    let (now, wall) = at(0);
+    b.handle_timeout(now, wall);
+    for t in std::iter::from_fn(|| b.poll_transmit()) {
+        a.handle_datagram(now, wall, b_addr, &t.payload);
+    }
+    for t in std::iter::from_fn(|| a.poll_transmit()) {
+        b.handle_datagram(now, wall, "127.0.0.1:7201".parse().unwrap(), &t.payload);
+    }
+    let req = b.poll_stream_open().expect("far behind: a stream is asked for");
+    let before = b.store().len();
+    // A frame from another node than the one asked.
+    let env = Envelope::new(
+        "test",
+        Sender::new("mallory", 1, None),
+        Body::Ack(gossipkv_proto::Ack {
+            delta: a.store().delta_for(&b.store().digest(), 4_000, 0),
+        }),
+    );
+    let err = b
+        .handle_stream_data(now, wall, req.id, &frame(&encode(&env)))
+        .unwrap_err();
+    assert_eq!(err, StreamRefused::Unexpected("frame from another node"));
+    assert_eq!(b.store().len(), before, "nothing applied");
+    assert_eq!(b.open_streams(), 0);
+    assert_eq!(b.stats().streams_cut, 1);
+    // Bytes for the closed stream are refused too.
+    assert_eq!(
+        b.handle_stream_data(now, wall, req.id, b"x"),
+        Err(StreamRefused::Unknown)
+    );
+}

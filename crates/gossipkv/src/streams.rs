@@ -1,0 +1,144 @@
+//! The bulk path's bytes: TCP connections on the gossip port number. The
+//! protocol decides what a stream carries and applies what arrives; these
+//! tasks only move bytes between a socket and
+//! [`Protocol`]'s stream methods, with timeouts so that a silent peer never
+//! holds a stream (or its slot) for long.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gossipkv_core::{NetworkError, Protocol, StreamId, StreamOpen, StreamSend};
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::debug;
+
+use crate::driver::{wall_now, Clock, Reporter};
+
+/// Longest wait for a connection to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Longest a stream may go without moving a byte before it is dropped.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bytes read at a time.
+const READ_BUF: usize = 64 << 10;
+
+/// What every stream task shares.
+#[derive(Clone)]
+pub(crate) struct StreamCx {
+    pub(crate) protocol: Arc<Mutex<Protocol>>,
+    pub(crate) clock: Clock,
+}
+
+/// Binds the TCP listener for streams on `addr` (the UDP socket's address:
+/// same IP, same port number). `None`, reported, when it cannot be bound:
+/// the node then runs without streams.
+pub(crate) fn listen(addr: SocketAddr, reporter: &Reporter) -> Option<TcpListener> {
+    let bound = std::net::TcpListener::bind(addr).and_then(|l| {
+        l.set_nonblocking(true)?;
+        TcpListener::from_std(l)
+    });
+    match bound {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!(%addr, error = %e, "cannot listen for streams on TCP; catching up by datagrams only");
+            reporter.report(NetworkError::Io {
+                op: "listen",
+                source: Arc::new(std::io::Error::new(e.kind(), format!("tcp {addr}: {e}"))),
+            });
+            None
+        }
+    }
+}
+
+/// Asks for a stream: connects, sends the opening, feeds what comes back to
+/// the protocol until the peer closes, then reports the stream closed
+/// (whatever happened: a cut stream is resumed by the next request).
+pub(crate) async fn receive(cx: StreamCx, open: StreamOpen) {
+    let id = open.id;
+    let to = open.to;
+    if let Err(e) = receive_inner(&cx, open).await {
+        debug!(%to, error = %e, "stream ended early");
+    }
+    let now = cx.clock.now();
+    cx.protocol.lock().handle_stream_closed(now, id);
+}
+
+async fn receive_inner(cx: &StreamCx, open: StreamOpen) -> std::io::Result<()> {
+    let mut sock = within(CONNECT_TIMEOUT, TcpStream::connect(open.to)).await??;
+    sock.set_nodelay(true)?;
+    within(IDLE_TIMEOUT, sock.write_all(&open.bytes)).await??;
+    let mut buf = vec![0u8; READ_BUF];
+    loop {
+        let n = within(IDLE_TIMEOUT, sock.read(&mut buf)).await??;
+        if n == 0 {
+            return Ok(());
+        }
+        let now = cx.clock.now();
+        cx.protocol
+            .lock()
+            .handle_stream_data(now, wall_now(), open.id, &buf[..n])
+            .map_err(std::io::Error::other)?;
+    }
+}
+
+/// Serves an accepted stream: reads the peer's opening, then writes the
+/// frames the protocol builds, one at a time, as the socket takes them.
+pub(crate) async fn serve(cx: StreamCx, id: StreamId, sock: TcpStream, from: SocketAddr) {
+    if let Err(e) = serve_inner(&cx, id, sock).await {
+        debug!(%from, error = %e, "served stream ended early");
+    }
+    let now = cx.clock.now();
+    cx.protocol.lock().handle_stream_closed(now, id);
+}
+
+async fn serve_inner(cx: &StreamCx, id: StreamId, mut sock: TcpStream) -> std::io::Result<()> {
+    sock.set_nodelay(true)?;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let next = {
+            let now = cx.clock.now();
+            cx.protocol.lock().poll_stream_send(now, id)
+        };
+        match next {
+            StreamSend::Data(bytes) => within(IDLE_TIMEOUT, sock.write_all(&bytes)).await??,
+            StreamSend::Finished => {
+                // Flush, and let the peer read to the end before closing.
+                let _ = within(IDLE_TIMEOUT, sock.shutdown()).await;
+                return Ok(());
+            }
+            StreamSend::Wait => {
+                let n = within(IDLE_TIMEOUT, sock.read(&mut buf)).await??;
+                if n == 0 {
+                    return Ok(());
+                }
+                let now = cx.clock.now();
+                cx.protocol
+                    .lock()
+                    .handle_stream_data(now, wall_now(), id, &buf[..n])
+                    .map_err(std::io::Error::other)?;
+            }
+        }
+    }
+}
+
+/// Accepts one connection: asks the protocol whether to serve it.
+pub(crate) fn accept(cx: &StreamCx, from: SocketAddr) -> Option<StreamId> {
+    let now = cx.clock.now();
+    match cx.protocol.lock().accept_stream(now, from) {
+        Ok(id) => Some(id),
+        Err(why) => {
+            debug!(%from, %why, "stream refused");
+            None
+        }
+    }
+}
+
+/// `fut`, or a timed-out error after `limit`.
+async fn within<F: std::future::Future>(limit: Duration, fut: F) -> std::io::Result<F::Output> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "stream timed out"))
+}
