@@ -236,12 +236,10 @@ impl Streams {
                     self.pending = None;
                 }
             }
-            Some(Stream::Server(s)) => {
-                if !matches!(s.state, Serve::Done) {
-                    cx.stats.streams_served_cut += 1;
-                }
+            Some(Stream::Server(s)) if !matches!(s.state, Serve::Done) => {
+                cx.stats.streams_served_cut += 1;
             }
-            None => {}
+            Some(Stream::Server(_)) | None => {}
         }
     }
 
@@ -329,7 +327,7 @@ fn lacking(cx: &Context, push: &Pusher, theirs: &Digest) -> u64 {
 }
 
 /// The next frame of a served stream (not `Hello`).
-pub(crate) fn next_frame(cx: &mut Context, push: &Pusher, s: &mut Server) -> StreamSend {
+pub(crate) fn next_frame(cx: &mut Context, s: &mut Server) -> StreamSend {
     let budget = cx.cfg.stream_frame_size.max(cx.sizes.body);
     let body = match std::mem::replace(&mut s.state, Serve::Done) {
         Serve::Hello => {
@@ -376,10 +374,10 @@ pub(crate) fn next_frame(cx: &mut Context, push: &Pusher, s: &mut Server) -> Str
             })
         }
         Serve::Deltas { mut cursor } => {
-            let delta = delta_from(cx, push, &cursor, budget);
+            let delta = delta_from(cx, &cursor, budget);
             if delta.is_empty() {
                 s.state = Serve::Closing;
-                return next_frame(cx, push, s);
+                return next_frame(cx, s);
             }
             let moved = advance(&mut cursor, &delta);
             // A frame that moves no watermark (only loose records) ends
@@ -401,9 +399,13 @@ pub(crate) fn next_frame(cx: &mut Context, push: &Pusher, s: &mut Server) -> Str
 
 /// The delta a frame carries: within `budget`, or within a whole message
 /// when the next record alone is larger than the budget.
-fn delta_from(cx: &mut Context, push: &Pusher, cursor: &Digest, budget: usize) -> Delta {
-    let now = cx.now;
-    let hold = |o: &Origin| push.hold(o, now);
+///
+/// Writes still being pushed are not held back, as they are from a
+/// datagram delta: the peer asked because it lacks them and they were not
+/// reaching it by push (it checked its own notes of pushes received), and
+/// the pushes went to the members of the moment, which a joiner was not.
+fn delta_from(cx: &mut Context, cursor: &Digest, budget: usize) -> Delta {
+    let hold = |_: &Origin| u64::MAX;
     let build = |budget: usize| {
         let (mut delta, apart) = cx.store.delta_with(
             cursor,
@@ -513,7 +515,9 @@ pub(crate) fn take_hello(cx: &Context, s: &mut Server) -> Result<Option<Serve>, 
         return Ok(None);
     };
     let Frame::Data(payload) = frame else {
-        return Err(StreamRefused::Unexpected("a stream ended before its opening"));
+        return Err(StreamRefused::Unexpected(
+            "a stream ended before its opening",
+        ));
     };
     let env = gossipkv_proto::decode_reassembled(&payload, &cx.sizes.limits)?;
     if env.cluster_id != cx.cfg.cluster_id {

@@ -214,7 +214,10 @@ mod tests {
         let mut r = FrameReader::new(100, false);
         r.push(&u32::MAX.to_be_bytes()).unwrap();
         assert!(r.next_frame().is_err());
-        assert!(r.buffered() < 16, "nothing reserved for the announced length");
+        assert!(
+            r.buffered() < 16,
+            "nothing reserved for the announced length"
+        );
     }
 
     #[test]

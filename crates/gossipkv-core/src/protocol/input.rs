@@ -65,8 +65,8 @@ impl Protocol {
         match body {
             Body::Syn(syn) => {
                 // A peer far ahead of us: ask it for a stream.
-                let ahead = (self.cx.cfg.streams && syn.digest_hash.is_none())
-                    .then(|| syn.digest.clone());
+                let ahead =
+                    (self.cx.cfg.streams && syn.digest_hash.is_none()).then(|| syn.digest.clone());
                 let parts = parts!(self);
                 self.exchange
                     .on_syn(&mut self.cx, from, &sender, syn, parts);

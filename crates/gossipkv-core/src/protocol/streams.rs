@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use gossipkv_proto::{Body, Reply};
 
 use super::Protocol;
-use crate::stream::{self, Received, Serve, Stream, StreamId, StreamOpen, StreamRefused, StreamSend};
+use crate::stream::{
+    self, Received, Serve, Stream, StreamId, StreamOpen, StreamRefused, StreamSend,
+};
 use crate::synced;
 use crate::time::{Instant, WallTime};
 
@@ -31,7 +33,11 @@ impl Protocol {
     /// [`ProtocolConfig::max_serving_streams`](crate::ProtocolConfig::max_serving_streams),
     /// or no live member has `from`'s IP address. The opening that follows
     /// is checked again in [`handle_stream_data`](Self::handle_stream_data).
-    pub fn accept_stream(&mut self, now: Instant, from: SocketAddr) -> Result<StreamId, StreamRefused> {
+    pub fn accept_stream(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+    ) -> Result<StreamId, StreamRefused> {
         self.cx.now = now;
         let cx = &mut self.cx;
         let refused = if !cx.cfg.streams || cx.left {
@@ -140,7 +146,7 @@ impl Protocol {
     pub fn poll_stream_send(&mut self, now: Instant, id: StreamId) -> StreamSend {
         self.cx.now = now;
         match self.streams.open.get_mut(&id) {
-            Some(Stream::Server(s)) => stream::next_frame(&mut self.cx, &self.push, s),
+            Some(Stream::Server(s)) => stream::next_frame(&mut self.cx, s),
             _ => StreamSend::Finished,
         }
     }

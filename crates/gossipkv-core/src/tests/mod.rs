@@ -3,5 +3,5 @@
 mod guards;
 mod hostile;
 mod protocol;
-mod synced;
 mod streams;
+mod synced;

@@ -448,7 +448,9 @@ fn a_receiver_refuses_frames_not_from_the_peer_it_asked() {
     for t in std::iter::from_fn(|| a.poll_transmit()) {
         b.handle_datagram(now, wall, "127.0.0.1:7201".parse().unwrap(), &t.payload);
     }
-    let req = b.poll_stream_open().expect("far behind: a stream is asked for");
+    let req = b
+        .poll_stream_open()
+        .expect("far behind: a stream is asked for");
     let before = b.store().len();
     // A frame from another node than the one asked.
     let env = Envelope::new(
@@ -470,4 +472,67 @@ fn a_receiver_refuses_frames_not_from_the_peer_it_asked() {
         b.handle_stream_data(now, wall, req.id, b"x"),
         Err(StreamRefused::Unknown)
     );
+}
+
+#[test]
+fn a_node_serving_a_stream_still_answers_gossip_and_pushes_its_writes() {
+    let (mut a, a_addr) = seeded(3_000, 0);
+    let (mut b, b_addr) = node("b", 7220, vec![a_addr]);
+    let (mut c, c_addr) = node("c", 7221, vec![a_addr]);
+    let (now, wall) = at(0);
+    // b meets a and asks for a stream.
+    b.handle_timeout(now, wall);
+    for t in std::iter::from_fn(|| b.poll_transmit()) {
+        a.handle_datagram(now, wall, b_addr, &t.payload);
+    }
+    for t in std::iter::from_fn(|| a.poll_transmit()) {
+        b.handle_datagram(now, wall, a_addr, &t.payload);
+    }
+    let req = b.poll_stream_open().expect("b is far behind");
+    let sid = a.accept_stream(now, b_addr).unwrap();
+    a.handle_stream_data(now, wall, sid, &req.bytes).unwrap();
+    let pump = |a: &mut Protocol, b: &mut Protocol, frames: usize| {
+        for _ in 0..frames {
+            match a.poll_stream_send(now, sid) {
+                StreamSend::Data(bytes) => b.handle_stream_data(now, wall, req.id, &bytes).unwrap(),
+                other => return other,
+            }
+        }
+        StreamSend::Wait
+    };
+    assert_eq!(pump(&mut a, &mut b, 2), StreamSend::Wait, "mid-stream");
+    let midway = b.store().len();
+    assert!(midway > 0 && midway < 3_000);
+    // Mid-stream, c's Syn is answered.
+    c.handle_timeout(now, wall);
+    for t in std::iter::from_fn(|| c.poll_transmit()) {
+        a.handle_datagram(now, wall, c_addr, &t.payload);
+    }
+    let replies: Vec<_> = std::iter::from_fn(|| a.poll_transmit()).collect();
+    assert!(
+        replies.iter().any(|t| t.to == c_addr),
+        "c's Syn went unanswered"
+    );
+    // And a's own write is pushed to both at once.
+    let rec = a
+        .store()
+        .write("fresh", Some(Bytes::from_static(b"now")), WALL + 5);
+    a.push_local(now, vec![rec]);
+    let pushes: Vec<_> = std::iter::from_fn(|| a.poll_transmit()).collect();
+    for (p, addr) in [(&mut b, b_addr), (&mut c, c_addr)] {
+        for t in pushes.iter().filter(|t| t.to == addr) {
+            p.handle_datagram(now, wall, a_addr, &t.payload);
+        }
+        assert_eq!(
+            p.store().get("fresh").as_deref(),
+            Some(&b"now"[..]),
+            "the write reached {addr} while the stream is open"
+        );
+    }
+    // The stream then finishes, and b holds everything.
+    assert_eq!(pump(&mut a, &mut b, 1_000), StreamSend::Finished);
+    a.handle_stream_closed(now, sid);
+    b.handle_stream_closed(now, req.id);
+    assert_eq!(b.store().len(), 3_001);
+    assert_eq!(b.stats().streams_completed, 1);
 }

@@ -1,0 +1,144 @@
+//! The bulk path on loopback: nodes far behind catch up over TCP streams at
+//! the default one-second gossip interval, where datagrams alone would move
+//! about ten records a second; refused streams leave the datagram path to
+//! converge alone.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{wait_until, Kv};
+use gossipkv::GossipKv;
+
+/// Far below what datagrams alone need at a one-second interval (minutes).
+const DEADLINE: Duration = Duration::from_secs(20);
+
+async fn node(
+    id: &str,
+    seeds: &[&Kv],
+    tune: impl FnOnce(gossipkv::Builder<String, String>) -> gossipkv::Builder<String, String>,
+) -> Kv {
+    let b = GossipKv::<String, String>::builder()
+        .node_id(id)
+        .bind_addr("127.0.0.1:0")
+        .seeds(seeds.iter().map(|s| s.local_addr().unwrap().to_string()));
+    tune(b).build().await.expect("node starts")
+}
+
+fn key(i: usize) -> String {
+    format!("svc/{i:05}")
+}
+
+fn deleted(i: usize) -> bool {
+    i % 10 == 3
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_holds_every_key_and_none_deleted_before_it_joined() {
+    const KEYS: usize = 5_000;
+    let a = node("bulk-a", &[], |b| b).await;
+    for i in 0..KEYS {
+        a.set(key(i), format!("value-{i:0>90}")).unwrap();
+    }
+    for i in (0..KEYS).filter(|i| deleted(*i)) {
+        a.delete(key(i)).unwrap();
+    }
+    let live = a.len();
+    let start = Instant::now();
+    // The default gossip interval: one second.
+    let b = node("bulk-b", &[&a], |b| b).await;
+    wait_until("the joiner holds every live key", DEADLINE, || {
+        b.len() == live
+    })
+    .await;
+    eprintln!("5,000 keys joined in {:?}", start.elapsed());
+    for i in 0..KEYS {
+        let got = b.get(key(i)).unwrap();
+        match deleted(i) {
+            true => assert_eq!(got, None, "{} was deleted before b joined", key(i)),
+            false => assert_eq!(got, Some(format!("value-{i:0>90}"))),
+        }
+    }
+    let (sa, sb) = (a.stats(), b.stats());
+    assert!(sb.streams_completed >= 1, "{sb:?}");
+    assert!(sa.streams_served >= 1, "{sa:?}");
+    assert!(sb.stream_bytes_received > 500_000, "{sb:?}");
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_catches_up_by_stream_at_the_default_interval() {
+    const KEYS: usize = 5_000;
+    let a = node("restart-a", &[], |b| b).await;
+    let b = node("restart-b", &[&a], |b| b).await;
+    for i in 0..KEYS {
+        a.set(key(i), format!("{i}")).unwrap();
+    }
+    wait_until("b holds every key", DEADLINE, || b.len() == KEYS).await;
+    b.shutdown().await.unwrap();
+    // Writes b misses while it is down.
+    for i in 0..100 {
+        a.set(key(i), format!("new-{i}")).unwrap();
+    }
+    // The same id, restarted empty (a new generation).
+    let b = node("restart-b", &[&a], |b| b).await;
+    tokio::time::timeout(DEADLINE, b.synced())
+        .await
+        .expect("the restarted node catches up")
+        .unwrap();
+    assert_eq!(b.len(), KEYS, "synced means it holds every key");
+    assert_eq!(b.get(key(7)).unwrap(), Some("new-7".to_string()));
+    assert_eq!(b.get(key(700)).unwrap(), Some("700".to_string()));
+    assert!(b.stats().streams_completed >= 1);
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_streams_leave_the_datagram_path_to_converge() {
+    const KEYS: usize = 300;
+    let interval = Duration::from_millis(20);
+    let a = node("refuse-a", &[], |b| {
+        b.gossip_interval(interval).max_serving_streams(0)
+    })
+    .await;
+    for i in 0..KEYS {
+        a.set(key(i), format!("{i}")).unwrap();
+    }
+    let b = node("refuse-b", &[&a], |b| b.gossip_interval(interval)).await;
+    wait_until("b holds every key by datagrams", DEADLINE, || {
+        b.len() == KEYS
+    })
+    .await;
+    let (sa, sb) = (a.stats(), b.stats());
+    assert!(sb.streams_requested >= 1, "b was far behind: {sb:?}");
+    assert_eq!(sb.streams_completed, 0, "{sb:?}");
+    assert!(sa.streams_refused >= 1 && sa.streams_served == 0, "{sa:?}");
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_streams_off_neither_asks_nor_listens() {
+    const KEYS: usize = 300;
+    let interval = Duration::from_millis(20);
+    let a = node("off-a", &[], |b| b.gossip_interval(interval).streams(false)).await;
+    for i in 0..KEYS {
+        a.set(key(i), format!("{i}")).unwrap();
+    }
+    // Nothing listens on a's port over TCP.
+    let addr = a.local_addr().unwrap();
+    assert!(std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err());
+    let b = node("off-b", &[&a], |b| {
+        b.gossip_interval(interval).streams(false)
+    })
+    .await;
+    wait_until("b holds every key by datagrams", DEADLINE, || {
+        b.len() == KEYS
+    })
+    .await;
+    assert_eq!(b.stats().streams_requested, 0);
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
