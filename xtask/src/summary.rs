@@ -106,6 +106,7 @@ pub(crate) const REQUIRED_KEYS: &[&str] = &[
     "bulk_10k_keys_n10_ms",
     "late_join_ms_20k",
     "cold_burst_ms_2k",
+    "heal_ms_100k",
     "bulk_10k_keys_n10_bytes",
     "max_value_bytes_replicated",
 ];

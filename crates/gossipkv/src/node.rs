@@ -17,7 +17,7 @@ use crate::builder::Builder;
 use crate::codec::Codec;
 use crate::discovery::MdnsHandle;
 use crate::driver::wall_now;
-use crate::error::Error;
+use crate::error::{ConfigOption, Error};
 use crate::health::{Health, HealthTracker};
 use crate::watch::{Change, MemberEvents, Watcher};
 
@@ -577,6 +577,54 @@ where
                 _ = closed.changed() => {}
             }
         }
+    }
+
+    /// Contacts these addresses (`host:port`, resolved now) until they
+    /// answer, as if they had been given as seeds: joins a cluster, or
+    /// merges two groups that have never heard of each other (each side
+    /// then catches up on the other's writes, in bulk when far behind).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for a node without a network (no bind
+    /// address) or when an address is not `host:port` or resolves to
+    /// nothing; [`Error::Closed`] after [`shutdown`](Self::shutdown).
+    pub async fn join<S: AsRef<str>>(
+        &self,
+        addrs: impl IntoIterator<Item = S>,
+    ) -> Result<(), Error> {
+        let Some(protocol) = &self.inner.protocol else {
+            return Err(Error::config(
+                ConfigOption::Seeds,
+                "a node without a bind address cannot join",
+            ));
+        };
+        if self.is_closed() {
+            return Err(Error::Closed {
+                node_id: self.node_id().to_string(),
+            });
+        }
+        let mut found = Vec::new();
+        for a in addrs {
+            let a = a.as_ref();
+            crate::builder::split_host_port(a)
+                .map_err(|m| Error::config(ConfigOption::Seeds, format!("address {m}")))?;
+            let resolved: Vec<SocketAddr> = tokio::net::lookup_host(a)
+                .await
+                .map_err(|e| {
+                    Error::config(ConfigOption::Seeds, format!("cannot resolve {a:?}: {e}"))
+                })?
+                .collect();
+            if resolved.is_empty() {
+                return Err(Error::config(
+                    ConfigOption::Seeds,
+                    format!("{a:?} resolves to no address"),
+                ));
+            }
+            found.extend(resolved);
+        }
+        protocol.lock().add_seeds(found);
+        Ok(())
     }
 
     /// Whether [`shutdown`](Self::shutdown) was called.

@@ -13,8 +13,11 @@ use crate::options::Plan;
 use crate::report::{progress, Report};
 use crate::{Kv, INTERVAL};
 
-/// Keys the three formed nodes hold when the fourth joins.
-const JOIN_KEYS: usize = 20_000;
+/// Keys the three formed nodes hold when the fourth joins, and the size
+/// label of the figure.
+pub(crate) const JOIN_20K: (usize, &str) = (20_000, "20k");
+/// The same with a million keys (116 MB of keys and values).
+pub(crate) const JOIN_1M: (usize, &str) = (1_000_000, "1m");
 /// Keys written at once before the cluster formed.
 const BURST_KEYS: usize = 2_000;
 /// Nodes of the cold burst.
@@ -126,20 +129,117 @@ fn verify(node: &Kv, keys: usize) -> Result<()> {
     Ok(())
 }
 
-/// `late_join_ms_20k` and companions: three formed nodes hold [`JOIN_KEYS`] keys written on
+/// Keys each half of the healed cluster writes apart.
+const HEAL_KEYS: usize = 50_000;
+/// Nodes per half.
+const HEAL_HALF: usize = 5;
+
+/// `heal_ms_100k` and companions: two halves of [`HEAL_HALF`] nodes of one
+/// cluster, which have not heard of each other, each write [`HEAL_KEYS`]
+/// keys (spread over their nodes) and share them within the half; then one
+/// node of the first half joins a node of the second, and every node must
+/// hold all keys. (Like a partition that heals, each side holds writes the
+/// other lacks; unlike one, no member was declared dead meanwhile.)
+pub(crate) async fn heal(report: &mut Report, plan: Plan, t0: Instant) -> Result<()> {
+    progress(
+        t0,
+        format!("heal: two halves of {HEAL_HALF} nodes, {HEAL_KEYS} keys written apart in each..."),
+    );
+    let mut nodes: Vec<Kv> = Vec::new();
+    let result = async {
+        for half in 0..2 {
+            let first = nodes.len();
+            for i in 0..HEAL_HALF {
+                let seeds: Vec<String> = nodes[first..]
+                    .first()
+                    .map(|n| n.local_addr().map(|a| a.to_string()))
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                let node = Kv::builder()
+                    .cluster_id("heal")
+                    .node_id(format!("heal-{half}-{i}"))
+                    .bind_addr("127.0.0.1:0")
+                    .gossip_interval(INTERVAL)
+                    .seeds(seeds)
+                    .build()
+                    .await
+                    .context("cannot start a node")?;
+                nodes.push(node);
+            }
+            let per_node = HEAL_KEYS / HEAL_HALF;
+            for (i, node) in nodes[first..].iter().enumerate() {
+                let base = half * HEAL_KEYS + i * per_node;
+                for k in base..base + per_node {
+                    node.set(key(k), value(k))?;
+                }
+            }
+            let members: Vec<&Kv> = nodes[first..].iter().collect();
+            let shared = wait_all(
+                &members,
+                HEAL_KEYS,
+                Instant::now(),
+                plan.catchup_deadline,
+                || 0,
+                1,
+            );
+            ensure!(
+                !shared.timed_out,
+                "half {half} did not share its keys: {shared:?}"
+            );
+        }
+        let all: Vec<&Kv> = nodes.iter().collect();
+        let stats = |nodes: &[Kv]| nodes.iter().map(Kv::stats).collect::<Vec<_>>();
+        let before = stats(&nodes);
+        let start = Instant::now();
+        let bridge = nodes[HEAL_HALF].local_addr().context("bound")?.to_string();
+        nodes[0].join([bridge]).await?;
+        let healed = wait_all(
+            &all,
+            2 * HEAL_KEYS,
+            start,
+            plan.catchup_deadline,
+            || sent_between(&before, &stats(&nodes)).0,
+            2 * HEAL_HALF * HEAL_KEYS,
+        );
+        progress(t0, healed.describe("heal", 2 * HEAL_KEYS));
+        healed.put(report, "heal", "100k");
+        if !healed.timed_out {
+            for n in [&nodes[0], &nodes[2 * HEAL_HALF - 1]] {
+                verify(n, 2 * HEAL_KEYS)?;
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    for n in &nodes {
+        if let Err(e) = n.shutdown().await {
+            eprintln!("warning: shutting down {} failed: {e}", n.node_id());
+        }
+    }
+    result
+}
+
+/// `late_join_ms_20k` (or `_1m`) and companions: three formed nodes hold `keys` keys written on
 /// the first; a fourth node starts with the first as its one seed.
-pub(crate) async fn late_join(report: &mut Report, plan: Plan, t0: Instant) -> Result<()> {
-    let spec = Spec::new("latejoin", 3);
+pub(crate) async fn late_join(
+    report: &mut Report,
+    plan: Plan,
+    t0: Instant,
+    (keys, size): (usize, &str),
+) -> Result<()> {
+    let name = format!("latejoin{size}");
+    let spec = Spec::new(&name, 3);
     with_cluster(spec, t0, async |c: &Cluster| {
         progress(
             t0,
-            format!("latejoin: writing {JOIN_KEYS} keys on one of 3 nodes..."),
+            format!("latejoin: writing {keys} keys on one of 3 nodes..."),
         );
-        write_keys(&c.nodes[0], JOIN_KEYS)?;
+        write_keys(&c.nodes[0], keys)?;
         let holders: Vec<&Kv> = c.nodes.iter().collect();
         let spread = wait_all(
             &holders,
-            JOIN_KEYS,
+            keys,
             Instant::now(),
             plan.catchup_deadline,
             || 0,
@@ -163,23 +263,17 @@ pub(crate) async fn late_join(report: &mut Report, plan: Plan, t0: Instant) -> R
             .context("cannot start the joiner")?;
         let bytes = || {
             let (sent, _) = sent_between(&before, &c.stats());
-            sent + joiner.stats().bytes_sent
+            let j = joiner.stats();
+            sent + j.bytes_sent + j.stream_bytes_sent
         };
-        let join = wait_all(
-            &[&joiner],
-            JOIN_KEYS,
-            start,
-            plan.catchup_deadline,
-            bytes,
-            JOIN_KEYS,
-        );
-        progress(t0, join.describe("latejoin", JOIN_KEYS));
+        let join = wait_all(&[&joiner], keys, start, plan.catchup_deadline, bytes, keys);
+        progress(t0, join.describe("latejoin", keys));
         let checked = if join.timed_out {
             Ok(())
         } else {
-            verify(&joiner, JOIN_KEYS)
+            verify(&joiner, keys)
         };
-        join.put(report, "late_join", "20k");
+        join.put(report, "late_join", size);
         if let Err(e) = joiner.shutdown().await {
             eprintln!("warning: shutting down the joiner failed: {e}");
         }
@@ -209,7 +303,8 @@ pub(crate) async fn cold_burst(report: &mut Report, plan: Plan, t0: Instant) -> 
         // The writer started after `before`: all it sent counts.
         let bytes = || {
             let stats = c.stats();
-            sent_between(&before, &stats).0 + stats[BURST_NODES - 1].bytes_sent
+            let w = &stats[BURST_NODES - 1];
+            sent_between(&before, &stats).0 + w.bytes_sent + w.stream_bytes_sent
         };
         let delivered = (BURST_NODES - 1) * BURST_KEYS;
         let burst = wait_all(
@@ -244,7 +339,7 @@ mod tests {
 
     #[test]
     fn keys_and_values_have_the_advertised_size() {
-        assert_eq!(key(JOIN_KEYS).len(), KEY_LEN);
-        assert_eq!(value(JOIN_KEYS).len(), VALUE_LEN);
+        assert_eq!(key(JOIN_1M.0).len(), KEY_LEN);
+        assert_eq!(value(JOIN_1M.0).len(), VALUE_LEN);
     }
 }

@@ -46,6 +46,7 @@ mod options;
 mod plot;
 mod propagation;
 mod report;
+mod serve;
 
 use std::time::{Duration, Instant};
 
@@ -69,6 +70,7 @@ fn main() -> Result<()> {
     let opts = match options::parse_args(std::env::args().skip(1))? {
         Command::Run(opts) => opts,
         Command::MemoryProbe => return memory::probe(),
+        Command::ServeProbe => return serve::probe(),
         Command::Help => {
             println!("{USAGE}");
             return Ok(());
@@ -125,8 +127,20 @@ async fn run(opts: &Options) -> Result<()> {
     }
 
     if opts.wants("latejoin") {
-        let result = catchup::late_join(&mut report, plan, t0).await;
+        let result = catchup::late_join(&mut report, plan, t0, catchup::JOIN_20K).await;
         report.check(t0, "latejoin", result);
+    }
+    // A million keys: in full runs, or when asked for by name.
+    if (!opts.quick && opts.wants("latejoin1m")) || opts.only.iter().any(|o| o == "latejoin1m") {
+        let result = catchup::late_join(&mut report, plan, t0, catchup::JOIN_1M).await;
+        report.check(t0, "latejoin1m", result);
+    }
+    if opts.wants("serve") {
+        serve::scenario(&mut report, t0);
+    }
+    if opts.wants("heal") {
+        let result = catchup::heal(&mut report, plan, t0).await;
+        report.check(t0, "heal", result);
     }
     if opts.wants("coldburst") {
         let result = catchup::cold_burst(&mut report, plan, t0).await;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 
 /// Every scenario, in the order they run.
-const SCENARIOS: [&str; 8] = [
+const SCENARIOS: [&str; 11] = [
     "memory",
     "n10",
     "bulk",
@@ -15,11 +15,18 @@ const SCENARIOS: [&str; 8] = [
     "sweep",
     "latejoin",
     "coldburst",
+    "latejoin1m",
+    "heal",
+    "serve",
 ];
 
 /// Hidden flag: measure the memory per entry and print it, nothing else
 /// (see [`crate::memory`]).
 pub(crate) const MEMORY_PROBE: &str = "--memory-probe";
+
+/// Hidden flag: measure the serving node's memory while it streams and
+/// print it, nothing else (see [`crate::serve`]).
+pub(crate) const SERVE_PROBE: &str = "--serve-probe";
 
 /// One-line usage, printed by `--help` and after argument errors.
 pub(crate) const USAGE: &str =
@@ -33,6 +40,8 @@ pub(crate) enum Command {
     /// Internal: the memory probe, run by the `memory` scenario in a fresh
     /// process of this binary.
     MemoryProbe,
+    /// Run the serving-memory probe (see [`SERVE_PROBE`]).
+    ServeProbe,
     /// Print [`USAGE`].
     Help,
 }
@@ -117,6 +126,7 @@ pub(crate) fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Comma
             "--svg" => svg = Some(PathBuf::from(args.next().context(USAGE)?)),
             "--quick" => quick = true,
             MEMORY_PROBE => return Ok(Command::MemoryProbe),
+            SERVE_PROBE => return Ok(Command::ServeProbe),
             "--only" => {
                 for name in args.next().context(USAGE)?.split(',') {
                     ensure!(

@@ -249,6 +249,15 @@ impl Protocol {
         self.cx.cfg.seeds = seeds;
     }
 
+    /// Adds seed addresses (kept with the others, duplicates dropped): they
+    /// are contacted like seeds, from the next round on.
+    pub fn add_seeds(&mut self, seeds: impl IntoIterator<Item = SocketAddr>) {
+        let all = &mut self.cx.cfg.seeds;
+        all.extend(seeds);
+        all.sort_unstable();
+        all.dedup();
+    }
+
     /// Announces that this node leaves: queues a `Leave` to every member that
     /// is alive or suspect (twice, against loss). Afterwards the node sends
     /// nothing more of its own accord, and [`poll_timeout`](Self::poll_timeout)
