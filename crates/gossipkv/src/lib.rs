@@ -174,7 +174,9 @@
 //! has caught up: [`GossipKv::synced`] waits for that (it exchanged digests
 //! with a live member and held everything that member vouched for), and
 //! [`GossipKv::is_synced`] says it without waiting. Both fit a readiness
-//! probe beside `health`.
+//! probe beside `health`. A node far behind catches up in bulk, over a
+//! stream from one peer (see [`Builder::streams`]); [`GossipKv::join`]
+//! contacts more addresses at runtime.
 //!
 //! ## Errors
 //!
@@ -194,8 +196,10 @@
 //!   (1 MiB by default, up to 64 MiB).
 //! - Every node holds every key: a replica is as large as the whole map.
 //! - No persistence: a restarted node starts empty and catches up from its
-//!   peers, at about one packet of records per gossip round for the whole
-//!   cluster (a bulk path is planned).
+//!   peers. A node far behind asks a peer for a stream over TCP on the
+//!   gossip port number ([`Builder::streams`]) and receives what it lacks at
+//!   the speed of the network and of its store; without TCP it catches up
+//!   by datagrams, about one packet of records per gossip round.
 //! - No encryption, no authentication: the cluster id is a name, not a
 //!   secret. Run it on a network you trust.
 //! - Last writer wins by hybrid logical clock: clock skew decides which of
