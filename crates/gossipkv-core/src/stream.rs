@@ -391,7 +391,7 @@ pub(crate) fn next_frame(cx: &mut Context, s: &mut Server) -> StreamSend {
         }
     };
     let env = cx.envelope(body);
-    let bytes = gossipkv_proto::stream::frame(&encode(&env));
+    let bytes = gossipkv_proto::stream::frame_compressed(&encode(&env));
     cx.stats.stream_frames_sent += 1;
     cx.stats.stream_bytes_sent += bytes.len() as u64;
     StreamSend::Data(bytes)

@@ -32,6 +32,36 @@ fn key(i: usize) -> String {
     format!("join-{i:011}")
 }
 
+/// What the values of a late join look like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Values {
+    /// `value-000…0i`: compresses about tenfold.
+    Repetitive,
+    /// 100 characters drawn at random from 64: LZ4 finds nothing to
+    /// shorten, the worst case for stream compression.
+    Random,
+}
+
+/// The `i`-th value of kind `kind`, [`VALUE_LEN`] bytes.
+fn value_of(kind: Values, i: usize) -> String {
+    match kind {
+        Values::Repetitive => value(i),
+        Values::Random => {
+            const ALPHABET: &[u8; 64] =
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+            let mut x = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            (0..VALUE_LEN)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    char::from(ALPHABET[(x >> 58) as usize])
+                })
+                .collect()
+        }
+    }
+}
+
 /// The `i`-th value, [`VALUE_LEN`] bytes.
 fn value(i: usize) -> String {
     format!("value-{i:094}")
@@ -78,9 +108,9 @@ impl CatchUp {
 }
 
 /// Writes keys `0..n` on `node`.
-fn write_keys(node: &Kv, n: usize) -> Result<()> {
+fn write_keys(node: &Kv, n: usize, kind: Values) -> Result<()> {
     for i in 0..n {
-        node.set(key(i), value(i))
+        node.set(key(i), value_of(kind, i))
             .with_context(|| format!("set {}", key(i)))?;
     }
     Ok(())
@@ -117,10 +147,10 @@ fn wait_all(
 }
 
 /// Checks every key's value on `node`.
-fn verify(node: &Kv, keys: usize) -> Result<()> {
+fn verify(node: &Kv, keys: usize, kind: Values) -> Result<()> {
     for i in 0..keys {
         ensure!(
-            node.get(key(i))?.as_deref() == Some(value(i).as_str()),
+            node.get(key(i))?.as_deref() == Some(value_of(kind, i).as_str()),
             "{} has a wrong value for {}",
             node.node_id(),
             key(i)
@@ -206,7 +236,7 @@ pub(crate) async fn heal(report: &mut Report, plan: Plan, t0: Instant) -> Result
         healed.put(report, "heal", "100k");
         if !healed.timed_out {
             for n in [&nodes[0], &nodes[2 * HEAL_HALF - 1]] {
-                verify(n, 2 * HEAL_KEYS)?;
+                verify(n, 2 * HEAL_KEYS, Values::Repetitive)?;
             }
         }
         anyhow::Ok(())
@@ -227,15 +257,21 @@ pub(crate) async fn late_join(
     plan: Plan,
     t0: Instant,
     (keys, size): (usize, &str),
+    kind: Values,
 ) -> Result<()> {
+    let size = match kind {
+        Values::Repetitive => size.to_string(),
+        Values::Random => format!("{size}_random"),
+    };
+    let size = size.as_str();
     let name = format!("latejoin{size}");
     let spec = Spec::new(&name, 3);
     with_cluster(spec, t0, async |c: &Cluster| {
         progress(
             t0,
-            format!("latejoin: writing {keys} keys on one of 3 nodes..."),
+            format!("latejoin: writing {keys} keys ({kind:?} values) on one of 3 nodes..."),
         );
-        write_keys(&c.nodes[0], keys)?;
+        write_keys(&c.nodes[0], keys, kind)?;
         let holders: Vec<&Kv> = c.nodes.iter().collect();
         let spread = wait_all(
             &holders,
@@ -267,11 +303,21 @@ pub(crate) async fn late_join(
             sent + j.bytes_sent + j.stream_bytes_sent
         };
         let join = wait_all(&[&joiner], keys, start, plan.catchup_deadline, bytes, keys);
-        progress(t0, join.describe("latejoin", keys));
+        let j = joiner.stats();
+        progress(
+            t0,
+            format!(
+                "{}; the joiner asked for {} streams: {} completed, {} cut",
+                join.describe(&format!("latejoin ({kind:?} values)"), keys),
+                j.streams_requested,
+                j.streams_completed,
+                j.streams_cut
+            ),
+        );
         let checked = if join.timed_out {
             Ok(())
         } else {
-            verify(&joiner, keys)
+            verify(&joiner, keys, kind)
         };
         join.put(report, "late_join", size);
         if let Err(e) = joiner.shutdown().await {
@@ -296,7 +342,7 @@ pub(crate) async fn cold_burst(report: &mut Report, plan: Plan, t0: Instant) -> 
         let before = c.stats();
         let start = Instant::now();
         let writer = c.start_node(spec, BURST_NODES - 1).await?;
-        write_keys(&writer, BURST_KEYS)?;
+        write_keys(&writer, BURST_KEYS, Values::Repetitive)?;
         let write_ms = start.elapsed().as_secs_f64() * 1e3;
         c.nodes.push(writer);
         let nodes: Vec<&Kv> = c.nodes.iter().collect();
@@ -324,7 +370,7 @@ pub(crate) async fn cold_burst(report: &mut Report, plan: Plan, t0: Instant) -> 
         );
         burst.put(report, "cold_burst", "2k");
         if !burst.timed_out {
-            verify(&c.nodes[0], BURST_KEYS)?;
+            verify(&c.nodes[0], BURST_KEYS, Values::Repetitive)?;
         }
         anyhow::Ok(())
     }
@@ -341,5 +387,7 @@ mod tests {
     fn keys_and_values_have_the_advertised_size() {
         assert_eq!(key(JOIN_1M.0).len(), KEY_LEN);
         assert_eq!(value(JOIN_1M.0).len(), VALUE_LEN);
+        assert_eq!(value_of(Values::Random, 7).len(), VALUE_LEN);
+        assert_ne!(value_of(Values::Random, 7), value_of(Values::Random, 8));
     }
 }

@@ -38,6 +38,7 @@
 
 mod bulk;
 mod catchup;
+use catchup::Values;
 mod cluster;
 mod idle;
 mod max_value;
@@ -127,13 +128,17 @@ async fn run(opts: &Options) -> Result<()> {
     }
 
     if opts.wants("latejoin") {
-        let result = catchup::late_join(&mut report, plan, t0, catchup::JOIN_20K).await;
-        report.check(t0, "latejoin", result);
+        for kind in [Values::Repetitive, Values::Random] {
+            let result = catchup::late_join(&mut report, plan, t0, catchup::JOIN_20K, kind).await;
+            report.check(t0, "latejoin", result);
+        }
     }
     // A million keys: in full runs, or when asked for by name.
     if (!opts.quick && opts.wants("latejoin1m")) || opts.only.iter().any(|o| o == "latejoin1m") {
-        let result = catchup::late_join(&mut report, plan, t0, catchup::JOIN_1M).await;
-        report.check(t0, "latejoin1m", result);
+        for kind in [Values::Repetitive, Values::Random] {
+            let result = catchup::late_join(&mut report, plan, t0, catchup::JOIN_1M, kind).await;
+            report.check(t0, "latejoin1m", result);
+        }
     }
     if opts.wants("serve") {
         serve::scenario(&mut report, t0);
