@@ -22,6 +22,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest a stream may go without moving a byte before it is dropped.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Longest a stream may last, whatever moves: a peer reading a byte now and
+/// then cannot hold a serving slot for good (116 MB at 1 MB/s take two
+/// minutes).
+const MAX_STREAM_TIME: Duration = Duration::from_secs(600);
+
 /// Bytes read at a time.
 const READ_BUF: usize = 64 << 10;
 
@@ -59,7 +64,8 @@ pub(crate) fn listen(addr: SocketAddr, reporter: &Reporter) -> Option<TcpListene
 pub(crate) async fn receive(cx: StreamCx, open: StreamOpen) {
     let id = open.id;
     let to = open.to;
-    if let Err(e) = receive_inner(&cx, open).await {
+    let result = within(MAX_STREAM_TIME, receive_inner(&cx, open)).await;
+    if let Err(e) = result.and_then(|r| r) {
         debug!(%to, error = %e, "stream ended early");
     }
     let now = cx.clock.now();
@@ -87,7 +93,8 @@ async fn receive_inner(cx: &StreamCx, open: StreamOpen) -> std::io::Result<()> {
 /// Serves an accepted stream: reads the peer's opening, then writes the
 /// frames the protocol builds, one at a time, as the socket takes them.
 pub(crate) async fn serve(cx: StreamCx, id: StreamId, sock: TcpStream, from: SocketAddr) {
-    if let Err(e) = serve_inner(&cx, id, sock).await {
+    let result = within(MAX_STREAM_TIME, serve_inner(&cx, id, sock)).await;
+    if let Err(e) = result.and_then(|r| r) {
         debug!(%from, error = %e, "served stream ended early");
     }
     let now = cx.clock.now();
