@@ -73,6 +73,9 @@ struct Pass {
     watermarks: Digest,
     /// When the last page of this pass arrived.
     progress: Instant,
+    /// Whether its pages come by stream (in order, at the pace of the
+    /// connection): datagram pages then leave the pass alone.
+    by_stream: bool,
 }
 
 /// The receiving side of re-synchronisation.
@@ -111,28 +114,35 @@ impl ResyncClient {
     /// Tracks a page from `sender` at `from`: pages from one peer, in key
     /// order, from the first key to the last. Pages from anyone else, or
     /// out of order, were merged (that is always safe) but do not advance
-    /// the pass. Returns whether the pass completed (the watermarks were
-    /// raised).
+    /// the pass. A first page that comes by stream (`stream`) takes the pass
+    /// over whoever held it: its pages follow in order. While such a pass
+    /// runs, datagram pages leave it alone (a datagram page from the first
+    /// key would restart it, cut to another end). Returns whether the pass
+    /// completed (the watermarks were raised).
     pub(crate) fn on_page(
         &mut self,
         cx: &mut Context,
-        from: SocketAddr,
-        sender: &NodeId,
+        (from, sender): (SocketAddr, &NodeId),
         page: &Page,
+        stream: bool,
     ) -> bool {
         let stale_after = STALE_INTERVALS * cx.cfg.interval();
         let stale = self
             .pass
             .as_ref()
             .is_some_and(|p| cx.now.saturating_since(p.progress) > stale_after);
+        if !stream && self.pass.as_ref().is_some_and(|p| p.by_stream) && !stale {
+            return false;
+        }
         let ours = self.pass.as_ref().is_none_or(|p| &p.from == sender);
-        if page.start.is_empty() && (ours || stale) {
+        if page.start.is_empty() && (ours || stale || stream) {
             self.pass = Some(Pass {
                 from: sender.clone(),
                 addr: from,
                 cursor: String::new(),
                 watermarks: page.watermarks.clone(),
                 progress: cx.now,
+                by_stream: stream,
             });
         }
         let Some(p) = &mut self.pass else {
@@ -141,6 +151,8 @@ impl ResyncClient {
         if &p.from != sender || p.cursor != page.start {
             return false;
         }
+        // A stream resuming a pass started by datagrams carries it on.
+        p.by_stream |= stream;
         p.progress = cx.now;
         // Raise at the end only what every page's drop rule covered.
         if !page.start.is_empty() {
@@ -157,6 +169,16 @@ impl ResyncClient {
         cx.stats.resyncs_completed += 1;
         debug!(peer = %p.from, raised, "re-synchronisation complete");
         true
+    }
+}
+
+impl ResyncClient {
+    /// The stream carrying the pass ended (finished or cut): datagram pages
+    /// may carry it on from where it stands.
+    pub(crate) fn stream_closed(&mut self) {
+        if let Some(p) = &mut self.pass {
+            p.by_stream = false;
+        }
     }
 }
 

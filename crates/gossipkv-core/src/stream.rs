@@ -218,7 +218,9 @@ impl Streams {
     }
 
     /// Forgets a stream; when we received it, when to ask its peer again.
-    pub(crate) fn close(&mut self, cx: &mut Context, id: StreamId) {
+    /// Returns whether it was a stream we received.
+    pub(crate) fn close(&mut self, cx: &mut Context, id: StreamId) -> bool {
+        let received = matches!(self.open.get(&id), Some(Stream::Client(_)));
         match self.open.remove(&id) {
             Some(Stream::Client(c)) => {
                 let (intervals, done) = match c.reader.ended() {
@@ -241,6 +243,7 @@ impl Streams {
             }
             Some(Stream::Server(_)) | None => {}
         }
+        received
     }
 
     fn back_off(&mut self, to: SocketAddr, until: Instant) {

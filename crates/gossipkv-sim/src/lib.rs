@@ -10,12 +10,27 @@
 //! a failing seed can be replayed exactly. [`SeedGuard`] prints the seed of a
 //! failing test; `GOSSIPKV_SIM_SEED` overrides the seed of every scenario.
 //!
-//! What it deliberately does not model: bandwidth limits, and the tokio driver
-//! (the real driver is exercised by the loopback tests of the `gossipkv` crate).
+//! Streams (the bulk path a node far behind a peer catches up over, TCP in
+//! the real driver) are modelled when [`SimConfig::streams`] is on: each
+//! stream is a reliable, ordered connection of fixed bandwidth
+//! ([`SimConfig::stream_bytes_per_ms`]) with one latency drawn when it
+//! opens. The server is asked for a frame only when the previous one has
+//! arrived (a window of one frame), so a stream moves a frame per latency
+//! plus transmission time, and what it sends reflects the server's state
+//! at that moment. A stream is cut, both sides told, by a partition or a
+//! crash of either side and at random per frame ([`SimConfig::stream_cut`]);
+//! datagram loss does not touch it. Streams do not compete with each other
+//! or with datagrams for bandwidth. Their traffic is counted apart from
+//! datagrams, in the `streams_*` and `stream_*` fields of [`NetStats`].
 //!
-//! Scheduling costs O(log N) per event: datagrams in flight and node timers
-//! live in two min-heaps, so thousands of nodes can be simulated (see the
-//! [`scale`] module for dissemination measurements).
+//! What it deliberately does not model: datagram bandwidth and congestion,
+//! connection set-up handshakes and timeouts (a stream to a node that is
+//! down or unreachable fails after one latency), and the tokio driver (the
+//! real driver is exercised by the loopback tests of the `gossipkv` crate).
+//!
+//! Scheduling costs O(log N) per event: datagrams and stream steps in
+//! flight and node timers live in two min-heaps, so thousands of nodes can
+//! be simulated (see the [`scale`] module for dissemination measurements).
 
 pub mod scale;
 
@@ -29,7 +44,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use gossipkv_core::{
     DetectorConfig, Directory, Event, Instant, Member, MemberEvent, MemberState, NetworkError,
-    Protocol, ProtocolConfig, Stats, Transmit, WallTime,
+    Protocol, ProtocolConfig, Stats, StreamId, StreamOpen, StreamSend, Transmit, WallTime,
+    DEFAULT_MAX_SERVING_STREAMS, DEFAULT_STREAM_FRAME_SIZE, DEFAULT_STREAM_THRESHOLD,
 };
 use gossipkv_proto::{decode, Body, Limits};
 use gossipkv_storage::{NodeId, Origin, Record, Store};
@@ -88,6 +104,20 @@ pub struct SimConfig {
     /// Every node's maximum clock drift (see
     /// [`ProtocolConfig::max_clock_drift`]).
     pub max_clock_drift: Duration,
+    /// Whether every node uses streams to catch up (see
+    /// [`ProtocolConfig::streams`]); off by default.
+    pub streams: bool,
+    /// Bandwidth of one stream, bytes per ms (10,000: 10 MB/s).
+    pub stream_bytes_per_ms: u64,
+    /// Probability, per frame, that a stream's connection is cut at that
+    /// frame (the frame is lost and both sides are told).
+    pub stream_cut: f64,
+    /// Every node's [`ProtocolConfig::stream_threshold`].
+    pub stream_threshold: u64,
+    /// Every node's [`ProtocolConfig::max_serving_streams`].
+    pub max_serving_streams: usize,
+    /// Every node's [`ProtocolConfig::stream_frame_size`].
+    pub stream_frame_size: usize,
 }
 
 impl Default for SimConfig {
@@ -110,6 +140,12 @@ impl Default for SimConfig {
             detector: None,
             given_membership: false,
             max_clock_drift: gossipkv_core::DEFAULT_MAX_CLOCK_DRIFT,
+            streams: false,
+            stream_bytes_per_ms: 10_000,
+            stream_cut: 0.0,
+            stream_threshold: DEFAULT_STREAM_THRESHOLD,
+            max_serving_streams: DEFAULT_MAX_SERVING_STREAMS,
+            stream_frame_size: DEFAULT_STREAM_FRAME_SIZE,
         }
     }
 }
@@ -122,17 +158,56 @@ struct SimNode {
     skew_ms: i64,
     store: Arc<Store>,
     proto: Option<Protocol>,
+    /// Bumped every time the node's protocol starts: a stream belongs to
+    /// one instance, never to the one that replaced it.
+    incarnation: u64,
 }
 
-/// A datagram on its way. Ordered by delivery time, then by send order, so
-/// simultaneous deliveries happen in the order they were sent.
+/// Something on its way: a datagram or a stream's next step. Ordered by
+/// delivery time, then by send order, so simultaneous deliveries happen in
+/// the order they were sent.
 struct InFlight {
     at_ms: u64,
     order: u64,
-    to: usize,
-    from: SocketAddr,
-    /// Shared with the sender's buffer (and the duplicate, if any): no copy.
-    payload: Bytes,
+    what: Delivery,
+}
+
+enum Delivery {
+    Datagram {
+        to: usize,
+        from: SocketAddr,
+        /// Shared with the sender's buffer (and the duplicate, if any): no copy.
+        payload: Bytes,
+    },
+    /// The next step of stream `key` of [`Sim::streams`] (stale once the
+    /// stream is gone: each stream has one step scheduled at a time).
+    Stream(u64),
+}
+
+/// A stream between two nodes, as the simulated network carries it.
+struct SimStream {
+    client: usize,
+    client_inc: u64,
+    client_id: StreamId,
+    /// The server, unless the address is no node's.
+    server: Option<usize>,
+    server_inc: u64,
+    /// The server's id of the stream, once it accepted it.
+    server_id: Option<StreamId>,
+    /// One-way latency of the connection, ms.
+    latency_ms: u64,
+    step: StreamStep,
+}
+
+/// What a stream's scheduled step does.
+enum StreamStep {
+    /// The connection reaches the server, with the client's opening.
+    Connect(Bytes),
+    /// The frame arrives at the client; then the server is asked for the
+    /// next one.
+    Frame(Bytes),
+    /// The client learns that the connection failed or was refused.
+    Fail,
 }
 
 impl InFlight {
@@ -182,6 +257,28 @@ pub struct NetStats {
     pub bytes: u64,
     /// The largest datagram sent, bytes.
     pub largest: u64,
+    /// Streams asked for by nodes.
+    pub streams_opened: u64,
+    /// Streams that reached the end the server sent.
+    pub streams_finished: u64,
+    /// Streams that could not connect: the server was down or unreachable.
+    pub streams_unreachable: u64,
+    /// Streams the server refused, at connection or at the opening.
+    pub streams_refused: u64,
+    /// Streams cut by the network: at random, by a partition, or by a
+    /// crash of either side.
+    pub streams_cut: u64,
+    /// Streams the client's protocol closed on a frame it rejected.
+    pub streams_rejected: u64,
+    /// Streams whose server waited for more of the opening, which the
+    /// simulator always delivers whole (closed; should stay 0).
+    pub streams_stalled: u64,
+    /// Stream frames delivered.
+    pub stream_frames: u64,
+    /// Stream bytes delivered (openings and frames).
+    pub stream_bytes: u64,
+    /// The largest stream frame delivered, bytes.
+    pub stream_largest_frame: u64,
     /// Datagrams and payload bytes sent, by kind (only with
     /// [`SimConfig::classify_datagrams`]).
     pub by_kind: [KindStats; DatagramKind::COUNT],
@@ -298,6 +395,11 @@ pub struct Sim {
     member_counts: MemberEventCounts,
     /// Every node's address, when membership is given.
     directory: Option<Arc<Directory>>,
+    /// Streams open (connecting, carrying frames, or failing), by key.
+    streams: BTreeMap<u64, SimStream>,
+    next_stream: u64,
+    /// Reused buffer for the streams a node asks for.
+    stream_scratch: Vec<StreamOpen>,
 }
 
 /// Membership events seen by all nodes, by kind.
@@ -361,6 +463,7 @@ impl Sim {
                 skew_ms: 0,
                 store,
                 proto: None,
+                incarnation: 0,
             });
         }
         let cfg_nodes = cfg.nodes;
@@ -386,6 +489,9 @@ impl Sim {
             errors: Vec::new(),
             member_events: Vec::new(),
             member_counts: MemberEventCounts::default(),
+            streams: BTreeMap::new(),
+            next_stream: 0,
+            stream_scratch: Vec::new(),
         };
         for i in 0..sim.nodes.len() {
             sim.start_protocol(i);
@@ -413,6 +519,11 @@ impl Sim {
         cfg.push = self.cfg.push;
         cfg.max_clock_drift = self.cfg.max_clock_drift;
         cfg.directory = self.directory.clone();
+        cfg.streams = self.cfg.streams;
+        cfg.stream_threshold = self.cfg.stream_threshold;
+        cfg.max_serving_streams = self.cfg.max_serving_streams;
+        cfg.stream_frame_size = self.cfg.stream_frame_size;
+        n.incarnation += 1;
         // Stagger first rounds across one interval, like nodes started at different times.
         let offset = self.rng.random_range(0..self.cfg.gossip_interval_ms.max(1));
         n.proto = Some(Protocol::new(
@@ -543,6 +654,7 @@ impl Sim {
         self.drain(i);
         self.nodes[i].proto = None;
         self.disarm(i);
+        self.drop_streams_of(i);
     }
 
     /// Whether node `i` is running.
@@ -605,10 +717,13 @@ impl Sim {
     pub fn crash(&mut self, i: usize) {
         self.nodes[i].proto = None;
         self.disarm(i);
+        self.drop_streams_of(i);
     }
 
     /// Restarts crashed node `i` with the same id, fresh state and a new generation.
     pub fn restart(&mut self, i: usize) {
+        // A node restarted while running crashes first.
+        self.crash(i);
         let n = &mut self.nodes[i];
         n.generation += 1;
         n.store = Arc::new(Store::new(Origin::new(n.id.clone(), n.generation)));
@@ -624,17 +739,20 @@ impl Sim {
                 self.group[m] = g;
             }
         }
+        self.cut_disconnected_streams();
     }
 
     /// Cuts node `i` off from everyone (its state and timers keep running).
     pub fn isolate(&mut self, i: usize) {
         self.isolated[i] = true;
+        self.cut_disconnected_streams();
     }
 
     /// Drops every datagram between nodes `a` and `b`, both ways, until
     /// [`Sim::heal`] (both still reach everyone else).
     pub fn cut(&mut self, a: usize, b: usize) {
         self.cut.insert((a.min(b), a.max(b)));
+        self.cut_disconnected_streams();
     }
 
     /// Ends every partition, isolation and cut.
@@ -682,7 +800,7 @@ impl Sim {
         loop {
             let next_msg = self.queue.peek().map(|Reverse(m)| m.at_ms);
             let next_timer = self.next_timer();
-            // A datagram due at the same time as a timer is delivered first.
+            // A datagram or stream step due at the same time as a timer comes first.
             let (next, is_msg) = match (next_msg, next_timer) {
                 (Some(m), Some((t, _))) => (m.min(t), m <= t),
                 (Some(m), None) => (m, true),
@@ -696,7 +814,10 @@ impl Sim {
             self.now_ms = self.now_ms.max(next);
             if is_msg {
                 let Reverse(m) = self.queue.pop().expect("peeked");
-                self.deliver(m);
+                match m.what {
+                    Delivery::Datagram { to, from, payload } => self.deliver(to, from, &payload),
+                    Delivery::Stream(key) => self.stream_step(key),
+                }
             } else if let Some((_, i)) = next_timer {
                 // The entry is used up: whatever the node's next deadline is,
                 // it gets a fresh entry.
@@ -711,24 +832,29 @@ impl Sim {
         }
     }
 
-    fn deliver(&mut self, m: InFlight) {
-        let (now, wall) = self.clocks(m.to);
-        let Some(p) = self.nodes[m.to].proto.as_mut() else {
+    fn deliver(&mut self, to: usize, from: SocketAddr, payload: &[u8]) {
+        let (now, wall) = self.clocks(to);
+        let Some(p) = self.nodes[to].proto.as_mut() else {
             self.net.cut += 1;
             return;
         };
         self.net.delivered += 1;
-        p.handle_datagram(now, wall, m.from, &m.payload);
-        self.drain(m.to);
+        p.handle_datagram(now, wall, from, payload);
+        self.drain(to);
     }
 
     /// Collects what node `i` wants to send and report after a call into it,
-    /// puts its datagrams on the network and re-arms its timer.
+    /// puts its datagrams on the network, opens the streams it asks for and
+    /// re-arms its timer.
     fn drain(&mut self, i: usize) {
         let mut out = std::mem::take(&mut self.scratch);
+        let mut opens = std::mem::take(&mut self.stream_scratch);
         if let Some(p) = self.nodes[i].proto.as_mut() {
             while let Some(t) = p.poll_transmit() {
                 out.push(t);
+            }
+            while let Some(o) = p.poll_stream_open() {
+                opens.push(o);
             }
             while let Some(ev) = p.poll_event() {
                 match ev {
@@ -748,6 +874,10 @@ impl Sim {
             self.send(i, from, t);
         }
         self.scratch = out;
+        for o in opens.drain(..) {
+            self.open_stream(i, o);
+        }
+        self.stream_scratch = opens;
         self.rearm(i);
     }
 
@@ -785,10 +915,251 @@ impl Sim {
             self.queue.push(Reverse(InFlight {
                 at_ms: self.now_ms + lat,
                 order: self.order,
-                to,
-                from,
-                payload: t.payload.clone(),
+                what: Delivery::Datagram {
+                    to,
+                    from,
+                    payload: t.payload.clone(),
+                },
             }));
+        }
+    }
+
+    /// Streams open now (connecting, carrying frames, or failing).
+    pub fn open_streams(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// The streams carried now (connecting or carrying frames), as
+    /// (client, server) node pairs.
+    pub fn stream_pairs(&self) -> Vec<(usize, usize)> {
+        self.streams
+            .values()
+            .filter_map(|s| Some((s.client, Self::carried(s)?)))
+            .collect()
+    }
+
+    /// A one-way latency drawn from the configured range.
+    fn latency(&mut self) -> u64 {
+        self.rng.random_range(
+            self.cfg.min_latency_ms..=self.cfg.max_latency_ms.max(self.cfg.min_latency_ms),
+        )
+    }
+
+    /// Schedules stream `key`'s next step at `at_ms`.
+    fn schedule_stream(&mut self, key: u64, at_ms: u64) {
+        self.order += 1;
+        self.queue.push(Reverse(InFlight {
+            at_ms,
+            order: self.order,
+            what: Delivery::Stream(key),
+        }));
+    }
+
+    /// Node `client` asks for a stream: the connection reaches the server
+    /// after a latency, or the client learns after one that it failed.
+    fn open_stream(&mut self, client: usize, o: StreamOpen) {
+        self.net.streams_opened += 1;
+        self.net.stream_bytes += o.bytes.len() as u64;
+        let latency_ms = self.latency();
+        let server = index_of(o.to).filter(|&j| j < self.nodes.len() && j != client);
+        let reachable = server.is_some_and(|j| self.is_up(j) && self.connected(client, j));
+        let step = match reachable {
+            true => StreamStep::Connect(o.bytes),
+            false => {
+                self.net.streams_unreachable += 1;
+                StreamStep::Fail
+            }
+        };
+        let key = self.next_stream;
+        self.next_stream += 1;
+        self.streams.insert(
+            key,
+            SimStream {
+                client,
+                client_inc: self.nodes[client].incarnation,
+                client_id: o.id,
+                server,
+                server_inc: server.map_or(0, |j| self.nodes[j].incarnation),
+                server_id: None,
+                latency_ms,
+                step,
+            },
+        );
+        self.schedule_stream(key, self.now_ms + latency_ms);
+    }
+
+    /// Whether node `i` still runs the protocol instance `inc`.
+    fn runs(&self, i: usize, inc: u64) -> bool {
+        self.nodes[i].proto.is_some() && self.nodes[i].incarnation == inc
+    }
+
+    /// Tells node `i`, if it still runs instance `inc`, that its stream
+    /// `id` closed.
+    fn close_side(&mut self, i: usize, inc: u64, id: StreamId) {
+        if !self.runs(i, inc) {
+            return;
+        }
+        let now = Instant::from_millis(self.now_ms);
+        if let Some(p) = self.nodes[i].proto.as_mut() {
+            p.handle_stream_closed(now, id);
+        }
+        self.drain(i);
+    }
+
+    /// Forgets stream `key` and tells both sides (the server only if it
+    /// accepted it) that the connection closed.
+    fn close_stream(&mut self, key: u64) {
+        let Some(s) = self.streams.remove(&key) else {
+            return;
+        };
+        if let (Some(server), Some(id)) = (s.server, s.server_id) {
+            self.close_side(server, s.server_inc, id);
+        }
+        self.close_side(s.client, s.client_inc, s.client_id);
+    }
+
+    /// Whether stream `s` is carried between its two sides (connecting or
+    /// carrying frames), as opposed to failing.
+    fn carried(s: &SimStream) -> Option<usize> {
+        match s.step {
+            StreamStep::Fail => None,
+            StreamStep::Connect(_) | StreamStep::Frame(_) => s.server,
+        }
+    }
+
+    /// Node `i` stopped or restarts: its streams are cut, the other side of
+    /// each told at once. Its protocol instance never hears of them again.
+    fn drop_streams_of(&mut self, i: usize) {
+        let keys: Vec<u64> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| s.client == i || Self::carried(s) == Some(i))
+            .map(|(&k, _)| k)
+            .collect();
+        for key in keys {
+            self.net.streams_cut += 1;
+            self.close_stream(key);
+        }
+    }
+
+    /// The network changed: streams whose sides can no longer reach each
+    /// other are cut, both sides told at once.
+    fn cut_disconnected_streams(&mut self) {
+        let keys: Vec<u64> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| Self::carried(s).is_some_and(|j| !self.connected(s.client, j)))
+            .map(|(&k, _)| k)
+            .collect();
+        for key in keys {
+            self.net.streams_cut += 1;
+            self.close_stream(key);
+        }
+    }
+
+    /// Stream `key`'s scheduled step (nothing when the stream is gone).
+    fn stream_step(&mut self, key: u64) {
+        let Some(s) = self.streams.get_mut(&key) else {
+            return;
+        };
+        let step = std::mem::replace(&mut s.step, StreamStep::Fail);
+        let (client, client_inc, client_id) = (s.client, s.client_inc, s.client_id);
+        let server = s.server.map(|j| (j, s.server_inc));
+        let live = |sim: &Sim| {
+            sim.runs(client, client_inc)
+                && server.is_some_and(|(j, inc)| sim.runs(j, inc) && sim.connected(client, j))
+        };
+        match step {
+            StreamStep::Fail => self.close_stream(key),
+            // Crashes and partitions cut streams when they happen; this
+            // only guards against a change that did not.
+            _ if !live(self) => {
+                self.net.streams_cut += 1;
+                self.close_stream(key);
+            }
+            StreamStep::Connect(opening) => {
+                let (j, _) = server.expect("live");
+                self.connect_stream(key, client, j, &opening);
+            }
+            StreamStep::Frame(frame) => {
+                if self.rng.random_bool(self.cfg.stream_cut.clamp(0.0, 1.0)) {
+                    self.net.streams_cut += 1;
+                    self.close_stream(key);
+                    return;
+                }
+                self.net.stream_frames += 1;
+                self.net.stream_bytes += frame.len() as u64;
+                self.net.stream_largest_frame =
+                    self.net.stream_largest_frame.max(frame.len() as u64);
+                let (now, wall) = self.clocks(client);
+                let p = self.nodes[client].proto.as_mut().expect("live");
+                let taken = p.handle_stream_data(now, wall, client_id, &frame);
+                self.drain(client);
+                match taken {
+                    Ok(()) => self.pull_frame(key),
+                    Err(_) => {
+                        self.net.streams_rejected += 1;
+                        self.close_stream(key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The connection of stream `key` reaches node `server`: it accepts it
+    /// (or not) and reads the opening; the first frame follows.
+    fn connect_stream(&mut self, key: u64, client: usize, server: usize, opening: &[u8]) {
+        let (now, wall) = self.clocks(server);
+        let from = self.nodes[client].addr;
+        let p = self.nodes[server].proto.as_mut().expect("live");
+        let (id, read) = match p.accept_stream(now, from) {
+            Ok(id) => (Some(id), p.handle_stream_data(now, wall, id, opening)),
+            Err(e) => (None, Err(e)),
+        };
+        self.drain(server);
+        let s = self.streams.get_mut(&key).expect("stream of this step");
+        // Told when the stream closes, even when it refused the opening
+        // (a no-op for the protocol, as for the real driver).
+        s.server_id = id;
+        match read {
+            Ok(()) => self.pull_frame(key),
+            Err(_) => {
+                // The refusal reaches the client a latency later.
+                self.net.streams_refused += 1;
+                let at = self.now_ms + s.latency_ms;
+                self.schedule_stream(key, at);
+            }
+        }
+    }
+    /// Asks the server of stream `key` for its next frame, which reaches the
+    /// client after its transmission time and the connection's latency; or
+    /// closes the stream when the server has finished.
+    fn pull_frame(&mut self, key: u64) {
+        let s = &self.streams[&key];
+        let (server, id) = match (s.server, s.server_id) {
+            (Some(j), Some(id)) => (j, id),
+            _ => unreachable!("only accepted streams carry frames"),
+        };
+        let now = Instant::from_millis(self.now_ms);
+        let p = self.nodes[server].proto.as_mut().expect("live");
+        let next = p.poll_stream_send(now, id);
+        self.drain(server);
+        match next {
+            StreamSend::Data(frame) => {
+                let s = self.streams.get_mut(&key).expect("stream of this step");
+                let sending = (frame.len() as u64).div_ceil(self.cfg.stream_bytes_per_ms.max(1));
+                let at = self.now_ms + sending + s.latency_ms;
+                s.step = StreamStep::Frame(frame);
+                self.schedule_stream(key, at);
+            }
+            StreamSend::Finished => {
+                self.net.streams_finished += 1;
+                self.close_stream(key);
+            }
+            StreamSend::Wait => {
+                self.net.streams_stalled += 1;
+                self.close_stream(key);
+            }
         }
     }
 
@@ -816,6 +1187,31 @@ impl Sim {
         };
         let reference = self.nodes[first].store.records();
         up.all(|i| self.nodes[i].store.records() == reference)
+    }
+
+    /// Whether every running node has the same watermarks: it vouches for
+    /// the same writes of every origin, not only holds the same records (a
+    /// node may hold them all and still ask for them until its watermarks
+    /// are raised, as after a re-synchronisation).
+    pub fn watermarks_converged(&self) -> bool {
+        let digest = |i: usize| {
+            let mut d: Vec<(Origin, u64)> = self.nodes[i]
+                .store
+                .digest()
+                .entries
+                .into_iter()
+                .filter(|e| e.watermark > 0)
+                .map(|e| (e.origin, e.watermark))
+                .collect();
+            d.sort();
+            d
+        };
+        let mut up = (0..self.nodes.len()).filter(|&i| self.is_up(i));
+        let Some(first) = up.next() else {
+            return true;
+        };
+        let reference = digest(first);
+        up.all(|i| digest(i) == reference)
     }
 
     /// Whether every running node returns `value` for `key`.

@@ -131,7 +131,7 @@ impl Protocol {
             && matches!(&ack.reply, Reply::Delta(d) if d.is_empty());
         match ack.reply {
             Reply::Delta(delta) => self.apply_delta(from, delta),
-            Reply::Page(page) => self.on_page(from, &sender.node_id, &page),
+            Reply::Page(page) => self.on_page(from, &sender.node_id, &page, false),
         }
         if agreed {
             synced::note_agreement(&mut self.cx, from);
@@ -145,7 +145,7 @@ impl Protocol {
     }
 
     /// A re-synchronisation page: screened, applied, and tracked.
-    pub(super) fn on_page(&mut self, from: SocketAddr, sender: &NodeId, page: &Page) {
+    pub(super) fn on_page(&mut self, from: SocketAddr, sender: &NodeId, page: &Page, stream: bool) {
         if !self.guard.screen_page(&mut self.cx, from, page) {
             return;
         }
@@ -153,11 +153,16 @@ impl Protocol {
         self.cx.stats.pages_applied += 1;
         self.cx.stats.records_won += stats.won as u64;
         self.cx.stats.records_lost += stats.lost as u64;
-        if self.resync.on_page(&mut self.cx, from, sender, page) {
+        if self
+            .resync
+            .on_page(&mut self.cx, (from, sender), page, stream)
+        {
             self.exchange
                 .send_whole_digests(self.cx.now, self.cx.cfg.interval());
         }
-        self.consider_stream(from, sender, &page.watermarks);
+        if !stream {
+            self.consider_stream(from, sender, &page.watermarks);
+        }
     }
 
     /// A delta: screened, then applied (owned: the store keeps the decoded

@@ -83,7 +83,9 @@ impl Protocol {
                 if matches!(self.streams.open.get(&id), Some(Stream::Server(_))) {
                     self.cx.stats.streams_refused += 1;
                 }
-                self.streams.close(&mut self.cx, id);
+                if self.streams.close(&mut self.cx, id) {
+                    self.resync.stream_closed();
+                }
             }
         }
         result
@@ -123,7 +125,7 @@ impl Protocol {
                         Body::Ack(ack) => self.apply_delta(to, ack.delta),
                         Body::SynAck(ack) => {
                             match ack.reply {
-                                Reply::Page(page) => self.on_page(to, &peer, &page),
+                                Reply::Page(page) => self.on_page(to, &peer, &page, true),
                                 Reply::Delta(delta) => self.apply_delta(to, delta),
                             }
                             if !ack.digest.entries.is_empty() || ack.digest.complete {
@@ -157,7 +159,9 @@ impl Protocol {
     /// after a back-off. Unknown ids are ignored.
     pub fn handle_stream_closed(&mut self, now: Instant, id: StreamId) {
         self.cx.now = now;
-        self.streams.close(&mut self.cx, id);
+        if self.streams.close(&mut self.cx, id) {
+            self.resync.stream_closed();
+        }
     }
 
     /// Streams open now (asked for or served).
