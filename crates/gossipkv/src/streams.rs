@@ -37,6 +37,18 @@ pub(crate) struct StreamCx {
     pub(crate) clock: Clock,
 }
 
+impl StreamCx {
+    /// Hands bytes read on stream `id` to the protocol; an error when it
+    /// closed the stream (the connection is then dropped).
+    fn feed(&self, id: StreamId, bytes: &[u8]) -> std::io::Result<()> {
+        let now = self.clock.now();
+        self.protocol
+            .lock()
+            .handle_stream_data(now, wall_now(), id, bytes)
+            .map_err(std::io::Error::other)
+    }
+}
+
 /// Binds the TCP listener for streams on `addr` (the UDP socket's address:
 /// same IP, same port number). `None`, reported, when it cannot be bound:
 /// the node then runs without streams.
@@ -82,11 +94,7 @@ async fn receive_inner(cx: &StreamCx, open: StreamOpen) -> std::io::Result<()> {
         if n == 0 {
             return Ok(());
         }
-        let now = cx.clock.now();
-        cx.protocol
-            .lock()
-            .handle_stream_data(now, wall_now(), open.id, &buf[..n])
-            .map_err(std::io::Error::other)?;
+        cx.feed(open.id, &buf[..n])?;
     }
 }
 
@@ -121,11 +129,7 @@ async fn serve_inner(cx: &StreamCx, id: StreamId, mut sock: TcpStream) -> std::i
                 if n == 0 {
                     return Ok(());
                 }
-                let now = cx.clock.now();
-                cx.protocol
-                    .lock()
-                    .handle_stream_data(now, wall_now(), id, &buf[..n])
-                    .map_err(std::io::Error::other)?;
+                cx.feed(id, &buf[..n])?;
             }
         }
     }

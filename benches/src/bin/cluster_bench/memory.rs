@@ -79,28 +79,33 @@ fn page_size() -> u64 {
 /// RSS growth is not blurred by memory freed by other scenarios (which the
 /// allocator would reuse) and the million keys leave no footprint here.
 fn memory_in_subprocess() -> Result<(f64, f64)> {
+    match run_probe(MEMORY_PROBE, "memory")?[..] {
+        [per_key, rss_growth] => Ok((per_key, rss_growth)),
+        ref other => bail!("memory probe printed {other:?}"),
+    }
+}
+
+/// Runs this executable with the hidden probe flag `flag` and returns the
+/// numbers it printed on its one line; `what` names it in errors.
+pub(crate) fn run_probe(flag: &str, what: &str) -> Result<Vec<f64>> {
     let exe = std::env::current_exe().context("cannot find this executable")?;
     let output = std::process::Command::new(&exe)
-        .arg(MEMORY_PROBE)
+        .arg(flag)
         .output()
         .with_context(|| format!("cannot run {}", exe.display()))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     ensure!(
         output.status.success(),
-        "memory probe failed ({}): {}{}",
+        "{what} probe failed ({}): {}{}",
         output.status,
         stdout.trim(),
         String::from_utf8_lossy(&output.stderr).trim()
     );
-    let numbers: Vec<f64> = stdout
+    stdout
         .split_whitespace()
         .map(str::parse)
         .collect::<Result<_, _>>()
-        .with_context(|| format!("memory probe printed {stdout:?}"))?;
-    match numbers[..] {
-        [per_key, rss_growth] => Ok((per_key, rss_growth)),
-        _ => bail!("memory probe printed {stdout:?}"),
-    }
+        .with_context(|| format!("{what} probe printed {stdout:?}"))
 }
 
 /// Bytes of resident memory per entry of a [`Store`] of one million 16-byte

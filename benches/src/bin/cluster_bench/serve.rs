@@ -50,27 +50,9 @@ pub(crate) fn scenario(report: &mut Report, t0: Instant) {
 }
 
 fn in_subprocess() -> Result<(f64, f64, f64, f64)> {
-    let exe = std::env::current_exe().context("cannot find this executable")?;
-    let output = std::process::Command::new(&exe)
-        .arg(SERVE_PROBE)
-        .output()
-        .with_context(|| format!("cannot run {}", exe.display()))?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    ensure!(
-        output.status.success(),
-        "serve probe failed ({}): {}{}",
-        output.status,
-        stdout.trim(),
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-    let n: Vec<f64> = stdout
-        .split_whitespace()
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("serve probe printed {stdout:?}"))?;
-    match n[..] {
+    match crate::memory::run_probe(SERVE_PROBE, "serve")?[..] {
         [extra, bytes, ms, apply_ms] => Ok((extra, bytes, ms, apply_ms)),
-        _ => bail!("serve probe printed {stdout:?}"),
+        ref other => bail!("serve probe printed {other:?}"),
     }
 }
 
@@ -96,17 +78,16 @@ fn node(id: &str, port: u16, seeds: Vec<SocketAddr>) -> (Protocol, SocketAddr) {
     (Protocol::new(cfg, store, At::from_millis(0)), addr)
 }
 
-/// The body of the hidden `--serve-probe` run: prints the rise of the peak
-/// RSS while serving, the bytes served and the milliseconds it took.
-pub(crate) fn probe() -> Result<()> {
-    let (mut a, a_addr) = node("server", 7001, vec![]);
-    for i in 0..SERVE_KEYS {
-        a.store().set(&key(i), value(i), NOW_MS);
-    }
-    let (mut b, b_addr) = node("joiner", 7002, vec![a_addr]);
-    let wall = WallTime::from_unix_ms(NOW_MS);
-    let now = At::from_millis(1);
-    // The joiner meets the server and asks for a stream.
+/// A fresh joiner `id` of the server `a`: it meets the server, asks for a
+/// stream, and the server accepts it and reads its opening. Returns the
+/// joiner, its stream and the server's id of it.
+fn joiner(
+    a: &mut Protocol,
+    a_addr: SocketAddr,
+    (id, port): (&str, u16),
+    (now, wall): (At, WallTime),
+) -> Result<(Protocol, gossipkv_core::StreamOpen, gossipkv_core::StreamId)> {
+    let (mut b, b_addr) = node(id, port, vec![a_addr]);
     b.handle_timeout(now, wall);
     while let Some(t) = b.poll_transmit() {
         a.handle_datagram(now, wall, b_addr, &t.payload);
@@ -117,11 +98,24 @@ pub(crate) fn probe() -> Result<()> {
     let open = b
         .poll_stream_open()
         .context("the joiner asks for a stream")?;
-    let id = a
+    let served = a
         .accept_stream(now, b_addr)
         .map_err(|e| anyhow::anyhow!("refused: {e}"))?;
-    a.handle_stream_data(now, wall, id, &open.bytes)
+    a.handle_stream_data(now, wall, served, &open.bytes)
         .map_err(|e| anyhow::anyhow!("opening refused: {e}"))?;
+    Ok((b, open, served))
+}
+
+/// The body of the hidden `--serve-probe` run: prints the rise of the peak
+/// RSS while serving, the bytes served and the milliseconds it took.
+pub(crate) fn probe() -> Result<()> {
+    let (mut a, a_addr) = node("server", 7001, vec![]);
+    for i in 0..SERVE_KEYS {
+        a.store().set(&key(i), value(i), NOW_MS);
+    }
+    let wall = WallTime::from_unix_ms(NOW_MS);
+    let now = At::from_millis(1);
+    let (mut b, open, id) = joiner(&mut a, a_addr, ("joiner", 7002), (now, wall))?;
     // The peak so far is the store's: reset it, then serve.
     fs::write("/proc/self/clear_refs", "5").context("cannot reset the peak RSS")?;
     let base = status_kb("VmRSS:")?;
@@ -152,22 +146,7 @@ pub(crate) fn probe() -> Result<()> {
 /// Serves the store again to a fresh joiner, which applies every frame:
 /// the milliseconds spent applying (the receiving side alone).
 fn receiving_side(a: &mut Protocol, a_addr: SocketAddr, now: At, wall: WallTime) -> Result<f64> {
-    let (mut b, b_addr) = node("joiner2", 7003, vec![a_addr]);
-    b.handle_timeout(now, wall);
-    while let Some(t) = b.poll_transmit() {
-        a.handle_datagram(now, wall, b_addr, &t.payload);
-    }
-    while let Some(t) = a.poll_transmit() {
-        b.handle_datagram(now, wall, a_addr, &t.payload);
-    }
-    let open = b
-        .poll_stream_open()
-        .context("the joiner asks for a stream")?;
-    let id = a
-        .accept_stream(now, b_addr)
-        .map_err(|e| anyhow::anyhow!("refused: {e}"))?;
-    a.handle_stream_data(now, wall, id, &open.bytes)
-        .map_err(|e| anyhow::anyhow!("opening refused: {e}"))?;
+    let (mut b, open, id) = joiner(a, a_addr, ("joiner2", 7003), (now, wall))?;
     let mut applying = Duration::ZERO;
     while let StreamSend::Data(frame) = a.poll_stream_send(now, id) {
         let t = Instant::now();
