@@ -265,7 +265,9 @@ fn send_syn_ack(cx: &mut Context, to: SocketAddr, digest: Digest, reply: Reply) 
 
 /// The delta for a peer at `to` with digest `peer`, within `budget`;
 /// records too large to travel inline are sent to it apart. Writes still
-/// reaching their peers by push are left out (see [`Pusher::hold`]).
+/// reaching their peers by push are left out (see [`Pusher::hold`]), and
+/// so are newest-first loose records for a peer far enough behind to catch
+/// up by stream (see [`crate::stream::far_behind`]).
 pub(crate) fn delta_for(
     cx: &mut Context,
     to: SocketAddr,
@@ -277,6 +279,7 @@ pub(crate) fn delta_for(
     let rotate = cx.rng.random::<u32>() as usize;
     let now = cx.now;
     let hold = |o: &gossipkv_storage::Origin| push.hold(o, now);
+    let newest_first = !crate::stream::far_behind(cx, peer);
     let (delta, apart) = cx.store.delta_with(
         peer,
         &DeltaOptions {
@@ -284,7 +287,7 @@ pub(crate) fn delta_for(
             rotate,
             inline_max: cx.sizes.inline_max,
             hold: &hold,
-            newest_first: true,
+            newest_first,
         },
     );
     for record in apart {

@@ -536,3 +536,41 @@ fn a_node_serving_a_stream_still_answers_gossip_and_pushes_its_writes() {
     assert_eq!(b.store().len(), 3_001);
     assert_eq!(b.stats().streams_completed, 1);
 }
+
+#[test]
+fn a_peer_far_enough_behind_to_stream_gets_no_newest_first_records_by_datagram() {
+    // The first SynAck to an empty joiner: with streams, chunks only (the
+    // stream brings the rest in order); without, the newest writes too.
+    let loose_in_first_answer = |streams: bool| {
+        let (mut a, a_addr) = node_with("a", 7230, vec![], |c| c.streams = streams);
+        for i in 0..2_000 {
+            a.store().set(&key(i), Bytes::from(vec![b'v'; 100]), WALL);
+        }
+        let (mut b, b_addr) = node_with("b", 7231, vec![a_addr], |c| c.streams = streams);
+        let (now, wall) = at(0);
+        b.handle_timeout(now, wall);
+        for t in std::iter::from_fn(|| b.poll_transmit()) {
+            a.handle_datagram(now, wall, b_addr, &t.payload);
+        }
+        let answers: Vec<_> = std::iter::from_fn(|| a.poll_transmit()).collect();
+        let delta = answers
+            .iter()
+            .find_map(|t| {
+                match gossipkv_proto::decode(&t.payload, &Default::default())
+                    .ok()?
+                    .body
+                {
+                    Body::SynAck(gossipkv_proto::SynAck {
+                        reply: gossipkv_proto::Reply::Delta(d),
+                        ..
+                    }) => Some(d),
+                    _ => None,
+                }
+            })
+            .expect("a SynAck with a delta");
+        assert!(delta.record_count() > 0);
+        delta.loose.len()
+    };
+    assert_eq!(loose_in_first_answer(true), 0);
+    assert!(loose_in_first_answer(false) > 0);
+}
