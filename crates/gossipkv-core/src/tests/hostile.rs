@@ -2,7 +2,9 @@
 //! writes and timer ticks: whatever arrives, the node does not panic, keeps
 //! its own origin to itself, lets no watermark rise past what some message
 //! vouched for, keeps its clock within the drift bound, sends datagrams no
-//! larger than a packet, and keeps every map within its cap.
+//! larger than a packet, and keeps every map within its cap. The same
+//! traffic also comes as the frames of a stream the node asked a hostile
+//! member for.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -10,8 +12,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use gossipkv_proto::testing::{envelope_in, fragmented_in, World};
-use gossipkv_proto::{decode_reassembled, encode, Body, Envelope, Limits, Reply};
-use gossipkv_storage::{Delta, Hlc, Origin, Page, Record, Store};
+use gossipkv_proto::{decode_reassembled, encode, Body, Envelope, Limits, Reply, Sender, Syn};
+use gossipkv_storage::{Delta, Digest, DigestEntry, Hlc, Origin, Page, Record, Store};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
@@ -45,6 +47,9 @@ enum Step {
     Datagram(u8, Box<Envelope>),
     /// The pieces of one fragmented envelope.
     Fragments(u8, Vec<Envelope>),
+    /// Frames of a stream the node asked a hostile member for (each
+    /// envelope sent in that member's name, as a real one would).
+    Stream(Vec<Envelope>),
     /// A local write of one of [`KEYS`].
     Write(usize),
     /// Time passes (monotonic and wall, in step), then timers fire.
@@ -56,9 +61,25 @@ fn step() -> impl Strategy<Value = Step> {
         8 => (0..4u8, envelope_in(world())).prop_map(|(a, e)| Step::Datagram(a, Box::new(e))),
         1 => (0..4u8, fragmented_in(world(), stable_hash))
             .prop_map(|(a, f)| Step::Fragments(a, f)),
+        1 => prop::collection::vec(envelope_in(world()).prop_map(as_frame), 1..6)
+            .prop_map(Step::Stream),
         2 => (0..KEYS.len()).prop_map(Step::Write),
         2 => prop_oneof![Just(1u64), 10..2_000u64, Just(3_600_000u64)].prop_map(Step::Tick),
     ]
+}
+
+/// Mostly what a server streams (a pushed batch becomes a delta of loose
+/// records); bodies no server streams stay, to be refused.
+fn as_frame(mut env: Envelope) -> Envelope {
+    if let Body::Push(p) = env.body {
+        env.body = Body::Ack(gossipkv_proto::Ack {
+            delta: Delta {
+                chunks: Vec::new(),
+                loose: p.records,
+            },
+        });
+    }
+    env
 }
 
 fn source(i: u8) -> SocketAddr {
@@ -176,11 +197,16 @@ struct Node {
     claims: Claims,
 }
 
+/// The hostile member streams come from.
+const STREAMER: &str = "peer";
+
 impl Node {
     fn new() -> Self {
         let store = Arc::new(Store::new(Origin::new("me", 1)));
         let own = store.local_origin().clone();
-        let p = Protocol::new(config(vec![]), store.clone(), Instant::from_millis(0));
+        let mut cfg = config(vec![]);
+        cfg.streams = true;
+        let p = Protocol::new(cfg, store.clone(), Instant::from_millis(0));
         Node {
             p,
             store,
@@ -214,6 +240,7 @@ impl Node {
                         .handle_datagram(now, wall, source(*a), &encode(piece));
                 }
             }
+            Step::Stream(frames) => self.stream(frames),
             Step::Write(k) => {
                 let key = KEYS[*k];
                 let value = Bytes::from(format!("w{}", self.writes));
@@ -240,6 +267,57 @@ impl Node {
         }
     }
 
+    /// The hostile member [`STREAMER`] (at source 2) shows a digest far
+    /// ahead, so the node asks it for a stream, if it may now; then the
+    /// frames arrive in its name, one after another, until one is refused.
+    fn stream(&mut self, frames: &[Envelope]) {
+        let (now, wall) = self.clocks();
+        let from = source(2);
+        let mut sender = Sender::new(STREAMER, 1, Some(from));
+        sender.members_hash = 0;
+        let ahead = Digest {
+            entries: vec![DigestEntry {
+                origin: Origin::new(STREAMER, 1),
+                watermark: 1_000,
+            }],
+            complete: true,
+            open_start: false,
+            open_end: false,
+        };
+        let syn = Envelope::new(
+            "test",
+            sender.clone(),
+            Body::Syn(Syn {
+                digest: ahead,
+                resync_from: None,
+                digest_hash: None,
+            }),
+        );
+        self.p.handle_datagram(now, wall, from, &encode(&syn));
+        let Some(open) = self.p.poll_stream_open() else {
+            return;
+        };
+        if open.to != from {
+            // Asked of another member (it showed a digest ahead too): that
+            // connection fails.
+            return self.p.handle_stream_closed(now, open.id);
+        }
+        for env in frames {
+            let mut env = env.clone();
+            env.sender = sender.clone();
+            self.claims.envelope(&env);
+            let bytes = gossipkv_proto::stream::frame_compressed(&encode(&env));
+            if self
+                .p
+                .handle_stream_data(now, wall, open.id, &bytes)
+                .is_err()
+            {
+                break;
+            }
+        }
+        self.p.handle_stream_closed(now, open.id);
+    }
+
     /// Everything that must hold after any step.
     fn check(&mut self) {
         let packet = config(vec![]).packet_size;
@@ -247,6 +325,12 @@ impl Node {
             assert!(t.payload.len() <= packet, "{} bytes", t.payload.len());
         }
         while self.p.poll_event().is_some() {}
+        // Streams asked for outside a `Stream` step: the connection fails,
+        // as a driver reports it.
+        let (now, _) = self.clocks();
+        while let Some(open) = self.p.poll_stream_open() {
+            self.p.handle_stream_closed(now, open.id);
+        }
         // Our own origin is ours alone.
         assert_eq!(self.store.watermark(&self.own), self.writes);
         // No watermark of another origin rises past what was claimed for it.
@@ -348,6 +432,8 @@ fn hostile_traffic_reaches_every_guard() {
         total.syns_received += s.syns_received;
         total.pages_refused += s.pages_refused;
         total.datagrams_sent += s.datagrams_sent;
+        total.stream_frames_received += s.stream_frames_received;
+        total.streams_requested += s.streams_requested;
     }
     eprintln!("{total:?}");
     assert!(total.records_won > 0, "{total:?}");
@@ -357,4 +443,6 @@ fn hostile_traffic_reaches_every_guard() {
     assert!(total.syns_received > 0, "{total:?}");
     assert!(total.pages_refused > 0, "{total:?}");
     assert!(total.datagrams_sent > 0, "{total:?}");
+    assert!(total.streams_requested > 0, "{total:?}");
+    assert!(total.stream_frames_received > 0, "{total:?}");
 }
