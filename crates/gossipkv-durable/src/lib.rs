@@ -1,0 +1,384 @@
+//! # gossipkv-durable
+//!
+//! The data directory of a durable gossipkv node: one
+//! [redb](https://docs.rs/redb) file, [`FILE_NAME`], under the directory the
+//! node is given. This crate holds the disk side of durable mode so that the
+//! storage crate stays free of I/O.
+//!
+//! What it does: [`DataDir::open`] creates the directory and the file, or
+//! opens them and checks that they belong to this node: the same cluster id
+//! and node id, and a format version this build can read
+//! ([`FORMAT_VERSION`]). A directory of another cluster or node, a file
+//! written by a newer version, a file that is not a redb file, and a
+//! directory another process (or another handle) already uses are each a
+//! clear [`OpenError`], never a panic. The file records the node's identity,
+//! its generation, a ceiling of its hybrid logical clock and whether the
+//! last run ended cleanly ([`Meta`]), so that a restarted node can keep its
+//! generation after a clean stop and take a new one after a crash.
+//!
+//! ```
+//! use gossipkv_durable::{DataDir, Identity};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let id = Identity::new("prod", "node-a");
+//! let mut data = DataDir::open(dir.path(), &id).unwrap();
+//! assert!(data.meta().created);
+//! data.start(7).unwrap(); // generation 7 runs now
+//! data.stop_clean(1_767_225_600_000).unwrap();
+//!
+//! let data = DataDir::open(dir.path(), &id).unwrap();
+//! let meta = data.meta();
+//! assert_eq!((meta.generation, meta.clean), (7, true));
+//! assert_eq!(meta.hlc_ceiling, 1_767_225_600_000);
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, DatabaseError, ReadableTable, StorageError, TableDefinition};
+
+/// The name of the database file inside the data directory.
+pub const FILE_NAME: &str = "gossipkv.redb";
+
+/// The on-disk format this build writes, and the newest it reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Facts about the node, one row each.
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+const FORMAT: &str = "format";
+const CLUSTER: &str = "cluster_id";
+const NODE: &str = "node_id";
+const GENERATION: &str = "generation";
+const HLC_CEILING: &str = "hlc_ceiling";
+const CLEAN: &str = "clean";
+
+/// Who a data directory belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The cluster id.
+    pub cluster_id: String,
+    /// The node id.
+    pub node_id: String,
+}
+
+impl Identity {
+    /// The identity of node `node_id` of cluster `cluster_id`.
+    pub fn new(cluster_id: impl Into<String>, node_id: impl Into<String>) -> Self {
+        Identity {
+            cluster_id: cluster_id.into(),
+            node_id: node_id.into(),
+        }
+    }
+}
+
+/// What the data directory says of the node's last run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    /// Whether [`DataDir::open`] created the file (nothing was there).
+    pub created: bool,
+    /// The generation of the last run ([`DataDir::start`]); 0 if none ran.
+    pub generation: u64,
+    /// A bound on every timestamp the node issued before it stopped
+    /// (milliseconds, as [`DataDir::stop_clean`] recorded it); 0 if unknown.
+    pub hlc_ceiling: u64,
+    /// Whether the last run ended with [`DataDir::stop_clean`] (or none
+    /// ran). After a crash it is `false`.
+    pub clean: bool,
+}
+
+/// Why a data directory cannot be used. Nothing was changed on disk.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The directory or file could not be created or read.
+    #[error("data dir {path}: {source}")]
+    Io {
+        /// The path concerned.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another process, or another handle in this one, has the data
+    /// directory open.
+    #[error("data dir {path} is in use by another node")]
+    InUse {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// The file is not a database this version can read: damaged, or not a
+    /// gossipkv data directory at all.
+    #[error("data dir {path} is corrupt: {message}")]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The file was written by a newer version of gossipkv.
+    #[error("data dir {path} has format {found}; this version reads up to {supported}")]
+    NewerFormat {
+        /// The database file.
+        path: PathBuf,
+        /// Its format version.
+        found: u32,
+        /// The newest this build reads.
+        supported: u32,
+    },
+    /// The directory belongs to another cluster.
+    #[error("data dir {path} belongs to cluster {found:?}, not {expected:?}")]
+    OtherCluster {
+        /// The database file.
+        path: PathBuf,
+        /// The cluster id on disk.
+        found: String,
+        /// The cluster id this node was given.
+        expected: String,
+    },
+    /// The directory belongs to another node.
+    #[error("data dir {path} belongs to node {found:?}, not {expected:?}")]
+    OtherNode {
+        /// The database file.
+        path: PathBuf,
+        /// The node id on disk.
+        found: String,
+        /// The node id this node was given.
+        expected: String,
+    },
+}
+
+/// A write to the data directory failed.
+#[derive(Debug, thiserror::Error)]
+#[error("writing data dir {path}: {message}")]
+pub struct WriteError {
+    /// The database file.
+    pub path: PathBuf,
+    /// What failed.
+    pub message: String,
+}
+
+/// An open data directory, used by this handle alone until it is dropped.
+pub struct DataDir {
+    db: Database,
+    file: PathBuf,
+    meta: Meta,
+}
+
+impl std::fmt::Debug for DataDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataDir")
+            .field("file", &self.file)
+            .field("meta", &self.meta)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DataDir {
+    /// Opens the data directory `dir` for node `id`, creating the directory
+    /// and its file when they do not exist.
+    ///
+    /// # Errors
+    /// [`OpenError`]: the directory cannot be created or read, another
+    /// handle uses it, the file is corrupt or newer than this build, or it
+    /// belongs to another cluster or node.
+    pub fn open(dir: &Path, id: &Identity) -> Result<DataDir, OpenError> {
+        std::fs::create_dir_all(dir).map_err(|source| OpenError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let file = dir.join(FILE_NAME);
+        let db = Database::create(&file).map_err(|e| open_error(&file, e))?;
+        let corrupt = |e: &dyn std::fmt::Display| OpenError::Corrupt {
+            path: file.clone(),
+            message: e.to_string(),
+        };
+        let rows = read_meta(&db).map_err(|e| corrupt(&e))?;
+        let meta = match rows {
+            None => {
+                create_meta(&db, id).map_err(|e| corrupt(&e))?;
+                Meta {
+                    created: true,
+                    generation: 0,
+                    hlc_ceiling: 0,
+                    clean: true,
+                }
+            }
+            Some(rows) => check_meta(&file, &rows, id)?,
+        };
+        Ok(DataDir { db, file, meta })
+    }
+
+    /// What the directory said of the last run when it was opened (updated
+    /// by [`start`](Self::start)).
+    pub fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    /// The database file.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// Records that generation `generation` runs now, committed before it
+    /// returns: until [`stop_clean`](Self::stop_clean), the run counts as
+    /// not ended cleanly.
+    ///
+    /// # Errors
+    /// [`WriteError`] when the commit fails.
+    pub fn start(&mut self, generation: u64) -> Result<(), WriteError> {
+        self.put(&[(GENERATION, &generation.to_le_bytes()), (CLEAN, &[0])])?;
+        self.meta.generation = generation;
+        self.meta.clean = false;
+        Ok(())
+    }
+
+    /// Records that the run ended cleanly, with `hlc_ceiling` a bound on
+    /// every timestamp it issued, and closes the directory.
+    ///
+    /// # Errors
+    /// [`WriteError`] when the commit fails (the run then counts as not
+    /// ended cleanly).
+    pub fn stop_clean(mut self, hlc_ceiling: u64) -> Result<(), WriteError> {
+        self.put(&[(HLC_CEILING, &hlc_ceiling.to_le_bytes()), (CLEAN, &[1])])
+    }
+
+    /// Writes meta rows in one transaction.
+    fn put(&mut self, rows: &[(&str, &[u8])]) -> Result<(), WriteError> {
+        let err = |e: &dyn std::fmt::Display| WriteError {
+            path: self.file.clone(),
+            message: e.to_string(),
+        };
+        let tx = self.db.begin_write().map_err(|e| err(&e))?;
+        {
+            let mut table = tx.open_table(META).map_err(|e| err(&e))?;
+            for (k, v) in rows {
+                table.insert(*k, *v).map_err(|e| err(&e))?;
+            }
+        }
+        tx.commit().map_err(|e| err(&e))
+    }
+}
+
+/// The meta rows of a file: name and value.
+type Rows = Vec<(String, Vec<u8>)>;
+
+/// A redb error as text (the variants are large, and the caller only
+/// reports them).
+fn text(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// The meta rows, or `None` for a new file.
+fn read_meta(db: &Database) -> Result<Option<Rows>, String> {
+    let tx = db.begin_read().map_err(text)?;
+    let table = match tx.open_table(META) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(text(e)),
+    };
+    let mut rows = Vec::new();
+    for row in table.iter().map_err(text)? {
+        let (k, v) = row.map_err(text)?;
+        rows.push((k.value().to_string(), v.value().to_vec()));
+    }
+    Ok(Some(rows))
+}
+
+fn create_meta(db: &Database, id: &Identity) -> Result<(), String> {
+    let tx = db.begin_write().map_err(text)?;
+    {
+        let mut t = tx.open_table(META).map_err(text)?;
+        let rows: [(&str, &[u8]); 6] = [
+            (FORMAT, &FORMAT_VERSION.to_le_bytes()),
+            (CLUSTER, id.cluster_id.as_bytes()),
+            (NODE, id.node_id.as_bytes()),
+            (GENERATION, &0u64.to_le_bytes()),
+            (HLC_CEILING, &0u64.to_le_bytes()),
+            (CLEAN, &[1]),
+        ];
+        for (k, v) in rows {
+            t.insert(k, v).map_err(text)?;
+        }
+    }
+    tx.commit().map_err(text)
+}
+
+/// Checks an existing file's rows: format first (a newer format may lay
+/// out everything else differently), then cluster, then node.
+fn check_meta(file: &Path, rows: &Rows, id: &Identity) -> Result<Meta, OpenError> {
+    let corrupt = |message: String| OpenError::Corrupt {
+        path: file.to_path_buf(),
+        message,
+    };
+    let get = |k: &str| {
+        rows.iter()
+            .find(|(name, _)| name == k)
+            .map(|(_, v)| v.as_slice())
+            .ok_or_else(|| corrupt(format!("no {k} recorded")))
+    };
+    let format = u32::from_le_bytes(
+        get(FORMAT)?
+            .try_into()
+            .map_err(|_| corrupt("unreadable format version".into()))?,
+    );
+    if format > FORMAT_VERSION {
+        return Err(OpenError::NewerFormat {
+            path: file.to_path_buf(),
+            found: format,
+            supported: FORMAT_VERSION,
+        });
+    }
+    let string = |k: &str| {
+        String::from_utf8(get(k)?.to_vec()).map_err(|_| corrupt(format!("{k} is not UTF-8")))
+    };
+    let number = |k: &str| {
+        Ok::<u64, OpenError>(u64::from_le_bytes(
+            get(k)?
+                .try_into()
+                .map_err(|_| corrupt(format!("unreadable {k}")))?,
+        ))
+    };
+    let cluster = string(CLUSTER)?;
+    if cluster != id.cluster_id {
+        return Err(OpenError::OtherCluster {
+            path: file.to_path_buf(),
+            found: cluster,
+            expected: id.cluster_id.clone(),
+        });
+    }
+    let node = string(NODE)?;
+    if node != id.node_id {
+        return Err(OpenError::OtherNode {
+            path: file.to_path_buf(),
+            found: node,
+            expected: id.node_id.clone(),
+        });
+    }
+    Ok(Meta {
+        created: false,
+        generation: number(GENERATION)?,
+        hlc_ceiling: number(HLC_CEILING)?,
+        clean: get(CLEAN)? == [1],
+    })
+}
+
+/// An error of `Database::create`, as an [`OpenError`].
+fn open_error(file: &Path, e: DatabaseError) -> OpenError {
+    let path = file.to_path_buf();
+    match e {
+        DatabaseError::DatabaseAlreadyOpen => OpenError::InUse { path },
+        DatabaseError::Storage(StorageError::Io(source)) => match source.kind() {
+            std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof => {
+                OpenError::Corrupt {
+                    path,
+                    message: source.to_string(),
+                }
+            }
+            _ => OpenError::Io { path, source },
+        },
+        other => OpenError::Corrupt {
+            path,
+            message: other.to_string(),
+        },
+    }
+}
