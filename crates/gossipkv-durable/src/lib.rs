@@ -14,7 +14,11 @@
 //! clear [`OpenError`], never a panic. The file records the node's identity,
 //! its generation, a ceiling of its hybrid logical clock and whether the
 //! last run ended cleanly ([`Meta`]), so that a restarted node can keep its
-//! generation after a clean stop and take a new one after a crash.
+//! generation after a clean stop and take a new one after a crash. It
+//! stores records (tombstones included) and each origin's watermark and
+//! collected floor in atomic batches ([`DataDir::persist`]) and reads them
+//! back ([`DataDir::load`]); a row that cannot be read makes the file
+//! corrupt, never a panic.
 //!
 //! ```
 //! use gossipkv_durable::{DataDir, Identity};
@@ -33,8 +37,12 @@
 //! ```
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use gossipkv_storage::{Origin, Record};
 use redb::{Database, DatabaseError, ReadableTable, StorageError, TableDefinition};
+
+mod rows;
 
 /// The name of the database file inside the data directory.
 pub const FILE_NAME: &str = "gossipkv.redb";
@@ -44,6 +52,12 @@ pub const FORMAT_VERSION: u32 = 1;
 
 /// Facts about the node, one row each.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// The record of each key (tombstones included).
+const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
+
+/// Per origin, its watermark and collected floor.
+const MARKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("marks");
 
 const FORMAT: &str = "format";
 const CLUSTER: &str = "cluster_id";
@@ -157,6 +171,26 @@ pub struct WriteError {
     pub message: String,
 }
 
+/// What one [`DataDir::persist`] writes, in one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    /// Records to store, each replacing the row of its key.
+    pub records: Vec<Record>,
+    /// Keys whose rows go (their tombstones were collected).
+    pub removed: Vec<Arc<str>>,
+    /// Per origin, its watermark and collected floor.
+    pub marks: Vec<(Origin, u64, u64)>,
+}
+
+/// Everything a data directory holds of the replicated state.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    /// Every record stored, tombstones included, in key order.
+    pub records: Vec<Record>,
+    /// Per origin, its watermark and collected floor, in origin order.
+    pub marks: Vec<(Origin, u64, u64)>,
+}
+
 /// An open data directory, used by this handle alone until it is dropped.
 pub struct DataDir {
     db: Database,
@@ -240,6 +274,85 @@ impl DataDir {
     /// ended cleanly).
     pub fn stop_clean(mut self, hlc_ceiling: u64) -> Result<(), WriteError> {
         self.put(&[(HLC_CEILING, &hlc_ceiling.to_le_bytes()), (CLEAN, &[1])])
+    }
+
+    /// Stores `batch` in one transaction, committed to disk before it
+    /// returns: after a crash either all of it is there or none.
+    ///
+    /// Invariant W on disk is the caller's to keep with the order it reads
+    /// the store in: read the watermarks first, then collect every record
+    /// merged up to that moment, and put both in one batch. A watermark
+    /// then never lands on disk ahead of the records it covers.
+    ///
+    /// # Errors
+    /// [`WriteError`] when the transaction fails; nothing of it is stored.
+    pub fn persist(&mut self, batch: &Batch) -> Result<(), WriteError> {
+        let err = |e: &dyn std::fmt::Display| WriteError {
+            path: self.file.clone(),
+            message: e.to_string(),
+        };
+        let tx = self.db.begin_write().map_err(|e| err(&e))?;
+        {
+            let mut records = tx.open_table(RECORDS).map_err(|e| err(&e))?;
+            for r in &batch.records {
+                records
+                    .insert(&*r.key, rows::encode_record(r).as_slice())
+                    .map_err(|e| err(&e))?;
+            }
+            for k in &batch.removed {
+                records.remove(&**k).map_err(|e| err(&e))?;
+            }
+            let mut marks = tx.open_table(MARKS).map_err(|e| err(&e))?;
+            for (origin, watermark, floor) in &batch.marks {
+                let row = rows::encode_marks(*watermark, (*floor).min(*watermark));
+                marks
+                    .insert(rows::encode_origin(origin).as_slice(), &row[..])
+                    .map_err(|e| err(&e))?;
+            }
+        }
+        tx.commit().map_err(|e| err(&e))
+    }
+
+    /// Reads back every record and watermark stored.
+    ///
+    /// # Errors
+    /// [`OpenError::Corrupt`] when a row cannot be read (the file is left
+    /// as it is).
+    pub fn load(&self) -> Result<Loaded, OpenError> {
+        let corrupt = |message: String| OpenError::Corrupt {
+            path: self.file.clone(),
+            message,
+        };
+        let tx = self.db.begin_read().map_err(|e| corrupt(text(e)))?;
+        let mut loaded = Loaded::default();
+        match tx.open_table(RECORDS) {
+            Ok(table) => {
+                for row in table.iter().map_err(|e| corrupt(text(e)))? {
+                    let (k, v) = row.map_err(|e| corrupt(text(e)))?;
+                    let record = rows::decode_record(k.value(), v.value())
+                        .ok_or_else(|| corrupt(format!("unreadable record of {:?}", k.value())))?;
+                    loaded.records.push(record);
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(corrupt(text(e))),
+        }
+        match tx.open_table(MARKS) {
+            Ok(table) => {
+                for row in table.iter().map_err(|e| corrupt(text(e)))? {
+                    let (k, v) = row.map_err(|e| corrupt(text(e)))?;
+                    let origin = rows::decode_origin(k.value())
+                        .ok_or_else(|| corrupt("unreadable origin".into()))?;
+                    let (watermark, floor) = rows::decode_marks(v.value())
+                        .ok_or_else(|| corrupt(format!("unreadable watermark of {origin}")))?;
+                    loaded.marks.push((origin, watermark, floor));
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(corrupt(text(e))),
+        }
+        loaded.marks.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(loaded)
     }
 
     /// Writes meta rows in one transaction.
