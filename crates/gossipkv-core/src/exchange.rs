@@ -288,6 +288,7 @@ pub(crate) fn delta_for(
             inline_max: cx.sizes.inline_max,
             hold: &hold,
             newest_first,
+            max_items: cx.sizes.limits.max_records.min(cx.sizes.limits.max_entries),
         },
     );
     for record in apart {

@@ -432,7 +432,8 @@ pub(crate) fn next_frame(cx: &mut Context, s: &mut Server) -> StreamSend {
 }
 
 /// The delta a frame carries: within `budget`, or within a whole message
-/// when the next record alone is larger than the budget.
+/// when the next record alone is larger than the budget; never more records
+/// and ghosts than a receiver's decoder takes in one message.
 ///
 /// Writes still being pushed are not held back, as they are from a
 /// datagram delta: the peer asked because it lacks them and they were not
@@ -449,6 +450,8 @@ fn delta_from(cx: &mut Context, cursor: &Digest, budget: usize) -> Delta {
                 inline_max: cx.cfg.max_value_size,
                 hold: &hold,
                 newest_first: false,
+                // What a receiver's decoder takes in one message.
+                max_items: cx.sizes.limits.max_records.min(cx.sizes.limits.max_entries),
             },
         );
         delta.loose.extend(apart);

@@ -176,7 +176,8 @@ pub struct WriteError {
 pub struct Batch {
     /// Records to store, each replacing the row of its key.
     pub records: Vec<Record>,
-    /// Keys whose rows go (their tombstones were collected).
+    /// Keys whose rows go (their tombstones were collected). They go
+    /// before `records` are written: a key in both keeps its record.
     pub removed: Vec<Arc<str>>,
     /// Per origin, its watermark and collected floor.
     pub marks: Vec<(Origin, u64, u64)>,
@@ -260,8 +261,15 @@ impl DataDir {
     /// # Errors
     /// [`WriteError`] when the commit fails.
     pub fn start(&mut self, generation: u64) -> Result<(), WriteError> {
-        self.put(&[(GENERATION, &generation.to_le_bytes()), (CLEAN, &[0])])?;
+        // The ceiling of the last clean stop bounds nothing of this run: 0
+        // (unknown) until this run stops cleanly.
+        self.put(&[
+            (GENERATION, &generation.to_le_bytes()),
+            (HLC_CEILING, &0u64.to_le_bytes()),
+            (CLEAN, &[0]),
+        ])?;
         self.meta.generation = generation;
+        self.meta.hlc_ceiling = 0;
         self.meta.clean = false;
         Ok(())
     }
@@ -294,13 +302,14 @@ impl DataDir {
         let tx = self.db.begin_write().map_err(|e| err(&e))?;
         {
             let mut records = tx.open_table(RECORDS).map_err(|e| err(&e))?;
+            // Removals first: a key both removed and written keeps its write.
+            for k in &batch.removed {
+                records.remove(&**k).map_err(|e| err(&e))?;
+            }
             for r in &batch.records {
                 records
                     .insert(&*r.key, rows::encode_record(r).as_slice())
                     .map_err(|e| err(&e))?;
-            }
-            for k in &batch.removed {
-                records.remove(&**k).map_err(|e| err(&e))?;
             }
             let mut marks = tx.open_table(MARKS).map_err(|e| err(&e))?;
             for (origin, watermark, floor) in &batch.marks {

@@ -85,10 +85,20 @@ fn a_later_batch_replaces_rows_and_removes_keys() {
         marks: vec![(Origin::new("node-a", 1), 2, 2)],
     })
     .unwrap();
+    // A key both removed and written in one batch keeps its write.
+    data.persist(&Batch {
+        records: vec![record("both", Some(b"kept"), "node-a", 1, 10)],
+        removed: vec![Arc::from("both")],
+        marks: Vec::new(),
+    })
+    .unwrap();
     let loaded = data.load().unwrap();
     assert_eq!(
         loaded.records,
-        vec![record("k", Some(b"new"), "node-c", 2, 9)]
+        vec![
+            record("both", Some(b"kept"), "node-a", 1, 10),
+            record("k", Some(b"new"), "node-c", 2, 9)
+        ]
     );
     assert_eq!(loaded.marks, vec![(Origin::new("node-a", 1), 2, 2)]);
 }
@@ -249,11 +259,11 @@ proptest! {
         let mut model: BTreeMap<Arc<str>, Record> = BTreeMap::new();
         for (records, removed) in batches {
             let removed: Vec<Arc<str>> = removed.iter().map(|k| Arc::from(k.as_str())).collect();
-            for r in &records {
-                model.insert(r.key.clone(), r.clone());
-            }
             for k in &removed {
                 model.remove(k);
+            }
+            for r in &records {
+                model.insert(r.key.clone(), r.clone());
             }
             data.persist(&Batch { records, removed, marks: Vec::new() }).unwrap();
         }

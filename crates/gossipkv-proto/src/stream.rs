@@ -187,6 +187,9 @@ impl FrameReader {
             return Ok(None);
         }
         self.buf.advance(FRAME_HEADER);
+        if len == 0 && compressed {
+            return Err(StreamError::Corrupt);
+        }
         if len == 0 {
             self.ended = true;
             return match self.buf.is_empty() {
@@ -336,6 +339,13 @@ mod tests {
                 other => panic!("damage at {at}: {other:?}"),
             }
         }
+        let mut r = FrameReader::new(10_000, false);
+        r.push(&[0x80, 0, 0, 0]).unwrap();
+        assert_eq!(
+            r.next_frame(),
+            Err(StreamError::Corrupt),
+            "compressed and empty"
+        );
         let mut r = FrameReader::new(10_000, false);
         r.push(&[0x80, 0, 0, 2, 1, 0]).unwrap();
         assert_eq!(

@@ -68,6 +68,10 @@ pub struct DeltaOptions<'a> {
     /// Right for a datagram per round; a stream, whose next frame follows
     /// at once, turns it off and fills the whole budget with chunks.
     pub newest_first: bool,
+    /// Most records and ghosts the delta carries, whatever the budget
+    /// (`usize::MAX`: no limit): a receiver refuses messages with more than
+    /// its decoder's limits.
+    pub max_items: usize,
 }
 
 impl std::fmt::Debug for DeltaOptions<'_> {
@@ -77,6 +81,7 @@ impl std::fmt::Debug for DeltaOptions<'_> {
             .field("rotate", &self.rotate)
             .field("inline_max", &self.inline_max)
             .field("newest_first", &self.newest_first)
+            .field("max_items", &self.max_items)
             .finish_non_exhaustive()
     }
 }
@@ -606,6 +611,7 @@ impl Store {
                 inline_max,
                 hold: &|_| u64::MAX,
                 newest_first: true,
+                max_items: usize::MAX,
             },
         )
     }
@@ -620,11 +626,14 @@ impl Store {
             inline_max,
             hold,
             newest_first,
+            max_items,
         } = *opts;
         let logs: Vec<_> = self.origins.read().logs.clone();
         let mut delta = Delta::default();
         let mut large = Vec::new();
         let mut used = 0usize;
+        // Records and ghosts in the delta so far.
+        let mut items = 0usize;
         // Keys whose record travels inline in this delta, and apart.
         let mut sent_keys: HashSet<Arc<str>> = HashSet::new();
         let mut large_keys: HashSet<Arc<str>> = HashSet::new();
@@ -680,11 +689,12 @@ impl Store {
                         continue;
                     }
                     let rec_cost = self.entry_size(&ie.key, &e);
-                    if used + cost + rec_cost > budget {
+                    if used + cost + rec_cost > budget || items >= max_items {
                         cut = true;
                         break;
                     }
                     cost += rec_cost;
+                    items += 1;
                     sent_keys.insert(ie.key.clone());
                     delta.loose.push(self.to_record(ie.key.clone(), &e));
                     last_sent = seq;
@@ -727,11 +737,15 @@ impl Store {
                 } else {
                     0
                 };
-                if used + cost + rec_cost + ghost_cost > budget {
+                let adds = usize::from(add_record.is_some()) + usize::from(add_ghost);
+                if used + cost + rec_cost + ghost_cost > budget
+                    || items.saturating_add(adds) > max_items
+                {
                     cut = true;
                     break;
                 }
                 cost += rec_cost + ghost_cost;
+                items += adds;
                 if let Some(e) = add_record {
                     sent_keys.insert(ie.key.clone());
                     chunk.records.push(self.to_record(ie.key.clone(), &e));
@@ -763,7 +777,7 @@ impl Store {
                 &logs,
                 peer,
                 (rotate, at, after),
-                (used, full_budget),
+                (used, full_budget, max_items.saturating_sub(items)),
                 &mut sent_keys,
                 hold,
                 &is_large,
@@ -782,12 +796,13 @@ impl Store {
         logs: &[Arc<Mutex<OriginLog>>],
         peer: &Digest,
         (rotate, at, after): (usize, usize, u64),
-        (mut used, budget): (usize, usize),
+        (mut used, budget, max_records): (usize, usize, usize),
         sent_keys: &mut HashSet<Arc<str>>,
         hold: &dyn Fn(&Origin) -> u64,
         is_large: &dyn Fn(&Entry) -> bool,
         loose: &mut Vec<Record>,
     ) {
+        let already = loose.len();
         let n = logs.len();
         for i in at..n {
             let oid = ((rotate + i) % n) as u32;
@@ -812,7 +827,7 @@ impl Store {
                     continue;
                 }
                 let cost = self.entry_size(&ie.key, &e);
-                if used + cost > budget {
+                if used + cost > budget || loose.len() - already >= max_records {
                     return;
                 }
                 used += cost;

@@ -434,6 +434,7 @@ fn held_writes_wait_and_follow() {
         inline_max: usize::MAX,
         hold: &hold,
         newest_first: true,
+        max_items: usize::MAX,
     };
     let (delta, large) = a.delta_with(&b.digest(), &opts);
     assert!(large.is_empty());

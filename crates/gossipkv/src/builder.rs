@@ -291,8 +291,9 @@ where
 
     /// Most streams this node serves at once (default 4); peers asking
     /// beyond it are refused and ask again later (or catch up by datagrams
-    /// meanwhile). Each costs the serving node about one 64 KiB frame of
-    /// memory and a share of its upload.
+    /// meanwhile). Each costs the serving node one frame of memory at a
+    /// time (64 KiB of records; up to `max_value_size` plus 64 KiB for the
+    /// frame around a large value) and a share of its upload.
     pub fn max_serving_streams(mut self, n: usize) -> Self {
         self.max_serving_streams = n;
         self

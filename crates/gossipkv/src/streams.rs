@@ -27,6 +27,10 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// minutes).
 const MAX_STREAM_TIME: Duration = Duration::from_secs(600);
 
+/// Longest a connection may take to send its whole opening: a peer
+/// trickling it a byte at a time cannot hold a serving slot.
+const OPENING_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Bytes read at a time.
 const READ_BUF: usize = 64 << 10;
 
@@ -74,14 +78,24 @@ pub(crate) fn listen(addr: SocketAddr, reporter: &Reporter) -> Option<TcpListene
 /// the protocol until the peer closes, then reports the stream closed
 /// (whatever happened: a cut stream is resumed by the next request).
 pub(crate) async fn receive(cx: StreamCx, open: StreamOpen) {
-    let id = open.id;
+    let _closed = Closed(cx.clone(), open.id);
     let to = open.to;
     let result = within(MAX_STREAM_TIME, receive_inner(&cx, open)).await;
     if let Err(e) = result.and_then(|r| r) {
         debug!(%to, error = %e, "stream ended early");
     }
-    let now = cx.clock.now();
-    cx.protocol.lock().handle_stream_closed(now, id);
+}
+
+/// Tells the protocol that stream `.1` ended when dropped: at the end of
+/// its task, and also when the task panics or is aborted (the driver ends),
+/// so that no stream stays open in the protocol without a connection.
+struct Closed(StreamCx, StreamId);
+
+impl Drop for Closed {
+    fn drop(&mut self) {
+        let now = self.0.clock.now();
+        self.0.protocol.lock().handle_stream_closed(now, self.1);
+    }
 }
 
 async fn receive_inner(cx: &StreamCx, open: StreamOpen) -> std::io::Result<()> {
@@ -101,17 +115,17 @@ async fn receive_inner(cx: &StreamCx, open: StreamOpen) -> std::io::Result<()> {
 /// Serves an accepted stream: reads the peer's opening, then writes the
 /// frames the protocol builds, one at a time, as the socket takes them.
 pub(crate) async fn serve(cx: StreamCx, id: StreamId, sock: TcpStream, from: SocketAddr) {
+    let _closed = Closed(cx.clone(), id);
     let result = within(MAX_STREAM_TIME, serve_inner(&cx, id, sock)).await;
     if let Err(e) = result.and_then(|r| r) {
         debug!(%from, error = %e, "served stream ended early");
     }
-    let now = cx.clock.now();
-    cx.protocol.lock().handle_stream_closed(now, id);
 }
 
 async fn serve_inner(cx: &StreamCx, id: StreamId, mut sock: TcpStream) -> std::io::Result<()> {
     sock.set_nodelay(true)?;
     let mut buf = vec![0u8; 4096];
+    let opening_by = tokio::time::Instant::now() + OPENING_TIMEOUT;
     loop {
         let next = {
             let now = cx.clock.now();
@@ -125,7 +139,12 @@ async fn serve_inner(cx: &StreamCx, id: StreamId, mut sock: TcpStream) -> std::i
                 return Ok(());
             }
             StreamSend::Wait => {
-                let n = within(IDLE_TIMEOUT, sock.read(&mut buf)).await??;
+                // Only the opening is waited for.
+                let n = tokio::time::timeout_at(opening_by, sock.read(&mut buf))
+                    .await
+                    .map_err(|_| {
+                        std::io::Error::new(std::io::ErrorKind::TimedOut, "opening too slow")
+                    })??;
                 if n == 0 {
                     return Ok(());
                 }

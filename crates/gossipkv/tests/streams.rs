@@ -222,3 +222,42 @@ async fn hostile_connections_are_closed_and_the_node_still_serves_joiners() {
         n.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opening_trickled_a_byte_at_a_time_is_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let a = node("trickle-a", &[], |b| b).await;
+    // b makes 127.0.0.1 a live member's address.
+    let b = node("trickle-b", &[&a], |b| b).await;
+    wait_until("a knows b", DEADLINE, || !a.peers().is_empty()).await;
+    let mut sock = tokio::net::TcpStream::connect(a.local_addr().unwrap())
+        .await
+        .unwrap();
+    let start = Instant::now();
+    sock.write_all(&gossipkv_proto::stream::STREAM_MAGIC)
+        .await
+        .unwrap();
+    sock.write_all(&[0, 0, 1]).await.unwrap();
+    // The magic, a frame length of 256, then one byte of the frame a
+    // second: the idle timeout (10 s) never fires and the frame never
+    // completes; only the opening's own deadline (5 s) ends it.
+    let mut trickle = gossipkv_proto::stream::STREAM_MAGIC.to_vec();
+    trickle.extend_from_slice(&256u32.to_be_bytes());
+    trickle.resize(trickle.len() + 12, 0);
+    let mut closed = false;
+    for byte in trickle.iter().skip(7) {
+        if sock.write_all(&[*byte]).await.is_err() {
+            closed = true;
+            break;
+        }
+        if closed_by_peer(&mut sock, Duration::from_secs(1)).await {
+            closed = true;
+            break;
+        }
+    }
+    let took = start.elapsed();
+    assert!(closed, "the connection stayed open for {took:?}");
+    assert!(took < Duration::from_secs(9), "closed only after {took:?}");
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

@@ -574,3 +574,34 @@ fn a_peer_far_enough_behind_to_stream_gets_no_newest_first_records_by_datagram()
     assert_eq!(loose_in_first_answer(true), 0);
     assert!(loose_in_first_answer(false) > 0);
 }
+
+#[test]
+fn a_frame_built_around_a_record_larger_than_its_budget_stays_within_the_receivers_limits() {
+    // A value larger than a frame's budget, then many overwrites of a few
+    // keys: the frame that must carry the large value may not fill a whole
+    // message with ghosts (the receiver takes at most 16,384 per message).
+    let (a, a_addr) = node("a", 7240, vec![]);
+    a.store()
+        .set("big", Bytes::from(vec![b'x'; 100 << 10]), WALL);
+    for i in 0..30_000u64 {
+        a.store().set(
+            &format!("small-{}", i % 4),
+            Bytes::from(i.to_string()),
+            WALL + 1 + i / 1_000,
+        );
+    }
+    let b = node("b", 7241, vec![a_addr]);
+    let mut pair = Pair::new((a, a_addr), b);
+    pair.run_until(5_000, |p| {
+        p.b.store().get("big").is_some() && p.b.store().digest() == p.a.store().digest()
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "b holds {} keys, {:?}",
+            pair.b.store().len(),
+            pair.b.stats()
+        )
+    });
+    assert_eq!(pair.b.stats().streams_cut, 0, "every frame was taken");
+    assert!(pair.b.stats().streams_completed >= 1);
+}
