@@ -3,5 +3,6 @@
 mod guards;
 mod hostile;
 mod protocol;
+mod stream_guards;
 mod streams;
 mod synced;
