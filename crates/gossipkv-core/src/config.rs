@@ -74,6 +74,13 @@ pub struct ProtocolConfig {
     pub node_id: NodeId,
     /// This incarnation's generation (must match the store's local origin).
     pub generation: u64,
+    /// The membership incarnation to start at (default 0). A node that
+    /// restarts from its data directory in the same generation starts
+    /// above every incarnation it used before (see
+    /// [`Protocol::incarnation`](crate::Protocol::incarnation)): its peers
+    /// remember it as departed at its last one, and only news of a greater
+    /// incarnation brings it back.
+    pub incarnation: u64,
     /// Only datagrams carrying this cluster id are accepted.
     pub cluster_id: String,
     /// The address peers should use to reach us, if known.
@@ -136,6 +143,7 @@ impl ProtocolConfig {
         ProtocolConfig {
             node_id: node_id.into(),
             generation,
+            incarnation: 0,
             cluster_id: cluster_id.into(),
             advertise_addr: None,
             gossip_interval: DEFAULT_GOSSIP_INTERVAL,

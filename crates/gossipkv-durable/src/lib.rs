@@ -28,11 +28,11 @@
 //! let mut data = DataDir::open(dir.path(), &id).unwrap();
 //! assert!(data.meta().created);
 //! data.start(7).unwrap(); // generation 7 runs now
-//! data.stop_clean(1_767_225_600_000).unwrap();
+//! data.stop_clean(1_767_225_600_000, 3).unwrap(); // at incarnation 3
 //!
 //! let data = DataDir::open(dir.path(), &id).unwrap();
 //! let meta = data.meta();
-//! assert_eq!((meta.generation, meta.clean), (7, true));
+//! assert_eq!((meta.generation, meta.incarnation, meta.clean), (7, 3, true));
 //! assert_eq!(meta.hlc_ceiling, 1_767_225_600_000);
 //! ```
 
@@ -65,6 +65,7 @@ const NODE: &str = "node_id";
 const GENERATION: &str = "generation";
 const HLC_CEILING: &str = "hlc_ceiling";
 const CLEAN: &str = "clean";
+const INCARNATION: &str = "incarnation";
 
 /// Who a data directory belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,9 +93,13 @@ pub struct Meta {
     pub created: bool,
     /// The generation of the last run ([`DataDir::start`]); 0 if none ran.
     pub generation: u64,
-    /// A bound on every timestamp the node issued before it stopped
-    /// (milliseconds, as [`DataDir::stop_clean`] recorded it); 0 if unknown.
+    /// The greatest clock reading stored: by the last batch
+    /// ([`Batch::hlc_ceiling`]) or by [`DataDir::stop_clean`], which
+    /// bounds every timestamp the run issued. 0 if none.
     pub hlc_ceiling: u64,
+    /// The membership incarnation the last run stopped at
+    /// ([`DataDir::stop_clean`]); 0 if none.
+    pub incarnation: u64,
     /// Whether the last run ended with [`DataDir::stop_clean`] (or none
     /// ran). After a crash it is `false`.
     pub clean: bool,
@@ -181,6 +186,10 @@ pub struct Batch {
     pub removed: Vec<Arc<str>>,
     /// Per origin, its watermark and collected floor.
     pub marks: Vec<(Origin, u64, u64)>,
+    /// The node's clock reading when the batch was taken (0: none). The
+    /// stored ceiling ([`Meta::hlc_ceiling`]) rises to it, so a restarted
+    /// node's clock starts above every timestamp stored.
+    pub hlc_ceiling: u64,
 }
 
 /// Everything a data directory holds of the replicated state.
@@ -235,6 +244,7 @@ impl DataDir {
                     created: true,
                     generation: 0,
                     hlc_ceiling: 0,
+                    incarnation: 0,
                     clean: true,
                 }
             }
@@ -261,27 +271,28 @@ impl DataDir {
     /// # Errors
     /// [`WriteError`] when the commit fails.
     pub fn start(&mut self, generation: u64) -> Result<(), WriteError> {
-        // The ceiling of the last clean stop bounds nothing of this run: 0
-        // (unknown) until this run stops cleanly.
-        self.put(&[
-            (GENERATION, &generation.to_le_bytes()),
-            (HLC_CEILING, &0u64.to_le_bytes()),
-            (CLEAN, &[0]),
-        ])?;
+        self.put(&[(GENERATION, &generation.to_le_bytes()), (CLEAN, &[0])])?;
         self.meta.generation = generation;
-        self.meta.hlc_ceiling = 0;
         self.meta.clean = false;
         Ok(())
     }
 
     /// Records that the run ended cleanly, with `hlc_ceiling` a bound on
-    /// every timestamp it issued, and closes the directory.
+    /// every timestamp it issued and `incarnation` its last membership
+    /// incarnation, and closes the directory. Call it only once everything
+    /// the run holds is persisted: a clean stop lets the next run keep the
+    /// generation and go on with its sequence numbers.
     ///
     /// # Errors
     /// [`WriteError`] when the commit fails (the run then counts as not
     /// ended cleanly).
-    pub fn stop_clean(mut self, hlc_ceiling: u64) -> Result<(), WriteError> {
-        self.put(&[(HLC_CEILING, &hlc_ceiling.to_le_bytes()), (CLEAN, &[1])])
+    pub fn stop_clean(mut self, hlc_ceiling: u64, incarnation: u64) -> Result<(), WriteError> {
+        let ceiling = hlc_ceiling.max(self.meta.hlc_ceiling);
+        self.put(&[
+            (HLC_CEILING, &ceiling.to_le_bytes()),
+            (INCARNATION, &incarnation.to_le_bytes()),
+            (CLEAN, &[1]),
+        ])
     }
 
     /// Stores `batch` in one transaction, committed to disk before it
@@ -318,8 +329,15 @@ impl DataDir {
                     .insert(rows::encode_origin(origin).as_slice(), &row[..])
                     .map_err(|e| err(&e))?;
             }
+            if batch.hlc_ceiling > self.meta.hlc_ceiling {
+                let mut meta = tx.open_table(META).map_err(|e| err(&e))?;
+                meta.insert(HLC_CEILING, &batch.hlc_ceiling.to_le_bytes()[..])
+                    .map_err(|e| err(&e))?;
+            }
         }
-        tx.commit().map_err(|e| err(&e))
+        tx.commit().map_err(|e| err(&e))?;
+        self.meta.hlc_ceiling = self.meta.hlc_ceiling.max(batch.hlc_ceiling);
+        Ok(())
     }
 
     /// Reads back every record and watermark stored.
@@ -476,10 +494,16 @@ fn check_meta(file: &Path, rows: &Rows, id: &Identity) -> Result<Meta, OpenError
             expected: id.node_id.clone(),
         });
     }
+    // Absent until the first clean stop records it.
+    let incarnation = match rows.iter().any(|(name, _)| name == INCARNATION) {
+        true => number(INCARNATION)?,
+        false => 0,
+    };
     Ok(Meta {
         created: false,
         generation: number(GENERATION)?,
         hlc_ceiling: number(HLC_CEILING)?,
+        incarnation,
         clean: get(CLEAN)? == [1],
     })
 }

@@ -35,24 +35,36 @@ fn a_clean_stop_is_told_from_a_crash() {
     let tmp = tempfile::tempdir().unwrap();
     let mut data = DataDir::open(tmp.path(), &me()).unwrap();
     data.start(41).unwrap();
-    data.stop_clean(1_000).unwrap();
+    data.stop_clean(1_000, 3).unwrap();
     let mut data = DataDir::open(tmp.path(), &me()).unwrap();
     assert_eq!(
         (
             data.meta().generation,
             data.meta().hlc_ceiling,
+            data.meta().incarnation,
             data.meta().clean
         ),
-        (41, 1_000, true)
+        (41, 1_000, 3, true)
     );
     // Generation 42 runs, and the handle goes away without a clean stop:
     // what a crash leaves behind.
+    // Its batches raise the stored clock ceiling, never lower it.
     data.start(42).unwrap();
+    for ceiling in [2_000, 1_500] {
+        let batch = gossipkv_durable::Batch {
+            hlc_ceiling: ceiling,
+            ..Default::default()
+        };
+        data.persist(&batch).unwrap();
+    }
     drop(data);
     let data = DataDir::open(tmp.path(), &me()).unwrap();
     let meta = data.meta();
     assert_eq!((meta.generation, meta.clean), (42, false));
-    assert_eq!(meta.hlc_ceiling, 0, "no ceiling is known for a crashed run");
+    assert_eq!(
+        meta.hlc_ceiling, 2_000,
+        "the greatest ceiling a batch stored"
+    );
 }
 
 #[test]
@@ -60,7 +72,7 @@ fn another_clusters_or_nodes_directory_is_refused_and_left_alone() {
     let tmp = tempfile::tempdir().unwrap();
     let mut data = DataDir::open(tmp.path(), &me()).unwrap();
     data.start(5).unwrap();
-    data.stop_clean(9).unwrap();
+    data.stop_clean(9, 0).unwrap();
     match DataDir::open(tmp.path(), &Identity::new("staging", "node-a")) {
         Err(OpenError::OtherCluster {
             found, expected, ..

@@ -47,6 +47,7 @@ fn a_batch_is_read_back_after_a_reopen() {
             (Origin::new("node-a", 5), 3, 0),
             (Origin::new("node-b", u64::MAX), u64::MAX, 7),
         ],
+        hlc_ceiling: u64::MAX,
     };
     data.persist(&batch).unwrap();
     drop(data);
@@ -77,12 +78,14 @@ fn a_later_batch_replaces_rows_and_removes_keys() {
         ],
         removed: Vec::new(),
         marks: vec![(Origin::new("node-a", 1), 2, 0)],
+        hlc_ceiling: 0,
     })
     .unwrap();
     data.persist(&Batch {
         records: vec![record("k", Some(b"new"), "node-c", 2, 9)],
         removed: vec![Arc::from("t"), Arc::from("never-stored")],
         marks: vec![(Origin::new("node-a", 1), 2, 2)],
+        hlc_ceiling: 0,
     })
     .unwrap();
     // A key both removed and written in one batch keeps its write.
@@ -90,6 +93,7 @@ fn a_later_batch_replaces_rows_and_removes_keys() {
         records: vec![record("both", Some(b"kept"), "node-a", 1, 10)],
         removed: vec![Arc::from("both")],
         marks: Vec::new(),
+        hlc_ceiling: 0,
     })
     .unwrap();
     let loaded = data.load().unwrap();
@@ -265,7 +269,7 @@ proptest! {
             for r in &records {
                 model.insert(r.key.clone(), r.clone());
             }
-            data.persist(&Batch { records, removed, marks: Vec::new() }).unwrap();
+            data.persist(&Batch { records, removed, ..Batch::default() }).unwrap();
         }
         drop(data);
         let loaded = DataDir::open(tmp.path(), &me()).unwrap().load().unwrap();

@@ -24,6 +24,11 @@ use crate::version::{Hlc, HlcClock, Origin, Version};
 /// must be quick and must not call back into the store.
 pub type ChangeObserver = Arc<dyn Fn(&str, Option<&Bytes>) + Send + Sync>;
 
+/// A function told of every key whose record [`Store::collect_garbage`]
+/// removed (a collected tombstone). It runs while the key's shard is
+/// locked, so it must be quick and must not call back into the store.
+pub type CollectObserver = Arc<dyn Fn(&str) + Send + Sync>;
+
 #[derive(Default)]
 struct Observer(OnceLock<ChangeObserver>);
 
@@ -33,6 +38,19 @@ impl std::fmt::Debug for Observer {
             "Observer(set)"
         } else {
             "Observer(none)"
+        })
+    }
+}
+
+#[derive(Default)]
+struct CollectHook(OnceLock<CollectObserver>);
+
+impl std::fmt::Debug for CollectHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "CollectHook(set)"
+        } else {
+            "CollectHook(none)"
         })
     }
 }
@@ -186,6 +204,7 @@ pub struct Store {
     origins: RwLock<Origins>,
     live: AtomicUsize,
     observer: Observer,
+    collected: CollectHook,
 }
 
 impl Store {
@@ -215,6 +234,7 @@ impl Store {
             origins: RwLock::new(origins),
             live: AtomicUsize::new(0),
             observer: Observer::default(),
+            collected: CollectHook::default(),
         }
     }
     /// Installs the change observer (once; returns `false` if one was
@@ -222,6 +242,14 @@ impl Store {
     /// keys dropped by a re-synchronisation page.
     pub fn set_observer(&self, observer: ChangeObserver) -> bool {
         self.observer.0.set(observer).is_ok()
+    }
+
+    /// Installs the collection observer (once; returns `false` if one was
+    /// already installed). A durable node uses it, with the change
+    /// observer, to learn every key whose stored state changed: collected
+    /// tombstones leave no change a watcher should see.
+    pub fn set_collect_observer(&self, observer: CollectObserver) -> bool {
+        self.collected.0.set(observer).is_ok()
     }
 
     fn notify(&self, key: &str, value: Option<&Bytes>) {
@@ -534,6 +562,18 @@ impl Store {
             open_start: false,
             open_end: false,
         }
+    }
+
+    /// Every known origin with its watermark and collected floor, in the
+    /// order origins became known.
+    pub fn marks(&self) -> Vec<(Origin, u64, u64)> {
+        let logs: Vec<_> = self.origins.read().logs.clone();
+        logs.iter()
+            .map(|log| {
+                let log = log.lock();
+                (log.origin.clone(), log.watermark, log.floor)
+            })
+            .collect()
     }
 
     /// The local watermark for `origin` (0 when unknown).
@@ -899,6 +939,9 @@ impl Store {
                     Some(e) if e.is_write(oid as u32, seq) => {
                         if e.value.is_none() {
                             shard.remove(&ie.key);
+                            if let Some(f) = self.collected.0.get() {
+                                f(&ie.key);
+                            }
                             stats.tombstones += 1;
                             remove.push(seq);
                         }
@@ -972,6 +1015,29 @@ impl Store {
             }
         }
         raised
+    }
+
+    /// Restores the watermarks and collected floors a durable node stored,
+    /// once its stored records are merged. Each watermark rises to the
+    /// stored one, and the floor to the stored one and, where the watermark
+    /// rose past the writes now indexed, to the watermark: the superseded
+    /// writes and collected tombstones below it are not stored, so a peer
+    /// below it must be re-synchronised, as by [`Store::raise_watermarks`].
+    /// Returns how many origins' marks changed.
+    pub fn restore_marks(&self, marks: &[(Origin, u64, u64)]) -> usize {
+        let mut changed = 0;
+        for (origin, watermark, floor) in marks {
+            let (_, log) = self.intern(origin);
+            let mut log = log.lock();
+            let before = (log.watermark, log.floor);
+            if *watermark > log.watermark {
+                log.floor = log.floor.max(*watermark);
+                log.watermark = *watermark;
+            }
+            log.floor = log.floor.max((*floor).min(log.watermark));
+            changed += usize::from((log.watermark, log.floor) != before);
+        }
+        changed
     }
 
     /// One page of a full re-synchronisation: the records (tombstones

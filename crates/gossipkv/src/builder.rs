@@ -2,6 +2,7 @@
 
 use std::marker::PhantomData;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use gossipkv_core::{
 
 use crate::codec::Codec;
 use crate::error::{ConfigOption, Error};
+use crate::persist::Durability;
 use crate::GossipKv;
 
 /// Default cluster id.
@@ -79,6 +81,8 @@ pub struct Builder<K, V> {
     pub(crate) max_clock_drift: Duration,
     pub(crate) streams: bool,
     pub(crate) max_serving_streams: usize,
+    pub(crate) data_dir: Option<PathBuf>,
+    pub(crate) durability: Durability,
     pub(crate) _key: PhantomData<fn() -> K>,
 }
 
@@ -124,6 +128,8 @@ where
             max_clock_drift: DEFAULT_MAX_CLOCK_DRIFT,
             streams: true,
             max_serving_streams: gossipkv_core::DEFAULT_MAX_SERVING_STREAMS,
+            data_dir: None,
+            durability: Durability::Sync,
             _key: PhantomData,
         }
     }
@@ -299,6 +305,35 @@ where
         self
     }
 
+    /// Keeps the node's data in this directory (created if absent), so that
+    /// it survives restarts; default none: the data lives in memory only.
+    ///
+    /// [`build`](Self::build) loads what the directory holds before the
+    /// node starts. After a clean [`shutdown`](crate::GossipKv::shutdown)
+    /// the node comes back in the same generation, its sequence numbers
+    /// going on; after a crash it keeps its data and takes a new
+    /// generation. Either way it then catches up by delta on what it
+    /// missed. A directory of another cluster or node id, of a newer
+    /// version, a damaged one, or one another process uses, is refused
+    /// with [`Error::DataDir`](crate::Error::DataDir). Give every node its
+    /// own directory, and a fixed [`node_id`](Self::node_id): a random one
+    /// differs at every start, and the directory would be refused.
+    ///
+    /// When writes reach the disk is [`durability`](Self::durability)'s
+    /// choice.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// When writes reach the disk of a node with a
+    /// [`data_dir`](Self::data_dir) (default [`Durability::Sync`]: `set`
+    /// returns once the write is on disk). Ignored without a data dir.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
     /// Seeds the random generator that picks gossip peers (default: random),
     /// for reproducible runs.
     pub fn rng_seed(mut self, seed: u64) -> Self {
@@ -365,6 +400,8 @@ impl<K, V> Builder<K, V> {
             max_clock_drift: self.max_clock_drift,
             streams: self.streams,
             max_serving_streams: self.max_serving_streams,
+            data_dir: self.data_dir,
+            durability: self.durability,
             _key: PhantomData,
         }
     }

@@ -6,6 +6,7 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use crate::codec::CodecError;
+pub use gossipkv_durable::OpenError as DataDirError;
 
 /// Errors returned by [`GossipKv`](crate::GossipKv) and its builder.
 ///
@@ -87,6 +88,27 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The data directory ([`Builder::data_dir`](crate::Builder::data_dir))
+    /// cannot be used: it belongs to another cluster or node, was written
+    /// by a newer version, is damaged, is in use by another process, or
+    /// cannot be read or created. Nothing was started and nothing on disk
+    /// was changed; the source says which.
+    #[error("{source}")]
+    DataDir {
+        /// What is wrong with it.
+        #[from]
+        source: DataDirError,
+    },
+    /// A write could not be made durable: committing it to the data
+    /// directory failed, or the node stopped first. The write is in the
+    /// local store and replicates, but it is not on this node's disk.
+    #[error("cannot persist to {path}: {message}")]
+    Persist {
+        /// The database file.
+        path: std::path::PathBuf,
+        /// What failed.
+        message: String,
+    },
     /// The background task ended abnormally (it panicked or was cancelled).
     #[error("background task failed: {message}")]
     Task {
@@ -132,6 +154,8 @@ pub enum ConfigOption {
     Discovery,
     /// [`Builder::max_clock_drift`](crate::Builder::max_clock_drift).
     MaxClockDrift,
+    /// [`Builder::durability`](crate::Builder::durability).
+    Durability,
 }
 
 impl ConfigOption {
@@ -153,6 +177,7 @@ impl ConfigOption {
             ConfigOption::SeedRefreshInterval => "seed_refresh_interval",
             ConfigOption::Discovery => "discovery",
             ConfigOption::MaxClockDrift => "max_clock_drift",
+            ConfigOption::Durability => "durability",
         }
     }
 }

@@ -255,15 +255,17 @@ mod driver;
 mod error;
 mod health;
 mod node;
+mod persist;
 mod start;
 mod streams;
 mod watch;
 
 pub use builder::{Builder, DEFAULT_CLUSTER_ID, DEFAULT_DEAD_MEMBER_GRACE, DEFAULT_SEED_REFRESH};
 pub use codec::{BytesCodec, Codec, CodecError, DefaultCodec, JsonCodec, StringCodec};
-pub use error::{ConfigOption, Error};
+pub use error::{ConfigOption, DataDirError, Error};
 pub use health::{Health, Problem, ProblemKind, HEALTH_WINDOW};
 pub use node::{GossipKv, MAX_KEY_LEN, WATCH_QUEUE};
+pub use persist::Durability;
 pub use watch::{MemberEvents, WatchEvent, Watcher};
 
 pub use bytes::Bytes;

@@ -19,6 +19,7 @@ use crate::discovery::MdnsHandle;
 use crate::driver::wall_now;
 use crate::error::{ConfigOption, Error};
 use crate::health::{Health, HealthTracker};
+use crate::persist::Persister;
 use crate::watch::{Change, MemberEvents, Watcher};
 
 /// Longest key accepted, in bytes (networked nodes also need the key to fit
@@ -49,6 +50,8 @@ pub(crate) struct Inner<V> {
     pub(crate) discovery: Mutex<Option<MdnsHandle>>,
     /// Fresh local writes on their way to the gossip task (for eager push).
     pub(crate) push_tx: Option<mpsc::Sender<Record>>,
+    /// The data directory's writer, for a node with one.
+    pub(crate) persister: Option<Arc<Persister>>,
 }
 
 /// Capacity of the change and member-event queues of watchers; a watcher
@@ -153,7 +156,7 @@ where
             });
         }
         self.write(key, Some(bytes));
-        Ok(())
+        self.durable()
     }
 
     /// Reads the value of `key` from the local replica.
@@ -179,7 +182,7 @@ where
         let key = key.as_ref();
         self.check_writable(key)?;
         self.write(key, None);
-        Ok(())
+        self.durable()
     }
 
     /// Whether `key` holds a value locally.
@@ -272,6 +275,15 @@ where
     /// This node's id.
     pub fn node_id(&self) -> &str {
         self.inner.node_id.as_str()
+    }
+
+    /// This run's generation: the origin of its writes is the node id and
+    /// the generation. It changes at every start, except when a node with
+    /// a [`data_dir`](crate::Builder::data_dir) restarts after a clean
+    /// [`shutdown`](Self::shutdown): then it stays, and the node's sequence
+    /// numbers go on.
+    pub fn generation(&self) -> u64 {
+        self.inner.store.local_origin().generation
     }
 
     /// Protocol counters (all zero for a local-only node).
@@ -425,7 +437,28 @@ where
             }
             info!(node = %self.inner.node_id, "node shut down");
         }
-        Ok(())
+        self.close_data_dir().await
+    }
+
+    /// Commits what is left to the data directory, if any, and records a
+    /// clean stop. Runs once the gossip task is gone: nothing changes after.
+    async fn close_data_dir(&self) -> Result<(), Error> {
+        let Some(p) = self.inner.persister.clone() else {
+            return Ok(());
+        };
+        let incarnation = self.inner.incarnation();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => rt
+                .spawn_blocking(move || p.stop(incarnation))
+                .await
+                .map_err(|e| Error::Task {
+                    message: format!("closing the data dir: {e}"),
+                }),
+            Err(_) => {
+                p.stop(incarnation);
+                Ok(())
+            }
+        }
     }
 
     /// Waits for `signal`, then [`shutdown`](Self::shutdown)s the node, so
@@ -649,6 +682,15 @@ where
         let _ = tx.try_send(record);
     }
 
+    /// Waits, in [`Durability::Sync`](crate::Durability::Sync) mode, until
+    /// the caller's write is on disk.
+    fn durable(&self) -> Result<(), Error> {
+        match &self.inner.persister {
+            Some(p) => p.wait_durable(),
+            None => Ok(()),
+        }
+    }
+
     fn check_writable(&self, key: &str) -> Result<(), Error> {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(Error::Closed {
@@ -713,5 +755,17 @@ impl<V> Drop for Inner<V> {
         if let Some((stop, _handle)) = self.task.get_mut().take() {
             let _ = stop.send(());
         }
+        if let Some(p) = &self.persister {
+            // Its thread commits the rest and stops cleanly, if the process
+            // lives long enough; `shutdown().await` waits for it.
+            p.stop_soon(self.incarnation());
+        }
+    }
+}
+
+impl<V> Inner<V> {
+    /// The node's membership incarnation now (0 for a local-only node).
+    pub(crate) fn incarnation(&self) -> u64 {
+        self.protocol.as_ref().map_or(0, |p| p.lock().incarnation())
     }
 }

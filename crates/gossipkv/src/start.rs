@@ -25,6 +25,7 @@ use crate::driver::{new_generation, refresh_seeds, resolve_seeds, Addrs, Clock, 
 use crate::error::{ConfigOption, Error};
 use crate::health::HealthTracker;
 use crate::node::{GossipKv, Inner, WATCH_QUEUE};
+use crate::persist::{self, Persister};
 use crate::watch::Change;
 
 /// Fresh writes queued for eager push; beyond this, writes still replicate
@@ -109,6 +110,20 @@ fn check<K, V>(b: &Builder<K, V>) -> Result<(), Error> {
             "max clock drift must be at least one second",
         ));
     }
+    if let crate::persist::Durability::Interval(every) = b.durability {
+        if every.is_zero() {
+            return Err(Error::config(
+                O::Durability,
+                "the commit interval must be greater than zero",
+            ));
+        }
+    }
+    if b.data_dir.is_some() && b.node_id.is_none() {
+        return Err(Error::config(
+            O::NodeId,
+            "a node with a data dir needs a fixed node id (the directory belongs to one node)",
+        ));
+    }
     for seed in &b.seeds {
         split_host_port(seed).map_err(|m| Error::config(O::Seeds, format!("seed {m}")))?;
     }
@@ -135,6 +150,7 @@ fn check<K, V>(b: &Builder<K, V>) -> Result<(), Error> {
 /// The channels and trackers every node has, networked or not.
 struct Shared {
     store: Arc<Store>,
+    persister: Option<Arc<Persister>>,
     changes: broadcast::Sender<Change>,
     member_events: broadcast::Sender<MemberEvent>,
     closed_tx: watch::Sender<bool>,
@@ -143,14 +159,19 @@ struct Shared {
 }
 
 impl Shared {
-    fn new(node: &NodeId, generation: u64) -> Self {
-        let store = Arc::new(Store::new(Origin::new(node.clone(), generation)));
+    /// Installs the store's change observer: it tells watchers, and the
+    /// persister when there is one.
+    fn new(store: Arc<Store>, persister: Option<Arc<Persister>>) -> Self {
         let (changes, _) = broadcast::channel::<Change>(WATCH_QUEUE);
         let (member_events, _) = broadcast::channel::<MemberEvent>(WATCH_QUEUE);
         let (closed_tx, _) = watch::channel(false);
         let (synced, _) = watch::channel(false);
         let tx = changes.clone();
+        let marker = persister.clone();
         store.set_observer(Arc::new(move |key: &str, value: Option<&Bytes>| {
+            if let Some(p) = &marker {
+                p.mark(key);
+            }
             if tx.receiver_count() > 0 {
                 let _ = tx.send(Change {
                     key: Arc::from(key),
@@ -160,6 +181,7 @@ impl Shared {
         }));
         Shared {
             store,
+            persister,
             changes,
             member_events,
             closed_tx,
@@ -181,8 +203,7 @@ where
         .clone()
         .unwrap_or_else(|| format!("node-{:016x}", rand::rng().random::<u64>()));
     let node = NodeId::new(&node_id);
-    let generation = new_generation();
-    let shared = Shared::new(&node, generation);
+    let (shared, generation, incarnation) = open_store(&b, &node).await?;
     let Some(bind) = &b.bind_addr else {
         debug!(node = %node, "started local-only node");
         return Ok(local_only(b, node, shared));
@@ -218,6 +239,7 @@ where
     };
     let mut cfg = protocol_config(&b, node.clone(), generation, advertise, seeds);
     cfg.streams = listener.is_some();
+    cfg.incarnation = incarnation;
     let clock = Clock::new();
     let protocol = Arc::new(Mutex::new(Protocol::new(
         cfg,
@@ -285,9 +307,36 @@ where
             synced: shared.synced,
             discovery: Mutex::new(discovery),
             push_tx,
+            persister: shared.persister,
         }),
         _key: PhantomData,
     })
+}
+
+/// The node's store: empty, or loaded from its data directory (then with
+/// its persister); the generation and membership incarnation to run at.
+async fn open_store<K, V>(b: &Builder<K, V>, node: &NodeId) -> Result<(Shared, u64, u64), Error> {
+    let fresh = new_generation();
+    let Some(dir) = b.data_dir.clone() else {
+        let store = Arc::new(Store::new(Origin::new(node.clone(), fresh)));
+        return Ok((Shared::new(store, None), fresh, 0));
+    };
+    let (cluster, id) = (b.cluster_id.clone(), node.clone());
+    let load = move || persist::open(&dir, &cluster, &id, fresh);
+    // Loading reads the whole directory: off the async workers when
+    // there are any (a local-only node may be built without a runtime).
+    let opened = match tokio::runtime::Handle::try_current() {
+        Ok(rt) => rt.spawn_blocking(load).await.map_err(|e| Error::Task {
+            message: format!("loading the data dir: {e}"),
+        })??,
+        Err(_) => load()?,
+    };
+    let persister = Persister::spawn(opened.store.clone(), opened.data, b.durability);
+    Ok((
+        Shared::new(opened.store, Some(persister)),
+        opened.generation,
+        opened.incarnation,
+    ))
 }
 
 /// A node without a network: a local in-memory store.
@@ -314,6 +363,7 @@ fn local_only<K, V>(b: Builder<K, V>, node: NodeId, shared: Shared) -> GossipKv<
             synced: shared.synced,
             discovery: Mutex::new(None),
             push_tx: None,
+            persister: shared.persister,
         }),
         _key: PhantomData,
     }

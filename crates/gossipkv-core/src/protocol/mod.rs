@@ -200,6 +200,13 @@ impl Protocol {
         &self.cx.cfg.node_id
     }
 
+    /// Our membership incarnation now (it rises when we refute a rumor of
+    /// our suspicion or death). A node that restarts in the same
+    /// generation must start above it: see [`ProtocolConfig::incarnation`].
+    pub fn incarnation(&self) -> u64 {
+        self.cx.peers.header().0
+    }
+
     /// Whether [`leave`](Self::leave) was called.
     pub fn has_left(&self) -> bool {
         self.cx.left

@@ -190,7 +190,11 @@ pub(crate) enum Verdict {
 }
 
 /// The member merge rule (SWIM with suspicion): a departure sticks for the
-/// generation; a greater incarnation overrides a suspicion or death; a
+/// generation, until news that the member is alive at a greater
+/// incarnation (a node that stopped cleanly and restarted from its data
+/// directory keeps its generation and starts above every incarnation it
+/// used, so nothing of its earlier run can revive it); a greater
+/// incarnation overrides a suspicion or death; a
 /// suspicion or death at an incarnation at least the current one overrides
 /// an alive member.
 pub(crate) fn merge(state: MemberState, incarnation: u64, news: News) -> Verdict {
@@ -199,6 +203,7 @@ pub(crate) fn merge(state: MemberState, incarnation: u64, news: News) -> Verdict
     let newer = news.incarnation > incarnation;
     let at_least = news.incarnation >= incarnation;
     match (state, news.left, news.liveness) {
+        (S::Left, false, Liveness::Alive) if newer => Become(S::Alive, news.incarnation),
         (S::Left, _, _) => Keep,
         (_, true, _) => Become(S::Left, incarnation.max(news.incarnation)),
         (S::Alive, _, Liveness::Alive) if newer => Adopt(news.incarnation),
@@ -244,7 +249,7 @@ mod tests {
             (Dead,    A, 4, Keep), (Dead,    A, 5, Keep),        (Dead,    A, 6, Become(Alive, 6)),
             (Dead,    S, 4, Keep), (Dead,    S, 5, Keep),        (Dead,    S, 6, Adopt(6)),
             (Dead,    D, 4, Keep), (Dead,    D, 5, Keep),        (Dead,    D, 6, Adopt(6)),
-            (Left,    A, 6, Keep), (Left,    S, 6, Keep),        (Left,    D, 6, Keep),
+            (Left,    A, 6, Become(Alive, 6)), (Left, S, 6, Keep),   (Left,    D, 6, Keep),
         ];
         for &(state, liveness, inc, want) in table {
             assert_eq!(
@@ -274,6 +279,18 @@ mod tests {
             ..news(Liveness::Alive, 9)
         };
         assert_eq!(merge(Left, 5, left), Keep);
+        for (liveness, inc) in [
+            (Liveness::Alive, 5),
+            (Liveness::Alive, 4),
+            (Liveness::Suspect, 9),
+            (Liveness::Dead, 9),
+        ] {
+            assert_eq!(
+                merge(Left, 5, news(liveness, inc)),
+                Keep,
+                "{liveness:?} {inc}"
+            );
+        }
     }
 
     #[test]
@@ -292,5 +309,6 @@ mod tests {
         assert_eq!(kind(Alive, Suspect), "suspect");
         assert_eq!(kind(Suspect, Dead), "dead");
         assert_eq!(kind(Alive, Left), "left");
+        assert_eq!(kind(Left, Alive), "rejoined");
     }
 }

@@ -85,7 +85,7 @@ impl Swim {
                 cfg.detector.clone(),
             ),
             prober: Prober::default(),
-            incarnation: 0,
+            incarnation: cfg.incarnation,
             interval,
         }
     }

@@ -281,9 +281,23 @@ fn leave_sticks_for_the_generation_and_a_restart_rejoins() {
     let mut m = table();
     m.observe(&rumor("x", 1, 5, Liveness::Alive), None, t(0));
     m.observe(&left("x", 1, 5), None, t(100));
-    m.observe(&rumor("x", 1, 7, Liveness::Alive), None, t(200));
+    m.observe(&rumor("x", 1, 5, Liveness::Alive), None, t(200));
     assert_eq!(state(&m, "x"), Some(MemberState::Left));
     m.observe(&rumor("x", 2, 0, Liveness::Alive), None, t(300));
+    assert_eq!(state(&m, "x"), Some(MemberState::Alive));
+    assert_eq!(kinds(&mut m), vec!["joined", "left", "rejoined"]);
+}
+
+#[test]
+fn a_clean_restart_in_the_same_generation_rejoins_above_its_last_incarnation() {
+    let mut m = table();
+    m.observe(&rumor("x", 1, 5, Liveness::Alive), None, t(0));
+    m.observe(&left("x", 1, 5), None, t(100));
+    let from = "127.0.0.1:9000".parse().unwrap();
+    // Its earlier run's last incarnation, even heard directly, stays departed.
+    m.observe(&rumor("x", 1, 5, Liveness::Alive), Some(from), t(200));
+    assert_eq!(state(&m, "x"), Some(MemberState::Left));
+    m.observe(&rumor("x", 1, 6, Liveness::Alive), Some(from), t(300));
     assert_eq!(state(&m, "x"), Some(MemberState::Alive));
     assert_eq!(kinds(&mut m), vec!["joined", "left", "rejoined"]);
 }

@@ -1,0 +1,298 @@
+//! Durable mode: a node with a data dir keeps its data across restarts,
+//! keeps its generation after a clean stop and takes a new one after a
+//! crash, catches up by delta, and refuses a data dir that is not its own.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{wait_until, Kv};
+use gossipkv::{ConfigOption, DataDirError, Durability, Error, GossipKv, MemberState, Record};
+use gossipkv_durable::{Batch, DataDir, Identity};
+use gossipkv_storage::{Hlc, Origin, Version};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+async fn durable(dir: &Path, id: &str, mode: Durability) -> Result<Kv, Error> {
+    GossipKv::<String, String>::builder()
+        .node_id(id)
+        .cluster_id("prod")
+        .data_dir(dir)
+        .durability(mode)
+        .build()
+        .await
+}
+
+/// The version of `key` as `kv` holds it.
+fn version_of(kv: &Kv, key: &str) -> Version {
+    kv.snapshot()
+        .into_iter()
+        .find(|r| &*r.key == key)
+        .unwrap_or_else(|| panic!("{key} is held"))
+        .version
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_restart_keeps_data_generation_and_sequence() {
+    for mode in [
+        Durability::Sync,
+        Durability::Interval(Duration::from_millis(50)),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let kv = durable(tmp.path(), "a", mode).await.unwrap();
+        let generation = kv.generation();
+        for i in 0..100 {
+            kv.set(format!("k{i:03}"), format!("v{i}")).unwrap();
+        }
+        kv.set("k000", "new".to_string()).unwrap();
+        kv.delete("k001").unwrap();
+        let last = version_of(&kv, "k001").seq;
+        assert_eq!(last, 102, "{mode:?}");
+        kv.shutdown().await.unwrap();
+        drop(kv);
+
+        let kv = durable(tmp.path(), "a", mode).await.unwrap();
+        assert_eq!(kv.generation(), generation, "{mode:?}: generation kept");
+        assert_eq!(kv.len(), 99, "{mode:?}");
+        assert_eq!(kv.get("k000").unwrap().as_deref(), Some("new"));
+        assert_eq!(kv.get("k001").unwrap(), None, "{mode:?}: the delete stuck");
+        assert_eq!(kv.get("k099").unwrap().as_deref(), Some("v99"));
+        kv.set("after", "restart".to_string()).unwrap();
+        assert_eq!(
+            version_of(&kv, "after").seq,
+            last + 1,
+            "{mode:?}: sequence numbers go on, none reused"
+        );
+        assert!(version_of(&kv, "after") > version_of(&kv, "k001"));
+        kv.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_crashed_run_keeps_its_data_under_a_new_generation() {
+    let tmp = tempfile::tempdir().unwrap();
+    // What a run of generation 5 that crashed leaves: its start recorded,
+    // one committed batch, no clean stop.
+    let old = Origin::new("a", 5);
+    let hlc = Hlc::new(1_700_000_000_000, 0);
+    let record = |key: &str, seq| Record {
+        key: key.into(),
+        value: Some(key.as_bytes().to_vec().into()),
+        version: Version::new(hlc, &old, seq),
+    };
+    {
+        let mut data = DataDir::open(tmp.path(), &Identity::new("prod", "a")).unwrap();
+        data.start(5).unwrap();
+        data.persist(&Batch {
+            records: vec![record("x", 1), record("y", 2)],
+            marks: vec![(old.clone(), 2, 0)],
+            ..Batch::default()
+        })
+        .unwrap();
+    }
+    let kv = durable(tmp.path(), "a", Durability::Sync).await.unwrap();
+    assert!(kv.generation() > 5, "a new generation: {}", kv.generation());
+    assert_eq!(kv.get("x").unwrap().as_deref(), Some("x"));
+    assert_eq!(kv.get("y").unwrap().as_deref(), Some("y"));
+    kv.set("x", "again".to_string()).unwrap();
+    let v = version_of(&kv, "x");
+    assert_eq!((v.generation, v.seq), (kv.generation(), 1));
+    kv.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn unusable_data_dirs_are_refused_at_build() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kv = durable(tmp.path(), "a", Durability::Sync).await.unwrap();
+    kv.set("k", "v".to_string()).unwrap();
+    match durable(tmp.path(), "a", Durability::Sync).await {
+        Err(Error::DataDir {
+            source: DataDirError::InUse { .. },
+        }) => {}
+        other => panic!("a directory in use: {other:?}"),
+    }
+    kv.shutdown().await.unwrap();
+    drop(kv);
+    match durable(tmp.path(), "b", Durability::Sync).await {
+        Err(Error::DataDir {
+            source: DataDirError::OtherNode { found, .. },
+        }) => assert_eq!(found, "a"),
+        other => panic!("another node's directory: {other:?}"),
+    }
+    let other_cluster = GossipKv::<String, String>::builder()
+        .node_id("a")
+        .cluster_id("staging")
+        .data_dir(tmp.path())
+        .build()
+        .await;
+    assert!(
+        matches!(
+            other_cluster,
+            Err(Error::DataDir {
+                source: DataDirError::OtherCluster { .. }
+            })
+        ),
+        "{other_cluster:?}"
+    );
+    // Still intact after the refusals.
+    let kv = durable(tmp.path(), "a", Durability::Sync).await.unwrap();
+    assert_eq!(kv.get("k").unwrap().as_deref(), Some("v"));
+    kv.shutdown().await.unwrap();
+
+    let garbage = tempfile::tempdir().unwrap();
+    std::fs::write(
+        garbage.path().join(gossipkv_durable::FILE_NAME),
+        [7u8; 4096],
+    )
+    .unwrap();
+    let err = durable(garbage.path(), "a", Durability::Sync)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::DataDir {
+                source: DataDirError::Corrupt { .. }
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("corrupt"), "{err}");
+
+    let no_id = GossipKv::<String, String>::builder()
+        .data_dir(tmp.path())
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            no_id,
+            Error::InvalidConfig {
+                option: ConfigOption::NodeId,
+                ..
+            }
+        ),
+        "{no_id:?}"
+    );
+    let zero = GossipKv::<String, String>::builder()
+        .node_id("a")
+        .data_dir(tmp.path())
+        .durability(Durability::Interval(Duration::ZERO))
+        .build()
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        zero,
+        Error::InvalidConfig {
+            option: ConfigOption::Durability,
+            ..
+        }
+    ));
+}
+
+async fn networked(dir: &Path, seeds: &[String]) -> Kv {
+    GossipKv::<String, String>::builder()
+        .node_id("a")
+        .cluster_id("prod")
+        .bind_addr("127.0.0.1:0")
+        .gossip_interval(Duration::from_millis(50))
+        .seeds(seeds.iter().cloned())
+        .data_dir(dir)
+        .build()
+        .await
+        .expect("durable node starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_catches_up_by_delta_and_rejoins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = GossipKv::<String, String>::builder()
+        .node_id("b")
+        .cluster_id("prod")
+        .bind_addr("127.0.0.1:0")
+        .gossip_interval(Duration::from_millis(50))
+        .build()
+        .await
+        .unwrap();
+    let seeds = vec![b.local_addr().unwrap().to_string()];
+    let a = networked(tmp.path(), &seeds).await;
+    let generation = a.generation();
+    for i in 0..200 {
+        a.set(format!("a{i:03}"), "1".to_string()).unwrap();
+    }
+    wait_until("b has a's writes", DEADLINE, || b.len() == 200).await;
+    a.shutdown().await.unwrap();
+    drop(a);
+    wait_until("b sees a leave", DEADLINE, || {
+        common::state_of(&b, "a") == Some(MemberState::Left)
+    })
+    .await;
+    // Missed while a is away: new keys, overwrites and deletes.
+    for i in 0..300 {
+        b.set(format!("b{i:03}"), "2".to_string()).unwrap();
+    }
+    for i in 0..50 {
+        b.delete(format!("a{i:03}")).unwrap();
+    }
+
+    let a = networked(tmp.path(), &seeds).await;
+    assert_eq!(a.generation(), generation);
+    assert_eq!(a.len(), 200, "its own data is back before any gossip");
+    wait_until("a caught up", DEADLINE, || a.len() == 450).await;
+    assert_eq!(
+        a.get("a000").unwrap(),
+        None,
+        "deletes made while away stick"
+    );
+    assert_eq!(
+        a.stats().pages_applied,
+        0,
+        "caught up by delta, not by re-synchronisation"
+    );
+    wait_until("b sees a back", DEADLINE, || {
+        common::state_of(&b, "a") == Some(MemberState::Alive)
+    })
+    .await;
+    a.set("fresh", "3".to_string()).unwrap();
+    assert_eq!(version_of(&a, "fresh").seq, 201);
+    wait_until("a's new write reaches b", DEADLINE, || {
+        b.get("fresh").unwrap().is_some()
+    })
+    .await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collected_tombstones_leave_the_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kv = GossipKv::<String, String>::builder()
+        .node_id("a")
+        .cluster_id("prod")
+        .bind_addr("127.0.0.1:0")
+        .gossip_interval(Duration::from_millis(20))
+        .tombstone_retention(Duration::from_millis(100))
+        .data_dir(tmp.path())
+        .build()
+        .await
+        .unwrap();
+    kv.set("gone", "x".to_string()).unwrap();
+    kv.set("kept", "y".to_string()).unwrap();
+    kv.delete("gone").unwrap();
+    wait_until("the tombstone is collected", DEADLINE, || {
+        kv.stats().tombstones_collected >= 1
+    })
+    .await;
+    kv.shutdown().await.unwrap();
+    drop(kv);
+    let data = DataDir::open(tmp.path(), &Identity::new("prod", "a")).unwrap();
+    let keys: Vec<String> = data
+        .load()
+        .unwrap()
+        .records
+        .iter()
+        .map(|r| r.key.to_string())
+        .collect();
+    assert_eq!(keys, vec!["kept".to_string()]);
+}
