@@ -12,6 +12,8 @@ Commands:
   bench    Run the criterion benchmarks of gossipkv-benches and summarize them
   sim      Measure dissemination at scale in the simulator (release build)
   sweep    Run the simulator's scenarios once per seed (release build)
+  crash    Kill a durable node with SIGKILL again and again; check that no
+           acknowledged write is lost (release build)
   help     Print this help
 
 Options for `bench`:
@@ -43,7 +45,16 @@ Options for `sweep`:
 
 `sweep` builds the scenarios and membership suites of gossipkv-sim in release
 mode and runs each once per seed with GOSSIPKV_SIM_SEED set; it prints the
-replay command of every failure and fails if any seed failed.";
+replay command of every failure and fails if any seed failed.
+
+Options for `crash`:
+  --cycles N            Kill-and-restart cycles (default 200; CI runs 12)
+  --seed S              Replay one run's random choices
+
+`crash` runs the crash loop of crates/gossipkv/tests/crash.rs: a child process
+writes with Durability::Sync and reports each acknowledged write; it is killed
+with SIGKILL at random moments (or stops cleanly now and then) and the data
+dir is checked for every acknowledged write and for reused sequence numbers.";
 
 /// A parsed `cargo xtask` invocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +69,17 @@ pub(crate) enum Command {
     Sim(SimOptions),
     /// Run the simulator's scenarios over many seeds.
     Sweep(SweepOptions),
+    /// Run the crash loop.
+    Crash(CrashOptions),
+}
+
+/// Options of `cargo xtask crash`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CrashOptions {
+    /// Kill-and-restart cycles.
+    pub(crate) cycles: u64,
+    /// Seed of the run's random choices (`None`: random).
+    pub(crate) seed: Option<u64>,
 }
 
 /// Options of `cargo xtask sweep`.
@@ -123,6 +145,7 @@ pub(crate) fn parse(args: &[String]) -> anyhow::Result<Command> {
         "bench" => parse_bench(rest),
         "sim" => parse_sim(rest),
         "sweep" => parse_sweep(rest),
+        "crash" => parse_crash(rest),
         other => bail!("unknown command `{other}`\n\n{USAGE}"),
     }
 }
@@ -168,6 +191,31 @@ fn parse_sim(args: &[String]) -> anyhow::Result<Command> {
         }
     }
     Ok(Command::Sim(opts))
+}
+
+/// Parses the arguments after `cargo xtask crash`.
+fn parse_crash(args: &[String]) -> anyhow::Result<Command> {
+    let mut opts = CrashOptions {
+        cycles: 200,
+        seed: None,
+    };
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "--cycles" | "--seed" => {
+                let Some(v) = iter.next().and_then(|v| v.parse::<u64>().ok()) else {
+                    bail!("`{arg}` needs a number\n\n{USAGE}");
+                };
+                match arg.as_str() {
+                    "--cycles" => opts.cycles = v,
+                    _ => opts.seed = Some(v),
+                }
+            }
+            "--help" | "-h" => return Ok(Command::Help),
+            other => bail!("unexpected argument `{other}` for `crash`\n\n{USAGE}"),
+        }
+    }
+    Ok(Command::Crash(opts))
 }
 
 /// Parses the arguments after `cargo xtask sweep`.

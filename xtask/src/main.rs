@@ -11,12 +11,15 @@
 //!   `target/xtask-sim/sim.json`.
 //! - `cargo xtask sweep [--seeds A..=B]` runs the simulator's scenario and
 //!   membership suites in release mode once per seed.
+//! - `cargo xtask crash [--cycles N] [--seed S]` kills a durable node with
+//!   SIGKILL N times and checks that no acknowledged write is lost.
 //!
 //! The `cargo xtask` alias is defined in `.cargo/config.toml`.
 
 mod bench;
 mod ci;
 mod cli;
+mod crash;
 mod criterion;
 mod sim;
 mod summary;
@@ -54,6 +57,7 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
             sim::run(&opts)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Crash(opts) => crash::run(&opts),
         Command::Sweep(opts) => Ok(if sweep::run(&opts)? {
             ExitCode::SUCCESS
         } else {

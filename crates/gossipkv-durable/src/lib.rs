@@ -47,6 +47,13 @@ mod rows;
 /// The name of the database file inside the data directory.
 pub const FILE_NAME: &str = "gossipkv.redb";
 
+/// How many times its live bytes the file may grow before
+/// [`DataDir::compact_if_bloated`] compacts it.
+pub const BLOAT_FACTOR: u64 = 4;
+
+/// Files smaller than this are never compacted.
+pub const BLOAT_MIN_BYTES: u64 = 4 << 20;
+
 /// The on-disk format this build writes, and the newest it reads.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -287,6 +294,7 @@ impl DataDir {
     /// [`WriteError`] when the commit fails (the run then counts as not
     /// ended cleanly).
     pub fn stop_clean(mut self, hlc_ceiling: u64, incarnation: u64) -> Result<(), WriteError> {
+        self.compact_if_bloated()?;
         let ceiling = hlc_ceiling.max(self.meta.hlc_ceiling);
         self.put(&[
             (HLC_CEILING, &ceiling.to_le_bytes()),
@@ -380,6 +388,37 @@ impl DataDir {
         }
         loaded.marks.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(loaded)
+    }
+
+    /// Compacts the file when it has grown well past the data it holds:
+    /// more than [`BLOAT_FACTOR`] times the bytes of its rows and their
+    /// index, and at least [`BLOAT_MIN_BYTES`]. Space freed by overwrites
+    /// and removals is reused by later commits, so the file grows past the
+    /// live data only after the data shrinks or churns a lot (a file
+    /// written once already takes two to three times its rows: redb's
+    /// pages are about half full after ordered inserts); a clean stop
+    /// ([`stop_clean`](Self::stop_clean)) checks. Returns whether it
+    /// compacted.
+    ///
+    /// # Errors
+    /// [`WriteError`] when reading the statistics or compacting fails (the
+    /// file stays valid: redb compacts with two-phase commits).
+    pub fn compact_if_bloated(&mut self) -> Result<bool, WriteError> {
+        let err = |e: &dyn std::fmt::Display| WriteError {
+            path: self.file.clone(),
+            message: e.to_string(),
+        };
+        let len = std::fs::metadata(&self.file).map_err(|e| err(&e))?.len();
+        let live = {
+            let tx = self.db.begin_write().map_err(|e| err(&e))?;
+            let stats = tx.stats().map_err(|e| err(&e))?;
+            tx.abort().map_err(|e| err(&e))?;
+            stats.stored_bytes() + stats.metadata_bytes()
+        };
+        if len < BLOAT_MIN_BYTES || len <= live.saturating_mul(BLOAT_FACTOR) {
+            return Ok(false);
+        }
+        self.db.compact().map_err(|e| err(&e))
     }
 
     /// Writes meta rows in one transaction.

@@ -276,3 +276,43 @@ proptest! {
         prop_assert_eq!(loaded.records, model.into_values().collect::<Vec<_>>());
     }
 }
+
+#[test]
+fn a_file_grown_well_past_its_data_is_compacted_and_keeps_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join(FILE_NAME);
+    let mut data = DataDir::open(tmp.path(), &me()).unwrap();
+    let value = vec![7u8; 1024];
+    let keys: Vec<String> = (0..20_000).map(|i| format!("key-{i:05}")).collect();
+    let records = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| record(k, Some(&value), "node-a", 1, i as u64 + 1))
+        .collect();
+    data.persist(&Batch {
+        records,
+        ..Batch::default()
+    })
+    .unwrap();
+    assert!(!data.compact_if_bloated().unwrap(), "all of it is live");
+    let full = std::fs::metadata(&file).unwrap().len();
+    data.persist(&Batch {
+        removed: keys[100..].iter().map(|k| Arc::from(k.as_str())).collect(),
+        ..Batch::default()
+    })
+    .unwrap();
+    assert!(data.compact_if_bloated().unwrap(), "99% removed");
+    let compacted = std::fs::metadata(&file).unwrap().len();
+    assert!(
+        compacted * 4 < full,
+        "{full} bytes before, {compacted} after"
+    );
+    assert!(!data.compact_if_bloated().unwrap(), "nothing left to gain");
+    drop(data);
+    let loaded = DataDir::open(tmp.path(), &me()).unwrap().load().unwrap();
+    let kept: Vec<&str> = loaded.records.iter().map(|r| &*r.key).collect();
+    assert_eq!(
+        kept,
+        keys[..100].iter().map(String::as_str).collect::<Vec<_>>()
+    );
+}
