@@ -109,6 +109,12 @@ pub(crate) const REQUIRED_KEYS: &[&str] = &[
     "heal_ms_100k",
     "bulk_10k_keys_n10_bytes",
     "max_value_bytes_replicated",
+    "fsync_per_s",
+    "durable_set_ops_1t",
+    "durable_set_ops_4t",
+    "interval_set_ratio",
+    "restart_ms_1m",
+    "disk_bytes_per_key_1m",
 ];
 
 /// [`Row::unit`] of a benchmark declaring `Throughput::Bytes`.

@@ -40,7 +40,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use gossipkv_storage::{Origin, Record};
-use redb::{Database, DatabaseError, ReadableTable, StorageError, TableDefinition};
+use redb::{
+    Database, DatabaseError, ReadableTable, ReadableTableMetadata, StorageError, TableDefinition,
+};
 
 mod rows;
 
@@ -362,9 +364,13 @@ impl DataDir {
         let mut loaded = Loaded::default();
         match tx.open_table(RECORDS) {
             Ok(table) => {
+                let mut last_node = None;
+                loaded
+                    .records
+                    .reserve(table.len().map_or(0, |n| n as usize));
                 for row in table.iter().map_err(|e| corrupt(text(e)))? {
                     let (k, v) = row.map_err(|e| corrupt(text(e)))?;
-                    let record = rows::decode_record(k.value(), v.value())
+                    let record = rows::decode_record(k.value(), v.value(), &mut last_node)
                         .ok_or_else(|| corrupt(format!("unreadable record of {:?}", k.value())))?;
                     loaded.records.push(record);
                 }

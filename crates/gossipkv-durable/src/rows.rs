@@ -25,8 +25,13 @@ pub(crate) fn encode_record(r: &Record) -> Vec<u8> {
     out
 }
 
-/// The record of key `key` from its row value.
-pub(crate) fn decode_record(key: &str, row: &[u8]) -> Option<Record> {
+/// The record of key `key` from its row value. `last_node` is the node id
+/// of the record decoded before: rows of one writer share one id.
+pub(crate) fn decode_record(
+    key: &str,
+    row: &[u8],
+    last_node: &mut Option<NodeId>,
+) -> Option<Record> {
     let (&flag, rest) = row.split_first()?;
     let (hlc, rest) = u64_le(rest)?;
     let (generation, rest) = u64_le(rest)?;
@@ -43,12 +48,16 @@ pub(crate) fn decode_record(key: &str, row: &[u8]) -> Option<Record> {
     if node.is_empty() || seq == 0 {
         return None;
     }
+    let node = match last_node {
+        Some(n) if n.as_str() == node => n.clone(),
+        _ => last_node.insert(NodeId::new(node)).clone(),
+    };
     Some(Record {
         key: Arc::from(key),
         value,
         version: Version {
             hlc: Hlc::from_u64(hlc),
-            node: NodeId::new(node),
+            node,
             generation,
             seq,
         },

@@ -265,7 +265,7 @@ pub use codec::{BytesCodec, Codec, CodecError, DefaultCodec, JsonCodec, StringCo
 pub use error::{ConfigOption, DataDirError, Error};
 pub use health::{Health, Problem, ProblemKind, HEALTH_WINDOW};
 pub use node::{GossipKv, MAX_KEY_LEN, WATCH_QUEUE};
-pub use persist::Durability;
+pub use persist::{Durability, DurableStats};
 pub use watch::{MemberEvents, WatchEvent, Watcher};
 
 pub use bytes::Bytes;

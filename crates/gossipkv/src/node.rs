@@ -286,6 +286,11 @@ where
         self.inner.store.local_origin().generation
     }
 
+    /// Counters of the node's data directory; `None` without one.
+    pub fn durable_stats(&self) -> Option<crate::DurableStats> {
+        self.inner.persister.as_ref().map(|p| p.stats())
+    }
+
     /// Protocol counters (all zero for a local-only node).
     pub fn stats(&self) -> Stats {
         self.inner

@@ -11,10 +11,11 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use foldhash::fast::RandomState as FastState;
 use gossipkv_durable::{Batch, DataDir, Identity, WriteError};
 use gossipkv_storage::{Hlc, NodeId, Origin, Store};
 use parking_lot::{Condvar, Mutex};
@@ -24,6 +25,10 @@ use crate::error::Error;
 
 /// How long a failed commit waits before it is tried again.
 const RETRY: Duration = Duration::from_millis(100);
+
+/// In `Sync` mode, how often the thread commits what peers sent (writers
+/// commit their own writes before they return).
+const SYNC_SWEEP: Duration = Duration::from_millis(10);
 
 /// When a node with a data directory makes writes durable. See the README's
 /// "Durability" section for what each mode promises.
@@ -49,11 +54,30 @@ pub enum Durability {
     Interval(Duration),
 }
 
+/// Counters of a node's data directory ([`GossipKv::durable_stats`](crate::GossipKv::durable_stats)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DurableStats {
+    /// Commits made (each one redb transaction, flushed to disk).
+    pub commits: u64,
+    /// Records written by them (a key changed many times between two
+    /// commits is written once).
+    pub records_written: u64,
+    /// Rows removed (collected tombstones, keys dropped by
+    /// re-synchronisation).
+    pub rows_removed: u64,
+    /// Commits that failed (tried again; see the logs).
+    pub commit_failures: u64,
+    /// Changes marked but not committed yet.
+    pub pending: u64,
+}
+
 /// What the persister's thread and the writers share.
 #[derive(Debug, Default)]
 struct State {
-    /// Keys changed since the last commit began.
-    dirty: HashSet<Arc<str>>,
+    /// Keys changed since the last commit began (foldhash: every write
+    /// hashes its key here once more).
+    dirty: HashSet<Arc<str>, FastState>,
     /// Changes marked so far (a writer's ticket).
     marked: u64,
     /// Changes covered by a finished commit.
@@ -67,18 +91,26 @@ struct State {
     /// Set when the thread ended (or never started): nothing more is
     /// committed.
     finished: bool,
+    commits: u64,
+    records_written: u64,
+    rows_removed: u64,
 }
 
-/// The data directory's writer: a thread that commits what changed.
+/// The data directory's writer: commits what changed, from writers
+/// waiting for their write (`Sync` mode) and from a thread of its own.
 #[derive(Debug)]
 pub(crate) struct Persister {
     state: Mutex<State>,
-    /// Wakes the thread (a change in `Sync` mode, a stop).
+    /// Wakes the thread (a stop).
     work: Condvar,
     /// Wakes writers waiting for a commit.
     done: Condvar,
     mode: Durability,
     file: PathBuf,
+    /// The store (weak: the store's observers hold the persister).
+    store: Weak<Store>,
+    /// The directory, locked for a commit; `None` once closed.
+    data: Mutex<Option<DataDir>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -142,13 +174,15 @@ impl Persister {
     /// Starts the thread that keeps `data` up to date with `store`, and
     /// installs the store's collection observer. The caller installs
     /// [`Persister::mark`] in the store's change observer.
-    pub(crate) fn spawn(store: Arc<Store>, data: DataDir, mode: Durability) -> Arc<Persister> {
+    pub(crate) fn spawn(store: &Arc<Store>, data: DataDir, mode: Durability) -> Arc<Persister> {
         let p = Arc::new(Persister {
             state: Mutex::new(State::default()),
             work: Condvar::new(),
             done: Condvar::new(),
             mode,
             file: data.file().to_path_buf(),
+            store: Arc::downgrade(store),
+            data: Mutex::new(Some(data)),
             thread: Mutex::new(None),
         });
         let marker = p.clone();
@@ -156,17 +190,13 @@ impl Persister {
         let runner = p.clone();
         let thread = std::thread::Builder::new()
             .name("gossipkv-persist".into())
-            .spawn(move || runner.run(&store, data));
+            .spawn(move || runner.run());
         match thread {
             Ok(t) => *p.thread.lock() = Some(t),
-            // Without the thread nothing is committed: writers in `Sync`
-            // mode get the error below, and the node says so now.
+            // Without the thread nothing is committed in the background:
+            // say so now; writers in `Sync` mode still commit themselves.
             Err(e) => {
-                error!(error = %e, "cannot start the data dir thread: nothing will be persisted");
-                let mut s = p.state.lock();
-                s.failures += 1;
-                s.last_error = Some(format!("cannot start the persist thread: {e}"));
-                s.finished = true;
+                error!(error = %e, "cannot start the data dir thread: remote writes will not be persisted")
             }
         }
         p
@@ -176,17 +206,32 @@ impl Persister {
     /// a shard lock: quick, and never calls back into the store.
     pub(crate) fn mark(&self, key: &str) {
         let mut s = self.state.lock();
-        if s.dirty.is_empty() && self.mode == Durability::Sync {
-            self.work.notify_one();
-        }
         if !s.dirty.contains(key) {
             s.dirty.insert(Arc::from(key));
         }
         s.marked += 1;
     }
 
-    /// In `Sync` mode, waits until every change marked so far (the
-    /// caller's write among them) is committed; otherwise returns at once.
+    /// The counters so far.
+    pub(crate) fn stats(&self) -> DurableStats {
+        let s = self.state.lock();
+        DurableStats {
+            commits: s.commits,
+            records_written: s.records_written,
+            rows_removed: s.rows_removed,
+            commit_failures: s.failures,
+            pending: s.marked - s.committed.min(s.marked),
+        }
+    }
+
+    /// In `Sync` mode, returns once every change marked so far (the
+    /// caller's write among them) is committed; otherwise at once.
+    ///
+    /// Group commit: a writer that finds no commit under way makes one
+    /// itself, taking every change marked up to then (its own and other
+    /// writers'); writers that arrive meanwhile wait for it, and the first
+    /// of them whose change it missed makes the next. No thread hand-off
+    /// sits between a write and its commit.
     pub(crate) fn wait_durable(&self) -> Result<(), Error> {
         if self.mode != Durability::Sync {
             return Ok(());
@@ -199,30 +244,56 @@ impl Persister {
                 return Ok(());
             }
             if s.failures != failures || s.finished {
-                return Err(Error::Persist {
-                    path: self.file.clone(),
-                    message: s
-                        .last_error
-                        .clone()
-                        .unwrap_or_else(|| "node stopped".into()),
-                });
+                return Err(self.not_durable(&s));
             }
-            self.done.wait(&mut s);
+            match self.data.try_lock() {
+                Some(mut data) => {
+                    drop(s);
+                    // Writers woken by the last commit are writing again:
+                    // let them mark before this commit takes the batch.
+                    std::thread::yield_now();
+                    let _ = self.commit_with(&mut data);
+                    drop(data);
+                    self.commit_done();
+                    s = self.state.lock();
+                }
+                None => self.done.wait(&mut s),
+            }
         }
+    }
+
+    fn not_durable(&self, s: &State) -> Error {
+        Error::Persist {
+            path: self.file.clone(),
+            message: s
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "the node stopped".into()),
+        }
+    }
+
+    /// Wakes the writers waiting for a commit. Called once the data lock
+    /// is released; taking the state lock first means a writer between
+    /// its check and its wait cannot miss the wake-up.
+    fn commit_done(&self) {
+        drop(self.state.lock());
+        self.done.notify_all();
     }
 
     /// Commits what is left, records a clean stop at `incarnation`, and
     /// waits for the thread to end. Blocks: call it off the async workers.
     pub(crate) fn stop(&self, incarnation: u64) {
-        self.state.lock().stop = Some(incarnation);
-        self.work.notify_one();
+        self.stop_soon(incarnation);
         let thread = self.thread.lock().take();
-        if let Some(t) = thread {
-            if t.join().is_err() {
-                error!(file = %self.file.display(), "the data dir thread panicked");
+        match thread {
+            Some(t) => {
+                if t.join().is_err() {
+                    error!(file = %self.file.display(), "the data dir thread panicked");
+                }
             }
+            // No thread (it never started): stop from here.
+            None => self.close(incarnation),
         }
-        self.done.notify_all();
     }
 
     /// Asks the thread to commit what is left and stop cleanly, without
@@ -233,69 +304,78 @@ impl Persister {
         self.work.notify_one();
     }
 
-    /// The thread: commits when there is something to commit and it is
-    /// time (at once in `Sync` mode, every interval otherwise), until
-    /// told to stop; then commits the rest and stops cleanly.
-    fn run(&self, store: &Store, data: DataDir) {
-        self.run_until_stopped(store, data);
+    /// The thread: commits what changed every interval ([`SYNC_SWEEP`] in
+    /// `Sync` mode, where writers commit their own writes and the thread
+    /// commits what peers sent), until told to stop; then commits the
+    /// rest and closes the directory cleanly.
+    fn run(&self) {
+        let every = match self.mode {
+            Durability::Sync => SYNC_SWEEP,
+            Durability::Interval(every) => every,
+        };
+        loop {
+            let stopping = {
+                let mut s = self.state.lock();
+                if s.stop.is_none() {
+                    let _ = self.work.wait_for(&mut s, every);
+                }
+                s.stop
+            };
+            if let Some(incarnation) = stopping {
+                self.close(incarnation);
+                return;
+            }
+            let failed = {
+                let mut data = self.data.lock();
+                self.commit_with(&mut data).is_err()
+            };
+            self.commit_done();
+            if failed {
+                std::thread::sleep(RETRY);
+            }
+        }
+    }
+
+    /// The last commit and the clean stop; then the directory is closed
+    /// (its lock released) and waiting writers are told.
+    fn close(&self, incarnation: u64) {
+        let mut guard = self.data.lock();
+        let mut ok = true;
+        for attempt in 0..2 {
+            match self.commit_with(&mut guard) {
+                Ok(()) => break,
+                Err(()) if attempt == 0 => std::thread::sleep(RETRY),
+                Err(()) => ok = false,
+            }
+        }
+        let ceiling = self
+            .store
+            .upgrade()
+            .map_or(0, |s| s.clock().last().as_u64());
+        match (guard.take(), ok) {
+            (Some(data), true) => match data.stop_clean(ceiling, incarnation) {
+                Ok(()) => debug!(file = %self.file.display(), "data dir closed cleanly"),
+                Err(e) => error!(file = %self.file.display(), error = %e.message,
+                    "cannot record the clean stop: the next start takes a new generation"),
+            },
+            (Some(_), false) => error!(file = %self.file.display(),
+                "last commit failed: the next start takes a new generation"),
+            (None, _) => {}
+        }
+        drop(guard);
         self.state.lock().finished = true;
         self.done.notify_all();
     }
 
-    fn run_until_stopped(&self, store: &Store, mut data: DataDir) {
-        loop {
-            let stopping = self.wait_for_work();
-            match self.commit(store, &mut data) {
-                Ok(()) => {}
-                Err(e) => {
-                    warn!(file = %self.file.display(), error = %e.message, "commit failed; retrying");
-                    std::thread::sleep(RETRY);
-                    if stopping.is_some() {
-                        // One more try below; a node that stops cannot wait long.
-                        if let Err(e) = self.commit(store, &mut data) {
-                            error!(file = %self.file.display(), error = %e.message,
-                                "last commit failed: the next start takes a new generation");
-                            return;
-                        }
-                    } else {
-                        continue;
-                    }
-                }
-            }
-            if let Some(incarnation) = stopping {
-                let ceiling = store.clock().last().as_u64();
-                match data.stop_clean(ceiling, incarnation) {
-                    Ok(()) => debug!(file = %self.file.display(), "data dir closed cleanly"),
-                    Err(e) => error!(file = %self.file.display(), error = %e.message,
-                        "cannot record the clean stop: the next start takes a new generation"),
-                }
-                return;
-            }
-        }
-    }
-
-    /// Waits until a commit is due; returns the stop's incarnation when
-    /// the node stops.
-    fn wait_for_work(&self) -> Option<u64> {
-        let mut s = self.state.lock();
-        match self.mode {
-            // Whatever changed is committed at once; what changes during a
-            // commit waits for the next one, together (group commit).
-            Durability::Sync => {
-                while s.stop.is_none() && s.dirty.is_empty() {
-                    self.work.wait(&mut s);
-                }
-            }
-            Durability::Interval(every) => {
-                let deadline = Instant::now() + every;
-                while s.stop.is_none() {
-                    if self.work.wait_until(&mut s, deadline).timed_out() {
-                        break;
-                    }
-                }
-            }
-        }
-        s.stop
+    /// One commit into `data` (`None`: closed), with failures counted and
+    /// logged.
+    fn commit_with(&self, data: &mut Option<DataDir>) -> Result<(), ()> {
+        let (Some(data), Some(store)) = (data.as_mut(), self.store.upgrade()) else {
+            return Err(());
+        };
+        self.commit(&store, data).map_err(|e| {
+            warn!(file = %self.file.display(), error = %e.message, "commit failed; trying again");
+        })
     }
 
     /// One commit: watermarks first, then the keys marked up to now and
@@ -309,6 +389,8 @@ impl Persister {
         if keys.is_empty() && self.state.lock().stop.is_none() {
             // Nothing changed: no commit (a watermark that rose alone is
             // stored with the next change, or at the stop).
+            let mut s = self.state.lock();
+            s.committed = s.committed.max(ticket);
             return Ok(());
         }
         let mut batch = Batch::default();
@@ -335,7 +417,12 @@ impl Persister {
         let result = data.persist(&batch);
         let mut s = self.state.lock();
         match &result {
-            Ok(()) => s.committed = s.committed.max(ticket),
+            Ok(()) => {
+                s.committed = s.committed.max(ticket);
+                s.commits += 1;
+                s.records_written += batch.records.len() as u64;
+                s.rows_removed += batch.removed.len() as u64;
+            }
             Err(e) => {
                 // Nothing was stored: every key waits for the next commit.
                 s.dirty.extend(keys);
@@ -343,8 +430,6 @@ impl Persister {
                 s.last_error = Some(e.message.clone());
             }
         }
-        drop(s);
-        self.done.notify_all();
         result
     }
 }

@@ -331,7 +331,7 @@ async fn open_store<K, V>(b: &Builder<K, V>, node: &NodeId) -> Result<(Shared, u
         })??,
         Err(_) => load()?,
     };
-    let persister = Persister::spawn(opened.store.clone(), opened.data, b.durability);
+    let persister = Persister::spawn(&opened.store, opened.data, b.durability);
     Ok((
         Shared::new(opened.store, Some(persister)),
         opened.generation,

@@ -13,7 +13,7 @@
 //! to `--out` and an SVG of propagation time against cluster size (eager push
 //! on and off) to `--svg` (default: `propagation.svg` beside `--out`).
 //! `--only` takes a comma-separated list of scenarios (`memory`, `n10`,
-//! `bulk`, `n100`, `maxvalue`, `sweep`, `latejoin`, `coldburst`) to run a
+//! `bulk`, `n100`, `maxvalue`, `sweep`, `latejoin`, `coldburst`, `durable`, ...) to run a
 //! subset.
 //!
 //! Propagation is the time from `set` on one node until `get` returns the
@@ -34,12 +34,15 @@
 //! - [`max_value`]: the `maxvalue` scenario (the largest value).
 //! - [`catchup`]: the cold paths, `latejoin` and `coldburst`.
 //! - [`memory`]: the `memory` scenario, in a subprocess.
+//! - [`durable`]: the `durable` scenario: writes with a data dir, restart
+//!   with a million keys on disk, disk bytes per key.
 //! - [`plot`]: the SVG of the sweep.
 
 mod bulk;
 mod catchup;
 use catchup::Values;
 mod cluster;
+mod durable;
 mod idle;
 mod max_value;
 mod memory;
@@ -150,6 +153,16 @@ async fn run(opts: &Options) -> Result<()> {
     if opts.wants("coldburst") {
         let result = catchup::cold_burst(&mut report, plan, t0).await;
         report.check(t0, "coldburst", result);
+    }
+
+    if opts.wants("durable") {
+        let base = opts
+            .out
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join("durable-tmp");
+        let result = durable::scenario(&mut report, opts.quick, &base, t0).await;
+        report.check(t0, "durable", result);
     }
 
     report.finish(&opts.out, opts.quick, t0)

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 
 /// Every scenario, in the order they run.
-const SCENARIOS: [&str; 11] = [
+const SCENARIOS: [&str; 12] = [
     "memory",
     "n10",
     "bulk",
@@ -18,6 +18,7 @@ const SCENARIOS: [&str; 11] = [
     "latejoin1m",
     "heal",
     "serve",
+    "durable",
 ];
 
 /// Hidden flag: measure the memory per entry and print it, nothing else

@@ -1,0 +1,259 @@
+//! The `durable` scenario: what a data dir costs writers, how fast a node
+//! with a million keys on disk restarts, and how much disk a key takes.
+//!
+//! Every node here is local-only (no bind address): the figures are the
+//! disk's and the persister's, not the network's. Data dirs live in a
+//! temporary directory beside `--out` (the target directory: a real disk,
+//! not a tmpfs).
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use gossipkv::{Durability, GossipKv};
+use gossipkv_benches::{KEY_LEN, VALUE_LEN};
+
+use crate::report::{progress, Report};
+
+/// The node type of this scenario.
+type Kv = GossipKv<String, Vec<u8>>;
+
+/// Keys on disk for the restart figure (full mode; quick mode uses a fifth).
+const RESTART_KEYS: usize = 1_000_000;
+
+/// Writes timed per write-throughput figure in memory and interval mode.
+const MEMORY_WRITES: usize = 200_000;
+
+/// Runs the scenario; the figures go to `report`.
+pub(crate) async fn scenario(
+    report: &mut Report,
+    quick: bool,
+    base: &Path,
+    t0: Instant,
+) -> Result<()> {
+    std::fs::create_dir_all(base).with_context(|| format!("cannot create {}", base.display()))?;
+    let tmp = tempfile::tempdir_in(base).context("cannot create a temporary data dir")?;
+    let window = if quick {
+        Duration::from_millis(700)
+    } else {
+        Duration::from_secs(3)
+    };
+
+    let fsyncs = fsync_rate(tmp.path(), window)?;
+    progress(t0, format!("durable: this disk does {fsyncs:.0} fsyncs/s"));
+    report.put("fsync_per_s", fsyncs);
+
+    sync_mode(report, tmp.path(), fsyncs, quick, t0).await?;
+
+    let memory = GossipKv::<String, Vec<u8>>::builder().build().await?;
+    let in_memory = counted_writes(&memory, MEMORY_WRITES)?;
+    let kv = node(
+        &tmp.path().join("interval"),
+        Durability::Interval(Duration::from_millis(100)),
+    )
+    .await?;
+    let interval = counted_writes(&kv, MEMORY_WRITES)?;
+    kv.shutdown().await?;
+    progress(
+        t0,
+        format!(
+            "durable: Interval(100 ms) mode {interval:.0} sets/s, in memory {in_memory:.0} sets/s: ratio {:.2}",
+            interval / in_memory
+        ),
+    );
+    report.put("interval_set_ops", interval);
+    report.put("memory_facade_set_ops", in_memory);
+    report.put("interval_set_ratio", interval / in_memory);
+
+    let keys = if quick {
+        RESTART_KEYS / 5
+    } else {
+        RESTART_KEYS
+    };
+    restart(report, &tmp.path().join("restart"), keys, t0).await
+}
+
+/// `Sync` mode with one writer thread and with four, in alternating
+/// slices (this disk's speed drifts: each slice of four threads is
+/// compared with the slice of one just before it; the median ratio is
+/// the group-commit figure).
+async fn sync_mode(
+    report: &mut Report,
+    base: &Path,
+    fsyncs: f64,
+    quick: bool,
+    t0: Instant,
+) -> Result<()> {
+    let (rounds, slice) = if quick {
+        (3, Duration::from_millis(300))
+    } else {
+        (7, Duration::from_millis(500))
+    };
+    let one = node(&base.join("sync1"), Durability::Sync).await?;
+    let four = node(&base.join("sync4"), Durability::Sync).await?;
+    let (mut ops1, mut ops4, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let a = timed_writes(&one, 1, slice, round)?;
+        let b = timed_writes(&four, 4, slice, round)?;
+        ops1.push(a);
+        ops4.push(b);
+        ratios.push(b / a);
+    }
+    let stats = four.durable_stats().context("a durable node has stats")?;
+    one.shutdown().await?;
+    four.shutdown().await?;
+    let (ops1, ops4, ratio) = (median(ops1), median(ops4), median(ratios));
+    let per_commit = stats.records_written as f64 / stats.commits.max(1) as f64;
+    progress(
+        t0,
+        format!(
+            "durable: Sync mode: 1 writer {ops1:.0} sets/s ({:.2} per fsync), 4 writers {ops4:.0} sets/s \
+             ({:.2} per fsync, {per_commit:.2} writes per commit); median ratio 4/1 {ratio:.2}",
+            ops1 / fsyncs,
+            ops4 / fsyncs
+        ),
+    );
+    report.put("durable_set_ops_1t", ops1);
+    report.put("durable_set_ops_4t", ops4);
+    report.put("durable_set_per_fsync_1t", ops1 / fsyncs);
+    report.put("durable_set_per_fsync_4t", ops4 / fsyncs);
+    report.put("durable_group_commit_ratio_4t", ratio);
+    report.put("durable_writes_per_commit_4t", per_commit);
+    Ok(())
+}
+
+/// The median of `v` (not empty).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// A local-only node with a data dir.
+async fn node(dir: &Path, mode: Durability) -> Result<Kv> {
+    Ok(GossipKv::<String, Vec<u8>>::builder()
+        .node_id("bench")
+        .data_dir(dir)
+        .durability(mode)
+        .build()
+        .await?)
+}
+
+/// The key of write `i` by writer `w`: [`KEY_LEN`] bytes.
+fn key(w: usize, i: usize) -> String {
+    format!("w{w}-{i:0width$}", width = KEY_LEN - 3)
+}
+
+/// Small writes and fsyncs of one file, for `window`: fsyncs per second.
+fn fsync_rate(dir: &Path, window: Duration) -> Result<f64> {
+    let path = dir.join("fsync-probe");
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)
+        .context("cannot create the fsync probe")?;
+    let block = [0u8; 4096];
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < window {
+        f.write_all(&block)?;
+        f.sync_data()?;
+        n += 1;
+    }
+    drop(f);
+    std::fs::remove_file(&path)?;
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// `threads` threads set keys for `window`: sets per second. Keys of
+/// round `round` are new keys.
+fn timed_writes(kv: &Kv, threads: usize, window: Duration, round: usize) -> Result<f64> {
+    let value = vec![7u8; VALUE_LEN];
+    let start = Instant::now();
+    let counts: Vec<Result<usize>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|w| {
+                let (kv, value) = (kv.clone(), value.clone());
+                s.spawn(move || {
+                    let mut i = 0;
+                    while start.elapsed() < window {
+                        kv.set(key(w, round * 10_000_000 + i), value.clone())?;
+                        i += 1;
+                    }
+                    Ok(i)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a writer panicked")))
+            })
+            .collect()
+    });
+    let mut total = 0;
+    for c in counts {
+        total += c?;
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+/// `n` sets from this thread: sets per second.
+fn counted_writes(kv: &Kv, n: usize) -> Result<f64> {
+    let value = vec![7u8; VALUE_LEN];
+    let start = Instant::now();
+    for i in 0..n {
+        kv.set(key(0, i), value.clone())?;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Fills a data dir with `keys` keys, stops cleanly, and times a restart
+/// until the last key reads back; also the file's size per key.
+async fn restart(report: &mut Report, dir: &Path, keys: usize, t0: Instant) -> Result<()> {
+    let kv = node(dir, Durability::Interval(Duration::from_millis(200))).await?;
+    let fill = Instant::now();
+    let value = vec![7u8; VALUE_LEN];
+    for i in 0..keys {
+        kv.set(key(0, i), value.clone())?;
+    }
+    kv.shutdown().await?;
+    drop(kv);
+    let file = dir.join(gossipkv_durable::FILE_NAME);
+    let bytes = std::fs::metadata(&file)?.len() as f64;
+    let per_key = bytes / keys as f64 / (KEY_LEN + VALUE_LEN) as f64;
+    progress(
+        t0,
+        format!(
+            "durable: {keys} keys written and committed in {:.1} s; file {:.1} MB, {per_key:.2}x key+value",
+            fill.elapsed().as_secs_f64(),
+            bytes / 1e6
+        ),
+    );
+    let start = Instant::now();
+    let kv = node(dir, Durability::Sync).await?;
+    let last = kv.get(key(0, keys - 1))?;
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    ensure!(last.is_some(), "the last key is missing after the restart");
+    ensure!(
+        kv.len() == keys,
+        "{} keys after the restart, not {keys}",
+        kv.len()
+    );
+    kv.shutdown().await?;
+    progress(
+        t0,
+        format!("durable: restart with {keys} keys on disk: {ms:.0} ms until reads are served"),
+    );
+    let suffix = if keys == RESTART_KEYS {
+        "1m".to_string()
+    } else {
+        format!("{}k", keys / 1000)
+    };
+    report.put(format!("restart_ms_{suffix}"), ms);
+    report.put(format!("disk_bytes_per_key_{suffix}"), per_key);
+    Ok(())
+}
