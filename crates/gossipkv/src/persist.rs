@@ -26,6 +26,10 @@ use crate::error::Error;
 /// How long a failed commit waits before it is tried again.
 const RETRY: Duration = Duration::from_millis(100);
 
+/// Entries of the dirty list from which its repeats are removed (at each
+/// power of two), so that it stays bounded by the keys that changed.
+const DIRTY_DEDUP: usize = 1 << 20;
+
 /// In `Sync` mode, how often the thread commits what peers sent (writers
 /// commit their own writes before they return).
 const SYNC_SWEEP: Duration = Duration::from_millis(10);
@@ -75,9 +79,10 @@ pub struct DurableStats {
 /// What the persister's thread and the writers share.
 #[derive(Debug, Default)]
 struct State {
-    /// Keys changed since the last commit began (foldhash: every write
-    /// hashes its key here once more).
-    dirty: HashSet<Arc<str>, FastState>,
+    /// Keys changed since the last commit began, in the order they
+    /// changed, repeats included: appending is all a write pays; the
+    /// commit removes the repeats.
+    dirty: Vec<Arc<str>>,
     /// Changes marked so far (a writer's ticket).
     marked: u64,
     /// Changes covered by a finished commit.
@@ -206,10 +211,13 @@ impl Persister {
     /// a shard lock: quick, and never calls back into the store.
     pub(crate) fn mark(&self, key: &str) {
         let mut s = self.state.lock();
-        if !s.dirty.contains(key) {
-            s.dirty.insert(Arc::from(key));
-        }
+        s.dirty.push(Arc::from(key));
         s.marked += 1;
+        if s.dirty.len() >= DIRTY_DEDUP && s.dirty.len().is_power_of_two() {
+            // Commits are failing or far apart: keep one entry per key.
+            s.dirty.sort_unstable();
+            s.dirty.dedup();
+        }
     }
 
     /// The counters so far.
@@ -386,6 +394,7 @@ impl Persister {
             let mut s = self.state.lock();
             (std::mem::take(&mut s.dirty), s.marked)
         };
+        let keys: HashSet<Arc<str>, FastState> = keys.into_iter().collect();
         if keys.is_empty() && self.state.lock().stop.is_none() {
             // Nothing changed: no commit (a watermark that rose alone is
             // stored with the next change, or at the stop).
