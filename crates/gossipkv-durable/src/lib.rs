@@ -241,6 +241,28 @@ impl DataDir {
         })?;
         let file = dir.join(FILE_NAME);
         let db = Database::create(&file).map_err(|e| open_error(&file, e))?;
+        Self::from_db(db, file, id)
+    }
+
+    /// Opens a data directory kept by `backend` instead of a file (for
+    /// tests: a backend that fails I/O on purpose). `name` stands for the
+    /// file in errors. No lock keeps other handles out.
+    ///
+    /// # Errors
+    /// As [`open`](Self::open).
+    pub fn open_with_backend(
+        name: &Path,
+        backend: impl redb::StorageBackend,
+        id: &Identity,
+    ) -> Result<DataDir, OpenError> {
+        let db = redb::Builder::new()
+            .create_with_backend(backend)
+            .map_err(|e| open_error(name, e))?;
+        Self::from_db(db, name.to_path_buf(), id)
+    }
+
+    /// Checks or creates the meta rows of an opened database.
+    fn from_db(db: Database, file: PathBuf, id: &Identity) -> Result<DataDir, OpenError> {
         let corrupt = |e: &dyn std::fmt::Display| OpenError::Corrupt {
             path: file.clone(),
             message: e.to_string(),
@@ -314,7 +336,11 @@ impl DataDir {
     /// then never lands on disk ahead of the records it covers.
     ///
     /// # Errors
-    /// [`WriteError`] when the transaction fails; nothing of it is stored.
+    /// [`WriteError`] when the transaction fails. Then the batch is stored
+    /// whole or not at all, never in part: an I/O error before redb's
+    /// commit point leaves nothing of it, one after (while freeing pages or
+    /// syncing again) leaves all of it. A caller counts it as not stored
+    /// and writes it again.
     pub fn persist(&mut self, batch: &Batch) -> Result<(), WriteError> {
         let err = |e: &dyn std::fmt::Display| WriteError {
             path: self.file.clone(),
