@@ -18,7 +18,8 @@
 //! stores records (tombstones included) and each origin's watermark and
 //! collected floor in atomic batches ([`DataDir::persist`]) and reads them
 //! back ([`DataDir::load`]); a row that cannot be read makes the file
-//! corrupt, never a panic.
+//! corrupt, never a panic. Small batches go to a write-ahead log table that
+//! [`DataDir::checkpoint`] (and every open) folds into the records.
 //!
 //! ```
 //! use gossipkv_durable::{DataDir, Identity};
@@ -44,6 +45,7 @@ use redb::{
     Database, DatabaseError, ReadableTable, ReadableTableMetadata, StorageError, TableDefinition,
 };
 
+mod log;
 mod rows;
 
 /// The name of the database file inside the data directory.
@@ -62,8 +64,12 @@ pub const FORMAT_VERSION: u32 = 1;
 /// Facts about the node, one row each.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
-/// The record of each key (tombstones included).
-const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
+use log::{LOG, RECORDS};
+
+/// Batches of at most this many rows are appended to the write-ahead log
+/// (one or two pages written per commit); larger ones fold the log and go
+/// straight into the records table.
+pub const LOG_BATCH_MAX: usize = 256;
 
 /// Per origin, its watermark and collected floor.
 const MARKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("marks");
@@ -215,6 +221,8 @@ pub struct DataDir {
     db: Database,
     file: PathBuf,
     meta: Meta,
+    /// The next log sequence number (the log is empty after an open).
+    next_log: u64,
 }
 
 impl std::fmt::Debug for DataDir {
@@ -281,7 +289,47 @@ impl DataDir {
             }
             Some(rows) => check_meta(&file, &rows, id)?,
         };
-        Ok(DataDir { db, file, meta })
+        let mut data = DataDir {
+            db,
+            file,
+            meta,
+            next_log: 0,
+        };
+        // What the last run left in the log goes to the records table.
+        data.checkpoint().map_err(|e| OpenError::Corrupt {
+            path: data.file.clone(),
+            message: e.message,
+        })?;
+        Ok(data)
+    }
+
+    /// Folds the write-ahead log into the records table (one transaction).
+    /// Returns how many log entries it applied. Small batches
+    /// ([`LOG_BATCH_MAX`] rows or fewer) accumulate in the log; call it
+    /// now and then (the facade does, every second or so) so that the log
+    /// stays short and a restart quick.
+    ///
+    /// # Errors
+    /// [`WriteError`] when the transaction fails; the log is then as it was.
+    pub fn checkpoint(&mut self) -> Result<u64, WriteError> {
+        let err = |m: String| WriteError {
+            path: self.file.clone(),
+            message: m,
+        };
+        let tx = self.db.begin_write().map_err(|e| err(text(e)))?;
+        let n = log::fold(&tx).map_err(err)?;
+        if n == 0 {
+            tx.abort().map_err(|e| err(text(e)))?;
+            return Ok(0);
+        }
+        tx.commit().map_err(|e| err(text(e)))?;
+        self.next_log = 0;
+        Ok(n)
+    }
+
+    /// Entries in the write-ahead log since the last fold.
+    pub fn log_len(&self) -> u64 {
+        self.next_log
     }
 
     /// What the directory said of the last run when it was opened (updated
@@ -318,6 +366,7 @@ impl DataDir {
     /// [`WriteError`] when the commit fails (the run then counts as not
     /// ended cleanly).
     pub fn stop_clean(mut self, hlc_ceiling: u64, incarnation: u64) -> Result<(), WriteError> {
+        self.checkpoint()?;
         self.compact_if_bloated()?;
         let ceiling = hlc_ceiling.max(self.meta.hlc_ceiling);
         self.put(&[
@@ -347,16 +396,26 @@ impl DataDir {
             message: e.to_string(),
         };
         let tx = self.db.begin_write().map_err(|e| err(&e))?;
+        let small = batch.records.len() + batch.removed.len() <= LOG_BATCH_MAX;
+        let next_log = if small {
+            log::append(&tx, batch, self.next_log).map_err(|e| err(&e))?
+        } else {
+            // The log first: nothing older may land over this batch later.
+            log::fold(&tx).map_err(|e| err(&e))?;
+            0
+        };
         {
-            let mut records = tx.open_table(RECORDS).map_err(|e| err(&e))?;
-            // Removals first: a key both removed and written keeps its write.
-            for k in &batch.removed {
-                records.remove(&**k).map_err(|e| err(&e))?;
-            }
-            for r in &batch.records {
-                records
-                    .insert(&*r.key, rows::encode_record(r).as_slice())
-                    .map_err(|e| err(&e))?;
+            if !small {
+                let mut records = tx.open_table(RECORDS).map_err(|e| err(&e))?;
+                // Removals first: a key both removed and written keeps its write.
+                for k in &batch.removed {
+                    records.remove(&**k).map_err(|e| err(&e))?;
+                }
+                for r in &batch.records {
+                    records
+                        .insert(&*r.key, rows::encode_record(r).as_slice())
+                        .map_err(|e| err(&e))?;
+                }
             }
             let mut marks = tx.open_table(MARKS).map_err(|e| err(&e))?;
             for (origin, watermark, floor) in &batch.marks {
@@ -372,6 +431,7 @@ impl DataDir {
             }
         }
         tx.commit().map_err(|e| err(&e))?;
+        self.next_log = next_log;
         self.meta.hlc_ceiling = self.meta.hlc_ceiling.max(batch.hlc_ceiling);
         Ok(())
     }
@@ -404,6 +464,7 @@ impl DataDir {
             Err(redb::TableError::TableDoesNotExist(_)) => {}
             Err(e) => return Err(corrupt(text(e))),
         }
+        self.overlay_log(&tx, &mut loaded.records)?;
         match tx.open_table(MARKS) {
             Ok(table) => {
                 for row in table.iter().map_err(|e| corrupt(text(e)))? {
@@ -420,6 +481,44 @@ impl DataDir {
         }
         loaded.marks.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(loaded)
+    }
+
+    /// Applies the log's entries over `records` (sorted by key, and left so).
+    fn overlay_log(
+        &self,
+        tx: &redb::ReadTransaction,
+        records: &mut Vec<Record>,
+    ) -> Result<(), OpenError> {
+        let corrupt = |message: String| OpenError::Corrupt {
+            path: self.file.clone(),
+            message,
+        };
+        let table = match tx.open_table(LOG) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+            Err(e) => return Err(corrupt(text(e))),
+        };
+        let mut last: std::collections::HashMap<String, Option<Record>> = Default::default();
+        let mut last_node = None;
+        for entry in table.iter().map_err(|e| corrupt(text(e)))? {
+            let (seq, entry) = entry.map_err(|e| corrupt(text(e)))?;
+            let unreadable = || corrupt(format!("unreadable log entry {}", seq.value()));
+            let (key, row) = log::decode(entry.value()).ok_or_else(unreadable)?;
+            let record = match row {
+                Some(row) => {
+                    Some(rows::decode_record(key, row, &mut last_node).ok_or_else(unreadable)?)
+                }
+                None => None,
+            };
+            last.insert(key.to_string(), record);
+        }
+        if last.is_empty() {
+            return Ok(());
+        }
+        records.retain(|r| !last.contains_key(&*r.key));
+        records.extend(last.into_values().flatten());
+        records.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(())
     }
 
     /// Compacts the file when it has grown well past the data it holds:

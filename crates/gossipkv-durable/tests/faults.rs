@@ -80,23 +80,27 @@ fn record(key: &str, value: &str, seq: u64) -> Record {
     }
 }
 
-/// Batch `n`: 50 keys of its own and an overwrite of key `shared`, and the
-/// watermark over all of them.
-fn batch(n: u64) -> Batch {
-    let mut records: Vec<Record> = (0..50)
-        .map(|i| record(&format!("b{n}-{i:02}"), "v", n * 100 + i + 1))
+/// Batch `n`: `size` keys of its own and an overwrite of key `shared`,
+/// and the watermark over all of them.
+fn batch(n: u64, size: u64) -> Batch {
+    let mut records: Vec<Record> = (0..size)
+        .map(|i| record(&format!("b{n}-{i:03}"), "v", n * 1000 + i + 1))
         .collect();
-    records.push(record("shared", &format!("from batch {n}"), n * 100 + 51));
+    records.push(record(
+        "shared",
+        &format!("from batch {n}"),
+        n * 1000 + size + 1,
+    ));
     Batch {
         records,
-        marks: vec![(Origin::new("node-a", 1), n * 100 + 51, 0)],
+        marks: vec![(Origin::new("node-a", 1), n * 1000 + size + 1, 0)],
         ..Batch::default()
     }
 }
 
 /// Commits batches 0 and 1, then arms the fault and tries batch 2 (and 3):
 /// returns whether batch 2 failed.
-fn run(dir: &Path, fail_at: u64) -> bool {
+fn run(dir: &Path, fail_at: u64, size: u64) -> bool {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -112,13 +116,13 @@ fn run(dir: &Path, fail_at: u64) -> bool {
         fail_at,
     };
     let mut data = DataDir::open_with_backend(&dir.join(FILE_NAME), backend, &me()).unwrap();
-    data.persist(&batch(0)).unwrap();
-    data.persist(&batch(1)).unwrap();
+    data.persist(&batch(0, size)).unwrap();
+    data.persist(&batch(1, size)).unwrap();
     armed.store(true, Ordering::SeqCst);
-    let failed = data.persist(&batch(2)).is_err();
+    let failed = data.persist(&batch(2, size)).is_err();
     if failed {
         assert!(
-            data.persist(&batch(3)).is_err(),
+            data.persist(&batch(3, size)).is_err(),
             "a failing disk keeps failing"
         );
     }
@@ -127,20 +131,33 @@ fn run(dir: &Path, fail_at: u64) -> bool {
 
 #[test]
 fn a_commit_cut_by_an_io_error_leaves_the_last_good_one() {
+    // Small batches go through the write-ahead log, large ones (above
+    // LOG_BATCH_MAX) straight to the records table.
+    for size in [50, gossipkv_durable::LOG_BATCH_MAX as u64 + 50] {
+        faults_at_every_call(size);
+    }
+}
+
+fn faults_at_every_call(size: u64) {
     let (mut failures, mut absent) = (0, 0);
     for fail_at in 0..40 {
         let tmp = tempfile::tempdir().unwrap();
-        let failed = run(tmp.path(), fail_at);
+        let failed = run(tmp.path(), fail_at, size);
         failures += usize::from(failed);
         let loaded = DataDir::open(tmp.path(), &me())
             .unwrap_or_else(|e| panic!("fault at call {fail_at}: cannot reopen: {e}"))
             .load()
             .unwrap_or_else(|e| panic!("fault at call {fail_at}: cannot read back: {e}"));
         // Batch 2 is there whole, or not at all.
-        let last = if loaded.records.len() > 101 { 2 } else { 1 };
+        let per = size as usize;
+        let last: u64 = if loaded.records.len() > 2 * per + 1 {
+            2
+        } else {
+            1
+        };
         assert!(failed || last == 2, "fault at call {fail_at}");
         absent += usize::from(last == 1);
-        let expected = 50 * (last + 1) as usize + 1;
+        let expected = per * (last + 1) as usize + 1;
         assert_eq!(
             loaded.records.len(),
             expected,
@@ -154,7 +171,7 @@ fn a_commit_cut_by_an_io_error_leaves_the_last_good_one() {
         );
         assert_eq!(
             loaded.marks,
-            vec![(Origin::new("node-a", 1), last * 100 + 51, 0)],
+            vec![(Origin::new("node-a", 1), last * 1000 + size + 1, 0)],
             "fault at call {fail_at}: the watermark of the last good batch"
         );
     }

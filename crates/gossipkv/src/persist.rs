@@ -26,6 +26,13 @@ use crate::error::Error;
 /// How long a failed commit waits before it is tried again.
 const RETRY: Duration = Duration::from_millis(100);
 
+/// How often the write-ahead log of small commits is folded into the
+/// records table, at most ...
+const FOLD_EVERY: Duration = Duration::from_secs(1);
+
+/// ... or once it holds this many entries.
+const FOLD_ENTRIES: u64 = 8192;
+
 /// Entries of the dirty list from which its repeats are removed (at each
 /// power of two), so that it stays bounded by the keys that changed.
 const DIRTY_DEDUP: usize = 1 << 20;
@@ -321,6 +328,7 @@ impl Persister {
             Durability::Sync => SYNC_SWEEP,
             Durability::Interval(every) => every,
         };
+        let mut last_fold = Instant::now();
         loop {
             let stopping = {
                 let mut s = self.state.lock();
@@ -335,7 +343,18 @@ impl Persister {
             }
             let failed = {
                 let mut data = self.data.lock();
-                self.commit_with(&mut data).is_err()
+                let failed = self.commit_with(&mut data).is_err();
+                if let Some(d) = data.as_mut() {
+                    let due = last_fold.elapsed() >= FOLD_EVERY || d.log_len() >= FOLD_ENTRIES;
+                    if due && d.log_len() > 0 {
+                        match d.checkpoint() {
+                            Ok(_) => last_fold = Instant::now(),
+                            Err(e) => warn!(file = %self.file.display(), error = %e.message,
+                                "folding the write-ahead log failed; trying again later"),
+                        }
+                    }
+                }
+                failed
             };
             self.commit_done();
             if failed {
