@@ -50,5 +50,8 @@ pub use record::{
     record_size_hint, Delta, Digest, DigestEntry, Ghost, OriginChunk, Page, Record, CHUNK_OVERHEAD,
     DIGEST_ENTRY_OVERHEAD, GHOST_OVERHEAD, RECORD_OVERHEAD,
 };
-pub use store::{ApplyStats, ChangeObserver, DeltaOptions, GcStats, Store, StoreConfig};
+pub use store::{
+    ApplyStats, BudgetError, BudgetStats, ChangeObserver, DeltaOptions, EvictionObserver, GcStats,
+    Limits, Policy, Store, StoreConfig, ENTRY_OVERHEAD,
+};
 pub use version::{Hlc, HlcClock, NodeId, Origin, Version, HLC_MAX_PHYSICAL_MS};
