@@ -134,6 +134,63 @@ impl PeerMarks {
         }
     }
 
+    /// Tells a store with memory limits up to where it may collect
+    /// tombstones early (see `Store::set_early_collection`): per origin, the
+    /// lowest watermark every live member's digests showed, and nothing while
+    /// some live member showed a write this node lacks (a write older than a
+    /// tombstone collected here could then still arrive and come back here
+    /// alone). With no live member, everything; with membership given (no
+    /// marks), nothing.
+    pub(crate) fn share_early_bounds(&self, cx: &Context) {
+        if cx.store.limits().is_unlimited() {
+            return;
+        }
+        let bounds = match cx.peers.live_for_collection() {
+            None => Some(Vec::new()),
+            Some(live) if live.is_empty() => None,
+            Some(live) => Some(self.early_bounds(&live, &cx.store.digest())),
+        };
+        cx.store.set_early_collection(bounds.as_deref());
+    }
+
+    /// The bounds of [`PeerMarks::share_early_bounds`] for `live` members,
+    /// given this node's `own` digest.
+    fn early_bounds(&self, live: &[Member], own: &gossipkv_storage::Digest) -> Vec<(Origin, u64)> {
+        let marks: Vec<Option<&BTreeMap<Origin, u64>>> = live
+            .iter()
+            .map(|m| {
+                self.members
+                    .get(&m.node_id)
+                    .filter(|k| k.generation == m.generation)
+                    .map(|k| &k.watermarks)
+            })
+            .collect();
+        let mine: BTreeMap<&Origin, u64> = own
+            .entries
+            .iter()
+            .map(|e| (&e.origin, e.watermark))
+            .collect();
+        let holds_all = marks.iter().flatten().all(|m| {
+            m.iter()
+                .all(|(o, w)| mine.get(o).copied().unwrap_or(0) >= *w)
+        });
+        if !holds_all {
+            return Vec::new();
+        }
+        own.entries
+            .iter()
+            .map(|e| {
+                let lowest = marks
+                    .iter()
+                    .map(|m| m.and_then(|m| m.get(&e.origin).copied()).unwrap_or(0))
+                    .min()
+                    .unwrap_or(0);
+                (e.origin.clone(), lowest.min(e.watermark))
+            })
+            .filter(|(_, bound)| *bound > 0)
+            .collect()
+    }
+
     /// Forgets the marks of members not in `live`.
     fn retain_live(&mut self, live: &[Member]) {
         let mut kept = 0;
@@ -196,5 +253,56 @@ mod tests {
         p.retain_live(&[]);
         assert!(p.members.is_empty());
         assert_eq!(p.len, 0);
+    }
+
+    #[test]
+    fn early_bounds_are_the_lowest_mark_and_nothing_while_a_member_is_ahead() {
+        use crate::swim::MemberState;
+        let peers = Peers::new(&ProtocolConfig::new("me", 1, "test"));
+        let mut p = PeerMarks::default();
+        let o = |n: &str| Origin::new(n, 1);
+        let digest = |ws: &[(&str, u64)]| Digest {
+            entries: ws
+                .iter()
+                .map(|(n, w)| DigestEntry {
+                    origin: o(n),
+                    watermark: *w,
+                })
+                .collect(),
+            complete: true,
+            ..Digest::default()
+        };
+        let member = |id: &str| {
+            Member::new(
+                NodeId::new(id),
+                "127.0.0.1:1".parse().unwrap(),
+                MemberState::Alive,
+                1,
+                0,
+            )
+        };
+        p.note(
+            &peers,
+            &Sender::new("a", 1, None),
+            &digest(&[("me", 7), ("x", 3)]),
+        );
+        p.note(
+            &peers,
+            &Sender::new("b", 1, None),
+            &digest(&[("me", 5), ("x", 3)]),
+        );
+        let live = [member("a"), member("b")];
+        let own = digest(&[("me", 9), ("x", 3)]);
+        assert_eq!(p.early_bounds(&live, &own), vec![(o("me"), 5), (o("x"), 3)]);
+        // A live member that showed no digest yet: nothing.
+        let with_c = [member("a"), member("b"), member("c")];
+        assert!(p.early_bounds(&with_c, &own).is_empty());
+        // b has a write of x we lack: nothing may be collected early.
+        p.note(
+            &peers,
+            &Sender::new("b", 1, None),
+            &digest(&[("me", 5), ("x", 4)]),
+        );
+        assert!(p.early_bounds(&live, &own).is_empty());
     }
 }
