@@ -359,3 +359,21 @@ mod accounting {
         }
     }
 }
+
+#[test]
+fn merges_in_small_batches_evict_down_to_the_limit() {
+    let s = store("a", Some(20), None, Policy::EvictLru);
+    let peer = Store::new(Origin::new("p", 1));
+    let mut i = 0usize;
+    for batch in [1, 2, 5, 11, 40, 3, 70] {
+        let mut records = Vec::new();
+        for _ in 0..batch {
+            records.push(peer.write(&format!("k{i:03}"), Some(v(3)), NOW + i as u64));
+            i += 1;
+        }
+        s.merge_batch(records);
+        assert!(s.len() <= 20, "{} after {i} records: {:?}", s.len(), s.budget_stats());
+    }
+    s.apply(&peer.delta_for(&s.digest(), 64 * 1024, 0));
+    assert_eq!(s.len(), 20, "{:?}", s.budget_stats());
+}

@@ -12,7 +12,7 @@ use gossipkv_core::{
     DetectorConfig, MemberEvent, Protocol, ProtocolConfig, MAX_NODE_ID_LEN, MAX_PACKET_SIZE,
     MAX_VALUE_SIZE_LIMIT, MIN_PACKET_SIZE,
 };
-use gossipkv_storage::{NodeId, Origin, Record, Store};
+use gossipkv_storage::{Limits, NodeId, Origin, Record, Store, StoreConfig};
 use gossipkv_transport::{Transport, UdpConfig, UdpTransport};
 use parking_lot::Mutex;
 use rand::Rng;
@@ -143,8 +143,15 @@ struct Shared {
 }
 
 impl Shared {
-    fn new(node: &NodeId, generation: u64) -> Self {
-        let store = Arc::new(Store::new(Origin::new(node.clone(), generation)));
+    fn new(node: &NodeId, generation: u64, limits: Limits) -> Self {
+        let config = StoreConfig {
+            limits,
+            ..StoreConfig::default()
+        };
+        let store = Arc::new(Store::with_config(
+            Origin::new(node.clone(), generation),
+            config,
+        ));
         let (changes, _) = broadcast::channel::<Change>(WATCH_QUEUE);
         let (member_events, _) = broadcast::channel::<MemberEvent>(WATCH_QUEUE);
         let (closed_tx, _) = watch::channel(false);
@@ -155,6 +162,7 @@ impl Shared {
                 let _ = tx.send(Change {
                     key: Arc::from(key),
                     value: value.cloned(),
+                    evicted: false,
                 });
             }
         }));
@@ -176,13 +184,14 @@ where
     V: Send + Sync + 'static,
 {
     check(&b)?;
+    let limits = crate::memory::limits(b.max_entries, b.max_bytes, b.memory_policy)?;
     let node_id = b
         .node_id
         .clone()
         .unwrap_or_else(|| format!("node-{:016x}", rand::rng().random::<u64>()));
     let node = NodeId::new(&node_id);
     let generation = new_generation();
-    let shared = Shared::new(&node, generation);
+    let shared = Shared::new(&node, generation, limits);
     let Some(bind) = &b.bind_addr else {
         debug!(node = %node, "started local-only node");
         return Ok(local_only(b, node, shared));
@@ -235,6 +244,7 @@ where
     let (addrs_tx, addrs_rx) = mpsc::channel::<Addrs>(16);
     let (push_tx, push_rx) = mpsc::channel::<Record>(PUSH_QUEUE);
     let push_tx = b.eager_push.then_some(push_tx);
+    crate::memory::observe_evictions(&shared.store, shared.changes.clone(), push_tx.clone());
     if b.seeds.iter().any(|s| s.parse::<SocketAddr>().is_err()) {
         tokio::spawn(refresh_seeds(
             b.seeds.clone(),
@@ -294,6 +304,7 @@ where
 fn local_only<K, V>(b: Builder<K, V>, node: NodeId, shared: Shared) -> GossipKv<K, V> {
     // Nobody to catch up from.
     shared.synced.send_replace(true);
+    crate::memory::observe_evictions(&shared.store, shared.changes.clone(), None);
     GossipKv {
         inner: Arc::new(Inner {
             store: shared.store,

@@ -335,6 +335,10 @@ impl Store {
             }
         };
         *b.early.lock() = early;
+        // Tombstones held over the budget may go now.
+        if self.bytes_over(b, 0) {
+            self.collect_early(b, 0);
+        }
     }
 
     /// Whether the store is over one of its limits.
@@ -486,20 +490,26 @@ impl Store {
         if !b.lru {
             return;
         }
-        let mut refills = 0;
+        // Whether a key was evicted since the last refill: a refill whose
+        // candidates were all read or written since (none evicted) means
+        // every live key is in use by this very pass; stop there.
+        let mut progress = true;
         while self.over(b) {
             let next = b.pool.lock().pop();
             let Some((_, stamp, key)) = next else {
-                if refills == 2 || !self.refill(b, protect) {
+                if !progress || !self.refill(b, protect) {
                     b.over.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
-                refills += 1;
+                progress = false;
                 continue;
             };
-            if protect != Some(&*key) && self.evict(b, &key, stamp) && self.bytes_over(b, 0) {
-                // Its tombstone may go at once (no peers, or they passed it).
-                self.collect_early(b, 0);
+            if protect != Some(&*key) && self.evict(b, &key, stamp) {
+                progress = true;
+                if self.bytes_over(b, 0) {
+                    // Its tombstone may go at once (no peers, or they passed it).
+                    self.collect_early(b, 0);
+                }
             }
         }
     }
