@@ -354,7 +354,11 @@ impl Store {
         let mut log = self.local_log.lock();
         let seq = log.watermark + 1;
         let mut shard = self.shard(key).write();
-        let old = shard.get(key).map(|e| e.value.as_ref().map(Bytes::len));
+        // One lookup for the key as held and what it holds.
+        let held = shard
+            .get_key_value(key)
+            .map(|(k, e)| (k.clone(), e.value.as_ref().map(Bytes::len)));
+        let old = held.as_ref().map(|(_, len)| *len);
         let new = Some(value.as_ref().map(Bytes::len));
         charge(
             budget::delta_bytes(key.len(), old, new),
@@ -370,10 +374,9 @@ impl Store {
         self.notify(key, value.as_ref());
         let tomb = value.is_none();
         let entry = Entry::new(value, hlc, 0, seq, self.write_stamp());
-        let key: Arc<str> = match shard.get_key_value(key) {
+        let key: Arc<str> = match held {
             Some((k, _)) => {
                 // Replaced in place: the map keeps its key.
-                let k = k.clone();
                 if let Some(old) = shard.get_mut(key) {
                     *old = entry;
                 }

@@ -462,7 +462,9 @@ impl Store {
 
     /// Adds `delta` to the bytes in use.
     pub(super) fn add_bytes(&self, delta: isize) {
-        if delta >= 0 {
+        if delta == 0 {
+            // The common overwrite of a value by one of the same size.
+        } else if delta > 0 {
             self.bytes.fetch_add(delta as usize, Ordering::Relaxed);
         } else {
             self.bytes
