@@ -81,7 +81,7 @@ async fn fill(kv: &Kv, yield_every: usize) -> Result<f64> {
             tokio::task::yield_now().await;
         }
     }
-    ensure!(kv.len() > 0, "the cache holds nothing");
+    ensure!(!kv.is_empty(), "the cache holds nothing");
     Ok(peak as f64 - BUDGET as f64)
 }
 
