@@ -372,7 +372,12 @@ fn merges_in_small_batches_evict_down_to_the_limit() {
             i += 1;
         }
         s.merge_batch(records);
-        assert!(s.len() <= 20, "{} after {i} records: {:?}", s.len(), s.budget_stats());
+        assert!(
+            s.len() <= 20,
+            "{} after {i} records: {:?}",
+            s.len(),
+            s.budget_stats()
+        );
     }
     s.apply(&peer.delta_for(&s.digest(), 64 * 1024, 0));
     assert_eq!(s.len(), 20, "{:?}", s.budget_stats());
