@@ -45,11 +45,11 @@
 //! with limits collects tombstones early, oldest sequence number first, up to
 //! bounds the protocol sets ([`Store::set_early_collection`]): per origin, the
 //! lowest watermark of every live peer (none of them is below the floor this
-//! raises, so none needs re-synchronising), and only while this node holds
-//! everything every live peer's digests showed (otherwise a write older than
-//! the tombstone, which a peer had and this node had not yet received, could
-//! arrive after the collection and come back here alone). A store with no
-//! peers collects at once. Under [`Policy::EvictLru`], when the tombstones
+//! raises, so none needs re-synchronising), taken at an earlier round whose
+//! digests this node holds entirely (otherwise a write older than the
+//! tombstone, which a peer had and this node had not yet received, could
+//! arrive after the collection and come back here alone; see `marks.rs` in
+//! `gossipkv-core`). A store with no peers collects at once. Under [`Policy::EvictLru`], when the tombstones
 //! still held exceed the budget, live values are evicted to make up for them;
 //! when none is left, the store stays over its budget until its peers' marks
 //! cover its tombstones.
