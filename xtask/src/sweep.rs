@@ -24,7 +24,7 @@ const PACKAGE: &str = "gossipkv-sim";
 /// The suites swept: integration tests of [`PACKAGE`] whose every scenario
 /// takes its seed from `GOSSIPKV_SIM_SEED`. (`scale` is left out: it
 /// measures, and takes minutes.)
-const SUITES: &[&str] = &["scenarios", "membership", "streams"];
+const SUITES: &[&str] = &["scenarios", "membership", "streams", "budget"];
 
 /// Runs the sweep.
 pub(crate) fn run(opts: &SweepOptions) -> anyhow::Result<bool> {

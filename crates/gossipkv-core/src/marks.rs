@@ -3,7 +3,7 @@
 //! writes ("ghosts") every live member has passed, long before the
 //! tombstone retention.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use gossipkv_proto::Sender;
 use gossipkv_storage::{NodeId, Origin};
@@ -16,6 +16,14 @@ use crate::swim::{Member, MAX_MEMBERS};
 /// Most (member, origin) watermarks kept (about 16 MB at most; 512 writers
 /// seen by 512 members).
 pub(crate) const MARKS_MAX: usize = 1 << 18;
+
+/// Rounds of early-collection bounds kept waiting for this node to hold
+/// what the members' digests showed then.
+const EARLY_ROUNDS: usize = 16;
+
+/// Bounds for early collection computed at one round, and the highest mark
+/// per origin then.
+type EarlyBounds = (Vec<(Origin, u64)>, BTreeMap<Origin, u64>);
 
 /// One member's marks, for one generation of it.
 #[derive(Debug)]
@@ -31,6 +39,12 @@ pub(crate) struct PeerMarks {
     /// (member, origin) pairs held, and how many may be.
     len: usize,
     max: usize,
+    /// The bounds for early collection of tombstones computed at the last
+    /// rounds (oldest first, at most [`EARLY_ROUNDS`]), each with the
+    /// highest mark per origin then (see [`PeerMarks::share_early_bounds`]).
+    early_pending: VecDeque<EarlyBounds>,
+    /// The last bounds validated.
+    early_valid: Vec<(Origin, u64)>,
 }
 
 impl Default for PeerMarks {
@@ -39,6 +53,8 @@ impl Default for PeerMarks {
             members: BTreeMap::new(),
             len: 0,
             max: MARKS_MAX,
+            early_pending: VecDeque::new(),
+            early_valid: Vec::new(),
         }
     }
 }
@@ -134,6 +150,89 @@ impl PeerMarks {
         }
     }
 
+    /// Tells a store with memory limits up to where it may collect
+    /// tombstones early (see `Store::set_early_collection`): per origin, the
+    /// lowest watermark every live member's digests showed at the previous
+    /// round (or one of the rounds before it, up to [`EARLY_ROUNDS`]), once
+    /// this node holds every write any of those digests showed then. A tombstone under such a bound was applied by every live
+    /// member before that round, so every write older than it that a member
+    /// had is here too, and cannot arrive after the collection and come back
+    /// here alone. (Comparing with the marks of the round before, not the
+    /// current ones, lets this hold under a steady load from many writers,
+    /// when a node rarely holds everything its peers showed a moment ago;
+    /// keeping several rounds lets it hold under loss, when a lost push
+    /// waits a round or two for anti-entropy.)
+    /// Bounds once validated stay until newer ones are. With no live member,
+    /// everything; with membership given (no marks), nothing.
+    pub(crate) fn share_early_bounds(&mut self, cx: &Context) {
+        if cx.store.limits().is_unlimited() {
+            return;
+        }
+        let live = match cx.peers.live_for_collection() {
+            None => return cx.store.set_early_collection(Some(&[])),
+            Some(live) => live,
+        };
+        if live.is_empty() {
+            self.early_pending.clear();
+            return cx.store.set_early_collection(None);
+        }
+        let own = cx.store.digest();
+        // The newest earlier round whose marks this node now holds.
+        let held = self
+            .early_pending
+            .iter()
+            .rposition(|(_, highest)| holds(&own, highest));
+        if let Some(i) = held {
+            let rounds: Vec<EarlyBounds> = self.early_pending.drain(..=i).collect();
+            if let Some((bounds, _)) = rounds.into_iter().next_back() {
+                self.early_valid = bounds;
+            }
+        }
+        if self.early_pending.len() == EARLY_ROUNDS {
+            self.early_pending.pop_front();
+        }
+        self.early_pending.push_back(self.early_bounds(&live, &own));
+        cx.store.set_early_collection(Some(&self.early_valid));
+    }
+
+    /// For `live` members: per origin of this node's `own` digest, the lowest
+    /// watermark their digests showed (0 for a member that showed none), and
+    /// per origin the highest.
+    fn early_bounds(
+        &self,
+        live: &[Member],
+        own: &gossipkv_storage::Digest,
+    ) -> (Vec<(Origin, u64)>, BTreeMap<Origin, u64>) {
+        let marks: Vec<Option<&BTreeMap<Origin, u64>>> = live
+            .iter()
+            .map(|m| {
+                self.members
+                    .get(&m.node_id)
+                    .filter(|k| k.generation == m.generation)
+                    .map(|k| &k.watermarks)
+            })
+            .collect();
+        let mut highest: BTreeMap<Origin, u64> = BTreeMap::new();
+        for (o, w) in marks.iter().flatten().flat_map(|m| m.iter()) {
+            let h = highest.entry(o.clone()).or_insert(0);
+            *h = (*h).max(*w);
+        }
+        let bounds = own
+            .entries
+            .iter()
+            .map(|e| {
+                let lowest = marks
+                    .iter()
+                    .map(|m| m.and_then(|m| m.get(&e.origin).copied()).unwrap_or(0))
+                    .min()
+                    .unwrap_or(0);
+                (e.origin.clone(), lowest.min(e.watermark))
+            })
+            .filter(|(_, bound)| *bound > 0)
+            .collect();
+        (bounds, highest)
+    }
+
     /// Forgets the marks of members not in `live`.
     fn retain_live(&mut self, live: &[Member]) {
         let mut kept = 0;
@@ -150,6 +249,18 @@ impl PeerMarks {
     pub(crate) fn len(&self) -> usize {
         self.len
     }
+}
+
+/// Whether `own` holds every write `highest` shows, origin by origin.
+fn holds(own: &gossipkv_storage::Digest, highest: &BTreeMap<Origin, u64>) -> bool {
+    let mine: BTreeMap<&Origin, u64> = own
+        .entries
+        .iter()
+        .map(|e| (&e.origin, e.watermark))
+        .collect();
+    highest
+        .iter()
+        .all(|(o, w)| mine.get(o).copied().unwrap_or(0) >= *w)
 }
 
 #[cfg(test)]
@@ -196,5 +307,60 @@ mod tests {
         p.retain_live(&[]);
         assert!(p.members.is_empty());
         assert_eq!(p.len, 0);
+    }
+
+    #[test]
+    fn early_bounds_are_the_lowest_mark_and_held_once_every_mark_is_held() {
+        use crate::swim::MemberState;
+        let peers = Peers::new(&ProtocolConfig::new("me", 1, "test"));
+        let mut p = PeerMarks::default();
+        let o = |n: &str| Origin::new(n, 1);
+        let digest = |ws: &[(&str, u64)]| Digest {
+            entries: ws
+                .iter()
+                .map(|(n, w)| DigestEntry {
+                    origin: o(n),
+                    watermark: *w,
+                })
+                .collect(),
+            complete: true,
+            ..Digest::default()
+        };
+        let member = |id: &str| {
+            Member::new(
+                NodeId::new(id),
+                "127.0.0.1:1".parse().unwrap(),
+                MemberState::Alive,
+                1,
+                0,
+            )
+        };
+        p.note(
+            &peers,
+            &Sender::new("a", 1, None),
+            &digest(&[("me", 7), ("x", 3)]),
+        );
+        p.note(
+            &peers,
+            &Sender::new("b", 1, None),
+            &digest(&[("me", 5), ("x", 3)]),
+        );
+        let live = [member("a"), member("b")];
+        let own = digest(&[("me", 9), ("x", 3)]);
+        let (bounds, highest) = p.early_bounds(&live, &own);
+        assert_eq!(bounds, vec![(o("me"), 5), (o("x"), 3)]);
+        assert!(holds(&own, &highest));
+        // A live member that showed no digest yet: nothing.
+        let with_c = [member("a"), member("b"), member("c")];
+        assert!(p.early_bounds(&with_c, &own).0.is_empty());
+        // b has a write of x we lack.
+        p.note(
+            &peers,
+            &Sender::new("b", 1, None),
+            &digest(&[("me", 5), ("x", 4)]),
+        );
+        let (_, highest) = p.early_bounds(&live, &own);
+        assert!(!holds(&own, &highest));
+        assert!(holds(&digest(&[("me", 9), ("x", 4)]), &highest));
     }
 }

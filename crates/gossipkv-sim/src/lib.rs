@@ -48,7 +48,7 @@ use gossipkv_core::{
     DEFAULT_MAX_SERVING_STREAMS, DEFAULT_STREAM_FRAME_SIZE, DEFAULT_STREAM_THRESHOLD,
 };
 use gossipkv_proto::{decode, Body, Limits};
-use gossipkv_storage::{NodeId, Origin, Record, Store};
+use gossipkv_storage::{Limits as MemoryLimits, NodeId, Origin, Record, Store, StoreConfig};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -118,6 +118,9 @@ pub struct SimConfig {
     pub max_serving_streams: usize,
     /// Every node's [`ProtocolConfig::stream_frame_size`].
     pub stream_frame_size: usize,
+    /// Every store's memory limits (default: none). Evictions are not
+    /// pushed: anti-entropy carries them.
+    pub limits: MemoryLimits,
 }
 
 impl Default for SimConfig {
@@ -146,8 +149,18 @@ impl Default for SimConfig {
             stream_threshold: DEFAULT_STREAM_THRESHOLD,
             max_serving_streams: DEFAULT_MAX_SERVING_STREAMS,
             stream_frame_size: DEFAULT_STREAM_FRAME_SIZE,
+            limits: MemoryLimits::default(),
         }
     }
+}
+
+/// A node's store, with the configured memory limits.
+fn new_store(origin: Origin, limits: MemoryLimits) -> Store {
+    let config = StoreConfig {
+        limits,
+        ..StoreConfig::default()
+    };
+    Store::with_config(origin, config)
 }
 
 struct SimNode {
@@ -454,7 +467,7 @@ impl Sim {
             seeds.sort();
             seeds.dedup();
             let id = NodeId::new(format!("sim-{i:05}"));
-            let store = Arc::new(Store::new(Origin::new(id.clone(), 1)));
+            let store = Arc::new(new_store(Origin::new(id.clone(), 1), cfg.limits));
             nodes.push(SimNode {
                 id,
                 addr: addrs[i],
@@ -726,7 +739,10 @@ impl Sim {
         self.crash(i);
         let n = &mut self.nodes[i];
         n.generation += 1;
-        n.store = Arc::new(Store::new(Origin::new(n.id.clone(), n.generation)));
+        n.store = Arc::new(new_store(
+            Origin::new(n.id.clone(), n.generation),
+            self.cfg.limits,
+        ));
         self.start_protocol(i);
     }
 

@@ -51,6 +51,7 @@ pub use record::{
     DIGEST_ENTRY_OVERHEAD, GHOST_OVERHEAD, RECORD_OVERHEAD,
 };
 pub use store::{
-    ApplyStats, ChangeObserver, CollectObserver, DeltaOptions, GcStats, Store, StoreConfig,
+    ApplyStats, BudgetError, BudgetStats, ChangeObserver, CollectObserver, DeltaOptions,
+    EvictionObserver, GcStats, Limits, Policy, Store, StoreConfig, ENTRY_OVERHEAD,
 };
 pub use version::{Hlc, HlcClock, NodeId, Origin, Version, HLC_MAX_PHYSICAL_MS};

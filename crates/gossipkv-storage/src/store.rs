@@ -4,7 +4,7 @@ use std::cmp::{Ordering as CmpOrdering, Reverse};
 use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -19,14 +19,22 @@ use crate::seq_index::{IndexEntry, SeqIndex};
 use crate::shard::ShardMap;
 use crate::version::{Hlc, HlcClock, Origin, Version};
 
+// Memory limits (issue 12): accounting, policies, eviction, early collection.
+mod budget;
+use budget::Budget;
+pub use budget::{BudgetError, BudgetStats, EvictionObserver, Limits, Policy, ENTRY_OVERHEAD};
+
 /// A function told of every change of a key's state: the key and its new
 /// value (`None` when deleted). It runs while the key's shard is locked, so it
 /// must be quick and must not call back into the store.
 pub type ChangeObserver = Arc<dyn Fn(&str, Option<&Bytes>) + Send + Sync>;
 
-/// A function told of every key whose record [`Store::collect_garbage`]
-/// removed (a collected tombstone). It runs while the key's shard is
-/// locked, so it must be quick and must not call back into the store.
+/// A function told of every key whose stored record changed with nothing a
+/// watcher should see: a tombstone collected (by [`Store::collect_garbage`],
+/// early under a memory budget, or dropped by a re-synchronisation page),
+/// or a key evicted (its tombstone goes to the eviction observer). It runs
+/// while the key's shard is locked, so it must be quick and must not call
+/// back into the store.
 pub type CollectObserver = Arc<dyn Fn(&str) + Send + Sync>;
 
 #[derive(Default)]
@@ -60,11 +68,16 @@ impl std::fmt::Debug for CollectHook {
 pub struct StoreConfig {
     /// Number of independently locked shards (rounded up to a power of two).
     pub shards: usize,
+    /// Memory limits (default: none).
+    pub limits: Limits,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { shards: 64 }
+        StoreConfig {
+            shards: 64,
+            limits: Limits::default(),
+        }
     }
 }
 
@@ -127,15 +140,51 @@ pub struct GcStats {
 }
 
 /// Internal, compact form of a record held in a shard.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct Entry {
     value: Option<Bytes>,
     hlc: Hlc,
     origin: u32,
+    /// Recency stamp, with [`Policy::EvictLru`] only (in the padding after
+    /// `origin`: the entry stays 56 bytes).
+    stamp: AtomicU32,
     seq: u64,
 }
 
+impl Clone for Entry {
+    fn clone(&self) -> Self {
+        Entry::new(
+            self.value.clone(),
+            self.hlc,
+            self.origin,
+            self.seq,
+            self.stamp(),
+        )
+    }
+}
+
 impl Entry {
+    fn new(value: Option<Bytes>, hlc: Hlc, origin: u32, seq: u64, stamp: u32) -> Self {
+        Entry {
+            value,
+            hlc,
+            origin,
+            stamp: AtomicU32::new(stamp),
+            seq,
+        }
+    }
+
+    fn stamp(&self) -> u32 {
+        self.stamp.load(Ordering::Relaxed)
+    }
+
+    /// Marks a read (only when the stamp changes: no write otherwise).
+    fn touch(&self, stamp: u32) {
+        if self.stamp() != stamp {
+            self.stamp.store(stamp, Ordering::Relaxed);
+        }
+    }
+
     /// Whether this is the write `seq` of the origin interned as `oid`.
     fn is_write(&self, oid: u32, seq: u64) -> bool {
         self.origin == oid && self.seq == seq
@@ -205,6 +254,9 @@ pub struct Store {
     live: AtomicUsize,
     observer: Observer,
     collected: CollectHook,
+    /// Bytes of entries, as the budget counts them.
+    bytes: AtomicUsize,
+    budget: Option<Box<Budget>>,
 }
 
 impl Store {
@@ -235,6 +287,8 @@ impl Store {
             live: AtomicUsize::new(0),
             observer: Observer::default(),
             collected: CollectHook::default(),
+            bytes: AtomicUsize::new(0),
+            budget: Budget::new(config.limits),
         }
     }
     /// Installs the change observer (once; returns `false` if one was
@@ -250,6 +304,14 @@ impl Store {
     /// tombstones leave no change a watcher should see.
     pub fn set_collect_observer(&self, observer: CollectObserver) -> bool {
         self.collected.0.set(observer).is_ok()
+    }
+
+    /// Tells the collection observer that `key`'s record changed with no
+    /// change a watcher should see.
+    fn tell_collected(&self, key: &str) {
+        if let Some(f) = self.collected.0.get() {
+            f(key);
+        }
     }
 
     fn notify(&self, key: &str, value: Option<&Bytes>) {
@@ -273,14 +335,14 @@ impl Store {
     /// Writes `value` under `key` as a new local version at `now_ms`.
     /// Returns the version written (see [`Store::write`] for the record).
     pub fn set(&self, key: &str, value: Bytes, now_ms: u64) -> Version {
-        let (_, hlc, seq) = self.write_local(key, Some(value), now_ms);
+        let (_, hlc, seq) = self.write_unchecked(key, Some(value), now_ms);
         Version::new(hlc, &self.local, seq)
     }
 
     /// Deletes `key` by writing a tombstone at `now_ms`. Returns the version
     /// of the tombstone.
     pub fn delete(&self, key: &str, now_ms: u64) -> Version {
-        let (_, hlc, seq) = self.write_local(key, None, now_ms);
+        let (_, hlc, seq) = self.write_unchecked(key, None, now_ms);
         Version::new(hlc, &self.local, seq)
     }
 
@@ -289,8 +351,12 @@ impl Store {
     /// for a caller that sends it on (an eager push). The record shares the
     /// store's key and value, which costs the value a shared header when it
     /// had none (a `Bytes` made from a `Vec`); [`Store::set`] does not.
+    ///
+    /// These three never refuse a write: with limits, use
+    /// [`Store::try_write`]. Under [`Policy::EvictLru`] they evict after the
+    /// write as it does.
     pub fn write(&self, key: &str, value: Option<Bytes>, now_ms: u64) -> Record {
-        let (key, hlc, seq) = self.write_local(key, value.clone(), now_ms);
+        let (key, hlc, seq) = self.write_unchecked(key, value.clone(), now_ms);
         Record {
             key,
             value,
@@ -298,45 +364,72 @@ impl Store {
         }
     }
 
+    /// A local write that no limit refuses.
+    fn write_unchecked(
+        &self,
+        key: &str,
+        value: Option<Bytes>,
+        now_ms: u64,
+    ) -> (Arc<str>, Hlc, u64) {
+        let Ok(written) = self.write_local(key, value, now_ms, |bytes, live| {
+            self.account(bytes, live);
+            Ok::<(), std::convert::Infallible>(())
+        });
+        self.after_write(key, now_ms);
+        written
+    }
+
     /// A local write: the key as held, and the timestamp and sequence number
-    /// it got.
-    fn write_local(&self, key: &str, value: Option<Bytes>, now_ms: u64) -> (Arc<str>, Hlc, u64) {
+    /// it got. `charge` is given what the write adds in bytes and live keys
+    /// (under the shard lock, before anything changes) and counts it, or
+    /// refuses the write.
+    fn write_local<E>(
+        &self,
+        key: &str,
+        value: Option<Bytes>,
+        now_ms: u64,
+        charge: impl FnOnce(isize, isize) -> Result<(), E>,
+    ) -> Result<(Arc<str>, Hlc, u64), E> {
         let mut log = self.local_log.lock();
         let seq = log.watermark + 1;
         let mut shard = self.shard(key).write();
+        // One lookup for the key as held and what it holds.
+        let held = shard
+            .get_key_value(key)
+            .map(|(k, e)| (k.clone(), e.value.as_ref().map(Bytes::len)));
+        let old = held.as_ref().map(|(_, len)| *len);
+        let new = Some(value.as_ref().map(Bytes::len));
+        charge(
+            budget::delta_bytes(key.len(), old, new),
+            budget::delta_live(old, new),
+        )?;
         // Tick while holding the shard lock: a concurrent merge observes its
         // record's timestamp before taking this lock, so this write is newer
         // than whatever the key holds (otherwise it could overwrite a newer
         // merged version).
         let hlc = self.clock.tick(now_ms);
-        let live = value.is_some();
         // Told before the map changes, while the shard is locked: nobody
         // can see the difference.
         self.notify(key, value.as_ref());
-        let entry = Entry {
-            value,
-            hlc,
-            origin: 0,
-            seq,
-        };
-        let key: Arc<str> = match shard.get_key_value(key) {
+        let tomb = value.is_none();
+        let entry = Entry::new(value, hlc, 0, seq, self.write_stamp());
+        let key: Arc<str> = match held {
             Some((k, _)) => {
                 // Replaced in place: the map keeps its key.
-                let k = k.clone();
                 if let Some(old) = shard.get_mut(key) {
-                    let was_live = old.value.is_some();
                     *old = entry;
-                    self.adjust_live(was_live, live);
                 }
                 k
             }
             None => {
                 let k: Arc<str> = Arc::from(key);
-                self.adjust_live(false, live);
                 shard.insert(k.clone(), entry);
                 k
             }
         };
+        if tomb {
+            self.note_tombstone(0, seq);
+        }
         drop(shard);
         log.index.insert(
             seq,
@@ -346,15 +439,17 @@ impl Store {
             },
         );
         log.watermark = seq;
-        (key, hlc, seq)
+        Ok((key, hlc, seq))
     }
 
     /// The value of `key`, if it holds one (tombstones read as `None`).
     pub fn get(&self, key: &str) -> Option<Bytes> {
-        self.shard(key)
-            .read()
-            .get(key)
-            .and_then(|e| e.value.clone())
+        let shard = self.shard(key).read();
+        let e = shard.get(key)?;
+        if let Some(b) = self.budget.as_deref().filter(|b| b.lru()) {
+            e.touch(b.read_stamp());
+        }
+        e.value.clone()
     }
 
     /// The full record of `key`, tombstones included.
@@ -450,8 +545,9 @@ impl Store {
     pub fn merge(&self, record: Record) -> bool {
         self.clock.observe(record.version.hlc);
         let (oid, log) = self.intern(&record.version.origin());
-        let mut log = log.lock();
-        self.merge_locked(&mut log, oid, record)
+        let won = self.merge_locked(&mut log.lock(), oid, record);
+        self.after_merge();
+        won
     }
 
     /// Merges `records` as [`Store::merge`] would one after the other, and
@@ -478,6 +574,7 @@ impl Store {
                 won.push(self.merge_locked(&mut log, oid, r));
             }
         }
+        self.after_merge();
         won
     }
 
@@ -489,12 +586,8 @@ impl Store {
             value,
             version,
         } = record;
-        let incoming = Entry {
-            value,
-            hlc: version.hlc,
-            origin: oid,
-            seq: version.seq,
-        };
+        let incoming = Entry::new(value, version.hlc, oid, version.seq, 0);
+        let len = |e: &Entry| e.value.as_ref().map(Bytes::len);
         let covered = version.seq <= log.watermark;
         let (won, key) = {
             let mut shard = self.shard(&key).write();
@@ -502,7 +595,8 @@ impl Store {
                 Some((k, current)) => {
                     let k = k.clone();
                     if self.cmp_entries(&incoming, current) == CmpOrdering::Greater {
-                        self.adjust_live(current.value.is_some(), incoming.value.is_some());
+                        self.changed(k.len(), Some(len(current)), Some(len(&incoming)));
+                        self.won(&incoming);
                         self.notify(&k, incoming.value.as_ref());
                         shard.insert(k.clone(), incoming);
                         (true, k)
@@ -512,7 +606,8 @@ impl Store {
                 }
                 None if covered => (false, key),
                 None => {
-                    self.adjust_live(false, incoming.value.is_some());
+                    self.changed(key.len(), None, Some(len(&incoming)));
+                    self.won(&incoming);
                     self.notify(&key, incoming.value.as_ref());
                     shard.insert(key.clone(), incoming);
                     (true, key)
@@ -939,9 +1034,8 @@ impl Store {
                     Some(e) if e.is_write(oid as u32, seq) => {
                         if e.value.is_none() {
                             shard.remove(&ie.key);
-                            if let Some(f) = self.collected.0.get() {
-                                f(&ie.key);
-                            }
+                            self.tell_collected(&ie.key);
+                            self.changed(ie.key.len(), Some(None), None);
                             stats.tombstones += 1;
                             remove.push(seq);
                         }
@@ -1117,11 +1211,13 @@ impl Store {
             let mut shard = shard.write();
             for k in self.dropped_by(&shard, page, &in_page, &origins) {
                 if let Some(e) = shard.remove(&k) {
-                    self.adjust_live(e.value.is_some(), false);
+                    self.changed(k.len(), Some(e.value.as_ref().map(Bytes::len)), None);
                     stats.dropped += 1;
                     collected.push((e.origin, e.seq));
                     if e.value.is_some() {
                         self.notify(&k, None);
+                    } else {
+                        self.tell_collected(&k);
                     }
                 }
             }
@@ -1137,6 +1233,7 @@ impl Store {
                 log.floor = log.floor.max(seq.min(log.watermark));
             }
         }
+        self.after_merge();
         stats
     }
 
@@ -1174,18 +1271,6 @@ impl Store {
         // must not share the bits that chose the shard.
         let h = self.shard_hasher.hash_one(key);
         &self.shards[(h & self.shard_mask) as usize]
-    }
-
-    fn adjust_live(&self, was_live: bool, is_live: bool) {
-        match (was_live, is_live) {
-            (false, true) => {
-                self.live.fetch_add(1, Ordering::Relaxed);
-            }
-            (true, false) => {
-                self.live.fetch_sub(1, Ordering::Relaxed);
-            }
-            _ => {}
-        }
     }
 
     fn intern(&self, origin: &Origin) -> (u32, Arc<Mutex<OriginLog>>) {

@@ -13,6 +13,7 @@ use gossipkv_core::{
 
 use crate::codec::Codec;
 use crate::error::{ConfigOption, Error};
+use crate::memory::MemoryPolicy;
 use crate::persist::Durability;
 use crate::GossipKv;
 
@@ -83,6 +84,10 @@ pub struct Builder<K, V> {
     pub(crate) max_serving_streams: usize,
     pub(crate) data_dir: Option<PathBuf>,
     pub(crate) durability: Durability,
+    // Memory limits (issue 12).
+    pub(crate) max_entries: Option<usize>,
+    pub(crate) max_bytes: Option<usize>,
+    pub(crate) memory_policy: MemoryPolicy,
     pub(crate) _key: PhantomData<fn() -> K>,
 }
 
@@ -130,6 +135,9 @@ where
             max_serving_streams: gossipkv_core::DEFAULT_MAX_SERVING_STREAMS,
             data_dir: None,
             durability: Durability::Sync,
+            max_entries: None,
+            max_bytes: None,
+            memory_policy: MemoryPolicy::Reject,
             _key: PhantomData,
         }
     }
@@ -334,6 +342,38 @@ where
         self
     }
 
+    /// Most keys holding a value on this node (default: no limit; at least
+    /// 1); what happens at the limit is the
+    /// [`memory_policy`](Builder::memory_policy). Tombstones of deleted keys
+    /// are not counted here; they count in [`max_bytes`](Builder::max_bytes).
+    pub fn max_entries(mut self, n: usize) -> Self {
+        self.max_entries = Some(n);
+        self
+    }
+
+    /// Most bytes of entries on this node (default: no limit; at least
+    /// [`MIN_MAX_BYTES`](crate::MIN_MAX_BYTES)), counted as
+    /// [`GossipKv::memory_usage`](crate::GossipKv::memory_usage) counts
+    /// them: each key and encoded value plus a fixed overhead per entry,
+    /// tombstones of deleted keys included. What happens at the limit is the
+    /// [`memory_policy`](Builder::memory_policy); an entry larger than the
+    /// whole budget is refused under both with
+    /// [`Error::TooLargeForBudget`](crate::Error::TooLargeForBudget).
+    pub fn max_bytes(mut self, bytes: usize) -> Self {
+        self.max_bytes = Some(bytes);
+        self
+    }
+
+    /// What a write that would exceed [`max_entries`](Builder::max_entries)
+    /// or [`max_bytes`](Builder::max_bytes) does (default
+    /// [`MemoryPolicy::Reject`]): fail, or evict the least recently used
+    /// keys (replicated deletes). Every node of a cluster should use the
+    /// same limits and policy: evictions delete keys everywhere.
+    pub fn memory_policy(mut self, policy: MemoryPolicy) -> Self {
+        self.memory_policy = policy;
+        self
+    }
+
     /// Seeds the random generator that picks gossip peers (default: random),
     /// for reproducible runs.
     pub fn rng_seed(mut self, seed: u64) -> Self {
@@ -402,6 +442,9 @@ impl<K, V> Builder<K, V> {
             max_serving_streams: self.max_serving_streams,
             data_dir: self.data_dir,
             durability: self.durability,
+            max_entries: self.max_entries,
+            max_bytes: self.max_bytes,
+            memory_policy: self.memory_policy,
             _key: PhantomData,
         }
     }

@@ -46,6 +46,37 @@ pub enum Error {
         /// The largest encoded value size accepted.
         max: usize,
     },
+    /// The write would take the node over
+    /// [`max_entries`](crate::Builder::max_entries) or
+    /// [`max_bytes`](crate::Builder::max_bytes) under
+    /// [`MemoryPolicy::Reject`](crate::MemoryPolicy::Reject); nothing was
+    /// written. Delete keys (or wait for deletes from peers) to make room.
+    #[error(
+        "over budget: the write needs {needed} more bytes; {bytes} of {max_bytes:?} bytes \
+         and {entries} of {max_entries:?} entries are used"
+    )]
+    OverBudget {
+        /// Bytes the write would add (0 when it is the entry limit).
+        needed: usize,
+        /// Bytes in use ([`GossipKv::memory_usage`](crate::GossipKv::memory_usage)).
+        bytes: usize,
+        /// The byte limit.
+        max_bytes: Option<usize>,
+        /// Keys holding a value.
+        entries: usize,
+        /// The entry limit.
+        max_entries: Option<usize>,
+    },
+    /// The entry (key, encoded value and the per-entry overhead) is larger
+    /// than the node's whole [`max_bytes`](crate::Builder::max_bytes), under
+    /// either memory policy; nothing was written.
+    #[error("an entry of {size} bytes cannot fit max_bytes of {max_bytes} bytes")]
+    TooLargeForBudget {
+        /// What the entry would cost, in bytes.
+        size: usize,
+        /// The byte limit.
+        max_bytes: usize,
+    },
     /// A key was empty or too long; nothing was written.
     #[error("invalid key: {message}")]
     InvalidKey {
@@ -156,6 +187,10 @@ pub enum ConfigOption {
     MaxClockDrift,
     /// [`Builder::durability`](crate::Builder::durability).
     Durability,
+    /// [`Builder::max_entries`](crate::Builder::max_entries).
+    MaxEntries,
+    /// [`Builder::max_bytes`](crate::Builder::max_bytes).
+    MaxBytes,
 }
 
 impl ConfigOption {
@@ -178,6 +213,8 @@ impl ConfigOption {
             ConfigOption::Discovery => "discovery",
             ConfigOption::MaxClockDrift => "max_clock_drift",
             ConfigOption::Durability => "durability",
+            ConfigOption::MaxEntries => "max_entries",
+            ConfigOption::MaxBytes => "max_bytes",
         }
     }
 }

@@ -254,6 +254,7 @@ mod discovery;
 mod driver;
 mod error;
 mod health;
+mod memory;
 mod node;
 mod persist;
 mod start;
@@ -264,6 +265,7 @@ pub use builder::{Builder, DEFAULT_CLUSTER_ID, DEFAULT_DEAD_MEMBER_GRACE, DEFAUL
 pub use codec::{BytesCodec, Codec, CodecError, DefaultCodec, JsonCodec, StringCodec};
 pub use error::{ConfigOption, DataDirError, Error};
 pub use health::{Health, Problem, ProblemKind, HEALTH_WINDOW};
+pub use memory::{MemoryPolicy, MIN_MAX_BYTES};
 pub use node::{GossipKv, MAX_KEY_LEN, WATCH_QUEUE};
 pub use persist::{Durability, DurableStats};
 pub use watch::{MemberEvents, WatchEvent, Watcher};

@@ -139,8 +139,10 @@ where
     /// Errors: [`Error::Closed`] after [`shutdown`](Self::shutdown),
     /// [`Error::InvalidKey`], [`Error::ValueTooLarge`] when the encoded value
     /// is longer than [`Builder::max_value_size`](crate::Builder::max_value_size),
-    /// [`Error::Codec`] (naming the key) when the value does not encode.
-    /// Nothing is written when it fails.
+    /// [`Error::Codec`] (naming the key) when the value does not encode;
+    /// with memory limits, [`Error::OverBudget`] (under
+    /// [`MemoryPolicy::Reject`](crate::MemoryPolicy::Reject)) and
+    /// [`Error::TooLargeForBudget`]. Nothing is written when it fails.
     pub fn set(&self, key: impl AsRef<str>, value: V) -> Result<(), Error> {
         let key = key.as_ref();
         self.check_writable(key)?;
@@ -155,7 +157,7 @@ where
                 max: self.inner.max_value_size,
             });
         }
-        self.write(key, Some(bytes));
+        self.write(key, Some(bytes))?;
         self.durable()
     }
 
@@ -181,7 +183,7 @@ where
     pub fn delete(&self, key: impl AsRef<str>) -> Result<(), Error> {
         let key = key.as_ref();
         self.check_writable(key)?;
-        self.write(key, None);
+        self.write(key, None)?;
         self.durable()
     }
 
@@ -193,6 +195,15 @@ where
     /// Number of keys holding a value locally.
     pub fn len(&self) -> usize {
         self.inner.store.len()
+    }
+
+    /// Bytes this node's entries take, as
+    /// [`max_bytes`](crate::Builder::max_bytes) counts them: each key and
+    /// encoded value plus a fixed per-entry overhead (the measured average
+    /// cost of an entry in the store's maps and index), tombstones of
+    /// deleted keys included. Counted with or without limits.
+    pub fn memory_usage(&self) -> usize {
+        self.inner.store.memory_usage()
     }
 
     /// Whether no key holds a value locally.
@@ -670,21 +681,24 @@ where
         self.inner.closed.load(Ordering::SeqCst)
     }
 
-    /// A local write (a delete for `None`), queued for eager push when the
-    /// node pushes; otherwise no record is built for it.
-    fn write(&self, key: &str, value: Option<Bytes>) {
+    /// A local write (a delete for `None`) within the memory limits,
+    /// queued for eager push when the node pushes; otherwise no record is
+    /// built for it.
+    fn write(&self, key: &str, value: Option<Bytes>) -> Result<(), Error> {
         let store = &self.inner.store;
+        let now = wall_now().as_unix_ms();
         let Some(tx) = &self.inner.push_tx else {
-            let now = wall_now().as_unix_ms();
-            match value {
-                Some(v) => store.set(key, v, now),
-                None => store.delete(key, now),
-            };
-            return;
+            store
+                .try_set(key, value, now)
+                .map_err(crate::memory::budget_error)?;
+            return Ok(());
         };
-        let record = store.write(key, value, wall_now().as_unix_ms());
+        let record = store
+            .try_write(key, value, now)
+            .map_err(crate::memory::budget_error)?;
         // Never block a write: when the queue is full, anti-entropy delivers it.
         let _ = tx.try_send(record);
+        Ok(())
     }
 
     /// Waits, in [`Durability::Sync`](crate::Durability::Sync) mode, until

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use foldhash::fast::RandomState as FastState;
 use gossipkv_durable::{Batch, DataDir, Identity, WriteError};
-use gossipkv_storage::{Hlc, NodeId, Origin, Store};
+use gossipkv_storage::{Hlc, NodeId, Origin, Store, StoreConfig};
 use parking_lot::{Condvar, Mutex};
 use tracing::{debug, error, info, warn};
 
@@ -134,8 +134,8 @@ pub(crate) struct Opened {
     pub(crate) generation: u64,
     /// The membership incarnation to start at.
     pub(crate) incarnation: u64,
-    /// The directory, with this run's start recorded.
-    pub(crate) data: DataDir,
+    /// The directory's writer, running.
+    pub(crate) persister: Arc<Persister>,
 }
 
 /// Opens `dir` for node `node` of cluster `cluster` and loads it into a new
@@ -147,6 +147,8 @@ pub(crate) fn open(
     cluster: &str,
     node: &NodeId,
     fresh_generation: u64,
+    config: StoreConfig,
+    mode: Durability,
 ) -> Result<Opened, Error> {
     let t0 = Instant::now();
     let mut data = DataDir::open(dir, &Identity::new(cluster, node.as_str()))?;
@@ -159,12 +161,18 @@ pub(crate) fn open(
         // Above the last run's: generations of one node only grow.
         (fresh_generation.max(meta.generation.saturating_add(1)), 0)
     };
-    let store = Arc::new(Store::new(Origin::new(node.clone(), generation)));
+    let store = Arc::new(Store::with_config(
+        Origin::new(node.clone(), generation),
+        config,
+    ));
     store.clock().observe(Hlc::from_u64(meta.hlc_ceiling));
+    data.start(generation).map_err(persist_error)?;
+    // The persister first: keys a memory budget evicts while the stored
+    // records are merged must reach the disk too.
+    let persister = Persister::spawn(&store, data, mode);
     let records = loaded.records.len();
     store.merge_batch(loaded.records);
     store.restore_marks(&loaded.marks);
-    data.start(generation).map_err(persist_error)?;
     let how = match (meta.created, resumed) {
         (true, _) => "new data dir",
         (false, true) => "clean restart: generation kept",
@@ -178,7 +186,7 @@ pub(crate) fn open(
         store,
         generation,
         incarnation,
-        data,
+        persister,
     })
 }
 

@@ -12,7 +12,7 @@ use gossipkv_core::{
     DetectorConfig, MemberEvent, Protocol, ProtocolConfig, MAX_NODE_ID_LEN, MAX_PACKET_SIZE,
     MAX_VALUE_SIZE_LIMIT, MIN_PACKET_SIZE,
 };
-use gossipkv_storage::{NodeId, Origin, Record, Store};
+use gossipkv_storage::{Limits, NodeId, Origin, Record, Store, StoreConfig};
 use gossipkv_transport::{Transport, UdpConfig, UdpTransport};
 use parking_lot::Mutex;
 use rand::Rng;
@@ -176,6 +176,7 @@ impl Shared {
                 let _ = tx.send(Change {
                     key: Arc::from(key),
                     value: value.cloned(),
+                    evicted: false,
                 });
             }
         }));
@@ -198,12 +199,13 @@ where
     V: Send + Sync + 'static,
 {
     check(&b)?;
+    let limits = crate::memory::limits(b.max_entries, b.max_bytes, b.memory_policy)?;
     let node_id = b
         .node_id
         .clone()
         .unwrap_or_else(|| format!("node-{:016x}", rand::rng().random::<u64>()));
     let node = NodeId::new(&node_id);
-    let (shared, generation, incarnation) = open_store(&b, &node).await?;
+    let (shared, generation, incarnation) = open_store(&b, &node, limits).await?;
     let Some(bind) = &b.bind_addr else {
         debug!(node = %node, "started local-only node");
         return Ok(local_only(b, node, shared));
@@ -257,6 +259,7 @@ where
     let (addrs_tx, addrs_rx) = mpsc::channel::<Addrs>(16);
     let (push_tx, push_rx) = mpsc::channel::<Record>(PUSH_QUEUE);
     let push_tx = b.eager_push.then_some(push_tx);
+    crate::memory::observe_evictions(&shared.store, shared.changes.clone(), push_tx.clone());
     if b.seeds.iter().any(|s| s.parse::<SocketAddr>().is_err()) {
         tokio::spawn(refresh_seeds(
             b.seeds.clone(),
@@ -315,14 +318,23 @@ where
 
 /// The node's store: empty, or loaded from its data directory (then with
 /// its persister); the generation and membership incarnation to run at.
-async fn open_store<K, V>(b: &Builder<K, V>, node: &NodeId) -> Result<(Shared, u64, u64), Error> {
+async fn open_store<K, V>(
+    b: &Builder<K, V>,
+    node: &NodeId,
+    limits: Limits,
+) -> Result<(Shared, u64, u64), Error> {
     let fresh = new_generation();
+    let config = StoreConfig {
+        limits,
+        ..StoreConfig::default()
+    };
     let Some(dir) = b.data_dir.clone() else {
-        let store = Arc::new(Store::new(Origin::new(node.clone(), fresh)));
+        let store = Arc::new(Store::with_config(Origin::new(node.clone(), fresh), config));
         return Ok((Shared::new(store, None), fresh, 0));
     };
     let (cluster, id) = (b.cluster_id.clone(), node.clone());
-    let load = move || persist::open(&dir, &cluster, &id, fresh);
+    let mode = b.durability;
+    let load = move || persist::open(&dir, &cluster, &id, fresh, config, mode);
     // Loading reads the whole directory: off the async workers when
     // there are any (a local-only node may be built without a runtime).
     let opened = match tokio::runtime::Handle::try_current() {
@@ -331,9 +343,8 @@ async fn open_store<K, V>(b: &Builder<K, V>, node: &NodeId) -> Result<(Shared, u
         })??,
         Err(_) => load()?,
     };
-    let persister = Persister::spawn(&opened.store, opened.data, b.durability);
     Ok((
-        Shared::new(opened.store, Some(persister)),
+        Shared::new(opened.store, Some(opened.persister)),
         opened.generation,
         opened.incarnation,
     ))
@@ -343,6 +354,7 @@ async fn open_store<K, V>(b: &Builder<K, V>, node: &NodeId) -> Result<(Shared, u
 fn local_only<K, V>(b: Builder<K, V>, node: NodeId, shared: Shared) -> GossipKv<K, V> {
     // Nobody to catch up from.
     shared.synced.send_replace(true);
+    crate::memory::observe_evictions(&shared.store, shared.changes.clone(), None);
     GossipKv {
         inner: Arc::new(Inner {
             store: shared.store,

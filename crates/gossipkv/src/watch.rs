@@ -15,16 +15,18 @@ use gossipkv_core::MemberEvent;
 pub(crate) struct Change {
     pub(crate) key: Arc<str>,
     pub(crate) value: Option<Bytes>,
+    /// Deleted by this node's memory limits (see [`WatchEvent::evicted`]).
+    pub(crate) evicted: bool,
 }
 
 /// One change seen by a [`Watcher`].
 ///
-/// Three cases, told apart by `value` and `error`:
+/// Four cases, told apart by `value`, `error` and `evicted`:
 ///
 /// | `value` | `error` | meaning |
 /// |---|---|---|
 /// | `Some(v)` | `None` | the key was set to `v` |
-/// | `None` | `None` | the key was deleted ([`is_delete`](Self::is_delete)) |
+/// | `None` | `None` | the key was deleted ([`is_delete`](Self::is_delete)), or evicted by this node's memory limits when [`evicted`](Self::evicted) is set ([`is_eviction`](Self::is_eviction)) |
 /// | `None` | `Some(e)` | the key was set, but its value does not decode with this node's codec (for example a value written by a node with another value type); `e` says why |
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -42,12 +44,23 @@ pub struct WatchEvent<K, V> {
     /// one because it fell behind. When non-zero, re-read the keys you care
     /// about (for example with `scan_prefix`).
     pub missed: u64,
+    /// Whether this node evicted the key to stay within its memory limits
+    /// ([`MemoryPolicy::EvictLru`](crate::MemoryPolicy::EvictLru)). An
+    /// eviction is a delete that replicates: other nodes see it as an
+    /// ordinary delete.
+    pub evicted: bool,
 }
 
 impl<K, V> WatchEvent<K, V> {
-    /// Whether this event is a delete: no value and no decoding error.
+    /// Whether this event is a delete (an eviction is not): no value, no
+    /// decoding error.
     pub fn is_delete(&self) -> bool {
-        self.value.is_none() && self.error.is_none()
+        self.value.is_none() && self.error.is_none() && !self.evicted
+    }
+
+    /// Whether this node evicted the key (see [`WatchEvent::evicted`]).
+    pub fn is_eviction(&self) -> bool {
+        self.evicted
     }
 }
 
@@ -165,6 +178,7 @@ impl<K: From<String>, V: 'static> Watcher<K, V> {
                 value,
                 error,
                 missed,
+                evicted: c.evicted,
             });
         }
     }

@@ -296,3 +296,43 @@ async fn collected_tombstones_leave_the_disk() {
         .collect();
     assert_eq!(keys, vec!["kept".to_string()]);
 }
+
+#[tokio::test]
+async fn a_cache_with_a_data_dir_stays_in_budget_across_restarts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = |max_entries| {
+        GossipKv::<String, String>::builder()
+            .node_id("cache")
+            .cluster_id("prod")
+            .data_dir(tmp.path())
+            .durability(Durability::Interval(Duration::from_millis(20)))
+            .max_entries(max_entries)
+            .memory_policy(gossipkv::MemoryPolicy::EvictLru)
+            .build()
+    };
+    let kv = cache(100).await.unwrap();
+    for i in 0..500 {
+        kv.set(format!("k{i:03}"), "v".to_string()).unwrap();
+    }
+    assert_eq!(kv.len(), 100);
+    kv.shutdown().await.unwrap();
+    drop(kv);
+
+    // The evictions reached the disk: the same 100 keys come back.
+    let kv = cache(100).await.unwrap();
+    assert_eq!(kv.len(), 100);
+    assert_eq!(kv.get("k499").unwrap().as_deref(), Some("v"));
+    assert_eq!(kv.get("k000").unwrap(), None);
+    kv.shutdown().await.unwrap();
+    drop(kv);
+
+    // A smaller budget evicts while loading, and those evictions are
+    // stored too: the next start finds 40 keys, not 100.
+    let kv = cache(40).await.unwrap();
+    assert_eq!(kv.len(), 40);
+    kv.shutdown().await.unwrap();
+    drop(kv);
+    let kv = cache(1_000).await.unwrap();
+    assert_eq!(kv.len(), 40, "the evictions at load were persisted");
+    kv.shutdown().await.unwrap();
+}

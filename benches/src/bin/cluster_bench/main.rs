@@ -36,8 +36,10 @@
 //! - [`memory`]: the `memory` scenario, in a subprocess.
 //! - [`durable`]: the `durable` scenario: writes with a data dir, restart
 //!   with a million keys on disk, disk bytes per key.
+//! - [`budget`]: the `budget` scenario (a cache filled past `max_bytes`).
 //! - [`plot`]: the SVG of the sweep.
 
+mod budget;
 mod bulk;
 mod catchup;
 use catchup::Values;
@@ -75,6 +77,7 @@ fn main() -> Result<()> {
         Command::Run(opts) => opts,
         Command::MemoryProbe => return memory::probe(),
         Command::ServeProbe => return serve::probe(),
+        Command::BudgetProbe => return budget::probe(),
         Command::Help => {
             println!("{USAGE}");
             return Ok(());
@@ -108,6 +111,9 @@ async fn run(opts: &Options) -> Result<()> {
 
     if opts.wants("memory") {
         memory::scenario(&mut report, t0);
+    }
+    if opts.wants("budget") {
+        budget::scenario(&mut report, t0).await;
     }
     if opts.wants("n10") {
         let result = propagation::scenario_n10(&mut report, plan, &mut rng, t0).await;

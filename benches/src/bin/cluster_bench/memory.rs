@@ -44,6 +44,11 @@ pub(crate) fn probe() -> Result<()> {
     Ok(())
 }
 
+/// Resident set size of this process, in bytes.
+pub(crate) fn rss_now() -> Result<u64> {
+    rss_bytes(page_size())
+}
+
 /// Resident set size of this process, in bytes, from `/proc/self/statm`.
 fn rss_bytes(page_size: u64) -> Result<u64> {
     let statm = fs::read_to_string("/proc/self/statm").context("cannot read /proc/self/statm")?;

@@ -6,8 +6,9 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 
 /// Every scenario, in the order they run.
-const SCENARIOS: [&str; 12] = [
+const SCENARIOS: [&str; 13] = [
     "memory",
+    "budget",
     "n10",
     "bulk",
     "n100",
@@ -24,6 +25,10 @@ const SCENARIOS: [&str; 12] = [
 /// Hidden flag: measure the memory per entry and print it, nothing else
 /// (see [`crate::memory`]).
 pub(crate) const MEMORY_PROBE: &str = "--memory-probe";
+
+/// Hidden flag: fill a cache node ten times past its byte budget and print
+/// the peak over the budget and the RSS growth (see [`crate::budget`]).
+pub(crate) const BUDGET_PROBE: &str = "--budget-probe";
 
 /// Hidden flag: measure the serving node's memory while it streams and
 /// print it, nothing else (see [`crate::serve`]).
@@ -43,6 +48,8 @@ pub(crate) enum Command {
     MemoryProbe,
     /// Run the serving-memory probe (see [`SERVE_PROBE`]).
     ServeProbe,
+    /// Run the budget probe (see [`BUDGET_PROBE`]).
+    BudgetProbe,
     /// Print [`USAGE`].
     Help,
 }
@@ -128,6 +135,7 @@ pub(crate) fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Comma
             "--quick" => quick = true,
             MEMORY_PROBE => return Ok(Command::MemoryProbe),
             SERVE_PROBE => return Ok(Command::ServeProbe),
+            BUDGET_PROBE => return Ok(Command::BudgetProbe),
             "--only" => {
                 for name in args.next().context(USAGE)?.split(',') {
                     ensure!(

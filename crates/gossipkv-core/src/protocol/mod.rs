@@ -380,6 +380,7 @@ impl Protocol {
 
     /// A gossip round: a Syn to each of this round's targets.
     fn round(&mut self) {
+        self.marks.share_early_bounds(&self.cx);
         let cx = &mut self.cx;
         cx.stats.rounds += 1;
         let digest = self.exchange.begin_round(cx);
