@@ -118,31 +118,7 @@ impl PeerMarks {
         if live.is_empty() {
             return;
         }
-        // Each live member's marks, of its current generation (`None`: none).
-        let marks: Vec<Option<&BTreeMap<Origin, u64>>> = live
-            .iter()
-            .map(|m| {
-                self.members
-                    .get(&m.node_id)
-                    .filter(|k| k.generation == m.generation)
-                    .map(|k| &k.watermarks)
-            })
-            .collect();
-        let bounds: Vec<(Origin, u64)> = cx
-            .store
-            .digest()
-            .entries
-            .into_iter()
-            .map(|e| {
-                let lowest = marks
-                    .iter()
-                    .map(|m| m.and_then(|m| m.get(&e.origin).copied()).unwrap_or(0))
-                    .min()
-                    .unwrap_or(0);
-                (e.origin, lowest.min(e.watermark))
-            })
-            .filter(|(_, bound)| *bound > 0)
-            .collect();
+        let bounds = lowest(&self.live_marks(&live), &cx.store.digest());
         let removed = cx.store.collect_superseded(&bounds);
         cx.stats.superseded_collected += removed as u64;
         if removed > 0 {
@@ -203,34 +179,25 @@ impl PeerMarks {
         live: &[Member],
         own: &gossipkv_storage::Digest,
     ) -> (Vec<(Origin, u64)>, BTreeMap<Origin, u64>) {
-        let marks: Vec<Option<&BTreeMap<Origin, u64>>> = live
-            .iter()
+        let marks = self.live_marks(live);
+        let mut highest: BTreeMap<Origin, u64> = BTreeMap::new();
+        for (o, w) in marks.iter().flatten().flat_map(|m| m.iter()) {
+            let h = highest.entry(o.clone()).or_insert(0);
+            *h = (*h).max(*w);
+        }
+        (lowest(&marks, own), highest)
+    }
+
+    /// Each live member's marks, of its current generation (`None`: none).
+    fn live_marks(&self, live: &[Member]) -> Vec<Option<&BTreeMap<Origin, u64>>> {
+        live.iter()
             .map(|m| {
                 self.members
                     .get(&m.node_id)
                     .filter(|k| k.generation == m.generation)
                     .map(|k| &k.watermarks)
             })
-            .collect();
-        let mut highest: BTreeMap<Origin, u64> = BTreeMap::new();
-        for (o, w) in marks.iter().flatten().flat_map(|m| m.iter()) {
-            let h = highest.entry(o.clone()).or_insert(0);
-            *h = (*h).max(*w);
-        }
-        let bounds = own
-            .entries
-            .iter()
-            .map(|e| {
-                let lowest = marks
-                    .iter()
-                    .map(|m| m.and_then(|m| m.get(&e.origin).copied()).unwrap_or(0))
-                    .min()
-                    .unwrap_or(0);
-                (e.origin.clone(), lowest.min(e.watermark))
-            })
-            .filter(|(_, bound)| *bound > 0)
-            .collect();
-        (bounds, highest)
+            .collect()
     }
 
     /// Forgets the marks of members not in `live`.
@@ -249,6 +216,27 @@ impl PeerMarks {
     pub(crate) fn len(&self) -> usize {
         self.len
     }
+}
+
+/// Per origin of this node's `own` digest, the lowest watermark the
+/// members' `marks` show (a member without marks counts as 0), at most
+/// `own`'s; origins whose bound is 0 are left out.
+fn lowest(
+    marks: &[Option<&BTreeMap<Origin, u64>>],
+    own: &gossipkv_storage::Digest,
+) -> Vec<(Origin, u64)> {
+    own.entries
+        .iter()
+        .map(|e| {
+            let lowest = marks
+                .iter()
+                .map(|m| m.and_then(|m| m.get(&e.origin).copied()).unwrap_or(0))
+                .min()
+                .unwrap_or(0);
+            (e.origin.clone(), lowest.min(e.watermark))
+        })
+        .filter(|(_, bound)| *bound > 0)
+        .collect()
 }
 
 /// Whether `own` holds every write `highest` shows, origin by origin.

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use gossipkv::{ConfigOption, Error, GossipKv, MemoryPolicy};
+use gossipkv::{Builder, ConfigOption, Error, GossipKv, MemoryPolicy};
 
 mod common;
 
@@ -13,18 +13,31 @@ use common::{wait_until, Kv};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-async fn cache(max_entries: Option<usize>, max_bytes: Option<usize>) -> Kv {
-    let mut b = GossipKv::<String, String>::builder().memory_policy(MemoryPolicy::EvictLru);
+/// `b` as a cache: least recently used evicted, within these limits.
+fn evicting(
+    b: Builder<String, String>,
+    max_entries: Option<usize>,
+    max_bytes: Option<usize>,
+) -> Builder<String, String> {
+    let mut b = b.memory_policy(MemoryPolicy::EvictLru);
     if let Some(n) = max_entries {
         b = b.max_entries(n);
     }
     if let Some(n) = max_bytes {
         b = b.max_bytes(n);
     }
-    b.build().await.expect("node starts")
+    b
 }
 
-/// A networked node with `policy` and the given limits.
+/// A local-only cache.
+async fn cache(max_entries: Option<usize>, max_bytes: Option<usize>) -> Kv {
+    evicting(GossipKv::builder(), max_entries, max_bytes)
+        .build()
+        .await
+        .expect("node starts")
+}
+
+/// A networked node; a cache when `limits` (entries, bytes) are given.
 async fn member(id: &str, seeds: &[&Kv], limits: Option<(Option<usize>, Option<usize>)>) -> Kv {
     let mut b = GossipKv::<String, String>::builder()
         .node_id(id)
@@ -32,13 +45,7 @@ async fn member(id: &str, seeds: &[&Kv], limits: Option<(Option<usize>, Option<u
         .gossip_interval(Duration::from_millis(50))
         .seeds(seeds.iter().map(|s| s.local_addr().unwrap().to_string()));
     if let Some((entries, bytes)) = limits {
-        b = b.memory_policy(MemoryPolicy::EvictLru);
-        if let Some(n) = entries {
-            b = b.max_entries(n);
-        }
-        if let Some(n) = bytes {
-            b = b.max_bytes(n);
-        }
+        b = evicting(b, entries, bytes);
     }
     b.build().await.expect("node starts")
 }
