@@ -21,7 +21,7 @@ use gossipkv_storage::{Hlc, NodeId, Origin, Store, StoreConfig};
 use parking_lot::{Condvar, Mutex};
 use tracing::{debug, error, info, warn};
 
-use crate::error::Error;
+use crate::error::{DataDirError, Error};
 
 /// How long a failed commit waits before it is tried again.
 const RETRY: Duration = Duration::from_millis(100);
@@ -149,12 +149,20 @@ pub(crate) fn open(
     fresh_generation: u64,
     config: StoreConfig,
     mode: Durability,
+    clock_limit_ms: u64,
 ) -> Result<Opened, Error> {
     let t0 = Instant::now();
     let mut data = DataDir::open(dir, &Identity::new(cluster, node.as_str()))?;
     let meta = *data.meta();
     let loaded = data.load()?;
-    let resumed = !meta.created && meta.clean && meta.generation != 0;
+    check_clock(data.file(), &meta, &loaded, clock_limit_ms)?;
+    // A stored watermark at the end of the sequence space (a damaged or
+    // forged file) leaves no sequence number to go on with.
+    let exhausted = loaded
+        .marks
+        .iter()
+        .any(|(o, w, _)| o.node == *node && o.generation == meta.generation && *w >= u64::MAX - 1);
+    let resumed = !meta.created && meta.clean && meta.generation != 0 && !exhausted;
     let (generation, incarnation) = if resumed {
         (meta.generation, meta.incarnation.saturating_add(1))
     } else {
@@ -188,6 +196,41 @@ pub(crate) fn open(
         incarnation,
         persister,
     })
+}
+
+/// Refuses a directory whose stored timestamps lead this node's wall clock
+/// by more than the clock drift allows (`clock_limit_ms`: now plus
+/// `max_clock_drift`): loading them would move the clock there, as a
+/// forged datagram may not.
+fn check_clock(
+    file: &Path,
+    meta: &gossipkv_durable::Meta,
+    loaded: &gossipkv_durable::Loaded,
+    clock_limit_ms: u64,
+) -> Result<(), Error> {
+    let ahead = |what: String, hlc: Hlc| -> Result<(), Error> {
+        if hlc.physical_ms() <= clock_limit_ms {
+            return Ok(());
+        }
+        Err(Error::DataDir {
+            source: DataDirError::Corrupt {
+                path: file.to_path_buf(),
+                message: format!(
+                    "{what} is stamped {} ms, beyond this clock plus max_clock_drift ({clock_limit_ms} ms); \
+                     if this machine's clock went back, set it right or raise max_clock_drift",
+                    hlc.physical_ms()
+                ),
+            },
+        })
+    };
+    ahead(
+        "the stored clock ceiling".into(),
+        Hlc::from_u64(meta.hlc_ceiling),
+    )?;
+    for r in &loaded.records {
+        ahead(format!("record {:?}", &*r.key), r.version.hlc)?;
+    }
+    Ok(())
 }
 
 impl Persister {
@@ -419,16 +462,15 @@ impl Persister {
         let before = store.marks();
         let (keys, ticket) = {
             let mut s = self.state.lock();
+            if s.dirty.is_empty() && s.stop.is_none() {
+                // Nothing changed: no commit (a watermark that rose alone
+                // is stored with the next change, or at the stop).
+                s.committed = s.marked;
+                return Ok(());
+            }
             (std::mem::take(&mut s.dirty), s.marked)
         };
         let keys: HashSet<Arc<str>, FastState> = keys.into_iter().collect();
-        if keys.is_empty() && self.state.lock().stop.is_none() {
-            // Nothing changed: no commit (a watermark that rose alone is
-            // stored with the next change, or at the stop).
-            let mut s = self.state.lock();
-            s.committed = s.committed.max(ticket);
-            return Ok(());
-        }
         let mut batch = Batch::default();
         for key in &keys {
             match store.get_record(key) {

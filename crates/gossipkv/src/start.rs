@@ -334,7 +334,10 @@ async fn open_store<K, V>(
     };
     let (cluster, id) = (b.cluster_id.clone(), node.clone());
     let mode = b.durability;
-    let load = move || persist::open(&dir, &cluster, &id, fresh, config, mode);
+    let limit = crate::driver::wall_now()
+        .as_unix_ms()
+        .saturating_add(b.max_clock_drift.as_millis() as u64);
+    let load = move || persist::open(&dir, &cluster, &id, fresh, config, mode, limit);
     // Loading reads the whole directory: off the async workers when
     // there are any (a local-only node may be built without a runtime).
     let opened = match tokio::runtime::Handle::try_current() {

@@ -336,3 +336,64 @@ async fn a_cache_with_a_data_dir_stays_in_budget_across_restarts() {
     assert_eq!(kv.len(), 40, "the evictions at load were persisted");
     kv.shutdown().await.unwrap();
 }
+
+/// Hostile or damaged contents of a well-formed data dir: a record stamped
+/// far in the future is refused at build (it would move the clock, as a
+/// forged datagram may not), and a local watermark at the end of the
+/// sequence space makes the node take a new generation instead of
+/// running out of sequence numbers.
+#[tokio::test]
+async fn a_data_dir_stamped_far_ahead_or_at_the_last_sequence_number_is_handled() {
+    let future = tempfile::tempdir().unwrap();
+    {
+        let mut data = DataDir::open(future.path(), &Identity::new("prod", "a")).unwrap();
+        data.start(5).unwrap();
+        let origin = Origin::new("b", 1);
+        data.persist(&Batch {
+            records: vec![Record {
+                key: "k".into(),
+                value: Some(b"v".to_vec().into()),
+                // The year 2200.
+                version: Version::new(Hlc::new(7_258_118_400_000, 0), &origin, 1),
+            }],
+            marks: vec![(origin, 1, 0)],
+            ..Batch::default()
+        })
+        .unwrap();
+    }
+    let err = durable(future.path(), "a", Durability::Sync)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::DataDir {
+                source: DataDirError::Corrupt { message, .. }
+            } if message.contains("max_clock_drift")
+        ),
+        "{err:?}"
+    );
+
+    let exhausted = tempfile::tempdir().unwrap();
+    {
+        let mut data = DataDir::open(exhausted.path(), &Identity::new("prod", "a")).unwrap();
+        data.start(5).unwrap();
+        data.persist(&Batch {
+            marks: vec![(Origin::new("a", 5), u64::MAX, 0)],
+            ..Batch::default()
+        })
+        .unwrap();
+        data.stop_clean(0, 0).unwrap();
+    }
+    let kv = durable(exhausted.path(), "a", Durability::Sync)
+        .await
+        .unwrap();
+    assert_ne!(
+        kv.generation(),
+        5,
+        "no sequence number left in generation 5"
+    );
+    kv.set("k", "v".to_string()).unwrap();
+    assert_eq!(version_of(&kv, "k").seq, 1);
+    kv.shutdown().await.unwrap();
+}
