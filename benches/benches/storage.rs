@@ -262,6 +262,7 @@ fn merge_bench(group: &mut BenchmarkGroup<'_, WallTime>, keys: usize) {
                                 key: Arc::from(w.keys[i].as_str()),
                                 value: Some(w.values[i].clone()),
                                 version: Version::new(Hlc::from_u64(base + seq), &peer, seq),
+                                lifetime: gossipkv_storage::Lifetime::FOREVER,
                             }
                         })
                         .collect::<Vec<_>>()

@@ -55,6 +55,8 @@ pub const DEFAULT_STREAM_THRESHOLD: u64 = 64;
 pub const DEFAULT_MAX_SERVING_STREAMS: usize = 4;
 /// Default [`ProtocolConfig::stream_frame_size`]: 64 KiB.
 pub const DEFAULT_STREAM_FRAME_SIZE: usize = 64 << 10;
+/// Default [`ProtocolConfig::ephemeral_grace`]: one minute.
+pub const DEFAULT_EPHEMERAL_GRACE: Duration = Duration::from_secs(60);
 
 /// Longest text form of a socket address ("[v6%scope]:port"), as assumed
 /// when cutting fragments.
@@ -133,6 +135,12 @@ pub struct ProtocolConfig {
     /// Bytes of records per stream frame (a record larger than this gets a
     /// frame of its own).
     pub stream_frame_size: usize,
+    /// How long the ephemeral values of a dead member stay hidden before
+    /// they are removed for good (each becomes the tombstone of its own
+    /// version). Within it, a member that refutes its death gets them back
+    /// at no cost; after it, it writes them again. Departed members and
+    /// replaced generations lose theirs at once.
+    pub ephemeral_grace: Duration,
 }
 
 impl ProtocolConfig {
@@ -161,6 +169,7 @@ impl ProtocolConfig {
             stream_threshold: DEFAULT_STREAM_THRESHOLD,
             max_serving_streams: DEFAULT_MAX_SERVING_STREAMS,
             stream_frame_size: DEFAULT_STREAM_FRAME_SIZE,
+            ephemeral_grace: DEFAULT_EPHEMERAL_GRACE,
         }
     }
 

@@ -363,6 +363,22 @@ impl Peers {
         }
     }
 
+    /// The member with id `node`, if membership is kept and it is known.
+    pub(crate) fn member(&self, node: &NodeId) -> Option<Member> {
+        match self {
+            Peers::Swim(s) => s.get(node),
+            Peers::Given { .. } => None,
+        }
+    }
+
+    /// Whether we refuted a rumor of our own death since the last call.
+    pub(crate) fn take_refuted_death(&mut self) -> bool {
+        match self {
+            Peers::Swim(s) => s.take_refuted_death(),
+            Peers::Given { .. } => false,
+        }
+    }
+
     /// Every member known.
     pub(crate) fn all(&self) -> Vec<Member> {
         match self {

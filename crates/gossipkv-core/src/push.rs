@@ -245,11 +245,7 @@ fn batch(cx: &Context, records: Vec<Record>) -> (Vec<Vec<Record>>, Vec<Record>) 
 
 /// Bytes a push datagram whose first record is `first` has for records.
 fn push_room(cx: &Context, first: &Record) -> usize {
-    let stand_in = Record {
-        key: first.key.clone(),
-        value: None,
-        version: first.version.clone(),
-    };
+    let stand_in = Record::new(first.key.clone(), None, first.version.clone());
     let env = Envelope {
         protocol_version: PROTOCOL_VERSION,
         cluster_id: cx.cfg.cluster_id.clone(),

@@ -110,4 +110,17 @@ pub struct Stats {
     pub stream_frames_received: u64,
     /// Bytes received on streams.
     pub stream_bytes_received: u64,
+    /// Values whose time to live ran out, turned into tombstones here.
+    pub values_expired: u64,
+    /// Ephemeral values hidden because their owner died, left or was
+    /// replaced by a newer generation.
+    pub owned_hidden: u64,
+    /// Ephemeral values shown again because their owner refuted its death.
+    pub owned_shown: u64,
+    /// Ephemeral values removed for good (owner left, replaced, or dead
+    /// past the grace period).
+    pub owned_removed: u64,
+    /// This node's own ephemeral values written again after it refuted a
+    /// rumor of its death.
+    pub owned_rewritten: u64,
 }

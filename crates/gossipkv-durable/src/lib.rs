@@ -58,8 +58,10 @@ pub const BLOAT_FACTOR: u64 = 4;
 /// Files smaller than this are never compacted.
 pub const BLOAT_MIN_BYTES: u64 = 4 << 20;
 
-/// The on-disk format this build writes, and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The on-disk format this build writes, and the newest it reads. Format 2
+/// added record lifetimes (expiry, ephemeral); files of format 1 are read
+/// as they are and marked format 2 when a run starts.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Facts about the node, one row each.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -350,7 +352,11 @@ impl DataDir {
     /// # Errors
     /// [`WriteError`] when the commit fails.
     pub fn start(&mut self, generation: u64) -> Result<(), WriteError> {
-        self.put(&[(GENERATION, &generation.to_le_bytes()), (CLEAN, &[0])])?;
+        self.put(&[
+            (FORMAT, &FORMAT_VERSION.to_le_bytes()),
+            (GENERATION, &generation.to_le_bytes()),
+            (CLEAN, &[0]),
+        ])?;
         self.meta.generation = generation;
         self.meta.clean = false;
         Ok(())

@@ -5,19 +5,42 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use gossipkv_storage::{Hlc, NodeId, Origin, Record, Version};
+use gossipkv_storage::{Hlc, Lifetime, NodeId, Origin, Record, Version, HLC_MAX_PHYSICAL_MS};
 
-/// A record's row value: a flag byte (1: value, 0: tombstone), the
-/// timestamp, generation and sequence number (u64 little-endian each), the
+/// Flag bit: the record holds a value (else it is a tombstone).
+const HAS_VALUE: u8 = 1;
+/// Flag bit: a lifetime follows the sequence number (format 2; rows of
+/// format 1 never set it).
+const HAS_LIFETIME: u8 = 2;
+/// Flag bit: the value is ephemeral (owned by its writer's origin).
+const EPHEMERAL: u8 = 4;
+
+/// A record's row value: a flag byte ([`HAS_VALUE`], [`HAS_LIFETIME`],
+/// [`EPHEMERAL`]), the timestamp, generation and sequence number (u64
+/// little-endian each), the expiry (u64, only with [`HAS_LIFETIME`]), the
 /// writer's node id (u16 length, bytes), then the value's bytes.
 pub(crate) fn encode_record(r: &Record) -> Vec<u8> {
     let node = r.version.node.as_str().as_bytes();
     let value = r.value.as_deref().unwrap_or_default();
-    let mut out = Vec::with_capacity(1 + 24 + 2 + node.len() + value.len());
-    out.push(u8::from(r.value.is_some()));
+    let mut out = Vec::with_capacity(1 + 32 + 2 + node.len() + value.len());
+    let timed = !r.lifetime.is_forever();
+    let mut flag = 0;
+    if r.value.is_some() {
+        flag |= HAS_VALUE;
+    }
+    if timed {
+        flag |= HAS_LIFETIME;
+    }
+    if r.lifetime.ephemeral {
+        flag |= EPHEMERAL;
+    }
+    out.push(flag);
     out.extend_from_slice(&r.version.hlc.as_u64().to_le_bytes());
     out.extend_from_slice(&r.version.generation.to_le_bytes());
     out.extend_from_slice(&r.version.seq.to_le_bytes());
+    if timed {
+        out.extend_from_slice(&r.lifetime.expires_ms.to_le_bytes());
+    }
     let len = u16::try_from(node.len()).unwrap_or(u16::MAX);
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&node[..usize::from(len)]);
@@ -36,13 +59,31 @@ pub(crate) fn decode_record(
     let (hlc, rest) = u64_le(rest)?;
     let (generation, rest) = u64_le(rest)?;
     let (seq, rest) = u64_le(rest)?;
+    if flag & !(HAS_VALUE | HAS_LIFETIME | EPHEMERAL) != 0 {
+        return None;
+    }
+    let (lifetime, rest) = if flag & HAS_LIFETIME != 0 {
+        let (expires_ms, rest) = u64_le(rest)?;
+        if expires_ms > HLC_MAX_PHYSICAL_MS {
+            return None;
+        }
+        let lifetime = Lifetime {
+            expires_ms,
+            ephemeral: flag & EPHEMERAL != 0,
+        };
+        (lifetime, rest)
+    } else if flag & EPHEMERAL != 0 {
+        return None;
+    } else {
+        (Lifetime::FOREVER, rest)
+    };
     let (len, rest) = rest.split_first_chunk::<2>()?;
     let len = usize::from(u16::from_le_bytes(*len));
     let node = std::str::from_utf8(rest.get(..len)?).ok()?;
     let value = &rest[len..];
-    let value = match flag {
-        1 => Some(Bytes::copy_from_slice(value)),
-        0 if value.is_empty() => None,
+    let value = match flag & HAS_VALUE {
+        HAS_VALUE => Some(Bytes::copy_from_slice(value)),
+        _ if value.is_empty() => None,
         _ => return None,
     };
     if node.is_empty() || seq == 0 {
@@ -61,6 +102,7 @@ pub(crate) fn decode_record(
             generation,
             seq,
         },
+        lifetime,
     })
 }
 

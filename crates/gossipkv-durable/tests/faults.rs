@@ -77,6 +77,7 @@ fn record(key: &str, value: &str, seq: u64) -> Record {
             generation: 1,
             seq,
         },
+        lifetime: gossipkv_storage::Lifetime::FOREVER,
     }
 }
 

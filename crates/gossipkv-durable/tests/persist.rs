@@ -25,6 +25,7 @@ fn record(key: &str, value: Option<&[u8]>, node: &str, generation: u64, seq: u64
             generation,
             seq,
         },
+        lifetime: gossipkv_storage::Lifetime::FOREVER,
     }
 }
 
@@ -242,6 +243,7 @@ fn arb_record() -> impl Strategy<Value = Record> {
                 generation,
                 seq,
             },
+            lifetime: gossipkv_storage::Lifetime::FOREVER,
         })
 }
 

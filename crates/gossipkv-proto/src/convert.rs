@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use gossipkv_storage::{
-    Delta, Digest, DigestEntry, Ghost, Hlc, NodeId, Origin, OriginChunk, Page, Record, Version,
+    Delta, Digest, DigestEntry, Ghost, Hlc, Lifetime, NodeId, Origin, OriginChunk, Page, Record,
+    Version, HLC_MAX_PHYSICAL_MS,
 };
 use prost::Message;
 
@@ -330,6 +331,8 @@ pub(crate) fn record_to_pb(r: &Record) -> pb::Record {
         generation: r.version.generation,
         seq: r.version.seq,
         hlc_delta: 0,
+        expires_ms: r.lifetime.expires_ms,
+        ephemeral: r.lifetime.ephemeral,
     }
 }
 
@@ -624,6 +627,11 @@ impl Decoder<'_> {
                 node,
                 generation,
                 seq: r.seq,
+            },
+            // Expiries past the clock's range are kept at its end.
+            lifetime: Lifetime {
+                expires_ms: r.expires_ms.min(HLC_MAX_PHYSICAL_MS),
+                ephemeral: r.ephemeral,
             },
         })
     }

@@ -36,8 +36,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use gossipkv_storage::{
-    Delta, Digest, DigestEntry, Ghost, Hlc, NodeId, Origin, OriginChunk, Page, Record, Version,
-    HLC_MAX_PHYSICAL_MS,
+    Delta, Digest, DigestEntry, Ghost, Hlc, Lifetime, NodeId, Origin, OriginChunk, Page, Record,
+    Version, HLC_MAX_PHYSICAL_MS,
 };
 use proptest::prelude::*;
 
@@ -84,7 +84,25 @@ pub fn value(max: usize) -> impl Strategy<Value = Option<Bytes>> {
     ]
 }
 
-fn make_record(key: String, value: Option<Bytes>, hlc: u64, o: Origin, seq: u64) -> Record {
+/// Lifetimes: mostly forever, else an expiry anywhere in the clock's range
+/// (its ends included), owned or not.
+pub fn lifetime() -> BoxedStrategy<Lifetime> {
+    let expiry = prop_oneof![Just(1), Just(HLC_MAX_PHYSICAL_MS), 1..=HLC_MAX_PHYSICAL_MS,];
+    prop_oneof![
+        3 => Just(Lifetime::FOREVER),
+        1 => Just(Lifetime::FOREVER.owned()),
+        2 => (expiry, any::<bool>()).prop_map(|(t, owned)| {
+            let l = Lifetime::expiring(t);
+            if owned { l.owned() } else { l }
+        }),
+    ]
+    .boxed()
+}
+
+fn make_record(
+    (key, value, hlc, o, seq): (String, Option<Bytes>, u64, Origin, u64),
+    lifetime: Lifetime,
+) -> Record {
     Record {
         key: Arc::from(key),
         value,
@@ -94,13 +112,14 @@ fn make_record(key: String, value: Option<Bytes>, hlc: u64, o: Origin, seq: u64)
             generation: o.generation,
             seq,
         },
+        lifetime,
     }
 }
 
 /// Small records with arbitrary contents.
 pub fn record() -> BoxedStrategy<Record> {
-    (text(12), value(24), int(), origin(), int())
-        .prop_map(|(k, v, h, o, s)| make_record(k, v, h, o, s))
+    ((text(12), value(24), int(), origin(), int()), lifetime())
+        .prop_map(|(r, l)| make_record(r, l))
         .boxed()
 }
 
@@ -114,8 +133,8 @@ pub fn big_record() -> BoxedStrategy<Record> {
         node: NodeId::from(n),
         generation,
     });
-    (long_text(300), value, int(), origin, int())
-        .prop_map(|(k, v, h, o, s)| make_record(k, v, h, o, s))
+    ((long_text(300), value, int(), origin, int()), lifetime())
+        .prop_map(|(r, l)| make_record(r, l))
         .boxed()
 }
 
@@ -450,8 +469,8 @@ fn record_of(
     origin: BoxedStrategy<Origin>,
     seq: BoxedStrategy<u64>,
 ) -> BoxedStrategy<Record> {
-    (key_of(w), value(24), hlc(), origin, seq)
-        .prop_map(|(k, v, h, o, s)| make_record(k, v, h, o, s))
+    ((key_of(w), value(24), hlc(), origin, seq), lifetime())
+        .prop_map(|(r, l)| make_record(r, l))
         .boxed()
 }
 

@@ -174,6 +174,7 @@ fn record_of(key_len: usize, value: Option<usize>, node_len: usize) -> Record {
             generation: u64::MAX,
             seq: u64::MAX,
         },
+        lifetime: gossipkv_storage::Lifetime::FOREVER,
     }
 }
 
@@ -257,6 +258,7 @@ fn valid_pb() -> pb::Envelope {
             generation: 1,
             seq: 1,
         },
+        lifetime: gossipkv_storage::Lifetime::FOREVER,
     };
     let env = Envelope::new(
         "c",

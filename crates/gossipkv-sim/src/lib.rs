@@ -48,7 +48,9 @@ use gossipkv_core::{
     DEFAULT_MAX_SERVING_STREAMS, DEFAULT_STREAM_FRAME_SIZE, DEFAULT_STREAM_THRESHOLD,
 };
 use gossipkv_proto::{decode, Body, Limits};
-use gossipkv_storage::{Limits as MemoryLimits, NodeId, Origin, Record, Store, StoreConfig};
+use gossipkv_storage::{
+    Lifetime, Limits as MemoryLimits, NodeId, Origin, Record, Store, StoreConfig,
+};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -121,6 +123,8 @@ pub struct SimConfig {
     /// Every store's memory limits (default: none). Evictions are not
     /// pushed: anti-entropy carries them.
     pub limits: MemoryLimits,
+    /// Every node's [`ProtocolConfig::ephemeral_grace`], in ms.
+    pub ephemeral_grace_ms: u64,
 }
 
 impl Default for SimConfig {
@@ -150,6 +154,7 @@ impl Default for SimConfig {
             max_serving_streams: DEFAULT_MAX_SERVING_STREAMS,
             stream_frame_size: DEFAULT_STREAM_FRAME_SIZE,
             limits: MemoryLimits::default(),
+            ephemeral_grace_ms: gossipkv_core::DEFAULT_EPHEMERAL_GRACE.as_millis() as u64,
         }
     }
 }
@@ -536,6 +541,7 @@ impl Sim {
         cfg.stream_threshold = self.cfg.stream_threshold;
         cfg.max_serving_streams = self.cfg.max_serving_streams;
         cfg.stream_frame_size = self.cfg.stream_frame_size;
+        cfg.ephemeral_grace = Duration::from_millis(self.cfg.ephemeral_grace_ms);
         n.incarnation += 1;
         // Stagger first rounds across one interval, like nodes started at different times.
         let offset = self.rng.random_range(0..self.cfg.gossip_interval_ms.max(1));
@@ -698,6 +704,29 @@ impl Sim {
             .write(key, Some(Bytes::copy_from_slice(value)), t);
         self.pushed(i, r.clone());
         r
+    }
+
+    /// Writes a value with a [`Lifetime`] on node `i` at its local time
+    /// (an expiry in `lifetime` is on that node's wall clock).
+    pub fn set_with(&mut self, i: usize, key: &str, value: &[u8], lifetime: Lifetime) -> Record {
+        let t = self.local_ms(i);
+        let r =
+            self.nodes[i]
+                .store
+                .write_with(key, Some(Bytes::copy_from_slice(value)), lifetime, t);
+        self.pushed(i, r.clone());
+        r
+    }
+
+    /// Node `i`'s wall-clock time now (virtual time plus its skew).
+    pub fn wall_ms(&self, i: usize) -> u64 {
+        self.local_ms(i)
+    }
+
+    /// What node `i` shows for `key` now, as an application reading it
+    /// would see it (expired values and those of owners gone hidden).
+    pub fn shown(&self, i: usize, key: &str) -> Option<Bytes> {
+        self.nodes[i].store.get_at(key, self.local_ms(i))
     }
 
     fn pushed(&mut self, i: usize, r: Record) {
@@ -1228,6 +1257,15 @@ impl Sim {
         };
         let reference = digest(first);
         up.all(|i| digest(i) == reference)
+    }
+
+    /// Whether every running node among `nodes` shows `value` for `key`
+    /// (see [`Sim::shown`]).
+    pub fn all_show(&self, nodes: &[usize], key: &str, value: Option<&[u8]>) -> bool {
+        nodes
+            .iter()
+            .filter(|&&i| self.is_up(i))
+            .all(|&i| self.shown(i, key).as_deref() == value)
     }
 
     /// Whether every running node returns `value` for `key`.

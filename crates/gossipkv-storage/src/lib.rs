@@ -47,11 +47,11 @@ mod store;
 mod version;
 
 pub use record::{
-    record_size_hint, Delta, Digest, DigestEntry, Ghost, OriginChunk, Page, Record, CHUNK_OVERHEAD,
-    DIGEST_ENTRY_OVERHEAD, GHOST_OVERHEAD, RECORD_OVERHEAD,
+    record_size_hint, Delta, Digest, DigestEntry, Ghost, Lifetime, OriginChunk, Page, Record,
+    CHUNK_OVERHEAD, DIGEST_ENTRY_OVERHEAD, GHOST_OVERHEAD, RECORD_OVERHEAD,
 };
 pub use store::{
-    ApplyStats, BudgetError, BudgetStats, ChangeObserver, CollectObserver, DeltaOptions,
-    EvictionObserver, GcStats, Limits, Policy, Store, StoreConfig, ENTRY_OVERHEAD,
+    ApplyStats, BudgetError, BudgetStats, ChangeCause, ChangeObserver, CollectObserver,
+    DeltaOptions, EvictionObserver, GcStats, Limits, Policy, Store, StoreConfig, ENTRY_OVERHEAD,
 };
 pub use version::{Hlc, HlcClock, NodeId, Origin, Version, HLC_MAX_PHYSICAL_MS};

@@ -8,7 +8,7 @@ use crate::version::{Hlc, Origin, Version};
 
 /// Upper bound, in bytes, of what a record costs on the wire beyond its key,
 /// value and node id. The wire crate checks its encoding stays within it.
-pub const RECORD_OVERHEAD: usize = 64;
+pub const RECORD_OVERHEAD: usize = 76;
 /// Upper bound of what an origin chunk costs beyond its node id and contents.
 pub const CHUNK_OVERHEAD: usize = 48;
 /// Upper bound of what a ghost entry costs beyond its key.
@@ -19,6 +19,74 @@ pub const GHOST_OVERHEAD: usize = 40;
 /// shorter than 2 MB.
 pub const DIGEST_ENTRY_OVERHEAD: usize = 30;
 
+/// How long a record's value lives, as its writer fixed it: part of the
+/// replicated record, so every replica hides the value at the same moment
+/// with no message of its own.
+///
+/// The default (`Lifetime::FOREVER`) is a value that lives until it is
+/// overwritten or deleted.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Hash)]
+pub struct Lifetime {
+    /// Wall-clock time (Unix milliseconds) from which the value is expired
+    /// and behaves as a tombstone of the same version; 0 for never. Values
+    /// above [`crate::HLC_MAX_PHYSICAL_MS`] are kept at that bound.
+    pub expires_ms: u64,
+    /// Whether the value belongs to its writer's origin (node id and
+    /// generation) and dies with it: hidden while that origin is dead, has
+    /// left or was replaced by a newer generation, and removed for good
+    /// after a grace period.
+    pub ephemeral: bool,
+}
+
+impl Lifetime {
+    /// A value that lives until overwritten or deleted.
+    pub const FOREVER: Lifetime = Lifetime {
+        expires_ms: 0,
+        ephemeral: false,
+    };
+
+    /// A value that expires at `expires_ms` (Unix milliseconds; 0 never).
+    pub fn expiring(expires_ms: u64) -> Lifetime {
+        Lifetime {
+            expires_ms: expires_ms.min(crate::HLC_MAX_PHYSICAL_MS),
+            ephemeral: false,
+        }
+    }
+
+    /// The same lifetime, owned by its writer (see [`Lifetime::ephemeral`]).
+    pub fn owned(self) -> Lifetime {
+        Lifetime {
+            ephemeral: true,
+            ..self
+        }
+    }
+
+    /// Whether a value with this lifetime is expired at `now_ms`.
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.expires_ms != 0 && self.expires_ms <= now_ms
+    }
+
+    /// Whether this is [`Lifetime::FOREVER`].
+    pub fn is_forever(&self) -> bool {
+        *self == Lifetime::FOREVER
+    }
+
+    /// Packs the lifetime into one word: bit 63 is `ephemeral`, the low 48
+    /// bits the expiry (which never needs more: it is bounded by
+    /// [`crate::HLC_MAX_PHYSICAL_MS`]).
+    pub(crate) fn pack(self) -> u64 {
+        (u64::from(self.ephemeral) << 63) | self.expires_ms.min(crate::HLC_MAX_PHYSICAL_MS)
+    }
+
+    /// The inverse of [`Lifetime::pack`].
+    pub(crate) fn unpack(word: u64) -> Lifetime {
+        Lifetime {
+            expires_ms: word & crate::HLC_MAX_PHYSICAL_MS,
+            ephemeral: word >> 63 == 1,
+        }
+    }
+}
+
 /// One key's state: a value or a tombstone (`value == None`), with its version.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Record {
@@ -28,9 +96,27 @@ pub struct Record {
     pub value: Option<Bytes>,
     /// Who wrote it and when.
     pub version: Version,
+    /// How long the value lives (see [`Lifetime`]); for a tombstone, what
+    /// the value had when it expired, or [`Lifetime::FOREVER`].
+    pub lifetime: Lifetime,
 }
 
 impl Record {
+    /// A record that lives until overwritten or deleted.
+    pub fn new(key: impl Into<Arc<str>>, value: Option<Bytes>, version: Version) -> Record {
+        Record {
+            key: key.into(),
+            value,
+            version,
+            lifetime: Lifetime::FOREVER,
+        }
+    }
+
+    /// Whether this record holds a value still alive at `now_ms`.
+    pub fn is_live_at(&self, now_ms: u64) -> bool {
+        self.value.is_some() && !self.lifetime.is_expired(now_ms)
+    }
+
     /// Whether this record is a tombstone.
     pub fn is_tombstone(&self) -> bool {
         self.value.is_none()

@@ -12,8 +12,8 @@ use foldhash::fast::RandomState as FastState;
 use parking_lot::{Mutex, RwLock};
 
 use crate::record::{
-    record_size_hint, Delta, Digest, DigestEntry, Ghost, OriginChunk, Page, Record, CHUNK_OVERHEAD,
-    GHOST_OVERHEAD,
+    record_size_hint, Delta, Digest, DigestEntry, Ghost, Lifetime, OriginChunk, Page, Record,
+    CHUNK_OVERHEAD, GHOST_OVERHEAD,
 };
 use crate::seq_index::{IndexEntry, SeqIndex};
 use crate::shard::ShardMap;
@@ -24,10 +24,16 @@ mod budget;
 use budget::Budget;
 pub use budget::{BudgetError, BudgetStats, EvictionObserver, Limits, Policy, ENTRY_OVERHEAD};
 
-/// A function told of every change of a key's state: the key and its new
-/// value (`None` when deleted). It runs while the key's shard is locked, so it
-/// must be quick and must not call back into the store.
-pub type ChangeObserver = Arc<dyn Fn(&str, Option<&Bytes>) + Send + Sync>;
+// Lifetimes (issue 13): expiry, values owned by their writer's origin.
+mod lifetime;
+pub use lifetime::ChangeCause;
+use lifetime::{lifetime_of, Lifetimes, Shape};
+
+/// A function told of every change of what a key shows: the key, its new
+/// value (`None` when deleted or hidden) and why. It runs while the key's
+/// shard is locked, so it must be quick and must not call back into the
+/// store.
+pub type ChangeObserver = Arc<dyn Fn(&str, Option<&Bytes>, ChangeCause) + Send + Sync>;
 
 /// A function told of every key whose stored record changed with nothing a
 /// watcher should see: a tombstone collected (by [`Store::collect_garbage`],
@@ -146,20 +152,24 @@ struct Entry {
     hlc: Hlc,
     origin: u32,
     /// Recency stamp, with [`Policy::EvictLru`] only (in the padding after
-    /// `origin`: the entry stays 56 bytes).
+    /// `origin`).
     stamp: AtomicU32,
     seq: u64,
+    /// The record's [`Lifetime`], packed ([`Lifetime::pack`]); 0 for
+    /// [`Lifetime::FOREVER`].
+    life: u64,
 }
 
 impl Clone for Entry {
     fn clone(&self) -> Self {
-        Entry::new(
-            self.value.clone(),
-            self.hlc,
-            self.origin,
-            self.seq,
-            self.stamp(),
-        )
+        Entry {
+            value: self.value.clone(),
+            hlc: self.hlc,
+            origin: self.origin,
+            stamp: AtomicU32::new(self.stamp()),
+            seq: self.seq,
+            life: self.life,
+        }
     }
 }
 
@@ -171,6 +181,22 @@ impl Entry {
             origin,
             stamp: AtomicU32::new(stamp),
             seq,
+            life: 0,
+        }
+    }
+
+    /// The same entry with lifetime `life`.
+    fn living(mut self, life: Lifetime) -> Self {
+        self.life = life.pack();
+        self
+    }
+
+    /// What the lifetime bookkeeping needs to know of this entry.
+    fn shape(&self) -> Shape {
+        Shape {
+            life: self.life,
+            origin: self.origin,
+            live: self.value.is_some(),
         }
     }
 
@@ -257,6 +283,8 @@ pub struct Store {
     /// Bytes of entries, as the budget counts them.
     bytes: AtomicUsize,
     budget: Option<Box<Budget>>,
+    /// Expiries and owned values (see `store/lifetime.rs`).
+    lives: Lifetimes,
 }
 
 impl Store {
@@ -289,6 +317,7 @@ impl Store {
             collected: CollectHook::default(),
             bytes: AtomicUsize::new(0),
             budget: Budget::new(config.limits),
+            lives: Lifetimes::default(),
         }
     }
     /// Installs the change observer (once; returns `false` if one was
@@ -315,8 +344,12 @@ impl Store {
     }
 
     fn notify(&self, key: &str, value: Option<&Bytes>) {
+        self.notify_as(key, value, ChangeCause::Write);
+    }
+
+    fn notify_as(&self, key: &str, value: Option<&Bytes>, cause: ChangeCause) {
         if let Some(f) = self.observer.0.get() {
-            f(key, value);
+            f(key, value, cause);
         }
     }
 
@@ -335,14 +368,14 @@ impl Store {
     /// Writes `value` under `key` as a new local version at `now_ms`.
     /// Returns the version written (see [`Store::write`] for the record).
     pub fn set(&self, key: &str, value: Bytes, now_ms: u64) -> Version {
-        let (_, hlc, seq) = self.write_unchecked(key, Some(value), now_ms);
+        let (_, hlc, seq) = self.write_unchecked(key, Some(value), Lifetime::FOREVER, now_ms);
         Version::new(hlc, &self.local, seq)
     }
 
     /// Deletes `key` by writing a tombstone at `now_ms`. Returns the version
     /// of the tombstone.
     pub fn delete(&self, key: &str, now_ms: u64) -> Version {
-        let (_, hlc, seq) = self.write_unchecked(key, None, now_ms);
+        let (_, hlc, seq) = self.write_unchecked(key, None, Lifetime::FOREVER, now_ms);
         Version::new(hlc, &self.local, seq)
     }
 
@@ -356,11 +389,24 @@ impl Store {
     /// [`Store::try_write`]. Under [`Policy::EvictLru`] they evict after the
     /// write as it does.
     pub fn write(&self, key: &str, value: Option<Bytes>, now_ms: u64) -> Record {
-        let (key, hlc, seq) = self.write_unchecked(key, value.clone(), now_ms);
+        self.write_with(key, value, Lifetime::FOREVER, now_ms)
+    }
+
+    /// [`Store::write`] with a [`Lifetime`] (ignored for a tombstone).
+    pub fn write_with(
+        &self,
+        key: &str,
+        value: Option<Bytes>,
+        lifetime: Lifetime,
+        now_ms: u64,
+    ) -> Record {
+        let lifetime = lifetime_of(&value, lifetime);
+        let (key, hlc, seq) = self.write_unchecked(key, value.clone(), lifetime, now_ms);
         Record {
             key,
             value,
             version: Version::new(hlc, &self.local, seq),
+            lifetime,
         }
     }
 
@@ -369,9 +415,10 @@ impl Store {
         &self,
         key: &str,
         value: Option<Bytes>,
+        life: Lifetime,
         now_ms: u64,
     ) -> (Arc<str>, Hlc, u64) {
-        let Ok(written) = self.write_local(key, value, now_ms, |bytes, live| {
+        let Ok(written) = self.write_local(key, value, life, now_ms, |_, bytes, live| {
             self.account(bytes, live);
             Ok::<(), std::convert::Infallible>(())
         });
@@ -380,26 +427,29 @@ impl Store {
     }
 
     /// A local write: the key as held, and the timestamp and sequence number
-    /// it got. `charge` is given what the write adds in bytes and live keys
-    /// (under the shard lock, before anything changes) and counts it, or
-    /// refuses the write.
+    /// it got. `charge` is given the entry held and what the write adds in
+    /// bytes and live keys (under the shard lock, before anything changes)
+    /// and counts it, or refuses the write.
     fn write_local<E>(
         &self,
         key: &str,
         value: Option<Bytes>,
+        life: Lifetime,
         now_ms: u64,
-        charge: impl FnOnce(isize, isize) -> Result<(), E>,
+        charge: impl FnOnce(Option<&Entry>, isize, isize) -> Result<(), E>,
     ) -> Result<(Arc<str>, Hlc, u64), E> {
+        self.lives.see_time(now_ms);
         let mut log = self.local_log.lock();
         let seq = log.watermark + 1;
         let mut shard = self.shard(key).write();
         // One lookup for the key as held and what it holds.
         let held = shard
             .get_key_value(key)
-            .map(|(k, e)| (k.clone(), e.value.as_ref().map(Bytes::len)));
-        let old = held.as_ref().map(|(_, len)| *len);
+            .map(|(k, e)| (k.clone(), e.value.as_ref().map(Bytes::len), e.shape()));
+        let old = held.as_ref().map(|(_, len, _)| *len);
         let new = Some(value.as_ref().map(Bytes::len));
         charge(
+            shard.get(key),
             budget::delta_bytes(key.len(), old, new),
             budget::delta_live(old, new),
         )?;
@@ -412,9 +462,11 @@ impl Store {
         // can see the difference.
         self.notify(key, value.as_ref());
         let tomb = value.is_none();
-        let entry = Entry::new(value, hlc, 0, seq, self.write_stamp());
+        let entry = Entry::new(value, hlc, 0, seq, self.write_stamp()).living(life);
+        let new_shape = entry.shape();
+        let old_shape = held.as_ref().map(|(_, _, s)| *s);
         let key: Arc<str> = match held {
-            Some((k, _)) => {
+            Some((k, _, _)) => {
                 // Replaced in place: the map keeps its key.
                 if let Some(old) = shard.get_mut(key) {
                     *old = entry;
@@ -430,6 +482,7 @@ impl Store {
         if tomb {
             self.note_tombstone(0, seq);
         }
+        self.relife(&key, old_shape, Some(new_shape));
         drop(shard);
         log.index.insert(
             seq,
@@ -442,10 +495,25 @@ impl Store {
         Ok((key, hlc, seq))
     }
 
-    /// The value of `key`, if it holds one (tombstones read as `None`).
+    /// The value of `key`, if it shows one: tombstones, and values owned by
+    /// a hidden owner ([`Store::hide_owner`]), read as `None`. Values whose
+    /// expiry passed are shown until [`Store::expire`] sweeps them; use
+    /// [`Store::get_at`] to hide them at once.
     pub fn get(&self, key: &str) -> Option<Bytes> {
+        self.get_shown(key, None)
+    }
+
+    /// [`Store::get`], hiding values expired at `now_ms` too.
+    pub fn get_at(&self, key: &str, now_ms: u64) -> Option<Bytes> {
+        self.get_shown(key, Some(now_ms))
+    }
+
+    fn get_shown(&self, key: &str, now_ms: Option<u64>) -> Option<Bytes> {
         let shard = self.shard(key).read();
         let e = shard.get(key)?;
+        if !self.shows(e, now_ms) {
+            return None;
+        }
         if let Some(b) = self.budget.as_deref().filter(|b| b.lru()) {
             e.touch(b.read_stamp());
         }
@@ -462,17 +530,30 @@ impl Store {
         Some(self.to_record(k, &e))
     }
 
-    /// Whether `key` holds a value.
+    /// Whether `key` shows a value (as [`Store::get`] would).
     pub fn contains(&self, key: &str) -> bool {
+        self.contains_shown(key, None)
+    }
+
+    /// Whether `key` shows a value at `now_ms` (as [`Store::get_at`] would).
+    pub fn contains_at(&self, key: &str, now_ms: u64) -> bool {
+        self.contains_shown(key, Some(now_ms))
+    }
+
+    fn contains_shown(&self, key: &str, now_ms: Option<u64>) -> bool {
         self.shard(key)
             .read()
             .get(key)
-            .is_some_and(|e| e.value.is_some())
+            .is_some_and(|e| self.shows(e, now_ms))
     }
 
-    /// Number of keys holding a value (tombstones excluded).
+    /// Number of keys showing a value (tombstones and values of hidden
+    /// owners excluded). Values whose expiry passed count until
+    /// [`Store::expire`] sweeps them.
     pub fn len(&self) -> usize {
-        self.live.load(Ordering::Relaxed)
+        self.live
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.lives.hidden_live())
     }
 
     /// Whether no key holds a value.
@@ -485,15 +566,24 @@ impl Store {
         self.shards.iter().map(|s| s.read().len()).sum()
     }
 
-    /// The keys holding a value, sorted.
+    /// The keys showing a value (as [`Store::get`] would), sorted.
     pub fn keys(&self) -> Vec<String> {
+        self.keys_shown(None)
+    }
+
+    /// The keys showing a value at `now_ms`, sorted.
+    pub fn keys_at(&self, now_ms: u64) -> Vec<String> {
+        self.keys_shown(Some(now_ms))
+    }
+
+    fn keys_shown(&self, now_ms: Option<u64>) -> Vec<String> {
         let mut keys: Vec<String> = Vec::with_capacity(self.len());
         for shard in self.shards.iter() {
             let shard = shard.read();
             keys.extend(
                 shard
                     .iter()
-                    .filter(|(_, e)| e.value.is_some())
+                    .filter(|(_, e)| self.shows(e, now_ms))
                     .map(|(k, _)| k.to_string()),
             );
         }
@@ -501,8 +591,18 @@ impl Store {
         keys
     }
 
-    /// The keys starting with `prefix` and their values, sorted by key.
+    /// The keys starting with `prefix` and their values (as [`Store::get`]
+    /// shows them), sorted by key.
     pub fn scan_prefix(&self, prefix: &str) -> Vec<(String, Bytes)> {
+        self.scan_shown(prefix, None)
+    }
+
+    /// [`Store::scan_prefix`] at `now_ms` (as [`Store::get_at`] shows them).
+    pub fn scan_prefix_at(&self, prefix: &str, now_ms: u64) -> Vec<(String, Bytes)> {
+        self.scan_shown(prefix, Some(now_ms))
+    }
+
+    fn scan_shown(&self, prefix: &str, now_ms: Option<u64>) -> Vec<(String, Bytes)> {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
             let shard = shard.read();
@@ -510,7 +610,7 @@ impl Store {
                 .range(prefix, None)
                 .take_while(|(k, _)| k.starts_with(prefix));
             for (k, e) in matching {
-                if let Some(v) = &e.value {
+                if let Some(v) = e.value.as_ref().filter(|_| self.shows(e, now_ms)) {
                     out.push((k.to_string(), v.clone()));
                 }
             }
@@ -585,8 +685,11 @@ impl Store {
             key,
             value,
             version,
+            lifetime,
         } = record;
-        let incoming = Entry::new(value, version.hlc, oid, version.seq, 0);
+        // A value already expired is stored as the tombstone it behaves as.
+        let value = value.filter(|_| !lifetime.is_expired(self.lives.now_ms()));
+        let incoming = Entry::new(value, version.hlc, oid, version.seq, 0).living(lifetime);
         let len = |e: &Entry| e.value.as_ref().map(Bytes::len);
         let covered = version.seq <= log.watermark;
         let (won, key) = {
@@ -597,7 +700,10 @@ impl Store {
                     if self.cmp_entries(&incoming, current) == CmpOrdering::Greater {
                         self.changed(k.len(), Some(len(current)), Some(len(&incoming)));
                         self.won(&incoming);
-                        self.notify(&k, incoming.value.as_ref());
+                        self.relife(&k, Some(current.shape()), Some(incoming.shape()));
+                        if self.shows(current, None) || self.shows(&incoming, None) {
+                            self.notify(&k, self.shown_value(&incoming));
+                        }
                         shard.insert(k.clone(), incoming);
                         (true, k)
                     } else {
@@ -608,7 +714,8 @@ impl Store {
                 None => {
                     self.changed(key.len(), None, Some(len(&incoming)));
                     self.won(&incoming);
-                    self.notify(&key, incoming.value.as_ref());
+                    self.relife(&key, None, Some(incoming.shape()));
+                    self.notify(&key, self.shown_value(&incoming));
                     shard.insert(key.clone(), incoming);
                     (true, key)
                 }
@@ -1212,9 +1319,10 @@ impl Store {
             for k in self.dropped_by(&shard, page, &in_page, &origins) {
                 if let Some(e) = shard.remove(&k) {
                     self.changed(k.len(), Some(e.value.as_ref().map(Bytes::len)), None);
+                    self.relife(&k, Some(e.shape()), None);
                     stats.dropped += 1;
                     collected.push((e.origin, e.seq));
-                    if e.value.is_some() {
+                    if self.shows(&e, None) {
                         self.notify(&k, None);
                     } else {
                         self.tell_collected(&k);
@@ -1320,6 +1428,7 @@ impl Store {
             key,
             value: e.value.clone(),
             version: Version::new(e.hlc, &origin, e.seq),
+            lifetime: Lifetime::unpack(e.life),
         }
     }
 

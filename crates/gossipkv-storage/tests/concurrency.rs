@@ -258,6 +258,7 @@ fn local_write_racing_a_merge_keeps_the_greater_version() {
                                 key: keys[i as usize].as_str().into(),
                                 value: Some(Bytes::from_static(b"remote")),
                                 version: Version::new(Hlc::new(1_000_000 + i, 0), &remote, i + 1),
+                                lifetime: gossipkv_storage::Lifetime::FOREVER,
                             };
                             store.merge(r.clone());
                             r
@@ -315,6 +316,7 @@ fn concurrent_merges_of_new_origins_do_not_deadlock() {
                             key: format!("k{}", i % 8).into(),
                             value: None,
                             version: Version::new(Hlc::new(i, 0), &origin, i + 1),
+                            lifetime: gossipkv_storage::Lifetime::FOREVER,
                         });
                     }
                 })
@@ -353,6 +355,7 @@ fn apply_page_racing_merges_of_new_origins() {
                         key: format!("m{}", i % 64).into(),
                         value: Some(Bytes::from_static(b"m")),
                         version: Version::new(Hlc::new(i, 0), &Origin::new(format!("o{i}"), 1), 1),
+                        lifetime: gossipkv_storage::Lifetime::FOREVER,
                     });
                 }
                 done.store(true, Ordering::Relaxed);

@@ -62,6 +62,7 @@ fn records(max: usize) -> impl Strategy<Value = Vec<Record>> {
                     key: KEYS[w.key].into(),
                     value: w.value.map(Bytes::from),
                     version: Version::new(w.hlc, &origin, *seq),
+                    lifetime: gossipkv_storage::Lifetime::FOREVER,
                 }
             })
             .collect()
@@ -266,6 +267,7 @@ fn equal_hlc_ties_break_by_node_then_generation() {
         key: "k".into(),
         value: Some(Bytes::from_static(v)),
         version: Version::new(hlc, &Origin::new(node, generation), 1),
+        lifetime: gossipkv_storage::Lifetime::FOREVER,
     };
     let all = [
         r("a", 2, b"a2"),

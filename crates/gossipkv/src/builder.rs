@@ -76,6 +76,7 @@ pub struct Builder<K, V> {
     pub(crate) discovery: bool,
     pub(crate) suspect_timeout: Option<Duration>,
     pub(crate) dead_member_grace: Duration,
+    pub(crate) ephemeral_grace: Duration,
     pub(crate) seed_refresh: Duration,
     pub(crate) eager_push: bool,
     pub(crate) max_value_size: usize,
@@ -127,6 +128,7 @@ where
             discovery: false,
             suspect_timeout: None,
             dead_member_grace: DEFAULT_DEAD_MEMBER_GRACE,
+            ephemeral_grace: gossipkv_core::DEFAULT_EPHEMERAL_GRACE,
             seed_refresh: DEFAULT_SEED_REFRESH,
             eager_push: true,
             max_value_size: DEFAULT_MAX_VALUE_SIZE,
@@ -258,6 +260,16 @@ where
     /// forgotten (default 1 hour). Their data is never forgotten.
     pub fn dead_member_grace(mut self, grace: Duration) -> Self {
         self.dead_member_grace = grace;
+        self
+    }
+
+    /// How long the ephemeral keys of a member declared dead stay hidden
+    /// before they are removed for good (default 1 minute, see
+    /// [`GossipKv::set_ephemeral`](crate::GossipKv::set_ephemeral)). A
+    /// member that refutes its death within it gets them back as they were;
+    /// after it, it writes them again. Meanwhile they cost their memory.
+    pub fn ephemeral_grace(mut self, grace: Duration) -> Self {
+        self.ephemeral_grace = grace;
         self
     }
 
@@ -434,6 +446,7 @@ impl<K, V> Builder<K, V> {
             discovery: self.discovery,
             suspect_timeout: self.suspect_timeout,
             dead_member_grace: self.dead_member_grace,
+            ephemeral_grace: self.ephemeral_grace,
             seed_refresh: self.seed_refresh,
             eager_push: self.eager_push,
             max_value_size: self.max_value_size,

@@ -83,6 +83,14 @@ pub enum Error {
         /// What is wrong, in words.
         message: String,
     },
+    /// A time to live was zero, or too long to express (see
+    /// [`GossipKv::set_with_ttl`](crate::GossipKv::set_with_ttl)); nothing
+    /// was written.
+    #[error("invalid time to live: {message}")]
+    InvalidTtl {
+        /// What is wrong, in words.
+        message: String,
+    },
     /// The node was shut down; writes are refused.
     #[error("node {node_id} is shut down")]
     Closed {

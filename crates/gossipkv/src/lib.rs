@@ -254,6 +254,7 @@ mod discovery;
 mod driver;
 mod error;
 mod health;
+mod lifetime;
 mod memory;
 mod node;
 mod persist;
@@ -265,20 +266,21 @@ pub use builder::{Builder, DEFAULT_CLUSTER_ID, DEFAULT_DEAD_MEMBER_GRACE, DEFAUL
 pub use codec::{BytesCodec, Codec, CodecError, DefaultCodec, JsonCodec, StringCodec};
 pub use error::{ConfigOption, DataDirError, Error};
 pub use health::{Health, Problem, ProblemKind, HEALTH_WINDOW};
+pub use lifetime::MAX_TTL;
 pub use memory::{MemoryPolicy, MIN_MAX_BYTES};
 pub use node::{GossipKv, MAX_KEY_LEN, WATCH_QUEUE};
 pub use persist::{Durability, DurableStats};
-pub use watch::{MemberEvents, WatchEvent, Watcher};
+pub use watch::{ChangeKind, MemberEvents, WatchEvent, Watcher};
 
 pub use bytes::Bytes;
 pub use gossipkv_core::{
-    Member, MemberEvent, MemberState, NetworkError, Stats, DEFAULT_FANOUT, DEFAULT_GOSSIP_INTERVAL,
-    DEFAULT_MAX_CLOCK_DRIFT, DEFAULT_MAX_VALUE_SIZE, DEFAULT_PACKET_SIZE,
+    Member, MemberEvent, MemberState, NetworkError, Stats, DEFAULT_EPHEMERAL_GRACE, DEFAULT_FANOUT,
+    DEFAULT_GOSSIP_INTERVAL, DEFAULT_MAX_CLOCK_DRIFT, DEFAULT_MAX_VALUE_SIZE, DEFAULT_PACKET_SIZE,
     DEFAULT_TOMBSTONE_RETENTION, MAX_NODE_ID_LEN, MAX_PACKET_SIZE, MAX_VALUE_SIZE_LIMIT,
     MIN_PACKET_SIZE,
 };
 pub use gossipkv_proto::DecodeError;
-pub use gossipkv_storage::{Hlc, NodeId, Origin, Record, Version};
+pub use gossipkv_storage::{Hlc, Lifetime, NodeId, Origin, Record, Version};
 
 /// Every Rust block of the README compiles, and runs unless marked
 /// `no_run`, as a doctest.

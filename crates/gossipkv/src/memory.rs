@@ -9,7 +9,7 @@ use gossipkv_storage::{BudgetError, Limits, Policy, Record, Store, ENTRY_OVERHEA
 use tokio::sync::{broadcast, mpsc};
 
 use crate::error::{ConfigOption, Error};
-use crate::watch::Change;
+use crate::watch::{Change, ChangeKind};
 
 /// What a node does when a write would take it over
 /// [`max_entries`](crate::Builder::max_entries) or
@@ -80,7 +80,7 @@ pub(crate) fn observe_evictions(
             let _ = changes.send(Change {
                 key: record.key.clone(),
                 value: None,
-                evicted: true,
+                kind: ChangeKind::Evicted,
             });
         }
         if let Some(tx) = &push {

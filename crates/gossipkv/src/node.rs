@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use gossipkv_core::{Member, MemberEvent, MemberState, Protocol, Stats};
-use gossipkv_storage::{record_size_hint, NodeId, Record, Store, CHUNK_OVERHEAD};
+use gossipkv_storage::{record_size_hint, Lifetime, NodeId, Record, Store, CHUNK_OVERHEAD};
 use parking_lot::Mutex;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -52,6 +52,9 @@ pub(crate) struct Inner<V> {
     pub(crate) push_tx: Option<mpsc::Sender<Record>>,
     /// The data directory's writer, for a node with one.
     pub(crate) persister: Option<Arc<Persister>>,
+    /// Wakes the expiry sweeper of a node without a network (a write with
+    /// a time to live may expire before what it waits for).
+    pub(crate) expiry_wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// Capacity of the change and member-event queues of watchers; a watcher
@@ -144,7 +147,11 @@ where
     /// [`MemoryPolicy::Reject`](crate::MemoryPolicy::Reject)) and
     /// [`Error::TooLargeForBudget`]. Nothing is written when it fails.
     pub fn set(&self, key: impl AsRef<str>, value: V) -> Result<(), Error> {
-        let key = key.as_ref();
+        self.set_living(key.as_ref(), value, Lifetime::FOREVER)
+    }
+
+    /// [`set`](Self::set) with a [`Lifetime`] (expiry, ownership).
+    pub(crate) fn set_living(&self, key: &str, value: V, life: Lifetime) -> Result<(), Error> {
         self.check_writable(key)?;
         let bytes = self
             .inner
@@ -157,7 +164,12 @@ where
                 max: self.inner.max_value_size,
             });
         }
-        self.write(key, Some(bytes))?;
+        self.write(key, Some(bytes), life)?;
+        if life.expires_ms != 0 {
+            if let Some(w) = &self.inner.expiry_wake {
+                w.notify_one();
+            }
+        }
         self.durable()
     }
 
@@ -168,7 +180,7 @@ where
     /// codec or another value type).
     pub fn get(&self, key: impl AsRef<str>) -> Result<Option<V>, Error> {
         let key = key.as_ref();
-        match self.inner.store.get(key) {
+        match self.inner.store.get_at(key, now_ms()) {
             Some(bytes) => match self.inner.codec.decode(&bytes) {
                 Ok(v) => Ok(Some(v)),
                 Err(e) => Err(Error::codec(key, e)),
@@ -183,17 +195,21 @@ where
     pub fn delete(&self, key: impl AsRef<str>) -> Result<(), Error> {
         let key = key.as_ref();
         self.check_writable(key)?;
-        self.write(key, None)?;
+        self.write(key, None, Lifetime::FOREVER)?;
         self.durable()
     }
 
-    /// Whether `key` holds a value locally.
+    /// Whether `key` holds a value locally (not expired, not gone with
+    /// its owner).
     pub fn contains_key(&self, key: impl AsRef<str>) -> bool {
-        self.inner.store.contains(key.as_ref())
+        self.inner.store.contains_at(key.as_ref(), now_ms())
     }
 
-    /// Number of keys holding a value locally.
+    /// Number of keys holding a value locally (expired keys and those of
+    /// owners gone excluded).
     pub fn len(&self) -> usize {
+        // Values due to expire are swept first, so that they are not counted.
+        self.inner.store.expire(now_ms());
         self.inner.store.len()
     }
 
@@ -208,12 +224,13 @@ where
 
     /// Whether no key holds a value locally.
     pub fn is_empty(&self) -> bool {
-        self.inner.store.is_empty()
+        self.len() == 0
     }
 
     /// The keys holding a value locally, sorted.
     pub fn keys(&self) -> Vec<K> {
-        self.inner.store.keys().into_iter().map(K::from).collect()
+        let keys = self.inner.store.keys_at(now_ms());
+        keys.into_iter().map(K::from).collect()
     }
 
     /// The keys starting with `prefix` and their values, sorted by key (an
@@ -229,7 +246,7 @@ where
         Ok(self
             .inner
             .store
-            .scan_prefix(prefix.as_ref())
+            .scan_prefix_at(prefix.as_ref(), now_ms())
             .into_iter()
             .filter_map(|(k, b)| match self.inner.codec.decode(&b) {
                 Ok(v) => Some((K::from(k), v)),
@@ -269,7 +286,7 @@ where
     pub fn scan_prefix_checked(&self, prefix: impl AsRef<str>) -> Vec<(K, Result<V, Error>)> {
         self.inner
             .store
-            .scan_prefix(prefix.as_ref())
+            .scan_prefix_at(prefix.as_ref(), now_ms())
             .into_iter()
             .map(|(k, b)| {
                 let value = self.inner.codec.decode(&b).map_err(|e| Error::codec(&k, e));
@@ -440,6 +457,12 @@ where
             // Unregistering waits for the mDNS daemon (up to a few seconds):
             // keep that off the async workers.
             let _ = tokio::task::spawn_blocking(move || d.shutdown()).await;
+        }
+        if self.inner.protocol.is_none() {
+            // No network to announce a departure on (a networked node's
+            // protocol deletes them before its Leave): this node's
+            // ephemeral keys end with its run all the same.
+            self.inner.store.rewrite_owned(false, now_ms());
         }
         let task = self.inner.task.lock().take();
         if let Some((stop, handle)) = task {
@@ -684,17 +707,23 @@ where
     /// A local write (a delete for `None`) within the memory limits,
     /// queued for eager push when the node pushes; otherwise no record is
     /// built for it.
-    fn write(&self, key: &str, value: Option<Bytes>) -> Result<(), Error> {
+    fn write(&self, key: &str, value: Option<Bytes>, life: Lifetime) -> Result<(), Error> {
         let store = &self.inner.store;
         let now = wall_now().as_unix_ms();
         let Some(tx) = &self.inner.push_tx else {
-            store
-                .try_set(key, value, now)
-                .map_err(crate::memory::budget_error)?;
+            if life.is_forever() {
+                store
+                    .try_set(key, value, now)
+                    .map_err(crate::memory::budget_error)?;
+            } else {
+                store
+                    .try_write_with(key, value, life, now)
+                    .map_err(crate::memory::budget_error)?;
+            }
             return Ok(());
         };
         let record = store
-            .try_write(key, value, now)
+            .try_write_with(key, value, life, now)
             .map_err(crate::memory::budget_error)?;
         // Never block a write: when the queue is full, anti-entropy delivers it.
         let _ = tx.try_send(record);
@@ -742,6 +771,11 @@ where
         }
         Ok(())
     }
+}
+
+/// The wall-clock time now, in Unix milliseconds.
+fn now_ms() -> u64 {
+    wall_now().as_unix_ms()
 }
 
 /// Waits for SIGINT or (on Unix) SIGTERM.

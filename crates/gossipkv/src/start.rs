@@ -12,7 +12,7 @@ use gossipkv_core::{
     DetectorConfig, MemberEvent, Protocol, ProtocolConfig, MAX_NODE_ID_LEN, MAX_PACKET_SIZE,
     MAX_VALUE_SIZE_LIMIT, MIN_PACKET_SIZE,
 };
-use gossipkv_storage::{Limits, NodeId, Origin, Record, Store, StoreConfig};
+use gossipkv_storage::{ChangeCause, Limits, NodeId, Origin, Record, Store, StoreConfig};
 use gossipkv_transport::{Transport, UdpConfig, UdpTransport};
 use parking_lot::Mutex;
 use rand::Rng;
@@ -26,7 +26,7 @@ use crate::error::{ConfigOption, Error};
 use crate::health::HealthTracker;
 use crate::node::{GossipKv, Inner, WATCH_QUEUE};
 use crate::persist::{self, Persister};
-use crate::watch::Change;
+use crate::watch::{Change, ChangeKind};
 
 /// Fresh writes queued for eager push; beyond this, writes still replicate
 /// by anti-entropy.
@@ -168,18 +168,20 @@ impl Shared {
         let (synced, _) = watch::channel(false);
         let tx = changes.clone();
         let marker = persister.clone();
-        store.set_observer(Arc::new(move |key: &str, value: Option<&Bytes>| {
-            if let Some(p) = &marker {
-                p.mark(key);
-            }
-            if tx.receiver_count() > 0 {
-                let _ = tx.send(Change {
-                    key: Arc::from(key),
-                    value: value.cloned(),
-                    evicted: false,
-                });
-            }
-        }));
+        store.set_observer(Arc::new(
+            move |key: &str, value: Option<&Bytes>, cause: ChangeCause| {
+                if let Some(p) = &marker {
+                    p.mark(key);
+                }
+                if tx.receiver_count() > 0 {
+                    let _ = tx.send(Change {
+                        key: Arc::from(key),
+                        value: value.cloned(),
+                        kind: ChangeKind::from(cause),
+                    });
+                }
+            },
+        ));
         Shared {
             store,
             persister,
@@ -311,6 +313,7 @@ where
             discovery: Mutex::new(discovery),
             push_tx,
             persister: shared.persister,
+            expiry_wake: None,
         }),
         _key: PhantomData,
     })
@@ -346,11 +349,9 @@ async fn open_store<K, V>(
         })??,
         Err(_) => load()?,
     };
-    Ok((
-        Shared::new(opened.store, Some(opened.persister)),
-        opened.generation,
-        opened.incarnation,
-    ))
+    let shared = Shared::new(opened.store, Some(opened.persister));
+    crate::lifetime::after_load(&shared.store, opened.generation);
+    Ok((shared, opened.generation, opened.incarnation))
 }
 
 /// A node without a network: a local in-memory store.
@@ -358,6 +359,8 @@ fn local_only<K, V>(b: Builder<K, V>, node: NodeId, shared: Shared) -> GossipKv<
     // Nobody to catch up from.
     shared.synced.send_replace(true);
     crate::memory::observe_evictions(&shared.store, shared.changes.clone(), None);
+    let wake = Arc::new(tokio::sync::Notify::new());
+    crate::lifetime::spawn_sweeper(&shared.store, wake.clone(), shared.closed_tx.subscribe());
     GossipKv {
         inner: Arc::new(Inner {
             store: shared.store,
@@ -379,6 +382,7 @@ fn local_only<K, V>(b: Builder<K, V>, node: NodeId, shared: Shared) -> GossipKv<
             discovery: Mutex::new(None),
             push_tx: None,
             persister: shared.persister,
+            expiry_wake: Some(wake),
         }),
         _key: PhantomData,
     }
@@ -404,6 +408,7 @@ fn protocol_config<K, V>(
     cfg.max_value_size = b.max_value_size;
     cfg.max_clock_drift = b.max_clock_drift;
     cfg.max_serving_streams = b.max_serving_streams;
+    cfg.ephemeral_grace = b.ephemeral_grace;
     let mut detector = DetectorConfig::for_interval(cfg.gossip_interval);
     if let Some(t) = b.suspect_timeout {
         detector.suspect_timeout = t;

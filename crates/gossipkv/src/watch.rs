@@ -9,25 +9,64 @@ use tracing::warn;
 
 use crate::codec::{Codec, CodecError};
 use gossipkv_core::MemberEvent;
+use gossipkv_storage::ChangeCause;
 
 /// A change of one key, as the store applied it.
 #[derive(Clone, Debug)]
 pub(crate) struct Change {
     pub(crate) key: Arc<str>,
     pub(crate) value: Option<Bytes>,
-    /// Deleted by this node's memory limits (see [`WatchEvent::evicted`]).
-    pub(crate) evicted: bool,
+    pub(crate) kind: ChangeKind,
+}
+
+/// Why a key's value changed, as a [`WatchEvent`] tells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ChangeKind {
+    /// A write (set or delete), on this node or another.
+    Write,
+    /// This node evicted the key to stay within its memory limits
+    /// ([`MemoryPolicy::EvictLru`](crate::MemoryPolicy::EvictLru)). An
+    /// eviction is a delete that replicates: other nodes see it as an
+    /// ordinary delete.
+    Evicted,
+    /// The key's time to live ran out
+    /// ([`GossipKv::set_with_ttl`](crate::GossipKv::set_with_ttl)). Every
+    /// node sees this at the same wall-clock time, within clock skew.
+    Expired,
+    /// The key was ephemeral
+    /// ([`GossipKv::set_ephemeral`](crate::GossipKv::set_ephemeral)) and
+    /// its owner died, left, or restarted as a new generation.
+    OwnerGone,
+    /// The key was ephemeral, hidden because its owner was thought dead,
+    /// and the owner proved alive: the value is back.
+    OwnerBack,
+}
+
+impl From<ChangeCause> for ChangeKind {
+    fn from(c: ChangeCause) -> Self {
+        match c {
+            ChangeCause::Expired => ChangeKind::Expired,
+            ChangeCause::OwnerGone => ChangeKind::OwnerGone,
+            ChangeCause::OwnerBack => ChangeKind::OwnerBack,
+            _ => ChangeKind::Write,
+        }
+    }
 }
 
 /// One change seen by a [`Watcher`].
 ///
-/// Four cases, told apart by `value`, `error` and `evicted`:
+/// Told apart by `value`, `error` and `kind`:
 ///
-/// | `value` | `error` | meaning |
-/// |---|---|---|
-/// | `Some(v)` | `None` | the key was set to `v` |
-/// | `None` | `None` | the key was deleted ([`is_delete`](Self::is_delete)), or evicted by this node's memory limits when [`evicted`](Self::evicted) is set ([`is_eviction`](Self::is_eviction)) |
-/// | `None` | `Some(e)` | the key was set, but its value does not decode with this node's codec (for example a value written by a node with another value type); `e` says why |
+/// | `value` | `error` | `kind` | meaning |
+/// |---|---|---|---|
+/// | `Some(v)` | `None` | `Write` | the key was set to `v` |
+/// | `Some(v)` | `None` | `OwnerBack` | an ephemeral key whose owner was thought dead is shown again |
+/// | `None` | `None` | `Write` | the key was deleted ([`is_delete`](Self::is_delete)) |
+/// | `None` | `None` | `Evicted` | evicted by this node's memory limits ([`is_eviction`](Self::is_eviction)) |
+/// | `None` | `None` | `Expired` | its time to live ran out ([`is_expiry`](Self::is_expiry)) |
+/// | `None` | `None` | `OwnerGone` | an ephemeral key whose owner died or left ([`is_owner_gone`](Self::is_owner_gone)) |
+/// | `None` | `Some(e)` | any | the key has a value, but it does not decode with this node's codec (for example a value written by a node with another value type); `e` says why |
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WatchEvent<K, V> {
@@ -45,22 +84,40 @@ pub struct WatchEvent<K, V> {
     /// about (for example with `scan_prefix`).
     pub missed: u64,
     /// Whether this node evicted the key to stay within its memory limits
-    /// ([`MemoryPolicy::EvictLru`](crate::MemoryPolicy::EvictLru)). An
-    /// eviction is a delete that replicates: other nodes see it as an
-    /// ordinary delete.
+    /// (the same as `kind == ChangeKind::Evicted`).
     pub evicted: bool,
+    /// Why the value changed.
+    pub kind: ChangeKind,
 }
 
 impl<K, V> WatchEvent<K, V> {
-    /// Whether this event is a delete (an eviction is not): no value, no
-    /// decoding error.
+    /// Whether this event is a delete (an eviction, an expiry or an owner
+    /// gone is not): no value, no decoding error, a write.
     pub fn is_delete(&self) -> bool {
-        self.value.is_none() && self.error.is_none() && !self.evicted
+        self.value.is_none() && self.error.is_none() && self.kind == ChangeKind::Write
     }
 
-    /// Whether this node evicted the key (see [`WatchEvent::evicted`]).
+    /// Whether this node evicted the key (see [`ChangeKind::Evicted`]).
     pub fn is_eviction(&self) -> bool {
-        self.evicted
+        self.kind == ChangeKind::Evicted
+    }
+
+    /// Whether the key expired (see [`ChangeKind::Expired`]).
+    pub fn is_expiry(&self) -> bool {
+        self.kind == ChangeKind::Expired
+    }
+
+    /// Whether the key vanished with its owner (see
+    /// [`ChangeKind::OwnerGone`]).
+    pub fn is_owner_gone(&self) -> bool {
+        self.kind == ChangeKind::OwnerGone
+    }
+
+    /// Whether the key no longer shows a value, for any reason: deleted,
+    /// evicted, expired or gone with its owner (a value that does not
+    /// decode is not gone).
+    pub fn is_gone(&self) -> bool {
+        self.value.is_none() && self.error.is_none() && self.kind != ChangeKind::OwnerBack
     }
 }
 
@@ -178,7 +235,8 @@ impl<K: From<String>, V: 'static> Watcher<K, V> {
                 value,
                 error,
                 missed,
-                evicted: c.evicted,
+                evicted: c.kind == ChangeKind::Evicted,
+                kind: c.kind,
             });
         }
     }

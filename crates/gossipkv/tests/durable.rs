@@ -80,6 +80,7 @@ async fn a_crashed_run_keeps_its_data_under_a_new_generation() {
         key: key.into(),
         value: Some(key.as_bytes().to_vec().into()),
         version: Version::new(hlc, &old, seq),
+        lifetime: gossipkv_storage::Lifetime::FOREVER,
     };
     {
         let mut data = DataDir::open(tmp.path(), &Identity::new("prod", "a")).unwrap();
@@ -355,6 +356,7 @@ async fn a_data_dir_stamped_far_ahead_or_at_the_last_sequence_number_is_handled(
                 value: Some(b"v".to_vec().into()),
                 // The year 2200.
                 version: Version::new(Hlc::new(7_258_118_400_000, 0), &origin, 1),
+                lifetime: gossipkv_storage::Lifetime::FOREVER,
             }],
             marks: vec![(origin, 1, 0)],
             ..Batch::default()

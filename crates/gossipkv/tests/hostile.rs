@@ -53,6 +53,7 @@ fn record(key: &str, value: &str, hlc: Hlc, origin: &Origin, seq: u64) -> Record
         key: Arc::from(key),
         value: Some(Bytes::copy_from_slice(value.as_bytes())),
         version: Version::new(hlc, origin, seq),
+        lifetime: gossipkv_storage::Lifetime::FOREVER,
     }
 }
 

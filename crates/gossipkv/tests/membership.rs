@@ -98,29 +98,10 @@ async fn a_node_that_shuts_down_is_seen_as_left_within_a_few_intervals() {
 fn a_killed_node_is_declared_dead_and_its_data_stays() {
     // The victim runs on its own runtime, which is dropped without a
     // shutdown: its task dies mid-flight and says no goodbye.
-    let victim_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let a = rt.block_on(node("k-a", &[]));
     let b = rt.block_on(node("k-b", &[&a]));
-    let a_addr = a.local_addr().unwrap().to_string();
-    let victim = victim_rt.block_on(async {
-        GossipKv::<String, String>::builder()
-            .node_id("k-victim")
-            .bind_addr("127.0.0.1:0")
-            .gossip_interval(INTERVAL)
-            .seeds([a_addr])
-            .build()
-            .await
-            .unwrap()
-    });
+    let (victim_rt, victim) = common::killable("k-victim", &a, INTERVAL);
     victim.set("victim-key", "still here".to_string()).unwrap();
     rt.block_on(async {
         wait_until("the victim's data and membership spread", DEADLINE, || {

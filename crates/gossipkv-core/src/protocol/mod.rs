@@ -16,6 +16,7 @@ use crate::exchange::Exchange;
 use crate::guard::Guard;
 use crate::large::LargeValues;
 use crate::marks::PeerMarks;
+use crate::owners::Owners;
 use crate::push::Pusher;
 use crate::reassembly::Reassembly;
 use crate::resync::ResyncClient;
@@ -124,6 +125,7 @@ pub struct Protocol {
     reassembly: Reassembly,
     guard: Guard,
     streams: Streams,
+    owners: Owners,
     timers: Timers,
     discovered: Vec<SocketAddr>,
 }
@@ -154,6 +156,7 @@ impl Protocol {
             marks: PeerMarks::default(),
             guard: Guard::default(),
             streams: Streams::default(),
+            owners: Owners::default(),
             reassembly,
             timers,
             discovered: Vec::new(),
@@ -273,6 +276,16 @@ impl Protocol {
         if self.cx.left {
             return;
         }
+        // Our ephemeral values go with us: deleted (and pushed) first.
+        let cx = &mut self.cx;
+        let deletes = cx.store.rewrite_owned(false, cx.wall.as_unix_ms());
+        if !deletes.is_empty() {
+            debug!(
+                values = deletes.len(),
+                "deleting ephemeral values before leaving"
+            );
+            self.push.push_local(cx, &mut self.large, deletes);
+        }
         self.cx.left = true;
         let targets = self.cx.peers.leave_targets();
         debug!(members = targets.len(), "announcing departure");
@@ -290,7 +303,20 @@ impl Protocol {
             return None;
         }
         let t = self.timers;
-        Some(t.round.min(t.check).min(t.gc))
+        Some(t.round.min(t.check).min(t.gc).min(self.expiry_due()))
+    }
+
+    /// When the store's next expiry comes, on the monotonic clock (the
+    /// wall clock's distance to it, from the last input's times).
+    fn expiry_due(&self) -> Instant {
+        let cx = &self.cx;
+        match cx.store.next_expiry() {
+            Some(at) => {
+                let wait = at.saturating_sub(cx.wall.as_unix_ms());
+                cx.now + Duration::from_millis(wait)
+            }
+            None => self.timers.round,
+        }
     }
 
     /// The next datagram to send, if any (see the driving contract above).
@@ -334,6 +360,8 @@ impl Protocol {
         if self.cx.left {
             return;
         }
+        let expired = self.cx.store.expire(wall.as_unix_ms());
+        self.cx.stats.values_expired += expired as u64;
         let interval = self.cx.cfg.interval();
         if now >= self.timers.check {
             self.timers.check = now + (interval / 4).max(Duration::from_millis(1));
@@ -349,17 +377,41 @@ impl Protocol {
         }
     }
 
-    /// The periodic check: membership (probes, suspicion), expiries.
+    /// The periodic check: membership (probes, suspicion), owners of
+    /// ephemeral values, expiries.
     fn check(&mut self, now: Instant) {
         let cx = &mut self.cx;
         let actions = cx.peers.timeout(now, &mut cx.rng, &mut cx.stats);
         let syns = cx.run(actions);
         self.exchange.syn_all(cx, syns, &self.resync);
+        self.check_owners(now);
         if self.reassembly.expire(now) > 0 {
             debug!("dropped unfinished fragmented envelopes");
         }
         self.large.expire(now);
         self.push.expire(now);
+    }
+
+    /// Ephemeral values: hidden, shown or removed as their owners' members
+    /// say (see the `owners` module); ours written again once we refuted a
+    /// rumor of our death (a node may have removed them meanwhile).
+    fn check_owners(&mut self, now: Instant) {
+        let cx = &mut self.cx;
+        let me = cx.store.local_origin().clone();
+        let grace = cx.cfg.ephemeral_grace;
+        self.owners
+            .check(&cx.store, &cx.peers, &me, now, grace, &mut cx.stats);
+        if cx.peers.take_refuted_death() {
+            let again = cx.store.rewrite_owned(true, cx.wall.as_unix_ms());
+            if !again.is_empty() {
+                info!(
+                    values = again.len(),
+                    "rewrote ephemeral values after refuting our death"
+                );
+                cx.stats.owned_rewritten += again.len() as u64;
+                self.push.push_local(cx, &mut self.large, again);
+            }
+        }
     }
 
     /// Collects tombstones past the retention, and the superseded writes
@@ -441,6 +493,7 @@ impl Protocol {
             ("streams", self.streams.open.len()),
             ("stream back-offs", self.streams.backoff_len()),
             ("events", self.cx.events.len()),
+            ("dead owners", self.owners.len()),
         ]
     }
 

@@ -72,6 +72,9 @@ pub(crate) struct Swim {
     /// Our incarnation: raised to refute rumors of our suspicion or death.
     incarnation: u64,
     interval: Duration,
+    /// Whether we refuted a rumor of our death since the protocol last
+    /// asked (it then writes our ephemeral values again).
+    refuted_death: bool,
 }
 
 impl Swim {
@@ -87,7 +90,13 @@ impl Swim {
             prober: Prober::default(),
             incarnation: cfg.incarnation,
             interval,
+            refuted_death: false,
         }
+    }
+
+    /// Whether we refuted a rumor of our death since the last call.
+    pub(crate) fn take_refuted_death(&mut self) -> bool {
+        std::mem::take(&mut self.refuted_death)
     }
 
     /// Our incarnation.
@@ -126,6 +135,7 @@ impl Swim {
             debug!(incarnation, liveness = ?m.liveness, "refuting a rumor about this node");
             stats.refutations += 1;
             self.incarnation = incarnation;
+            self.refuted_death |= m.liveness == gossipkv_proto::Liveness::Dead;
             self.table.rumors.spread_self(self.table.members.len());
             return;
         }

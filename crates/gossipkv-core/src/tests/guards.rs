@@ -28,6 +28,7 @@ fn record(key: &str, value: &str, hlc: Hlc, origin: &Origin, seq: u64) -> Record
         key: Arc::from(key),
         value: Some(Bytes::copy_from_slice(value.as_bytes())),
         version: Version::new(hlc, origin, seq),
+        lifetime: gossipkv_storage::Lifetime::FOREVER,
     }
 }
 
@@ -217,6 +218,7 @@ fn records_of_our_own_origin_from_outside_are_never_applied() {
         key: Arc::from("k"),
         value: Some(Bytes::from_static(b"ours")),
         version: v1.clone(),
+        lifetime: gossipkv_storage::Lifetime::FOREVER,
     };
     deliver(
         &mut p,

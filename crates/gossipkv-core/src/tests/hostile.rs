@@ -256,6 +256,7 @@ impl Node {
                     key: Arc::from(key),
                     value: Some(Bytes::from(format!("w{}", self.writes - 1))),
                     version,
+                    lifetime: gossipkv_storage::Lifetime::FOREVER,
                 };
                 self.p.push_local(now, vec![record]);
             }
@@ -372,6 +373,8 @@ impl Node {
                 "stream back-offs" => crate::stream::MAX_BACKOFF_PEERS,
                 "reassembly bytes" => 4 * max_message,
                 "events" => 0,
+                // One per dead member whose ephemeral values are held.
+                "dead owners" => MAX_MEMBERS,
                 other => panic!("no cap known for {other}: add it here"),
             };
             assert!(len <= cap, "{name}: {len} > {cap}");

@@ -243,6 +243,7 @@ fn pair_stale_record(a: &Protocol) -> gossipkv_storage::Record {
             &origin,
             1,
         ),
+        lifetime: gossipkv_storage::Lifetime::FOREVER,
     }
 }
 

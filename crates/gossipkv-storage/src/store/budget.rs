@@ -62,7 +62,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::{Entry, Store};
-use crate::record::Record;
+use crate::record::{Lifetime, Record};
 use crate::seq_index::IndexEntry;
 use crate::version::{Hlc, Origin, Version};
 
@@ -369,11 +369,24 @@ impl Store {
         value: Option<Bytes>,
         now_ms: u64,
     ) -> Result<Record, BudgetError> {
-        let (k, hlc, seq) = self.limited_write(key, value.clone(), now_ms)?;
+        self.try_write_with(key, value, Lifetime::FOREVER, now_ms)
+    }
+
+    /// [`Store::try_write`] with a [`Lifetime`] (ignored for a tombstone).
+    pub fn try_write_with(
+        &self,
+        key: &str,
+        value: Option<Bytes>,
+        lifetime: Lifetime,
+        now_ms: u64,
+    ) -> Result<Record, BudgetError> {
+        let lifetime = super::lifetime_of(&value, lifetime);
+        let (k, hlc, seq) = self.limited_write(key, value.clone(), lifetime, now_ms)?;
         Ok(Record {
             key: k,
             value,
             version: Version::new(hlc, self.local_origin(), seq),
+            lifetime,
         })
     }
 
@@ -385,7 +398,7 @@ impl Store {
         value: Option<Bytes>,
         now_ms: u64,
     ) -> Result<Version, BudgetError> {
-        let (_, hlc, seq) = self.limited_write(key, value, now_ms)?;
+        let (_, hlc, seq) = self.limited_write(key, value, Lifetime::FOREVER, now_ms)?;
         Ok(Version::new(hlc, self.local_origin(), seq))
     }
 
@@ -393,24 +406,25 @@ impl Store {
         &self,
         key: &str,
         value: Option<Bytes>,
+        life: Lifetime,
         now_ms: u64,
     ) -> Result<(Arc<str>, Hlc, u64), BudgetError> {
         let Some(b) = &self.budget else {
-            return Ok(self.write_unchecked(key, value, now_ms));
+            return Ok(self.write_unchecked(key, value, life, now_ms));
         };
         b.see_time(now_ms);
         // A delete is never refused.
         let Some(size) = value.as_ref().map(|v| cost(key.len(), Some(v.len()))) else {
-            return Ok(self.write_unchecked(key, value, now_ms));
+            return Ok(self.write_unchecked(key, value, life, now_ms));
         };
         b.check_size(size)?;
         if b.limits.policy != Policy::Reject {
-            return Ok(self.write_unchecked(key, value, now_ms));
+            return Ok(self.write_unchecked(key, value, life, now_ms));
         }
         if self.bytes_over(b, size) {
             self.collect_early(b, size);
         }
-        let written = self.write_local(key, value, now_ms, |bytes, live| {
+        let written = self.write_local(key, value, life, now_ms, |_, bytes, live| {
             self.reserve(b, bytes, live)
         });
         if written.is_err() {
@@ -560,8 +574,10 @@ impl Store {
         }
         let k = k.clone();
         let old = e.value.as_ref().map(Bytes::len);
+        let old_shape = e.shape();
         let hlc = self.clock.tick(b.now_ms.load(Ordering::Relaxed));
         let entry = Entry::new(None, hlc, 0, seq, b.write_stamp());
+        self.relife(&k, Some(old_shape), Some(entry.shape()));
         if let Some(slot) = shard.get_mut(key) {
             *slot = entry;
         }
@@ -571,11 +587,11 @@ impl Store {
         b.note_tombstone(0, seq);
         self.tell_collected(&k);
         if let Some(f) = b.observer.get() {
-            f(&Record {
-                key: k.clone(),
-                value: None,
-                version: Version::new(hlc, self.local_origin(), seq),
-            });
+            f(&Record::new(
+                k.clone(),
+                None,
+                Version::new(hlc, self.local_origin(), seq),
+            ));
         }
         drop(shard);
         log.index.insert(seq, IndexEntry { key: k, hlc });

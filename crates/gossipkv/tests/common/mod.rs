@@ -41,3 +41,35 @@ pub fn state_of(observer: &Kv, node_id: &str) -> Option<MemberState> {
         .find(|m| m.node_id == node_id)
         .map(|m| m.state)
 }
+
+/// A node on its own runtime, seeded with `seed`: dropping the runtime
+/// (`shutdown_background`) kills it mid-flight, with no goodbye, as a
+/// SIGKILL would.
+pub fn killable(id: &str, seed: &Kv, interval: Duration) -> (tokio::runtime::Runtime, Kv) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let seed = seed.local_addr().unwrap().to_string();
+    let kv = rt.block_on(async {
+        GossipKv::<String, String>::builder()
+            .node_id(id)
+            .bind_addr("127.0.0.1:0")
+            .gossip_interval(interval)
+            .seeds([seed])
+            .build()
+            .await
+            .unwrap()
+    });
+    (rt, kv)
+}
+
+/// A runtime with two workers for the surviving nodes of a kill test.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
