@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use gossipkv_durable::{Batch, DataDir, Identity, OpenError, FILE_NAME};
-use gossipkv_storage::{Hlc, NodeId, Origin, Record, Version};
+use gossipkv_storage::{Hlc, Lifetime, NodeId, Origin, Record, Version, HLC_MAX_PHYSICAL_MS};
 use proptest::prelude::*;
 use redb::{Database, TableDefinition};
 
@@ -121,6 +121,15 @@ fn raw_record(flag: u8, seq: u64, node_len: u16, node: &[u8], value: &[u8]) -> V
     v
 }
 
+/// A record row with a lifetime: flag, the fixed numbers, `expiry`, then
+/// node id "n" and value "v".
+fn raw_timed(flag: u8, expiry: u64) -> Vec<u8> {
+    let mut v = raw_record(flag, 1, 1, b"n", b"v");
+    let at = 1 + 24;
+    v.splice(at..at, expiry.to_le_bytes());
+    v
+}
+
 /// `load` of a directory whose `records` row of key "k" is `row`, or whose
 /// `marks` row is (`origin`, `marks`).
 fn load_with(
@@ -179,7 +188,19 @@ fn an_unreadable_row_is_corruption_not_a_panic() {
         load_with(None, Some((origin_key(1, b"n"), marks_row(5, 5)))).unwrap(),
         1
     );
+    // With a lifetime: an expiry, ephemeral or not.
+    assert_eq!(load_with(Some(raw_timed(1 | 2, 5)), None).unwrap(), 1);
+    assert_eq!(load_with(Some(raw_timed(1 | 2 | 4, 0)), None).unwrap(), 1);
     let bad_records = [
+        (
+            "ephemeral without a lifetime",
+            raw_record(1 | 4, 1, 1, b"n", b"v"),
+        ),
+        ("a lifetime cut short", raw_record(1 | 2, 1, 1, b"n", b"v")),
+        (
+            "an expiry past the clock's range",
+            raw_timed(1 | 2, u64::MAX),
+        ),
         ("too short", vec![1, 2, 3]),
         ("an unknown flag", raw_record(9, 1, 1, b"n", b"v")),
         (
@@ -233,18 +254,40 @@ fn arb_record() -> impl Strategy<Value = Record> {
         any::<u64>(),
         1..u64::MAX,
         any::<u64>(),
+        arb_lifetime(),
     )
-        .prop_map(|(key, value, node, generation, seq, hlc)| Record {
-            key: Arc::from(key.as_str()),
-            value: value.map(Bytes::from),
-            version: Version {
-                hlc: Hlc::from_u64(hlc),
-                node: NodeId::new(node),
-                generation,
-                seq,
+        .prop_map(
+            |(key, value, node, generation, seq, hlc, lifetime)| Record {
+                key: Arc::from(key.as_str()),
+                value: value.map(Bytes::from),
+                version: Version {
+                    hlc: Hlc::from_u64(hlc),
+                    node: NodeId::new(node),
+                    generation,
+                    seq,
+                },
+                lifetime,
             },
-            lifetime: gossipkv_storage::Lifetime::FOREVER,
-        })
+        )
+}
+
+/// Lifetimes as a store holds them: forever, or an expiry within the
+/// clock's range (its ends included), owned or not.
+fn arb_lifetime() -> impl Strategy<Value = Lifetime> {
+    let expiry = prop_oneof![
+        Just(0),
+        Just(1),
+        Just(HLC_MAX_PHYSICAL_MS),
+        1..HLC_MAX_PHYSICAL_MS
+    ];
+    (expiry, any::<bool>()).prop_map(|(t, owned)| {
+        let l = Lifetime::expiring(t);
+        if owned {
+            l.owned()
+        } else {
+            l
+        }
+    })
 }
 
 proptest! {

@@ -110,9 +110,12 @@ where
     }
 
     /// How long `key`'s value has left to live, if it shows one with an
-    /// expiry (`Some(Duration::ZERO)` once due but not yet swept).
+    /// expiry (`None` for a key without a value, or without an expiry).
     pub fn ttl(&self, key: impl AsRef<str>) -> Option<Duration> {
         let now = wall_now().as_unix_ms();
+        if !self.inner.store.contains_at(key.as_ref(), now) {
+            return None;
+        }
         let r = self.inner.store.get_record(key.as_ref())?;
         if !r.is_live_at(now) || r.lifetime.expires_ms == 0 {
             return None;

@@ -13,7 +13,8 @@
 //! to `--out` and an SVG of propagation time against cluster size (eager push
 //! on and off) to `--svg` (default: `propagation.svg` beside `--out`).
 //! `--only` takes a comma-separated list of scenarios (`memory`, `n10`,
-//! `bulk`, `n100`, `maxvalue`, `sweep`, `latejoin`, `coldburst`, `durable`, ...) to run a
+//! `bulk`, `n100`, `maxvalue`, `sweep`, `latejoin`, `coldburst`, `durable`,
+//! `lifetime`, ...) to run a
 //! subset.
 //!
 //! Propagation is the time from `set` on one node until `get` returns the
@@ -37,6 +38,8 @@
 //! - [`durable`]: the `durable` scenario: writes with a data dir, restart
 //!   with a million keys on disk, disk bytes per key.
 //! - [`budget`]: the `budget` scenario (a cache filled past `max_bytes`).
+//! - [`lifetime`]: the `lifetime` scenario (TTL and ephemeral keys, in
+//!   the simulator).
 //! - [`plot`]: the SVG of the sweep.
 
 mod budget;
@@ -46,6 +49,7 @@ use catchup::Values;
 mod cluster;
 mod durable;
 mod idle;
+mod lifetime;
 mod max_value;
 mod memory;
 mod options;
@@ -159,6 +163,11 @@ async fn run(opts: &Options) -> Result<()> {
     if opts.wants("coldburst") {
         let result = catchup::cold_burst(&mut report, plan, t0).await;
         report.check(t0, "coldburst", result);
+    }
+
+    if opts.wants("lifetime") {
+        let result = lifetime::scenario(&mut report, t0);
+        report.check(t0, "lifetime", result);
     }
 
     if opts.wants("durable") {

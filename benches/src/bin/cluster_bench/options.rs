@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 
 /// Every scenario, in the order they run.
-const SCENARIOS: [&str; 13] = [
+const SCENARIOS: [&str; 14] = [
     "memory",
     "budget",
     "n10",
@@ -20,6 +20,7 @@ const SCENARIOS: [&str; 13] = [
     "heal",
     "serve",
     "durable",
+    "lifetime",
 ];
 
 /// Hidden flag: measure the memory per entry and print it, nothing else
