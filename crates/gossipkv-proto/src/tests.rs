@@ -174,7 +174,8 @@ fn record_of(key_len: usize, value: Option<usize>, node_len: usize) -> Record {
             generation: u64::MAX,
             seq: u64::MAX,
         },
-        lifetime: gossipkv_storage::Lifetime::FOREVER,
+        // The longest lifetime encoding: an expiry and ownership.
+        lifetime: gossipkv_storage::Lifetime::expiring(u64::MAX).owned(),
     }
 }
 
@@ -637,6 +638,37 @@ fn rejects_counts_above_limits() {
             ..
         })
     ));
+}
+
+#[test]
+fn expiries_past_the_clocks_range_decode_at_its_end() {
+    for (sent, got) in [
+        (u64::MAX, gossipkv_storage::HLC_MAX_PHYSICAL_MS),
+        (
+            gossipkv_storage::HLC_MAX_PHYSICAL_MS + 1,
+            gossipkv_storage::HLC_MAX_PHYSICAL_MS,
+        ),
+        (1, 1),
+        (0, 0),
+    ] {
+        let m = with_chunk(|c| {
+            c.records[0].expires_ms = sent;
+            c.records[0].ephemeral = true;
+        });
+        let Ok(Envelope {
+            body:
+                Body::SynAck(SynAck {
+                    reply: Reply::Delta(d),
+                    ..
+                }),
+            ..
+        }) = decode_pb(&m)
+        else {
+            panic!("a record with expiry {sent} rejected")
+        };
+        let l = d.chunks[0].records[0].lifetime;
+        assert_eq!((l.expires_ms, l.ephemeral), (got, true), "sent {sent}");
+    }
 }
 
 fn with_record() -> pb::Record {

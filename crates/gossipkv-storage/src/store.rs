@@ -196,6 +196,7 @@ impl Entry {
         Shape {
             life: self.life,
             origin: self.origin,
+            seq: self.seq,
             live: self.value.is_some(),
         }
     }
@@ -427,16 +428,17 @@ impl Store {
     }
 
     /// A local write: the key as held, and the timestamp and sequence number
-    /// it got. `charge` is given the entry held and what the write adds in
-    /// bytes and live keys (under the shard lock, before anything changes)
-    /// and counts it, or refuses the write.
+    /// it got. `charge` is given the write the key holds (origin id and
+    /// sequence number, if any) and what the write adds in bytes and live
+    /// keys (under the shard lock, before anything changes) and counts it,
+    /// or refuses the write.
     fn write_local<E>(
         &self,
         key: &str,
         value: Option<Bytes>,
         life: Lifetime,
         now_ms: u64,
-        charge: impl FnOnce(Option<&Entry>, isize, isize) -> Result<(), E>,
+        charge: impl FnOnce(Option<(u32, u64)>, isize, isize) -> Result<(), E>,
     ) -> Result<(Arc<str>, Hlc, u64), E> {
         self.lives.see_time(now_ms);
         let mut log = self.local_log.lock();
@@ -449,7 +451,7 @@ impl Store {
         let old = held.as_ref().map(|(_, len, _)| *len);
         let new = Some(value.as_ref().map(Bytes::len));
         charge(
-            shard.get(key),
+            held.as_ref().map(|(_, _, s)| (s.origin, s.seq)),
             budget::delta_bytes(key.len(), old, new),
             budget::delta_live(old, new),
         )?;

@@ -59,6 +59,7 @@ pub enum ChangeCause {
 pub(super) struct Shape {
     pub(super) life: u64,
     pub(super) origin: u32,
+    pub(super) seq: u64,
     pub(super) live: bool,
 }
 
@@ -96,7 +97,10 @@ struct Owners {
 
 impl Lifetimes {
     pub(super) fn see_time(&self, now_ms: u64) {
-        self.now_ms.fetch_max(now_ms, Ordering::Relaxed);
+        // A read first: the common case (time already seen) writes nothing.
+        if now_ms > self.now_ms.load(Ordering::Relaxed) {
+            self.now_ms.fetch_max(now_ms, Ordering::Relaxed);
+        }
     }
 
     /// The latest physical time the store was given (0 before any).
@@ -410,7 +414,7 @@ impl Store {
             // Only if the key still holds that write: a concurrent write
             // of the key is newer and must not be overwritten.
             let written = self.write_local(&key, value.clone(), life, now_ms, |held, bytes, n| {
-                if held.is_some_and(|e| e.is_write(0, seq)) {
+                if held == Some((0, seq)) {
                     self.account(bytes, n);
                     Ok(())
                 } else {
