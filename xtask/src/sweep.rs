@@ -2,7 +2,8 @@
 //!
 //! Every scenario of `gossipkv-sim` runs with one fixed seed under
 //! `cargo test`; a protocol change that breaks it only for some seeds goes
-//! unnoticed there. This command builds the scenario, membership and stream suites
+//! unnoticed there. This command builds the scenario, membership, stream,
+//! budget and lifetime suites
 //! in release mode once, then runs each of them once per seed with
 //! `GOSSIPKV_SIM_SEED` set, printing one line per seed. A failing run prints
 //! the failing tests and the command that replays them, and the command
@@ -24,7 +25,7 @@ const PACKAGE: &str = "gossipkv-sim";
 /// The suites swept: integration tests of [`PACKAGE`] whose every scenario
 /// takes its seed from `GOSSIPKV_SIM_SEED`. (`scale` is left out: it
 /// measures, and takes minutes.)
-const SUITES: &[&str] = &["scenarios", "membership", "streams", "budget"];
+const SUITES: &[&str] = &["scenarios", "membership", "streams", "budget", "lifetime"];
 
 /// Runs the sweep.
 pub(crate) fn run(opts: &SweepOptions) -> anyhow::Result<bool> {
