@@ -30,6 +30,9 @@ const CHILD_CLEAN_AFTER: &str = "GOSSIPKV_CRASH_CHILD_CLEAN_AFTER";
 const WRITERS: usize = 2;
 /// Keys each writer cycles through, so later writes overwrite earlier ones.
 const KEYS_PER_WRITER: usize = 40;
+/// Set in the child: register an ephemeral key, say so, and wait to be
+/// killed (instead of the write loop).
+const CHILD_EPHEMERAL: &str = "GOSSIPKV_CRASH_CHILD_EPHEMERAL";
 /// Longest a cycle may take before the parent gives up on the child.
 const CYCLE_LIMIT: Duration = Duration::from_secs(30);
 
@@ -58,15 +61,19 @@ fn crash_child_process() {
         .build()
         .unwrap();
     let kv = rt
-        .block_on(
-            GossipKv::<String, String>::builder()
-                .node_id("crash")
-                .cluster_id("crash")
-                .data_dir(&dir)
-                .durability(Durability::Sync)
-                .build(),
-        )
+        .block_on(open(Path::new(&dir)))
         .expect("the child's node starts");
+    if std::env::var(CHILD_EPHEMERAL).is_ok() {
+        kv.set_ephemeral("svc/crash", "up".into()).unwrap();
+        kv.set("plain", "kept".into()).unwrap();
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "registered {}", kv.generation()).unwrap();
+        out.flush().unwrap();
+        drop(out);
+        // Until the parent's SIGKILL.
+        std::thread::sleep(CYCLE_LIMIT);
+        return;
+    }
     let run = kv.generation();
     let (tx, rx) = mpsc::channel::<String>();
     let writers: Vec<_> = (0..WRITERS)
@@ -195,6 +202,72 @@ fn run_child(dir: &Path, stop_at: usize, clean: bool) -> Vec<Ack> {
         "the child acknowledged nothing in {CYCLE_LIMIT:?} ({status})"
     );
     acks
+}
+
+/// The node every run starts on `dir`.
+async fn open(dir: &Path) -> Result<GossipKv<String, String>, gossipkv::Error> {
+    GossipKv::<String, String>::builder()
+        .node_id("crash")
+        .cluster_id("crash")
+        .data_dir(dir)
+        .durability(Durability::Sync)
+        .build()
+        .await
+}
+
+#[test]
+fn a_killed_runs_ephemeral_keys_do_not_come_back_with_its_data() {
+    if std::env::var(CHILD_DIR).is_ok() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "crash_child_process",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_DIR, &dir)
+        .env(CHILD_EPHEMERAL, "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the child starts");
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let registered = stdout
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| l.split_once("registered ").map(|(_, g)| g.trim().to_owned()))
+        .expect("the child registers");
+    child.kill().expect("SIGKILL the child");
+    child.wait().unwrap();
+    // On disk: the registration, as the killed run left it.
+    let disk = stored(&dir);
+    assert_eq!(disk["svc/crash"].0.as_deref(), Some("up"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let kv = open(&dir).await.unwrap();
+        assert_ne!(
+            kv.generation().to_string(),
+            registered,
+            "a crash takes a new generation"
+        );
+        // The run that owned it is over: gone, for good, on disk too.
+        assert_eq!(kv.get("svc/crash").unwrap(), None);
+        assert_eq!(kv.get("plain").unwrap().as_deref(), Some("kept"));
+        assert_eq!(kv.len(), 1);
+        kv.shutdown().await.unwrap();
+    });
+    assert_eq!(
+        stored(&dir)["svc/crash"].0,
+        None,
+        "the removal reached the disk"
+    );
 }
 
 /// The data dir's records by key, read as the next start would.
