@@ -239,7 +239,10 @@ fn a_killed_runs_ephemeral_keys_do_not_come_back_with_its_data() {
     let registered = stdout
         .lines()
         .map_while(Result::ok)
-        .find_map(|l| l.split_once("registered ").map(|(_, g)| g.trim().to_owned()))
+        .find_map(|l| {
+            l.split_once("registered ")
+                .map(|(_, g)| g.trim().to_owned())
+        })
         .expect("the child registers");
     child.kill().expect("SIGKILL the child");
     child.wait().unwrap();
