@@ -705,6 +705,11 @@ impl Store {
                         self.relife(&k, Some(current.shape()), Some(incoming.shape()));
                         if self.shows(current, None) || self.shows(&incoming, None) {
                             self.notify(&k, self.shown_value(&incoming));
+                        } else {
+                            // Nothing a watcher sees (a tombstone over a
+                            // tombstone, a hidden owner's value), but the
+                            // record changed: a persister must hear of it.
+                            self.tell_collected(&k);
                         }
                         shard.insert(k.clone(), incoming);
                         (true, k)

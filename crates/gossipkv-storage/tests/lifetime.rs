@@ -257,3 +257,33 @@ fn an_ephemeral_value_with_a_time_to_live_goes_at_whichever_comes_first() {
     assert_eq!(s.owned_len(&Origin::new("b", 1)), 0);
     assert_eq!(s.hide_owner(&Origin::new("b", 1)), 0);
 }
+
+#[test]
+fn every_record_that_wins_a_merge_is_told_even_when_nothing_shows() {
+    // The change observer tells watchers; the collection observer tells a
+    // persister of changes watchers do not see. Between them, every record
+    // that wins a merge is told, or it would never reach the disk.
+    let (s, seen) = observed("a");
+    let quiet: Arc<Mutex<Vec<String>>> = Arc::default();
+    let q = quiet.clone();
+    s.set_collect_observer(Arc::new(move |k: &str| q.lock().push(k.to_string())));
+    let told = |key: &str| {
+        seen.lock().iter().filter(|(k, _, _)| k == key).count()
+            + quiet.lock().iter().filter(|k| *k == key).count()
+    };
+    // A newer tombstone over a tombstone.
+    let c = Store::new(Origin::new("c", 1));
+    s.merge(c.write("gone", None, 1_000));
+    s.merge(c.write("gone", None, 2_000));
+    assert_eq!(told("gone"), 2);
+    // A hidden owner's newer value over its older one.
+    owned_by_b(&s, "svc/b", 1);
+    s.hide_owner(&Origin::new("b", 1));
+    let before = told("svc/b");
+    let writer = Store::new(Origin::new("b", 1));
+    writer.expire(0);
+    writer.set("filler", b("x"), 1_000);
+    s.merge(writer.write_with("svc/b", Some(b("v2")), Lifetime::FOREVER.owned(), 5_000));
+    assert_eq!(s.get_record("svc/b").unwrap().value, Some(b("v2")));
+    assert_eq!(told("svc/b"), before + 1);
+}
