@@ -197,7 +197,7 @@ impl Exchange {
         }
         let behind = cx.store.resync_origins(&syn.digest);
         if syn.resync_from.is_some() || !behind.is_empty() {
-            resync::serve_page(cx, from, syn, &mine, &behind);
+            resync::serve_page(cx, from, syn, &cx.store.page_digest(), &behind);
             return;
         }
         let mine = self.fit_digest(mine, cx.sizes.body / 2);

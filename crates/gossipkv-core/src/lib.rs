@@ -55,6 +55,7 @@ mod protocol;
 mod push;
 mod reassembly;
 mod resync;
+mod retire;
 mod stats;
 mod stream;
 mod swim;

@@ -6,11 +6,12 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use gossipkv_proto::Sender;
-use gossipkv_storage::{NodeId, Origin};
+use gossipkv_storage::{NodeId, Origin, RETIRED_WATERMARK};
 use tracing::debug;
 
 use crate::context::Context;
 use crate::peers::Peers;
+use crate::retire::{seen_mark, Seen};
 use crate::swim::{Member, MAX_MEMBERS};
 
 /// Most (member, origin) watermarks kept (about 16 MB at most; 512 writers
@@ -181,7 +182,9 @@ impl PeerMarks {
     ) -> (Vec<(Origin, u64)>, BTreeMap<Origin, u64>) {
         let marks = self.live_marks(live);
         let mut highest: BTreeMap<Origin, u64> = BTreeMap::new();
-        for (o, w) in marks.iter().flatten().flat_map(|m| m.iter()) {
+        let listed = marks.iter().flatten().flat_map(|m| m.iter());
+        // A retired mark says "send me nothing", not "I hold this much".
+        for (o, w) in listed.filter(|(_, w)| **w != RETIRED_WATERMARK) {
             let h = highest.entry(o.clone()).or_insert(0);
             *h = (*h).max(*w);
         }
@@ -209,6 +212,15 @@ impl PeerMarks {
             keep
         });
         self.len = kept;
+    }
+
+    /// What each of `live`'s digests said of `origin` (see
+    /// [`Seen`]): the highest watermark listed, of its current generation.
+    pub(crate) fn seen(&self, live: &[Member], origin: &Origin) -> Vec<Seen> {
+        self.live_marks(live)
+            .into_iter()
+            .map(|m| m.map_or(Seen::Nothing, |m| seen_mark(m.get(origin).copied())))
+            .collect()
     }
 
     /// Number of (member, origin) pairs held (for bound checks).

@@ -37,7 +37,7 @@ use crate::Stats;
 
 /// What the membership says of an owner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Verdict {
+pub(crate) enum Verdict {
     /// Shown.
     Live,
     /// Hidden, and removed once dead for the grace period.
@@ -120,7 +120,7 @@ fn remove(store: &Store, origin: &Origin, why: &str, stats: &mut Stats) {
 }
 
 /// What the membership (and this node's own identity) says of `origin`.
-fn verdict(peers: &Peers, me: &Origin, origin: &Origin) -> Verdict {
+pub(crate) fn verdict(peers: &Peers, me: &Origin, origin: &Origin) -> Verdict {
     if origin.node == me.node {
         // Our own older generation (a newer one is a forgery that the
         // guards refuse; it is not ours to judge).

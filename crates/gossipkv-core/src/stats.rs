@@ -123,4 +123,13 @@ pub struct Stats {
     /// This node's own ephemeral values written again after it refuted a
     /// rumor of its death.
     pub owned_rewritten: u64,
+    /// Origins retired: gone for good, none of their writes held any more
+    /// (see `Store::retire_origins`).
+    pub origins_retired: u64,
+    /// Retired origins made silent (left out of digests) once every live
+    /// member listed them as retired or not at all.
+    pub origins_silenced: u64,
+    /// Retired origins taken back because a member showed writes of them
+    /// this node lacked.
+    pub origins_unretired: u64,
 }

@@ -67,7 +67,7 @@ pub(crate) fn note_digest(cx: &mut Context, from: SocketAddr, peer: &Digest) {
     let behind = peer
         .entries
         .iter()
-        .any(|e| cx.store.watermark(&e.origin) < e.watermark);
+        .any(|e| !e.is_retired() && cx.store.watermark(&e.origin) < e.watermark);
     if behind {
         cx.windows.by_peer.remove(&from);
         return;

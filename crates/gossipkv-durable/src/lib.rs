@@ -59,9 +59,10 @@ pub const BLOAT_FACTOR: u64 = 4;
 pub const BLOAT_MIN_BYTES: u64 = 4 << 20;
 
 /// The on-disk format this build writes, and the newest it reads. Format 2
-/// added record lifetimes (expiry, ephemeral); files of format 1 are read
-/// as they are and marked format 2 when a run starts.
-pub const FORMAT_VERSION: u32 = 2;
+/// added record lifetimes (expiry, ephemeral), format 3 retired origins (a
+/// flag after an origin's marks); older files are read as they are and
+/// marked with the current format when a run starts.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Facts about the node, one row each.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -203,6 +204,9 @@ pub struct Batch {
     pub removed: Vec<Arc<str>>,
     /// Per origin, its watermark and collected floor.
     pub marks: Vec<(Origin, u64, u64)>,
+    /// Origins of `marks` that are retired (see
+    /// `gossipkv_storage::Store::retire_origins`); stored with their marks.
+    pub retired: Vec<Origin>,
     /// The node's clock reading when the batch was taken (0: none). The
     /// stored ceiling ([`Meta::hlc_ceiling`]) rises to it, so a restarted
     /// node's clock starts above every timestamp stored.
@@ -216,6 +220,8 @@ pub struct Loaded {
     pub records: Vec<Record>,
     /// Per origin, its watermark and collected floor, in origin order.
     pub marks: Vec<(Origin, u64, u64)>,
+    /// The origins stored as retired, in origin order.
+    pub retired: Vec<Origin>,
 }
 
 /// An open data directory, used by this handle alone until it is dropped.
@@ -425,9 +431,10 @@ impl DataDir {
             }
             let mut marks = tx.open_table(MARKS).map_err(|e| err(&e))?;
             for (origin, watermark, floor) in &batch.marks {
-                let row = rows::encode_marks(*watermark, (*floor).min(*watermark));
+                let retired = batch.retired.contains(origin);
+                let row = rows::encode_marks(*watermark, (*floor).min(*watermark), retired);
                 marks
-                    .insert(rows::encode_origin(origin).as_slice(), &row[..])
+                    .insert(rows::encode_origin(origin).as_slice(), row.as_slice())
                     .map_err(|e| err(&e))?;
             }
             if batch.hlc_ceiling > self.meta.hlc_ceiling {
@@ -477,8 +484,11 @@ impl DataDir {
                     let (k, v) = row.map_err(|e| corrupt(text(e)))?;
                     let origin = rows::decode_origin(k.value())
                         .ok_or_else(|| corrupt("unreadable origin".into()))?;
-                    let (watermark, floor) = rows::decode_marks(v.value())
+                    let (watermark, floor, retired) = rows::decode_marks(v.value())
                         .ok_or_else(|| corrupt(format!("unreadable watermark of {origin}")))?;
+                    if retired {
+                        loaded.retired.push(origin.clone());
+                    }
                     loaded.marks.push((origin, watermark, floor));
                 }
             }
@@ -486,6 +496,7 @@ impl DataDir {
             Err(e) => return Err(corrupt(text(e))),
         }
         loaded.marks.sort_by(|a, b| a.0.cmp(&b.0));
+        loaded.retired.sort();
         Ok(loaded)
     }
 

@@ -119,18 +119,28 @@ pub(crate) fn decode_origin(key: &[u8]) -> Option<Origin> {
     (!node.is_empty()).then(|| Origin::new(node, generation))
 }
 
-/// An origin's row value: watermark, then collected floor.
-pub(crate) fn encode_marks(watermark: u64, floor: u64) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    out[..8].copy_from_slice(&watermark.to_le_bytes());
-    out[8..].copy_from_slice(&floor.to_le_bytes());
+/// An origin's row value: watermark, then collected floor, then (format 3,
+/// retired origins only) one byte 1.
+pub(crate) fn encode_marks(watermark: u64, floor: u64, retired: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(17);
+    out.extend_from_slice(&watermark.to_le_bytes());
+    out.extend_from_slice(&floor.to_le_bytes());
+    if retired {
+        out.push(1);
+    }
     out
 }
 
-pub(crate) fn decode_marks(row: &[u8]) -> Option<(u64, u64)> {
+/// Watermark, floor and whether retired; `None` for a malformed row.
+pub(crate) fn decode_marks(row: &[u8]) -> Option<(u64, u64, bool)> {
     let (watermark, rest) = u64_le(row)?;
     let (floor, rest) = u64_le(rest)?;
-    (rest.is_empty() && floor <= watermark).then_some((watermark, floor))
+    let retired = match rest {
+        [] => false,
+        [1] => true,
+        _ => return None,
+    };
+    (floor <= watermark).then_some((watermark, floor, retired))
 }
 
 fn u64_le(b: &[u8]) -> Option<(u64, &[u8])> {

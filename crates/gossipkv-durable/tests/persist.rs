@@ -48,6 +48,8 @@ fn a_batch_is_read_back_after_a_reopen() {
             (Origin::new("node-a", 5), 3, 0),
             (Origin::new("node-b", u64::MAX), u64::MAX, 7),
         ],
+        // A retired origin keeps its marks, with a flag.
+        retired: vec![Origin::new("node-b", u64::MAX)],
         hlc_ceiling: u64::MAX,
     };
     data.persist(&batch).unwrap();
@@ -66,6 +68,7 @@ fn a_batch_is_read_back_after_a_reopen() {
             (Origin::new("node-b", u64::MAX), u64::MAX, 7),
         ]
     );
+    assert_eq!(loaded.retired, vec![Origin::new("node-b", u64::MAX)]);
 }
 
 #[test]
@@ -79,6 +82,7 @@ fn a_later_batch_replaces_rows_and_removes_keys() {
         ],
         removed: Vec::new(),
         marks: vec![(Origin::new("node-a", 1), 2, 0)],
+        retired: Vec::new(),
         hlc_ceiling: 0,
     })
     .unwrap();
@@ -86,6 +90,7 @@ fn a_later_batch_replaces_rows_and_removes_keys() {
         records: vec![record("k", Some(b"new"), "node-c", 2, 9)],
         removed: vec![Arc::from("t"), Arc::from("never-stored")],
         marks: vec![(Origin::new("node-a", 1), 2, 2)],
+        retired: Vec::new(),
         hlc_ceiling: 0,
     })
     .unwrap();
@@ -94,6 +99,7 @@ fn a_later_batch_replaces_rows_and_removes_keys() {
         records: vec![record("both", Some(b"kept"), "node-a", 1, 10)],
         removed: vec![Arc::from("both")],
         marks: Vec::new(),
+        retired: Vec::new(),
         hlc_ceiling: 0,
     })
     .unwrap();

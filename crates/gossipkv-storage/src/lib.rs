@@ -48,7 +48,7 @@ mod version;
 
 pub use record::{
     record_size_hint, Delta, Digest, DigestEntry, Ghost, Lifetime, OriginChunk, Page, Record,
-    CHUNK_OVERHEAD, DIGEST_ENTRY_OVERHEAD, GHOST_OVERHEAD, RECORD_OVERHEAD,
+    CHUNK_OVERHEAD, DIGEST_ENTRY_OVERHEAD, GHOST_OVERHEAD, RECORD_OVERHEAD, RETIRED_WATERMARK,
 };
 pub use store::{
     ApplyStats, BudgetError, BudgetStats, ChangeCause, ChangeObserver, CollectObserver,

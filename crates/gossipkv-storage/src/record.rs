@@ -160,8 +160,23 @@ pub struct Digest {
 pub struct DigestEntry {
     /// The origin.
     pub origin: Origin,
-    /// Highest sequence number covered (see [`Digest`]).
+    /// Highest sequence number covered (see [`Digest`]), or
+    /// [`RETIRED_WATERMARK`].
     pub watermark: u64,
+}
+
+/// The watermark a digest lists for an origin its sender retired (see
+/// [`Store::retire_origins`](crate::Store::retire_origins)): every write of
+/// that origin is superseded there, and it takes no more. Read as a
+/// watermark it says "sends me nothing of this origin", which is what the
+/// sender wants; nothing raises a watermark of its own to it.
+pub const RETIRED_WATERMARK: u64 = u64::MAX;
+
+impl DigestEntry {
+    /// Whether the sender retired this origin ([`RETIRED_WATERMARK`]).
+    pub fn is_retired(&self) -> bool {
+        self.watermark == RETIRED_WATERMARK
+    }
 }
 
 impl Digest {

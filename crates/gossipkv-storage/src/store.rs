@@ -4,7 +4,7 @@ use std::cmp::{Ordering as CmpOrdering, Reverse};
 use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -12,8 +12,8 @@ use foldhash::fast::RandomState as FastState;
 use parking_lot::{Mutex, RwLock};
 
 use crate::record::{
-    record_size_hint, Delta, Digest, DigestEntry, Ghost, Lifetime, OriginChunk, Page, Record,
-    CHUNK_OVERHEAD, GHOST_OVERHEAD,
+    record_size_hint, Delta, Digest, Ghost, Lifetime, OriginChunk, Page, Record, CHUNK_OVERHEAD,
+    GHOST_OVERHEAD, RETIRED_WATERMARK,
 };
 use crate::seq_index::{IndexEntry, SeqIndex};
 use crate::shard::ShardMap;
@@ -28,6 +28,10 @@ pub use budget::{BudgetError, BudgetStats, EvictionObserver, Limits, Policy, ENT
 mod lifetime;
 pub use lifetime::ChangeCause;
 use lifetime::{lifetime_of, Lifetimes, Shape};
+
+// Retired origins (issue 13): superseded generations leave digests.
+mod retire;
+use retire::Retired;
 
 /// A function told of every change of what a key shows: the key, its new
 /// value (`None` when deleted or hidden) and why. It runs while the key's
@@ -229,6 +233,8 @@ struct OriginLog {
     floor: u64,
     /// seq -> key of that write (live, or superseded: a "ghost").
     index: SeqIndex,
+    /// Whether the origin is retired (see `store/retire.rs`).
+    retired: Retired,
 }
 
 /// Keys are hashed with foldhash (randomly seeded per map): several times
@@ -286,6 +292,8 @@ pub struct Store {
     budget: Option<Box<Budget>>,
     /// Expiries and owned values (see `store/lifetime.rs`).
     lives: Lifetimes,
+    /// Records of retired origins refused (see `store/retire.rs`).
+    retired_refused: AtomicU64,
 }
 
 impl Store {
@@ -319,6 +327,7 @@ impl Store {
             bytes: AtomicUsize::new(0),
             budget: Budget::new(config.limits),
             lives: Lifetimes::default(),
+            retired_refused: AtomicU64::new(0),
         }
     }
     /// Installs the change observer (once; returns `false` if one was
@@ -683,6 +692,9 @@ impl Store {
     /// [`Store::merge`] once the record's origin is interned as `oid`, its
     /// log locked and its timestamp observed.
     fn merge_locked(&self, log: &mut OriginLog, oid: u32, record: Record) -> bool {
+        if log.is_retired() {
+            return self.refuse_retired();
+        }
         let Record {
             key,
             value,
@@ -756,14 +768,7 @@ impl Store {
         let logs: Vec<_> = self.origins.read().logs.clone();
         let entries = logs
             .iter()
-            .map(|log| {
-                let log = log.lock();
-                DigestEntry {
-                    origin: log.origin.clone(),
-                    watermark: log.watermark,
-                }
-            })
-            .filter(|e| e.watermark > 0)
+            .filter_map(|log| log.lock().digest_entry())
             .collect();
         Digest {
             entries,
@@ -809,8 +814,8 @@ impl Store {
         logs.iter()
             .filter_map(|log| {
                 let log = log.lock();
-                (log.floor > 0 && peer.watermark(&log.origin).is_some_and(|w| w < log.floor))
-                    .then(|| log.origin.clone())
+                let behind = peer.watermark(&log.origin).is_some_and(|w| w < log.floor);
+                (log.floor > 0 && !log.is_retired() && behind).then(|| log.origin.clone())
             })
             .collect()
     }
@@ -899,7 +904,7 @@ impl Store {
         'origins: for i in 0..n {
             let oid = ((rotate + i) % n) as u32;
             let log = logs[oid as usize].lock();
-            let Some(from) = peer.watermark(&log.origin) else {
+            let Some(from) = peer.watermark(&log.origin).filter(|_| !log.is_retired()) else {
                 continue;
             };
             let top = log.watermark.min(hold(&log.origin).saturating_sub(1));
@@ -1056,7 +1061,7 @@ impl Store {
         for i in at..n {
             let oid = ((rotate + i) % n) as u32;
             let log = logs[oid as usize].lock();
-            let Some(from) = peer.watermark(&log.origin) else {
+            let Some(from) = peer.watermark(&log.origin).filter(|_| !log.is_retired()) else {
                 continue;
             };
             let from = if i == at { from.max(after) } else { from };
@@ -1107,6 +1112,9 @@ impl Store {
             count(self.merge_batch(std::mem::take(&mut chunk.records)));
             let (_, log) = self.intern(&chunk.origin);
             let mut log = log.lock();
+            if log.is_retired() {
+                continue;
+            }
             for g in &chunk.ghosts {
                 self.clock.observe(g.hlc);
                 if g.seq > log.floor {
@@ -1209,10 +1217,10 @@ impl Store {
     /// completed re-synchronisation, see [`Page`]).
     pub fn raise_watermarks(&self, digest: &Digest) -> usize {
         let mut raised = 0;
-        for e in &digest.entries {
+        for e in digest.entries.iter().filter(|e| !e.is_retired()) {
             let (_, log) = self.intern(&e.origin);
             let mut log = log.lock();
-            if e.watermark > log.watermark {
+            if e.watermark > log.watermark && !log.is_retired() {
                 // Pages carry neither the tombstones the sender collected nor
                 // its superseded writes, so this store cannot tell a peer
                 // below the new watermark what it missed: such a peer must be
@@ -1237,6 +1245,9 @@ impl Store {
         for (origin, watermark, floor) in marks {
             let (_, log) = self.intern(origin);
             let mut log = log.lock();
+            if log.is_retired() {
+                continue;
+            }
             let before = (log.watermark, log.floor);
             if *watermark > log.watermark {
                 log.floor = log.floor.max(*watermark);
@@ -1370,7 +1381,7 @@ impl Store {
             };
             page.watermarks
                 .watermark(&origin)
-                .is_some_and(|w| w >= e.seq)
+                .is_some_and(|w| w >= e.seq && w != RETIRED_WATERMARK)
         };
         shard
             .range(&page.start, page.end.as_deref())
@@ -1479,6 +1490,7 @@ impl OriginLog {
             watermark: 0,
             floor: 0,
             index: SeqIndex::default(),
+            retired: Retired::No,
         }
     }
 }

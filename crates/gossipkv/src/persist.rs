@@ -181,6 +181,9 @@ pub(crate) fn open(
     let records = loaded.records.len();
     store.merge_batch(loaded.records);
     store.restore_marks(&loaded.marks);
+    // Retired origins stay retired (if, against expectation, a record of
+    // one was stored, it stays active: the store checks).
+    store.retire_origins(&loaded.retired);
     let how = match (meta.created, resumed) {
         (true, _) => "new data dir",
         (false, true) => "clean restart: generation kept",
@@ -490,6 +493,11 @@ impl Persister {
                     .map_or(0, |(_, _, f)| *f);
                 (origin, watermark, floor)
             })
+            .collect();
+        batch.retired = store
+            .retired_origins()
+            .into_iter()
+            .map(|(o, _)| o)
             .collect();
         batch.hlc_ceiling = store.clock().last().as_u64();
         let result = data.persist(&batch);

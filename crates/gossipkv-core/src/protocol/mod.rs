@@ -421,6 +421,7 @@ impl Protocol {
         let gc = self.cx.store.collect_garbage(wall.as_unix_ms(), retention);
         self.cx.stats.tombstones_collected += gc.tombstones as u64;
         self.marks.collect(&mut self.cx);
+        crate::retire::check(&mut self.cx, &self.marks);
         if gc.tombstones + gc.ghosts > 0 {
             debug!(
                 tombstones = gc.tombstones,

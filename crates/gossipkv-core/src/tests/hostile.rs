@@ -334,15 +334,14 @@ impl Node {
         }
         // Our own origin is ours alone.
         assert_eq!(self.store.watermark(&self.own), self.writes);
-        // No watermark of another origin rises past what was claimed for it.
-        for e in self.store.digest().entries {
-            if e.origin != self.own {
+        // No watermark of another origin rises past what was claimed for it
+        // (the real watermarks: a retired origin's digest entry is a marker).
+        for (origin, watermark, _) in self.store.marks() {
+            if origin != self.own {
                 assert!(
-                    e.watermark <= self.claims.of(&e.origin),
-                    "{:?} at {} with {} claimed",
-                    e.origin,
-                    e.watermark,
-                    self.claims.of(&e.origin)
+                    watermark <= self.claims.of(&origin),
+                    "{origin:?} at {watermark} with {} claimed",
+                    self.claims.of(&origin)
                 );
             }
         }

@@ -1,0 +1,116 @@
+//! Retiring origins: a generation that is gone for good, none of whose
+//! writes this node holds any more, leaves our digests (the store's side is
+//! in `gossipkv_storage`'s `store/retire.rs`).
+//!
+//! At every collection pass, with the member table:
+//!
+//! | the origin | what this node does |
+//! |---|---|
+//! | gone for good (left, replaced by a newer generation, our own older generation), nothing of it held, no live member's digest ahead of our watermark for it | retires it: refuses its writes, lists it as retired |
+//! | retired, and every live member's digests list it as retired or not at all | makes it silent: left out of digests |
+//! | retired, and a live member's digest shows writes of it beyond our watermark | takes it back (unretires) |
+//!
+//! Why each condition:
+//! - *gone for good*: such an origin writes nothing more (a dead member may
+//!   come back, so it is not enough);
+//! - *nothing held*: every write of it we had is superseded, so refusing its
+//!   writes from now on refuses only stale copies (which the watermark
+//!   refused too);
+//! - *no live member ahead*: a write of it we never had would be refused for
+//!   good; a member that shows one later (it was away) makes us take the
+//!   origin back, which is safe because its watermark was kept;
+//! - *silent only once every live member agrees*: a peer that still lists
+//!   the origin reads its absence from our complete digest as watermark 0
+//!   and would send all it holds of it, or re-synchronise us; the retired
+//!   marker tells it to send nothing instead.
+//!
+//! Where it is not done: with a given member list (no member table, so no
+//! verdict), and for a member dead but not yet gone (it may come back). A
+//! member that was away, holds old copies only, and comes back after we went
+//! silent is sent our newer records as any lagging peer is, but we refuse
+//! what it sends of the retired origin, every round, until it retires the
+//! origin in turn (the retired counter shows it).
+
+use gossipkv_storage::{Origin, RETIRED_WATERMARK};
+use tracing::debug;
+
+use crate::context::Context;
+use crate::marks::PeerMarks;
+use crate::owners::{verdict, Verdict};
+use crate::swim::Member;
+
+/// What one live member's digests said of an origin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Seen {
+    /// No digest of that member yet.
+    Nothing,
+    /// Its digests did not list the origin.
+    Unlisted,
+    /// Listed as retired.
+    Retired,
+    /// Listed with this watermark.
+    At(u64),
+}
+
+/// One collection pass of origin retirement (see the module docs).
+pub(crate) fn check(cx: &mut Context, marks: &PeerMarks) {
+    let Some(live) = cx.peers.live_for_collection() else {
+        return;
+    };
+    let seen = |origin: &Origin| marks.seen(&live, origin);
+    for (origin, silent) in cx.store.retired_origins() {
+        let views = seen(&origin);
+        let mine = cx.store.watermark(&origin);
+        if views.iter().any(|v| matches!(v, Seen::At(w) if *w > mine)) {
+            debug!(node = %origin.node, generation = origin.generation,
+                "a member holds writes of a retired origin we lack: taking it back");
+            cx.store.unretire_origin(&origin);
+            cx.stats.origins_unretired += 1;
+            continue;
+        }
+        let agreed = views
+            .iter()
+            .all(|v| matches!(v, Seen::Retired | Seen::Unlisted));
+        if agreed != silent && cx.store.set_origin_silent(&origin, agreed) && agreed {
+            cx.stats.origins_silenced += 1;
+        }
+    }
+    let candidates = candidates(cx, &live, marks);
+    if candidates.is_empty() {
+        return;
+    }
+    let retired = cx.store.retire_origins(&candidates);
+    for origin in &retired {
+        debug!(node = %origin.node, generation = origin.generation, "retired an origin");
+    }
+    cx.stats.origins_retired += retired.len() as u64;
+}
+
+/// Origins gone for good, not retired, that no live member shows ahead of
+/// our watermark (whether any write of them is held, the store checks).
+fn candidates(cx: &Context, live: &[Member], marks: &PeerMarks) -> Vec<Origin> {
+    let me = cx.store.local_origin();
+    cx.store
+        .marks()
+        .into_iter()
+        .filter(|(origin, _, _)| origin != me && verdict(&cx.peers, me, origin) == Verdict::Gone)
+        .filter(|(origin, watermark, _)| {
+            !cx.store.is_retired(origin)
+                && marks.seen(live, origin).iter().all(|v| match v {
+                    Seen::Nothing => false,
+                    Seen::At(w) => w <= watermark,
+                    Seen::Unlisted | Seen::Retired => true,
+                })
+        })
+        .map(|(origin, _, _)| origin)
+        .collect()
+}
+
+/// What a mark (a member's highest listed watermark) says.
+pub(crate) fn seen_mark(mark: Option<u64>) -> Seen {
+    match mark {
+        None => Seen::Unlisted,
+        Some(RETIRED_WATERMARK) => Seen::Retired,
+        Some(w) => Seen::At(w),
+    }
+}

@@ -1,0 +1,200 @@
+//! Retired origins: an origin (a node id and generation) whose every write
+//! is superseded here stops costing a digest entry.
+//!
+//! Every restart of a node without a data dir, every crash of one with a
+//! data dir, adds an origin; its watermark stays in every digest for good,
+//! although once the generation is gone and nothing it wrote is held any
+//! more, the watermark only serves to refuse its old writes coming back.
+//! Retiring keeps exactly that and drops the rest:
+//!
+//! - [`Store::retire_origins`] retires an origin only while no entry of it
+//!   (value or tombstone) is held, checked under the origin's log lock, so
+//!   no merge of it can slip in between. Its superseded-write index is
+//!   dropped (the collected floor rises to the watermark).
+//! - A retired origin takes nothing more: its records are refused (counted
+//!   by [`Store::retired_refused`]); chunks, pages and restored marks do not
+//!   touch its log. Refusing is what the watermark did for the writes it
+//!   covered, and the protocol retires only an origin that will write no
+//!   more and whose writes no live member holds beyond this watermark.
+//! - At first it is *advertised*: digests list it with
+//!   [`RETIRED_WATERMARK`], which tells a peer "send me nothing of it" (a
+//!   peer that has not retired it yet would otherwise read its absence as
+//!   watermark 0 and send all it holds of it, or re-synchronise us). Once
+//!   every live member says the same (the protocol decides), it is made
+//!   *silent* ([`Store::set_origin_silent`]): digests leave it out.
+//! - [`Store::unretire_origin`] takes it back (a member shows writes of it
+//!   beyond our watermark): its watermark and floor are as they were, so
+//!   nothing that was refused meanwhile was vouched for.
+//!
+//! A retired origin still costs its entry in the origin table (its id, node
+//! id, generation and marks: about 100 bytes), which is what refusing its
+//! writes needs.
+
+use std::sync::atomic::Ordering;
+
+use super::{OriginLog, Store};
+use crate::record::{Digest, DigestEntry, RETIRED_WATERMARK};
+use crate::version::Origin;
+
+/// Where an origin stands (see the module docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) enum Retired {
+    /// Not retired.
+    #[default]
+    No,
+    /// Retired, listed in digests with [`RETIRED_WATERMARK`].
+    Advertised,
+    /// Retired, left out of digests.
+    Silent,
+}
+
+impl OriginLog {
+    /// The entry a digest lists for this origin, if any.
+    pub(super) fn digest_entry(&self) -> Option<DigestEntry> {
+        let watermark = match self.retired {
+            Retired::No if self.watermark > 0 => self.watermark,
+            Retired::No | Retired::Silent => return None,
+            Retired::Advertised => RETIRED_WATERMARK,
+        };
+        Some(DigestEntry {
+            origin: self.origin.clone(),
+            watermark,
+        })
+    }
+
+    pub(super) fn is_retired(&self) -> bool {
+        self.retired != Retired::No
+    }
+}
+
+impl Store {
+    /// Retires each of `candidates` that holds no entry here (see the
+    /// module docs) and returns those retired now. The local origin,
+    /// unknown origins and those already retired are skipped.
+    ///
+    /// Costs, per candidate, a look at its indexed writes and, when none of
+    /// them is held, one pass over every key (with only that origin's log
+    /// and one shard at a time locked): call it seldom, for origins that
+    /// will write no more.
+    pub fn retire_origins(&self, candidates: &[Origin]) -> Vec<Origin> {
+        let mut retired = Vec::new();
+        for origin in candidates {
+            if *origin == self.local {
+                continue;
+            }
+            let Some((oid, log)) = self.id_and_log(origin) else {
+                continue;
+            };
+            let mut log = log.lock();
+            if log.is_retired() || self.holds_indexed(&log, oid) || self.holds_any(oid) {
+                continue;
+            }
+            let writes: Vec<u64> = log.index.range(0, u64::MAX).map(|(s, _)| s).collect();
+            log.forget(writes);
+            log.floor = log.watermark;
+            log.retired = Retired::Advertised;
+            self.forget_owner(origin);
+            retired.push(origin.clone());
+        }
+        retired
+    }
+
+    /// Whether a write `log` indexes is held (the cheap check first).
+    fn holds_indexed(&self, log: &OriginLog, oid: u32) -> bool {
+        log.index.range(0, u64::MAX).any(|(seq, ie)| {
+            self.shard(&ie.key)
+                .read()
+                .get(&*ie.key)
+                .is_some_and(|e| e.is_write(oid, seq))
+        })
+    }
+
+    /// Whether any entry of origin `oid` is held.
+    fn holds_any(&self, oid: u32) -> bool {
+        self.shards
+            .iter()
+            .any(|s| s.read().values().any(|e| e.origin == oid))
+    }
+
+    /// Takes `origin` back from retirement: it is listed with its watermark
+    /// again and its records merge as any others. Returns whether it was
+    /// retired.
+    pub fn unretire_origin(&self, origin: &Origin) -> bool {
+        let Some(log) = self.log_of(origin) else {
+            return false;
+        };
+        let mut log = log.lock();
+        let was = log.is_retired();
+        log.retired = Retired::No;
+        was
+    }
+
+    /// Makes a retired `origin` silent (left out of digests) or advertised
+    /// again. Returns whether its state changed; origins not retired are
+    /// left alone.
+    pub fn set_origin_silent(&self, origin: &Origin, silent: bool) -> bool {
+        let Some(log) = self.log_of(origin) else {
+            return false;
+        };
+        let mut log = log.lock();
+        let to = match (log.retired, silent) {
+            (Retired::No, _) => return false,
+            (_, true) => Retired::Silent,
+            (_, false) => Retired::Advertised,
+        };
+        let changed = log.retired != to;
+        log.retired = to;
+        changed
+    }
+
+    /// Every retired origin, with whether it is silent.
+    pub fn retired_origins(&self) -> Vec<(Origin, bool)> {
+        let logs: Vec<_> = self.origins.read().logs.clone();
+        logs.iter()
+            .filter_map(|log| {
+                let log = log.lock();
+                log.is_retired()
+                    .then(|| (log.origin.clone(), log.retired == Retired::Silent))
+            })
+            .collect()
+    }
+
+    /// Whether `origin` is retired.
+    pub fn is_retired(&self, origin: &Origin) -> bool {
+        self.log_of(origin).is_some_and(|l| l.lock().is_retired())
+    }
+
+    /// Records of retired origins refused so far.
+    pub fn retired_refused(&self) -> u64 {
+        self.retired_refused.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn refuse_retired(&self) -> bool {
+        self.retired_refused.fetch_add(1, Ordering::Relaxed);
+        false
+    }
+
+    /// The watermarks a re-synchronisation page carries: the digest, with
+    /// advertised retired origins at their real watermark (a page's
+    /// watermarks decide which keys the receiver drops, so they must not
+    /// cover more than this store had).
+    pub fn page_digest(&self) -> Digest {
+        let logs: Vec<_> = self.origins.read().logs.clone();
+        let entries = logs
+            .iter()
+            .filter_map(|log| {
+                let log = log.lock();
+                (log.retired != Retired::Silent && log.watermark > 0).then(|| DigestEntry {
+                    origin: log.origin.clone(),
+                    watermark: log.watermark,
+                })
+            })
+            .collect();
+        Digest {
+            entries,
+            complete: true,
+            open_start: false,
+            open_end: false,
+        }
+    }
+}
