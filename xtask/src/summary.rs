@@ -121,7 +121,6 @@ pub(crate) const REQUIRED_KEYS: &[&str] = &[
     "ttl_gossip_bytes_per_key_s",
     "ephemeral_hidden_ms_max",
     "ephemeral_hidden_after_detection_ms_max",
-    // Not measured yet: origins are not retired (issue 13).
     "retired_origin_digest_entries",
 ];
 

@@ -93,6 +93,24 @@ impl PeerMarks {
                 watermarks: BTreeMap::new(),
             };
         }
+        if digest.complete {
+            // A complete digest says what the member lists now: an origin
+            // left out (retired there, see the `retire` module) is dropped,
+            // and a retired marker replaces a watermark and back (watermarks
+            // themselves only rise).
+            let before = marks.watermarks.len();
+            marks
+                .watermarks
+                .retain(|o, _| digest.entries.iter().any(|e| e.origin == *o));
+            for e in &digest.entries {
+                if let Some(m) = marks.watermarks.get_mut(&e.origin) {
+                    if (*m == RETIRED_WATERMARK) != e.is_retired() {
+                        *m = e.watermark;
+                    }
+                }
+            }
+            self.len -= before - marks.watermarks.len();
+        }
         for e in &digest.entries {
             match marks.watermarks.get_mut(&e.origin) {
                 Some(m) => *m = (*m).max(e.watermark),

@@ -31,7 +31,9 @@
 //! what it sends of the retired origin, every round, until it retires the
 //! origin in turn (the retired counter shows it).
 
-use gossipkv_storage::{Origin, RETIRED_WATERMARK};
+use std::collections::{BTreeMap, BTreeSet};
+
+use gossipkv_storage::{NodeId, Origin, RETIRED_WATERMARK};
 use tracing::debug;
 
 use crate::context::Context;
@@ -52,58 +54,95 @@ pub(crate) enum Seen {
     At(u64),
 }
 
-/// One collection pass of origin retirement (see the module docs).
-pub(crate) fn check(cx: &mut Context, marks: &PeerMarks) {
-    let Some(live) = cx.peers.live_for_collection() else {
-        return;
-    };
-    let seen = |origin: &Origin| marks.seen(&live, origin);
-    for (origin, silent) in cx.store.retired_origins() {
-        let views = seen(&origin);
-        let mine = cx.store.watermark(&origin);
-        if views.iter().any(|v| matches!(v, Seen::At(w) if *w > mine)) {
-            debug!(node = %origin.node, generation = origin.generation,
-                "a member holds writes of a retired origin we lack: taking it back");
-            cx.store.unretire_origin(&origin);
-            cx.stats.origins_unretired += 1;
-            continue;
-        }
-        let agreed = views
-            .iter()
-            .all(|v| matches!(v, Seen::Retired | Seen::Unlisted));
-        if agreed != silent && cx.store.set_origin_silent(&origin, agreed) && agreed {
-            cx.stats.origins_silenced += 1;
-        }
-    }
-    let candidates = candidates(cx, &live, marks);
-    if candidates.is_empty() {
-        return;
-    }
-    let retired = cx.store.retire_origins(&candidates);
-    for origin in &retired {
-        debug!(node = %origin.node, generation = origin.generation, "retired an origin");
-    }
-    cx.stats.origins_retired += retired.len() as u64;
+/// Origins seen gone for good, remembered after their member is forgotten
+/// (a departed member is forgotten long before its tombstones are
+/// collected). Bounded by the origins the store knows.
+#[derive(Debug, Default)]
+pub(crate) struct Retirement {
+    departed: BTreeSet<Origin>,
 }
 
-/// Origins gone for good, not retired, that no live member shows ahead of
-/// our watermark (whether any write of them is held, the store checks).
-fn candidates(cx: &Context, live: &[Member], marks: &PeerMarks) -> Vec<Origin> {
-    let me = cx.store.local_origin();
-    cx.store
-        .marks()
-        .into_iter()
-        .filter(|(origin, _, _)| origin != me && verdict(&cx.peers, me, origin) == Verdict::Gone)
-        .filter(|(origin, watermark, _)| {
-            !cx.store.is_retired(origin)
-                && marks.seen(live, origin).iter().all(|v| match v {
-                    Seen::Nothing => false,
-                    Seen::At(w) => w <= watermark,
-                    Seen::Unlisted | Seen::Retired => true,
-                })
-        })
-        .map(|(origin, _, _)| origin)
-        .collect()
+impl Retirement {
+    /// One collection pass of origin retirement (see the module docs).
+    pub(crate) fn check(&mut self, cx: &mut Context, marks: &PeerMarks) {
+        let Some(live) = cx.peers.live_for_collection() else {
+            return;
+        };
+        for (origin, silent) in cx.store.retired_origins() {
+            let views = marks.seen(&live, &origin);
+            let mine = cx.store.watermark(&origin);
+            if views.iter().any(|v| matches!(v, Seen::At(w) if *w > mine)) {
+                debug!(node = %origin.node, generation = origin.generation,
+                    "a member holds writes of a retired origin we lack: taking it back");
+                cx.store.unretire_origin(&origin);
+                cx.stats.origins_unretired += 1;
+                continue;
+            }
+            let agreed = views
+                .iter()
+                .all(|v| matches!(v, Seen::Retired | Seen::Unlisted));
+            if agreed != silent && cx.store.set_origin_silent(&origin, agreed) && agreed {
+                cx.stats.origins_silenced += 1;
+            }
+        }
+        let candidates = self.candidates(cx, &live, marks);
+        if candidates.is_empty() {
+            return;
+        }
+        let retired = cx.store.retire_origins(&candidates);
+        for origin in &retired {
+            debug!(node = %origin.node, generation = origin.generation, "retired an origin");
+            self.departed.remove(origin);
+        }
+        cx.stats.origins_retired += retired.len() as u64;
+    }
+
+    /// Origins gone for good, not retired, that no live member shows ahead
+    /// of our watermark (whether any write of them is held, the store
+    /// checks). Gone for good: the member table says so now or said so
+    /// before, or the store holds writes of a newer generation of the node.
+    fn candidates(&mut self, cx: &Context, live: &[Member], marks: &PeerMarks) -> Vec<Origin> {
+        let me = cx.store.local_origin();
+        let known = cx.store.marks();
+        let newest: BTreeMap<&NodeId, u64> =
+            known.iter().fold(BTreeMap::new(), |mut m, (o, _, _)| {
+                let g = m.entry(&o.node).or_insert(0);
+                *g = (*g).max(o.generation);
+                m
+            });
+        let mut out = Vec::new();
+        let mut departed = BTreeSet::new();
+        for (origin, watermark, _) in &known {
+            if origin == me || cx.store.is_retired(origin) {
+                continue;
+            }
+            let gone = self.departed.contains(origin)
+                || verdict(&cx.peers, me, origin) == Verdict::Gone
+                || newest
+                    .get(&origin.node)
+                    .is_some_and(|g| *g > origin.generation);
+            if !gone {
+                continue;
+            }
+            departed.insert(origin.clone());
+            let nobody_ahead = marks.seen(live, origin).iter().all(|v| match v {
+                Seen::Nothing => false,
+                Seen::At(w) => w <= watermark,
+                Seen::Unlisted | Seen::Retired => true,
+            });
+            if nobody_ahead {
+                out.push(origin.clone());
+            }
+        }
+        self.departed = departed;
+        out
+    }
+
+    /// Origins remembered as gone (for the bounded-state tests).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.departed.len()
+    }
 }
 
 /// What a mark (a member's highest listed watermark) says.

@@ -1259,6 +1259,24 @@ impl Sim {
         up.all(|i| digest(i) == reference)
     }
 
+    /// Entries for any of `origins` in the digests of the running nodes
+    /// among `nodes`, summed (0 once they retired them all and went
+    /// silent; see `Store::retire_origins`).
+    pub fn digest_entries_of(&self, nodes: &[usize], origins: &[Origin]) -> usize {
+        nodes
+            .iter()
+            .filter(|&&i| self.is_up(i))
+            .map(|&i| {
+                let digest = self.nodes[i].store.digest();
+                digest
+                    .entries
+                    .iter()
+                    .filter(|e| origins.contains(&e.origin))
+                    .count()
+            })
+            .sum()
+    }
+
     /// Whether every running node among `nodes` shows `value` for `key`
     /// (see [`Sim::shown`]).
     pub fn all_show(&self, nodes: &[usize], key: &str, value: Option<&[u8]>) -> bool {

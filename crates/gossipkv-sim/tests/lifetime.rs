@@ -295,3 +295,96 @@ fn a_graceful_leave_deletes_the_owners_keys_at_once() {
         assert!(r.is_tombstone(), "node {i}: a replicated delete");
     }
 }
+
+#[test]
+fn retired_generations_leave_every_digest_and_nothing_comes_back() {
+    let seed = seed(68);
+    let _g = SeedGuard::new(
+        "retired_generations_leave_every_digest_and_nothing_comes_back",
+        seed,
+    );
+    let retention = 10 * SEC;
+    let mut sim = formed(SimConfig {
+        seed,
+        nodes: 5,
+        tombstone_retention_ms: retention,
+        ..SimConfig::default()
+    });
+    sim.set_loss(0.05);
+    let nodes = all(&sim);
+    let mut gone = Vec::new();
+    // Node 2 restarts three times; each generation registers itself and
+    // writes a key that node 0 overwrites later.
+    for round in 0..3 {
+        register(&mut sim, 2);
+        let key = format!("cfg/{round}");
+        sim.set(2, &key, b"from-2");
+        sim.run_until(10 * SEC, 10, |s| s.all_show(&nodes, &key, Some(b"from-2")))
+            .expect("every node has node 2's write");
+        sim.set(0, &key, b"from-0");
+        sim.run_until(10 * SEC, 10, |s| s.all_show(&nodes, &key, Some(b"from-0")))
+            .expect("every node has the overwrite");
+        gone.push(origin_of(&sim, 2));
+        sim.restart(2);
+        sim.run_until(MIN, 10, |s| s.members(2).len() == nodes.len())
+            .expect("the new generation joins");
+    }
+    // Node 4 registers, writes, then leaves for good.
+    register(&mut sim, 4);
+    sim.set(4, "cfg/4", b"from-4");
+    sim.run_until(10 * SEC, 10, |s| {
+        s.all_show(&nodes, "cfg/4", Some(b"from-4"))
+    })
+    .expect("every node has node 4's write");
+    sim.delete(1, "cfg/4");
+    let rest = others(&sim, 4);
+    sim.run_until(10 * SEC, 10, |s| s.all_show(&rest, "cfg/4", None))
+        .expect("every node has the delete");
+    gone.push(origin_of(&sim, 4));
+    sim.leave(4);
+    let left_at = sim.elapsed_ms();
+    // Their tombstones are collected after the retention; then each node
+    // retires them, lists them as retired, and leaves them out once every
+    // live member does.
+    let took = sim
+        .run_until(retention + 2 * MIN, 100, |s| {
+            s.digest_entries_of(&rest, &gone) == 0
+                && rest.iter().all(|&i| {
+                    let store = s.store(i);
+                    // Retired, or never known (node 2's last generation
+                    // started after some of them were gone).
+                    gone.iter()
+                        .all(|o| store.is_retired(o) || store.watermark(o) == 0)
+                })
+        })
+        .expect("retired origins leave every digest");
+    eprintln!(
+        "retired origins out of every digest {took} ms after the leave ({} ms retention)",
+        retention
+    );
+    // They stay out (no flapping), and nothing they wrote comes back.
+    sim.set_loss(0.0);
+    sim.run_for(20 * SEC);
+    assert_eq!(sim.digest_entries_of(&rest, &gone), 0);
+    for &i in &rest {
+        for round in 0..3 {
+            let key = format!("cfg/{round}");
+            assert_eq!(
+                sim.shown(i, &key).as_deref(),
+                Some(&b"from-0"[..]),
+                "node {i} {key}"
+            );
+        }
+        assert_eq!(sim.shown(i, "cfg/4"), None, "node {i}");
+        assert_eq!(sim.shown(i, "svc/2"), None, "node {i}");
+        assert_eq!(sim.shown(i, "svc/4"), None, "node {i}");
+        // Nodes that ran throughout knew them all, and retired each.
+        let known = if i == 2 { 1 } else { gone.len() as u64 };
+        let stats = sim.stats(i);
+        assert!(stats.origins_retired >= known, "node {i}: {stats:?}");
+        assert!(stats.origins_silenced >= known, "node {i}: {stats:?}");
+    }
+    assert!(sim.converged(), "replicas hold the same records");
+    assert!(sim.watermarks_converged(), "and vouch for the same writes");
+    assert!(sim.elapsed_ms() - left_at < retention + 3 * MIN);
+}

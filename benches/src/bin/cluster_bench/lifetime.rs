@@ -20,6 +20,15 @@
 //!   cluster shows it; `ephemeral_detection_ms_max`: until every node
 //!   lists the owner dead; `ephemeral_hidden_after_detection_ms_max`: the
 //!   largest gap between the two (the target: one interval).
+//! - `retired_origin_digest_entries`: in a 10-node cluster (tombstone
+//!   retention [`RETENTION_MS`]) where one node restarts three times as a
+//!   new generation and another leaves, each generation having registered
+//!   an ephemeral key and written a key that another node overwrote: the
+//!   digest entries of those four gone generations, summed over every
+//!   running node, once [`RETIRE_GRACE_MS`] has passed after the last
+//!   tombstone could be collected. `origins_retired_ms`: from the leave
+//!   until no digest lists them (the retention, then a few collection
+//!   passes).
 
 use std::time::Instant;
 
@@ -35,6 +44,10 @@ const SKEW_MS: i64 = 300;
 /// Seeds of the crashed-owner runs.
 const SEEDS: u64 = 20;
 const SEC: u64 = 1_000;
+/// Tombstone retention of the retirement run, ms.
+const RETENTION_MS: u64 = 30 * SEC;
+/// How long after the retention the retirement run waits, ms.
+const RETIRE_GRACE_MS: u64 = 30 * SEC;
 
 /// Runs the scenario and records its figures.
 pub(crate) fn scenario(report: &mut Report, t0: Instant) -> Result<()> {
@@ -75,7 +88,78 @@ pub(crate) fn scenario(report: &mut Report, t0: Instant) -> Result<()> {
              {max} ms ({SEEDS} seeds); at most {gap_max} ms after all saw it dead"
         ),
     );
+    let (entries, took) = retired_origins()?;
+    report.put("retired_origin_digest_entries", entries as f64);
+    report.put("origins_retired_ms", took as f64);
+    progress(
+        t0,
+        format!(
+            "lifetime: {entries} digest entries of 4 gone generations on 9 nodes after the \
+             grace; out of every digest {took} ms after the leave ({RETENTION_MS} ms retention)"
+        ),
+    );
     Ok(())
+}
+
+/// The retirement run: digest entries of gone generations after the grace,
+/// and ms from the leave until there were none.
+fn retired_origins() -> Result<(usize, u64)> {
+    let mut sim = Sim::new(SimConfig {
+        seed: 11,
+        nodes: 10,
+        seeds_per_node: 2,
+        tombstone_retention_ms: RETENTION_MS,
+        ..SimConfig::default()
+    });
+    let all: Vec<usize> = (0..10).collect();
+    if sim
+        .run_until(60 * SEC, SEC, |s| {
+            all.iter().all(|&i| s.members(i).len() == 10)
+        })
+        .is_none()
+    {
+        bail!("the retirement run's cluster did not form");
+    }
+    let mut gone = Vec::new();
+    let spread = |sim: &mut Sim, writer: usize, key: &str, value: &[u8], life| {
+        sim.set_with(writer, key, value, life);
+        sim.run_until(20 * SEC, 10, |s| s.all_show(&all, key, Some(value)))
+            .is_some()
+    };
+    for round in 0..4 {
+        // Node 9 three times (restarting), then node 8 (leaving).
+        let node = if round < 3 { 9 } else { 8 };
+        let key = format!("cfg/{round}");
+        let ok = spread(
+            &mut sim,
+            node,
+            &format!("svc/{node}"),
+            b"up",
+            Lifetime::FOREVER.owned(),
+        ) && spread(&mut sim, node, &key, b"old", Lifetime::FOREVER)
+            && spread(&mut sim, 0, &key, b"new", Lifetime::FOREVER);
+        if !ok {
+            bail!("a write of the retirement run did not spread");
+        }
+        gone.push(sim.store(node).local_origin().clone());
+        if round < 3 {
+            sim.restart(node);
+            if sim
+                .run_until(60 * SEC, 100, |s| s.members(node).len() == 10)
+                .is_none()
+            {
+                bail!("a restarted node did not rejoin");
+            }
+        } else {
+            sim.leave(node);
+        }
+    }
+    let rest: Vec<usize> = (0..10).filter(|&i| i != 8).collect();
+    let listed = |s: &Sim| s.digest_entries_of(&rest, &gone);
+    let limit = RETENTION_MS + RETIRE_GRACE_MS;
+    let took = sim.run_until(limit, 100, |s| listed(s) == 0);
+    sim.run_for(limit.saturating_sub(took.unwrap_or(limit)));
+    Ok((listed(&sim), took.unwrap_or(u64::MAX)))
 }
 
 /// A formed cluster of `nodes` at a one-second interval.

@@ -20,6 +20,7 @@ use crate::owners::Owners;
 use crate::push::Pusher;
 use crate::reassembly::Reassembly;
 use crate::resync::ResyncClient;
+use crate::retire::Retirement;
 use crate::stream::Streams;
 use crate::swim::{Member, MemberEvent, MemberState};
 use crate::time::{millis, Instant, WallTime};
@@ -126,6 +127,7 @@ pub struct Protocol {
     guard: Guard,
     streams: Streams,
     owners: Owners,
+    retire: Retirement,
     timers: Timers,
     discovered: Vec<SocketAddr>,
 }
@@ -157,6 +159,7 @@ impl Protocol {
             guard: Guard::default(),
             streams: Streams::default(),
             owners: Owners::default(),
+            retire: Retirement::default(),
             reassembly,
             timers,
             discovered: Vec::new(),
@@ -421,7 +424,7 @@ impl Protocol {
         let gc = self.cx.store.collect_garbage(wall.as_unix_ms(), retention);
         self.cx.stats.tombstones_collected += gc.tombstones as u64;
         self.marks.collect(&mut self.cx);
-        crate::retire::check(&mut self.cx, &self.marks);
+        self.retire.check(&mut self.cx, &self.marks);
         if gc.tombstones + gc.ghosts > 0 {
             debug!(
                 tombstones = gc.tombstones,
@@ -495,6 +498,7 @@ impl Protocol {
             ("stream back-offs", self.streams.backoff_len()),
             ("events", self.cx.events.len()),
             ("dead owners", self.owners.len()),
+            ("departed origins", self.retire.len()),
         ]
     }
 
