@@ -9,6 +9,7 @@
 //! | gone for good (left, replaced by a newer generation, our own older generation), nothing of it held, no live member's digest ahead of our watermark for it | retires it: refuses its writes, lists it as retired |
 //! | retired, and every live member's digests list it as retired or not at all | makes it silent: left out of digests |
 //! | retired, and a live member's digest shows writes of it beyond our watermark | takes it back (unretires) |
+//! | an older generation of this node, of which records are held | writes them again as ours, same timestamps (`Store::adopt_older_generations`), so that it holds nothing and retires |
 //!
 //! Why each condition:
 //! - *gone for good*: such an origin writes nothing more (a dead member may
@@ -34,7 +35,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use gossipkv_storage::{NodeId, Origin, RETIRED_WATERMARK};
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::context::Context;
 use crate::marks::PeerMarks;
@@ -84,6 +85,15 @@ impl Retirement {
             if agreed != silent && cx.store.set_origin_silent(&origin, agreed) && agreed {
                 cx.stats.origins_silenced += 1;
             }
+        }
+        let adopted = cx.store.adopt_older_generations().len();
+        if adopted > 0 {
+            // Plain local writes: anti-entropy (or a stream) carries them.
+            info!(
+                records = adopted,
+                "took over the records of our older generations"
+            );
+            cx.stats.records_adopted += adopted as u64;
         }
         let candidates = self.candidates(cx, &live, marks);
         if candidates.is_empty() {

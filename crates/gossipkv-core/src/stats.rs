@@ -132,4 +132,7 @@ pub struct Stats {
     /// Retired origins taken back because a member showed writes of them
     /// this node lacked.
     pub origins_unretired: u64,
+    /// Records of this node's older generations written again as its own
+    /// (same timestamps), so those generations can retire.
+    pub records_adopted: u64,
 }

@@ -313,10 +313,12 @@ fn retired_generations_leave_every_digest_and_nothing_comes_back() {
     sim.set_loss(0.05);
     let nodes = all(&sim);
     let mut gone = Vec::new();
-    // Node 2 restarts three times; each generation registers itself and
-    // writes a key that node 0 overwrites later.
+    // Node 2 restarts three times; each generation registers itself,
+    // writes a key that node 0 overwrites later, and one that nobody
+    // overwrites (the next generation adopts it).
     for round in 0..3 {
         register(&mut sim, 2);
+        sim.set(2, &format!("own/{round}"), b"kept");
         let key = format!("cfg/{round}");
         sim.set(2, &key, b"from-2");
         sim.run_until(10 * SEC, 10, |s| s.all_show(&nodes, &key, Some(b"from-2")))
@@ -375,12 +377,26 @@ fn retired_generations_leave_every_digest_and_nothing_comes_back() {
                 "node {i} {key}"
             );
         }
+        for round in 0..3 {
+            // Kept, now as a write of node 2's running generation.
+            let key = format!("own/{round}");
+            assert_eq!(
+                sim.shown(i, &key).as_deref(),
+                Some(&b"kept"[..]),
+                "node {i} {key}"
+            );
+            let r = sim.store(i).get_record(&key).unwrap();
+            assert_eq!(r.version.origin(), origin_of(&sim, 2), "node {i} {key}");
+        }
         assert_eq!(sim.shown(i, "cfg/4"), None, "node {i}");
         assert_eq!(sim.shown(i, "svc/2"), None, "node {i}");
         assert_eq!(sim.shown(i, "svc/4"), None, "node {i}");
         // Nodes that ran throughout knew them all, and retired each.
         let known = if i == 2 { 1 } else { gone.len() as u64 };
         let stats = sim.stats(i);
+        if i == 2 {
+            assert!(stats.records_adopted >= 3, "{stats:?}");
+        }
         assert!(stats.origins_retired >= known, "node {i}: {stats:?}");
         assert!(stats.origins_silenced >= known, "node {i}: {stats:?}");
     }

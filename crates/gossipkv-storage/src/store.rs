@@ -495,14 +495,7 @@ impl Store {
         }
         self.relife(&key, old_shape, Some(new_shape));
         drop(shard);
-        log.index.insert(
-            seq,
-            IndexEntry {
-                key: key.clone(),
-                hlc,
-            },
-        );
-        log.watermark = seq;
+        log.append(seq, key.clone(), hlc);
         Ok((key, hlc, seq))
     }
 
@@ -1475,6 +1468,13 @@ impl Store {
 }
 
 impl OriginLog {
+    /// Indexes local write `seq` (the next one) and raises the watermark
+    /// over it.
+    fn append(&mut self, seq: u64, key: Arc<str>, hlc: Hlc) {
+        self.index.insert(seq, IndexEntry { key, hlc });
+        self.watermark = seq;
+    }
+
     /// Removes the index entries of `seqs` and raises the collected floor
     /// over them.
     fn forget(&mut self, seqs: Vec<u64>) {

@@ -163,3 +163,67 @@ fn unretiring_takes_writes_again_from_the_same_watermark() {
     assert_eq!(me.watermark(&old), 3);
     assert!(!me.unretire_origin(&old));
 }
+
+#[test]
+fn an_older_generation_of_this_node_is_adopted_with_its_timestamps_then_retires() {
+    // Generation 1 of "me" wrote x, y (deleted later) and an ephemeral z.
+    let old = Origin::new("me", 1);
+    let gen1 = Store::new(old.clone());
+    gen1.set("x", b("1"), 1_000);
+    gen1.set("y", b("2"), 1_001);
+    gen1.delete("y", 1_002);
+    gen1.write_with(
+        "z",
+        Some(b("3")),
+        gossipkv_storage::Lifetime::FOREVER.owned(),
+        1_003,
+    );
+    // Another node overwrote x later than generation 1 wrote it...
+    let other = Store::new(Origin::new("other", 1));
+    let newer = other.write("x", Some(b("other")), 5_000);
+    // ...which generation 2 has not heard of yet.
+    let me = Store::new(Origin::new("me", 2));
+    me.apply(&gen1.delta_for(&me.digest(), 1 << 20, 0));
+    let adopted = me.adopt_older_generations();
+    let keys: Vec<&str> = adopted.iter().map(|r| &*r.key).collect();
+    // The live ephemeral value is not adopted (it died with generation 1).
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(keys.contains(&"x") && keys.contains(&"y"));
+    for r in &adopted {
+        let original = gen1.get_record(&r.key).unwrap();
+        assert_eq!(r.version.hlc, original.version.hlc, "same timestamp");
+        assert_eq!(r.value, original.value);
+        assert!(r.version > original.version, "beats the original");
+        assert_eq!(r.version.origin(), *me.local_origin());
+    }
+    // The newer write by another node still wins over the adopted x.
+    assert!(me.merge(newer.clone()));
+    assert_eq!(me.get("x"), Some(b("other")));
+    // A copy of the original arriving late loses to the adopted record.
+    let peer = Store::new(Origin::new("peer", 1));
+    peer.apply(&gen1.delta_for(&peer.digest(), 1 << 20, 0));
+    for r in &adopted {
+        peer.merge(r.clone());
+    }
+    assert_eq!(
+        peer.get_record("y").unwrap().version.origin(),
+        *me.local_origin()
+    );
+    // Once z is gone too (the protocol removes an older generation's
+    // ephemeral values), generation 1 holds nothing here and retires.
+    assert_eq!(me.retire_origins(std::slice::from_ref(&old)), vec![]);
+    me.remove_owned(&old);
+    let tomb = me.adopt_older_generations();
+    assert_eq!(tomb.len(), 1);
+    assert!(tomb[0].is_tombstone());
+    assert_eq!(
+        me.retire_origins(std::slice::from_ref(&old)),
+        vec![old.clone()]
+    );
+    // Nothing left to adopt: no pass over the keys.
+    assert!(me.adopt_older_generations().is_empty());
+    // Another node's generations are never adopted.
+    let src = Store::new(Origin::new("other", 0));
+    me.merge(src.write("w", Some(b("w")), 900));
+    assert!(me.adopt_older_generations().is_empty());
+}

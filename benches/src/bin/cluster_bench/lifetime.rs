@@ -23,7 +23,9 @@
 //! - `retired_origin_digest_entries`: in a 10-node cluster (tombstone
 //!   retention [`RETENTION_MS`]) where one node restarts three times as a
 //!   new generation and another leaves, each generation having registered
-//!   an ephemeral key and written a key that another node overwrote: the
+//!   an ephemeral key and written a key that another node overwrote (the
+//!   restarted generations also a key nobody overwrote, which the next
+//!   generation adopts): the
 //!   digest entries of those four gone generations, summed over every
 //!   running node, once [`RETIRE_GRACE_MS`] has passed after the last
 //!   tombstone could be collected. `origins_retired_ms`: from the leave
@@ -137,6 +139,8 @@ fn retired_origins() -> Result<(usize, u64)> {
             b"up",
             Lifetime::FOREVER.owned(),
         ) && spread(&mut sim, node, &key, b"old", Lifetime::FOREVER)
+            // A key nobody overwrites: the next generation adopts it.
+            && (node == 8 || spread(&mut sim, node, &format!("own/{round}"), b"kept", Lifetime::FOREVER))
             && spread(&mut sim, 0, &key, b"new", Lifetime::FOREVER);
         if !ok {
             bail!("a write of the retirement run did not spread");

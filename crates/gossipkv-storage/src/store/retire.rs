@@ -26,15 +26,25 @@
 //!   beyond our watermark): its watermark and floor are as they were, so
 //!   nothing that was refused meanwhile was vouched for.
 //!
+//! An older generation of this node is retired the same way once
+//! [`Store::adopt_older_generations`] took over what it holds: each of its
+//! records is written again as a local write with the same timestamp,
+//! value and lifetime, which beats the original everywhere (same time and
+//! node id, newer generation) and loses to every write that beat the
+//! original. Without it, a generation that wrote a key nobody overwrote
+//! would stay in every digest as long as the key lives.
+//!
 //! A retired origin still costs its entry in the origin table (its id, node
 //! id, generation and marks: about 100 bytes), which is what refusing its
 //! writes needs.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
-use super::{OriginLog, Store};
-use crate::record::{Digest, DigestEntry, RETIRED_WATERMARK};
-use crate::version::Origin;
+use super::{Entry, OriginLog, Store};
+use crate::record::{Digest, DigestEntry, Lifetime, Record, RETIRED_WATERMARK};
+use crate::version::{Origin, Version};
 
 /// Where an origin stands (see the module docs).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -197,4 +207,76 @@ impl Store {
             open_end: false,
         }
     }
+
+    /// Writes again, as local writes, every record held of an older
+    /// generation of this node (see the module docs), and returns them. The
+    /// values and lifetimes do not change, so watchers are told nothing (the
+    /// collection observer is, for a persister); the records keep their
+    /// timestamps, so they win or lose against every other write as the
+    /// originals did, and beat the originals. One pass over every key when
+    /// an older generation is known and not retired; nothing otherwise.
+    pub fn adopt_older_generations(&self) -> Vec<Record> {
+        let older: HashSet<u32> = {
+            let o = self.origins.read();
+            o.ids
+                .iter()
+                .filter(|(origin, _)| {
+                    origin.node == self.local.node && origin.generation < self.local.generation
+                })
+                .map(|(_, &id)| id)
+                .filter(|&id| !o.logs[id as usize].lock().is_retired())
+                .collect()
+        };
+        if older.is_empty() {
+            return Vec::new();
+        }
+        let keys: Vec<Arc<str>> = self
+            .shards
+            .iter()
+            .flat_map(|s| {
+                let s = s.read();
+                s.iter()
+                    .filter(|(_, e)| adoptable(e, &older))
+                    .map(|(k, _)| k.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        keys.into_iter()
+            .filter_map(|key| self.adopt(key, &older))
+            .collect()
+    }
+
+    /// Writes `key`'s record again as a local write with the same
+    /// timestamp, if it is still one of `older`'s.
+    fn adopt(&self, key: Arc<str>, older: &HashSet<u32>) -> Option<Record> {
+        // Lock order: the local log, then the key's shard (as local writes).
+        let mut log = self.local_log.lock();
+        let seq = log.watermark.checked_add(1)?;
+        let mut shard = self.shard(&key).write();
+        let e = shard.get_mut(&key).filter(|e| adoptable(e, older))?;
+        let (value, hlc, life) = (e.value.clone(), e.hlc, e.life);
+        let old_shape = e.shape();
+        *e = Entry::new(value.clone(), hlc, 0, seq, e.stamp()).living(Lifetime::unpack(life));
+        let new_shape = e.shape();
+        if value.is_none() {
+            self.note_tombstone(0, seq);
+        }
+        self.relife(&key, Some(old_shape), Some(new_shape));
+        self.tell_collected(&key);
+        drop(shard);
+        log.append(seq, key.clone(), hlc);
+        Some(Record {
+            key,
+            value,
+            version: Version::new(hlc, &self.local, seq),
+            lifetime: Lifetime::unpack(life),
+        })
+    }
+}
+
+/// Whether `e` is a record of one of `older` to adopt: not a live ephemeral
+/// value (an older generation's are dead; the protocol removes them, and the
+/// tombstone is adopted then).
+fn adoptable(e: &Entry, older: &HashSet<u32>) -> bool {
+    older.contains(&e.origin) && !(e.value.is_some() && Lifetime::unpack(e.life).ephemeral)
 }
