@@ -399,3 +399,82 @@ async fn a_data_dir_stamped_far_ahead_or_at_the_last_sequence_number_is_handled(
     assert_eq!(version_of(&kv, "k").seq, 1);
     kv.shutdown().await.unwrap();
 }
+
+/// A networked durable node alone, with collection passes every second.
+async fn collecting(dir: &Path) -> Kv {
+    GossipKv::<String, String>::builder()
+        .node_id("a")
+        .cluster_id("prod")
+        .bind_addr("127.0.0.1:0")
+        .gossip_interval(Duration::from_millis(50))
+        .tombstone_retention(Duration::from_secs(5))
+        .data_dir(dir)
+        .build()
+        .await
+        .expect("durable node starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_runs_generation_is_adopted_then_retired_for_good() {
+    let tmp = tempfile::tempdir().unwrap();
+    // What a run of generation 5 that crashed leaves.
+    let old = Origin::new("a", 5);
+    let hlc = Hlc::new(1_700_000_000_000, 0);
+    {
+        let mut data = DataDir::open(tmp.path(), &Identity::new("prod", "a")).unwrap();
+        data.start(5).unwrap();
+        let record = |key: &str, seq| Record {
+            key: key.into(),
+            value: Some(key.as_bytes().to_vec().into()),
+            version: Version::new(hlc, &old, seq),
+            lifetime: gossipkv_storage::Lifetime::FOREVER,
+        };
+        data.persist(&Batch {
+            records: vec![record("x", 1), record("y", 2)],
+            marks: vec![(old.clone(), 2, 0)],
+            ..Batch::default()
+        })
+        .unwrap();
+    }
+    let kv = collecting(tmp.path()).await;
+    let generation = kv.generation();
+    assert!(generation > 5);
+    wait_until("generation 5 is adopted and retired", DEADLINE, || {
+        let s = kv.stats();
+        s.records_adopted == 2 && s.origins_retired == 1
+    })
+    .await;
+    for key in ["x", "y"] {
+        assert_eq!(kv.get(key).unwrap().as_deref(), Some(key));
+        let v = version_of(&kv, key);
+        assert_eq!(
+            v.generation, generation,
+            "{key} is the running generation's"
+        );
+        assert_eq!(v.hlc, hlc, "{key} keeps its timestamp");
+    }
+    kv.shutdown().await.unwrap();
+    drop(kv);
+    // On disk: the records as adopted, generation 5 marked retired.
+    let loaded = DataDir::open(tmp.path(), &Identity::new("prod", "a"))
+        .unwrap()
+        .load()
+        .unwrap();
+    assert_eq!(loaded.retired, vec![old.clone()]);
+    assert!(loaded
+        .records
+        .iter()
+        .all(|r| r.version.generation == generation));
+    // A clean restart keeps it retired: nothing to adopt or retire again.
+    let kv = collecting(tmp.path()).await;
+    assert_eq!(kv.generation(), generation);
+    assert_eq!(kv.get("x").unwrap().as_deref(), Some("x"));
+    kv.set("z", "z".to_string()).unwrap();
+    assert_eq!(
+        version_of(&kv, "z").seq,
+        3,
+        "sequence numbers go on after the adopted"
+    );
+    assert_eq!(kv.stats().records_adopted, 0);
+    kv.shutdown().await.unwrap();
+}
