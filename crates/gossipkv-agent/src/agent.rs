@@ -94,6 +94,9 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         addr: cfg.http.clone(),
         source,
     })?;
+    // Handlers first: a signal that comes once the addresses are printed
+    // must find them.
+    let signal = signals().map_err(AgentError::Signal)?;
     let kv = start_node(&cfg).await?;
     let options = ApiOptions {
         token: cfg.http_token.clone(),
@@ -118,16 +121,11 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         let _ = out.flush();
     }
 
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(AgentError::Signal)?;
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .map_err(AgentError::Signal)?;
     let stop = {
         let state = state.clone();
         async move {
             tokio::select! {
-                _ = sigterm.recv() => info!("SIGTERM: leaving the cluster"),
-                _ = sigint.recv() => info!("SIGINT: leaving the cluster"),
+                name = signal => info!("{name}: leaving the cluster"),
                 _ = state.left() => info!("left the cluster (POST /v1/leave)"),
             }
         }
@@ -150,4 +148,28 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     kv.shutdown().await?;
     info!("agent stopped");
     Ok(())
+}
+
+/// Resolves with the signal's name at the first SIGTERM or SIGINT. The
+/// handlers are installed before it returns, so no signal is missed.
+#[cfg(unix)]
+fn signals() -> std::io::Result<impl std::future::Future<Output = &'static str>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
+    })
+}
+
+/// Resolves at the first Ctrl-C.
+#[cfg(not(unix))]
+fn signals() -> std::io::Result<impl std::future::Future<Output = &'static str>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    })
 }

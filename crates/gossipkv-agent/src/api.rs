@@ -299,6 +299,10 @@ pub fn router(state: ApiState, options: &ApiOptions) -> Router {
         .method_not_allowed_fallback(no_method)
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .layer(DefaultBodyLimit::max(options.max_body))
+        .layer(middleware::from_fn_with_state(
+            options.max_body,
+            refuse_declared_large_body,
+        ))
         .layer(overload)
         .layer(middleware::from_fn_with_state(state.clone(), count_request))
         .with_state(state)
@@ -317,6 +321,30 @@ async fn overloaded(e: BoxError) -> ApiError {
             "unavailable",
             e.to_string(),
         )
+    }
+}
+
+/// Answers 413 at once to a request whose `Content-Length` is over the
+/// limit, without waiting for its body (the body limit itself catches
+/// chunked bodies as they arrive).
+async fn refuse_declared_large_body(
+    State(max): State<usize>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(n) if n > max as u64 => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request body of {n} bytes is over the limit of {max} bytes"),
+        )
+        .into_response(),
+        _ => next.run(req).await,
     }
 }
 

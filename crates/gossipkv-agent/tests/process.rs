@@ -1,0 +1,227 @@
+//! The `gossipkv` binary as an operator runs it: an agent on loopback, the
+//! CLI against it (output and exit codes), SIGTERM (graceful, exit 0), and
+//! the refusal to serve beyond loopback without a token.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_gossipkv");
+
+/// A running agent process and the HTTP address it printed.
+struct AgentProcess {
+    child: Child,
+    http: String,
+}
+
+impl AgentProcess {
+    fn start(args: &[&str]) -> AgentProcess {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("agent").args(args);
+        AgentProcess::spawn(cmd)
+    }
+
+    /// Spawns `cmd` (an `agent` command line) and waits for its address.
+    fn spawn(mut cmd: Command) -> AgentProcess {
+        let mut child = cmd
+            .env_remove("GOSSIPKV_HTTP_TOKEN")
+            .env_remove("GOSSIPKV_CONFIG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the agent");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("http listening on ") {
+                    let _ = tx.send(addr.to_string());
+                }
+            }
+        });
+        let http = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("the agent did not print its HTTP address");
+            }
+        };
+        AgentProcess { child, http }
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .args(["--http-addr", &self.http])
+            .env_remove("GOSSIPKV_HTTP_TOKEN")
+            .output()
+            .expect("run the CLI")
+    }
+
+    /// Sends SIGTERM and waits (with a deadline) for the exit code.
+    fn terminate(mut self) -> Option<i32> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return s.code();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("the agent did not exit after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn cli_against_a_running_agent_then_sigterm_exits_0() {
+    let agent = AgentProcess::start(&[
+        "--node-id",
+        "proc-a",
+        "--bind",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--gossip-interval",
+        "100ms",
+        "--discovery",
+        "none",
+    ]);
+
+    let o = agent.cli(&["put", "greeting", "hello world"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = agent.cli(&["kv", "put", "app/flag", "on", "--ttl", "30s"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = agent.cli(&["kv", "put", "app/svc", "up", "--ephemeral", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("\"ephemeral\": true"), "{}", stdout(&o));
+
+    // `get` prints the bare value.
+    let o = agent.cli(&["get", "greeting"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(o.stdout, b"hello world");
+    let o = agent.cli(&["kv", "get", "app/flag", "--json"]);
+    assert!(stdout(&o).contains("\"ttl_ms\""), "{}", stdout(&o));
+
+    let o = agent.cli(&["keys", "app/"]);
+    assert_eq!(stdout(&o), "app/flag\napp/svc\n");
+    let o = agent.cli(&["kv", "ls"]);
+    assert_eq!(stdout(&o), "app/flag\napp/svc\ngreeting\n");
+
+    let o = agent.cli(&["members"]);
+    assert!(o.status.success());
+    assert!(
+        stdout(&o).contains("proc-a") && stdout(&o).contains("alive"),
+        "{}",
+        stdout(&o)
+    );
+    let o = agent.cli(&["info", "--json"]);
+    assert!(
+        stdout(&o).contains("\"node_id\": \"proc-a\""),
+        "{}",
+        stdout(&o)
+    );
+
+    let o = agent.cli(&["del", "greeting"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Not found: exit 1, with the agent's message.
+    let o = agent.cli(&["get", "greeting"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("not_found"), "{}", stderr(&o));
+    // Refused by the agent: exit 1 too.
+    let o = agent.cli(&["put", "k", "v", "--if-match", "*"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("version_mismatch"), "{}", stderr(&o));
+    // Usage error: exit 2.
+    let o = agent.cli(&["get"]);
+    assert_eq!(o.status.code(), Some(2));
+
+    assert_eq!(agent.terminate(), Some(0));
+}
+
+#[test]
+fn unreachable_agent_exits_3() {
+    // Nothing listens there: bind a port, then free it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let o = Command::new(BIN)
+        .args(["get", "k", "--http-addr", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cannot reach"), "{}", stderr(&o));
+}
+
+#[test]
+fn refuses_a_public_http_address_without_a_token() {
+    let o = Command::new(BIN)
+        .args(["agent", "--bind", "127.0.0.1:0", "--http", "0.0.0.0:0"])
+        .env_remove("GOSSIPKV_HTTP_TOKEN")
+        .env_remove("GOSSIPKV_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("without a token"), "{}", stderr(&o));
+}
+
+#[test]
+fn config_file_and_env_are_read_and_flags_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.toml");
+    std::fs::write(
+        &path,
+        "node_id = \"from-file\"\nbind = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n\
+         http_token = \"t0ken\"\n",
+    )
+    .unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["agent", "--config"])
+        .arg(&path)
+        .args(["--node-id", "from-flag"])
+        .env("GOSSIPKV_NODE_ID", "from-env");
+    let agent = AgentProcess::spawn(cmd);
+    // The token from the file is required...
+    let o = agent.cli(&["info", "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("unauthorized"), "{}", stderr(&o));
+    // ... and the node id comes from the flag (over the env and the file).
+    let o = Command::new(BIN)
+        .args(["info", "--json", "--http-addr", &agent.http])
+        .env("GOSSIPKV_HTTP_TOKEN", "t0ken")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("\"node_id\": \"from-flag\""),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(agent.terminate(), Some(0));
+}
