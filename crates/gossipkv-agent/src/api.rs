@@ -289,6 +289,7 @@ pub fn router(state: ApiState, options: &ApiOptions) -> Router {
         .route("/v1/kv/", get(kv_get_root).delete(kv_delete_root))
         .route("/v1/kv/{*key}", get(kv_get).put(kv_put).delete(kv_delete))
         .route("/v1/watch", get(watch_sse))
+        .route("/v1/snapshot", get(snapshot_export).post(snapshot_import))
         .route("/v1/members", get(members))
         .route("/v1/self", get(self_info))
         .route("/v1/health", get(health))
@@ -730,6 +731,184 @@ fn kv_remove(
     check_if_match(&state.kv, &key, &headers)?;
     state.kv.delete(&key)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- Snapshot ----
+
+/// `GET /v1/snapshot`: every key with a value, as JSON lines (one entry
+/// per line, as `GET /v1/kv` shows it), sorted by key.
+async fn snapshot_export(State(state): State<ApiState>) -> Response {
+    let mut out = Vec::new();
+    for key in state.kv.keys() {
+        if let Some(r) = state.kv.get_record(&key) {
+            if serde_json::to_writer(&mut out, &EntryJson::from_record(&r)).is_ok() {
+                out.push(b'\n');
+            }
+        }
+    }
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Bytes::from(out),
+    )
+        .into_response()
+}
+
+/// One key to import.
+struct Import {
+    key: String,
+    value: bytes::Bytes,
+    ttl: Option<Duration>,
+    ephemeral: bool,
+}
+
+/// Whether a JSON object is an entry of a snapshot (`key` and `value`
+/// strings, and no field an entry does not have) rather than a flat
+/// `{"key": "value"}` object.
+fn is_entry(o: &serde_json::Map<String, Value>) -> bool {
+    const FIELDS: [&str; 10] = [
+        "key",
+        "value",
+        "version",
+        "node",
+        "generation",
+        "seq",
+        "modified_ms",
+        "expires_ms",
+        "ttl_ms",
+        "ephemeral",
+    ];
+    o.get("key").is_some_and(Value::is_string)
+        && o.get("value").is_some_and(Value::is_string)
+        && o.keys().all(|k| FIELDS.contains(&k.as_str()))
+}
+
+fn parse_entry(line: usize, o: &serde_json::Map<String, Value>) -> ApiResult<Import> {
+    let bad =
+        |code: &'static str, m: String| ApiError::bad_request(code, format!("line {line}: {m}"));
+    if !is_entry(o) {
+        return Err(bad(
+            "invalid_body",
+            "an entry needs \"key\" and \"value\" strings and no other fields than an \
+             exported entry's"
+                .into(),
+        ));
+    }
+    let key = o["key"].as_str().unwrap_or_default().to_string();
+    let value = B64
+        .decode(o["value"].as_str().unwrap_or_default())
+        .map_err(|e| {
+            bad(
+                "invalid_base64",
+                format!("value of {key:?} is not base64: {e}"),
+            )
+        })?;
+    let ttl = match o.get("ttl_ms") {
+        None | Some(Value::Null) => None,
+        // An entry exported with no time left gets the shortest time to
+        // live: it expires at once instead of living for ever.
+        Some(v) => match v.as_u64() {
+            Some(ms) => Some(Duration::from_millis(ms.max(1))),
+            None => {
+                return Err(bad(
+                    "invalid_ttl",
+                    format!("ttl_ms of {key:?} is not a number"),
+                ))
+            }
+        },
+    };
+    let ephemeral = match o.get("ephemeral") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(bad(
+                "invalid_body",
+                format!("ephemeral of {key:?} is not a boolean"),
+            ))
+        }
+    };
+    Ok(Import {
+        key,
+        value: bytes::Bytes::from(value),
+        ttl,
+        ephemeral,
+    })
+}
+
+/// `POST /v1/snapshot`: imports JSON lines as `GET /v1/snapshot` writes
+/// them (`value` base64; `ttl_ms` and `ephemeral` are honoured, the
+/// imported keys are this node's writes), or one flat JSON object `{"key":
+/// "value", ...}` (string values stored as their UTF-8 bytes, other values
+/// as their JSON text), as the earlier system stored. The whole body is
+/// parsed and checked (JSON, base64, key lengths) before anything is
+/// written; a write the node refuses midway (memory limits) leaves the
+/// earlier ones written. 200 `{"imported": n}`.
+async fn snapshot_import(
+    State(state): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    let body = body?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("body is not UTF-8: {e}")))?;
+    let lines: Vec<(usize, &str)> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.trim()))
+        .filter(|(_, l)| !l.is_empty())
+        .collect();
+    let mut imports = Vec::new();
+    let whole: Option<Value> = serde_json::from_str(text).ok();
+    match whole {
+        Some(Value::Object(o)) if !is_entry(&o) => {
+            for (key, v) in o {
+                let value = match v {
+                    Value::String(s) => s.into_bytes(),
+                    other => other.to_string().into_bytes(),
+                };
+                imports.push(Import {
+                    key,
+                    value: bytes::Bytes::from(value),
+                    ttl: None,
+                    ephemeral: false,
+                });
+            }
+        }
+        _ => {
+            for (n, line) in lines {
+                let v: Value = serde_json::from_str(line).map_err(|e| {
+                    ApiError::bad_request("invalid_json", format!("line {n}: not JSON: {e}"))
+                })?;
+                let Some(o) = v.as_object() else {
+                    return Err(ApiError::bad_request(
+                        "invalid_body",
+                        format!("line {n}: not a JSON object"),
+                    ));
+                };
+                imports.push(parse_entry(n, o)?);
+            }
+        }
+    }
+    for i in &imports {
+        if i.key.is_empty() || i.key.len() > gossipkv::MAX_KEY_LEN {
+            return Err(ApiError::bad_request(
+                "invalid_key",
+                format!(
+                    "key {:?} is empty or longer than {} bytes",
+                    i.key,
+                    gossipkv::MAX_KEY_LEN
+                ),
+            ));
+        }
+    }
+    let n = imports.len();
+    for i in imports {
+        match (i.ttl, i.ephemeral) {
+            (None, false) => state.kv.set(&i.key, i.value)?,
+            (Some(t), false) => state.kv.set_with_ttl(&i.key, i.value, t)?,
+            (None, true) => state.kv.set_ephemeral(&i.key, i.value)?,
+            (Some(t), true) => state.kv.set_ephemeral_with_ttl(&i.key, i.value, t)?,
+        }
+    }
+    Ok(Json(json!({"imported": n})))
 }
 
 // ---- Watch ----

@@ -53,6 +53,9 @@ pub enum Command {
     Members(ClientArgs),
     /// Show the agent's node: id, address, keys, health
     Info(ClientArgs),
+    /// An interactive console attached to a running agent (set, get, del,
+    /// keys, members, info, leave; exit, quit or sair to leave)
+    Console(ClientArgs),
 }
 
 /// `kv` subcommands.
@@ -75,6 +78,17 @@ pub enum KvCommand {
     /// List the keys under a prefix (all keys without one)
     #[command(visible_alias = "keys")]
     Ls(PrefixArgs),
+    /// Print every key as JSON lines (values base64), for `kv import`
+    Export(ClientArgs),
+    /// Import JSON lines (as `kv export` prints them) or a flat
+    /// {"key": "value"} JSON object
+    Import {
+        /// The file (`-`: standard input)
+        file: String,
+        /// Client options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 /// A key and how to reach the agent.
@@ -115,8 +129,13 @@ pub fn main() -> ExitCode {
         Command::Kv(KvCommand::Ls(a)) | Command::Keys(a) => {
             client::finish(client::keys(&a.client, &a.prefix))
         }
+        Command::Kv(KvCommand::Export(c)) => client::finish(client::export(&c)),
+        Command::Kv(KvCommand::Import { file, client }) => {
+            client::finish(client::import(&client, &file))
+        }
         Command::Members(c) => client::finish(client::members(&c)),
         Command::Info(c) => client::finish(client::info(&c)),
+        Command::Console(c) => crate::console::run(&c),
     }
 }
 

@@ -329,6 +329,41 @@ pub fn keys(args: &ClientArgs, prefix: &str) -> Result<(), ClientError> {
     Ok(())
 }
 
+/// `export`: every key as JSON lines on stdout (what `import` reads).
+pub fn export(args: &ClientArgs) -> Result<(), ClientError> {
+    let r = Client::new(args)
+        .request("GET", "/v1/snapshot", None)?
+        .check()?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&r.body)
+        .map_err(|e| ClientError::new(EXIT_NOT_FOUND, format!("cannot write: {e}")))?;
+    Ok(())
+}
+
+/// `import FILE`: JSON lines (as `export` writes them) or a flat
+/// `{"key": "value"}` object; `-` reads stdin.
+pub fn import(args: &ClientArgs, file: &str) -> Result<(), ClientError> {
+    let data = if file == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .map_err(|e| ClientError::new(EXIT_USAGE, format!("cannot read stdin: {e}")))?;
+        buf
+    } else {
+        std::fs::read(file)
+            .map_err(|e| ClientError::new(EXIT_USAGE, format!("cannot read {file}: {e}")))?
+    };
+    let v = Client::new(args)
+        .request("POST", "/v1/snapshot", Some(&data))?
+        .check()?
+        .json()?;
+    if args.json {
+        return print_json(&v);
+    }
+    println!("imported {} keys", v["imported"]);
+    Ok(())
+}
+
 /// `members`: one member per line.
 pub fn members(args: &ClientArgs) -> Result<(), ClientError> {
     let v = Client::new(args)

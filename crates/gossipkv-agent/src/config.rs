@@ -73,7 +73,7 @@ pub struct AgentArgs {
     #[arg(long, value_enum, value_name = "MODE")]
     pub discovery: Option<Discovery>,
     /// Time between gossip rounds, such as 100ms or 1s
-    /// [env: GOSSIPKV_GOSSIP_INTERVAL] [default: the library's, 200ms]
+    /// [env: GOSSIPKV_GOSSIP_INTERVAL] [default: 1s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub gossip_interval: Option<Duration>,
     /// Directory that keeps the node's data across restarts (durable mode)

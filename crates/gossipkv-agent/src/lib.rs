@@ -12,4 +12,5 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod metrics;

@@ -767,3 +767,65 @@ fn a_write_through_one_agent_is_read_through_another() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn snapshot_export_and_import() {
+    let a = Agent::simple();
+    send("PUT", &a.url("/v1/kv/s/plain"), &[], Some(b"one"));
+    send("PUT", &a.url("/v1/kv/s/bin"), &[], Some(b"\x00\x01\xff"));
+    send("PUT", &a.url("/v1/kv/s/ttl?ttl=1h"), &[], Some(b"t"));
+    let r = get(&a.url("/v1/snapshot"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/x-ndjson"));
+    let text = String::from_utf8(r.body.clone()).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["key"], "s/bin");
+
+    let b = Agent::start("node-b", &[], ApiOptions::default());
+    let r = send("POST", &b.url("/v1/snapshot"), &[], Some(&r.body));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["imported"], 3);
+    assert_eq!(b.kv.get("s/plain").unwrap().as_deref(), Some(&b"one"[..]));
+    assert_eq!(
+        b.kv.get("s/bin").unwrap().as_deref(),
+        Some(&b"\x00\x01\xff"[..])
+    );
+    let ttl = b.kv.ttl("s/ttl").expect("the time to live comes along");
+    assert!(ttl > Duration::from_secs(3500), "{ttl:?}");
+
+    // The earlier system's flat object.
+    let r = send(
+        "POST",
+        &b.url("/v1/snapshot"),
+        &[],
+        Some(br#"{"x": "1", "y": {"z": 2}}"#),
+    );
+    assert_eq!(r.json()["imported"], 2);
+    assert_eq!(b.kv.get("x").unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(b.kv.get("y").unwrap().as_deref(), Some(&br#"{"z":2}"#[..]));
+
+    // Bad input: nothing is written, not even the good lines before it.
+    let bad = b"{\"key\":\"ok\",\"value\":\"b2s=\"}\n{\"key\":\"k\",\"value\":\"%%%\"}\n";
+    send("POST", &b.url("/v1/snapshot"), &[], Some(bad)).assert_error(400, "invalid_base64");
+    assert!(b.kv.get("ok").unwrap().is_none());
+    let bad = b"{\"key\":\"ok\",\"value\":\"b2s=\"}\nnot json\n";
+    send("POST", &b.url("/v1/snapshot"), &[], Some(bad)).assert_error(400, "invalid_json");
+    let bad = b"{\"key\":\"ok\",\"value\":\"b2s=\"}\n[1]\n";
+    send("POST", &b.url("/v1/snapshot"), &[], Some(bad)).assert_error(400, "invalid_body");
+    let bad =
+        b"{\"key\":\"ok\",\"value\":\"b2s=\",\"ttl_ms\":\"x\"}\n{\"key\":\"a\",\"value\":\"\"}";
+    send("POST", &b.url("/v1/snapshot"), &[], Some(bad)).assert_error(400, "invalid_ttl");
+    send("POST", &b.url("/v1/snapshot"), &[], Some(b"\xff\xfe")).assert_error(400, "invalid_body");
+    send(
+        "POST",
+        &b.url("/v1/snapshot"),
+        &[],
+        Some(br#"{"": "empty key"}"#),
+    )
+    .assert_error(400, "invalid_key");
+    assert!(b.kv.get("ok").unwrap().is_none());
+}

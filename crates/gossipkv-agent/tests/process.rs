@@ -225,3 +225,64 @@ fn config_file_and_env_are_read_and_flags_win() {
     );
     assert_eq!(agent.terminate(), Some(0));
 }
+
+#[test]
+fn console_reads_commands_until_quit_or_end_of_input() {
+    use std::io::Write as _;
+    let agent = AgentProcess::start(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--node-id",
+        "con",
+    ]);
+    let run = |input: &str| {
+        let mut child = Command::new(BIN)
+            .args(["console", "--http-addr", &agent.http])
+            .env_remove("GOSSIPKV_HTTP_TOKEN")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let o = run(
+        "set greeting \"hello there\"\nget greeting\nset x 1\nkeys\nmembers\nbogus\nget nope\ndel x\nkeys\nquit\nget greeting\n",
+    );
+    assert_eq!(o.status.code(), Some(0));
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "ok");
+    assert_eq!(lines[1], "hello there");
+    assert_eq!(lines[2], "ok");
+    assert_eq!(&lines[3..5], ["greeting", "x"]);
+    assert!(
+        lines[5].starts_with("con 127.0.0.1:") && lines[5].contains(" alive "),
+        "{out}"
+    );
+    assert!(lines[6].starts_with("error: unknown command"), "{out}");
+    assert!(lines[7].starts_with("error: no key"), "{out}");
+    assert_eq!(lines[8], "ok");
+    assert_eq!(lines[9], "greeting");
+    // Nothing after quit ran.
+    assert_eq!(lines.len(), 10, "{out}");
+
+    // End of input without quit: a clean exit too (no endless loop).
+    let o = run("get greeting");
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(stdout(&o), "hello there\n");
+
+    // sair leaves the console too.
+    let o = run("sair\nget greeting\n");
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(stdout(&o), "");
+    assert_eq!(agent.terminate(), Some(0));
+}

@@ -1,0 +1,180 @@
+//! `gossipkv console`: an interactive console attached to a running agent
+//! (over its HTTP API, found as the CLI finds it). It reads commands line
+//! by line from standard input, with a prompt when that is a terminal; no
+//! line editing or history yet. End of input (Ctrl-D) exits cleanly.
+
+use std::io::{BufRead, Write};
+
+use serde_json::Value;
+
+use crate::client::{encode_path, Client, ClientArgs};
+
+const HELP: &str = "\
+commands:
+  set KEY VALUE...   set KEY; the rest of the line is the value (quotes allowed)
+  get KEY            print KEY's value
+  del KEY            delete KEY (also: delete)
+  keys [PREFIX]      list the keys under PREFIX
+  members            list the cluster's members
+  info               show the agent's node
+  leave              make the agent leave the cluster (it then exits)
+  help               this text
+  exit, quit, sair   leave the console (Ctrl-D too)";
+
+/// What a console line asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Print this and go on.
+    Print(String),
+    /// Leave the console.
+    Exit,
+}
+
+/// The value of a `set` line: the rest of the line, without one pair of
+/// surrounding quotes (`"a b"` or `'a b'`).
+pub fn unquote(rest: &str) -> &str {
+    let r = rest.trim();
+    for q in ['"', '\''] {
+        if r.len() >= 2 && r.starts_with(q) && r.ends_with(q) {
+            return &r[1..r.len() - 1];
+        }
+    }
+    r
+}
+
+fn show(reply: Result<crate::client::Reply, crate::client::ClientError>) -> Result<Value, String> {
+    match reply {
+        Err(e) => Err(e.message),
+        Ok(r) if (200..300).contains(&r.status) => {
+            Ok(serde_json::from_slice(&r.body).unwrap_or(Value::Null))
+        }
+        Ok(r) => {
+            let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+            Err(v["message"]
+                .as_str()
+                .map_or_else(|| format!("HTTP {}", r.status), String::from))
+        }
+    }
+}
+
+/// Runs one console line against the agent.
+pub fn run_line(client: &Client, line: &str) -> Action {
+    let line = line.trim();
+    let (cmd, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+    let rest = rest.trim();
+    let out = match cmd {
+        "" => return Action::Print(String::new()),
+        "exit" | "quit" | "sair" => return Action::Exit,
+        "help" | "?" => Ok(HELP.to_string()),
+        "set" | "put" => match rest.split_once(char::is_whitespace) {
+            Some((key, value)) => show(client.request(
+                "PUT",
+                &format!("/v1/kv/{}", encode_path(key)),
+                Some(unquote(value).as_bytes()),
+            ))
+            .map(|_| "ok".to_string()),
+            None => Err("usage: set KEY VALUE...".to_string()),
+        },
+        "get" if !rest.is_empty() => {
+            match client.request("GET", &format!("/v1/kv/{}?raw", encode_path(rest)), None) {
+                Ok(r) if r.status == 200 => Ok(String::from_utf8_lossy(&r.body).into_owned()),
+                other => show(other).map(|_| String::new()),
+            }
+        }
+        "del" | "delete" if !rest.is_empty() => {
+            show(client.request("DELETE", &format!("/v1/kv/{}", encode_path(rest)), None))
+                .map(|_| "ok".to_string())
+        }
+        "keys" => {
+            match client.request("GET", &format!("/v1/kv/{}?keys", encode_path(rest)), None) {
+                Ok(r) if r.status == 404 => Ok("(no keys)".to_string()),
+                other => show(other).map(|v| {
+                    v.as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                }),
+            }
+        }
+        "members" => show(client.request("GET", "/v1/members", None)).map(|v| {
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .map(|m| {
+                    format!(
+                        "{} {} {} {}",
+                        m["node_id"].as_str().unwrap_or("?"),
+                        m["addr"].as_str().unwrap_or("?"),
+                        m["state"].as_str().unwrap_or("?"),
+                        m["generation"]
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        }),
+        "info" => show(client.request("GET", "/v1/self", None))
+            .map(|v| serde_json::to_string_pretty(&v).unwrap_or_default()),
+        "leave" => show(client.request("POST", "/v1/leave", None))
+            .map(|_| "the agent left the cluster".to_string()),
+        "get" | "del" | "delete" => Err(format!("usage: {cmd} KEY")),
+        other => Err(format!("unknown command {other:?}; try help")),
+    };
+    Action::Print(out.unwrap_or_else(|e| format!("error: {e}")))
+}
+
+/// Runs the console on standard input until `exit` or end of input.
+pub fn run(args: &ClientArgs) -> std::process::ExitCode {
+    let client = Client::new(args);
+    let stdin = std::io::stdin();
+    let interactive = std::io::IsTerminal::is_terminal(&stdin);
+    let mut out = std::io::stdout();
+    if interactive {
+        let _ = writeln!(
+            out,
+            "gossipkv console: type help for commands, Ctrl-D to leave"
+        );
+    }
+    let mut lines = stdin.lock();
+    loop {
+        if interactive {
+            let _ = write!(out, "gossipkv> ");
+            let _ = out.flush();
+        }
+        let mut line = String::new();
+        match lines.read_line(&mut line) {
+            Ok(0) => break, // end of input
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("gossipkv console: cannot read input: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+        match run_line(&client, &line) {
+            Action::Exit => break,
+            Action::Print(s) if s.is_empty() => {}
+            Action::Print(s) => {
+                let _ = writeln!(out, "{s}");
+            }
+        }
+    }
+    if interactive {
+        let _ = writeln!(out);
+    }
+    std::process::ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_values_may_be_quoted() {
+        assert_eq!(unquote("hello world"), "hello world");
+        assert_eq!(unquote(" \"hello world\" "), "hello world");
+        assert_eq!(unquote("'x'"), "x");
+        assert_eq!(unquote("\""), "\"");
+        assert_eq!(unquote("\"a' "), "\"a'");
+    }
+}
