@@ -72,7 +72,17 @@ pub struct ApiState {
     /// it: conditional writes are only atomic against this agent's API.
     write_lock: Arc<Mutex<()>>,
     left: watch::Sender<bool>,
+    /// The change index: how many changes this agent's node has applied
+    /// (local and remote, any key) since the agent started.
+    index: watch::Sender<u64>,
 }
+
+/// Longest `?wait=` of a long-poll read.
+pub const MAX_WAIT: Duration = Duration::from_secs(600);
+/// `?wait=` of a long-poll read that gives none.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
+/// The response header that carries the change index.
+pub const INDEX_HEADER: &str = "x-gossipkv-index";
 
 impl ApiState {
     /// The state of an API serving `kv`.
@@ -83,7 +93,30 @@ impl ApiState {
             token: options.token.as_ref().map(|t| Arc::from(t.as_bytes())),
             write_lock: Arc::new(Mutex::new(())),
             left: watch::Sender::new(false),
+            index: watch::Sender::new(0),
         }
+        .counting_changes()
+    }
+
+    /// Starts the task that counts the node's changes into the index (on
+    /// the current tokio runtime; without one, the index stays 0). It ends
+    /// when the node shuts down.
+    fn counting_changes(self) -> Self {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let mut watcher = self.kv.watch("");
+            let index = self.index.clone();
+            rt.spawn(async move {
+                while let Some(ev) = watcher.recv().await {
+                    index.send_modify(|i| *i = i.saturating_add(1 + ev.missed));
+                }
+            });
+        }
+        self
+    }
+
+    /// The change index now.
+    pub fn index(&self) -> u64 {
+        *self.index.borrow()
     }
 
     /// The node.
@@ -512,16 +545,63 @@ async fn legacy_set(
 async fn kv_get_root(
     state: State<ApiState>,
     params: Result<Query<Params>, QueryRejection>,
-) -> ApiResult<Response> {
-    kv_read(state, String::new(), params?.0).await
+) -> Response {
+    match params {
+        Ok(Query(params)) => kv_get_indexed(state, String::new(), params).await,
+        Err(e) => ApiError::from(e).into_response(),
+    }
 }
 
 async fn kv_get(
     state: State<ApiState>,
     path: Result<Path<String>, PathRejection>,
     params: Result<Query<Params>, QueryRejection>,
-) -> ApiResult<Response> {
-    kv_read(state, path?.0, params?.0).await
+) -> Response {
+    match (path, params) {
+        (Ok(Path(key)), Ok(Query(params))) => kv_get_indexed(state, key, params).await,
+        (Err(e), _) => ApiError::from(e).into_response(),
+        (_, Err(e)) => ApiError::from(e).into_response(),
+    }
+}
+
+/// A `/v1/kv` read with the change index: `?index=N` first waits (up to
+/// `?wait=`, default 5 min, at most 10 min) until the index is past `N`;
+/// the response, found or not, carries the index read just before the
+/// data in `X-Gossipkv-Index`. The index counts every change the node
+/// applies, to any key, so a wait may end for a change elsewhere: compare
+/// the data. Waiting requests count against the concurrency limit.
+async fn kv_get_indexed(state: State<ApiState>, key: String, params: Params) -> Response {
+    if let Err(e) = wait_for_index(&state.0, &params).await {
+        return e.into_response();
+    }
+    let index = state.0.index();
+    let mut response = match kv_read(state, key, params).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    response
+        .headers_mut()
+        .insert(INDEX_HEADER, HeaderValue::from(index));
+    response
+}
+
+async fn wait_for_index(state: &ApiState, params: &Params) -> ApiResult<()> {
+    let Some(raw) = params.get("index") else {
+        return Ok(());
+    };
+    let after: u64 = raw.trim().parse().map_err(|_| {
+        ApiError::bad_request("invalid_index", format!("index {raw:?} is not a number"))
+    })?;
+    let wait = match params.get("wait") {
+        None => DEFAULT_WAIT,
+        Some(w) => crate::config::parse_duration(w)
+            .map_err(|m| ApiError::bad_request("invalid_wait", m))?,
+    }
+    .min(MAX_WAIT);
+    let mut rx = state.index.subscribe();
+    // A timeout is not an error: the current data is the answer.
+    let _ = tokio::time::timeout(wait, rx.wait_for(|i| *i > after)).await;
+    Ok(())
 }
 
 /// `GET /v1/kv/KEY`: `[entry]`; `?recurse`: every entry under the prefix

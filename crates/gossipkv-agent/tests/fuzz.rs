@@ -62,8 +62,9 @@ fn request_strategy(
         "=",
         "&&",
         "raw=%FF",
-        "index=1",
-        "wait=1s",
+        "index=1&wait=10ms",
+        "wait=soon",
+        "index=x",
     ]);
     let query = prop::collection::vec(query_part, 0..4).prop_map(|q| q.join("&"));
     let header = (

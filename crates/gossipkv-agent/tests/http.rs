@@ -829,3 +829,49 @@ fn snapshot_export_and_import() {
     .assert_error(400, "invalid_key");
     assert!(b.kv.get("ok").unwrap().is_none());
 }
+
+#[test]
+fn long_poll_reads_wait_for_the_next_change() {
+    let a = Agent::simple();
+    send("PUT", &a.url("/v1/kv/lp"), &[], Some(b"1"));
+    let r = get(&a.url("/v1/kv/lp"));
+    let index: u64 = r.header("x-gossipkv-index").unwrap().parse().unwrap();
+    // Absent keys carry the index too.
+    assert!(get(&a.url("/v1/kv/none"))
+        .header("x-gossipkv-index")
+        .is_some());
+
+    // Nothing changes: the wait runs out and the current data comes back.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut current = index;
+    loop {
+        // Catch up with the change counter first (it follows the node's
+        // changes asynchronously).
+        let started = Instant::now();
+        let r = get(&a.url(&format!("/v1/kv/lp?index={current}&wait=300ms")));
+        assert_eq!(r.status, 200);
+        let next: u64 = r.header("x-gossipkv-index").unwrap().parse().unwrap();
+        if next == current {
+            assert!(started.elapsed() >= Duration::from_millis(290));
+            break;
+        }
+        current = next;
+        assert!(Instant::now() < deadline, "the index never settled");
+    }
+
+    // A change ends the wait early.
+    let url = a.url(&format!("/v1/kv/lp?index={current}&wait=60s"));
+    let started = Instant::now();
+    let waiter = std::thread::spawn(move || get(&url));
+    std::thread::sleep(Duration::from_millis(100));
+    send("PUT", &a.url("/v1/kv/lp"), &[], Some(b"2"));
+    let r = waiter.join().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(r.status, 200);
+    assert_eq!(b64(r.json()[0]["value"].as_str().unwrap()), b"2");
+    let next: u64 = r.header("x-gossipkv-index").unwrap().parse().unwrap();
+    assert!(next > current);
+
+    get(&a.url("/v1/kv/lp?index=x")).assert_error(400, "invalid_index");
+    get(&a.url("/v1/kv/lp?index=1&wait=x")).assert_error(400, "invalid_wait");
+}

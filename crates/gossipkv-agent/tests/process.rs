@@ -286,3 +286,30 @@ fn console_reads_commands_until_quit_or_end_of_input() {
     assert_eq!(stdout(&o), "");
     assert_eq!(agent.terminate(), Some(0));
 }
+
+#[test]
+fn data_dir_keeps_keys_across_a_sigterm_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let args = [
+        "--node-id",
+        "durable",
+        "--bind",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--data-dir",
+        data,
+    ];
+    let agent = AgentProcess::start(&args);
+    let o = agent.cli(&["put", "kept", "on disk"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(agent.terminate(), Some(0));
+
+    let agent = AgentProcess::start(&args);
+    let o = agent.cli(&["get", "kept"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(o.stdout, b"on disk");
+    assert_eq!(agent.terminate(), Some(0));
+}
