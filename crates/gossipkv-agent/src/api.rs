@@ -75,6 +75,9 @@ pub struct ApiState {
     /// The change index: how many changes this agent's node has applied
     /// (local and remote, any key) since the agent started.
     index: watch::Sender<u64>,
+    /// Set once the node has shut down (the change counter ended): ends
+    /// long-poll waits, so that they do not hold up a graceful shutdown.
+    closed: watch::Sender<bool>,
 }
 
 /// Longest `?wait=` of a long-poll read.
@@ -94,6 +97,7 @@ impl ApiState {
             write_lock: Arc::new(Mutex::new(())),
             left: watch::Sender::new(false),
             index: watch::Sender::new(0),
+            closed: watch::Sender::new(false),
         }
         .counting_changes()
     }
@@ -105,10 +109,13 @@ impl ApiState {
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let mut watcher = self.kv.watch("");
             let index = self.index.clone();
+            let closed = self.closed.clone();
             rt.spawn(async move {
                 while let Some(ev) = watcher.recv().await {
                     index.send_modify(|i| *i = i.saturating_add(1 + ev.missed));
                 }
+                // The watcher ends when the node shuts down.
+                closed.send_replace(true);
             });
         }
         self
@@ -598,9 +605,15 @@ async fn wait_for_index(state: &ApiState, params: &Params) -> ApiResult<()> {
             .map_err(|m| ApiError::bad_request("invalid_wait", m))?,
     }
     .min(MAX_WAIT);
-    let mut rx = state.index.subscribe();
-    // A timeout is not an error: the current data is the answer.
-    let _ = tokio::time::timeout(wait, rx.wait_for(|i| *i > after)).await;
+    let mut index = state.index.subscribe();
+    let mut closed = state.closed.subscribe();
+    // Running out of time is not an error: the current data is the answer.
+    // Neither is a shutdown: the node still serves reads.
+    tokio::select! {
+        _ = index.wait_for(|i| *i > after) => {}
+        _ = closed.wait_for(|c| *c) => {}
+        _ = tokio::time::sleep(wait) => {}
+    }
     Ok(())
 }
 

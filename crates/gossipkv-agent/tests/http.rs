@@ -875,3 +875,34 @@ fn long_poll_reads_wait_for_the_next_change() {
     get(&a.url("/v1/kv/lp?index=x")).assert_error(400, "invalid_index");
     get(&a.url("/v1/kv/lp?index=1&wait=x")).assert_error(400, "invalid_wait");
 }
+
+#[test]
+fn a_shutdown_ends_long_poll_waits() {
+    // One request at a time: while the long poll waits, others get a 503,
+    // which tells that it is under way.
+    let a = Agent::start(
+        "node-lp",
+        &[],
+        ApiOptions {
+            max_concurrent: 1,
+            ..ApiOptions::default()
+        },
+    );
+    let url = a.url("/v1/kv/lp?index=1000000&wait=600s");
+    let waiter = std::thread::spawn(move || get(&url));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&a.url("/v1/health")).status != 503 {
+        assert!(Instant::now() < deadline, "the long poll never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let started = Instant::now();
+    a.rt.block_on(a.kv.shutdown()).unwrap();
+    let r = waiter.join().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    r.assert_error(404, "not_found");
+    assert!(r.header("x-gossipkv-index").is_some());
+}

@@ -313,3 +313,47 @@ fn data_dir_keeps_keys_across_a_sigterm_restart() {
     assert_eq!(o.stdout, b"on disk");
     assert_eq!(agent.terminate(), Some(0));
 }
+
+#[test]
+fn sigterm_with_a_watch_stream_and_a_long_poll_open_still_exits_0() {
+    // One request at a time: while the long poll waits, others get a 503,
+    // which tells that it is under way.
+    let agent = AgentProcess::start(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--http-max-concurrent",
+        "1",
+    ]);
+    let http: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into();
+    // The watch stream answers its headers at once and stays open.
+    let watch = http
+        .get(&format!("http://{}/v1/watch?prefix=", agent.http))
+        .call()
+        .unwrap();
+    assert_eq!(watch.status().as_u16(), 200);
+    let url = format!("http://{}/v1/kv/k?index=1000000&wait=600s", agent.http);
+    let poller = http.clone();
+    let poll = std::thread::spawn(move || poller.get(&url).call().map(|r| r.status().as_u16()));
+    let health = format!("http://{}/v1/health", agent.http);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http.get(&health).call().unwrap().status().as_u16() != 503 {
+        assert!(Instant::now() < deadline, "the long poll never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let started = Instant::now();
+    assert_eq!(agent.terminate(), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    // The long poll got its answer before the agent went.
+    assert_eq!(poll.join().unwrap().ok(), Some(404));
+    drop(watch);
+}
