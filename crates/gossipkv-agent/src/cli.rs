@@ -78,6 +78,9 @@ pub enum KvCommand {
     /// List the keys under a prefix (all keys without one)
     #[command(visible_alias = "keys")]
     Ls(PrefixArgs),
+    /// Print the changes under a prefix as they happen, until the agent
+    /// stops (or Ctrl-C)
+    Watch(PrefixArgs),
     /// Print every key as JSON lines (values base64), for `kv import`
     Export(ClientArgs),
     /// Import JSON lines (as `kv export` prints them) or a flat
@@ -129,6 +132,7 @@ pub fn main() -> ExitCode {
         Command::Kv(KvCommand::Ls(a)) | Command::Keys(a) => {
             client::finish(client::keys(&a.client, &a.prefix))
         }
+        Command::Kv(KvCommand::Watch(a)) => client::finish(client::watch(&a.client, &a.prefix)),
         Command::Kv(KvCommand::Export(c)) => client::finish(client::export(&c)),
         Command::Kv(KvCommand::Import { file, client }) => {
             client::finish(client::import(&client, &file))

@@ -364,6 +364,85 @@ pub fn import(args: &ClientArgs, file: &str) -> Result<(), ClientError> {
     Ok(())
 }
 
+/// `watch PREFIX`: prints the changes under the prefix as they happen,
+/// one line each (`put KEY VALUE`, `delete KEY REASON`, `reset MISSED`; or
+/// `{"event", "data"}` JSON lines with `--json`), until the agent stops.
+pub fn watch(args: &ClientArgs, prefix: &str) -> Result<(), ClientError> {
+    use std::io::BufRead as _;
+    let c = Client::new(args);
+    // No overall timeout: the stream lasts; the agent sends a keepalive
+    // every 15 s.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!("{}/v1/watch?prefix={}", c.base, encode_query(prefix));
+    let mut req = agent.get(&url);
+    if let Some(t) = &c.token {
+        req = req.header("Authorization", format!("Bearer {t}"));
+    }
+    let unreachable = |e: ureq::Error| {
+        ClientError::new(
+            EXIT_UNREACHABLE,
+            format!("cannot reach the agent at {}: {e}", c.base),
+        )
+    };
+    let mut response = req.call().map_err(unreachable)?;
+    let status = response.status().as_u16();
+    if status != 200 {
+        let body = response.body_mut().read_to_vec().unwrap_or_default();
+        Reply { status, body }.check()?;
+        return Ok(());
+    }
+    let reader = std::io::BufReader::new(response.into_body().into_reader());
+    let (mut event, mut data) = (String::new(), String::new());
+    let mut out = std::io::stdout();
+    for line in reader.lines() {
+        let Ok(line) = line else { break };
+        if let Some(e) = line.strip_prefix("event:") {
+            event = e.trim().to_string();
+        } else if let Some(d) = line.strip_prefix("data:") {
+            data.push_str(d.trim_start());
+        } else if line.is_empty() && !event.is_empty() {
+            let v: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+            let text = if args.json {
+                serde_json::json!({"event": event, "data": v}).to_string()
+            } else {
+                describe_event(&event, &v)
+            };
+            if writeln!(out, "{text}").and_then(|()| out.flush()).is_err() {
+                break; // stdout closed
+            }
+            event.clear();
+            data.clear();
+        } else if line.is_empty() {
+            data.clear();
+        }
+    }
+    Ok(())
+}
+
+/// One watch event as a line of text.
+fn describe_event(event: &str, v: &Value) -> String {
+    let key = v["key"].as_str().unwrap_or("?");
+    match event {
+        "put" => {
+            let value = v["value"]
+                .as_str()
+                .and_then(|b| {
+                    use base64::Engine as _;
+                    base64::engine::general_purpose::STANDARD.decode(b).ok()
+                })
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            format!("put {key} {value}")
+        }
+        "delete" => format!("delete {key} {}", v["reason"].as_str().unwrap_or("deleted")),
+        "reset" => format!("reset {}", v["missed"]),
+        other => format!("{other} {v}"),
+    }
+}
+
 /// `members`: one member per line.
 pub fn members(args: &ClientArgs) -> Result<(), ClientError> {
     let v = Client::new(args)

@@ -21,20 +21,35 @@ struct Agent {
 
 impl Agent {
     fn start(id: &str, seeds: &[SocketAddr], options: ApiOptions) -> Agent {
+        let seeds: Vec<String> = seeds.iter().map(|s| s.to_string()).collect();
+        Agent::start_with(id, options, move |b| {
+            if seeds.is_empty() {
+                b
+            } else {
+                b.seeds(seeds)
+            }
+        })
+    }
+
+    /// An agent whose node builder `configure` adjusts.
+    fn start_with(
+        id: &str,
+        options: ApiOptions,
+        configure: impl FnOnce(
+            gossipkv::Builder<String, bytes::Bytes>,
+        ) -> gossipkv::Builder<String, bytes::Bytes>,
+    ) -> Agent {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
         let (kv, state, http) = rt.block_on(async {
-            let mut b = GossipKv::builder_with_codec(BytesCodec)
+            let b = GossipKv::builder_with_codec(BytesCodec)
                 .node_id(id)
                 .bind_addr("127.0.0.1:0")
                 .gossip_interval(Duration::from_millis(50));
-            if !seeds.is_empty() {
-                b = b.seeds(seeds.iter().map(|s| s.to_string()));
-            }
-            let kv: Node = b.build().await.unwrap();
+            let kv: Node = configure(b).build().await.unwrap();
             let state = ApiState::new(kv.clone(), &options);
             let app = api::router(state.clone(), &options);
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -905,4 +920,33 @@ fn a_shutdown_ends_long_poll_waits() {
     );
     r.assert_error(404, "not_found");
     assert!(r.header("x-gossipkv-index").is_some());
+}
+
+#[test]
+fn node_limits_map_to_413_and_507() {
+    let a = Agent::start_with("node-l", ApiOptions::default(), |b| {
+        b.max_value_size(16).max_entries(2)
+    });
+    send("PUT", &a.url("/v1/kv/big"), &[], Some(&[b'v'; 17])).assert_error(413, "too_large");
+    send(
+        "PUT",
+        &a.url("/put"),
+        &[],
+        Some(format!("{{\"key\":\"big\",\"value\":\"{}\"}}", "v".repeat(17)).as_bytes()),
+    )
+    .assert_error(413, "too_large");
+    assert_eq!(send("PUT", &a.url("/v1/kv/a"), &[], Some(b"1")).status, 200);
+    assert_eq!(send("PUT", &a.url("/v1/kv/b"), &[], Some(b"1")).status, 200);
+    // Full: a new key is refused (the node's default policy), with the
+    // storage status; overwriting a key is not a new entry.
+    send("PUT", &a.url("/v1/kv/c"), &[], Some(b"1")).assert_error(507, "over_budget");
+    assert_eq!(send("PUT", &a.url("/v1/kv/a"), &[], Some(b"2")).status, 200);
+    let long_key = "k".repeat(gossipkv::MAX_KEY_LEN + 1);
+    send(
+        "PUT",
+        &a.url(&format!("/v1/kv/{long_key}")),
+        &[],
+        Some(b"1"),
+    )
+    .assert_error(400, "invalid_key");
 }

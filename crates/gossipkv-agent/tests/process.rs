@@ -357,3 +357,53 @@ fn sigterm_with_a_watch_stream_and_a_long_poll_open_still_exits_0() {
     assert_eq!(poll.join().unwrap().ok(), Some(404));
     drop(watch);
 }
+
+#[test]
+fn kv_watch_prints_changes_until_the_agent_stops() {
+    let agent = AgentProcess::start(&["--bind", "127.0.0.1:0", "--http", "127.0.0.1:0"]);
+    let mut watch = Command::new(BIN)
+        .args(["kv", "watch", "app/", "--http-addr", &agent.http])
+        .env_remove("GOSSIPKV_HTTP_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = watch.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // Write until the watcher shows it is subscribed.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(agent.cli(&["put", "app/ping", "1"]).status.success());
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            assert_eq!(line, "put app/ping 1");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the watch never showed a change");
+    }
+    while rx.recv_timeout(Duration::from_millis(200)).is_ok() {} // later pings
+    assert!(agent.cli(&["put", "other", "x"]).status.success());
+    assert!(agent.cli(&["put", "app/x", "hello"]).status.success());
+    assert!(agent.cli(&["del", "app/x"]).status.success());
+    let next = |rx: &mpsc::Receiver<String>| rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(next(&rx), "put app/x hello");
+    assert_eq!(next(&rx), "delete app/x deleted");
+    assert_eq!(agent.terminate(), Some(0));
+    // The stream ends with the agent, and so does the watch.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = watch.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = watch.kill();
+            panic!("kv watch did not end with the agent");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+}
