@@ -31,6 +31,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 use tower::ServiceBuilder;
 
+use crate::changes::{Change, Feed, Resume};
 use crate::metrics::{state_name, HttpLabels, Metrics};
 
 /// The node type the agent serves: string keys, raw byte values
@@ -72,12 +73,11 @@ pub struct ApiState {
     /// it: conditional writes are only atomic against this agent's API.
     write_lock: Arc<Mutex<()>>,
     left: watch::Sender<bool>,
-    /// The change index: how many changes this agent's node has applied
-    /// (local and remote, any key) since the agent started.
-    index: watch::Sender<u64>,
-    /// Set once the node has shut down (the change counter ended): ends
-    /// long-poll waits, so that they do not hold up a graceful shutdown.
-    closed: watch::Sender<bool>,
+    /// The change feed: the change index (how many changes this agent's
+    /// node has applied, local and remote, any key, since the agent
+    /// started), the recent changes, and whether the node has shut down
+    /// (which ends long polls and watch streams).
+    feed: Arc<Feed>,
 }
 
 /// Longest `?wait=` of a long-poll read.
@@ -91,39 +91,18 @@ impl ApiState {
     /// The state of an API serving `kv`.
     pub fn new(kv: Node, options: &ApiOptions) -> Self {
         ApiState {
+            feed: Feed::start(&kv),
             kv,
             metrics: Metrics::default(),
             token: options.token.as_ref().map(|t| Arc::from(t.as_bytes())),
             write_lock: Arc::new(Mutex::new(())),
             left: watch::Sender::new(false),
-            index: watch::Sender::new(0),
-            closed: watch::Sender::new(false),
         }
-        .counting_changes()
-    }
-
-    /// Starts the task that counts the node's changes into the index (on
-    /// the current tokio runtime; without one, the index stays 0). It ends
-    /// when the node shuts down.
-    fn counting_changes(self) -> Self {
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let mut watcher = self.kv.watch("");
-            let index = self.index.clone();
-            let closed = self.closed.clone();
-            rt.spawn(async move {
-                while let Some(ev) = watcher.recv().await {
-                    index.send_modify(|i| *i = i.saturating_add(1 + ev.missed));
-                }
-                // The watcher ends when the node shuts down.
-                closed.send_replace(true);
-            });
-        }
-        self
     }
 
     /// The change index now.
     pub fn index(&self) -> u64 {
-        *self.index.borrow()
+        self.feed.index()
     }
 
     /// The node.
@@ -291,7 +270,8 @@ fn now_unix_ms() -> u64 {
 }
 
 impl EntryJson {
-    fn from_record(r: &Record) -> Self {
+    /// The entry of a record.
+    pub fn from_record(r: &Record) -> Self {
         let expires = (r.lifetime.expires_ms != 0).then_some(r.lifetime.expires_ms);
         EntryJson {
             key: r.key.to_string(),
@@ -605,8 +585,8 @@ async fn wait_for_index(state: &ApiState, params: &Params) -> ApiResult<()> {
             .map_err(|m| ApiError::bad_request("invalid_wait", m))?,
     }
     .min(MAX_WAIT);
-    let mut index = state.index.subscribe();
-    let mut closed = state.closed.subscribe();
+    let mut index = state.feed.subscribe_index();
+    let mut closed = state.feed.subscribe_closed();
     // Running out of time is not an error: the current data is the answer.
     // Neither is a shutdown: the node still serves reads.
     tokio::select! {
@@ -1006,53 +986,92 @@ async fn snapshot_import(
 
 // ---- Watch ----
 
-/// `GET /v1/watch?prefix=P`: Server-Sent Events of the changes under `P`:
-/// `put` (data: the entry as JSON, value base64), `delete` (data:
-/// `{"key", "reason"}`), and `reset` (data: `{"missed": n}`) when the
-/// stream fell behind and skipped changes: re-read the prefix then.
+/// `GET /v1/watch?prefix=P`: Server-Sent Events of the changes under `P`,
+/// each with the agent's change index as its id: `put` (data: the entry as
+/// JSON, value base64), `delete` (data: `{"key", "reason"}`), and `reset`
+/// (data: `{"missed", "reason"}`, no id) when changes were skipped: re-read
+/// the prefix then. A stream that reconnects with `Last-Event-ID` first
+/// gets what it missed from the agent's recent changes (the last 1,024, at
+/// most 8 MiB), or a `reset` when they no longer reach back that far.
 /// Keepalive comments every 15 s. Ends when the node shuts down.
 async fn watch_sse(
     State(state): State<ApiState>,
     params: Result<Query<Params>, QueryRejection>,
+    headers: HeaderMap,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let Query(params) = params?;
     let prefix = params.get("prefix").cloned().unwrap_or_default();
-    let watcher = state.kv.watch(prefix);
-    let kv = state.kv.clone();
-    let events = stream::unfold((watcher, kv), |(mut w, kv)| async move {
-        let ev = w.recv().await?;
-        let mut out = Vec::with_capacity(2);
-        if ev.missed > 0 {
-            out.push(Ok(Event::default()
-                .event("reset")
-                .data(json!({"missed": ev.missed}).to_string())));
-        }
-        let event = match &ev.value {
-            Some(v) => {
-                let data = match kv.get_record(&ev.key) {
-                    Some(r) => serde_json::to_string(&EntryJson::from_record(&r)),
-                    None => serde_json::to_string(&json!({"key": ev.key, "value": B64.encode(v)})),
+    let after = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request("invalid_last_event_id", "Last-Event-ID is not a number")
+                })?,
+        ),
+    };
+    let (rx, resume) = state.feed.subscribe(after);
+    let first: Vec<Result<Event, Infallible>> = match resume {
+        Resume::Changes(changes) => changes
+            .iter()
+            .filter(|c| c.key.starts_with(&prefix))
+            .flat_map(|c| change_events(c))
+            .map(Ok)
+            .collect(),
+        Resume::TooOld => vec![Ok(reset_event(None, "resume"))],
+    };
+    let closed = state.feed.subscribe_closed();
+    let live = stream::unfold(
+        (rx, closed, prefix),
+        |(mut rx, mut closed, prefix)| async move {
+            loop {
+                let next = tokio::select! {
+                    // Deliver what is queued before ending at a shutdown.
+                    biased;
+                    r = rx.recv() => r,
+                    _ = closed.wait_for(|c| *c) => return None,
                 };
-                Event::default().event("put").data(data.unwrap_or_default())
-            }
-            None => {
-                let reason = match ev.kind {
-                    gossipkv::ChangeKind::Evicted => "evicted",
-                    gossipkv::ChangeKind::Expired => "expired",
-                    gossipkv::ChangeKind::OwnerGone => "owner_gone",
-                    _ if ev.error.is_some() => "undecodable",
-                    _ => "deleted",
+                let events = match next {
+                    Ok(c) if c.key.starts_with(&prefix) => change_events(&c),
+                    Ok(_) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        vec![reset_event(Some(n), "lagged")]
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                 };
-                Event::default()
-                    .event("delete")
-                    .data(json!({"key": ev.key, "reason": reason}).to_string())
+                let events: Vec<Result<Event, Infallible>> = events.into_iter().map(Ok).collect();
+                return Some((stream::iter(events), (rx, closed, prefix)));
             }
-        };
-        out.push(Ok(event));
-        Some((stream::iter(out), (w, kv)))
-    })
+        },
+    )
     .flatten();
+    let events = stream::iter(first).chain(live);
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+fn reset_event(missed: Option<u64>, reason: &str) -> Event {
+    Event::default()
+        .event("reset")
+        .data(json!({"missed": missed, "reason": reason}).to_string())
+}
+
+/// The events of one change: a reset first if the feed skipped changes
+/// before it, then its put or delete.
+fn change_events(c: &Change) -> Vec<Event> {
+    let mut out = Vec::with_capacity(2);
+    if c.missed > 0 {
+        out.push(reset_event(Some(c.missed), "lagged"));
+    }
+    let event = match &c.entry {
+        Some(entry) => Event::default().event("put").data(entry.to_string()),
+        None => Event::default()
+            .event("delete")
+            .data(json!({"key": c.key, "reason": c.reason}).to_string()),
+    };
+    out.push(event.id(c.id.to_string()));
+    out
 }
 
 // ---- Cluster, health, metrics ----

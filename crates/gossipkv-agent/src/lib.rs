@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod changes;
 pub mod cli;
 pub mod client;
 pub mod config;

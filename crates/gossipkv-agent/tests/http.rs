@@ -950,3 +950,110 @@ fn node_limits_map_to_413_and_507() {
     )
     .assert_error(400, "invalid_key");
 }
+
+/// Reads `n` events (`event`, `id`, `data`) of a watch stream opened with
+/// these headers.
+fn watch_events(
+    a: &Agent,
+    query: &str,
+    headers: &[(&str, &str)],
+    n: usize,
+) -> Vec<(String, String, Value)> {
+    let mut req = http().get(&a.url(&format!("/v1/watch?{query}")));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut resp = req.call().unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let lines = BufReader::new(resp.body_mut().as_reader()).lines();
+    let (mut event, mut id, mut data) = (String::new(), String::new(), String::new());
+    let mut out = Vec::new();
+    for line in lines {
+        let line = line.expect("stream open");
+        if let Some(v) = line.strip_prefix("event:") {
+            event = v.trim().to_string();
+        } else if let Some(v) = line.strip_prefix("id:") {
+            id = v.trim().to_string();
+        } else if let Some(v) = line.strip_prefix("data:") {
+            data = v.trim().to_string();
+        } else if line.is_empty() && !event.is_empty() {
+            out.push((
+                std::mem::take(&mut event),
+                std::mem::take(&mut id),
+                serde_json::from_str(&data).unwrap(),
+            ));
+            if out.len() == n {
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Waits until the agent's change index reaches `n`.
+fn wait_index(a: &Agent, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.state.index() < n {
+        assert!(Instant::now() < deadline, "index {} < {n}", a.state.index());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn watch_streams_resume_after_last_event_id() {
+    let a = Agent::simple();
+    for k in ["w/1", "w/2", "other", "w/3"] {
+        assert_eq!(
+            send(
+                "PUT",
+                &a.url(&format!("/v1/kv/{k}")),
+                &[],
+                Some(k.as_bytes())
+            )
+            .status,
+            200
+        );
+    }
+    wait_index(&a, 4);
+    // Resuming after change 1: the later changes under the prefix, with
+    // their ids, then the live ones.
+    let events = watch_events(&a, "prefix=w/", &[("Last-Event-ID", "1")], 2);
+    assert_eq!(events[0].0, "put");
+    assert_eq!(events[0].1, "2");
+    assert_eq!(events[0].2["key"], "w/2");
+    assert_eq!(events[1].1, "4");
+    assert_eq!(events[1].2["key"], "w/3");
+    // Up to date: nothing replayed; the next change comes live.
+    let b = a.url("/v1/kv/w/4");
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        send("PUT", &b, &[], Some(b"4"))
+    });
+    let events = watch_events(&a, "prefix=w/", &[("Last-Event-ID", "4")], 1);
+    assert_eq!(writer.join().unwrap().status, 200);
+    assert_eq!(
+        (events[0].1.as_str(), &events[0].2["key"]),
+        ("5", &Value::from("w/4"))
+    );
+    // An id from the future (another agent's): a reset first.
+    let events = watch_events(&a, "prefix=w/", &[("Last-Event-ID", "999")], 1);
+    assert_eq!(events[0].0, "reset");
+    assert_eq!(events[0].1, "");
+    assert_eq!(events[0].2["reason"], "resume");
+    // Further back than the agent keeps: a reset first.
+    for i in 0..gossipkv_agent::changes::RECENT_CHANGES + 10 {
+        a.kv.set(format!("x/{i}"), bytes::Bytes::from_static(b"x"))
+            .unwrap();
+    }
+    wait_index(&a, 5 + gossipkv_agent::changes::RECENT_CHANGES as u64 + 10);
+    let events = watch_events(&a, "prefix=w/", &[("Last-Event-ID", "1")], 1);
+    assert_eq!(events[0].0, "reset");
+    // Not a number: 400.
+    let r = send(
+        "GET",
+        &a.url("/v1/watch"),
+        &[("Last-Event-ID", "abc")],
+        None,
+    );
+    r.assert_error(400, "invalid_last_event_id");
+}
