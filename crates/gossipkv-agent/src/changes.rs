@@ -71,7 +71,7 @@ pub enum Resume {
 impl Feed {
     /// A feed of `kv`'s changes, fed by a task on the current tokio
     /// runtime (without one, the feed stays empty). The task ends when the
-    /// node shuts down; then [`closed`](Self::closed) is set.
+    /// node shuts down; then [`subscribe_closed`](Self::subscribe_closed) says so.
     pub fn start(kv: &Node) -> Arc<Feed> {
         let feed = Arc::new(Feed {
             index: watch::Sender::new(0),
