@@ -316,6 +316,8 @@ pub fn router(state: ApiState, options: &ApiOptions) -> Router {
         .route("/v1/health/ready", get(ready))
         .route("/v1/leave", post(leave))
         .route("/metrics", get(metrics))
+        .route("/", get(status_page))
+        .route("/ui.js", get(status_page_script))
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
         .layer(middleware::from_fn_with_state(state.clone(), auth))
@@ -416,7 +418,9 @@ async fn auth(State(state): State<ApiState>, req: Request, next: Next) -> Respon
         return next.run(req).await;
     };
     let path = req.uri().path();
-    if path == "/v1/health" || path == "/v1/health/ready" {
+    // Probes, and the status page's static files (it asks for the token
+    // and sends it with its own requests).
+    if matches!(path, "/v1/health" | "/v1/health/ready" | "/" | "/ui.js") {
         return next.run(req).await;
     }
     let given = req
@@ -1102,6 +1106,7 @@ async fn members(State(state): State<ApiState>) -> Json<Vec<Value>> {
 async fn self_info(State(state): State<ApiState>) -> Json<Value> {
     let kv = &state.kv;
     let health = kv.health();
+    let stats = kv.stats();
     Json(json!({
         "node_id": kv.node_id(),
         "addr": kv.local_addr().map(|a| a.to_string()),
@@ -1112,6 +1117,13 @@ async fn self_info(State(state): State<ApiState>) -> Json<Value> {
         "memory_bytes": kv.memory_usage(),
         "members": kv.members().len(),
         "live_peers": health.live_peers,
+        "stats": {
+            "rounds": stats.rounds,
+            "datagrams_sent": stats.datagrams_sent,
+            "bytes_sent": stats.bytes_sent,
+            "datagrams_received": stats.datagrams_received,
+            "bytes_received": stats.bytes_received,
+        },
         "healthy": health.is_healthy(),
         "health": health.to_string(),
     }))
@@ -1149,6 +1161,35 @@ async fn leave(State(state): State<ApiState>) -> ApiResult<Json<Value>> {
     state.kv.shutdown().await?;
     state.left.send_replace(true);
     Ok(Json(json!({"status": "left"})))
+}
+
+/// `GET /`: the status page (HTML, served from the binary; its script is
+/// `/ui.js`). No token is needed for the page itself; it asks for one.
+async fn status_page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; style-src 'self' 'unsafe-inline'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        include_str!("ui/index.html"),
+    )
+        .into_response()
+}
+
+/// `GET /ui.js`: the status page's script.
+async fn status_page_script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        include_str!("ui/ui.js"),
+    )
+        .into_response()
 }
 
 /// `GET /metrics`: Prometheus text format.

@@ -1057,3 +1057,41 @@ fn watch_streams_resume_after_last_event_id() {
     );
     r.assert_error(400, "invalid_last_event_id");
 }
+
+#[test]
+fn status_page_is_served_without_a_token() {
+    let a = Agent::start(
+        "node-ui",
+        &[],
+        ApiOptions {
+            token: Some("s3cret".into()),
+            ..ApiOptions::default()
+        },
+    );
+    let r = get(&a.url("/"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    assert!(r
+        .header("content-security-policy")
+        .unwrap()
+        .contains("default-src 'self'"));
+    let html = String::from_utf8(r.body).unwrap();
+    assert!(html.contains("<script src=\"/ui.js\"></script>"), "{html}");
+    let r = get(&a.url("/ui.js"));
+    assert_eq!(r.status, 200);
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/javascript"));
+    assert!(String::from_utf8(r.body).unwrap().contains("/v1/watch"));
+    // The data behind it still needs the token.
+    get(&a.url("/v1/self")).assert_error(401, "unauthorized");
+    let s = send(
+        "GET",
+        &a.url("/v1/self"),
+        &[("Authorization", "Bearer s3cret")],
+        None,
+    )
+    .json();
+    assert!(s["stats"]["datagrams_sent"].is_u64(), "{s}");
+}
