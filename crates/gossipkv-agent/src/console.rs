@@ -1,7 +1,7 @@
 //! `gossipkv console`: an interactive console attached to a running agent
-//! (over its HTTP API, found as the CLI finds it). It reads commands line
-//! by line from standard input, with a prompt when that is a terminal; no
-//! line editing or history yet. End of input (Ctrl-D) exits cleanly.
+//! (over its HTTP API, found as the CLI finds it). On a terminal it has a
+//! prompt, line editing and history (rustyline); from a pipe it reads
+//! plain lines. End of input (Ctrl-D) exits cleanly.
 
 use std::io::{BufRead, Write};
 
@@ -124,24 +124,54 @@ pub fn run_line(client: &Client, line: &str) -> Action {
     Action::Print(out.unwrap_or_else(|e| format!("error: {e}")))
 }
 
-/// Runs the console on standard input until `exit` or end of input.
+/// Runs the console until `exit` or end of input: with line editing and
+/// history (in memory) when standard input is a terminal, reading plain
+/// lines otherwise (scripts, pipes).
 pub fn run(args: &ClientArgs) -> std::process::ExitCode {
     let client = Client::new(args);
-    let stdin = std::io::stdin();
-    let interactive = std::io::IsTerminal::is_terminal(&stdin);
-    let mut out = std::io::stdout();
-    if interactive {
-        let _ = writeln!(
-            out,
-            "gossipkv console: type help for commands, Ctrl-D to leave"
-        );
-    }
-    let mut lines = stdin.lock();
-    loop {
-        if interactive {
-            let _ = write!(out, "gossipkv> ");
-            let _ = out.flush();
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        match rustyline::DefaultEditor::new() {
+            Ok(editor) => return run_interactive(&client, editor),
+            Err(e) => eprintln!("gossipkv console: no line editing ({e}); reading plain lines"),
         }
+    }
+    run_plain(&client)
+}
+
+fn run_interactive(
+    client: &Client,
+    mut editor: rustyline::DefaultEditor,
+) -> std::process::ExitCode {
+    use rustyline::error::ReadlineError;
+    println!("gossipkv console: type help for commands, Ctrl-D to leave");
+    loop {
+        match editor.readline("gossipkv> ") {
+            Ok(line) => {
+                if !line.trim().is_empty() {
+                    let _ = editor.add_history_entry(line.as_str());
+                }
+                match run_line(client, &line) {
+                    Action::Exit => break,
+                    Action::Print(s) if s.is_empty() => {}
+                    Action::Print(s) => println!("{s}"),
+                }
+            }
+            // Ctrl-C drops the line being typed, as in a shell.
+            Err(ReadlineError::Interrupted) => {}
+            Err(ReadlineError::Eof) => break,
+            Err(e) => {
+                eprintln!("gossipkv console: cannot read input: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    }
+    std::process::ExitCode::SUCCESS
+}
+
+fn run_plain(client: &Client) -> std::process::ExitCode {
+    let mut out = std::io::stdout();
+    let mut lines = std::io::stdin().lock();
+    loop {
         let mut line = String::new();
         match lines.read_line(&mut line) {
             Ok(0) => break, // end of input
@@ -151,16 +181,13 @@ pub fn run(args: &ClientArgs) -> std::process::ExitCode {
                 return std::process::ExitCode::FAILURE;
             }
         }
-        match run_line(&client, &line) {
+        match run_line(client, &line) {
             Action::Exit => break,
             Action::Print(s) if s.is_empty() => {}
             Action::Print(s) => {
                 let _ = writeln!(out, "{s}");
             }
         }
-    }
-    if interactive {
-        let _ = writeln!(out);
     }
     std::process::ExitCode::SUCCESS
 }

@@ -407,3 +407,39 @@ fn kv_watch_prints_changes_until_the_agent_stops() {
     };
     assert_eq!(status.code(), Some(0));
 }
+
+/// The console on a pseudo-terminal: prompt, line editing history (the up
+/// arrow recalls the last line), and Ctrl-D leaving cleanly.
+#[cfg(unix)]
+#[test]
+fn console_on_a_terminal_has_history_and_leaves_at_ctrl_d() {
+    use expectrl::{ControlCode, Eof, Expect as _, Session};
+    let agent = AgentProcess::start(&["--bind", "127.0.0.1:0", "--http", "127.0.0.1:0"]);
+    let mut cmd = Command::new(BIN);
+    cmd.args(["console", "--http-addr", &agent.http])
+        .env_remove("GOSSIPKV_HTTP_TOKEN")
+        .env("TERM", "xterm");
+    let mut p = Session::spawn(cmd).expect("spawn on a pty");
+    p.set_expect_timeout(Some(Duration::from_secs(20)));
+    p.expect("gossipkv> ").unwrap();
+    p.send_line("set color \"deep blue\"").unwrap();
+    p.expect("ok").unwrap();
+    p.expect("gossipkv> ").unwrap();
+    p.send_line("get color").unwrap();
+    p.expect("deep blue").unwrap();
+    p.expect("gossipkv> ").unwrap();
+    // The up arrow brings back "get color".
+    agent.cli(&["put", "color", "red"]);
+    p.send("\x1b[A").unwrap();
+    p.send("\r").unwrap();
+    p.expect("red").unwrap();
+    p.expect("gossipkv> ").unwrap();
+    p.send(ControlCode::EndOfTransmission).unwrap();
+    p.expect(Eof).unwrap();
+    let status = p.get_process().wait().unwrap();
+    assert!(
+        matches!(status, expectrl::process::unix::WaitStatus::Exited(_, 0)),
+        "{status:?}"
+    );
+    assert_eq!(agent.terminate(), Some(0));
+}
