@@ -84,6 +84,16 @@ pub async fn start_node(cfg: &AgentConfig) -> Result<Node, gossipkv::Error> {
 /// ADDR` and `http listening on ADDR` (the addresses actually bound) on
 /// stdout once serving.
 pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
+    run_with(cfg, |_| {}, std::future::pending()).await
+}
+
+/// [`run`], telling `on_ready` the HTTP address once serving, and stopping
+/// (gracefully, as for a signal) also when `stop` resolves.
+pub async fn run_with(
+    cfg: AgentConfig,
+    on_ready: impl FnOnce(std::net::SocketAddr),
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
     let listener = tokio::net::TcpListener::bind(&cfg.http)
         .await
         .map_err(|source| AgentError::Http {
@@ -120,12 +130,14 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         let _ = writeln!(out, "http listening on {http_addr}");
         let _ = out.flush();
     }
+    on_ready(http_addr);
 
     let stop = {
         let state = state.clone();
         async move {
             tokio::select! {
                 name = signal => info!("{name}: leaving the cluster"),
+                () = stop => info!("console closed: leaving the cluster"),
                 _ = state.left() => info!("left the cluster (POST /v1/leave)"),
             }
         }

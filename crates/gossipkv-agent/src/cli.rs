@@ -152,10 +152,16 @@ fn run_agent(args: &AgentArgs) -> ExitCode {
         },
         None => config::FileConfig::default(),
     };
-    let cfg = match config::resolve(args, &env, &file) {
+    let mut cfg = match config::resolve(args, &env, &file) {
         Ok(c) => c,
         Err(e) => return fail(&e.to_string()),
     };
+    let log_level_given = args.log_level.is_some()
+        || env.contains_key("GOSSIPKV_LOG_LEVEL")
+        || file.log_level.is_some();
+    if args.console && !log_level_given {
+        cfg.log_level = "warn".into(); // keep the console readable
+    }
     if let Err(e) = crate::agent::init_logging(&cfg.log_level, cfg.log_format) {
         return fail(&e);
     }
@@ -166,9 +172,47 @@ fn run_agent(args: &AgentArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
+    if args.console {
+        return run_agent_with_console(runtime, cfg);
+    }
     match runtime.block_on(crate::agent::run(cfg)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e.to_string()),
+    }
+}
+
+/// `agent --console`: the agent runs on a background thread; the console
+/// runs here, attached to the agent's own HTTP address; when it ends, the
+/// agent leaves the cluster.
+fn run_agent_with_console(runtime: tokio::runtime::Runtime, cfg: config::AgentConfig) -> ExitCode {
+    let token = cfg.http_token.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let agent = std::thread::spawn(move || {
+        runtime.block_on(crate::agent::run_with(
+            cfg,
+            move |addr| {
+                let _ = ready_tx.send(addr);
+            },
+            async move {
+                let _ = stop_rx.await;
+            },
+        ))
+    });
+    // Until the agent serves, or fails to start (then the sender is gone).
+    if let Ok(addr) = ready_rx.recv() {
+        let args = ClientArgs {
+            http_addr: addr.to_string(),
+            http_token: token,
+            json: false,
+        };
+        let _ = crate::console::run(&args);
+        let _ = stop_tx.send(());
+    }
+    match agent.join() {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => fail(&e.to_string()),
+        Err(_) => fail("the agent thread panicked"),
     }
 }
 

@@ -113,6 +113,11 @@ pub struct AgentArgs {
     /// [env: GOSSIPKV_HTTP_MAX_CONCURRENT] [default: 256]
     #[arg(long, value_name = "N")]
     pub http_max_concurrent: Option<usize>,
+    /// Also run the console in this terminal, attached to this agent; the
+    /// agent leaves the cluster when the console ends (logs default to
+    /// warn) [flag only]
+    #[arg(long)]
+    pub console: bool,
 }
 
 /// The configuration file: the same options as the flags, with

@@ -443,3 +443,41 @@ fn console_on_a_terminal_has_history_and_leaves_at_ctrl_d() {
     );
     assert_eq!(agent.terminate(), Some(0));
 }
+
+/// `agent --console`: the agent and a console attached to it in one
+/// process; the end of the console is a graceful leave, exit 0.
+#[cfg(unix)]
+#[test]
+fn agent_with_console_leaves_when_the_console_ends() {
+    use expectrl::{ControlCode, Eof, Expect as _, Session};
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "agent",
+        "--console",
+        "--node-id",
+        "inproc",
+        "--bind",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+    ])
+    .env_remove("GOSSIPKV_HTTP_TOKEN")
+    .env_remove("GOSSIPKV_CONFIG")
+    .env("TERM", "xterm");
+    let mut p = Session::spawn(cmd).expect("spawn on a pty");
+    p.set_expect_timeout(Some(Duration::from_secs(20)));
+    p.expect("http listening on").unwrap();
+    p.expect("gossipkv> ").unwrap();
+    p.send_line("set k in process").unwrap();
+    p.expect("ok").unwrap();
+    p.send_line("members").unwrap();
+    p.expect("inproc 127.0.0.1:").unwrap();
+    p.expect("gossipkv> ").unwrap();
+    p.send(ControlCode::EndOfTransmission).unwrap();
+    p.expect(Eof).unwrap();
+    let status = p.get_process().wait().unwrap();
+    assert!(
+        matches!(status, expectrl::process::unix::WaitStatus::Exited(_, 0)),
+        "{status:?}"
+    );
+}
