@@ -252,7 +252,9 @@ pub fn get(args: &ClientArgs, key: &str) -> Result<(), ClientError> {
 pub struct PutArgs {
     /// The key
     pub key: String,
-    /// The value (`-` reads it from standard input)
+    /// The value (`-` reads it from standard input; values may start with
+    /// a dash, as in `put n -5`)
+    #[arg(allow_hyphen_values = true)]
     pub value: String,
     /// Time to live, such as 30s or 5m: the key expires then
     #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]

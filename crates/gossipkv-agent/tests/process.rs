@@ -481,3 +481,70 @@ fn agent_with_console_leaves_when_the_console_ends() {
         "{status:?}"
     );
 }
+
+#[test]
+fn json_logs_and_bad_configs() {
+    // --log-format json: one JSON object per line on stderr.
+    let mut child = Command::new(BIN)
+        .args(["agent", "--bind", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .args(["--log-format", "json", "--node-id", "json-logs"])
+        .env_remove("GOSSIPKV_HTTP_TOKEN")
+        .env_remove("GOSSIPKV_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("a log line");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert_eq!(v["level"], "INFO", "{v}");
+    assert!(v["fields"]["message"].is_string(), "{v}");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // A config file that cannot be read, or has a bad value: exit 1, said why.
+    let o = Command::new(BIN)
+        .args(["agent", "--config", "/nonexistent/gossipkv.toml"])
+        .env_remove("GOSSIPKV_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("cannot read config file"),
+        "{}",
+        stderr(&o)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "gossip_interval = \"fast\"\n").unwrap();
+    let o = Command::new(BIN)
+        .args(["agent", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--gossip-interval"), "{}", stderr(&o));
+    // A flag value that does not parse is a usage error: exit 2.
+    let o = Command::new(BIN)
+        .args(["agent", "--log-format", "xml"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn put_takes_values_that_start_with_a_dash() {
+    let agent = AgentProcess::start(&["--bind", "127.0.0.1:0", "--http", "127.0.0.1:0"]);
+    let o = agent.cli(&["put", "n", "-5"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(agent.cli(&["get", "n"]).stdout, b"-5");
+    assert_eq!(agent.terminate(), Some(0));
+}
