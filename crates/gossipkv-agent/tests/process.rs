@@ -548,3 +548,30 @@ fn put_takes_values_that_start_with_a_dash() {
     assert_eq!(agent.cli(&["get", "n"]).stdout, b"-5");
     assert_eq!(agent.terminate(), Some(0));
 }
+
+#[test]
+fn post_leave_makes_the_agent_exit_0() {
+    let mut agent = AgentProcess::start(&["--bind", "127.0.0.1:0", "--http", "127.0.0.1:0"]);
+    let http: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let r = http
+        .post(&format!("http://{}/v1/leave", agent.http))
+        .send_empty()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = agent.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not exit after leaving"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+}
