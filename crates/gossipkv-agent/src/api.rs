@@ -1024,12 +1024,16 @@ async fn watch_sse(
             .flat_map(|c| change_events(c))
             .map(Ok)
             .collect(),
-        Resume::TooOld => vec![Ok(reset_event(None, "resume"))],
+        Resume::TooOld => {
+            state.metrics.watch_resets.inc();
+            vec![Ok(reset_event(None, "resume"))]
+        }
     };
+    let resets = state.metrics.watch_resets.clone();
     let closed = state.feed.subscribe_closed();
     let live = stream::unfold(
-        (rx, closed, prefix),
-        |(mut rx, mut closed, prefix)| async move {
+        (rx, closed, prefix, resets),
+        |(mut rx, mut closed, prefix, resets)| async move {
             loop {
                 let next = tokio::select! {
                     // Deliver what is queued before ending at a shutdown.
@@ -1038,15 +1042,21 @@ async fn watch_sse(
                     _ = closed.wait_for(|c| *c) => return None,
                 };
                 let events = match next {
-                    Ok(c) if c.key.starts_with(&prefix) => change_events(&c),
+                    Ok(c) if c.key.starts_with(&prefix) => {
+                        if c.missed > 0 {
+                            resets.inc();
+                        }
+                        change_events(&c)
+                    }
                     Ok(_) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        resets.inc();
                         vec![reset_event(Some(n), "lagged")]
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                 };
                 let events: Vec<Result<Event, Infallible>> = events.into_iter().map(Ok).collect();
-                return Some((stream::iter(events), (rx, closed, prefix)));
+                return Some((stream::iter(events), (rx, closed, prefix, resets)));
             }
         },
     )
@@ -1199,7 +1209,7 @@ async fn metrics(State(state): State<ApiState>) -> Response {
             header::CONTENT_TYPE,
             prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
         )],
-        state.metrics.render(&state.kv),
+        state.metrics.render(&state.kv, &state.feed),
     )
         .into_response()
 }

@@ -8,6 +8,7 @@
 //! the broadcast.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{broadcast, watch};
@@ -49,6 +50,7 @@ pub struct Feed {
     closed: watch::Sender<bool>,
     tx: broadcast::Sender<Arc<Change>>,
     recent: Mutex<Recent>,
+    missed: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -78,6 +80,7 @@ impl Feed {
             closed: watch::Sender::new(false),
             tx: broadcast::Sender::new(RECENT_CHANGES),
             recent: Mutex::new(Recent::default()),
+            missed: AtomicU64::new(0),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let mut watcher = kv.watch("");
@@ -127,6 +130,7 @@ impl Feed {
             reason,
         });
         if missed > 0 {
+            self.missed.fetch_add(missed, Ordering::Relaxed);
             // The ring cannot bridge a gap.
             recent.changes.clear();
             recent.bytes = 0;
@@ -148,6 +152,11 @@ impl Feed {
     /// The change index now.
     pub fn index(&self) -> u64 {
         *self.index.borrow()
+    }
+
+    /// Changes the feed missed because the node's watcher fell behind.
+    pub fn missed(&self) -> u64 {
+        self.missed.load(Ordering::Relaxed)
     }
 
     /// A receiver of the index.

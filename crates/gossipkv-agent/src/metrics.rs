@@ -33,12 +33,19 @@ struct StateLabels {
 pub struct Metrics {
     /// HTTP requests served, by route, method and status.
     pub http_requests: Family<HttpLabels, Counter>,
+    /// `reset` events sent to watch streams (a stream fell behind, or
+    /// resumed from further back than the agent keeps).
+    pub watch_resets: Counter,
 }
 
 impl Metrics {
     /// The metrics of `kv` and of the HTTP API, in the Prometheus text
     /// format (version 0.0.4).
-    pub fn render(&self, kv: &GossipKv<String, bytes::Bytes>) -> String {
+    pub fn render(
+        &self,
+        kv: &GossipKv<String, bytes::Bytes>,
+        feed: &crate::changes::Feed,
+    ) -> String {
         let mut r = Registry::with_prefix("gossipkv");
         r.register(
             "keys",
@@ -171,6 +178,26 @@ impl Metrics {
         for (name, help, value) in counters {
             r.register(name, help, ConstCounter::new(value));
         }
+        r.register(
+            "change_index",
+            "The agent's change index: changes its node applied since the agent started",
+            ConstGauge::new(i64::try_from(feed.index()).unwrap_or(i64::MAX)),
+        );
+        r.register(
+            "watch_missed",
+            "Changes the agent's change feed missed because the node's watcher fell behind",
+            ConstCounter::new(feed.missed()),
+        );
+        r.register(
+            "watch_resets",
+            "Reset events sent to watch streams (fell behind, or resumed too far back)",
+            self.watch_resets.clone(),
+        );
+        r.register(
+            "errors_dropped",
+            "Network error reports dropped because the handler was too slow",
+            ConstCounter::new(kv.errors_dropped()),
+        );
         r.register(
             "http_requests",
             "HTTP requests served by the agent, by route, method and status",

@@ -656,6 +656,10 @@ fn members_self_health_and_metrics() {
         "# TYPE gossipkv_datagrams_sent_total counter",
         "gossipkv_http_requests_total{route=\"/v1/kv/{*key}\",method=\"PUT\",status=\"200\"} 1",
         "gossipkv_http_requests_total{route=\"/v1/kv/{*key}\",method=\"GET\",status=\"404\"} 1",
+        "# TYPE gossipkv_change_index gauge",
+        "gossipkv_watch_missed_total 0",
+        "gossipkv_watch_resets_total 0",
+        "gossipkv_errors_dropped_total 0",
     ] {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }
@@ -1056,6 +1060,9 @@ fn watch_streams_resume_after_last_event_id() {
         None,
     );
     r.assert_error(400, "invalid_last_event_id");
+    // Both resets are counted.
+    let text = String::from_utf8(get(&a.url("/metrics")).body).unwrap();
+    assert!(text.contains("gossipkv_watch_resets_total 2\n"), "{text}");
 }
 
 #[test]
