@@ -117,19 +117,27 @@ fn status_page_in_headless_chromium() {
 
     // The page shows the three members.
     let url = format!("http://{}/", a.http);
-    let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--virtual-time-budget=3000",
-            "--dump-dom",
-            &url,
-        ])
-        .stderr(Stdio::null())
-        .output()
-        .expect("run chromium");
-    let dom = String::from_utf8_lossy(&out.stdout);
+    // The page renders what it fetched; a dump taken before the fetches
+    // came back is taken again (bounded).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let dom = loop {
+        let out = Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--virtual-time-budget=3000",
+                "--dump-dom",
+                &url,
+            ])
+            .stderr(Stdio::null())
+            .output()
+            .expect("run chromium");
+        let dom = String::from_utf8_lossy(&out.stdout).into_owned();
+        if dom.matches("<tr class=\"member\">").count() == 3 || Instant::now() > deadline {
+            break dom;
+        }
+    };
     assert_eq!(dom.matches("<tr class=\"member\">").count(), 3, "{dom}");
     for id in ["page-a", "page-b", "page-c"] {
         assert!(
