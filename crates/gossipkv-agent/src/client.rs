@@ -153,6 +153,15 @@ impl Client {
         }
     }
 
+    /// The options this client was made with (without `--json`).
+    pub fn args(&self) -> ClientArgs {
+        ClientArgs {
+            http_addr: self.base.clone(),
+            http_token: self.token.clone(),
+            json: false,
+        }
+    }
+
     /// Sends a request; `path_and_query` starts with `/`.
     pub fn request(
         &self,
@@ -370,6 +379,26 @@ pub fn import(args: &ClientArgs, file: &str) -> Result<(), ClientError> {
 /// one line each (`put KEY VALUE`, `delete KEY REASON`, `reset MISSED`; or
 /// `{"event", "data"}` JSON lines with `--json`), until the agent stops.
 pub fn watch(args: &ClientArgs, prefix: &str) -> Result<(), ClientError> {
+    let mut out = std::io::stdout();
+    let json = args.json;
+    stream_events(args, prefix, |event, v| {
+        let text = if json {
+            serde_json::json!({"event": event, "data": v}).to_string()
+        } else {
+            describe_event(event, v)
+        };
+        // Stop when stdout is closed.
+        writeln!(out, "{text}").and_then(|()| out.flush()).is_ok()
+    })
+}
+
+/// Reads the watch stream of `prefix`, giving each event (name and data)
+/// to `on_event` until it returns false or the stream ends.
+pub fn stream_events(
+    args: &ClientArgs,
+    prefix: &str,
+    mut on_event: impl FnMut(&str, &Value) -> bool,
+) -> Result<(), ClientError> {
     use std::io::BufRead as _;
     let c = Client::new(args);
     // No overall timeout: the stream lasts; the agent sends a keepalive
@@ -398,7 +427,6 @@ pub fn watch(args: &ClientArgs, prefix: &str) -> Result<(), ClientError> {
     }
     let reader = std::io::BufReader::new(response.into_body().into_reader());
     let (mut event, mut data) = (String::new(), String::new());
-    let mut out = std::io::stdout();
     for line in reader.lines() {
         let Ok(line) = line else { break };
         if let Some(e) = line.strip_prefix("event:") {
@@ -407,13 +435,8 @@ pub fn watch(args: &ClientArgs, prefix: &str) -> Result<(), ClientError> {
             data.push_str(d.trim_start());
         } else if line.is_empty() && !event.is_empty() {
             let v: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
-            let text = if args.json {
-                serde_json::json!({"event": event, "data": v}).to_string()
-            } else {
-                describe_event(&event, &v)
-            };
-            if writeln!(out, "{text}").and_then(|()| out.flush()).is_err() {
-                break; // stdout closed
+            if !on_event(&event, &v) {
+                break;
             }
             event.clear();
             data.clear();
@@ -425,7 +448,7 @@ pub fn watch(args: &ClientArgs, prefix: &str) -> Result<(), ClientError> {
 }
 
 /// One watch event as a line of text.
-fn describe_event(event: &str, v: &Value) -> String {
+pub fn describe_event(event: &str, v: &Value) -> String {
     let key = v["key"].as_str().unwrap_or("?");
     match event {
         "put" => {

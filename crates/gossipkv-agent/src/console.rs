@@ -15,6 +15,7 @@ commands:
   get KEY            print KEY's value
   del KEY            delete KEY (also: delete)
   keys [PREFIX]      list the keys under PREFIX
+  watch [PREFIX]     show the changes under PREFIX until Enter is pressed
   members            list the cluster's members
   info               show the agent's node
   leave              make the agent leave the cluster (it then exits)
@@ -28,6 +29,8 @@ pub enum Action {
     Print(String),
     /// Leave the console.
     Exit,
+    /// Show the changes under this prefix until Enter.
+    Watch(String),
 }
 
 /// The value of a `set` line: the rest of the line, without one pair of
@@ -114,6 +117,7 @@ pub fn run_line(client: &Client, line: &str) -> Action {
                 .collect::<Vec<_>>()
                 .join("\n")
         }),
+        "watch" => return Action::Watch(rest.to_string()),
         "info" => show(client.request("GET", "/v1/self", None))
             .map(|v| serde_json::to_string_pretty(&v).unwrap_or_default()),
         "leave" => show(client.request("POST", "/v1/leave", None))
@@ -122,6 +126,37 @@ pub fn run_line(client: &Client, line: &str) -> Action {
         other => Err(format!("unknown command {other:?}; try help")),
     };
     Action::Print(out.unwrap_or_else(|e| format!("error: {e}")))
+}
+
+/// `watch PREFIX`: prints the changes under the prefix from a background
+/// thread until a line (Enter) or end of input comes on standard input.
+/// The thread stops at the next event or keepalive after that.
+fn watch_until_enter(client: &Client, prefix: &str) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let stop = Arc::new(AtomicBool::new(false));
+    let args = client.args();
+    let prefix_owned = prefix.to_string();
+    let stopped = stop.clone();
+    println!("watching {prefix:?}; press Enter to stop");
+    std::thread::spawn(move || {
+        let result = crate::client::stream_events(&args, &prefix_owned, |event, v| {
+            if stopped.load(Ordering::SeqCst) {
+                return false;
+            }
+            println!("{}", crate::client::describe_event(event, v));
+            true
+        });
+        if let Err(e) = result {
+            if !stopped.load(Ordering::SeqCst) {
+                println!("error: {}", e.message);
+            }
+        }
+    });
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    stop.store(true, Ordering::SeqCst);
+    println!("(watch stopped)");
 }
 
 /// Runs the console until `exit` or end of input: with line editing and
@@ -152,6 +187,7 @@ fn run_interactive(
                 }
                 match run_line(client, &line) {
                     Action::Exit => break,
+                    Action::Watch(prefix) => watch_until_enter(client, &prefix),
                     Action::Print(s) if s.is_empty() => {}
                     Action::Print(s) => println!("{s}"),
                 }
@@ -183,6 +219,7 @@ fn run_plain(client: &Client) -> std::process::ExitCode {
         }
         match run_line(client, &line) {
             Action::Exit => break,
+            Action::Watch(prefix) => watch_until_enter(client, &prefix),
             Action::Print(s) if s.is_empty() => {}
             Action::Print(s) => {
                 let _ = writeln!(out, "{s}");

@@ -441,6 +441,23 @@ fn console_on_a_terminal_has_history_and_leaves_at_ctrl_d() {
     p.send("\r").unwrap();
     p.expect("red").unwrap();
     p.expect("gossipkv> ").unwrap();
+    // watch shows changes until Enter.
+    p.send_line("watch app/").unwrap();
+    p.expect("press Enter to stop").unwrap();
+    p.set_expect_timeout(Some(Duration::from_millis(300)));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        // Until the stream is subscribed, writes go unseen: write again.
+        agent.cli(&["put", "app/x", "hello"]);
+        if p.expect("put app/x hello").is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "watch showed nothing");
+    }
+    p.set_expect_timeout(Some(Duration::from_secs(20)));
+    p.send("\r").unwrap();
+    p.expect("(watch stopped)").unwrap();
+    p.expect("gossipkv> ").unwrap();
     p.send(ControlCode::EndOfTransmission).unwrap();
     p.expect(Eof).unwrap();
     let status = p.get_process().wait().unwrap();
