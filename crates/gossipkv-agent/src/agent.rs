@@ -142,21 +142,21 @@ pub async fn run_with(
             }
         }
     };
-    // Leave first (watch streams end with the node), then let in-flight
-    // requests finish.
+    // Leave first (watch streams and long polls end with the node), then
+    // let the requests under way finish.
     let shutdown_kv = kv.clone();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            stop.await;
-            if let Err(e) = shutdown_kv.shutdown().await {
-                error!(error = %e, "graceful leave failed");
-            }
-        })
-        .await;
-    if let Err(e) = served {
-        error!(error = %e, "HTTP server failed");
-    }
-    // Idempotent: makes sure the leave happened even if serving failed.
+    let server = crate::server::ServerOptions {
+        max_connections: cfg.http_max_connections,
+        ..crate::server::ServerOptions::default()
+    };
+    crate::server::serve(listener, app, server, async move {
+        stop.await;
+        if let Err(e) = shutdown_kv.shutdown().await {
+            error!(error = %e, "graceful leave failed");
+        }
+    })
+    .await;
+    // Idempotent: makes sure the leave happened.
     kv.shutdown().await?;
     info!("agent stopped");
     Ok(())

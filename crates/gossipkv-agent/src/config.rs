@@ -113,6 +113,10 @@ pub struct AgentArgs {
     /// [env: GOSSIPKV_HTTP_MAX_CONCURRENT] [default: 256]
     #[arg(long, value_name = "N")]
     pub http_max_concurrent: Option<usize>,
+    /// Most open HTTP connections; more are closed at once
+    /// [env: GOSSIPKV_HTTP_MAX_CONNECTIONS] [default: 1024]
+    #[arg(long, value_name = "N")]
+    pub http_max_connections: Option<usize>,
     /// Also run the console in this terminal, attached to this agent; the
     /// agent leaves the cluster when the console ends (logs default to
     /// warn) [flag only]
@@ -159,6 +163,8 @@ pub struct FileConfig {
     pub http_max_body: Option<usize>,
     /// See [`AgentArgs::http_max_concurrent`].
     pub http_max_concurrent: Option<usize>,
+    /// See [`AgentArgs::http_max_connections`].
+    pub http_max_connections: Option<usize>,
 }
 
 /// The resolved configuration of an agent.
@@ -196,6 +202,8 @@ pub struct AgentConfig {
     pub http_max_body: usize,
     /// Most HTTP requests served at once.
     pub http_max_concurrent: usize,
+    /// Most open HTTP connections.
+    pub http_max_connections: usize,
 }
 
 impl Default for AgentConfig {
@@ -217,6 +225,7 @@ impl Default for AgentConfig {
             log_format: LogFormat::Text,
             http_max_body: DEFAULT_MAX_BODY,
             http_max_concurrent: DEFAULT_MAX_CONCURRENT,
+            http_max_connections: crate::server::DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -472,7 +481,23 @@ pub fn resolve(
                 parse_usize,
             )?
             .unwrap_or(d.http_max_concurrent),
+        http_max_connections: m
+            .parsed(
+                "--http-max-connections",
+                &flags.http_max_connections,
+                "GOSSIPKV_HTTP_MAX_CONNECTIONS",
+                &file.http_max_connections,
+                parse_usize,
+            )?
+            .unwrap_or(d.http_max_connections),
     };
+    if cfg.http_max_connections == 0 {
+        return Err(ConfigError::Invalid {
+            option: "--http-max-connections",
+            source_name: "configuration".into(),
+            message: "must be at least 1".into(),
+        });
+    }
     if cfg.http_max_concurrent == 0 {
         return Err(ConfigError::Invalid {
             option: "--http-max-concurrent",

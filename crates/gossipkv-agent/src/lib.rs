@@ -15,3 +15,4 @@ pub mod client;
 pub mod config;
 pub mod console;
 pub mod metrics;
+pub mod server;
