@@ -15,7 +15,7 @@ const browser = spawn(chromium, [
 ], { stdio: "ignore" });
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const deadline = Date.now() + 30000;
+const deadline = Date.now() + 60000;
 function check(what) {
   if (Date.now() > deadline) throw new Error("timed out: " + what);
 }
@@ -25,15 +25,21 @@ async function main() {
   let port;
   for (;;) {
     check("DevToolsActivePort");
-    try { port = readFileSync(join(profile, "DevToolsActivePort"), "utf8").split("\n")[0]; break; }
-    catch (_) { await sleep(50); }
+    try { port = readFileSync(join(profile, "DevToolsActivePort"), "utf8").split("\n")[0]; }
+    catch (_) { port = ""; }
+    if (/^[0-9]+$/.test(port)) break; // written whole
+    await sleep(50);
   }
   let page;
   for (;;) {
     check("the page target");
-    const targets = await (await fetch(`http://127.0.0.1:${port}/json/list`)).json();
-    page = targets.find((t) => t.type === "page" && t.url.startsWith(url));
-    if (page) break;
+    try {
+      const targets = await (await fetch(`http://127.0.0.1:${port}/json/list`)).json();
+      page = targets.find((t) => t.type === "page" && t.url.startsWith(url));
+      if (page) break;
+    } catch (_) {
+      // Not listening yet.
+    }
     await sleep(50);
   }
   const ws = new WebSocket(page.webSocketDebuggerUrl);
