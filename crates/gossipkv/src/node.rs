@@ -189,6 +189,41 @@ where
         }
     }
 
+    /// The record behind `key`'s value in the local replica, as
+    /// [`get`](Self::get) sees it: `None` when `get` would find nothing
+    /// (absent, deleted, expired, or gone with its owner). The record holds
+    /// the value's encoded bytes (undecoded), its [`Version`](crate::Version)
+    /// (who wrote it and when: the last-writer-wins order) and its
+    /// [`Lifetime`] (absolute expiry in Unix milliseconds, ephemeral or
+    /// not). For tools that show versions, such as the agent's HTTP API.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), gossipkv::Error> {
+    /// let kv = gossipkv::GossipKv::<String, String>::builder()
+    ///     .node_id("node-a")
+    ///     .build()
+    ///     .await?;
+    /// kv.set("k", "v".to_string())?;
+    /// let record = kv.get_record("k").expect("written");
+    /// assert_eq!(record.value.as_deref(), Some(&b"v"[..]));
+    /// assert_eq!(record.version.node, "node-a");
+    /// kv.delete("k")?;
+    /// assert!(kv.get_record("k").is_none());
+    /// # Ok(()) }
+    /// ```
+    pub fn get_record(&self, key: impl AsRef<str>) -> Option<Record> {
+        let key = key.as_ref();
+        let now = now_ms();
+        if !self.inner.store.contains_at(key, now) {
+            return None;
+        }
+        self.inner
+            .store
+            .get_record(key)
+            .filter(|r| r.is_live_at(now))
+    }
+
     /// Deletes `key` everywhere (by writing a tombstone that gossip spreads).
     ///
     /// Errors: [`Error::Closed`] after [`shutdown`](Self::shutdown), [`Error::InvalidKey`].

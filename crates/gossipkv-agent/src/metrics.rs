@@ -1,0 +1,222 @@
+//! `GET /metrics`: the node's figures in the Prometheus text format.
+//!
+//! Node figures (keys, bytes, members, protocol counters) are read from the
+//! node at each scrape; HTTP request counts are kept here as requests are
+//! served.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use gossipkv::{GossipKv, MemberState};
+
+/// Labels of an HTTP request count.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// The route pattern (`/v1/kv/{*key}`), or `unmatched`.
+    pub route: String,
+    /// The HTTP method.
+    pub method: String,
+    /// The response status code.
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+/// The agent's own metrics, shared by the HTTP handlers.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    /// HTTP requests served, by route, method and status.
+    pub http_requests: Family<HttpLabels, Counter>,
+    /// `reset` events sent to watch streams (a stream fell behind, or
+    /// resumed from further back than the agent keeps).
+    pub watch_resets: Counter,
+}
+
+impl Metrics {
+    /// The metrics of `kv` and of the HTTP API, in the Prometheus text
+    /// format (version 0.0.4).
+    pub fn render(
+        &self,
+        kv: &GossipKv<String, bytes::Bytes>,
+        feed: &crate::changes::Feed,
+    ) -> String {
+        let mut r = Registry::with_prefix("gossipkv");
+        r.register(
+            "keys",
+            "Keys holding a value on this node",
+            ConstGauge::new(kv.len() as i64),
+        );
+        r.register(
+            "memory_bytes",
+            "Bytes the entries take, as max_bytes counts them (tombstones included)",
+            ConstGauge::new(kv.memory_usage() as i64),
+        );
+        let members = Family::<StateLabels, prometheus_client::metrics::gauge::Gauge>::default();
+        for state in ["alive", "suspect", "dead", "left"] {
+            members.get_or_create(&StateLabels { state }).set(0);
+        }
+        for m in kv.members() {
+            members
+                .get_or_create(&StateLabels {
+                    state: state_name(m.state),
+                })
+                .inc();
+        }
+        r.register(
+            "members",
+            "Members this node knows (itself included), by state",
+            members,
+        );
+        let s = kv.stats();
+        r.register(
+            "synced",
+            "1 once the node has caught up with the cluster",
+            ConstGauge::new(i64::from(s.synced)),
+        );
+        let counters: [(&str, &str, u64); 22] = [
+            ("rounds", "Gossip rounds", s.rounds),
+            ("datagrams_sent", "Datagrams sent", s.datagrams_sent),
+            ("bytes_sent", "Datagram bytes sent", s.bytes_sent),
+            (
+                "datagrams_received",
+                "Datagrams received",
+                s.datagrams_received,
+            ),
+            (
+                "bytes_received",
+                "Datagram bytes received",
+                s.bytes_received,
+            ),
+            (
+                "decode_errors",
+                "Datagrams that did not decode (dropped)",
+                s.decode_errors,
+            ),
+            (
+                "foreign_cluster",
+                "Datagrams from another cluster (dropped)",
+                s.foreign_cluster,
+            ),
+            (
+                "duplicate_node_id",
+                "Datagrams claiming this node's id (dropped)",
+                s.duplicate_node_id,
+            ),
+            (
+                "oversized_dropped",
+                "Records too large to send (dropped)",
+                s.oversized_dropped,
+            ),
+            (
+                "reassemblies_dropped",
+                "Fragmented messages never completed (dropped)",
+                s.reassemblies_dropped,
+            ),
+            (
+                "records_won",
+                "Received records that won the merge",
+                s.records_won,
+            ),
+            (
+                "records_lost",
+                "Received records that lost the merge",
+                s.records_lost,
+            ),
+            ("pushes_sent", "Eager pushes sent", s.pushes_sent),
+            (
+                "pushed_records_won",
+                "Pushed records that won the merge",
+                s.pushed_records_won,
+            ),
+            (
+                "resyncs_completed",
+                "Re-synchronisations completed",
+                s.resyncs_completed,
+            ),
+            (
+                "streams_completed",
+                "Bulk catch-up streams received",
+                s.streams_completed,
+            ),
+            (
+                "streams_served",
+                "Bulk catch-up streams served",
+                s.streams_served,
+            ),
+            (
+                "tombstones_collected",
+                "Tombstones garbage-collected",
+                s.tombstones_collected,
+            ),
+            (
+                "values_expired",
+                "Values whose time to live ran out",
+                s.values_expired,
+            ),
+            (
+                "owned_hidden",
+                "Ephemeral values hidden with their owner",
+                s.owned_hidden,
+            ),
+            (
+                "refutations",
+                "Suspicions of this node it refuted",
+                s.refutations,
+            ),
+            (
+                "records_deferred",
+                "Records held back for clock drift",
+                s.records_deferred,
+            ),
+        ];
+        for (name, help, value) in counters {
+            r.register(name, help, ConstCounter::new(value));
+        }
+        r.register(
+            "change_index",
+            "The agent's change index: changes its node applied since the agent started",
+            ConstGauge::new(i64::try_from(feed.index()).unwrap_or(i64::MAX)),
+        );
+        r.register(
+            "watch_missed",
+            "Changes the agent's change feed missed because the node's watcher fell behind",
+            ConstCounter::new(feed.missed()),
+        );
+        r.register(
+            "watch_resets",
+            "Reset events sent to watch streams (fell behind, or resumed too far back)",
+            self.watch_resets.clone(),
+        );
+        r.register(
+            "errors_dropped",
+            "Network error reports dropped because the handler was too slow",
+            ConstCounter::new(kv.errors_dropped()),
+        );
+        r.register(
+            "http_requests",
+            "HTTP requests served by the agent, by route, method and status",
+            self.http_requests.clone(),
+        );
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &r);
+        out
+    }
+}
+
+/// The lowercase name of a member state, as the API shows it.
+pub fn state_name(state: MemberState) -> &'static str {
+    match state {
+        MemberState::Alive => "alive",
+        MemberState::Suspect => "suspect",
+        MemberState::Dead => "dead",
+        MemberState::Left => "left",
+        _ => "unknown",
+    }
+}
