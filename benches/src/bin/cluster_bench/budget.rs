@@ -77,7 +77,7 @@ async fn fill(kv: &Kv, yield_every: usize) -> Result<f64> {
         kv.set(key, value.clone())?;
         peak = peak.max(kv.memory_usage());
         i += 1;
-        if yield_every > 0 && i % yield_every == 0 {
+        if yield_every > 0 && i.is_multiple_of(yield_every) {
             tokio::task::yield_now().await;
         }
     }
