@@ -91,10 +91,10 @@ pub(crate) fn run(opts: &ClusterTestOptions) -> anyhow::Result<bool> {
     let work = std::env::temp_dir().join(format!("{NS_PREFIX}{pid}"));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let mut cluster = match Cluster::create(pid, &subnet, opts.agents, bin, work.clone()) {
-        Ok(c) => c,
-        Err(err) => {
-            println!("cluster-test SKIPPED: cannot set up namespaces and bridge: {err:#}");
+    let mut cluster = match Cluster::create(pid, &subnet, opts.agents, bin, work.clone())? {
+        Setup::Ready(c) => c,
+        Setup::Unavailable(reason) => {
+            println!("cluster-test SKIPPED: {reason}");
             let _ = std::fs::remove_dir_all(&work);
             return Ok(true);
         }
@@ -305,6 +305,14 @@ fn pick_subnet(pid: u32) -> anyhow::Result<String> {
     bail!("no free 10.213.X.0/24 subnet")
 }
 
+/// What [`Cluster::create`] made.
+enum Setup {
+    /// Everything is in place.
+    Ready(Cluster),
+    /// Namespaces or a bridge cannot be made here: why.
+    Unavailable(String),
+}
+
 /// One agent of the cluster.
 struct Host {
     /// Its namespace.
@@ -337,14 +345,16 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// Creates the bridge and namespaces (no agents yet).
+    /// Creates the bridge and namespaces (no agents yet). When the bridge or
+    /// a namespace cannot be made, says why (the test is then skipped);
+    /// later setup failures are errors.
     fn create(
         pid: u32,
         subnet: &str,
         agents: usize,
         bin: PathBuf,
         work: PathBuf,
-    ) -> anyhow::Result<Self> {
+    ) -> anyhow::Result<Setup> {
         let http = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(3)))
@@ -369,12 +379,18 @@ impl Cluster {
         };
         cluster.watchdog = Some(cluster.spawn_watchdog(pid)?);
         let br = cluster.bridge.clone();
-        ip(&["link", "add", &br, "type", "bridge"])?;
+        if let Err(e) = ip(&["link", "add", &br, "type", "bridge"]) {
+            return Ok(Setup::Unavailable(format!("cannot create a bridge: {e:#}")));
+        }
         ip(&["addr", "add", &format!("{subnet}.1/24"), "dev", &br])?;
         ip(&["link", "set", &br, "up"])?;
         for h in &cluster.hosts {
             let ns = h.ns.as_str();
-            ip(&["netns", "add", ns])?;
+            if let Err(e) = ip(&["netns", "add", ns]) {
+                return Ok(Setup::Unavailable(format!(
+                    "cannot create a network namespace: {e:#}"
+                )));
+            }
             ip(&[
                 "link", "add", &h.veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
             ])?;
@@ -389,7 +405,7 @@ impl Cluster {
             in_ns(&["addr", "add", &format!("{}/24", h.addr), "dev", "eth0"])?;
             in_ns(&["link", "set", "eth0", "up"])?;
         }
-        Ok(cluster)
+        Ok(Setup::Ready(cluster))
     }
 
     /// The shell commands that remove everything this run made.
@@ -397,9 +413,12 @@ impl Cluster {
         let mut script = String::new();
         let ip = ip_bin();
         for h in &self.hosts {
+            // The veth goes explicitly: a deleted namespace is freed by the
+            // kernel later, and its links with it.
             script.push_str(&format!(
-                "for p in $({ip} netns pids {ns} 2>/dev/null); do kill -9 $p; done; {ip} netns del {ns} 2>/dev/null; ",
-                ns = h.ns
+                "for p in $({ip} netns pids {ns} 2>/dev/null); do kill -9 $p; done; {ip} link del {veth} 2>/dev/null; {ip} netns del {ns} 2>/dev/null; ",
+                ns = h.ns,
+                veth = h.veth
             ));
         }
         script.push_str(&format!("{ip} link del {} 2>/dev/null; true", self.bridge));
@@ -407,12 +426,14 @@ impl Cluster {
     }
 
     /// Starts a process, in its own process group (so Ctrl-C does not reach
-    /// it), that waits for this one to end and then removes everything (at
-    /// most after 30 minutes).
+    /// it), that waits for this one to end and then removes everything,
+    /// logs and data dirs too (at most after 30 minutes). After a normal
+    /// end, [`Drop`] cleans up and kills it first.
     fn spawn_watchdog(&self, pid: u32) -> anyhow::Result<Child> {
         let script = format!(
-            "i=0; while kill -0 {pid} 2>/dev/null && [ $i -lt 1800 ]; do sleep 1; i=$((i+1)); done; {}",
-            self.cleanup_script()
+            "i=0; while kill -0 {pid} 2>/dev/null && [ $i -lt 1800 ]; do sleep 1; i=$((i+1)); done; {}; rm -rf '{}'",
+            self.cleanup_script(),
+            self.work.display()
         );
         Command::new("sh")
             .args(["-c", &script])
@@ -455,7 +476,8 @@ impl Cluster {
             .args(["--http-token", TOKEN, "--gossip-interval", "200ms"])
             .arg("--data-dir")
             .arg(self.data_dir(i))
-            .args(["--log-level", "info"]);
+            .args(["--log-level", "info"])
+            .env("NO_COLOR", "1");
         for seed in self.hosts.iter().take(2).filter(|s| s.addr != h.addr) {
             cmd.args(["--seed", &format!("{}:{GOSSIP_PORT}", seed.addr)]);
         }
@@ -665,7 +687,7 @@ impl Cluster {
     fn wait_dead(&self, observer: usize, target: usize, inside: bool) -> anyhow::Result<()> {
         let deadline = Instant::now() + WAIT_DEADLINE;
         let id = &self.hosts[target].node_id;
-        let mut last = String::from("absent");
+        let mut last;
         loop {
             let members = if inside {
                 self.cli(observer, &["members", "--json"])
@@ -673,17 +695,17 @@ impl Cluster {
             } else {
                 self.members(observer)
             };
-            if let Ok(members) = members {
-                if let Some((_, state)) = members.iter().find(|(n, _)| n == id) {
-                    if state == "dead" || state == "left" {
-                        return Ok(());
-                    }
-                    last.clone_from(state);
-                }
+            match members {
+                Ok(members) => match members.iter().find(|(n, _)| n == id) {
+                    Some((_, state)) if state == "dead" || state == "left" => return Ok(()),
+                    Some((_, state)) => last = format!("as {state}"),
+                    None => last = "absent".to_owned(),
+                },
+                Err(e) => last = format!("(no member list: {e:#})"),
             }
             ensure!(
                 Instant::now() < deadline,
-                "h{observer} still sees {id} {last} after {WAIT_DEADLINE:?}"
+                "h{observer} does not see {id} dead after {WAIT_DEADLINE:?}: last {last}"
             );
             std::thread::sleep(POLL);
         }
@@ -783,12 +805,13 @@ fn run_steps(
     nft: Option<&str>,
 ) -> Vec<StepResult> {
     type Step = fn(&mut Run<'_>) -> anyhow::Result<String>;
-    let steps: [(&'static str, Step); 5] = [
+    let steps: [(&'static str, Step); 6] = [
         ("start agents", step_start),
         ("write 100 keys, converge", step_converge),
         ("20% loss on 2 hosts", step_loss),
         ("cut a link, heal", step_partition),
         ("SIGKILL, restart", step_restart),
+        ("restarted node adopts", step_adopt),
     ];
     let mut run = Run {
         cluster,
@@ -1092,6 +1115,84 @@ fn step_restart(run: &mut Run<'_>) -> anyhow::Result<String> {
     ))
 }
 
+/// What a node logs when it writes its older generations' records again as
+/// its own (at its first collection pass, about a minute after it starts).
+const ADOPTED_LINE: &str = "took over the records of our older generations";
+/// Limit of the wait for [`ADOPTED_LINE`].
+const ADOPT_DEADLINE: Duration = Duration::from_secs(90);
+
+/// Step 5: the node restarted in step 4 takes over the records its killed
+/// generation wrote (they carry its new generation); the cluster converges
+/// again, and every record written by that node, on every node, carries its
+/// running generation.
+fn step_adopt(run: &mut Run<'_>) -> anyhow::Result<String> {
+    let n = run.cluster.hosts.len();
+    let victim = n - 2;
+    let t = Instant::now();
+    let log = run.cluster.log_path(victim);
+    loop {
+        let text =
+            std::fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))?;
+        if text.contains(ADOPTED_LINE) {
+            break;
+        }
+        ensure!(
+            t.elapsed() < ADOPT_DEADLINE,
+            "h{victim} did not log `{ADOPTED_LINE}` within {ADOPT_DEADLINE:?}"
+        );
+        std::thread::sleep(POLL);
+    }
+    let waited = t.elapsed();
+    let (status, body) = run.cluster.get(victim, "/v1/self")?;
+    ensure!(status == 200, "h{victim}: /v1/self answered {status}");
+    let info: serde_json::Value = serde_json::from_str(&body).context("/v1/self: invalid JSON")?;
+    let generation = info
+        .get("generation")
+        .and_then(serde_json::Value::as_u64)
+        .context("/v1/self: no generation")?;
+    let hosts = all(run);
+    let t_conv = Instant::now();
+    let id = run.cluster.hosts[victim].node_id.clone();
+    let deadline = Instant::now() + CONVERGE_DEADLINE;
+    let mut last;
+    loop {
+        let snap = run.cluster.converge(&hosts, &run.keys)?;
+        let (mine, stale) = generations_of(&snap, &id, generation)?;
+        if stale == 0 && mine > 0 {
+            return Ok(format!(
+                "h{victim} adopted its killed generation's records {:.1} s after step 4; {mine} records of h{victim}, all of generation {generation}, identical everywhere {:.1} s later",
+                waited.as_secs_f64(),
+                t_conv.elapsed().as_secs_f64()
+            ));
+        }
+        last = format!("{mine} records of {id} of generation {generation}, {stale} of older ones");
+        ensure!(
+            Instant::now() < deadline,
+            "after {CONVERGE_DEADLINE:?}: {last}"
+        );
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Counts the entries of `snap` written by `node`: (of `generation`, of
+/// any other generation).
+fn generations_of(snap: &str, node: &str, generation: u64) -> anyhow::Result<(usize, usize)> {
+    let (mut mine, mut other) = (0, 0);
+    for line in snap.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).context("snapshot: a line is not JSON")?;
+        if v.get("node").and_then(serde_json::Value::as_str) != Some(node) {
+            continue;
+        }
+        if v.get("generation").and_then(serde_json::Value::as_u64) == Some(generation) {
+            mine += 1;
+        } else {
+            other += 1;
+        }
+    }
+    Ok((mine, other))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1116,6 +1217,14 @@ mod tests {
         assert_eq!(keys.len(), 2);
         assert_eq!(snapshot_value(snap, "b").as_deref(), Some("eQ=="));
         assert_eq!(snapshot_value(snap, "c"), None);
+    }
+
+    #[test]
+    fn generations_counted() {
+        let snap = "{\"key\":\"a\",\"node\":\"h3\",\"generation\":7}\n\
+                    {\"key\":\"b\",\"node\":\"h3\",\"generation\":5}\n\
+                    {\"key\":\"c\",\"node\":\"h1\",\"generation\":5}\n";
+        assert_eq!(generations_of(snap, "h3", 7).unwrap(), (1, 1));
     }
 
     #[test]
