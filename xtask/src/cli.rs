@@ -68,8 +68,11 @@ network namespace on a bridge (10.213.X.0/24), seeded by address; then:
 100 keys written and converged; 20% loss (nftables) on two hosts, 100 more
 keys, converged; one host's link cut, writes on both sides, link restored,
 the host rejoins and every snapshot ends identical; one agent killed with
-SIGKILL and restarted from its data dir. It prints a table of the steps and
-their times. Without root or network namespaces it prints SKIPPED and
+SIGKILL and restarted from its data dir with its link down (every key must
+be there), then healed; about a minute later it takes over its killed
+generation's records and every node must hold them under its new
+generation. About 70 s. It prints a table of the steps and their times, and
+the tails of the agents' logs on failure. Without root or network namespaces it prints SKIPPED and
 succeeds; without nft (and when apt-get cannot install it) the loss step is
 SKIPPED. Namespaces and links are removed at the end, also on failure or
 Ctrl-C.";

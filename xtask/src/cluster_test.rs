@@ -21,6 +21,9 @@
 //! 4. One agent is killed with SIGKILL, its link cut, and it is restarted
 //!    from its data dir: with no peer to refill it, its export holds every
 //!    key; then the link comes back and the cluster converges with it alive.
+//! 5. At its first collection pass (about a minute after it started) the
+//!    restarted agent writes its killed generation's records again as its
+//!    own; every node ends holding them under its running generation.
 //!
 //! Needs root, `ip netns` and a bridge; says `SKIPPED: <reason>` and
 //! succeeds otherwise. Without `nft` (and when installing Debian's
