@@ -714,9 +714,17 @@ impl Cluster {
         }
     }
 
-    /// Prints the last lines of every agent's log.
-    fn print_log_tails(&self) {
+    /// Prints the last lines of every agent's log, and whether it still
+    /// runs.
+    fn print_log_tails(&mut self) {
         for i in 0..self.hosts.len() {
+            let state = match self.hosts[i].child.as_mut().map(Child::try_wait) {
+                Some(Ok(None)) => "running".to_owned(),
+                Some(Ok(Some(status))) => format!("exited: {status}"),
+                Some(Err(e)) => format!("unknown: {e}"),
+                None => "not running".to_owned(),
+            };
+            println!("agent h{i}: {state}");
             let path = self.log_path(i);
             let text = std::fs::read_to_string(&path).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
