@@ -13,12 +13,16 @@
 //!   membership suites in release mode once per seed.
 //! - `cargo xtask crash [--cycles N] [--seed S]` kills a durable node with
 //!   SIGKILL N times and checks that no acknowledged write is lost.
+//! - `cargo xtask cluster-test [--agents N] [--keep-going]` runs agents in
+//!   network namespaces on a bridge (convergence, loss, a cut link, SIGKILL
+//!   and restart); SKIPPED without root or namespaces.
 //!
 //! The `cargo xtask` alias is defined in `.cargo/config.toml`.
 
 mod bench;
 mod ci;
 mod cli;
+mod cluster_test;
 mod crash;
 mod criterion;
 mod sim;
@@ -58,6 +62,11 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Crash(opts) => crash::run(&opts),
+        Command::ClusterTest(opts) => Ok(if cluster_test::run(&opts)? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }),
         Command::Sweep(opts) => Ok(if sweep::run(&opts)? {
             ExitCode::SUCCESS
         } else {
