@@ -10,7 +10,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use gossipkv::{GossipKv, MemberState};
+use gossipkv::{GossipKv, MemberState, MessageKind};
 
 /// Labels of an HTTP request count.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -26,6 +26,25 @@ pub struct HttpLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+/// A counter family by message kind, from per-kind figures.
+fn by_kind(
+    counts: &[gossipkv::KindCount; MessageKind::COUNT],
+    pick: impl Fn(&gossipkv::KindCount) -> u64,
+) -> Family<KindLabels, Counter> {
+    let family = Family::<KindLabels, Counter>::default();
+    for kind in MessageKind::ALL {
+        family
+            .get_or_create(&KindLabels { kind: kind.name() })
+            .inc_by(pick(&counts[kind as usize]));
+    }
+    family
 }
 
 /// The agent's own metrics, shared by the HTTP handlers.
@@ -177,6 +196,36 @@ impl Metrics {
         ];
         for (name, help, value) in counters {
             r.register(name, help, ConstCounter::new(value));
+        }
+        let kinds = [
+            (
+                "datagrams_sent_by_kind",
+                "Datagrams sent, by message kind",
+                &s.sent_by_kind,
+                true,
+            ),
+            (
+                "bytes_sent_by_kind",
+                "Datagram bytes sent, by message kind",
+                &s.sent_by_kind,
+                false,
+            ),
+            (
+                "datagrams_received_by_kind",
+                "Datagrams received that decoded, by message kind",
+                &s.received_by_kind,
+                true,
+            ),
+            (
+                "bytes_received_by_kind",
+                "Datagram bytes received that decoded, by message kind",
+                &s.received_by_kind,
+                false,
+            ),
+        ];
+        for (name, help, counts, datagrams) in kinds {
+            let family = by_kind(counts, |k| if datagrams { k.datagrams } else { k.bytes });
+            r.register(name, help, family);
         }
         r.register(
             "change_index",

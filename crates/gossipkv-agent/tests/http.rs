@@ -660,6 +660,8 @@ fn members_self_health_and_metrics() {
         "gossipkv_watch_missed_total 0",
         "gossipkv_watch_resets_total 0",
         "gossipkv_errors_dropped_total 0",
+        "# TYPE gossipkv_datagrams_sent_by_kind_total counter",
+        "gossipkv_bytes_received_by_kind_total{kind=\"push\"} 0",
     ] {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }
@@ -799,6 +801,28 @@ fn a_write_through_one_agent_is_read_through_another() {
         assert!(Instant::now() < deadline, "members: {m}");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // b's traffic by kind matches what its node counted, kind by kind.
+    let text = String::from_utf8(get(&b.url("/metrics")).body).unwrap();
+    let stats = b.kv.stats();
+    let value = |line: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(line))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {line} in:\n{text}"))
+    };
+    let syns = value("gossipkv_datagrams_sent_by_kind_total{kind=\"syn\"}");
+    assert!(syns > 0, "b sent Syns to a");
+    assert!(syns <= stats.sent_by_kind[gossipkv::MessageKind::Syn as usize].datagrams);
+    let received: u64 = gossipkv::MessageKind::ALL
+        .iter()
+        .map(|k| {
+            value(&format!(
+                "gossipkv_datagrams_received_by_kind_total{{kind=\"{}\"}}",
+                k.name()
+            ))
+        })
+        .sum();
+    assert!(received > 0 && received <= b.kv.stats().datagrams_received);
 }
 
 #[test]

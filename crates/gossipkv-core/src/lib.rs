@@ -75,7 +75,7 @@ pub use config::{
 pub use event::{Event, NetworkError, Transmit};
 pub use peers::Directory;
 pub use protocol::Protocol;
-pub use stats::Stats;
+pub use stats::{KindCount, MessageKind, Stats};
 pub use stream::{StreamId, StreamOpen, StreamRefused, StreamSend};
 pub use swim::{DetectorConfig, Member, MemberEvent, MemberState, MAX_MEMBERS};
 pub use time::{Instant, WallTime};

@@ -14,7 +14,7 @@ use tracing::warn;
 use crate::context::Context;
 use crate::event::Transmit;
 use crate::hash::stable_hash;
-use crate::Stats;
+use crate::{MessageKind, Stats};
 
 /// An envelope too large for a datagram, being cut into fragments.
 #[derive(Debug)]
@@ -80,6 +80,7 @@ impl Outbox {
         if payload.len() <= self.packet_size {
             stats.datagrams_sent += 1;
             stats.bytes_sent += payload.len() as u64;
+            stats.sent_by_kind[MessageKind::of(&env.body) as usize].add(payload.len());
             self.transmits.push_back(Transmit { to, payload });
             return;
         }
@@ -150,6 +151,7 @@ impl Outbox {
         stats.fragments_sent += 1;
         stats.datagrams_sent += 1;
         stats.bytes_sent += datagram.len() as u64;
+        stats.sent_by_kind[MessageKind::Fragment as usize].add(datagram.len());
         Some(Transmit {
             to,
             payload: datagram,

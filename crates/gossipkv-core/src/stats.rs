@@ -135,4 +135,92 @@ pub struct Stats {
     /// Records of this node's older generations written again as its own
     /// (same timestamps), so those generations can retire.
     pub records_adopted: u64,
+    /// Datagrams and bytes sent, by kind (see [`MessageKind`]).
+    pub sent_by_kind: [KindCount; MessageKind::COUNT],
+    /// Datagrams and bytes received that decoded, by kind (those that did
+    /// not are [`Stats::decode_errors`]).
+    pub received_by_kind: [KindCount; MessageKind::COUNT],
+}
+
+/// Datagrams of one kind and their payload bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KindCount {
+    /// Datagrams.
+    pub datagrams: u64,
+    /// Payload bytes.
+    pub bytes: u64,
+}
+
+impl KindCount {
+    pub(crate) fn add(&mut self, bytes: usize) {
+        self.datagrams += 1;
+        self.bytes += bytes as u64;
+    }
+}
+
+/// The kinds of datagram, as [`Stats::sent_by_kind`] and
+/// [`Stats::received_by_kind`] count them (indexed by `kind as usize`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKind {
+    /// First message of an exchange: a digest.
+    Syn,
+    /// Second message: a digest and a delta, or a re-synchronisation page.
+    SynAck,
+    /// Third message: a delta.
+    Ack,
+    /// Fresh writes pushed at once.
+    Push,
+    /// A departure.
+    Leave,
+    /// A piece of a message too large for one datagram.
+    Fragment,
+    /// An indirect probe request or its answer.
+    Probe,
+    /// Member-list reconciliation.
+    MemberSync,
+}
+
+impl MessageKind {
+    /// Number of kinds.
+    pub const COUNT: usize = 8;
+    /// Every kind, in index order.
+    pub const ALL: [MessageKind; Self::COUNT] = [
+        MessageKind::Syn,
+        MessageKind::SynAck,
+        MessageKind::Ack,
+        MessageKind::Push,
+        MessageKind::Leave,
+        MessageKind::Fragment,
+        MessageKind::Probe,
+        MessageKind::MemberSync,
+    ];
+
+    /// The kind's name, in lower case (`syn`, `synack`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            MessageKind::Syn => "syn",
+            MessageKind::SynAck => "synack",
+            MessageKind::Ack => "ack",
+            MessageKind::Push => "push",
+            MessageKind::Leave => "leave",
+            MessageKind::Fragment => "fragment",
+            MessageKind::Probe => "probe",
+            MessageKind::MemberSync => "membersync",
+        }
+    }
+
+    /// The kind of a message body.
+    pub fn of(body: &gossipkv_proto::Body) -> Self {
+        use gossipkv_proto::Body;
+        match body {
+            Body::Syn(_) => MessageKind::Syn,
+            Body::SynAck(_) => MessageKind::SynAck,
+            Body::Ack(_) => MessageKind::Ack,
+            Body::Leave => MessageKind::Leave,
+            Body::Push(_) => MessageKind::Push,
+            Body::Fragment(_) => MessageKind::Fragment,
+            Body::Probe(_) => MessageKind::Probe,
+            Body::MemberSync(_) => MessageKind::MemberSync,
+        }
+    }
 }

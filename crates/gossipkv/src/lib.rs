@@ -274,10 +274,10 @@ pub use watch::{ChangeKind, MemberEvents, WatchEvent, Watcher};
 
 pub use bytes::Bytes;
 pub use gossipkv_core::{
-    Member, MemberEvent, MemberState, NetworkError, Stats, DEFAULT_EPHEMERAL_GRACE, DEFAULT_FANOUT,
-    DEFAULT_GOSSIP_INTERVAL, DEFAULT_MAX_CLOCK_DRIFT, DEFAULT_MAX_VALUE_SIZE, DEFAULT_PACKET_SIZE,
-    DEFAULT_TOMBSTONE_RETENTION, MAX_NODE_ID_LEN, MAX_PACKET_SIZE, MAX_VALUE_SIZE_LIMIT,
-    MIN_PACKET_SIZE,
+    KindCount, Member, MemberEvent, MemberState, MessageKind, NetworkError, Stats,
+    DEFAULT_EPHEMERAL_GRACE, DEFAULT_FANOUT, DEFAULT_GOSSIP_INTERVAL, DEFAULT_MAX_CLOCK_DRIFT,
+    DEFAULT_MAX_VALUE_SIZE, DEFAULT_PACKET_SIZE, DEFAULT_TOMBSTONE_RETENTION, MAX_NODE_ID_LEN,
+    MAX_PACKET_SIZE, MAX_VALUE_SIZE_LIMIT, MIN_PACKET_SIZE,
 };
 pub use gossipkv_proto::DecodeError;
 pub use gossipkv_storage::{Hlc, Lifetime, NodeId, Origin, Record, Version};

@@ -15,6 +15,7 @@ use crate::exchange::Parts;
 use crate::reassembly::Outcome;
 use crate::synced;
 use crate::time::{Instant, WallTime};
+use crate::MessageKind;
 
 impl Protocol {
     /// Handles one datagram received from `from` at `now` (`wall`: the wall
@@ -34,6 +35,7 @@ impl Protocol {
             Ok(env) => env,
             Err(error) => return self.reject(from, error),
         };
+        self.cx.stats.received_by_kind[MessageKind::of(&env.body) as usize].add(bytes.len());
         if env.cluster_id != self.cx.cfg.cluster_id {
             self.cx.stats.foreign_cluster += 1;
             debug!(%from, cluster = %env.cluster_id, "dropping datagram of another cluster");

@@ -317,3 +317,37 @@ fn a_hash_only_syn_answered_by_a_peer_ahead_pulls() {
     deliver(&mut p, 2_010, peer, &answer(0));
     assert_eq!(p.stats().pulls_sent, before);
 }
+
+#[test]
+fn datagrams_are_counted_by_kind() {
+    use crate::MessageKind;
+    let peer: SocketAddr = "127.0.0.1:7001".parse().unwrap();
+    let mut p = protocol(vec![peer]);
+    timeout(&mut p, 0);
+    let out = sent(&mut p);
+    let s = p.stats();
+    // Every datagram handed out is counted once, under the kind it is.
+    let mut expect = [0u64; MessageKind::COUNT];
+    for t in &out {
+        let env = decode(&t.payload, &Limits::default()).unwrap();
+        expect[MessageKind::of(&env.body) as usize] += 1;
+    }
+    assert!(expect[MessageKind::Syn as usize] >= 1, "{expect:?}");
+    assert_eq!(s.sent_by_kind.map(|k| k.datagrams), expect);
+    let bytes: u64 = out.iter().map(|t| t.payload.len() as u64).sum();
+    assert_eq!(s.sent_by_kind.iter().map(|k| k.bytes).sum::<u64>(), bytes);
+    // Received: a Leave counts as one; garbage only as a decode error.
+    let leave = Envelope::new("test", Sender::new("peer", 1, Some(peer)), Body::Leave);
+    deliver(&mut p, 10, peer, &leave);
+    let (now, wall) = at(20);
+    p.handle_datagram(now, wall, peer, b"not an envelope");
+    let s = p.stats();
+    let leaves = s.received_by_kind[MessageKind::Leave as usize];
+    assert_eq!(leaves.datagrams, 1);
+    assert_eq!(leaves.bytes, encode(&leave).len() as u64);
+    assert_eq!(
+        s.received_by_kind.iter().map(|k| k.datagrams).sum::<u64>(),
+        1
+    );
+    assert_eq!((s.datagrams_received, s.decode_errors), (2, 1));
+}
