@@ -13,7 +13,8 @@
 //!
 //! Why each condition:
 //! - *gone for good*: such an origin writes nothing more (a dead member may
-//!   come back, so it is not enough);
+//!   come back, so death is not enough; a member dead until the table
+//!   forgot it counts as gone, as for its ephemeral values);
 //! - *nothing held*: every write of it we had is superseded, so refusing its
 //!   writes from now on refuses only stale copies (which the watermark
 //!   refused too);
@@ -26,7 +27,9 @@
 //!   marker tells it to send nothing instead.
 //!
 //! Where it is not done: with a given member list (no member table, so no
-//! verdict), and for a member dead but not yet gone (it may come back). A
+//! verdict), and for a member dead but not yet forgotten (it may come
+//! back; one that comes back after it was forgotten shows writes beyond our
+//! watermark and is taken back, refused meanwhile). A
 //! member that was away, holds old copies only, and comes back after we went
 //! silent is sent our newer records as any lagging peer is, but we refuse
 //! what it sends of the retired origin, every round, until it retires the
@@ -61,6 +64,9 @@ pub(crate) enum Seen {
 #[derive(Debug, Default)]
 pub(crate) struct Retirement {
     departed: BTreeSet<Origin>,
+    /// Origins whose member the table lists dead: once it is forgotten
+    /// (`forget_after` later), it is gone for good as far as we know.
+    dead: BTreeSet<Origin>,
 }
 
 impl Retirement {
@@ -122,12 +128,18 @@ impl Retirement {
             });
         let mut out = Vec::new();
         let mut departed = BTreeSet::new();
+        let mut dead = BTreeSet::new();
         for (origin, watermark, _) in &known {
             if origin == me || cx.store.is_retired(origin) {
                 continue;
             }
+            let said = verdict(&cx.peers, me, origin);
+            if said == Verdict::Dead {
+                dead.insert(origin.clone());
+            }
             let gone = self.departed.contains(origin)
-                || verdict(&cx.peers, me, origin) == Verdict::Gone
+                || said == Verdict::Gone
+                || (said == Verdict::Unknown && self.dead.contains(origin))
                 || newest
                     .get(&origin.node)
                     .is_some_and(|g| *g > origin.generation);
@@ -145,13 +157,14 @@ impl Retirement {
             }
         }
         self.departed = departed;
+        self.dead = dead;
         out
     }
 
-    /// Origins remembered as gone (for the bounded-state tests).
+    /// Origins remembered as gone or dead (for the bounded-state tests).
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.departed.len()
+        self.departed.len() + self.dead.len()
     }
 }
 

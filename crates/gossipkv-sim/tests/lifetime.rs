@@ -404,3 +404,60 @@ fn retired_generations_leave_every_digest_and_nothing_comes_back() {
     assert!(sim.watermarks_converged(), "and vouch for the same writes");
     assert!(sim.elapsed_ms() - left_at < retention + 3 * MIN);
 }
+
+#[test]
+fn a_member_that_crashed_for_good_retires_once_forgotten() {
+    let seed = seed(69);
+    let _g = SeedGuard::new(
+        "a_member_that_crashed_for_good_retires_once_forgotten",
+        seed,
+    );
+    let retention = 10 * SEC;
+    let mut detector =
+        gossipkv_core::DetectorConfig::for_interval(std::time::Duration::from_secs(1));
+    detector.forget_after = std::time::Duration::from_secs(20);
+    let mut sim = formed(SimConfig {
+        seed,
+        nodes: 5,
+        tombstone_retention_ms: retention,
+        detector: Some(detector),
+        ..SimConfig::default()
+    });
+    let nodes = all(&sim);
+    register(&mut sim, 4);
+    sim.set(4, "cfg/4", b"from-4");
+    sim.run_until(10 * SEC, 10, |s| {
+        s.all_show(&nodes, "cfg/4", Some(b"from-4"))
+    })
+    .expect("every node has node 4's write");
+    sim.set(0, "cfg/4", b"from-0");
+    sim.run_until(10 * SEC, 10, |s| {
+        s.all_show(&nodes, "cfg/4", Some(b"from-0"))
+    })
+    .expect("every node has the overwrite");
+    let gone = vec![origin_of(&sim, 4)];
+    sim.crash(4);
+    let rest = others(&sim, 4);
+    // Dead after failure detection, forgotten 20 s later; by then its
+    // ephemeral key's tombstone is past the retention.
+    let took = sim
+        .run_until(2 * MIN, 100, |s| {
+            s.digest_entries_of(&rest, &gone) == 0
+                && rest.iter().all(|&i| s.store(i).is_retired(&gone[0]))
+        })
+        .expect("a crashed, forgotten member's origin retires");
+    eprintln!("retired {took} ms after the crash");
+    assert!(
+        took >= 20 * SEC,
+        "not before the member is forgotten: {took} ms"
+    );
+    for &i in &rest {
+        assert_eq!(sim.shown(i, "svc/4"), None, "node {i}");
+        assert_eq!(
+            sim.shown(i, "cfg/4").as_deref(),
+            Some(&b"from-0"[..]),
+            "node {i}"
+        );
+    }
+    assert!(sim.converged());
+}

@@ -382,8 +382,8 @@ impl Node {
                 "events" => 0,
                 // One per dead member whose ephemeral values are held.
                 "dead owners" => MAX_MEMBERS,
-                // A subset of the origins the store knows.
-                "departed origins" => self.store.marks().len(),
+                // Two subsets (gone, dead) of the origins the store knows.
+                "departed origins" => 2 * self.store.marks().len(),
                 other => panic!("no cap known for {other}: add it here"),
             };
             assert!(len <= cap, "{name}: {len} > {cap}");
