@@ -86,7 +86,8 @@ Options for `fuzz`:
   --seconds N           Fuzz each target for N seconds (default 60)
   --target T            Only target T (repeatable)
 
-`fuzz` builds the cargo-fuzz project fuzz/ with `cargo +nightly fuzz build`,
+`fuzz` builds the cargo-fuzz project fuzz/ with `cargo +nightly fuzz build`
+(optimized, debug assertions and overflow checks on, no sanitizer),
 then runs `cargo +nightly fuzz run <T> fuzz/work/<T> fuzz/corpus/<T>` for
 each target (new inputs go to fuzz/work, not to the committed seeds) and
 prints a table: target, seconds, execs, execs/s, findings (files in

@@ -22,6 +22,12 @@ pub(crate) const TARGETS: &[&str] = &[
     "http",
 ];
 
+/// How the targets are built (for `build` and `run` alike, or `run`
+/// rebuilds): optimized, with debug assertions and overflow checks (an
+/// overflow is a finding), without AddressSanitizer (the workspace forbids
+/// `unsafe`; ASan would only slow the runs down).
+const BUILD_FLAGS: &[&str] = &["--release", "--debug-assertions", "--sanitizer", "none"];
+
 /// One target's run.
 struct Outcome {
     target: String,
@@ -50,6 +56,7 @@ pub(crate) fn run(opts: &FuzzOptions) -> anyhow::Result<bool> {
     }
     let status = cargo_fuzz(&fuzz)
         .arg("build")
+        .args(BUILD_FLAGS)
         .status()
         .context("failed to run `cargo +nightly fuzz build` (is cargo-fuzz installed?)")?;
     if !status.success() {
@@ -119,6 +126,7 @@ fn run_one(fuzz: &Path, t: &str, seconds: u64) -> anyhow::Result<Outcome> {
     let start = Instant::now();
     let status = cargo_fuzz(fuzz)
         .args(["run", t])
+        .args(BUILD_FLAGS)
         .arg(&work)
         .arg(&seeds)
         .arg("--")
