@@ -224,7 +224,7 @@ pub fn reassembly(data: &[u8]) {
             let copy = pieces.clone();
             pieces.extend(copy);
         }
-        3 => pieces.rotate_left(1),
+        3 if !pieces.is_empty() => pieces.rotate_left(1),
         _ => {}
     }
     for f in pieces {
