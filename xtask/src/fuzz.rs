@@ -147,9 +147,7 @@ fn run_one(fuzz: &Path, t: &str, seconds: u64) -> anyhow::Result<Outcome> {
             eprintln!("{line}");
         }
     }
-    let run_time = stat(&text, "stat::")
-        .map(|_| (seconds as f64).min(elapsed))
-        .unwrap_or(elapsed);
+    let run_time = done_seconds(&text).unwrap_or(elapsed);
     Ok(Outcome {
         target: t.to_string(),
         seconds: run_time,
@@ -167,6 +165,17 @@ fn final_execs(text: &str) -> Option<u64> {
             let rest = l.strip_prefix('#')?;
             rest.split_whitespace().next()?.parse().ok()
         })
+    })
+}
+
+/// The seconds of libFuzzer's last `Done N runs in S second(s)` line (the
+/// fuzzing time, without the build).
+fn done_seconds(text: &str) -> Option<f64> {
+    text.lines().rev().find_map(|l| {
+        let rest = l.strip_prefix("Done ")?;
+        let (_, secs) = rest.split_once(" runs in ")?;
+        let secs: u64 = secs.split_whitespace().next()?.parse().ok()?;
+        Some(secs.max(1) as f64)
     })
 }
 
@@ -227,6 +236,7 @@ mod tests {
                     stat::number_of_executed_units: 5000\nstat::average_exec_per_sec:     2500\n";
         assert_eq!(final_execs(text), Some(5000));
         assert_eq!(final_execs("#77\tNEW    cov: 1\n"), Some(77));
+        assert_eq!(done_seconds(text), Some(2.0));
     }
 
     #[test]
