@@ -17,6 +17,11 @@ Commands:
   cluster-test
            Run agents in network namespaces on a bridge: convergence, loss,
            a cut link, SIGKILL and restart (needs root; SKIPPED otherwise)
+  fuzz     Run each cargo-fuzz target in turn (nightly), print execs/s and
+           findings
+  fuzz-corpus
+           Regenerate the seed corpora fuzz/corpus/<target>/ from the traffic
+           of an in-process cluster
   help     Print this help
 
 Options for `bench`:
@@ -75,7 +80,19 @@ generation. About 70 s. It prints a table of the steps and their times, and
 the tails of the agents' logs on failure. Without root or network namespaces it prints SKIPPED and
 succeeds; without nft (and when apt-get cannot install it) the loss step is
 SKIPPED. Namespaces and links are removed at the end, also on failure or
-Ctrl-C.";
+Ctrl-C.
+
+Options for `fuzz`:
+  --seconds N           Fuzz each target for N seconds (default 60)
+  --target T            Only target T (repeatable)
+
+`fuzz` builds the cargo-fuzz project fuzz/ with `cargo +nightly fuzz build`
+(optimized, debug assertions and overflow checks on, no sanitizer),
+then runs `cargo +nightly fuzz run <T> fuzz/work/<T> fuzz/corpus/<T>` for
+each target (new inputs go to fuzz/work, not to the committed seeds) and
+prints a table: target, seconds, execs, execs/s, findings (files in
+fuzz/artifacts/<T>/). It fails if there is any finding. Its nightly build
+goes to $GOSSIPKV_FUZZ_TARGET_DIR, default fuzz/target.";
 
 /// A parsed `cargo xtask` invocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +111,28 @@ pub(crate) enum Command {
     Crash(CrashOptions),
     /// Run the multi-host test in network namespaces.
     ClusterTest(ClusterTestOptions),
+    /// Run the fuzz targets.
+    Fuzz(FuzzOptions),
+    /// Regenerate the fuzz seed corpora.
+    FuzzCorpus,
+}
+
+/// Options of `cargo xtask fuzz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FuzzOptions {
+    /// Seconds per target.
+    pub(crate) seconds: u64,
+    /// Targets to run (empty: all).
+    pub(crate) targets: Vec<String>,
+}
+
+impl Default for FuzzOptions {
+    fn default() -> Self {
+        FuzzOptions {
+            seconds: 60,
+            targets: Vec::new(),
+        }
+    }
 }
 
 /// Options of `cargo xtask cluster-test`.
@@ -188,6 +227,12 @@ pub(crate) fn parse(args: &[String]) -> anyhow::Result<Command> {
         "sweep" => parse_sweep(rest),
         "crash" => parse_crash(rest),
         "cluster-test" => parse_cluster_test(rest),
+        "fuzz" => parse_fuzz(rest),
+        "fuzz-corpus" => match rest.first() {
+            None => Ok(Command::FuzzCorpus),
+            Some(a) if a == "--help" || a == "-h" => Ok(Command::Help),
+            Some(a) => bail!("unexpected argument `{a}` for `fuzz-corpus`\n\n{USAGE}"),
+        },
         other => bail!("unknown command `{other}`\n\n{USAGE}"),
     }
 }
@@ -258,6 +303,31 @@ fn parse_crash(args: &[String]) -> anyhow::Result<Command> {
         }
     }
     Ok(Command::Crash(opts))
+}
+
+/// Parses the arguments after `cargo xtask fuzz`.
+fn parse_fuzz(args: &[String]) -> anyhow::Result<Command> {
+    let mut opts = FuzzOptions::default();
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "--seconds" => {
+                let Some(v) = iter.next().and_then(|v| v.parse::<u64>().ok()) else {
+                    bail!("`--seconds` needs a number\n\n{USAGE}");
+                };
+                opts.seconds = v.max(1);
+            }
+            "--target" => {
+                let Some(t) = iter.next() else {
+                    bail!("`--target` needs a target name\n\n{USAGE}");
+                };
+                opts.targets.push(t.clone());
+            }
+            "--help" | "-h" => return Ok(Command::Help),
+            other => bail!("unexpected argument `{other}` for `fuzz`\n\n{USAGE}"),
+        }
+    }
+    Ok(Command::Fuzz(opts))
 }
 
 /// Parses the arguments after `cargo xtask cluster-test`.

@@ -16,6 +16,9 @@
 //! - `cargo xtask cluster-test [--agents N] [--keep-going]` runs agents in
 //!   network namespaces on a bridge (convergence, loss, a cut link, SIGKILL
 //!   and restart); SKIPPED without root or namespaces.
+//! - `cargo xtask fuzz [--seconds N] [--target T]` runs the cargo-fuzz
+//!   targets of `fuzz/` in turn (nightly) and prints execs/s and findings;
+//!   `cargo xtask fuzz-corpus` regenerates their seed corpora.
 //!
 //! The `cargo xtask` alias is defined in `.cargo/config.toml`.
 
@@ -25,6 +28,7 @@ mod cli;
 mod cluster_test;
 mod crash;
 mod criterion;
+mod fuzz;
 mod sim;
 mod summary;
 mod sweep;
@@ -67,6 +71,12 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         } else {
             ExitCode::FAILURE
         }),
+        Command::Fuzz(opts) => Ok(if fuzz::run(&opts)? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }),
+        Command::FuzzCorpus => fuzz::corpus(),
         Command::Sweep(opts) => Ok(if sweep::run(&opts)? {
             ExitCode::SUCCESS
         } else {

@@ -24,12 +24,12 @@ pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 pub(crate) const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 
 /// Entry tags.
-const PUT: u8 = 1;
-const REMOVE: u8 = 2;
+pub(crate) const PUT: u8 = 1;
+pub(crate) const REMOVE: u8 = 2;
 
 /// One log entry: a tag, the key's length (u32 little-endian), the key,
 /// and for a put the record's row ([`rows::encode_record`]).
-fn encode(tag: u8, key: &str, row: &[u8]) -> Vec<u8> {
+pub(crate) fn encode(tag: u8, key: &str, row: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(5 + key.len() + row.len());
     out.push(tag);
     out.extend_from_slice(&(key.len() as u32).to_le_bytes());
