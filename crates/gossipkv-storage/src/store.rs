@@ -12,8 +12,8 @@ use foldhash::fast::RandomState as FastState;
 use parking_lot::{Mutex, RwLock};
 
 use crate::record::{
-    record_size_hint, Delta, Digest, Ghost, Lifetime, OriginChunk, Page, Record, CHUNK_OVERHEAD,
-    GHOST_OVERHEAD, RETIRED_WATERMARK,
+    record_size_hint, Delta, Digest, DigestEntry, Ghost, Lifetime, OriginChunk, Page, Record,
+    CHUNK_OVERHEAD, GHOST_OVERHEAD, RETIRED_WATERMARK,
 };
 use crate::seq_index::{IndexEntry, SeqIndex};
 use crate::shard::ShardMap;
@@ -758,11 +758,13 @@ impl Store {
 
     /// The local watermark of every known origin (a complete digest).
     pub fn digest(&self) -> Digest {
+        self.complete_digest(OriginLog::digest_entry)
+    }
+
+    /// A complete digest of the entries `entry` gives for each origin.
+    fn complete_digest(&self, entry: fn(&OriginLog) -> Option<DigestEntry>) -> Digest {
         let logs: Vec<_> = self.origins.read().logs.clone();
-        let entries = logs
-            .iter()
-            .filter_map(|log| log.lock().digest_entry())
-            .collect();
+        let entries = logs.iter().filter_map(|log| entry(&log.lock())).collect();
         Digest {
             entries,
             complete: true,

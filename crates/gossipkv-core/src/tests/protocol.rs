@@ -351,3 +351,50 @@ fn datagrams_are_counted_by_kind() {
     );
     assert_eq!((s.datagrams_received, s.decode_errors), (2, 1));
 }
+
+#[test]
+fn a_peer_digest_of_retired_markers_raises_nothing_and_takes_nothing_away() {
+    use gossipkv_proto::{Reply, SynAck};
+    use gossipkv_storage::{Delta, Digest, DigestEntry, RETIRED_WATERMARK};
+    let peer: SocketAddr = "127.0.0.1:7001".parse().unwrap();
+    let store = Arc::new(Store::new(Origin::new("me", 1)));
+    let mut p = Protocol::new(config(vec![peer]), store.clone(), Instant::from_millis(0));
+    // We hold a write of another origin, "x".
+    let x = Store::new(Origin::new("x", 1));
+    store.merge(x.write("k", Some(bytes::Bytes::from_static(b"v")), WALL));
+    timeout(&mut p, 0);
+    let _ = sent(&mut p);
+    // A peer claims every origin retired: ours, x's, and one never heard of.
+    let marker = |node: &str| DigestEntry {
+        origin: Origin::new(node, 1),
+        watermark: RETIRED_WATERMARK,
+    };
+    let digest = Digest {
+        entries: vec![marker("me"), marker("x"), marker("ghost")],
+        complete: true,
+        ..Digest::default()
+    };
+    let answer = Envelope::new(
+        "test",
+        Sender::new("peer", 1, Some(peer)),
+        Body::SynAck(SynAck {
+            digest,
+            reply: Reply::Delta(Delta::default()),
+        }),
+    );
+    deliver(&mut p, 10, peer, &answer);
+    // A marker is not "ahead": the caught-up flag is not held back by it.
+    assert!(p.is_synced());
+    // Nothing is raised to the marker, nothing unknown is interned, and
+    // what we hold stays (retiring needs our own verdict and no record held).
+    for pass in 1..=5 {
+        timeout(&mut p, pass * 61_000);
+    }
+    assert_eq!(store.watermark(&Origin::new("x", 1)), 1);
+    assert_eq!(store.watermark(&Origin::new("ghost", 1)), 0);
+    assert!(!store.is_retired(&Origin::new("x", 1)));
+    assert_eq!(store.get("k"), Some(bytes::Bytes::from_static(b"v")));
+    assert_eq!(p.stats().origins_retired, 0);
+    let listed: Vec<u64> = store.digest().entries.iter().map(|e| e.watermark).collect();
+    assert!(listed.iter().all(|w| *w != RETIRED_WATERMARK), "{listed:?}");
+}

@@ -72,6 +72,15 @@ impl OriginLog {
         })
     }
 
+    /// The entry a page's watermarks list for this origin, if any: the real
+    /// watermark, also for an advertised retired origin.
+    fn page_entry(&self) -> Option<DigestEntry> {
+        (self.retired != Retired::Silent && self.watermark > 0).then(|| DigestEntry {
+            origin: self.origin.clone(),
+            watermark: self.watermark,
+        })
+    }
+
     pub(super) fn is_retired(&self) -> bool {
         self.retired != Retired::No
     }
@@ -189,23 +198,7 @@ impl Store {
     /// watermarks decide which keys the receiver drops, so they must not
     /// cover more than this store had).
     pub fn page_digest(&self) -> Digest {
-        let logs: Vec<_> = self.origins.read().logs.clone();
-        let entries = logs
-            .iter()
-            .filter_map(|log| {
-                let log = log.lock();
-                (log.retired != Retired::Silent && log.watermark > 0).then(|| DigestEntry {
-                    origin: log.origin.clone(),
-                    watermark: log.watermark,
-                })
-            })
-            .collect();
-        Digest {
-            entries,
-            complete: true,
-            open_start: false,
-            open_end: false,
-        }
+        self.complete_digest(OriginLog::page_entry)
     }
 
     /// Writes again, as local writes, every record held of an older
@@ -216,17 +209,23 @@ impl Store {
     /// originals did, and beat the originals. One pass over every key when
     /// an older generation is known and not retired; nothing otherwise.
     pub fn adopt_older_generations(&self) -> Vec<Record> {
-        let older: HashSet<u32> = {
+        // The origin table is released before any log is locked (the lock
+        // order on `Store`).
+        let candidates: Vec<(u32, Arc<parking_lot::Mutex<OriginLog>>)> = {
             let o = self.origins.read();
             o.ids
                 .iter()
                 .filter(|(origin, _)| {
                     origin.node == self.local.node && origin.generation < self.local.generation
                 })
-                .map(|(_, &id)| id)
-                .filter(|&id| !o.logs[id as usize].lock().is_retired())
+                .map(|(_, &id)| (id, o.logs[id as usize].clone()))
                 .collect()
         };
+        let older: HashSet<u32> = candidates
+            .into_iter()
+            .filter(|(_, log)| !log.lock().is_retired())
+            .map(|(id, _)| id)
+            .collect();
         if older.is_empty() {
             return Vec::new();
         }
