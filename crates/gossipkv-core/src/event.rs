@@ -94,6 +94,18 @@ pub enum NetworkError {
         /// How many records, chunks or watermarks were refused.
         count: u64,
     },
+    /// A datagram or stream refused before decoding by a node with a
+    /// keyring: not sealed (when sealing is required), sealed with a key
+    /// this node does not hold, forged or altered, stale, from the future,
+    /// or replayed. Reported by the driver, which seals and opens.
+    #[error("datagram from {from} refused before decoding: {reason}")]
+    Unopened {
+        /// Where it came from.
+        from: SocketAddr,
+        /// Why (for example "sealed with key 3f2a, which this node does not
+        /// hold", "authentication failed", "replayed").
+        reason: String,
+    },
     /// Sending or receiving failed.
     #[error("i/o error on {op}: {source}")]
     Io {

@@ -15,6 +15,7 @@ use crate::codec::Codec;
 use crate::error::{ConfigOption, Error};
 use crate::memory::MemoryPolicy;
 use crate::persist::Durability;
+use crate::sealing::{Encryption, Keyring, DEFAULT_REPLAY_WINDOW};
 use crate::GossipKv;
 
 /// Default cluster id.
@@ -89,6 +90,10 @@ pub struct Builder<K, V> {
     pub(crate) max_entries: Option<usize>,
     pub(crate) max_bytes: Option<usize>,
     pub(crate) memory_policy: MemoryPolicy,
+    // Gossip encryption (issue 15).
+    pub(crate) keyring: Option<Keyring>,
+    pub(crate) encryption: Encryption,
+    pub(crate) replay_window: Duration,
     pub(crate) _key: PhantomData<fn() -> K>,
 }
 
@@ -140,6 +145,9 @@ where
             max_entries: None,
             max_bytes: None,
             memory_policy: MemoryPolicy::Reject,
+            keyring: None,
+            encryption: Encryption::Required,
+            replay_window: DEFAULT_REPLAY_WINDOW,
             _key: PhantomData,
         }
     }
@@ -386,6 +394,38 @@ where
         self
     }
 
+    /// Seals every datagram and stream with `keyring`'s primary key
+    /// (XChaCha20-Poly1305) and opens what arrives with any of its keys;
+    /// by default nothing is sealed. With a keyring, [`encryption`] is
+    /// [`Encryption::Required`] unless set otherwise, and every node of the
+    /// cluster needs a key in common. Sealing adds 43 bytes to a datagram
+    /// (two more per secondary key), taken from [`packet_size`].
+    /// See the README's security section for what it protects.
+    ///
+    /// [`encryption`]: Builder::encryption
+    /// [`packet_size`]: Builder::packet_size
+    pub fn keyring(mut self, keyring: Keyring) -> Self {
+        self.keyring = Some(keyring);
+        self
+    }
+
+    /// How a node with a [`keyring`](Builder::keyring) treats plaintext
+    /// (default [`Encryption::Required`]): the permissive settings are the
+    /// steps of a migration of a running cluster to encryption.
+    pub fn encryption(mut self, encryption: Encryption) -> Self {
+        self.encryption = encryption;
+        self
+    }
+
+    /// How old (or how far ahead of this node's clock) a sealed datagram may
+    /// be and still be accepted (default 30 s). Every datagram accepted
+    /// within it is remembered, and a copy is refused as a replay. The
+    /// clocks of a keyed cluster must agree within this window.
+    pub fn replay_window(mut self, window: Duration) -> Self {
+        self.replay_window = window;
+        self
+    }
+
     /// Seeds the random generator that picks gossip peers (default: random),
     /// for reproducible runs.
     pub fn rng_seed(mut self, seed: u64) -> Self {
@@ -458,6 +498,9 @@ impl<K, V> Builder<K, V> {
             max_entries: self.max_entries,
             max_bytes: self.max_bytes,
             memory_policy: self.memory_policy,
+            keyring: self.keyring,
+            encryption: self.encryption,
+            replay_window: self.replay_window,
             _key: PhantomData,
         }
     }

@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::builder::ErrorHandler;
 use crate::health::HealthTracker;
+use crate::sealing::Sealing;
 use crate::streams::{self, StreamCx};
 
 /// Datagrams sent per turn of the gossip task before it looks at new input.
@@ -167,6 +168,8 @@ pub(crate) struct Driver<T> {
     pub(crate) synced: watch::Sender<bool>,
     /// Where streams are served (`None`: streams off).
     pub(crate) listener: Option<TcpListener>,
+    /// Seals and opens streams.
+    pub(crate) sealing: Arc<Sealing>,
 }
 
 /// What one turn of the driver took from the protocol.
@@ -191,6 +194,7 @@ impl<T: Transport> Driver<T> {
         let stream_cx = StreamCx {
             protocol: self.protocol.clone(),
             clock: self.clock,
+            sealing: self.sealing.clone(),
         };
         let listener = self.listener.take();
         loop {

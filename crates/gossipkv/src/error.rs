@@ -154,6 +154,14 @@ pub enum Error {
         /// What happened.
         message: String,
     },
+    /// A keyring change that would break the keyring (see
+    /// [`KeyringError`](crate::KeyringError)), or one made on a node that
+    /// cannot take it (a local-only node has no keyring).
+    #[error("keyring: {message}")]
+    Keyring {
+        /// What was refused and why.
+        message: String,
+    },
 }
 
 /// The builder option an [`Error::InvalidConfig`] is about. Its `Display`
@@ -199,6 +207,9 @@ pub enum ConfigOption {
     MaxEntries,
     /// [`Builder::max_bytes`](crate::Builder::max_bytes).
     MaxBytes,
+    /// [`Builder::keyring`](crate::Builder::keyring) and
+    /// [`Builder::encryption`](crate::Builder::encryption).
+    Keyring,
 }
 
 impl ConfigOption {
@@ -223,6 +234,7 @@ impl ConfigOption {
             ConfigOption::Durability => "durability",
             ConfigOption::MaxEntries => "max_entries",
             ConfigOption::MaxBytes => "max_bytes",
+            ConfigOption::Keyring => "keyring",
         }
     }
 }

@@ -32,6 +32,10 @@ pub enum ProblemKind {
     Io,
     /// A seed host name did not resolve.
     SeedResolution,
+    /// Datagrams that did not open with this node's keyring (another key,
+    /// no key, forged, stale or replayed): with a wrong key, the node
+    /// shares nothing with the others.
+    Unopened,
     /// A kind of report this version does not classify yet.
     Other,
 }
@@ -47,6 +51,7 @@ impl ProblemKind {
             NetworkError::Decode { .. } => ProblemKind::Decode,
             NetworkError::SeedResolution { .. } => ProblemKind::SeedResolution,
             NetworkError::Io { .. } => ProblemKind::Io,
+            NetworkError::Unopened { .. } => ProblemKind::Unopened,
             _ => ProblemKind::Other,
         }
     }
@@ -61,6 +66,9 @@ impl ProblemKind {
             ProblemKind::Decode => "undecodable datagrams",
             ProblemKind::Io => "network I/O errors",
             ProblemKind::SeedResolution => "a seed does not resolve",
+            ProblemKind::Unopened => {
+                "datagrams that do not open with this node's keyring (wrong key, forged or replayed)"
+            }
             ProblemKind::Other => "other problems",
         }
     }
@@ -73,6 +81,7 @@ impl ProblemKind {
             ProblemKind::DuplicateNodeId
                 | ProblemKind::ForeignCluster
                 | ProblemKind::OwnOriginClaimed
+                | ProblemKind::Unopened
         )
     }
 }

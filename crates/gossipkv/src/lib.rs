@@ -258,6 +258,7 @@ mod lifetime;
 mod memory;
 mod node;
 mod persist;
+mod sealing;
 mod start;
 mod streams;
 mod watch;
@@ -270,6 +271,10 @@ pub use lifetime::MAX_TTL;
 pub use memory::{MemoryPolicy, MIN_MAX_BYTES};
 pub use node::{GossipKv, MAX_KEY_LEN, WATCH_QUEUE};
 pub use persist::{Durability, DurableStats};
+pub use sealing::{
+    generate_key, key_to_base64, parse_key, Encryption, Key, KeyId, KeyStatus, Keyring,
+    KeyringError, KeyringStatus, SealStats, DEFAULT_REPLAY_WINDOW, MAX_KEYS,
+};
 pub use watch::{ChangeKind, MemberEvents, WatchEvent, Watcher};
 
 pub use bytes::Bytes;

@@ -55,6 +55,9 @@ pub(crate) struct Inner<V> {
     /// Wakes the expiry sweeper of a node without a network (a write with
     /// a time to live may expire before what it waits for).
     pub(crate) expiry_wake: Option<Arc<tokio::sync::Notify>>,
+    /// The keyring and what seals and opens with it; `None` for a
+    /// local-only node.
+    pub(crate) sealing: Option<Arc<crate::sealing::Sealing>>,
 }
 
 /// Capacity of the change and member-event queues of watchers; a watcher

@@ -26,7 +26,9 @@ use crate::error::{ConfigOption, Error};
 use crate::health::HealthTracker;
 use crate::node::{GossipKv, Inner, WATCH_QUEUE};
 use crate::persist::{self, Persister};
+use crate::sealing::{SealedTransport, Sealing};
 use crate::watch::{Change, ChangeKind};
+use gossipkv_proto::seal::MAX_SEALED_OVERHEAD;
 
 /// Fresh writes queued for eager push; beyond this, writes still replicate
 /// by anti-entropy.
@@ -75,6 +77,22 @@ fn check<K, V>(b: &Builder<K, V>) -> Result<(), Error> {
                 "packet size {} is out of range {MIN_PACKET_SIZE}..={MAX_PACKET_SIZE}",
                 b.packet_size
             ),
+        ));
+    }
+    if b.keyring.is_some() && b.packet_size < MIN_PACKET_SIZE + MAX_SEALED_OVERHEAD {
+        return Err(Error::config(
+            O::PacketSize,
+            format!(
+                "packet size {} leaves no room for sealing: with a keyring it must be at least {}",
+                b.packet_size,
+                MIN_PACKET_SIZE + MAX_SEALED_OVERHEAD
+            ),
+        ));
+    }
+    if b.replay_window < Duration::from_secs(1) {
+        return Err(Error::config(
+            O::Keyring,
+            "replay window must be at least one second",
         ));
     }
     if !(1..=MAX_VALUE_SIZE_LIMIT).contains(&b.max_value_size) {
@@ -226,16 +244,27 @@ where
     if tokio::runtime::Handle::try_current().is_err() {
         return Err(Error::NoRuntime);
     }
-    let transport = UdpTransport::bind(bind, UdpConfig::default()).map_err(|e| match e {
+    let udp = UdpTransport::bind(bind, UdpConfig::default()).map_err(|e| match e {
         gossipkv_transport::TransportError::Bind { addr, source } => Error::Bind { addr, source },
         other => Error::Bind {
             addr: bind,
             source: std::io::Error::other(other.to_string()),
         },
     })?;
-    let local_addr = transport.local_addr();
+    let local_addr = udp.local_addr();
     let advertise = advertise.unwrap_or(local_addr);
     let reporter = Reporter::spawn(b.error_handler.clone(), shared.health.clone());
+    let sealing = Arc::new(Sealing::new(
+        b.cluster_id.clone(),
+        b.keyring.clone(),
+        b.encryption,
+        b.replay_window,
+    ));
+    let transport = SealedTransport {
+        inner: udp,
+        sealing: sealing.clone(),
+        reporter: reporter.clone(),
+    };
     let seeds = resolve_seeds(&b.seeds, &reporter).await;
     let listener = match b.streams {
         true => crate::streams::listen(local_addr, &reporter),
@@ -288,6 +317,7 @@ where
             member_events: shared.member_events.clone(),
             synced: shared.synced.clone(),
             listener,
+            sealing: sealing.clone(),
         }
         .run(),
     );
@@ -314,6 +344,7 @@ where
             push_tx,
             persister: shared.persister,
             expiry_wake: None,
+            sealing: Some(sealing),
         }),
         _key: PhantomData,
     })
@@ -383,6 +414,7 @@ fn local_only<K, V>(b: Builder<K, V>, node: NodeId, shared: Shared) -> GossipKv<
             push_tx: None,
             persister: shared.persister,
             expiry_wake: Some(wake),
+            sealing: None,
         }),
         _key: PhantomData,
     }
@@ -400,7 +432,13 @@ fn protocol_config<K, V>(
     cfg.advertise_addr = (!advertise.ip().is_unspecified()).then_some(advertise);
     cfg.gossip_interval = b.gossip_interval.max(Duration::from_millis(1));
     cfg.fanout = b.fanout;
-    cfg.packet_size = b.packet_size;
+    // Room for the seal: a datagram sealed with a full keyring still fits
+    // the packet size. (A keyring installed at run time on a node built
+    // without one makes datagrams up to that much longer.)
+    cfg.packet_size = match b.keyring {
+        Some(_) => b.packet_size - MAX_SEALED_OVERHEAD,
+        None => b.packet_size,
+    };
     cfg.tombstone_retention = b.tombstone_retention;
     cfg.seeds = seeds;
     cfg.rng_seed = b.rng_seed.unwrap_or_else(|| rand::rng().random());

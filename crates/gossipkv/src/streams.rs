@@ -15,6 +15,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::debug;
 
 use crate::driver::{wall_now, Clock, Reporter};
+use crate::sealing::Sealing;
+use gossipkv_proto::seal::{Direction, RecordReader, SEALED_STREAM_MAGIC};
 
 /// Longest wait for a connection to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -34,11 +36,61 @@ const OPENING_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes read at a time.
 const READ_BUF: usize = 64 << 10;
 
+/// Longest plaintext of a sealed stream record: one write of the serving
+/// side (a frame, at most `Limits::max_message` plus its header) with room
+/// to spare.
+const MAX_RECORD: usize = 4 << 20;
+
 /// What every stream task shares.
 #[derive(Clone)]
 pub(crate) struct StreamCx {
     pub(crate) protocol: Arc<Mutex<Protocol>>,
     pub(crate) clock: Clock,
+    pub(crate) sealing: Arc<Sealing>,
+}
+
+/// How the bytes a stream receives are read: in plaintext, or as sealed
+/// records; a served stream decides from its first four bytes.
+enum Inbound {
+    Undecided(Vec<u8>),
+    Plain,
+    Sealed(RecordReader),
+}
+
+impl Inbound {
+    /// The plaintext chunks of `bytes`, to feed to the protocol in order;
+    /// an error when the stream must be dropped.
+    fn open(&mut self, sealing: &Sealing, bytes: &[u8]) -> std::io::Result<Vec<Vec<u8>>> {
+        match self {
+            Inbound::Plain => Ok(vec![bytes.to_vec()]),
+            Inbound::Sealed(reader) => sealing
+                .open_records(reader, bytes)
+                .map_err(std::io::Error::other),
+            Inbound::Undecided(head) => {
+                head.extend_from_slice(bytes);
+                if head.len() < SEALED_STREAM_MAGIC.len() {
+                    return Ok(Vec::new());
+                }
+                let head = std::mem::take(head);
+                if head.starts_with(&SEALED_STREAM_MAGIC) {
+                    *self = Inbound::Sealed(RecordReader::new(Direction::Request, MAX_RECORD));
+                    self.open(sealing, &head[SEALED_STREAM_MAGIC.len()..])
+                } else if sealing.accepts_plain_streams() {
+                    *self = Inbound::Plain;
+                    Ok(vec![head])
+                } else {
+                    sealing.refuse_plain_stream();
+                    Err(std::io::Error::other(
+                        "a stream without a seal, and encryption is required",
+                    ))
+                }
+            }
+        }
+    }
+
+    fn is_sealed(&self) -> bool {
+        matches!(self, Inbound::Sealed(_))
+    }
 }
 
 impl StreamCx {
@@ -101,14 +153,28 @@ impl Drop for Closed {
 async fn receive_inner(cx: &StreamCx, open: StreamOpen) -> std::io::Result<()> {
     let mut sock = within(CONNECT_TIMEOUT, TcpStream::connect(open.to)).await??;
     sock.set_nodelay(true)?;
-    within(IDLE_TIMEOUT, sock.write_all(&open.bytes)).await??;
+    let sealed = cx.sealing.seals_streams();
+    let opening = match sealed
+        .then(|| cx.sealing.seal_record(Direction::Request, 0, &open.bytes))
+        .flatten()
+    {
+        Some(record) => [&SEALED_STREAM_MAGIC[..], &record].concat(),
+        None => open.bytes.to_vec(),
+    };
+    within(IDLE_TIMEOUT, sock.write_all(&opening)).await??;
+    let mut inbound = match sealed {
+        true => Inbound::Sealed(RecordReader::new(Direction::Response, MAX_RECORD)),
+        false => Inbound::Plain,
+    };
     let mut buf = vec![0u8; READ_BUF];
     loop {
         let n = within(IDLE_TIMEOUT, sock.read(&mut buf)).await??;
         if n == 0 {
             return Ok(());
         }
-        cx.feed(open.id, &buf[..n])?;
+        for chunk in inbound.open(&cx.sealing, &buf[..n])? {
+            cx.feed(open.id, &chunk)?;
+        }
     }
 }
 
@@ -126,13 +192,24 @@ async fn serve_inner(cx: &StreamCx, id: StreamId, mut sock: TcpStream) -> std::i
     sock.set_nodelay(true)?;
     let mut buf = vec![0u8; 4096];
     let opening_by = tokio::time::Instant::now() + OPENING_TIMEOUT;
+    let mut inbound = Inbound::Undecided(Vec::new());
+    // Records sent so far (a sealed stream answers with sealed records).
+    let mut sent = 0u64;
     loop {
         let next = {
             let now = cx.clock.now();
             cx.protocol.lock().poll_stream_send(now, id)
         };
         match next {
-            StreamSend::Data(bytes) => within(IDLE_TIMEOUT, sock.write_all(&bytes)).await??,
+            StreamSend::Data(bytes) => {
+                let record = inbound
+                    .is_sealed()
+                    .then(|| cx.sealing.seal_record(Direction::Response, sent, &bytes))
+                    .flatten();
+                sent += 1;
+                let out = record.as_deref().unwrap_or(&bytes);
+                within(IDLE_TIMEOUT, sock.write_all(out)).await??
+            }
             StreamSend::Finished => {
                 // Flush, and let the peer read to the end before closing.
                 let _ = within(IDLE_TIMEOUT, sock.shutdown()).await;
@@ -148,7 +225,9 @@ async fn serve_inner(cx: &StreamCx, id: StreamId, mut sock: TcpStream) -> std::i
                 if n == 0 {
                     return Ok(());
                 }
-                cx.feed(id, &buf[..n])?;
+                for chunk in inbound.open(&cx.sealing, &buf[..n])? {
+                    cx.feed(id, &chunk)?;
+                }
             }
         }
     }
