@@ -261,3 +261,70 @@ async fn an_opening_trickled_a_byte_at_a_time_is_cut_off() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_nodes_catch_up_over_sealed_streams_and_refuse_unsealed_ones() {
+    use gossipkv::{generate_key, Keyring};
+    use gossipkv_proto::seal::{nonce, seal_record, Direction, SEALED_STREAM_MAGIC};
+    use gossipkv_proto::stream;
+    use tokio::io::AsyncWriteExt;
+    const KEYS: usize = 3_000;
+    let k = generate_key();
+    let ring = Keyring::new(k.clone());
+    let keyed = |r: Keyring| move |b: gossipkv::Builder<String, String>| b.keyring(r);
+    let a = node("sealed-a", &[], keyed(ring.clone())).await;
+    for i in 0..KEYS {
+        a.set(key(i), format!("value-{i:0>90}")).unwrap();
+    }
+    // The default one-second interval: only a stream brings 3,000 keys in time.
+    let b = node("sealed-b", &[&a], keyed(ring.clone())).await;
+    wait_until("b holds every key", DEADLINE, || b.len() == KEYS).await;
+    assert_eq!(b.get(key(7)).unwrap(), Some(format!("value-{:0>90}", 7)));
+    let (sa, sb) = (a.stats(), b.stats());
+    assert!(sb.streams_completed >= 1, "{sb:?}");
+    assert!(sa.stream_records_sent >= (KEYS - 100) as u64, "{sa:?}");
+    assert_eq!(a.keyring_status().stats.streams_refused, 0);
+
+    // From a member's IP: a plaintext opening, one sealed with another key,
+    // and one sealed with the right key as if it were the answer.
+    let opening = stream::open(b"whatever").to_vec();
+    let sealed = |r: &Keyring, dir: Direction| {
+        let mut v = SEALED_STREAM_MAGIC.to_vec();
+        v.extend(seal_record(
+            r,
+            gossipkv::DEFAULT_CLUSTER_ID,
+            dir,
+            0,
+            nonce(1, [1; 16]),
+            &opening,
+        ));
+        v
+    };
+    let attacks = [
+        ("a plaintext stream", opening.clone()),
+        (
+            "another key",
+            sealed(&Keyring::new(generate_key()), Direction::Request),
+        ),
+        ("a reflected record", sealed(&ring, Direction::Response)),
+    ];
+    let served = a.stats().streams_served;
+    for (n, (what, bytes)) in attacks.into_iter().enumerate() {
+        let mut sock = tokio::net::TcpStream::connect(a.local_addr().unwrap())
+            .await
+            .unwrap();
+        sock.write_all(&bytes).await.unwrap();
+        assert!(
+            closed_by_peer(&mut sock, Duration::from_secs(5)).await,
+            "{what}: the connection stayed open"
+        );
+        wait_until(what, DEADLINE, || {
+            a.keyring_status().stats.streams_refused == n as u64 + 1
+        })
+        .await;
+    }
+    assert_eq!(a.stats().streams_served, served, "nothing was served");
+    for n in [a, b] {
+        n.shutdown().await.unwrap();
+    }
+}
