@@ -20,6 +20,7 @@ pub(crate) const TARGETS: &[&str] = &[
     "reassembly",
     "protocol",
     "http",
+    "sealed",
 ];
 
 /// How the targets are built (for `build` and `run` alike, or `run`

@@ -137,6 +137,42 @@ pub fn generate(out: &Path) -> io::Result<Vec<(&'static str, usize)>> {
 
     seeds.insert("http", http_seeds());
 
+    // sealed: the picked datagrams sealed with the fuzz keyring (mode 0),
+    // and streams of them as sealed records (odd modes, both directions).
+    let ring = crate::fuzz_keyring();
+    let mut sealed = Vec::new();
+    for (i, d) in picked.iter().enumerate().take(PER_TARGET / 2) {
+        let n = gossipkv_proto::seal::nonce(1_767_225_600_000 + i as u64, [i as u8; 16]);
+        let mut s = vec![0];
+        s.extend(gossipkv_proto::seal::seal_datagram(
+            &ring,
+            crate::CLUSTER,
+            n,
+            d,
+        ));
+        sealed.push(s);
+    }
+    for (i, chunk) in picked.chunks(4).enumerate().take(PER_TARGET / 2) {
+        let dir = match i % 2 {
+            0 => gossipkv_proto::seal::Direction::Request,
+            _ => gossipkv_proto::seal::Direction::Response,
+        };
+        let mut s = vec![1 | (((i % 16) as u8) << 1) | (((i % 2) as u8) << 7)];
+        for (j, d) in chunk.iter().enumerate() {
+            let n = gossipkv_proto::seal::nonce(j as u64, [j as u8; 16]);
+            s.extend(gossipkv_proto::seal::seal_record(
+                &ring,
+                crate::CLUSTER,
+                dir,
+                j as u64,
+                n,
+                d,
+            ));
+        }
+        sealed.push(s);
+    }
+    seeds.insert("sealed", sealed);
+
     let mut counts = Vec::new();
     for (target, files) in seeds {
         let dir = out.join(target);

@@ -10,9 +10,6 @@
 //! `tests/corpus.rs` replays every file of `fuzz/corpus/<target>/` and
 //! `fuzz/regressions/<target>/` through them under `cargo test`, so the
 //! targets and their corpora never rot.
-//!
-//! Sealed-datagram opening has no target: gossip encryption does not exist
-//! yet.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,6 +17,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gossipkv_core::{Instant, Protocol, ProtocolConfig, WallTime};
+use gossipkv_proto::seal::{
+    nonce_time, open_datagram, seal_datagram, Direction, Key, Keyring, RecordReader, ReplayGuard,
+};
 use gossipkv_proto::stream::{Frame, FrameReader};
 use gossipkv_proto::{decode, decode_reassembled, encode, encoded_len, Limits};
 use gossipkv_storage::{Origin, Store};
@@ -36,6 +36,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("reassembly", reassembly),
     ("protocol", protocol),
     ("http", http),
+    ("sealed", sealed),
 ];
 
 /// The cluster id of the node under test in the stateful targets.
@@ -43,6 +44,69 @@ pub const CLUSTER: &str = "fuzz-cluster";
 
 /// The start of the wall clock given to the node under test (2026-01-01).
 const WALL_START_MS: u64 = 1_767_225_600_000;
+
+/// The key of the keyring the `sealed` target opens with (its seeds are
+/// sealed with it, so the fuzzer starts from datagrams that open).
+pub const FUZZ_KEY: [u8; 32] = [0x5e; 32];
+
+/// The keyring of the `sealed` target: [`FUZZ_KEY`] and a secondary key.
+pub fn fuzz_keyring() -> Keyring {
+    let mut ring = Keyring::new(Key::from_bytes(FUZZ_KEY));
+    // A second key cannot clash with the first: their ids differ.
+    let _ = ring.install(Key::from_bytes([0xa7; 32]));
+    ring
+}
+
+/// Sealed-datagram opening and sealed stream records, with
+/// [`fuzz_keyring`] and cluster [`CLUSTER`]. The first byte picks the mode.
+/// Even: `data[1..]` is one datagram, opened in place; what opens must be
+/// the bytes it was sealed from (resealed with the same nonce, it is
+/// identical), then goes through a [`ReplayGuard`] (a second check is a
+/// replay) and envelope decoding. Odd: `data[1..]` is a sealed stream's
+/// records, fed to a [`RecordReader`] in chunks of `(head >> 1) * 31 + 1`
+/// bytes (the direction from bit 7).
+pub fn sealed(data: &[u8]) {
+    let Some((&head, rest)) = data.split_first() else {
+        return;
+    };
+    let ring = fuzz_keyring();
+    if head & 1 == 0 {
+        let mut buf = rest.to_vec();
+        let Ok(opened) = open_datagram(&ring, CLUSTER, &mut buf) else {
+            return;
+        };
+        let plain = buf[opened.plaintext.clone()].to_vec();
+        if opened.holdings.ids() == fuzz_keyring().holdings().ids() {
+            let again = seal_datagram(&ring, CLUSTER, opened.nonce, &plain);
+            assert_eq!(again, rest, "resealing what opened gives the same bytes");
+        }
+        let mut guard = ReplayGuard::new(30_000, 30_000, 4);
+        let now = nonce_time(&opened.nonce);
+        assert!(
+            guard.check(now, &opened.nonce).is_ok(),
+            "fresh at its own time"
+        );
+        assert!(guard.check(now, &opened.nonce).is_err(), "a replay passed");
+        let _ = decode(&plain, &Limits::default());
+        return;
+    }
+    let dir = match head & 0x80 {
+        0 => Direction::Request,
+        _ => Direction::Response,
+    };
+    let chunk = 1 + usize::from((head >> 1) & 0x3f) * 31;
+    let mut reader = RecordReader::new(dir, 64 << 10);
+    for piece in rest.chunks(chunk) {
+        match reader.push(&ring, CLUSTER, piece) {
+            Ok(records) => {
+                for r in records {
+                    assert!(r.len() <= 64 << 10, "a record above the limit");
+                }
+            }
+            Err(_) => return,
+        }
+    }
+}
 
 /// Envelope decoding: [`decode`] (and [`decode_reassembled`]) with default
 /// limits; what decodes re-encodes to [`encoded_len`] bytes and decodes

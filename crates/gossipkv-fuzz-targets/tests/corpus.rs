@@ -55,3 +55,19 @@ fn targets_take_trivial_inputs() {
         target(&[1, 2, 3, 4, 5, 6, 7, 8, 9]);
     }
 }
+
+#[test]
+fn the_sealed_seeds_open_with_the_fuzz_keyring() {
+    let ring = gossipkv_fuzz_targets::fuzz_keyring();
+    let mut datagrams = 0;
+    for file in files(&fuzz_dir().join("corpus").join("sealed")) {
+        let data = std::fs::read(&file).expect("read a corpus file");
+        if data.first() == Some(&0) && file.to_string_lossy().contains("seed-") {
+            let mut buf = data[1..].to_vec();
+            gossipkv_proto::seal::open_datagram(&ring, gossipkv_fuzz_targets::CLUSTER, &mut buf)
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            datagrams += 1;
+        }
+    }
+    assert!(datagrams > 0, "no sealed datagram among the seeds");
+}
