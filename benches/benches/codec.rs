@@ -7,6 +7,8 @@
 //! |----|---------------|
 //! | `encode_synack_1400`, `encode_synack_64k` | `encode` of a SynAck envelope carrying a delta |
 //! | `decode_synack_1400`, `decode_synack_64k` | `decode` of the same datagram (default `Limits`) |
+//! | `seal_synack_1400`, `seal_synack_64k` | `seal_datagram` of the encoded datagram (XChaCha20-Poly1305, one key) |
+//! | `open_synack_1400`, `open_synack_64k` | `open_datagram` of the sealed datagram, in place |
 //!
 //! The delta holds records of 16-byte keys and 64-byte values written by one
 //! origin, as many as fit an encoded envelope of at most 1,400 bytes (an
@@ -19,6 +21,7 @@ use std::hint::black_box;
 use bytes::Bytes;
 use criterion::{Criterion, Throughput};
 use gossipkv_benches::{empty_peer_digest, Workload, SEED};
+use gossipkv_proto::seal::{nonce, open_datagram, seal_datagram, Key, Keyring};
 use gossipkv_proto::{decode, encode, encoded_len, Body, Envelope, Limits, Reply, Sender, SynAck};
 use gossipkv_storage::{Origin, Store};
 
@@ -64,6 +67,22 @@ fn main() {
         group.throughput(Throughput::Bytes(bytes.len() as u64));
         group.bench_function(format!("decode_synack_{suffix}"), |b| {
             b.iter(|| decode(black_box(bytes), &limits))
+        });
+    }
+    let ring = Keyring::new(Key::from_bytes([7; 32]));
+    for (suffix, _, bytes) in &datagrams {
+        let n = nonce(1_767_225_600_000, [9; 16]);
+        let sealed = seal_datagram(&ring, "prod", n, bytes);
+        group.throughput(Throughput::Bytes(bytes.len() as u64));
+        group.bench_function(format!("seal_synack_{suffix}"), |b| {
+            b.iter(|| seal_datagram(&ring, "prod", n, black_box(bytes)))
+        });
+        let mut buf = sealed.clone();
+        group.bench_function(format!("open_synack_{suffix}"), |b| {
+            b.iter(|| {
+                buf.copy_from_slice(&sealed);
+                open_datagram(&ring, "prod", black_box(&mut buf)).expect("opens")
+            })
         });
     }
     group.finish();

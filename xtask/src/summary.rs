@@ -81,6 +81,8 @@ pub(crate) const NAMED_FIGURES: &[NamedFigure] = &[
     NamedFigure::per_second("resync_records_per_s", &["storage/resync_full_20k"]),
     NamedFigure::megabytes_per_second("encode_mb_per_s", &["codec/encode_synack_64k"]),
     NamedFigure::megabytes_per_second("decode_mb_per_s", &["codec/decode_synack_64k"]),
+    NamedFigure::megabytes_per_second("seal_mb_per_s_1400", &["codec/seal_synack_1400"]),
+    NamedFigure::megabytes_per_second("open_mb_per_s_1400", &["codec/open_synack_1400"]),
 ];
 
 /// Top-level keys `summary.json` should have after a full `cargo xtask bench`
@@ -101,6 +103,8 @@ pub(crate) const REQUIRED_KEYS: &[&str] = &[
     "propagation_p50_ms_n100",
     "propagation_p50_ms_n10_loaded",
     "idle_bytes_per_node_round_n10",
+    "propagation_p50_ratio_keyed_n10",
+    "sealed_overhead_bytes",
     "idle_bytes_per_node_round_n100",
     "sim_rounds_n1000_pull",
     "sim_rounds_n10000_pull",

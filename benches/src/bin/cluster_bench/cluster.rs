@@ -28,6 +28,8 @@ pub(crate) struct Spec<'a> {
     pub(crate) nodes: usize,
     /// Whether writers push eagerly (else writes travel by gossip rounds only).
     pub(crate) push: bool,
+    /// Whether every node seals its datagrams with one shared key.
+    pub(crate) keyed: bool,
 }
 
 impl Spec<'_> {
@@ -37,6 +39,7 @@ impl Spec<'_> {
             name,
             nodes,
             push: true,
+            keyed: false,
         }
     }
 }
@@ -71,8 +74,13 @@ impl Cluster {
         if i >= 2 {
             seeds.push(addr(&self.nodes[i - 1])?);
         }
-        Kv::builder()
-            .cluster_id(spec.name)
+        let mut b = Kv::builder();
+        if spec.keyed {
+            b = b.keyring(gossipkv::Keyring::new(gossipkv::Key::from_bytes(
+                [0x6b; 32],
+            )));
+        }
+        b.cluster_id(spec.name)
             .node_id(format!("{}-{i:03}", spec.name))
             .bind_addr("127.0.0.1:0")
             .gossip_interval(INTERVAL)

@@ -123,6 +123,10 @@ async fn run(opts: &Options) -> Result<()> {
         let result = propagation::scenario_n10(&mut report, plan, &mut rng, t0).await;
         report.check(t0, "n10", result);
     }
+    if opts.wants("n10keyed") {
+        let result = propagation::scenario_n10_keyed(&mut report, plan, &mut rng, t0).await;
+        report.check(t0, "n10keyed", result);
+    }
     if opts.wants("bulk") {
         let result = bulk::scenario(&mut report, plan, &mut rng, t0).await;
         report.check(t0, "bulk", result);

@@ -6,10 +6,11 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 
 /// Every scenario, in the order they run.
-const SCENARIOS: [&str; 14] = [
+const SCENARIOS: [&str; 15] = [
     "memory",
     "budget",
     "n10",
+    "n10keyed",
     "bulk",
     "n100",
     "maxvalue",

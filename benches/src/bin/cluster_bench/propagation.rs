@@ -221,6 +221,55 @@ pub(crate) async fn scenario_n10(
     Ok(())
 }
 
+/// Ten nodes sealing every datagram with one key: idle traffic and
+/// propagation, as `n10` measures them, and their ratios to `n10`'s (when
+/// it ran first): the cost of encryption.
+pub(crate) async fn scenario_n10_keyed(
+    report: &mut Report,
+    plan: Plan,
+    rng: &mut SmallRng,
+    t0: Instant,
+) -> Result<()> {
+    let spec = Spec {
+        keyed: true,
+        ..Spec::new("n10keyed", 10)
+    };
+    let samples = plan.samples_n10;
+    let m =
+        formed_idle_propagation(spec, "n=10 keyed", samples, plan.sample_deadline, rng, t0).await?;
+    m.idle.put(report, "n10_keyed");
+    // What sealing adds to a datagram with the keyring of one key the nodes
+    // run with: a real envelope sealed, less its plaintext.
+    let ring = gossipkv::Keyring::new(gossipkv::Key::from_bytes([0x6b; 32]));
+    let plain = gossipkv_proto::encode(&gossipkv_proto::Envelope::new(
+        spec.name,
+        gossipkv_proto::Sender::new("x", 1, None),
+        gossipkv_proto::Body::Leave,
+    ));
+    let sealed = gossipkv_proto::seal::seal_datagram(
+        &ring,
+        spec.name,
+        gossipkv_proto::seal::nonce(0, [0; 16]),
+        &plain,
+    );
+    report.put("sealed_overhead_bytes", (sealed.len() - plain.len()) as f64);
+    m.prop.put(report, "n10_keyed", true);
+    // The protocol counts what it hands the transport: add the seals.
+    let overhead = (sealed.len() - plain.len()) as f64;
+    let wire = m.idle.bytes_per_node_round + m.idle.datagrams_per_node_round * overhead;
+    report.put("idle_wire_bytes_per_node_round_n10_keyed", wire);
+    if let Some(p50) = report.get("propagation_p50_ms_n10") {
+        report.put(
+            "propagation_p50_ratio_keyed_n10",
+            m.prop.percentile(0.5) / p50,
+        );
+    }
+    if let Some(idle) = report.get("idle_bytes_per_node_round_n10") {
+        report.put("idle_wire_bytes_ratio_keyed_n10", wire / idle);
+    }
+    Ok(())
+}
+
 /// A hundred nodes: formation, idle traffic, propagation.
 pub(crate) async fn scenario_n100(
     report: &mut Report,

@@ -21,6 +21,11 @@ impl Report {
         self.figures.insert(key.into(), value);
     }
 
+    /// The figure `key`, if measured.
+    pub(crate) fn get(&self, key: &str) -> Option<f64> {
+        self.figures.get(key).copied()
+    }
+
     /// Records `scenario` as failed and says so in a progress line.
     pub(crate) fn fail(&mut self, t0: Instant, scenario: &str, err: anyhow::Error) {
         progress(t0, format!("{scenario}: FAILED: {err:#}"));
