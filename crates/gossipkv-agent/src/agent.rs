@@ -3,12 +3,12 @@
 
 use std::io::Write as _;
 
-use gossipkv::{BytesCodec, GossipKv};
+use gossipkv::{BytesCodec, GossipKv, Keyring};
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 use crate::api::{self, ApiOptions, ApiState, Node};
-use crate::config::{AgentConfig, Discovery, LogFormat};
+use crate::config::{AgentConfig, Discovery, EncryptionMode, LogFormat};
 
 /// Why the agent could not run.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +26,9 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    /// The keyring file cannot be used.
+    #[error(transparent)]
+    Keyring(#[from] crate::keyring::KeyringFileError),
     /// Signal handlers cannot be installed.
     #[error("cannot listen for signals: {0}")]
     Signal(std::io::Error),
@@ -46,8 +49,13 @@ pub fn init_logging(filter: &str, format: LogFormat) -> Result<(), String> {
     Ok(())
 }
 
-/// Starts the node described by `cfg` (string keys, raw byte values).
-pub async fn start_node(cfg: &AgentConfig) -> Result<Node, gossipkv::Error> {
+/// Starts the node described by `cfg` (string keys, raw byte values),
+/// sealing its gossip with `keyring` when one is given (with
+/// `cfg.encryption`).
+pub async fn start_node(
+    cfg: &AgentConfig,
+    keyring: Option<Keyring>,
+) -> Result<Node, gossipkv::Error> {
     let mut b = GossipKv::builder_with_codec(BytesCodec)
         .bind_addr(cfg.bind.clone())
         .discovery(cfg.discovery == Discovery::Mdns)
@@ -75,6 +83,9 @@ pub async fn start_node(cfg: &AgentConfig) -> Result<Node, gossipkv::Error> {
     }
     if let Some(n) = cfg.max_bytes {
         b = b.max_bytes(n);
+    }
+    if let Some(ring) = keyring {
+        b = b.keyring(ring).encryption(cfg.encryption.to_encryption());
     }
     b.build().await
 }
@@ -107,13 +118,37 @@ pub async fn run_with(
     // Handlers first: a signal that comes once the addresses are printed
     // must find them.
     let signal = signals().map_err(AgentError::Signal)?;
-    let kv = start_node(&cfg).await?;
+    let keyring = match &cfg.keyring_file {
+        Some(path) => Some(crate::keyring::load(path, cfg.init_keyring)?),
+        None => {
+            if cfg.encryption != EncryptionMode::Required {
+                warn!(
+                    "--encryption {} has no effect without --keyring-file",
+                    cfg.encryption.name()
+                );
+            }
+            None
+        }
+    };
+    if let Some(ring) = &keyring {
+        let ids: Vec<String> = ring.keys().iter().map(|k| k.id().to_string()).collect();
+        info!(
+            keys = ?ids,
+            primary = %ring.primary().id(),
+            encryption = cfg.encryption.name(),
+            "gossip encryption on"
+        );
+    }
+    let kv = start_node(&cfg, keyring.clone()).await?;
     let options = ApiOptions {
         token: cfg.http_token.clone(),
         max_body: cfg.http_max_body,
         max_concurrent: cfg.http_max_concurrent,
     };
-    let state = ApiState::new(kv.clone(), &options);
+    let mut state = ApiState::new(kv.clone(), &options);
+    if let (Some(path), Some(ring)) = (&cfg.keyring_file, keyring) {
+        state = state.with_keyring_file(path.clone(), ring);
+    }
     let app = api::router(state.clone(), &options);
     info!(
         node_id = kv.node_id(),

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ use axum::routing::{get, post, put};
 use axum::{BoxError, Json, Router};
 use base64::Engine as _;
 use futures_util::stream::{self, Stream, StreamExt};
-use gossipkv::{GossipKv, Record, Version};
+use gossipkv::{GossipKv, Key, KeyId, Keyring, Record, Version};
 use serde::Serialize;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
@@ -32,6 +33,7 @@ use tokio::sync::watch;
 use tower::ServiceBuilder;
 
 use crate::changes::{Change, Feed, Resume};
+use crate::config::EncryptionMode;
 use crate::metrics::{state_name, HttpLabels, Metrics};
 
 /// The node type the agent serves: string keys, raw byte values
@@ -78,6 +80,9 @@ pub struct ApiState {
     /// started), the recent changes, and whether the node has shut down
     /// (which ends long polls and watch streams).
     feed: Arc<Feed>,
+    /// The keyring file and what it holds, when the agent has one; its
+    /// lock also serialises keyring changes made through the API.
+    keyring_file: Arc<Mutex<Option<(PathBuf, Keyring)>>>,
 }
 
 /// Longest `?wait=` of a long-poll read.
@@ -97,7 +102,20 @@ impl ApiState {
             token: options.token.as_ref().map(|t| Arc::from(t.as_bytes())),
             write_lock: Arc::new(Mutex::new(())),
             left: watch::Sender::new(false),
+            keyring_file: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// Keeps the keyring in the file at `path`: `ring` is what it holds
+    /// now (the node's keyring); every change made through the API is
+    /// written back to it.
+    #[must_use]
+    pub fn with_keyring_file(self, path: PathBuf, ring: Keyring) -> Self {
+        *self
+            .keyring_file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((path, ring));
+        self
     }
 
     /// The change index now.
@@ -315,6 +333,11 @@ pub fn router(state: ApiState, options: &ApiOptions) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/health/ready", get(ready))
         .route("/v1/leave", post(leave))
+        .route("/v1/keyring", get(keyring_get))
+        .route("/v1/keyring/install", post(keyring_install))
+        .route("/v1/keyring/use", post(keyring_use))
+        .route("/v1/keyring/remove", post(keyring_remove))
+        .route("/v1/keyring/encryption", put(keyring_encryption))
         .route("/metrics", get(metrics))
         .route("/", get(status_page))
         .route("/ui.js", get(status_page_script))
@@ -1171,6 +1194,279 @@ async fn leave(State(state): State<ApiState>) -> ApiResult<Json<Value>> {
     state.kv.shutdown().await?;
     state.left.send_replace(true);
     Ok(Json(json!({"status": "left"})))
+}
+
+// ---- Keyring ----
+
+/// `GET /v1/keyring`: the gossip encryption setting (`null`: no keyring),
+/// each key's id (4 hex digits), whether it is primary and how many live
+/// members hold and seal with it, the live members (this node excluded),
+/// whether changes are written to a keyring file, and the counters of
+/// what was sealed, opened and refused. Never the keys themselves.
+async fn keyring_get(State(state): State<ApiState>) -> Json<Value> {
+    let status = state.kv.keyring_status();
+    let st = status.stats;
+    Json(json!({
+        "encryption": status.encryption.map(|e| EncryptionMode::of(e).name()),
+        "keys": status.keys.iter().map(|k| json!({
+            "id": k.id.to_string(),
+            "primary": k.primary,
+            "members_holding": k.members_holding,
+            "members_sealing": k.members_sealing,
+        })).collect::<Vec<_>>(),
+        "members": status.members,
+        "persisted": state.has_keyring_file(),
+        "stats": {
+            "sealed": st.sealed,
+            "opened": st.opened,
+            "plaintext_accepted": st.plaintext_accepted,
+            "refused_plaintext": st.refused_plaintext,
+            "refused_unknown_key": st.refused_unknown_key,
+            "refused_forged": st.refused_forged,
+            "refused_stale": st.refused_stale,
+            "refused_future": st.refused_future,
+            "refused_replayed": st.refused_replayed,
+            "replay_forgotten": st.replay_forgotten,
+            "streams_refused": st.streams_refused,
+        },
+    }))
+}
+
+impl ApiState {
+    fn has_keyring_file(&self) -> bool {
+        self.keyring_file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
+    }
+
+    /// Applies a keyring change: `check` against the node's keyring status
+    /// (for the stable error codes), then `node` to the node, then `file`
+    /// to the keyring file's copy, which is written back. Changes are
+    /// serialised. The answer says whether the change was persisted.
+    fn change_keyring(
+        &self,
+        what: &str,
+        id: KeyId,
+        check: impl FnOnce(&gossipkv::KeyringStatus, Option<&Keyring>) -> ApiResult<()>,
+        node: impl FnOnce(&Node) -> Result<(), gossipkv::Error>,
+        file: impl FnOnce(&mut Keyring) -> Result<(), gossipkv::KeyringError>,
+    ) -> ApiResult<Json<Value>> {
+        let mut guard = self
+            .keyring_file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        check(
+            &self.kv.keyring_status(),
+            guard.as_ref().map(|(_, ring)| ring),
+        )?;
+        node(&self.kv).map_err(keyring_refused)?;
+        let persisted = match guard.as_mut() {
+            None => false,
+            Some((path, ring)) => {
+                let mut next = ring.clone();
+                file(&mut next).map_err(|e| {
+                    ApiError::new(
+                        StatusCode::CONFLICT,
+                        "keyring_refused",
+                        format!(
+                            "the node took the change but the keyring file's copy did not: {e}"
+                        ),
+                    )
+                })?;
+                crate::keyring::save(path, &next).map_err(|e| {
+                    tracing::error!(error = %e, key = %id, "cannot write the keyring file");
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "persist_failed",
+                        format!("the change applies in memory, but {e}"),
+                    )
+                })?;
+                *ring = next;
+                true
+            }
+        };
+        tracing::info!(key = %id, persisted, "keyring: {what}");
+        Ok(Json(json!({"id": id.to_string(), "persisted": persisted})))
+    }
+}
+
+/// A refusal of the node's keyring as a 409.
+fn keyring_refused(e: gossipkv::Error) -> ApiError {
+    match e {
+        gossipkv::Error::Keyring { message } => {
+            ApiError::new(StatusCode::CONFLICT, "keyring_refused", message)
+        }
+        other => ApiError::from(other),
+    }
+}
+
+/// The JSON object of a keyring request's body, and its string field
+/// `field`.
+fn body_field(body: Result<Bytes, BytesRejection>, field: &str) -> ApiResult<String> {
+    let body = body?;
+    let doc: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("body is not JSON: {e}")))?;
+    match doc.get(field) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(ApiError::bad_request(
+            "invalid_body",
+            format!("\"{field}\" must be a string"),
+        )),
+        None => Err(ApiError::bad_request(
+            "invalid_body",
+            format!("body must be a JSON object with a \"{field}\" string"),
+        )),
+    }
+}
+
+/// A key id as the API shows it: 4 hex digits.
+pub fn parse_key_id(s: &str) -> Result<KeyId, String> {
+    let s = s.trim();
+    if s.len() != 4 {
+        return Err(format!("a key id is 4 hex digits, not {s:?}"));
+    }
+    u16::from_str_radix(s, 16)
+        .map(KeyId)
+        .map_err(|_| format!("a key id is 4 hex digits, not {s:?}"))
+}
+
+fn id_field(body: Result<Bytes, BytesRejection>) -> ApiResult<KeyId> {
+    parse_key_id(&body_field(body, "id")?).map_err(|m| ApiError::bad_request("bad_id", m))
+}
+
+fn unknown_key(id: KeyId) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "unknown_key",
+        format!("no key {id} in the keyring"),
+    )
+}
+
+fn held(status: &gossipkv::KeyringStatus, id: KeyId) -> Option<&gossipkv::KeyStatus> {
+    status.keys.iter().find(|k| k.id == id)
+}
+
+/// `POST /v1/keyring/install` with `{"key": "<base64>"}`: adds a key the
+/// node opens with (it seals once made primary). On a node without a
+/// keyring it becomes the primary key of a new one, with encryption
+/// `permissive` (the first step of a migration). Installing a key already
+/// held changes nothing. 200 `{"id", "persisted"}`.
+async fn keyring_install(
+    State(state): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    let text = body_field(body, "key")?;
+    let key: Key = gossipkv::parse_key(&text).map_err(|e| match e {
+        gossipkv::Error::Keyring { message } => ApiError::bad_request("bad_key", message),
+        other => ApiError::bad_request("bad_key", other.to_string()),
+    })?;
+    let id = key.id();
+    let for_node = key.clone();
+    let for_file = key.clone();
+    state.change_keyring(
+        "key installed",
+        id,
+        |status, file| {
+            let clash = file
+                .and_then(|r| r.get(id))
+                .is_some_and(|held| *held != key);
+            if clash {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "key_id_clash",
+                    format!(
+                        "key {id} has the id of another key in the keyring; generate another key"
+                    ),
+                ));
+            }
+            if held(status, id).is_none() && status.keys.len() >= gossipkv::MAX_KEYS {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "keyring_full",
+                    format!(
+                        "the keyring already holds {} keys; remove one first",
+                        gossipkv::MAX_KEYS
+                    ),
+                ));
+            }
+            Ok(())
+        },
+        move |kv| kv.install_key(for_node),
+        move |ring| ring.install(for_file),
+    )
+}
+
+/// `POST /v1/keyring/use` with `{"id": "<4 hex digits>"}`: makes a held
+/// key primary (what the node sends is sealed with it). 200 `{"id",
+/// "persisted"}`; 404 `unknown_key`.
+async fn keyring_use(
+    State(state): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    let id = id_field(body)?;
+    state.change_keyring(
+        "key made primary",
+        id,
+        |status, _| held(status, id).map(|_| ()).ok_or_else(|| unknown_key(id)),
+        |kv| kv.use_key(id),
+        |ring| ring.use_key(id),
+    )
+}
+
+/// `POST /v1/keyring/remove` with `{"id": "<4 hex digits>"}`: removes a
+/// key that is not primary. 200 `{"id", "persisted"}`; 404
+/// `unknown_key`; 409 `primary_key`.
+async fn keyring_remove(
+    State(state): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    let id = id_field(body)?;
+    state.change_keyring(
+        "key removed",
+        id,
+        |status, _| match held(status, id) {
+            None => Err(unknown_key(id)),
+            Some(k) if k.primary => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "primary_key",
+                format!("key {id} is the primary key; make another key primary before removing it"),
+            )),
+            Some(_) => Ok(()),
+        },
+        |kv| kv.remove_key(id),
+        |ring| ring.remove(id),
+    )
+}
+
+/// `PUT /v1/keyring/encryption` with `{"mode": "required" | "permissive"
+/// | "permissive-sealing"}`: how gossip without a seal is treated. Lasts
+/// until the agent stops (the keyring file holds keys only: set
+/// `--encryption` for the next start). 200 `{"encryption", "persisted":
+/// false}`; 409 `no_keyring` on a node without a keyring.
+async fn keyring_encryption(
+    State(state): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    let mode = EncryptionMode::parse(&body_field(body, "mode")?)
+        .map_err(|m| ApiError::bad_request("bad_mode", m))?;
+    let _guard = state
+        .keyring_file
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if state.kv.keyring_status().encryption.is_none() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "no_keyring",
+            "this node has no keyring: install a key first",
+        ));
+    }
+    state
+        .kv
+        .set_encryption(mode.to_encryption())
+        .map_err(keyring_refused)?;
+    tracing::info!(encryption = mode.name(), "keyring: encryption changed");
+    Ok(Json(json!({"encryption": mode.name(), "persisted": false})))
 }
 
 /// `GET /`: the status page (HTML, served from the binary; its script is

@@ -29,7 +29,7 @@ pub enum Command {
     /// Every option can also come from a GOSSIPKV_* environment variable
     /// or a TOML file (--config); flags win over the environment, the
     /// environment over the file.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Key-value commands
     #[command(subcommand)]
     Kv(KvCommand),
@@ -53,6 +53,12 @@ pub enum Command {
     Members(ClientArgs),
     /// Show the agent's node: id, address, keys, health
     Info(ClientArgs),
+    /// Print a new random gossip encryption key (32 bytes, base64) for a
+    /// keyring file or `keyring install`
+    Keygen,
+    /// The agent's gossip encryption keyring
+    #[command(subcommand)]
+    Keyring(KeyringCommand),
     /// An interactive console attached to a running agent (set, get, del,
     /// keys, members, info, leave; exit, quit or sair to leave)
     Console(ClientArgs),
@@ -92,6 +98,48 @@ pub enum KvCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+/// `keyring` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum KeyringCommand {
+    /// List the keys: id, primary, and how many live members hold and seal
+    /// with each; then the encryption setting and the refusal counters
+    #[command(visible_alias = "ls")]
+    List(ClientArgs),
+    /// Install a key (it opens at once, and seals once made primary)
+    Install {
+        /// The key, base64 (`-`: read it from standard input, which keeps
+        /// it out of the shell history and the process list)
+        key: String,
+        /// Client options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Make a key primary: what the agent sends is sealed with it
+    Use(KeyIdArgs),
+    /// Remove a key that is not primary
+    #[command(visible_alias = "rm")]
+    Remove(KeyIdArgs),
+    /// Change how gossip without a seal is treated (until the agent stops)
+    Encryption {
+        /// required, permissive or permissive-sealing
+        #[arg(value_enum)]
+        mode: config::EncryptionMode,
+        /// Client options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// A key id and how to reach the agent.
+#[derive(clap::Args, Debug)]
+pub struct KeyIdArgs {
+    /// The key's id (4 hex digits, as `keyring list` shows it)
+    pub id: String,
+    /// Client options.
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// A key and how to reach the agent.
@@ -139,6 +187,23 @@ pub fn main() -> ExitCode {
         }
         Command::Members(c) => client::finish(client::members(&c)),
         Command::Info(c) => client::finish(client::info(&c)),
+        Command::Keygen => {
+            println!("{}", gossipkv::key_to_base64(&gossipkv::generate_key()));
+            ExitCode::SUCCESS
+        }
+        Command::Keyring(KeyringCommand::List(c)) => client::finish(client::keyring_list(&c)),
+        Command::Keyring(KeyringCommand::Install { key, client }) => {
+            client::finish(client::keyring_install(&client, &key))
+        }
+        Command::Keyring(KeyringCommand::Use(a)) => {
+            client::finish(client::keyring_change(&a.client, "use", &a.id))
+        }
+        Command::Keyring(KeyringCommand::Remove(a)) => {
+            client::finish(client::keyring_change(&a.client, "remove", &a.id))
+        }
+        Command::Keyring(KeyringCommand::Encryption { mode, client }) => {
+            client::finish(client::keyring_encryption(&client, mode))
+        }
         Command::Console(c) => crate::console::run(&c),
     }
 }
@@ -260,5 +325,42 @@ mod tests {
             Some(std::time::Duration::from_millis(100))
         );
         assert!(Cli::try_parse_from(["gossipkv", "agent", "--gossip-interval", "soon"]).is_err());
+    }
+
+    #[test]
+    fn keyring_flags_and_commands_parse() {
+        let cli = Cli::try_parse_from([
+            "gossipkv",
+            "agent",
+            "--keyring-file",
+            "/k.json",
+            "--init-keyring",
+            "--encryption",
+            "permissive-sealing",
+        ])
+        .unwrap();
+        let Command::Agent(a) = cli.command else {
+            panic!("not agent");
+        };
+        assert_eq!(
+            a.keyring_file.as_deref(),
+            Some(std::path::Path::new("/k.json"))
+        );
+        assert!(a.init_keyring);
+        assert_eq!(
+            a.encryption,
+            Some(config::EncryptionMode::PermissiveSealing)
+        );
+        assert!(Cli::try_parse_from(["gossipkv", "agent", "--encryption", "off"]).is_err());
+        let cli = Cli::try_parse_from(["gossipkv", "keyring", "encryption", "permissive"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Keyring(KeyringCommand::Encryption {
+                mode: config::EncryptionMode::Permissive,
+                ..
+            })
+        ));
+        assert!(Cli::try_parse_from(["gossipkv", "keyring", "use", "ab12"]).is_ok());
+        assert!(Cli::try_parse_from(["gossipkv", "keygen"]).is_ok());
     }
 }

@@ -512,6 +512,146 @@ pub fn info(args: &ClientArgs) -> Result<(), ClientError> {
     Ok(())
 }
 
+/// `keyring list`: a table of the agent's keys (id, primary, members
+/// holding and sealing with each, out of the live members), then the
+/// encryption setting and the counters of refused gossip.
+pub fn keyring_list(args: &ClientArgs) -> Result<(), ClientError> {
+    let v = Client::new(args)
+        .request("GET", "/v1/keyring", None)?
+        .check()?
+        .json()?;
+    if args.json {
+        return print_json(&v);
+    }
+    print!("{}", describe_keyring(&v));
+    Ok(())
+}
+
+/// The text `keyring list` prints for a `GET /v1/keyring` answer.
+pub fn describe_keyring(v: &Value) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let Some(mode) = v["encryption"].as_str() else {
+        out.push_str("no keyring: gossip is not encrypted\n");
+        return out;
+    };
+    let members = v["members"].as_u64().unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "{:<6} {:<8} {:<10} SEALING",
+        "ID", "PRIMARY", "HOLDING"
+    );
+    for k in v["keys"].as_array().into_iter().flatten() {
+        let n = |f: &str| k[f].as_u64().unwrap_or(0);
+        let holding = format!("{}/{members}", n("members_holding"));
+        let sealing = format!("{}/{members}", n("members_sealing"));
+        let primary = if k["primary"].as_bool() == Some(true) {
+            "yes"
+        } else {
+            "no"
+        };
+        let id = k["id"].as_str().unwrap_or("?");
+        let _ = writeln!(out, "{id:<6} {primary:<8} {holding:<10} {sealing}");
+    }
+    let s = &v["stats"];
+    let n = |f: &str| s[f].as_u64().unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "encryption {mode}; {members} live members besides this one; keyring file: {}",
+        if v["persisted"].as_bool() == Some(true) {
+            "yes"
+        } else {
+            "none (changes last until the agent stops)"
+        }
+    );
+    let _ = writeln!(
+        out,
+        "sealed {} opened {} plaintext accepted {}; refused: plaintext {} unknown key {} \
+         forged {} stale {} future {} replayed {}",
+        n("sealed"),
+        n("opened"),
+        n("plaintext_accepted"),
+        n("refused_plaintext"),
+        n("refused_unknown_key"),
+        n("refused_forged"),
+        n("refused_stale"),
+        n("refused_future"),
+        n("refused_replayed"),
+    );
+    out
+}
+
+fn print_change(args: &ClientArgs, v: &Value, what: &str) -> Result<(), ClientError> {
+    if args.json {
+        return print_json(v);
+    }
+    let persisted = if v["persisted"].as_bool() == Some(true) {
+        "saved to the keyring file"
+    } else {
+        "in memory only (no keyring file)"
+    };
+    println!("{what} {}: {persisted}", v["id"].as_str().unwrap_or("?"));
+    Ok(())
+}
+
+/// `keyring install KEY` (`-`: the key from stdin).
+pub fn keyring_install(args: &ClientArgs, key: &str) -> Result<(), ClientError> {
+    let key = if key == "-" {
+        let mut buf = String::new();
+        std::io::stdin()
+            .read_to_string(&mut buf)
+            .map_err(|e| ClientError::new(EXIT_USAGE, format!("cannot read stdin: {e}")))?;
+        buf.trim().to_string()
+    } else {
+        key.trim().to_string()
+    };
+    let body = serde_json::json!({ "key": key }).to_string();
+    let v = Client::new(args)
+        .request("POST", "/v1/keyring/install", Some(body.as_bytes()))?
+        .check()?
+        .json()?;
+    print_change(args, &v, "installed key")
+}
+
+/// `keyring use ID` (`action` = `use`) and `keyring remove ID` (`remove`).
+pub fn keyring_change(args: &ClientArgs, action: &str, id: &str) -> Result<(), ClientError> {
+    let body = serde_json::json!({ "id": id }).to_string();
+    let v = Client::new(args)
+        .request(
+            "POST",
+            &format!("/v1/keyring/{action}"),
+            Some(body.as_bytes()),
+        )?
+        .check()?
+        .json()?;
+    let what = if action == "use" {
+        "now sealing with key"
+    } else {
+        "removed key"
+    };
+    print_change(args, &v, what)
+}
+
+/// `keyring encryption MODE`.
+pub fn keyring_encryption(
+    args: &ClientArgs,
+    mode: crate::config::EncryptionMode,
+) -> Result<(), ClientError> {
+    let body = serde_json::json!({ "mode": mode.name() }).to_string();
+    let v = Client::new(args)
+        .request("PUT", "/v1/keyring/encryption", Some(body.as_bytes()))?
+        .check()?
+        .json()?;
+    if args.json {
+        return print_json(&v);
+    }
+    println!(
+        "encryption {} (until the agent stops; set --encryption for its next start)",
+        mode.name()
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -45,6 +45,64 @@ pub enum Discovery {
     Mdns,
 }
 
+/// How the agent's node treats gossip without a seal (with a keyring).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EncryptionMode {
+    /// Seal everything sent; accept only sealed gossip.
+    #[default]
+    Required,
+    /// Accept sealed and plaintext gossip; send plaintext (the first step
+    /// of a migration).
+    Permissive,
+    /// Accept sealed and plaintext gossip; seal what is sent (the second
+    /// step of a migration).
+    PermissiveSealing,
+}
+
+impl EncryptionMode {
+    /// The library's setting.
+    pub fn to_encryption(self) -> gossipkv::Encryption {
+        match self {
+            EncryptionMode::Required => gossipkv::Encryption::Required,
+            EncryptionMode::Permissive => gossipkv::Encryption::Permissive {
+                seal_outgoing: false,
+            },
+            EncryptionMode::PermissiveSealing => gossipkv::Encryption::Permissive {
+                seal_outgoing: true,
+            },
+        }
+    }
+
+    /// The mode of the library's setting.
+    pub fn of(encryption: gossipkv::Encryption) -> EncryptionMode {
+        match encryption {
+            gossipkv::Encryption::Permissive {
+                seal_outgoing: false,
+            } => EncryptionMode::Permissive,
+            gossipkv::Encryption::Permissive {
+                seal_outgoing: true,
+            } => EncryptionMode::PermissiveSealing,
+            _ => EncryptionMode::Required,
+        }
+    }
+
+    /// The mode's name, as the flag and the API spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            EncryptionMode::Required => "required",
+            EncryptionMode::Permissive => "permissive",
+            EncryptionMode::PermissiveSealing => "permissive-sealing",
+        }
+    }
+
+    /// The mode of a name (`required`, `permissive`,
+    /// `permissive-sealing`).
+    pub fn parse(s: &str) -> Result<EncryptionMode, String> {
+        parse_enum(s)
+    }
+}
+
 /// The flags of `gossipkv agent`. Every option is optional here: what is
 /// not given falls back to the environment, the file, then the default.
 #[derive(Args, Clone, Debug, Default)]
@@ -117,6 +175,21 @@ pub struct AgentArgs {
     /// [env: GOSSIPKV_HTTP_MAX_CONNECTIONS] [default: 1024]
     #[arg(long, value_name = "N")]
     pub http_max_connections: Option<usize>,
+    /// JSON keyring file of the gossip encryption keys (mode 0600), as
+    /// `{"primary": "<base64>", "keys": ["<base64>", ...]}`; rewritten
+    /// when the keyring changes through the API
+    /// [env: GOSSIPKV_KEYRING_FILE] [default: no encryption]
+    #[arg(long, value_name = "FILE")]
+    pub keyring_file: Option<PathBuf>,
+    /// Create --keyring-file with a new random key if it does not exist
+    /// [flag only]
+    #[arg(long)]
+    pub init_keyring: bool,
+    /// How gossip without a seal is treated (with a keyring):
+    /// `permissive` and `permissive-sealing` are the steps of a migration
+    /// [env: GOSSIPKV_ENCRYPTION] [default: required]
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub encryption: Option<EncryptionMode>,
     /// Also run the console in this terminal, attached to this agent; the
     /// agent leaves the cluster when the console ends (logs default to
     /// warn) [flag only]
@@ -165,6 +238,10 @@ pub struct FileConfig {
     pub http_max_concurrent: Option<usize>,
     /// See [`AgentArgs::http_max_connections`].
     pub http_max_connections: Option<usize>,
+    /// See [`AgentArgs::keyring_file`].
+    pub keyring_file: Option<PathBuf>,
+    /// See [`AgentArgs::encryption`].
+    pub encryption: Option<EncryptionMode>,
 }
 
 /// The resolved configuration of an agent.
@@ -204,6 +281,12 @@ pub struct AgentConfig {
     pub http_max_concurrent: usize,
     /// Most open HTTP connections.
     pub http_max_connections: usize,
+    /// Keyring file (`None`: no gossip encryption at start).
+    pub keyring_file: Option<PathBuf>,
+    /// Whether to create the keyring file when it does not exist.
+    pub init_keyring: bool,
+    /// How gossip without a seal is treated (with a keyring).
+    pub encryption: EncryptionMode,
 }
 
 impl Default for AgentConfig {
@@ -226,6 +309,9 @@ impl Default for AgentConfig {
             http_max_body: DEFAULT_MAX_BODY,
             http_max_concurrent: DEFAULT_MAX_CONCURRENT,
             http_max_connections: crate::server::DEFAULT_MAX_CONNECTIONS,
+            keyring_file: None,
+            init_keyring: false,
+            encryption: EncryptionMode::Required,
         }
     }
 }
@@ -490,7 +576,33 @@ pub fn resolve(
                 parse_usize,
             )?
             .unwrap_or(d.http_max_connections),
+        keyring_file: m.parsed(
+            "--keyring-file",
+            &flags.keyring_file,
+            "GOSSIPKV_KEYRING_FILE",
+            &file.keyring_file,
+            |s| Ok(PathBuf::from(s)),
+        )?,
+        init_keyring: flags.init_keyring,
+        encryption: m
+            .parsed(
+                "--encryption",
+                &flags.encryption,
+                "GOSSIPKV_ENCRYPTION",
+                &file.encryption,
+                parse_enum,
+            )?
+            .unwrap_or(d.encryption),
     };
+    if cfg.init_keyring && cfg.keyring_file.is_none() {
+        return Err(ConfigError::Invalid {
+            option: "--init-keyring",
+            source_name: "flag".into(),
+            message: "needs --keyring-file (or GOSSIPKV_KEYRING_FILE, or keyring_file in the \
+                      config file)"
+                .into(),
+        });
+    }
     if cfg.http_max_connections == 0 {
         return Err(ConfigError::Invalid {
             option: "--http-max-connections",
@@ -641,6 +753,71 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("config file"), "{err}");
+    }
+
+    #[test]
+    fn keyring_file_and_encryption_layer_like_the_rest() {
+        let file = parse_file(
+            "keyring_file = \"/etc/gossipkv/keyring.json\"\nencryption = \"permissive\"\n",
+        )
+        .unwrap();
+        let c = resolve(&AgentArgs::default(), &env(&[]), &file).unwrap();
+        assert_eq!(
+            c.keyring_file.as_deref(),
+            Some(Path::new("/etc/gossipkv/keyring.json"))
+        );
+        assert_eq!(c.encryption, EncryptionMode::Permissive);
+        let e = env(&[
+            ("GOSSIPKV_KEYRING_FILE", "/env/keyring.json"),
+            ("GOSSIPKV_ENCRYPTION", "permissive-sealing"),
+        ]);
+        let c = resolve(&AgentArgs::default(), &e, &file).unwrap();
+        assert_eq!(
+            c.keyring_file.as_deref(),
+            Some(Path::new("/env/keyring.json"))
+        );
+        assert_eq!(c.encryption, EncryptionMode::PermissiveSealing);
+        assert_eq!(
+            c.encryption.to_encryption(),
+            gossipkv::Encryption::Permissive {
+                seal_outgoing: true
+            }
+        );
+        let flags = AgentArgs {
+            keyring_file: Some("/flag/keyring.json".into()),
+            encryption: Some(EncryptionMode::Required),
+            ..AgentArgs::default()
+        };
+        let c = resolve(&flags, &e, &file).unwrap();
+        assert_eq!(
+            c.keyring_file.as_deref(),
+            Some(Path::new("/flag/keyring.json"))
+        );
+        assert_eq!(c.encryption, EncryptionMode::Required);
+        let err = resolve(
+            &AgentArgs::default(),
+            &env(&[("GOSSIPKV_ENCRYPTION", "maybe")]),
+            &FileConfig::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("permissive-sealing"), "{err}");
+        let init = AgentArgs {
+            init_keyring: true,
+            ..AgentArgs::default()
+        };
+        let err = resolve(&init, &env(&[]), &FileConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--keyring-file"), "{err}");
+        for mode in [
+            EncryptionMode::Required,
+            EncryptionMode::Permissive,
+            EncryptionMode::PermissiveSealing,
+        ] {
+            assert_eq!(EncryptionMode::of(mode.to_encryption()), mode);
+            assert_eq!(EncryptionMode::parse(mode.name()), Ok(mode));
+        }
     }
 
     #[test]

@@ -14,5 +14,6 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod console;
+pub mod keyring;
 pub mod metrics;
 pub mod server;

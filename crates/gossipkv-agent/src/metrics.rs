@@ -29,6 +29,11 @@ struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: &'static str,
 }
@@ -246,6 +251,54 @@ impl Metrics {
             "errors_dropped",
             "Network error reports dropped because the handler was too slow",
             ConstCounter::new(kv.errors_dropped()),
+        );
+        let keyring = kv.keyring_status();
+        let seal = keyring.stats;
+        r.register(
+            "keyring_keys",
+            "Keys in this node's gossip keyring (0: no encryption)",
+            ConstGauge::new(keyring.keys.len() as i64),
+        );
+        r.register(
+            "sealed_datagrams",
+            "Datagrams sealed and sent",
+            ConstCounter::new(seal.sealed),
+        );
+        r.register(
+            "opened_datagrams",
+            "Sealed datagrams received that opened and were fresh",
+            ConstCounter::new(seal.opened),
+        );
+        r.register(
+            "plaintext_datagrams_accepted",
+            "Plaintext datagrams accepted while encryption is permissive",
+            ConstCounter::new(seal.plaintext_accepted),
+        );
+        let refused = Family::<ReasonLabels, Counter>::default();
+        for (reason, n) in [
+            ("plaintext", seal.refused_plaintext),
+            ("unknown_key", seal.refused_unknown_key),
+            ("forged", seal.refused_forged),
+            ("stale", seal.refused_stale),
+            ("future", seal.refused_future),
+            ("replayed", seal.refused_replayed),
+        ] {
+            refused.get_or_create(&ReasonLabels { reason }).inc_by(n);
+        }
+        r.register(
+            "datagrams_refused",
+            "Datagrams refused before decoding, by reason",
+            refused,
+        );
+        r.register(
+            "replay_forgotten",
+            "Datagrams the replay guard forgot within its window because it was full",
+            ConstCounter::new(seal.replay_forgotten),
+        );
+        r.register(
+            "sealed_streams_refused",
+            "Catch-up streams dropped because a record did not open (or was plaintext)",
+            ConstCounter::new(seal.streams_refused),
         );
         r.register(
             "http_requests",
