@@ -8,9 +8,12 @@
 //! sent by another node, fill the holes a lossy network left in an earlier
 //! attempt. The whole is handed back only if its hash matches its id.
 //!
-//! Bounds: at most `max_bytes` of pieces are held in all and at most
+//! Bounds: at most `max_bytes` of memory are held in all and at most
 //! `max_messages` messages are open; when a new piece would break either, the
-//! least recently active message is dropped. A message with no new piece for
+//! least recently active message is dropped. Memory is counted as it is
+//! spent, not only as data: each piece costs its bytes and
+//! [`PIECE_OVERHEAD`], each message [`MESSAGE_OVERHEAD`], so a flood of
+//! one-byte pieces holds no more than the bound either. A message with no new piece for
 //! `timeout` is dropped by [`Reassembly::expire`]. Pieces are checked
 //! against their message (same count and length, in range, not longer than
 //! the whole), so a hostile sender cannot make the receiver hold more than
@@ -37,12 +40,24 @@ pub(crate) enum Outcome {
     Rejected(&'static str),
 }
 
+/// Memory a piece costs besides its data: its `Bytes` handle and heap
+/// block, and its share of the B-tree's nodes (measured layouts plus an
+/// allocator's rounding; a bound, not an estimate).
+pub(crate) const PIECE_OVERHEAD: usize = 96;
+
+/// Memory an open message costs besides its pieces: its [`Partial`] and
+/// its entry in the map of open messages.
+pub(crate) const MESSAGE_OVERHEAD: usize = 160;
+
 #[derive(Debug)]
 struct Partial {
     count: u32,
     total_len: u32,
     pieces: BTreeMap<u32, Bytes>,
-    held: usize,
+    /// Data bytes of the pieces held.
+    data: usize,
+    /// Memory they cost, the message's own overhead included.
+    cost: usize,
     last: Instant,
 }
 
@@ -72,7 +87,7 @@ impl Reassembly {
         }
     }
 
-    /// Bytes of pieces held now.
+    /// Memory held now: the pieces' bytes and the overheads.
     #[cfg(test)]
     pub(crate) fn held_bytes(&self) -> usize {
         self.held
@@ -89,29 +104,40 @@ impl Reassembly {
             if p.pieces.contains_key(&f.index) {
                 return Outcome::Pending;
             }
-            if p.held + f.data.len() > p.total_len as usize {
+            if p.data + f.data.len() > p.total_len as usize {
                 self.remove(&id);
                 return Outcome::Rejected("fragments are longer than their message");
             }
         } else if f.data.len() as u64 > u64::from(f.total_len) {
             return Outcome::Rejected("fragment is longer than its message");
         }
-        self.make_room(id, f.data.len());
+        let new = !self.open.contains_key(&id);
+        let cost = f.data.len() + PIECE_OVERHEAD + if new { MESSAGE_OVERHEAD } else { 0 };
+        self.make_room(id, cost);
+        if self.held + cost > self.max_bytes {
+            // Alone, this piece does not fit the bound.
+            if self.remove(&id).is_some() {
+                self.dropped += 1;
+            }
+            return Outcome::Rejected("fragmented message larger than the reassembly bound");
+        }
         let p = self.open.entry(id).or_insert_with(|| Partial {
             count: f.count,
             total_len: f.total_len,
             pieces: BTreeMap::new(),
-            held: 0,
+            data: 0,
+            cost: 0,
             last: now,
         });
-        p.held += f.data.len();
+        p.data += f.data.len();
+        p.cost += cost;
         p.last = now;
-        self.held += f.data.len();
+        self.held += cost;
         p.pieces.insert(f.index, f.data);
         if p.pieces.len() < p.count as usize {
             return Outcome::Pending;
         }
-        let whole = p.held == p.total_len as usize;
+        let whole = p.data == p.total_len as usize;
         let p = self.remove(&id).expect("message is open");
         if !whole {
             return Outcome::Rejected("fragments do not add up to their message's length");
@@ -165,7 +191,7 @@ impl Reassembly {
 
     fn remove(&mut self, id: &u64) -> Option<Partial> {
         let p = self.open.remove(id)?;
-        self.held -= p.held;
+        self.held -= p.cost;
         Some(p)
     }
 }
@@ -242,6 +268,40 @@ mod tests {
         let open = r.open.len();
         assert_eq!(r.expire(Instant::from_millis(1_000)), open);
         assert_eq!(r.held_bytes(), 0);
+    }
+
+    #[test]
+    fn a_flood_of_one_byte_pieces_is_counted_at_its_real_cost() {
+        // One message of 1 MiB announced in one-byte pieces: without the
+        // overheads, 64 KiB of "bytes" would be 65,536 pieces.
+        let bound = 64 << 10;
+        let mut r = Reassembly::new(bound, 8, Duration::from_secs(10));
+        let total = 1u32 << 20;
+        for i in 0..20_000u32 {
+            let f = Fragment {
+                message_id: 42,
+                index: i,
+                count: total,
+                total_len: total,
+                data: Bytes::from_static(b"x"),
+            };
+            let _ = r.insert(f, Instant::from_millis(0));
+            assert!(r.held_bytes() <= bound, "{} > {bound}", r.held_bytes());
+        }
+        let held: usize = r.open.values().map(|p| p.pieces.len()).sum();
+        assert!(
+            held <= bound / (1 + PIECE_OVERHEAD),
+            "{held} pieces held in {bound} bytes"
+        );
+        assert!(held > 0, "the bound holds pieces at all");
+        // A message whose first piece alone exceeds the bound is refused.
+        let mut tiny = Reassembly::new(100, 8, Duration::from_secs(10));
+        let ps = pieces(&[1u8; 300], 3, 100);
+        assert!(matches!(
+            tiny.insert(ps[0].clone(), Instant::from_millis(0)),
+            Outcome::Rejected(_)
+        ));
+        assert_eq!(tiny.held_bytes(), 0);
     }
 
     #[test]
