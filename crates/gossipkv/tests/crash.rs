@@ -83,7 +83,10 @@ fn crash_child_process() {
                 for n in 0.. {
                     let key = format!("w{w}-k{:02}", n % KEYS_PER_WRITER);
                     let value = format!("{run}-{w}-{n}");
-                    if kv.set(&key, value.clone()).is_err() {
+                    if let Err(e) = kv.set(&key, value.clone()) {
+                        // Expected once a clean stop closed the node; said
+                        // on stderr so that an early failure is diagnosable.
+                        eprintln!("crash child: writer {w} stops: set {key}: {e}");
                         return;
                     }
                     let v = kv
