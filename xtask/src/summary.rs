@@ -98,6 +98,7 @@ pub(crate) const REQUIRED_KEYS: &[&str] = &[
     "decode_mb_per_s",
     "bytes_per_key_1m",
     "max_bytes_peak_over_budget",
+    "max_bytes_peak_over_budget_n2",
     "propagation_p50_ms_n10",
     "propagation_p99_ms_n10",
     "propagation_p50_ms_n100",

@@ -172,16 +172,34 @@ fn tombstones_are_kept_until_the_bounds_cover_them() {
     let s = store("a", None, Some(budget), Policy::EvictLru);
     // A peer that has seen nothing of this node.
     s.set_early_collection(Some(&[]));
+    let mut refused = 0;
     for i in 0..40 {
-        s.try_write(&format!("k{i:05}"), Some(v(64)), NOW).unwrap();
+        match s.try_write(&format!("k{i:05}"), Some(v(64)), NOW) {
+            Ok(_) => {}
+            Err(BudgetError::OverBudget { .. }) => refused += 1,
+            Err(e) => panic!("{e}"),
+        }
+        // Never more than the budget and one entry, whatever the peer lags.
+        assert!(
+            s.memory_usage() <= budget + entry(64) + 5,
+            "{} over {budget}",
+            s.memory_usage()
+        );
     }
     assert_eq!(s.budget_stats().tombstones_collected_early, 0);
+    assert!(refused > 0, "nothing left to evict, yet nothing refused");
+    assert_eq!(s.budget_stats().refused, refused);
     let tombs_before = s.len_with_tombstones() - s.len();
-    assert!(tombs_before >= 30, "{tombs_before}");
+    assert!(tombs_before >= 5, "{tombs_before}");
+    assert!(
+        s.try_write("k00000", None, NOW).is_ok(),
+        "a delete is never refused"
+    );
     // The peer now holds everything up to the current watermark.
     let w = s.watermark(&Origin::new("a", 1));
     s.set_early_collection(Some(&[(Origin::new("a", 1), w)]));
-    s.try_write("more", Some(v(64)), NOW).unwrap();
+    s.try_write("more", Some(v(64)), NOW)
+        .expect("room again once the tombstones are collected");
     assert!(s.budget_stats().tombstones_collected_early > 0);
     assert!(s.memory_usage() <= budget, "{}", s.memory_usage());
     // Collecting raised the floor no higher than the bound.

@@ -51,6 +51,9 @@ pub enum Error {
     /// [`max_bytes`](crate::Builder::max_bytes) under
     /// [`MemoryPolicy::Reject`](crate::MemoryPolicy::Reject); nothing was
     /// written. Delete keys (or wait for deletes from peers) to make room.
+    /// Under [`MemoryPolicy::EvictLru`](crate::MemoryPolicy::EvictLru): the
+    /// node is over `max_bytes` with nothing left to evict but tombstones
+    /// its peers have not seen yet; retry after a gossip round or two.
     #[error(
         "over budget: the write needs {needed} more bytes; {bytes} of {max_bytes:?} bytes \
          and {entries} of {max_entries:?} entries are used"

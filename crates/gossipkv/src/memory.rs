@@ -28,7 +28,11 @@ pub enum MemoryPolicy {
     /// The least recently used keys are evicted until the node is within
     /// its limits again (right for a cache); writes replicated from peers
     /// evict too. An eviction is a delete: it replicates, so in a cluster an
-    /// eviction on one node deletes the key on every node.
+    /// eviction on one node deletes the key on every node. Its tombstone
+    /// counts toward `max_bytes` until the peers have it; when only such
+    /// tombstones are left to pay for a new value, the write fails with
+    /// [`Error::OverBudget`] until they are collected (a round or two), so
+    /// the node never goes over `max_bytes` by more than one entry.
     EvictLru,
 }
 

@@ -51,8 +51,11 @@
 //! arrive after the collection and come back here alone; see `marks.rs` in
 //! `gossipkv-core`). A store with no peers collects at once. Under [`Policy::EvictLru`], when the tombstones
 //! still held exceed the budget, live values are evicted to make up for them;
-//! when none is left, the store stays over its budget until its peers' marks
-//! cover its tombstones.
+//! when none is left, local writes of values are refused
+//! ([`BudgetError::OverBudget`]) until its peers' marks cover its tombstones
+//! and they are collected, so the store never holds more than its budget
+//! and one entry. Deletes are never refused; merges always apply (and
+//! evict).
 
 use std::collections::{BinaryHeap, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -114,7 +117,9 @@ impl Limits {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum BudgetError {
-    /// The write would take the store over a limit ([`Policy::Reject`]).
+    /// The write would take the store over a limit ([`Policy::Reject`]), or
+    /// the store is over its bytes with nothing left to evict but
+    /// tombstones its peers have not passed yet ([`Policy::EvictLru`]).
     #[error(
         "over budget: the write needs {needed} more bytes and {new_entries} more entries; \
          {bytes} of {max_bytes:?} bytes and {entries} of {max_entries:?} entries are used"
@@ -151,7 +156,8 @@ pub struct BudgetStats {
     pub evicted: u64,
     /// Tombstones collected early, before the retention.
     pub tombstones_collected_early: u64,
-    /// Local writes refused ([`Policy::Reject`], or too large).
+    /// Local writes refused ([`Policy::Reject`], too large, or an
+    /// [`Policy::EvictLru`] store over its bytes with nothing to evict).
     pub refused: u64,
     /// Times an eviction pass ended with the store still over its budget
     /// (nothing left to evict but tombstones its peers have not passed yet).
@@ -419,6 +425,24 @@ impl Store {
         };
         b.check_size(size)?;
         if b.limits.policy != Policy::Reject {
+            // A cache still over its bytes after the last eviction pass has
+            // nothing left to evict but tombstones its peers have not
+            // passed: another value would leave one more tombstone over the
+            // budget. It refuses values until collection brings it back.
+            if self.bytes_over(b, 0) {
+                self.collect_early(b, 0);
+                if self.bytes_over(b, 0) {
+                    b.refused.fetch_add(1, Ordering::Relaxed);
+                    return Err(BudgetError::OverBudget {
+                        needed: size,
+                        new_entries: 0,
+                        bytes: self.memory_usage(),
+                        max_bytes: b.limits.max_bytes,
+                        entries: self.len(),
+                        max_entries: b.limits.max_entries,
+                    });
+                }
+            }
             return Ok(self.write_unchecked(key, value, life, now_ms));
         }
         if self.bytes_over(b, size) {
