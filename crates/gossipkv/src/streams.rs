@@ -88,6 +88,18 @@ impl Inbound {
         }
     }
 
+    /// Feeds the plaintext of `bytes` to the protocol (a plaintext
+    /// stream's bytes as they are, without a copy).
+    fn feed(&mut self, cx: &StreamCx, id: StreamId, bytes: &[u8]) -> std::io::Result<()> {
+        if let Inbound::Plain = self {
+            return cx.feed(id, bytes);
+        }
+        for chunk in self.open(&cx.sealing, bytes)? {
+            cx.feed(id, &chunk)?;
+        }
+        Ok(())
+    }
+
     fn is_sealed(&self) -> bool {
         matches!(self, Inbound::Sealed(_))
     }
@@ -172,9 +184,7 @@ async fn receive_inner(cx: &StreamCx, open: StreamOpen) -> std::io::Result<()> {
         if n == 0 {
             return Ok(());
         }
-        for chunk in inbound.open(&cx.sealing, &buf[..n])? {
-            cx.feed(open.id, &chunk)?;
-        }
+        inbound.feed(cx, open.id, &buf[..n])?;
     }
 }
 
@@ -225,9 +235,7 @@ async fn serve_inner(cx: &StreamCx, id: StreamId, mut sock: TcpStream) -> std::i
                 if n == 0 {
                     return Ok(());
                 }
-                for chunk in inbound.open(&cx.sealing, &buf[..n])? {
-                    cx.feed(id, &chunk)?;
-                }
+                inbound.feed(cx, id, &buf[..n])?;
             }
         }
     }
