@@ -367,6 +367,30 @@ fn seal_in_place(key: &Key, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8])
         .unwrap_or_default()
 }
 
+/// Decrypts `sealed` in place: a header of `header_len` bytes ending with
+/// the nonce, the ciphertext, the tag. The nonce, and where the plaintext is.
+/// `sealed` must hold at least the header and the tag.
+fn open_in_place(
+    key: &Key,
+    aad: &[u8],
+    sealed: &mut [u8],
+    header_len: usize,
+) -> Result<([u8; NONCE_LEN], Range<usize>), OpenError> {
+    let mut nonce = [0u8; NONCE_LEN];
+    nonce.copy_from_slice(&sealed[header_len - NONCE_LEN..header_len]);
+    let tag_at = sealed.len() - TAG_LEN;
+    let tag = Tag::clone_from_slice(&sealed[tag_at..]);
+    key.cipher
+        .decrypt_in_place_detached(
+            XNonce::from_slice(&nonce),
+            aad,
+            &mut sealed[header_len..tag_at],
+            &tag,
+        )
+        .map_err(|_| OpenError::Forged)?;
+    Ok((nonce, header_len..tag_at))
+}
+
 /// A datagram opened in place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Opened {
@@ -405,21 +429,10 @@ pub fn open_datagram(
     let key = keyring
         .get(holdings.primary())
         .ok_or(OpenError::UnknownKey(holdings.primary()))?;
-    let mut nonce = [0u8; NONCE_LEN];
-    nonce.copy_from_slice(&buf[header_len - NONCE_LEN..header_len]);
-    let tag_at = buf.len() - TAG_LEN;
-    let tag = Tag::clone_from_slice(&buf[tag_at..]);
     let aad = aad(b"d", &buf[..header_len], cluster_id);
-    key.cipher
-        .decrypt_in_place_detached(
-            XNonce::from_slice(&nonce),
-            &aad,
-            &mut buf[header_len..tag_at],
-            &tag,
-        )
-        .map_err(|_| OpenError::Forged)?;
+    let (nonce, plaintext) = open_in_place(key, &aad, buf, header_len)?;
     Ok(Opened {
-        plaintext: header_len..tag_at,
+        plaintext,
         nonce,
         holdings,
     })
@@ -561,22 +574,11 @@ impl RecordReader {
         let id = KeyId(u16::from_le_bytes([body[0], body[1]]));
         let key = keyring.get(id).ok_or(OpenError::UnknownKey(id))?;
         let header_len = KEY_ID_LEN + NONCE_LEN;
-        let mut nonce = [0u8; NONCE_LEN];
-        nonce.copy_from_slice(&body[KEY_ID_LEN..header_len]);
-        let tag_at = body.len() - TAG_LEN;
-        let tag = Tag::clone_from_slice(&body[tag_at..]);
         let kind = record_kind(self.direction, self.next_index);
         let aad = aad(&kind, &body[..header_len], cluster_id);
-        key.cipher
-            .decrypt_in_place_detached(
-                XNonce::from_slice(&nonce),
-                &aad,
-                &mut body[header_len..tag_at],
-                &tag,
-            )
-            .map_err(|_| OpenError::Forged)?;
+        let (_, plaintext) = open_in_place(key, &aad, body, header_len)?;
         self.next_index += 1;
-        Ok(body[header_len..tag_at].to_vec())
+        Ok(body[plaintext].to_vec())
     }
 }
 
