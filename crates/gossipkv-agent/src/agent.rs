@@ -29,6 +29,9 @@ pub enum AgentError {
     /// The keyring file cannot be used.
     #[error(transparent)]
     Keyring(#[from] crate::keyring::KeyringFileError),
+    /// The HTTP API's TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// Signal handlers cannot be installed.
     #[error("cannot listen for signals: {0}")]
     Signal(std::io::Error),
@@ -92,8 +95,8 @@ pub async fn start_node(
 
 /// Runs an agent until a termination signal or `POST /v1/leave`, then
 /// leaves the cluster and stops serving. Prints `gossip listening on
-/// ADDR` and `http listening on ADDR` (the addresses actually bound) on
-/// stdout once serving.
+/// ADDR` and `http listening on ADDR` (the addresses actually bound; `http
+/// listening on https://ADDR` with TLS) on stdout once serving.
 pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     run_with(cfg, |_| {}, std::future::pending()).await
 }
@@ -105,6 +108,15 @@ pub async fn run_with(
     on_ready: impl FnOnce(std::net::SocketAddr),
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
+    // A certificate or key that cannot be used stops the agent before
+    // anything listens.
+    let tls = match &cfg.http_tls {
+        Some(files) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
+            &files.cert,
+            &files.key,
+        )?)),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(&cfg.http)
         .await
         .map_err(|source| AgentError::Http {
@@ -154,6 +166,7 @@ pub async fn run_with(
         node_id = kv.node_id(),
         gossip = ?kv.local_addr(),
         http = %http_addr,
+        tls = tls.is_some(),
         auth = cfg.http_token.is_some(),
         "agent started"
     );
@@ -162,7 +175,11 @@ pub async fn run_with(
         if let Some(a) = kv.local_addr() {
             let _ = writeln!(out, "gossip listening on {a}");
         }
-        let _ = writeln!(out, "http listening on {http_addr}");
+        if tls.is_some() {
+            let _ = writeln!(out, "http listening on https://{http_addr}");
+        } else {
+            let _ = writeln!(out, "http listening on {http_addr}");
+        }
         let _ = out.flush();
     }
     on_ready(http_addr);
@@ -184,13 +201,16 @@ pub async fn run_with(
         max_connections: cfg.http_max_connections,
         ..crate::server::ServerOptions::default()
     };
-    crate::server::serve(listener, app, server, async move {
+    let stop = async move {
         stop.await;
         if let Err(e) = shutdown_kv.shutdown().await {
             error!(error = %e, "graceful leave failed");
         }
-    })
-    .await;
+    };
+    match tls {
+        Some(tls) => crate::server::serve_tls(listener, app, server, tls, stop).await,
+        None => crate::server::serve(listener, app, server, stop).await,
+    }
     // Idempotent: makes sure the leave happened.
     kv.shutdown().await?;
     info!("agent stopped");

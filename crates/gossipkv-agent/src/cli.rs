@@ -251,6 +251,8 @@ fn run_agent(args: &AgentArgs) -> ExitCode {
 /// agent leaves the cluster.
 fn run_agent_with_console(runtime: tokio::runtime::Runtime, cfg: config::AgentConfig) -> ExitCode {
     let token = cfg.http_token.clone();
+    // With TLS, the console trusts the agent's own certificate.
+    let tls_cert = cfg.http_tls.as_ref().map(|t| t.cert.clone());
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let agent = std::thread::spawn(move || {
@@ -267,8 +269,12 @@ fn run_agent_with_console(runtime: tokio::runtime::Runtime, cfg: config::AgentCo
     // Until the agent serves, or fails to start (then the sender is gone).
     if let Ok(addr) = ready_rx.recv() {
         let args = ClientArgs {
-            http_addr: addr.to_string(),
+            http_addr: match tls_cert {
+                Some(_) => format!("https://{addr}"),
+                None => addr.to_string(),
+            },
             http_token: token,
+            ca_cert: tls_cert,
             json: false,
         };
         let _ = crate::console::run(&args);

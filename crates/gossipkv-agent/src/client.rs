@@ -1,9 +1,12 @@
-//! The CLI client: subcommands that talk to a running agent over HTTP.
+//! The CLI client: subcommands that talk to a running agent over HTTP, or
+//! HTTPS (`https://` addresses; `--ca-cert` trusts a private CA or a
+//! self-signed certificate besides the public roots).
 //!
 //! Exit codes: 0 success, 1 not found or refused by the agent (its JSON
 //! error message is printed), 2 usage error, 3 agent unreachable.
 
 use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -21,7 +24,8 @@ pub const EXIT_UNREACHABLE: u8 = 3;
 /// How to reach the agent.
 #[derive(Args, Clone, Debug)]
 pub struct ClientArgs {
-    /// The agent's HTTP address (host:port or http://host:port)
+    /// The agent's HTTP address (host:port, http://host:port or
+    /// https://host:port)
     #[arg(long, env = "GOSSIPKV_HTTP_ADDR", default_value = crate::config::DEFAULT_HTTP_ADDR, value_name = "ADDR")]
     pub http_addr: String,
     /// Bearer token, if the agent requires one
@@ -32,6 +36,11 @@ pub struct ClientArgs {
         hide_env_values = true
     )]
     pub http_token: Option<String>,
+    /// PEM certificate(s) to trust for an https:// agent: its private CA
+    /// or its self-signed certificate (the public roots are trusted
+    /// without it)
+    #[arg(long, env = "GOSSIPKV_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
     /// Print JSON instead of human output
     #[arg(long)]
     pub json: bool,
@@ -89,6 +98,7 @@ pub fn encode_query(v: &str) -> String {
 pub struct Client {
     base: String,
     token: Option<String>,
+    ca_cert: Option<PathBuf>,
     agent: ureq::Agent,
 }
 
@@ -133,24 +143,22 @@ impl Reply {
 }
 
 impl Client {
-    /// A client of the agent at `args.http_addr`.
-    pub fn new(args: &ClientArgs) -> Self {
+    /// A client of the agent at `args.http_addr`; fails (usage error) if
+    /// `args.ca_cert` cannot be read.
+    pub fn new(args: &ClientArgs) -> Result<Self, ClientError> {
         let addr = args.http_addr.trim_end_matches('/');
         let base = if addr.starts_with("http://") || addr.starts_with("https://") {
             addr.to_string()
         } else {
             format!("http://{addr}")
         };
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .build()
-            .into();
-        Client {
+        let agent = http_agent(args.ca_cert.as_deref(), Some(Duration::from_secs(30)))?;
+        Ok(Client {
             base,
             token: args.http_token.clone(),
+            ca_cert: args.ca_cert.clone(),
             agent,
-        }
+        })
     }
 
     /// The options this client was made with (without `--json`).
@@ -158,6 +166,7 @@ impl Client {
         ClientArgs {
             http_addr: self.base.clone(),
             http_token: self.token.clone(),
+            ca_cert: self.ca_cert.clone(),
             json: false,
         }
     }
@@ -233,6 +242,34 @@ impl Client {
     }
 }
 
+/// A ureq agent that gives every status back (no error for 4xx/5xx), with
+/// an overall timeout if given; for `https://`, rustls on ring, trusting
+/// the certificates of `ca_cert` if given, else the public roots.
+fn http_agent(
+    ca_cert: Option<&Path>,
+    timeout: Option<Duration>,
+) -> Result<ureq::Agent, ClientError> {
+    use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
+    let mut tls = TlsConfig::builder()
+        .provider(TlsProvider::Rustls)
+        .unversioned_rustls_crypto_provider(crate::tls::provider());
+    if let Some(path) = ca_cert {
+        let certs = crate::tls::load_certs(path)
+            .map_err(|e| ClientError::new(EXIT_USAGE, format!("--ca-cert: {e}")))?;
+        let roots: Vec<Certificate<'static>> = certs
+            .iter()
+            .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+            .collect();
+        tls = tls.root_certs(RootCerts::new_with_certs(&roots));
+    }
+    Ok(ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(timeout)
+        .tls_config(tls.build())
+        .build()
+        .into())
+}
+
 fn print_json(v: &Value) -> Result<(), ClientError> {
     let text = serde_json::to_string_pretty(v).unwrap_or_default();
     println!("{text}");
@@ -241,7 +278,7 @@ fn print_json(v: &Value) -> Result<(), ClientError> {
 
 /// `get KEY`: prints the bare value.
 pub fn get(args: &ClientArgs, key: &str) -> Result<(), ClientError> {
-    let c = Client::new(args);
+    let c = Client::new(args)?;
     if args.json {
         let r = c.request("GET", &format!("/v1/kv/{}", encode_path(key)), None)?;
         return print_json(&r.check()?.json()?);
@@ -298,7 +335,7 @@ pub fn put(args: &ClientArgs, p: &PutArgs) -> Result<(), ClientError> {
     if !query.is_empty() {
         path = format!("{path}?{}", query.join("&"));
     }
-    let c = Client::new(args);
+    let c = Client::new(args)?;
     let headers: Vec<(&str, &str)> = p
         .if_match
         .as_deref()
@@ -315,7 +352,7 @@ pub fn put(args: &ClientArgs, p: &PutArgs) -> Result<(), ClientError> {
 
 /// `delete KEY`.
 pub fn delete(args: &ClientArgs, key: &str) -> Result<(), ClientError> {
-    let c = Client::new(args);
+    let c = Client::new(args)?;
     c.request("DELETE", &format!("/v1/kv/{}", encode_path(key)), None)?
         .check()?;
     Ok(())
@@ -323,7 +360,7 @@ pub fn delete(args: &ClientArgs, key: &str) -> Result<(), ClientError> {
 
 /// `keys [PREFIX]`: one key per line.
 pub fn keys(args: &ClientArgs, prefix: &str) -> Result<(), ClientError> {
-    let c = Client::new(args);
+    let c = Client::new(args)?;
     let r = c.request("GET", &format!("/v1/kv/{}?keys", encode_path(prefix)), None)?;
     if r.status == 404 && !args.json {
         return Ok(()); // no key: nothing to list
@@ -342,7 +379,7 @@ pub fn keys(args: &ClientArgs, prefix: &str) -> Result<(), ClientError> {
 
 /// `export`: every key as JSON lines on stdout (what `import` reads).
 pub fn export(args: &ClientArgs) -> Result<(), ClientError> {
-    let r = Client::new(args)
+    let r = Client::new(args)?
         .request("GET", "/v1/snapshot", None)?
         .check()?;
     let mut out = std::io::stdout().lock();
@@ -364,7 +401,7 @@ pub fn import(args: &ClientArgs, file: &str) -> Result<(), ClientError> {
         std::fs::read(file)
             .map_err(|e| ClientError::new(EXIT_USAGE, format!("cannot read {file}: {e}")))?
     };
-    let v = Client::new(args)
+    let v = Client::new(args)?
         .request("POST", "/v1/snapshot", Some(&data))?
         .check()?
         .json()?;
@@ -400,13 +437,10 @@ pub fn stream_events(
     mut on_event: impl FnMut(&str, &Value) -> bool,
 ) -> Result<(), ClientError> {
     use std::io::BufRead as _;
-    let c = Client::new(args);
+    let c = Client::new(args)?;
     // No overall timeout: the stream lasts; the agent sends a keepalive
     // every 15 s.
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent = http_agent(args.ca_cert.as_deref(), None)?;
     let url = format!("{}/v1/watch?prefix={}", c.base, encode_query(prefix));
     let mut req = agent.get(&url);
     if let Some(t) = &c.token {
@@ -470,7 +504,7 @@ pub fn describe_event(event: &str, v: &Value) -> String {
 
 /// `members`: one member per line.
 pub fn members(args: &ClientArgs) -> Result<(), ClientError> {
-    let v = Client::new(args)
+    let v = Client::new(args)?
         .request("GET", "/v1/members", None)?
         .check()?
         .json()?;
@@ -493,7 +527,7 @@ pub fn members(args: &ClientArgs) -> Result<(), ClientError> {
 
 /// `info`: the agent's node.
 pub fn info(args: &ClientArgs) -> Result<(), ClientError> {
-    let v = Client::new(args)
+    let v = Client::new(args)?
         .request("GET", "/v1/self", None)?
         .check()?
         .json()?;
@@ -516,7 +550,7 @@ pub fn info(args: &ClientArgs) -> Result<(), ClientError> {
 /// holding and sealing with each, out of the live members), then the
 /// encryption setting and the counters of refused gossip.
 pub fn keyring_list(args: &ClientArgs) -> Result<(), ClientError> {
-    let v = Client::new(args)
+    let v = Client::new(args)?
         .request("GET", "/v1/keyring", None)?
         .check()?
         .json()?;
@@ -606,7 +640,7 @@ pub fn keyring_install(args: &ClientArgs, key: &str) -> Result<(), ClientError> 
         key.trim().to_string()
     };
     let body = serde_json::json!({ "key": key }).to_string();
-    let v = Client::new(args)
+    let v = Client::new(args)?
         .request("POST", "/v1/keyring/install", Some(body.as_bytes()))?
         .check()?
         .json()?;
@@ -616,7 +650,7 @@ pub fn keyring_install(args: &ClientArgs, key: &str) -> Result<(), ClientError> 
 /// `keyring use ID` (`action` = `use`) and `keyring remove ID` (`remove`).
 pub fn keyring_change(args: &ClientArgs, action: &str, id: &str) -> Result<(), ClientError> {
     let body = serde_json::json!({ "id": id }).to_string();
-    let v = Client::new(args)
+    let v = Client::new(args)?
         .request(
             "POST",
             &format!("/v1/keyring/{action}"),
@@ -638,7 +672,7 @@ pub fn keyring_encryption(
     mode: crate::config::EncryptionMode,
 ) -> Result<(), ClientError> {
     let body = serde_json::json!({ "mode": mode.name() }).to_string();
-    let v = Client::new(args)
+    let v = Client::new(args)?
         .request("PUT", "/v1/keyring/encryption", Some(body.as_bytes()))?
         .check()?
         .json()?;

@@ -152,6 +152,14 @@ pub struct AgentArgs {
     /// Bearer token the HTTP API requires [env: GOSSIPKV_HTTP_TOKEN]
     #[arg(long, value_name = "TOKEN")]
     pub http_token: Option<String>,
+    /// PEM certificate chain: serve the HTTP API over HTTPS only (TLS 1.3
+    /// and 1.2); needs --http-tls-key [env: GOSSIPKV_HTTP_TLS_CERT]
+    #[arg(long, value_name = "FILE")]
+    pub http_tls_cert: Option<PathBuf>,
+    /// PEM private key of --http-tls-cert (PKCS#8, PKCS#1 or SEC1)
+    /// [env: GOSSIPKV_HTTP_TLS_KEY]
+    #[arg(long, value_name = "FILE")]
+    pub http_tls_key: Option<PathBuf>,
     /// TOML configuration file (same option names, with underscores)
     /// [env: GOSSIPKV_CONFIG]
     #[arg(long, value_name = "FILE")]
@@ -228,6 +236,10 @@ pub struct FileConfig {
     pub http: Option<String>,
     /// See [`AgentArgs::http_token`].
     pub http_token: Option<String>,
+    /// See [`AgentArgs::http_tls_cert`].
+    pub http_tls_cert: Option<PathBuf>,
+    /// See [`AgentArgs::http_tls_key`].
+    pub http_tls_key: Option<PathBuf>,
     /// See [`AgentArgs::log_level`].
     pub log_level: Option<String>,
     /// See [`AgentArgs::log_format`].
@@ -242,6 +254,15 @@ pub struct FileConfig {
     pub keyring_file: Option<PathBuf>,
     /// See [`AgentArgs::encryption`].
     pub encryption: Option<EncryptionMode>,
+}
+
+/// The files of the HTTP API's TLS certificate and key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpTls {
+    /// PEM certificate chain, the server's certificate first.
+    pub cert: PathBuf,
+    /// PEM private key of the certificate.
+    pub key: PathBuf,
 }
 
 /// The resolved configuration of an agent.
@@ -271,6 +292,9 @@ pub struct AgentConfig {
     pub http: String,
     /// HTTP bearer token.
     pub http_token: Option<String>,
+    /// HTTPS: the PEM certificate chain and private key files (both or
+    /// neither; `None`: plain HTTP).
+    pub http_tls: Option<HttpTls>,
     /// Log filter.
     pub log_level: String,
     /// Log format.
@@ -304,6 +328,7 @@ impl Default for AgentConfig {
             max_bytes: None,
             http: DEFAULT_HTTP_ADDR.to_string(),
             http_token: None,
+            http_tls: None,
             log_level: DEFAULT_LOG_LEVEL.to_string(),
             log_format: LogFormat::Text,
             http_max_body: DEFAULT_MAX_BODY,
@@ -537,6 +562,7 @@ pub fn resolve(
             .string(&flags.http, "GOSSIPKV_HTTP", &file.http)
             .unwrap_or(d.http),
         http_token: m.string(&flags.http_token, "GOSSIPKV_HTTP_TOKEN", &file.http_token),
+        http_tls: http_tls(&m, flags, file)?,
         log_level: m
             .string(&flags.log_level, "GOSSIPKV_LOG_LEVEL", &file.log_level)
             .unwrap_or(d.log_level),
@@ -623,6 +649,48 @@ pub fn resolve(
         });
     }
     Ok(cfg)
+}
+
+/// The TLS certificate and key files: both or neither (each from the
+/// first place that sets it).
+fn http_tls(
+    m: &Merge<'_>,
+    flags: &AgentArgs,
+    file: &FileConfig,
+) -> Result<Option<HttpTls>, ConfigError> {
+    let path = |s: &str| Ok(PathBuf::from(s));
+    let cert = m.parsed(
+        "--http-tls-cert",
+        &flags.http_tls_cert,
+        "GOSSIPKV_HTTP_TLS_CERT",
+        &file.http_tls_cert,
+        path,
+    )?;
+    let key = m.parsed(
+        "--http-tls-key",
+        &flags.http_tls_key,
+        "GOSSIPKV_HTTP_TLS_KEY",
+        &file.http_tls_key,
+        path,
+    )?;
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(HttpTls { cert, key })),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(ConfigError::Invalid {
+            option: "--http-tls-cert",
+            source_name: "configuration".into(),
+            message: "needs --http-tls-key too (or GOSSIPKV_HTTP_TLS_KEY, or http_tls_key in \
+                      the config file): HTTPS takes a certificate and its private key"
+                .into(),
+        }),
+        (None, Some(_)) => Err(ConfigError::Invalid {
+            option: "--http-tls-key",
+            source_name: "configuration".into(),
+            message: "needs --http-tls-cert too (or GOSSIPKV_HTTP_TLS_CERT, or http_tls_cert \
+                      in the config file): HTTPS takes a certificate and its private key"
+                .into(),
+        }),
+    }
 }
 
 /// Whether an HTTP listen address only accepts connections from this host:
@@ -843,6 +911,65 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.http_token.as_deref(), Some("s3cret"));
+    }
+
+    #[test]
+    fn tls_files_layer_like_the_rest() {
+        let file =
+            parse_file("http_tls_cert = \"/file/cert.pem\"\nhttp_tls_key = \"/file/key.pem\"\n")
+                .unwrap();
+        let c = resolve(&AgentArgs::default(), &env(&[]), &file).unwrap();
+        assert_eq!(
+            c.http_tls,
+            Some(HttpTls {
+                cert: "/file/cert.pem".into(),
+                key: "/file/key.pem".into(),
+            })
+        );
+        let e = env(&[("GOSSIPKV_HTTP_TLS_CERT", "/env/cert.pem")]);
+        let flags = AgentArgs {
+            http_tls_key: Some("/flag/key.pem".into()),
+            ..AgentArgs::default()
+        };
+        let c = resolve(&flags, &e, &file).unwrap();
+        assert_eq!(
+            c.http_tls,
+            Some(HttpTls {
+                cert: "/env/cert.pem".into(),
+                key: "/flag/key.pem".into(),
+            })
+        );
+        // Neither: plain HTTP.
+        let c = resolve(&AgentArgs::default(), &env(&[]), &FileConfig::default()).unwrap();
+        assert_eq!(c.http_tls, None);
+    }
+
+    #[test]
+    fn tls_needs_both_a_certificate_and_a_key() {
+        let only_cert = AgentArgs {
+            http_tls_cert: Some("/c.pem".into()),
+            ..AgentArgs::default()
+        };
+        let err = resolve(&only_cert, &env(&[]), &FileConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--http-tls-cert") && err.contains("needs --http-tls-key"),
+            "{err}"
+        );
+        let err = resolve(
+            &AgentArgs::default(),
+            &env(&[("GOSSIPKV_HTTP_TLS_KEY", "/k.pem")]),
+            &FileConfig::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("needs --http-tls-cert"), "{err}");
+        let file = parse_file("http_tls_key = \"/k.pem\"\n").unwrap();
+        let err = resolve(&AgentArgs::default(), &env(&[]), &file)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs --http-tls-cert"), "{err}");
     }
 
     #[test]

@@ -163,7 +163,10 @@ fn watch_until_enter(client: &Client, prefix: &str) {
 /// history (in memory) when standard input is a terminal, reading plain
 /// lines otherwise (scripts, pipes).
 pub fn run(args: &ClientArgs) -> std::process::ExitCode {
-    let client = Client::new(args);
+    let client = match Client::new(args) {
+        Ok(c) => c,
+        Err(e) => return crate::client::finish(Err(e)),
+    };
     if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         match rustyline::DefaultEditor::new() {
             Ok(editor) => return run_interactive(&client, editor),

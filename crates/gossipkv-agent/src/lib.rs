@@ -17,3 +17,4 @@ pub mod console;
 pub mod keyring;
 pub mod metrics;
 pub mod server;
+pub mod tls;

@@ -4,6 +4,11 @@
 //! that trickles them is cut off). Stops gracefully: on `stop`, it stops
 //! accepting, lets the requests under way finish and closes idle
 //! connections.
+//!
+//! [`serve_tls`] serves HTTPS instead: each connection's TLS handshake runs
+//! in the connection's own task, under the connection cap, and must finish
+//! within [`ServerOptions::handshake_timeout`] (a client that connects and
+//! sends nothing, or plain HTTP, gives its slot back then, or at once).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,12 +20,15 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
 /// Default most open HTTP connections.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// Default time a client has to send a request's headers.
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a client has to finish the TLS handshake (with TLS).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Limits of the HTTP server.
 #[derive(Clone, Copy, Debug)]
@@ -30,6 +38,9 @@ pub struct ServerOptions {
     /// Time a client has to send a request's headers once it started one
     /// (or once it connected).
     pub header_timeout: Duration,
+    /// Time a client has to finish the TLS handshake once it connected
+    /// ([`serve_tls`] only).
+    pub handshake_timeout: Duration,
 }
 
 impl Default for ServerOptions {
@@ -37,6 +48,7 @@ impl Default for ServerOptions {
         ServerOptions {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
     }
 }
@@ -48,6 +60,30 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     options: ServerOptions,
+    stop: impl Future<Output = ()>,
+) {
+    serve_with(listener, app, options, None, stop).await;
+}
+
+/// [`serve`] over TLS: every connection starts with a handshake through
+/// `tls`, which must finish within `options.handshake_timeout`; a
+/// connection whose handshake fails or times out is closed (without an
+/// HTTP answer) and gives its slot back.
+pub async fn serve_tls(
+    listener: TcpListener,
+    app: Router,
+    options: ServerOptions,
+    tls: TlsAcceptor,
+    stop: impl Future<Output = ()>,
+) {
+    serve_with(listener, app, options, Some(tls), stop).await;
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    app: Router,
+    options: ServerOptions,
+    tls: Option<TlsAcceptor>,
     stop: impl Future<Output = ()>,
 ) {
     let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
@@ -75,10 +111,37 @@ pub async fn serve(
             continue;
         };
         let service = TowerToHyperService::new(app.clone());
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let Some(tls) = &tls else {
+            let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    debug!(%peer, error = %e, "HTTP connection ended with an error");
+                }
+                drop(slot);
+            });
+            continue;
+        };
+        // The handshake runs in the connection's task (the accept loop
+        // goes on), holding the slot, for at most the handshake timeout.
+        // The watcher is taken now so that a stop during the handshake
+        // waits for it, then closes the connection gracefully.
+        let (tls, http, watcher) = (tls.clone(), http.clone(), graceful.watcher());
+        let handshake_timeout = options.handshake_timeout;
         tokio::spawn(async move {
+            let stream = match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let connection = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
             if let Err(e) = connection.await {
-                debug!(%peer, error = %e, "HTTP connection ended with an error");
+                debug!(%peer, error = %e, "HTTPS connection ended with an error");
             }
             drop(slot);
         });
