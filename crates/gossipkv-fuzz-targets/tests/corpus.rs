@@ -71,3 +71,30 @@ fn the_sealed_seeds_open_with_the_fuzz_keyring() {
     }
     assert!(datagrams > 0, "no sealed datagram among the seeds");
 }
+
+/// The cargo-fuzz binaries are built only with nightly (`cargo xtask
+/// fuzz`); CI checks their lock file resolves, and this test that each
+/// one's wrapper is exactly the call of its target's function here (which
+/// `cargo test` builds), so a renamed or removed target cannot rot them.
+#[test]
+fn every_fuzz_binary_calls_its_target() {
+    for (name, _) in TARGETS {
+        let file = fuzz_dir().join("fuzz_targets").join(format!("{name}.rs"));
+        let text =
+            std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let call = format!(
+            "libfuzzer_sys::fuzz_target!(|data: &[u8]| gossipkv_fuzz_targets::{name}(data));"
+        );
+        assert!(
+            text.lines().any(|l| l.trim() == call),
+            "{} does not call gossipkv_fuzz_targets::{name}",
+            file.display()
+        );
+    }
+    let wrappers = files(&fuzz_dir().join("fuzz_targets")).len();
+    assert_eq!(
+        wrappers,
+        TARGETS.len(),
+        "a wrapper without a target, or the reverse"
+    );
+}
