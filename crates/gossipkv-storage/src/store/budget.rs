@@ -433,14 +433,7 @@ impl Store {
                 self.collect_early(b, 0);
                 if self.bytes_over(b, 0) {
                     b.refused.fetch_add(1, Ordering::Relaxed);
-                    return Err(BudgetError::OverBudget {
-                        needed: size,
-                        new_entries: 0,
-                        bytes: self.memory_usage(),
-                        max_bytes: b.limits.max_bytes,
-                        entries: self.len(),
-                        max_entries: b.limits.max_entries,
-                    });
+                    return Err(self.over_budget(b, size, 0, self.memory_usage()));
                 }
             }
             return Ok(self.write_unchecked(key, value, life, now_ms));
@@ -459,16 +452,35 @@ impl Store {
         Ok(written)
     }
 
-    /// Reserves what a checked write adds in `bytes` and `live` keys (either
-    /// may be negative), or says why not. Called under the key's shard lock.
-    pub(super) fn reserve(&self, b: &Budget, bytes: isize, live: isize) -> Result<(), BudgetError> {
-        let refuse = |bytes_now: usize| BudgetError::OverBudget {
-            needed: bytes.max(0).unsigned_abs(),
-            new_entries: live.max(0).unsigned_abs(),
+    /// The refusal of a write that needs `needed` bytes and `new_entries`
+    /// entries while `bytes_now` are in use.
+    fn over_budget(
+        &self,
+        b: &Budget,
+        needed: usize,
+        new_entries: usize,
+        bytes_now: usize,
+    ) -> BudgetError {
+        BudgetError::OverBudget {
+            needed,
+            new_entries,
             bytes: bytes_now,
             max_bytes: b.limits.max_bytes,
             entries: self.len(),
             max_entries: b.limits.max_entries,
+        }
+    }
+
+    /// Reserves what a checked write adds in `bytes` and `live` keys (either
+    /// may be negative), or says why not. Called under the key's shard lock.
+    pub(super) fn reserve(&self, b: &Budget, bytes: isize, live: isize) -> Result<(), BudgetError> {
+        let refuse = |bytes_now: usize| {
+            self.over_budget(
+                b,
+                bytes.max(0).unsigned_abs(),
+                live.max(0).unsigned_abs(),
+                bytes_now,
+            )
         };
         match b.limits.max_bytes.filter(|_| bytes > 0) {
             Some(max) => {
