@@ -4,14 +4,14 @@
 //! errors, the `keyring` CLI, the metrics, and keyed agents that replicate
 //! only among holders of their key. Agents run as processes on loopback.
 
-use std::io::{BufRead as _, BufReader};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_gossipkv");
 
@@ -50,40 +50,11 @@ impl AgentProcess {
             .iter()
             .position(|a| *a == "--http-token")
             .map(|i| args[i + 1].to_string());
-        let mut child = agent_command(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn the agent");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let (mut http, mut gossip) = (None, None);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while http.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(a) = line.strip_prefix("http listening on ") {
-                        http = Some(a.to_string());
-                    } else if let Some(a) = line.strip_prefix("gossip listening on ") {
-                        gossip = Some(a.to_string());
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!("the agent did not print its addresses");
-                }
-            }
-        }
+        let started = common::spawn_agent(&mut agent_command(args));
         AgentProcess {
-            child,
-            http: http.unwrap(),
-            gossip: gossip.expect("gossip address"),
+            child: started.child,
+            http: started.http,
+            gossip: started.gossip.expect("gossip address"),
             token,
         }
     }
@@ -163,10 +134,7 @@ impl AgentProcess {
 
 impl Drop for AgentProcess {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        common::kill(&mut self.child);
     }
 }
 

@@ -7,6 +7,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_gossipkv");
 
 /// A running agent process and the HTTP address it printed.
@@ -24,30 +26,14 @@ impl AgentProcess {
 
     /// Spawns `cmd` (an `agent` command line) and waits for its address.
     fn spawn(mut cmd: Command) -> AgentProcess {
-        let mut child = cmd
-            .env_remove("GOSSIPKV_HTTP_TOKEN")
-            .env_remove("GOSSIPKV_CONFIG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn the agent");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("http listening on ") {
-                    let _ = tx.send(addr.to_string());
-                }
-            }
-        });
-        let http = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("the agent did not print its HTTP address");
-            }
-        };
-        AgentProcess { child, http }
+        let started = common::spawn_agent(
+            cmd.env_remove("GOSSIPKV_HTTP_TOKEN")
+                .env_remove("GOSSIPKV_CONFIG"),
+        );
+        AgentProcess {
+            child: started.child,
+            http: started.http,
+        }
     }
 
     fn cli(&self, args: &[&str]) -> Output {
@@ -82,10 +68,7 @@ impl AgentProcess {
 
 impl Drop for AgentProcess {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        common::kill(&mut self.child);
     }
 }
 

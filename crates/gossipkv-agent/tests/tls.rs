@@ -6,17 +6,18 @@
 //! it with `--ca-cert`, and it refuses to start with a key that does not
 //! fit, a file that is missing, or only one of the two flags.
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use gossipkv::{BytesCodec, GossipKv};
 use gossipkv_agent::api::{self, ApiOptions, ApiState, Node};
 use gossipkv_agent::client::{Client, ClientArgs};
 use gossipkv_agent::server::{serve_tls, ServerOptions};
+
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_gossipkv");
 
@@ -273,37 +274,17 @@ struct AgentProcess {
 
 impl AgentProcess {
     fn start(args: &[&str]) -> AgentProcess {
-        let mut child = agent_command(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn the agent");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("http listening on ") {
-                    let _ = tx.send(addr.to_string());
-                }
-            }
-        });
-        let http = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("the agent did not print its HTTP address");
-            }
-        };
-        AgentProcess { child, http }
+        let started = common::spawn_agent(&mut agent_command(args));
+        AgentProcess {
+            child: started.child,
+            http: started.http,
+        }
     }
 }
 
 impl Drop for AgentProcess {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        common::kill(&mut self.child);
     }
 }
 
