@@ -234,4 +234,23 @@ mod tests {
         let err = decode(b"{\"primary\": \"c2hvcnQ=\", \"extra\": 1}").unwrap_err();
         assert!(!err.contains("c2hvcnQ"), "{err}");
     }
+
+    #[test]
+    fn a_well_formed_file_with_too_many_keys_is_refused_without_quoting_them() {
+        let keys: Vec<String> = (0..=gossipkv::MAX_KEYS)
+            .map(|_| key_to_base64(&generate_key()))
+            .collect();
+        let json = serde_json::json!({"primary": keys[0], "keys": keys[1..]});
+        let err = decode(json.to_string().as_bytes()).unwrap_err();
+        assert!(
+            err.contains(&format!("keys[{}]", gossipkv::MAX_KEYS - 1)),
+            "{err}"
+        );
+        for k in &keys {
+            assert!(!err.contains(k.as_str()), "key material in: {err}");
+        }
+        // The same key twice is one key.
+        let json = serde_json::json!({"primary": keys[0], "keys": [keys[0], keys[1]]});
+        assert_eq!(decode(json.to_string().as_bytes()).unwrap().keys().len(), 2);
+    }
 }
