@@ -170,6 +170,17 @@ impl Peers {
         }
     }
 
+    /// Whether `sender` is a member known at `from`, in its generation
+    /// (always, with a given directory: nobody joins through datagrams).
+    pub(crate) fn knows_at(&self, sender: &Sender, from: SocketAddr) -> bool {
+        match self {
+            Peers::Swim(s) => s
+                .get(&sender.node_id)
+                .is_some_and(|m| m.addr == from && m.generation == sender.generation),
+            Peers::Given { .. } => true,
+        }
+    }
+
     /// The periodic membership check.
     pub(crate) fn timeout(
         &mut self,

@@ -17,6 +17,7 @@ fn server_knowing_b() -> (Protocol, SocketAddr, Protocol, SocketAddr) {
     let (mut a, a_addr) = node("a", 7210, vec![]);
     let (mut b, b_addr) = node("b", 7211, vec![a_addr]);
     let (now, wall) = at(0);
+    a.trust(b_addr);
     b.handle_timeout(now, wall);
     for t in std::iter::from_fn(|| b.poll_transmit()) {
         a.handle_datagram(now, wall, b_addr, &t.payload);
