@@ -234,14 +234,25 @@ impl Addresses {
 }
 
 impl Context {
-    /// Bytes that may still go to `to` in answer to the datagram being
-    /// handled: its credit when it is unvalidated, otherwise no limit.
-    pub(crate) fn answer_room(&self, to: SocketAddr) -> usize {
+    /// Whether a send to `to` now is charged against its credit: it answers
+    /// the datagram being handled, and goes to its source or to an address
+    /// that is not a live member's. (Pushes forwarded to live members, and
+    /// probes relayed to them, go where this node chose, at its pace.)
+    fn charged(&self, to: SocketAddr) -> bool {
         match self.answering {
-            Some(_) if self.addrs.standing(to, self.now) == Standing::Unvalidated => {
-                usize::try_from(self.addrs.credit(to)).unwrap_or(usize::MAX)
-            }
-            _ => usize::MAX,
+            Some(from) => from == to || !self.peers.is_live_addr(to),
+            None => false,
+        }
+    }
+
+    /// Bytes that may still go to `to` in answer to the datagram being
+    /// handled: its credit when it is unvalidated and the send is charged,
+    /// otherwise no limit.
+    pub(crate) fn answer_room(&self, to: SocketAddr) -> usize {
+        if self.charged(to) && self.addrs.standing(to, self.now) == Standing::Unvalidated {
+            usize::try_from(self.addrs.credit(to)).unwrap_or(usize::MAX)
+        } else {
+            usize::MAX
         }
     }
 
@@ -256,8 +267,9 @@ impl Context {
 
     /// Stamps `env` with the address fields for `to` and decides whether
     /// it may go there: answers to a source past its reply allowance do
-    /// not, nor do fragmented messages to an unvalidated address, nor
-    /// answers to one past its credit. Refusals are counted.
+    /// not, nor do charged answers to an unvalidated address past its
+    /// credit, nor fragmented messages to an unvalidated address that is
+    /// not a live member's. Refusals are counted.
     pub(crate) fn admit(&mut self, to: SocketAddr, env: &mut Envelope) -> bool {
         let standing = self.addrs.standing(to, self.now);
         if standing != Standing::Validated {
@@ -269,6 +281,19 @@ impl Context {
             debug!(%to, "reply allowance spent; answer not sent");
             return false;
         }
+        let admitted = self.admit_unvalidated(to, env, standing);
+        self.answered |= admitted && self.answering == Some(to);
+        admitted
+    }
+
+    /// The rest of [`Self::admit`], for an address that is not (or no
+    /// longer) validated.
+    fn admit_unvalidated(
+        &mut self,
+        to: SocketAddr,
+        env: &mut Envelope,
+        standing: Standing,
+    ) -> bool {
         if standing != Standing::Unvalidated {
             return true;
         }
@@ -284,7 +309,12 @@ impl Context {
             return true;
         }
         let fits = len <= self.cfg.packet_size;
-        if !fits || (self.answering.is_some() && !self.addrs.charge(to, len)) {
+        let refused = if self.charged(to) {
+            !fits || !self.addrs.charge(to, len)
+        } else {
+            !fits && !self.peers.is_live_addr(to)
+        };
+        if refused {
             self.stats.unvalidated_refused += 1;
             debug!(%to, len, "not sent to an address that has not shown it receives");
             return false;

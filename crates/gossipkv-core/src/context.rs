@@ -47,6 +47,8 @@ pub(crate) struct Context {
     /// The source of the datagram being handled, if one is: what is sent
     /// meanwhile answers it, and is limited as answers are.
     pub(crate) answering: Option<SocketAddr>,
+    /// Whether anything went to `answering` while handling its datagram.
+    pub(crate) answered: bool,
     /// The addresses found by discovery (mDNS), contacted like seeds.
     pub(crate) discovered: Vec<SocketAddr>,
 }
@@ -62,6 +64,7 @@ impl Context {
         Context {
             addrs: Addresses::new(key, cfg.interval()),
             answering: None,
+            answered: false,
             discovered: Vec::new(),
             rng,
             peers: Peers::new(&cfg),

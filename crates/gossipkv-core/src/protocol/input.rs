@@ -57,8 +57,27 @@ impl Protocol {
         }
         // Whatever is sent meanwhile answers `from` (see `address`).
         cx.answering = Some(from);
+        cx.answered = false;
+        let token = env.addr_token;
         self.handle_envelope(from, env, false);
+        self.echo_at_once(from, token);
         self.cx.answering = None;
+    }
+
+    /// A validated peer that gave us a token gets it back at once, in an
+    /// empty Ack when nothing else answered it: it validates us within
+    /// this round trip (and makes us a member), not at our next datagram,
+    /// so a joiner's stream request that follows finds it a member.
+    fn echo_at_once(&mut self, from: SocketAddr, token: u64) {
+        let cx = &mut self.cx;
+        if token == 0 || cx.answered || cx.left {
+            return;
+        }
+        if cx.addrs.standing(from, cx.now) == Standing::Unvalidated {
+            return;
+        }
+        let delta = Delta::default();
+        cx.send(from, Body::Ack(gossipkv_proto::Ack { delta }));
     }
 
     /// Handles a decoded envelope of our cluster (`inner`: reassembled from

@@ -440,13 +440,7 @@ impl Protocol {
         let digest = self.exchange.begin_round(cx);
         let quiet = self.exchange.quiet() && !self.resync.active();
         let resync = self.resync.addr(&cx.peers);
-        let unknown: Vec<SocketAddr> = cx
-            .cfg
-            .seeds
-            .iter()
-            .chain(&cx.discovered)
-            .copied()
-            .collect();
+        let unknown: Vec<SocketAddr> = cx.cfg.seeds.iter().chain(&cx.discovered).copied().collect();
         let fanout = cx.cfg.fanout();
         let own = cx.cfg.advertise_addr;
         let targets =

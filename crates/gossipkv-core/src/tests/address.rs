@@ -229,3 +229,33 @@ fn a_flood_of_spoofed_sources_stays_within_the_caps() {
     assert_eq!(sources, MAX_ADDRESSES);
     assert_eq!(echoes, MAX_ADDRESSES);
 }
+
+#[test]
+fn a_joiner_sends_the_token_back_at_once_and_is_served_a_stream_in_its_first_round() {
+    let (mut a, a_addr) = super::streams::seeded(2_000, 0);
+    let (mut b, b_addr) = super::streams::node("b", 7230, vec![a_addr]);
+    let (now, wall) = at(0);
+    b.handle_timeout(now, wall);
+    // b's Syn, a's answers (with a token), b's answers (the token back).
+    let first = sent(&mut b);
+    for t in first {
+        a.handle_datagram(now, wall, b_addr, &t.payload);
+    }
+    assert!(a.accept_stream(now, b_addr).is_err(), "b is no member yet");
+    for t in sent(&mut a) {
+        b.handle_datagram(now, wall, a_addr, &t.payload);
+    }
+    let open = b.poll_stream_open().expect("far behind: b asks at once");
+    let echoes = sent(&mut b);
+    assert!(
+        echoes.iter().any(|t| decoded(t).addr_echo != 0),
+        "b sends a's token back at once"
+    );
+    for t in echoes {
+        a.handle_datagram(now, wall, b_addr, &t.payload);
+    }
+    assert_eq!(a.stats().addresses_validated, 1);
+    let served = a.accept_stream(now, b_addr).expect("b is a member now");
+    a.handle_stream_data(now, wall, served, &open.bytes)
+        .expect("the opening is accepted");
+}

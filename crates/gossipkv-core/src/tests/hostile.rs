@@ -338,14 +338,21 @@ impl Node {
         self.p.handle_stream_closed(now, open.id);
     }
 
-    /// A datagram from `from`, and what the node sends in answer (to any
-    /// address): never more than three times what came from that address.
+    /// A datagram from `from`, and what the node sends in answer to the
+    /// addresses that are neither validated nor a live member's (pushes
+    /// forwarded to members go where the node chose): never more than
+    /// three times what came from that address.
     fn receive(&mut self, from: SocketAddr, bytes: &[u8]) {
         let (now, wall) = self.clocks();
         *self.received.entry(from).or_default() += bytes.len() as u64;
+        let live = |p: &Protocol| p.peers().into_iter().map(|(_, a)| a);
+        let mut chosen: std::collections::BTreeSet<SocketAddr> = live(&self.p).collect();
         self.p.handle_datagram(now, wall, from, bytes);
+        chosen.extend(live(&self.p));
+        chosen.remove(&from);
+        chosen.extend(VALIDATED.map(source));
         for t in std::iter::from_fn(|| self.p.poll_transmit()) {
-            if VALIDATED.iter().any(|a| source(*a) == t.to) {
+            if chosen.contains(&t.to) {
                 continue;
             }
             let sent = self.answered.entry(t.to).or_default();

@@ -304,8 +304,9 @@ fn refused_streams_leave_the_datagram_path_to_converge() {
 #[test]
 fn a_node_far_behind_asks_once_while_a_stream_is_open() {
     let a = seeded(2_000, 0);
-    let (mut b, _) = node("b", 7207, vec![a.1]);
+    let (mut b, b_addr) = node("b", 7207, vec![a.1]);
     let mut pair_a = a.0;
+    pair_a.trust(b_addr);
     // Meet: b's Syn, a's SynAck.
     let (now, wall) = at(0);
     b.handle_timeout(now, wall);
