@@ -48,6 +48,15 @@ fn bytes_to(out: &[Transmit], to: SocketAddr) -> usize {
         .sum()
 }
 
+/// The token the answers to `to` carry.
+fn token_for(out: &[Transmit], to: SocketAddr) -> u64 {
+    out.iter()
+        .filter(|t| t.to == to)
+        .map(|t| decoded(t).addr_token)
+        .find(|t| *t != 0)
+        .expect("answers to an unvalidated address carry a token")
+}
+
 fn decoded(t: &Transmit) -> Envelope {
     decode(&t.payload, &Limits::default()).expect("our own datagram decodes")
 }
@@ -83,12 +92,7 @@ fn a_token_sent_back_validates_and_a_guessed_one_does_not() {
     p.handle_datagram(now, wall, peer, &encode(&first_syn("peer", peer)));
     let out = sent(&mut p);
     let first = bytes_to(&out, peer);
-    let token = out
-        .iter()
-        .filter(|t| t.to == peer)
-        .map(|t| decoded(t).addr_token)
-        .find(|t| *t != 0)
-        .expect("answers to an unvalidated address carry a token");
+    let token = token_for(&out, peer);
 
     // A guess: still limited.
     let mut guess = first_syn("peer", peer);
@@ -182,11 +186,7 @@ fn replies_to_one_validated_source_are_rate_limited() {
     let peer: SocketAddr = "127.0.0.1:7001".parse().unwrap();
     let (now, wall) = at(0);
     p.handle_datagram(now, wall, peer, &encode(&first_syn("peer", peer)));
-    let token = sent(&mut p)
-        .iter()
-        .map(|t| decoded(t).addr_token)
-        .find(|t| *t != 0)
-        .unwrap();
+    let token = token_for(&sent(&mut p), peer);
     let mut syn = first_syn("peer", peer);
     syn.addr_echo = token;
     let bytes = encode(&syn);
