@@ -11,7 +11,7 @@ Commands:
            cargo-deny)
   bench    Run the criterion benchmarks of gossipkv-benches and summarize them
   sim      Measure dissemination at scale in the simulator (release build)
-  sweep    Run the simulator's scenarios once per seed (release build)
+  sweep    Run the simulator's scenarios once per seed
   crash    Kill a durable node with SIGKILL again and again; check that no
            acknowledged write is lost (release build)
   cluster-test
@@ -50,10 +50,13 @@ Options for `sweep`:
   --seeds A..=B         Seeds to run, inclusive (also `A..B`, or one seed N;
                         default 1..=100)
   --timeout-secs S      Give up one suite run after S seconds (default 300)
+  --release             Build the suites in release mode (default: the test
+                        profile, which optimizes the simulated crates and
+                        reuses what `cargo test --workspace` built)
 
-`sweep` builds the scenarios and membership suites of gossipkv-sim in release
-mode and runs each once per seed with GOSSIPKV_SIM_SEED set; it prints the
-replay command of every failure and fails if any seed failed.
+`sweep` builds the scenario, membership, stream, budget and lifetime suites of
+gossipkv-sim and runs each once per seed with GOSSIPKV_SIM_SEED set; it prints
+the replay command of every failure and fails if any seed failed.
 
 Options for `crash`:
   --cycles N            Kill-and-restart cycles (default 200; CI runs 12)
@@ -169,6 +172,8 @@ pub(crate) struct SweepOptions {
     pub(crate) seeds: (u64, u64),
     /// Limit of one suite run.
     pub(crate) timeout: std::time::Duration,
+    /// Build in release mode rather than the test profile.
+    pub(crate) release: bool,
 }
 
 impl Default for SweepOptions {
@@ -176,6 +181,7 @@ impl Default for SweepOptions {
         SweepOptions {
             seeds: (1, 100),
             timeout: std::time::Duration::from_secs(300),
+            release: false,
         }
     }
 }
@@ -372,6 +378,7 @@ fn parse_sweep(args: &[String]) -> anyhow::Result<Command> {
                 };
                 opts.timeout = std::time::Duration::from_secs(v);
             }
+            "--release" => opts.release = true,
             "--help" | "-h" => return Ok(Command::Help),
             other => bail!("unexpected argument `{other}` for `sweep`\n\n{USAGE}"),
         }
@@ -459,6 +466,10 @@ mod tests {
             Command::Sweep(SweepOptions::default())
         );
         assert!(parse(&args(&["sweep", "--seeds"])).is_err());
+        match parse(&args(&["sweep", "--release"])).unwrap() {
+            Command::Sweep(o) => assert!(o.release),
+            other => panic!("{other:?}"),
+        }
         assert!(parse(&args(&["sweep", "--timeout-secs", "soon"])).is_err());
     }
 

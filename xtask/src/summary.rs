@@ -106,6 +106,7 @@ pub(crate) const REQUIRED_KEYS: &[&str] = &[
     "idle_bytes_per_node_round_n10",
     "propagation_p50_ratio_keyed_n10",
     "sealed_overhead_bytes",
+    "unvalidated_answer_ratio",
     "idle_bytes_per_node_round_n100",
     "sim_rounds_n1000_pull",
     "sim_rounds_n10000_pull",

@@ -3,8 +3,10 @@
 //! Every scenario of `gossipkv-sim` runs with one fixed seed under
 //! `cargo test`; a protocol change that breaks it only for some seeds goes
 //! unnoticed there. This command builds the scenario, membership, stream,
-//! budget and lifetime suites
-//! in release mode once, then runs each of them once per seed with
+//! budget and lifetime suites once (in the test profile, which optimizes the
+//! simulated crates and keeps debug assertions, reusing what
+//! `cargo test --workspace` built; `--release` on request), then runs each
+//! of them once per seed with
 //! `GOSSIPKV_SIM_SEED` set, printing one line per seed. A failing run prints
 //! the failing tests and the command that replays them, and the command
 //! exits with failure once every seed has run.
@@ -29,7 +31,7 @@ const SUITES: &[&str] = &["scenarios", "membership", "streams", "budget", "lifet
 
 /// Runs the sweep.
 pub(crate) fn run(opts: &SweepOptions) -> anyhow::Result<bool> {
-    let binaries = build()?;
+    let binaries = build(opts.release)?;
     let (from, to) = opts.seeds;
     let count = to - from + 1;
     println!(
@@ -44,7 +46,8 @@ pub(crate) fn run(opts: &SweepOptions) -> anyhow::Result<bool> {
         for (suite, exe) in &binaries {
             if let Some(detail) = run_one(exe, seed, opts.timeout)? {
                 println!("seed {seed}: {suite} FAILED\n{detail}");
-                println!("  replay: GOSSIPKV_SIM_SEED={seed} cargo test --release -p {PACKAGE} --test {suite}");
+                let release = if opts.release { " --release" } else { "" };
+                println!("  replay: GOSSIPKV_SIM_SEED={seed} cargo test{release} -p {PACKAGE} --test {suite}");
                 failed.push(*suite);
             }
         }
@@ -69,17 +72,22 @@ pub(crate) fn run(opts: &SweepOptions) -> anyhow::Result<bool> {
     }
 }
 
-/// Builds the suites in release mode; returns each suite's test binary.
-fn build() -> anyhow::Result<Vec<(&'static str, PathBuf)>> {
+/// Builds the suites (in release mode if `release`); returns each suite's
+/// test binary.
+fn build(release: bool) -> anyhow::Result<Vec<(&'static str, PathBuf)>> {
     let mut cmd = Command::new(workspace::cargo());
-    cmd.args(["test", "--release", "--no-run", "--message-format=json"])
+    cmd.args(["test", "--no-run", "--message-format=json"])
         .args(["-p", PACKAGE])
         .current_dir(workspace::root())
         .stderr(Stdio::inherit());
     for suite in SUITES {
         cmd.args(["--test", suite]);
     }
-    println!("building the {PACKAGE} suites (release)");
+    if release {
+        cmd.arg("--release");
+    }
+    let profile = if release { "release" } else { "test profile" };
+    println!("building the {PACKAGE} suites ({profile})");
     let out = cmd.output().context("cannot run cargo")?;
     if !out.status.success() {
         bail!("building the {PACKAGE} suites failed");

@@ -119,6 +119,8 @@ fn core_has_no_io_dependencies() {
         "gossipkv-storage",
         "gossipkv-proto",
         "rand",
+        // A keyed hash (address-validation tokens); no I/O.
+        "siphasher",
         "tracing",
         "bytes",
         "thiserror",

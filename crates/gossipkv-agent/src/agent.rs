@@ -78,6 +78,9 @@ pub async fn start_node(
     if let Some(i) = cfg.gossip_interval {
         b = b.gossip_interval(i);
     }
+    if let Some(r) = cfg.tombstone_retention {
+        b = b.tombstone_retention(r);
+    }
     if let Some(d) = &cfg.data_dir {
         b = b.data_dir(d.clone());
     }

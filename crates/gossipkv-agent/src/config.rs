@@ -134,6 +134,12 @@ pub struct AgentArgs {
     /// [env: GOSSIPKV_GOSSIP_INTERVAL] [default: 1s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub gossip_interval: Option<Duration>,
+    /// How long deletes are remembered as tombstones before they are
+    /// collected; a node away longer than this is re-synchronised when it
+    /// comes back, such as 10m or 12h
+    /// [env: GOSSIPKV_TOMBSTONE_RETENTION] [default: 6h]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub tombstone_retention: Option<Duration>,
     /// Directory that keeps the node's data across restarts (durable mode)
     /// [env: GOSSIPKV_DATA_DIR] [default: memory only]
     #[arg(long, value_name = "DIR")]
@@ -226,6 +232,8 @@ pub struct FileConfig {
     pub discovery: Option<Discovery>,
     /// See [`AgentArgs::gossip_interval`] (a string such as `"100ms"`).
     pub gossip_interval: Option<String>,
+    /// See [`AgentArgs::tombstone_retention`] (a string such as `"12h"`).
+    pub tombstone_retention: Option<String>,
     /// See [`AgentArgs::data_dir`].
     pub data_dir: Option<PathBuf>,
     /// See [`AgentArgs::max_entries`].
@@ -282,6 +290,8 @@ pub struct AgentConfig {
     pub discovery: Discovery,
     /// Gossip interval (`None`: the library's default).
     pub gossip_interval: Option<Duration>,
+    /// Tombstone retention (`None`: the library's default).
+    pub tombstone_retention: Option<Duration>,
     /// Data directory (`None`: memory only).
     pub data_dir: Option<PathBuf>,
     /// Entry limit.
@@ -323,6 +333,7 @@ impl Default for AgentConfig {
             seeds: Vec::new(),
             discovery: Discovery::None,
             gossip_interval: None,
+            tombstone_retention: None,
             data_dir: None,
             max_entries: None,
             max_bytes: None,
@@ -505,14 +516,18 @@ pub fn resolve(
     } else {
         file.seed.clone().unwrap_or_default()
     };
-    let file_interval = match &file.gossip_interval {
-        Some(s) => Some(parse_duration(s).map_err(|message| ConfigError::Invalid {
-            option: "--gossip-interval",
-            source_name: "config file".into(),
-            message,
-        })?),
-        None => None,
+    let file_duration = |option: &'static str, raw: &Option<String>| match raw {
+        Some(s) => parse_duration(s)
+            .map(Some)
+            .map_err(|message| ConfigError::Invalid {
+                option,
+                source_name: "config file".into(),
+                message,
+            }),
+        None => Ok(None),
     };
+    let file_interval = file_duration("--gossip-interval", &file.gossip_interval)?;
+    let file_retention = file_duration("--tombstone-retention", &file.tombstone_retention)?;
     let cfg = AgentConfig {
         node_id: m.string(&flags.node_id, "GOSSIPKV_NODE_ID", &file.node_id),
         cluster_id: m.string(&flags.cluster_id, "GOSSIPKV_CLUSTER_ID", &file.cluster_id),
@@ -535,6 +550,13 @@ pub fn resolve(
             &flags.gossip_interval,
             "GOSSIPKV_GOSSIP_INTERVAL",
             &file_interval,
+            parse_duration,
+        )?,
+        tombstone_retention: m.parsed(
+            "--tombstone-retention",
+            &flags.tombstone_retention,
+            "GOSSIPKV_TOMBSTONE_RETENTION",
+            &file_retention,
             parse_duration,
         )?,
         data_dir: m.parsed(
@@ -734,6 +756,7 @@ mod tests {
             bind = "127.0.0.1:1111"
             seed = ["10.0.0.1:7946", "10.0.0.2:7946"]
             gossip_interval = "300ms"
+            tombstone_retention = "10m"
             max_entries = 10
             log_format = "json"
             "#,
@@ -752,6 +775,7 @@ mod tests {
         assert_eq!(c.node_id.as_deref(), Some("from-flag")); // flag > env > file
         assert_eq!(c.cluster_id.as_deref(), Some("env-cluster")); // env > file
         assert_eq!(c.gossip_interval, Some(Duration::from_secs(2))); // env > file
+        assert_eq!(c.tombstone_retention, Some(Duration::from_secs(600))); // file
         assert_eq!(c.bind, "127.0.0.1:1111"); // file > default
         assert_eq!(c.max_entries, Some(10));
         assert_eq!(c.log_format, LogFormat::Json);

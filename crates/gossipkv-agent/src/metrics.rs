@@ -103,7 +103,7 @@ impl Metrics {
             "1 once the node has caught up with the cluster",
             ConstGauge::new(i64::from(s.synced)),
         );
-        let counters: [(&str, &str, u64); 22] = [
+        let counters: [(&str, &str, u64); 25] = [
             ("rounds", "Gossip rounds", s.rounds),
             ("datagrams_sent", "Datagrams sent", s.datagrams_sent),
             ("bytes_sent", "Datagram bytes sent", s.bytes_sent),
@@ -131,6 +131,21 @@ impl Metrics {
                 "duplicate_node_id",
                 "Datagrams claiming this node's id (dropped)",
                 s.duplicate_node_id,
+            ),
+            (
+                "unvalidated_refused",
+                "Answers not sent to an address that has not shown it receives (over 3x its bytes, or fragmented)",
+                s.unvalidated_refused,
+            ),
+            (
+                "replies_rate_limited",
+                "Answers not sent because their source spent its reply allowance",
+                s.replies_rate_limited,
+            ),
+            (
+                "addresses_validated",
+                "Times an address sent back its validation token",
+                s.addresses_validated,
             ),
             (
                 "oversized_dropped",

@@ -99,6 +99,13 @@ pub struct ProtocolConfig {
     pub seeds: Vec<SocketAddr>,
     /// Seed of the random generator that picks peers.
     pub rng_seed: u64,
+    /// Secret key of the address-validation tokens (see
+    /// [`crate::Protocol`]'s notes on amplification). A driver facing a real
+    /// network draws it from a cryptographically secure generator; 0 (the
+    /// default) derives it from [`rng_seed`](Self::rng_seed), which suits
+    /// tests and the simulator only: the peer-picking generator is not
+    /// secret.
+    pub token_key: u128,
     /// Failure detector tuning.
     pub detector: DetectorConfig,
     /// Push fresh writes to peers at once (eager dissemination), in
@@ -160,6 +167,7 @@ impl ProtocolConfig {
             tombstone_retention: DEFAULT_TOMBSTONE_RETENTION,
             seeds: Vec::new(),
             rng_seed: 0,
+            token_key: 0,
             detector: DetectorConfig::for_interval(DEFAULT_GOSSIP_INTERVAL),
             push: true,
             max_value_size: DEFAULT_MAX_VALUE_SIZE,

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use gossipkv_proto::{Liveness, Sender};
 use gossipkv_storage::Store;
 use rand::rngs::SmallRng;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 
+use crate::address::Addresses;
 use crate::config::{ProtocolConfig, Sizes};
 use crate::event::{Event, NetworkError};
 use crate::outbox::Outbox;
@@ -41,13 +42,31 @@ pub(crate) struct Context {
     pub(crate) out: Outbox,
     /// Windows of peers' digests that showed nothing we lack (until synced).
     pub(crate) windows: Windows,
+    /// Address validation and reply limits (see the `address` module).
+    pub(crate) addrs: Addresses,
+    /// The source of the datagram being handled, if one is: what is sent
+    /// meanwhile answers it, and is limited as answers are.
+    pub(crate) answering: Option<SocketAddr>,
+    /// Whether anything went to `answering` while handling its datagram.
+    pub(crate) answered: bool,
+    /// The addresses found by discovery (mDNS), contacted like seeds.
+    pub(crate) discovered: Vec<SocketAddr>,
 }
 
 impl Context {
     pub(crate) fn new(cfg: ProtocolConfig, store: Arc<Store>, now: Instant) -> Self {
         let sizes = Sizes::new(&cfg);
+        let mut rng = SmallRng::seed_from_u64(cfg.rng_seed);
+        let key = match cfg.token_key {
+            0 => rng.random(),
+            key => key,
+        };
         Context {
-            rng: SmallRng::seed_from_u64(cfg.rng_seed),
+            addrs: Addresses::new(key, cfg.interval()),
+            answering: None,
+            answered: false,
+            discovered: Vec::new(),
+            rng,
             peers: Peers::new(&cfg),
             out: Outbox::new(cfg.packet_size, sizes.limits.max_message, sizes.piece),
             sizes,

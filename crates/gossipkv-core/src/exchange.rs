@@ -181,7 +181,7 @@ impl Exchange {
                 parts.marks.note(&cx.peers, sender, &mine);
                 Digest::default()
             } else {
-                self.fit_digest(mine, cx.sizes.body / 2)
+                self.fit_digest(mine, cx.answer_body(from) / 2)
             };
             send_syn_ack(cx, from, reply, Reply::Delta(Delta::default()));
             return;
@@ -200,8 +200,11 @@ impl Exchange {
             resync::serve_page(cx, from, syn, &cx.store.page_digest(), &behind);
             return;
         }
-        let mine = self.fit_digest(mine, cx.sizes.body / 2);
-        let room = cx.sizes.body.saturating_sub(mine.size_hint());
+        // Less than a datagram to an address that has not shown it
+        // receives what we send (see `address`).
+        let body = cx.answer_body(from);
+        let mine = self.fit_digest(mine, body / 2);
+        let room = body.saturating_sub(mine.size_hint());
         let delta = delta_for(cx, from, &syn.digest, room, parts.push, parts.large);
         send_syn_ack(cx, from, mine, Reply::Delta(delta));
     }
@@ -218,7 +221,8 @@ impl Exchange {
     ) {
         if !cx.store.needs_resync(peer) {
             // (A peer that needs pages gets them when it asks with its own Syn.)
-            let delta = delta_for(cx, from, peer, cx.sizes.body, parts.push, parts.large);
+            let body = cx.answer_body(from);
+            let delta = delta_for(cx, from, peer, body, parts.push, parts.large);
             if !delta.is_empty() {
                 cx.send(from, Body::Ack(Ack { delta }));
             }

@@ -66,11 +66,14 @@ impl LargeValues {
         }
         self.sent.insert(key, cx.now);
         cx.stats.large_records_sent += 1;
-        let env = Envelope {
+        let mut env = Envelope {
             protocol_version: PROTOCOL_VERSION,
             cluster_id: cx.cfg.cluster_id.clone(),
             sender: Sender::new(v.node.clone(), v.generation, None),
             members: Vec::new(),
+            addr_token: 0,
+            addr_echo: 0,
+            padding: 0,
             body: Body::Push(Push {
                 records: vec![record],
                 hops,
@@ -81,7 +84,10 @@ impl LargeValues {
             cx.send(to, env.body);
             return;
         }
-        cx.out.queue_large(to, env);
+        // Only to an address that showed it receives (see `address`).
+        if cx.admit(to, &mut env) {
+            cx.out.queue_large(to, env);
+        }
     }
 
     /// Forgets sends older than the resend time.

@@ -40,6 +40,7 @@
 //! assert!(node.poll_timeout().unwrap() > due);
 //! ```
 
+mod address;
 mod config;
 mod context;
 mod event;

@@ -11,6 +11,7 @@ use gossipkv_proto::{
 };
 use tracing::warn;
 
+use crate::address::ADDR_FIELDS;
 use crate::context::Context;
 use crate::event::Transmit;
 use crate::hash::stable_hash;
@@ -94,12 +95,29 @@ impl Outbox {
             return;
         }
         // The same bytes get the same id and the same cuts on every node, so
-        // pieces of one message from anywhere complete each other.
+        // pieces of one message from anywhere complete each other: the
+        // address token and echo, which differ by sender and receiver, go on
+        // the fragments' headers only.
+        let (addr_token, addr_echo) = (env.addr_token, env.addr_echo);
+        let (env, payload) = if addr_token | addr_echo == 0 {
+            (env, payload)
+        } else {
+            let bare = Envelope {
+                addr_token: 0,
+                addr_echo: 0,
+                padding: 0,
+                ..env
+            };
+            let payload = encode(&bare);
+            (bare, payload)
+        };
         let id = stable_hash(&payload);
         let header = Envelope {
             members: Vec::new(),
             body: Body::Leave,
             sender: me,
+            addr_token,
+            addr_echo,
             ..env
         };
         self.fragmenting.push_back(FragmentJob {
@@ -167,6 +185,9 @@ impl Context {
             cluster_id: self.cfg.cluster_id.clone(),
             sender: self.me(),
             members: Vec::new(),
+            addr_token: 0,
+            addr_echo: 0,
+            padding: 0,
             body,
         }
     }
@@ -180,7 +201,12 @@ impl Context {
         let len = encoded_len(&env);
         let carries = !matches!(env.body, Body::Push(_)) && self.peers.keeps_membership();
         if carries && len <= self.cfg.packet_size {
-            let room = (self.cfg.packet_size - len).max(self.sizes.members);
+            // An answer to an unvalidated address carries what its credit
+            // leaves (the address fields cost at most ADDR_FIELDS).
+            let credit = self.answer_room(to).saturating_sub(len + ADDR_FIELDS);
+            let room = (self.cfg.packet_size - len)
+                .max(self.sizes.members)
+                .min(credit);
             let reply = !matches!(env.body, Body::Syn(_));
             env.members = self
                 .peers
@@ -190,8 +216,12 @@ impl Context {
         self.send_envelope(to, env);
     }
 
-    /// Queues an envelope as it is.
-    pub(crate) fn send_envelope(&mut self, to: SocketAddr, env: Envelope) {
+    /// Queues an envelope as it is (with its address fields), if address
+    /// validation lets it go to `to`.
+    pub(crate) fn send_envelope(&mut self, to: SocketAddr, mut env: Envelope) {
+        if !self.admit(to, &mut env) {
+            return;
+        }
         let me = self.me();
         self.out.queue(to, env, me, &mut self.stats);
     }
@@ -205,7 +235,9 @@ impl Context {
         };
         let mut env = self.envelope(Body::MemberSync(MemberSync { buckets, ttl }));
         if theirs.is_some() {
-            let room = self.cfg.packet_size.saturating_sub(encoded_len(&env));
+            let len = encoded_len(&env);
+            let credit = self.answer_room(to).saturating_sub(len + ADDR_FIELDS);
+            let room = self.cfg.packet_size.saturating_sub(len).min(credit);
             match self.peers.reconcile(theirs, room, &mut self.rng) {
                 Some((_, members)) => env.members = members,
                 None => return,

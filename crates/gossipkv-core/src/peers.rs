@@ -170,6 +170,26 @@ impl Peers {
         }
     }
 
+    /// Whether `addr` is the address of a live member (listed, with a given
+    /// directory).
+    pub(crate) fn is_live_addr(&self, addr: SocketAddr) -> bool {
+        match self {
+            Peers::Swim(s) => s.is_live_addr(addr),
+            Peers::Given { dir, .. } => dir.contains(&addr),
+        }
+    }
+
+    /// Whether `sender` is a member known at `from`, in its generation
+    /// (always, with a given directory: nobody joins through datagrams).
+    pub(crate) fn knows_at(&self, sender: &Sender, from: SocketAddr) -> bool {
+        match self {
+            Peers::Swim(s) => s
+                .get(&sender.node_id)
+                .is_some_and(|m| m.addr == from && m.generation == sender.generation),
+            Peers::Given { .. } => true,
+        }
+    }
+
     /// The periodic membership check.
     pub(crate) fn timeout(
         &mut self,

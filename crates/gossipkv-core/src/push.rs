@@ -251,6 +251,10 @@ fn push_room(cx: &Context, first: &Record) -> usize {
         cluster_id: cx.cfg.cluster_id.clone(),
         sender: cx.me(),
         members: Vec::new(),
+        // Room for the address fields, which a push may carry.
+        addr_token: u64::MAX,
+        addr_echo: u64::MAX,
+        padding: 0,
         body: Body::Push(Push {
             records: vec![stand_in.clone()],
             hops: u32::MAX,

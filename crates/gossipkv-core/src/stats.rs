@@ -135,6 +135,19 @@ pub struct Stats {
     /// Records of this node's older generations written again as its own
     /// (same timestamps), so those generations can retire.
     pub records_adopted: u64,
+    /// Datagrams not sent to an address that has not shown it receives
+    /// what is sent there: answers past three times the bytes it sent us,
+    /// and fragmented messages (see address validation on [`crate::Protocol`]).
+    pub unvalidated_refused: u64,
+    /// Answers not sent because their destination had spent its reply
+    /// allowance.
+    pub replies_rate_limited: u64,
+    /// Times an address showed it receives what we send (a token sent back).
+    pub addresses_validated: u64,
+    /// Datagrams from an address that has not shown it receives whose
+    /// sender was not made a member there (nor moved there); their data
+    /// was still handled.
+    pub unvalidated_senders: u64,
     /// Datagrams and bytes sent, by kind (see [`MessageKind`]).
     pub sent_by_kind: [KindCount; MessageKind::COUNT],
     /// Datagrams and bytes received that decoded, by kind (those that did

@@ -27,10 +27,11 @@ use crate::pb;
 /// protocol version 6, cluster id 6, sender 6 + node id 6 + generation 11 +
 /// address 6, body field 6, and inside the body at most 8 (a `Syn`'s
 /// `resync_from` tag and prefix plus its flag; a delta's tag and prefix is 6),
-/// plus the sender's incarnation 11, left flag 2 and member-list fingerprint 9.
-/// That is 77; the constant leaves some slack. Entries of [`Envelope::members`] are extra, each bounded
-/// by [`member_size_hint`].
-pub const ENVELOPE_OVERHEAD: usize = 88;
+/// plus the sender's incarnation 11, left flag 2 and member-list fingerprint 9,
+/// plus the address token and echo, 9 each. That is 95; the constant leaves
+/// some slack. Entries of [`Envelope::members`] are extra, each bounded by
+/// [`member_size_hint`].
+pub const ENVELOPE_OVERHEAD: usize = 106;
 
 /// Upper bound of an envelope's encoded size minus the content of its body,
 /// given the lengths (bytes) of its cluster id, sender node id and sender
@@ -240,6 +241,9 @@ pub(crate) fn envelope_to_pb(env: &Envelope) -> pb::Envelope {
         cluster_id: env.cluster_id.clone(),
         sender: Some(node_ref_to_pb(&env.sender)),
         members: env.members.iter().map(node_ref_to_pb).collect(),
+        addr_token: env.addr_token,
+        addr_echo: env.addr_echo,
+        padding: Bytes::from(vec![0; env.padding]),
         body: Some(body),
     }
 }
@@ -483,6 +487,9 @@ impl Decoder<'_> {
             cluster_id: m.cluster_id,
             sender,
             members,
+            addr_token: m.addr_token,
+            addr_echo: m.addr_echo,
+            padding: m.padding.len(),
             body,
         })
     }

@@ -18,6 +18,15 @@ pub struct Envelope {
     pub sender: Sender,
     /// A bounded sample of other members as the sender sees them.
     pub members: Vec<Sender>,
+    /// Address validation: a secret token for the address this envelope is
+    /// sent to, given while that address has not shown that it receives
+    /// there (0: none).
+    pub addr_token: u64,
+    /// The token the receiver last gave the sender's address, sent back as
+    /// proof that the sender receives there (0: none).
+    pub addr_echo: u64,
+    /// Zero bytes of padding, ignored by receivers (decoded: how many came).
+    pub padding: usize,
     /// The message itself.
     pub body: Body,
 }
@@ -30,6 +39,9 @@ impl Envelope {
             cluster_id: cluster_id.into(),
             sender,
             members: Vec::new(),
+            addr_token: 0,
+            addr_echo: 0,
+            padding: 0,
             body,
         }
     }

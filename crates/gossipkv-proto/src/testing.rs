@@ -303,15 +303,21 @@ pub fn envelope() -> impl Strategy<Value = Envelope> {
         text(16),
         sender(),
         proptest::collection::vec(sender(), 0..4),
+        (any::<u64>(), any::<u64>()),
         body(),
     )
-        .prop_map(|(cluster_id, sender, members, body)| Envelope {
-            protocol_version: PROTOCOL_VERSION,
-            cluster_id,
-            sender,
-            members,
-            body,
-        })
+        .prop_map(
+            |(cluster_id, sender, members, (addr_token, addr_echo), body)| Envelope {
+                protocol_version: PROTOCOL_VERSION,
+                cluster_id,
+                sender,
+                members,
+                addr_token,
+                addr_echo,
+                padding: 0,
+                body,
+            },
+        )
 }
 
 // ----- hostile peer ----------------------------------------------------------
@@ -689,15 +695,21 @@ fn envelope_with(w: &World, body: BoxedStrategy<Body>) -> BoxedStrategy<Envelope
     (
         sender_of(w, true),
         prop::collection::vec(sender_of(w, false), 0..4),
+        (any::<u64>(), any::<u64>()),
         body,
     )
-        .prop_map(move |(sender, members, body)| Envelope {
-            protocol_version: PROTOCOL_VERSION,
-            cluster_id: cluster_id.clone(),
-            sender,
-            members,
-            body,
-        })
+        .prop_map(
+            move |(sender, members, (addr_token, addr_echo), body)| Envelope {
+                protocol_version: PROTOCOL_VERSION,
+                cluster_id: cluster_id.clone(),
+                sender,
+                members,
+                addr_token,
+                addr_echo,
+                padding: 0,
+                body,
+            },
+        )
         .boxed()
 }
 
@@ -824,6 +836,9 @@ pub fn fragmented_in(
                     cluster_id: w2.cluster_id.clone(),
                     sender: sender.clone(),
                     members: Vec::new(),
+                    addr_token: 0,
+                    addr_echo: 0,
+                    padding: 0,
                     body: Body::Fragment(f),
                 })
                 .collect::<Vec<_>>()

@@ -442,6 +442,8 @@ fn protocol_config<K, V>(
     cfg.tombstone_retention = b.tombstone_retention;
     cfg.seeds = seeds;
     cfg.rng_seed = b.rng_seed.unwrap_or_else(|| rand::rng().random());
+    // The address-validation key must be secret whatever seed was given.
+    cfg.token_key = rand::rng().random();
     cfg.push = b.eager_push;
     cfg.max_value_size = b.max_value_size;
     cfg.max_clock_drift = b.max_clock_drift;

@@ -216,3 +216,65 @@ async fn forged_datagrams_do_not_stop_later_writes_from_winning_and_spreading() 
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+/// A hostile peer that never sends its validation token back (as a spoofer
+/// cannot: the token goes to the address it forges) draws, at the address
+/// it sends from, at most three times the bytes it sent, however much data
+/// the node holds, and becomes no member (the node's own rounds and probes
+/// would otherwise go to the address it names).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_never_sends_its_token_back_draws_at_most_three_times_its_bytes() {
+    let a = node("loaded", &[]).await;
+    for i in 0..300 {
+        a.set(format!("key/{i:03}"), "v".repeat(100)).unwrap();
+    }
+    let attacker = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let elsewhere = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let claimed = elsewhere.local_addr().unwrap();
+    let target = a.local_addr().unwrap();
+    let mut sent = 0;
+    for i in 0..40 {
+        // A new node each time, showing a complete, empty digest: each one
+        // asks for everything.
+        let syn = Envelope::new(
+            DEFAULT_CLUSTER_ID,
+            Sender::new(format!("joiner-{i}"), 1, Some(claimed)),
+            Body::Syn(gossipkv_proto::Syn {
+                digest: Digest {
+                    complete: true,
+                    ..Digest::default()
+                },
+                resync_from: None,
+                digest_hash: None,
+            }),
+        );
+        let bytes = encode(&syn);
+        sent += attacker.send_to(&bytes, target).unwrap();
+    }
+    wait_until("the node handled every Syn", DEADLINE, || {
+        a.stats().syns_received >= 40
+    })
+    .await;
+    // Everything the node sent in answer is out by now: take it until the
+    // socket has been quiet for half a second.
+    attacker
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut answered = 0;
+    let mut buf = [0u8; 65_536];
+    while let Ok((n, _)) = attacker.recv_from(&mut buf) {
+        answered += n;
+    }
+    assert!(answered > 0, "answers within the limit still come");
+    assert!(
+        answered <= 3 * sent,
+        "{answered} bytes answered for {sent} sent"
+    );
+    let s = a.stats();
+    assert_eq!(s.addresses_validated, 0, "{s:?}");
+    // None of them became a member: the node's own rounds and probes do not
+    // go to the address they named either.
+    assert_eq!(s.unvalidated_senders, 40, "{s:?}");
+    assert_eq!(a.members().len(), 1, "{:?}", a.members());
+    a.shutdown().await.unwrap();
+}

@@ -42,6 +42,7 @@
 //!   the simulator).
 //! - [`plot`]: the SVG of the sweep.
 
+mod amplify;
 mod budget;
 mod bulk;
 mod catchup;
@@ -115,6 +116,10 @@ async fn run(opts: &Options) -> Result<()> {
 
     if opts.wants("memory") {
         memory::scenario(&mut report, t0);
+    }
+    if opts.wants("amplify") {
+        let result = amplify::scenario(&mut report, t0).await;
+        report.check(t0, "amplify", result);
     }
     if opts.wants("budget") {
         budget::scenario(&mut report, t0).await;

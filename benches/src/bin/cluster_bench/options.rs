@@ -6,8 +6,9 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 
 /// Every scenario, in the order they run.
-const SCENARIOS: [&str; 15] = [
+const SCENARIOS: [&str; 16] = [
     "memory",
+    "amplify",
     "budget",
     "n10",
     "n10keyed",

@@ -88,12 +88,17 @@ fn joiner(
     (now, wall): (At, WallTime),
 ) -> Result<(Protocol, gossipkv_core::StreamOpen, gossipkv_core::StreamId)> {
     let (mut b, b_addr) = node(id, port, vec![a_addr]);
-    b.handle_timeout(now, wall);
-    while let Some(t) = b.poll_transmit() {
-        a.handle_datagram(now, wall, b_addr, &t.payload);
-    }
-    while let Some(t) = a.poll_transmit() {
-        b.handle_datagram(now, wall, a_addr, &t.payload);
+    // Two rounds: in the first the server and the joiner validate each
+    // other's addresses, in the second the joiner asks for the stream.
+    for later in [0, 100] {
+        let now = now + Duration::from_millis(later);
+        b.handle_timeout(now, wall);
+        while let Some(t) = b.poll_transmit() {
+            a.handle_datagram(now, wall, b_addr, &t.payload);
+        }
+        while let Some(t) = a.poll_transmit() {
+            b.handle_datagram(now, wall, a_addr, &t.payload);
+        }
     }
     let open = b
         .poll_stream_open()

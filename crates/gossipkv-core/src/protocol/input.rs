@@ -10,6 +10,7 @@ use gossipkv_storage::{Delta, Digest, NodeId, Page, Record, Version};
 use tracing::{debug, trace};
 
 use super::Protocol;
+use crate::address::Standing;
 use crate::event::NetworkError;
 use crate::exchange::Parts;
 use crate::reassembly::Outcome;
@@ -45,7 +46,38 @@ impl Protocol {
             });
             return;
         }
+        let cx = &mut self.cx;
+        if cx.addrs.on_datagram(
+            (now, &mut cx.rng),
+            (from, env.sender.addr),
+            bytes.len(),
+            (env.addr_token, env.addr_echo),
+        ) {
+            cx.stats.addresses_validated += 1;
+        }
+        // Whatever is sent meanwhile answers `from` (see `address`).
+        cx.answering = Some(from);
+        cx.answered = false;
+        let token = env.addr_token;
         self.handle_envelope(from, env, false);
+        self.echo_at_once(from, token);
+        self.cx.answering = None;
+    }
+
+    /// A validated peer that gave us a token gets it back at once, in an
+    /// empty Ack when nothing else answered it: it validates us within
+    /// this round trip (and makes us a member), not at our next datagram,
+    /// so a joiner's stream request that follows finds it a member.
+    fn echo_at_once(&mut self, from: SocketAddr, token: u64) {
+        let cx = &mut self.cx;
+        if token == 0 || cx.answered || cx.left {
+            return;
+        }
+        if cx.addrs.standing(from, cx.now) == Standing::Unvalidated {
+            return;
+        }
+        let delta = Delta::default();
+        cx.send(from, Body::Ack(gossipkv_proto::Ack { delta }));
     }
 
     /// Handles a decoded envelope of our cluster (`inner`: reassembled from
@@ -114,6 +146,20 @@ impl Protocol {
             }
             return false;
         }
+        // An address that has not shown it receives what we send makes no
+        // member and moves none, and its member entries are not taken: a
+        // spoofed datagram must not turn this node's own rounds and probes
+        // toward the address it forges (see `address`). It is still
+        // answered, within the limit, and a known member there stays alive.
+        let members = if cx.addrs.standing(from, cx.now) == Standing::Unvalidated {
+            if !cx.peers.knows_at(sender, from) {
+                cx.stats.unvalidated_senders += 1;
+                return true;
+            }
+            &[]
+        } else {
+            members
+        };
         let actions = cx
             .peers
             .heard_from(cx.now, from, sender, members, &mut cx.stats);

@@ -129,7 +129,6 @@ pub struct Protocol {
     owners: Owners,
     retire: Retirement,
     timers: Timers,
-    discovered: Vec<SocketAddr>,
 }
 
 impl Protocol {
@@ -162,7 +161,6 @@ impl Protocol {
             retire: Retirement::default(),
             reassembly,
             timers,
-            discovered: Vec::new(),
             cx: Context::new(cfg, store, now),
         }
     }
@@ -253,7 +251,7 @@ impl Protocol {
     /// Replaces the addresses found by discovery (mDNS); they are contacted
     /// like seeds.
     pub fn set_discovered(&mut self, addrs: Vec<SocketAddr>) {
-        self.discovered = addrs;
+        self.cx.discovered = addrs;
     }
 
     /// Replaces the seed addresses (for example after resolving host names
@@ -442,13 +440,7 @@ impl Protocol {
         let digest = self.exchange.begin_round(cx);
         let quiet = self.exchange.quiet() && !self.resync.active();
         let resync = self.resync.addr(&cx.peers);
-        let unknown: Vec<SocketAddr> = cx
-            .cfg
-            .seeds
-            .iter()
-            .chain(&self.discovered)
-            .copied()
-            .collect();
+        let unknown: Vec<SocketAddr> = cx.cfg.seeds.iter().chain(&cx.discovered).copied().collect();
         let fanout = cx.cfg.fanout();
         let own = cx.cfg.advertise_addr;
         let targets =
@@ -499,7 +491,17 @@ impl Protocol {
             ("events", self.cx.events.len()),
             ("dead owners", self.owners.len()),
             ("departed origins", self.retire.len()),
+            ("validated addresses", self.cx.addrs.sizes()[0]),
+            ("address sources", self.cx.addrs.sizes()[1]),
+            ("address echoes", self.cx.addrs.sizes()[2]),
         ]
+    }
+
+    /// Takes `addr` as validated (as if it had sent our token back), for
+    /// tests about something else than validation.
+    #[cfg(test)]
+    pub(crate) fn trust(&mut self, addr: SocketAddr) {
+        self.cx.addrs.validate(addr, self.cx.now);
     }
 
     /// The parts, for the crate's tests.

@@ -373,6 +373,11 @@ impl Swim {
         ]
     }
 
+    /// Whether `addr` is a live member's address.
+    pub(crate) fn is_live_addr(&self, addr: SocketAddr) -> bool {
+        self.table.is_live_addr(addr)
+    }
+
     /// The table, for tests.
     #[cfg(test)]
     pub(crate) fn table(&self) -> &Table {

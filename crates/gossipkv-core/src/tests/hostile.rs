@@ -2,7 +2,8 @@
 //! writes and timer ticks: whatever arrives, the node does not panic, keeps
 //! its own origin to itself, lets no watermark rise past what some message
 //! vouched for, keeps its clock within the drift bound, sends datagrams no
-//! larger than a packet, and keeps every map within its cap. The same
+//! larger than a packet, answers no address with more than three times the
+//! bytes it sent, and keeps every map within its cap. The same
 //! traffic also comes as the frames of a stream the node asked a hostile
 //! member for.
 
@@ -81,6 +82,9 @@ fn as_frame(mut env: Envelope) -> Envelope {
     }
     env
 }
+
+/// The sources that validated their address ([`STREAMER`] among them).
+const VALIDATED: [u8; 2] = [1, 2];
 
 fn source(i: u8) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 10 + i], 6000))
@@ -195,6 +199,10 @@ struct Node {
     ms: u64,
     writes: u64,
     claims: Claims,
+    /// Bytes received from each source, and sent to each address in answer
+    /// to them: no source ever sends a token back, so none is validated.
+    received: BTreeMap<SocketAddr, u64>,
+    answered: BTreeMap<SocketAddr, u64>,
 }
 
 /// The hostile member streams come from.
@@ -206,7 +214,12 @@ impl Node {
         let own = store.local_origin().clone();
         let mut cfg = config(vec![]);
         cfg.streams = true;
-        let p = Protocol::new(cfg, store.clone(), Instant::from_millis(0));
+        let mut p = Protocol::new(cfg, store.clone(), Instant::from_millis(0));
+        // Hostile peers that validated their own addresses (they can: they
+        // receive there), and spoofers that never do.
+        for a in VALIDATED {
+            p.trust(source(a));
+        }
         Node {
             p,
             store,
@@ -214,6 +227,8 @@ impl Node {
             ms: 0,
             writes: 0,
             claims: Claims::default(),
+            received: BTreeMap::new(),
+            answered: BTreeMap::new(),
         }
     }
 
@@ -231,13 +246,12 @@ impl Node {
         match step {
             Step::Datagram(a, env) => {
                 self.claims.envelope(env);
-                self.p.handle_datagram(now, wall, source(*a), &encode(env));
+                self.receive(source(*a), &encode(env));
             }
             Step::Fragments(a, pieces) => {
                 self.claims.fragments(pieces);
                 for piece in pieces {
-                    self.p
-                        .handle_datagram(now, wall, source(*a), &encode(piece));
+                    self.receive(source(*a), &encode(piece));
                 }
             }
             Step::Stream(frames) => self.stream(frames),
@@ -299,7 +313,7 @@ impl Node {
                 digest_hash: None,
             }),
         );
-        self.p.handle_datagram(now, wall, from, &encode(&syn));
+        self.receive(from, &encode(&syn));
         let Some(open) = self.p.poll_stream_open() else {
             return;
         };
@@ -322,6 +336,34 @@ impl Node {
             }
         }
         self.p.handle_stream_closed(now, open.id);
+    }
+
+    /// A datagram from `from`, and what the node sends in answer to the
+    /// addresses that are neither validated nor a live member's (pushes
+    /// forwarded to members go where the node chose): never more than
+    /// three times what came from that address.
+    fn receive(&mut self, from: SocketAddr, bytes: &[u8]) {
+        let (now, wall) = self.clocks();
+        *self.received.entry(from).or_default() += bytes.len() as u64;
+        let live = |p: &Protocol| p.peers().into_iter().map(|(_, a)| a);
+        let mut chosen: std::collections::BTreeSet<SocketAddr> = live(&self.p).collect();
+        self.p.handle_datagram(now, wall, from, bytes);
+        chosen.extend(live(&self.p));
+        chosen.remove(&from);
+        chosen.extend(VALIDATED.map(source));
+        for t in std::iter::from_fn(|| self.p.poll_transmit()) {
+            if chosen.contains(&t.to) {
+                continue;
+            }
+            let sent = self.answered.entry(t.to).or_default();
+            *sent += t.payload.len() as u64;
+            let got = self.received.get(&t.to).copied().unwrap_or(0);
+            assert!(
+                *sent <= crate::address::AMPLIFICATION * got,
+                "{sent} bytes sent in answer to {}, which sent {got}",
+                t.to
+            );
+        }
     }
 
     /// Everything that must hold after any step.
@@ -384,6 +426,9 @@ impl Node {
                 "dead owners" => MAX_MEMBERS,
                 // Two subsets (gone, dead) of the origins the store knows.
                 "departed origins" => 2 * self.store.marks().len(),
+                "validated addresses" | "address sources" | "address echoes" => {
+                    crate::address::MAX_ADDRESSES
+                }
                 other => panic!("no cap known for {other}: add it here"),
             };
             assert!(len <= cap, "{name}: {len} > {cap}");
@@ -446,6 +491,7 @@ fn hostile_traffic_reaches_every_guard() {
         total.datagrams_sent += s.datagrams_sent;
         total.stream_frames_received += s.stream_frames_received;
         total.streams_requested += s.streams_requested;
+        total.unvalidated_refused += s.unvalidated_refused;
     }
     eprintln!("{total:?}");
     assert!(total.records_won > 0, "{total:?}");
@@ -457,4 +503,5 @@ fn hostile_traffic_reaches_every_guard() {
     assert!(total.datagrams_sent > 0, "{total:?}");
     assert!(total.streams_requested > 0, "{total:?}");
     assert!(total.stream_frames_received > 0, "{total:?}");
+    assert!(total.unvalidated_refused > 0, "{total:?}");
 }

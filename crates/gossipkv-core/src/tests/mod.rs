@@ -1,5 +1,6 @@
 //! Unit tests of the protocol as a whole, driven by hand.
 
+mod address;
 mod guards;
 mod hostile;
 mod protocol;

@@ -17,6 +17,7 @@ fn server_knowing_b() -> (Protocol, SocketAddr, Protocol, SocketAddr) {
     let (mut a, a_addr) = node("a", 7210, vec![]);
     let (mut b, b_addr) = node("b", 7211, vec![a_addr]);
     let (now, wall) = at(0);
+    a.trust(b_addr);
     b.handle_timeout(now, wall);
     for t in std::iter::from_fn(|| b.poll_transmit()) {
         a.handle_datagram(now, wall, b_addr, &t.payload);
@@ -119,6 +120,7 @@ fn a_receiver_refuses_frames_not_from_the_peer_it_asked() {
     let a = seeded(1_000, 0);
     let (mut b, b_addr) = node("b", 7212, vec![a.1]);
     let mut a = a.0;
+    a.trust(b_addr);
     let (now, wall) = at(0);
     b.handle_timeout(now, wall);
     for t in std::iter::from_fn(|| b.poll_transmit()) {

@@ -58,7 +58,9 @@ struct Pair {
 }
 
 impl Pair {
-    fn new(a: (Protocol, SocketAddr), b: (Protocol, SocketAddr)) -> Self {
+    fn new(mut a: (Protocol, SocketAddr), b: (Protocol, SocketAddr)) -> Self {
+        // Validation is the `address` tests' subject, not these.
+        a.0.trust(b.1);
         Pair {
             a: a.0,
             a_addr: a.1,
@@ -302,8 +304,9 @@ fn refused_streams_leave_the_datagram_path_to_converge() {
 #[test]
 fn a_node_far_behind_asks_once_while_a_stream_is_open() {
     let a = seeded(2_000, 0);
-    let (mut b, _) = node("b", 7207, vec![a.1]);
+    let (mut b, b_addr) = node("b", 7207, vec![a.1]);
     let mut pair_a = a.0;
+    pair_a.trust(b_addr);
     // Meet: b's Syn, a's SynAck.
     let (now, wall) = at(0);
     b.handle_timeout(now, wall);
@@ -337,6 +340,8 @@ fn a_node_serving_a_stream_still_answers_gossip_and_pushes_its_writes() {
     let (mut b, b_addr) = node("b", 7220, vec![a_addr]);
     let (mut c, c_addr) = node("c", 7221, vec![a_addr]);
     let (now, wall) = at(0);
+    a.trust(b_addr);
+    a.trust(c_addr);
     // b meets a and asks for a stream.
     b.handle_timeout(now, wall);
     for t in std::iter::from_fn(|| b.poll_transmit()) {
