@@ -7,15 +7,21 @@
 //! is at most [`AMPLIFICATION`] times the bytes received from it, never a
 //! fragmented message (large values, pages), and no more than the reply rate
 //! any one source is allowed. An address shows it by sending back a token:
-//! every envelope to an address not (or no longer) validated carries
-//! `addr_token`, a keyed hash of that address (SipHash-1-3 under a secret
-//! key, so nothing is stored per token), and the peer sends back the last
-//! token it got from us in `addr_echo` until our envelopes stop carrying
-//! one. A spoofer never sees the token sent to the address it forges.
+//! every envelope to an address not (or no longer) validated, and not a
+//! live member's, carries `addr_token`, a keyed hash of that address
+//! (SipHash-1-3 under a secret key, so nothing is stored per token), and the
+//! peer sends back the last token it got from us in `addr_echo` until our
+//! envelopes stop carrying one. A spoofer never sees the token sent to the
+//! address it forges.
 //!
-//! What is not charged: datagrams we send of our own accord (rounds, probes,
-//! pushes of local writes) go to members and seeds at the protocol's own
-//! pace, whatever the network sends us. Every map here is capped.
+//! Live members' addresses are trusted as validated ones are: a member is
+//! made only from a validated address (see `protocol/input.rs`) or named by
+//! a member, so the limit applies to strangers (joiners before their first
+//! round trip, and spoofed sources) and a formed cluster pays nothing for
+//! it. What is not charged either: datagrams we send of our own accord
+//! (rounds, probes, pushes of local writes) go to members and seeds at the
+//! protocol's own pace, whatever the network sends us. Every map here is
+//! capped.
 
 use std::collections::BTreeMap;
 use std::hash::Hasher;
@@ -234,22 +240,17 @@ impl Addresses {
 }
 
 impl Context {
-    /// Whether a send to `to` now is charged against its credit: it answers
-    /// the datagram being handled, and goes to its source or to an address
-    /// that is not a live member's. (Pushes forwarded to live members, and
-    /// probes relayed to them, go where this node chose, at its pace.)
-    fn charged(&self, to: SocketAddr) -> bool {
-        match self.answering {
-            Some(from) => from == to || !self.peers.is_live_addr(to),
-            None => false,
-        }
+    /// Whether `to` is trusted to receive what we send: it showed it (a
+    /// token sent back), or it is a live member's address (members are
+    /// made only from validated addresses, or named by members).
+    pub(crate) fn trusted(&self, to: SocketAddr) -> bool {
+        self.addrs.standing(to, self.now) != Standing::Unvalidated || self.peers.is_live_addr(to)
     }
 
     /// Bytes that may still go to `to` in answer to the datagram being
-    /// handled: its credit when it is unvalidated and the send is charged,
-    /// otherwise no limit.
+    /// handled: its credit when it is not trusted, otherwise no limit.
     pub(crate) fn answer_room(&self, to: SocketAddr) -> usize {
-        if self.charged(to) && self.addrs.standing(to, self.now) == Standing::Unvalidated {
+        if self.answering.is_some() && !self.trusted(to) {
             usize::try_from(self.addrs.credit(to)).unwrap_or(usize::MAX)
         } else {
             usize::MAX
@@ -267,12 +268,12 @@ impl Context {
 
     /// Stamps `env` with the address fields for `to` and decides whether
     /// it may go there: answers to a source past its reply allowance do
-    /// not, nor do charged answers to an unvalidated address past its
-    /// credit, nor fragmented messages to an unvalidated address that is
-    /// not a live member's. Refusals are counted.
+    /// not, nor do answers to an untrusted address past its credit, nor
+    /// fragmented messages to an untrusted address. Refusals are counted.
     pub(crate) fn admit(&mut self, to: SocketAddr, env: &mut Envelope) -> bool {
         let standing = self.addrs.standing(to, self.now);
-        if standing != Standing::Validated {
+        let member = self.peers.is_live_addr(to);
+        if standing != Standing::Validated && !member {
             env.addr_token = self.addrs.token(to);
         }
         env.addr_echo = self.addrs.echo(to);
@@ -281,39 +282,28 @@ impl Context {
             debug!(%to, "reply allowance spent; answer not sent");
             return false;
         }
-        let admitted = self.admit_unvalidated(to, env, standing);
+        let admitted = member || standing != Standing::Unvalidated || self.admit_untrusted(to, env);
         self.answered |= admitted && self.answering == Some(to);
         admitted
     }
 
-    /// The rest of [`Self::admit`], for an address that is not (or no
-    /// longer) validated.
-    fn admit_unvalidated(
-        &mut self,
-        to: SocketAddr,
-        env: &mut Envelope,
-        standing: Standing,
-    ) -> bool {
-        if standing != Standing::Unvalidated {
-            return true;
-        }
+    /// The rest of [`Self::admit`], for an address that is neither
+    /// validated nor a live member's.
+    fn admit_untrusted(&mut self, to: SocketAddr, env: &mut Envelope) -> bool {
         let len = encoded_len(env);
         if self.answering.is_none() && matches!(env.body, Body::Syn(_)) {
             // A first contact, most likely unvalidated there too: to a seed,
-            // a whole datagram, so that the answer it allows carries
-            // something (the field's tag and length prefix take at most 3
-            // bytes). Not to other addresses: they came from the network.
+            // half a datagram at least, so that the answer it allows (three
+            // times that) holds a whole datagram (the field's tag and length
+            // prefix take at most 3 bytes). Not to other addresses: they
+            // came from the network.
             if self.cfg.seeds.contains(&to) || self.discovered.contains(&to) {
-                env.padding = self.cfg.packet_size.saturating_sub(len + 3);
+                env.padding = (self.cfg.packet_size / 2).saturating_sub(len + 3);
             }
             return true;
         }
         let fits = len <= self.cfg.packet_size;
-        let refused = if self.charged(to) {
-            !fits || !self.addrs.charge(to, len)
-        } else {
-            !fits && !self.peers.is_live_addr(to)
-        };
+        let refused = !fits || (self.answering.is_some() && !self.addrs.charge(to, len));
         if refused {
             self.stats.unvalidated_refused += 1;
             debug!(%to, len, "not sent to an address that has not shown it receives");

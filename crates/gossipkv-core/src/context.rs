@@ -56,9 +56,11 @@ pub(crate) struct Context {
 impl Context {
     pub(crate) fn new(cfg: ProtocolConfig, store: Arc<Store>, now: Instant) -> Self {
         let sizes = Sizes::new(&cfg);
-        let mut rng = SmallRng::seed_from_u64(cfg.rng_seed);
+        let rng = SmallRng::seed_from_u64(cfg.rng_seed);
+        // From a generator of its own, so the peer-picking one is the same
+        // stream whether or not a key is given.
         let key = match cfg.token_key {
-            0 => rng.random(),
+            0 => SmallRng::seed_from_u64(!cfg.rng_seed).random(),
             key => key,
         };
         Context {

@@ -64,7 +64,8 @@ impl Protocol {
         self.cx.answering = None;
     }
 
-    /// A validated peer that gave us a token gets it back at once, in an
+    /// A trusted peer (validated, or a member) that gave us a token gets it
+    /// back at once, in an
     /// empty Ack when nothing else answered it: it validates us within
     /// this round trip (and makes us a member), not at our next datagram,
     /// so a joiner's stream request that follows finds it a member.
@@ -73,7 +74,7 @@ impl Protocol {
         if token == 0 || cx.answered || cx.left {
             return;
         }
-        if cx.addrs.standing(from, cx.now) == Standing::Unvalidated {
+        if !cx.trusted(from) {
             return;
         }
         let delta = Delta::default();
@@ -147,19 +148,16 @@ impl Protocol {
             return false;
         }
         // An address that has not shown it receives what we send makes no
-        // member and moves none, and its member entries are not taken: a
-        // spoofed datagram must not turn this node's own rounds and probes
-        // toward the address it forges (see `address`). It is still
-        // answered, within the limit, and a known member there stays alive.
-        let members = if cx.addrs.standing(from, cx.now) == Standing::Unvalidated {
-            if !cx.peers.knows_at(sender, from) {
-                cx.stats.unvalidated_senders += 1;
-                return true;
-            }
-            &[]
-        } else {
-            members
-        };
+        // member and moves none, and its member entries are not taken
+        // (unless a known member is there): a spoofed datagram must not
+        // turn this node's own rounds and probes toward the address it
+        // forges (see `address`). It is still answered, within the limit.
+        if cx.addrs.standing(from, cx.now) == Standing::Unvalidated
+            && !cx.peers.knows_at(sender, from)
+        {
+            cx.stats.unvalidated_senders += 1;
+            return true;
+        }
         let actions = cx
             .peers
             .heard_from(cx.now, from, sender, members, &mut cx.stats);

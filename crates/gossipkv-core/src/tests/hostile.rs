@@ -339,9 +339,8 @@ impl Node {
     }
 
     /// A datagram from `from`, and what the node sends in answer to the
-    /// addresses that are neither validated nor a live member's (pushes
-    /// forwarded to members go where the node chose): never more than
-    /// three times what came from that address.
+    /// addresses that are neither validated nor a live member's: never more
+    /// than three times what came from that address.
     fn receive(&mut self, from: SocketAddr, bytes: &[u8]) {
         let (now, wall) = self.clocks();
         *self.received.entry(from).or_default() += bytes.len() as u64;
@@ -349,7 +348,6 @@ impl Node {
         let mut chosen: std::collections::BTreeSet<SocketAddr> = live(&self.p).collect();
         self.p.handle_datagram(now, wall, from, bytes);
         chosen.extend(live(&self.p));
-        chosen.remove(&from);
         chosen.extend(VALIDATED.map(source));
         for t in std::iter::from_fn(|| self.p.poll_transmit()) {
             if chosen.contains(&t.to) {
