@@ -127,7 +127,7 @@ impl Addresses {
 
     /// A datagram of `len` bytes from `from`, whose envelope carried `token`
     /// and `echo`, and whose sender advertises `advertised`. Returns whether
-    /// this validated an address.
+    /// this validated (or renewed) an address that was not freshly validated.
     pub(crate) fn on_datagram(
         &mut self,
         (now, rng): (Instant, &mut impl Rng),
@@ -148,8 +148,9 @@ impl Addresses {
             .flatten()
             .find(|a| echo != 0 && echo == self.token(*a));
         if let Some(addr) = proven {
+            let fresh = self.standing(addr, now) != Standing::Validated;
             self.validate(addr, now);
-            return true;
+            return fresh;
         }
         if self.standing(from, now) == Standing::Unvalidated {
             let source = self.source(from, now, rng);
@@ -293,12 +294,12 @@ impl Context {
         let len = encoded_len(env);
         if self.answering.is_none() && matches!(env.body, Body::Syn(_)) {
             // A first contact, most likely unvalidated there too: to a seed,
-            // half a datagram at least, so that the answer it allows (three
-            // times that) holds a whole datagram (the field's tag and length
-            // prefix take at most 3 bytes). Not to other addresses: they
-            // came from the network.
+            // a whole datagram, so that the answer it allows (three times
+            // that) holds a full answer with member entries (the field's tag
+            // and length prefix take at most 3 bytes). Not to other
+            // addresses: they came from the network.
             if self.cfg.seeds.contains(&to) || self.discovered.contains(&to) {
-                env.padding = (self.cfg.packet_size / 2).saturating_sub(len + 3);
+                env.padding = self.cfg.packet_size.saturating_sub(len + 3);
             }
             return true;
         }

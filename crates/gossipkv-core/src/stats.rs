@@ -142,7 +142,8 @@ pub struct Stats {
     /// Answers not sent because their destination had spent its reply
     /// allowance.
     pub replies_rate_limited: u64,
-    /// Times an address showed it receives what we send (a token sent back).
+    /// Times an address not (or no longer freshly) validated showed it
+    /// receives what we send (our token sent back).
     pub addresses_validated: u64,
     /// Datagrams from an address that has not shown it receives whose
     /// sender was not made a member there (nor moved there); their data

@@ -47,12 +47,17 @@ impl Protocol {
             return;
         }
         let cx = &mut self.cx;
-        if cx.addrs.on_datagram(
+        // A stranger that just proved its address was answered within its
+        // credit so far: an exchange of our own now gives it the rest at
+        // once, not at the next round that picks it.
+        let stranger = !cx.peers.is_live_addr(from);
+        let proved = cx.addrs.on_datagram(
             (now, &mut cx.rng),
             (from, env.sender.addr),
             bytes.len(),
             (env.addr_token, env.addr_echo),
-        ) {
+        );
+        if proved {
             cx.stats.addresses_validated += 1;
         }
         // Whatever is sent meanwhile answers `from` (see `address`).
@@ -62,6 +67,10 @@ impl Protocol {
         self.handle_envelope(from, env, false);
         self.echo_at_once(from, token);
         self.cx.answering = None;
+        if proved && stranger && !self.cx.left {
+            let cx = &mut self.cx;
+            self.exchange.syn_all(cx, vec![from], &self.resync);
+        }
     }
 
     /// A trusted peer (validated, or a member) that gave us a token gets it

@@ -139,8 +139,8 @@ fn two_nodes_validate_each_other_in_one_exchange_and_stop_sending_tokens() {
     b.handle_timeout(now, wall);
     let first = sent(&mut b);
     assert!(
-        first.iter().all(|t| t.payload.len() >= 700),
-        "a first Syn to a seed is padded to half a datagram: {:?}",
+        first.iter().all(|t| t.payload.len() == 1_400),
+        "a first Syn to a seed is padded to a whole datagram: {:?}",
         first.iter().map(|t| t.payload.len()).collect::<Vec<_>>()
     );
     // Rounds of both, each followed by datagrams back and forth until
