@@ -303,21 +303,41 @@ pub fn envelope() -> impl Strategy<Value = Envelope> {
         text(16),
         sender(),
         proptest::collection::vec(sender(), 0..4),
-        (any::<u64>(), any::<u64>()),
+        address_fields(),
         body(),
     )
-        .prop_map(
-            |(cluster_id, sender, members, (addr_token, addr_echo), body)| Envelope {
-                protocol_version: PROTOCOL_VERSION,
-                cluster_id,
-                sender,
-                members,
-                addr_token,
-                addr_echo,
-                padding: 0,
-                body,
-            },
-        )
+        .prop_map(|(cluster_id, sender, members, fields, body)| {
+            assembled(cluster_id, sender, members, fields, body)
+        })
+}
+
+/// Address token, echo and padding length as any peer may send them.
+fn address_fields() -> impl Strategy<Value = (u64, u64, usize)> {
+    (
+        any::<u64>(),
+        any::<u64>(),
+        prop_oneof![Just(0usize), 0..600usize],
+    )
+}
+
+/// An envelope of the current version from its parts.
+fn assembled(
+    cluster_id: String,
+    sender: Sender,
+    members: Vec<Sender>,
+    (addr_token, addr_echo, padding): (u64, u64, usize),
+    body: Body,
+) -> Envelope {
+    Envelope {
+        protocol_version: PROTOCOL_VERSION,
+        cluster_id,
+        sender,
+        members,
+        addr_token,
+        addr_echo,
+        padding,
+        body,
+    }
 }
 
 // ----- hostile peer ----------------------------------------------------------
@@ -695,21 +715,12 @@ fn envelope_with(w: &World, body: BoxedStrategy<Body>) -> BoxedStrategy<Envelope
     (
         sender_of(w, true),
         prop::collection::vec(sender_of(w, false), 0..4),
-        (any::<u64>(), any::<u64>()),
+        address_fields(),
         body,
     )
-        .prop_map(
-            move |(sender, members, (addr_token, addr_echo), body)| Envelope {
-                protocol_version: PROTOCOL_VERSION,
-                cluster_id: cluster_id.clone(),
-                sender,
-                members,
-                addr_token,
-                addr_echo,
-                padding: 0,
-                body,
-            },
-        )
+        .prop_map(move |(sender, members, fields, body)| {
+            assembled(cluster_id.clone(), sender, members, fields, body)
+        })
         .boxed()
 }
 

@@ -74,16 +74,13 @@ impl Protocol {
     }
 
     /// A trusted peer (validated, or a member) that gave us a token gets it
-    /// back at once, in an
-    /// empty Ack when nothing else answered it: it validates us within
-    /// this round trip (and makes us a member), not at our next datagram,
-    /// so a joiner's stream request that follows finds it a member.
+    /// back at once, in an empty Ack when nothing else answered it: it
+    /// validates us within this round trip (and makes us a member), not at
+    /// our next datagram, so a joiner's stream request that follows finds
+    /// it a member.
     fn echo_at_once(&mut self, from: SocketAddr, token: u64) {
         let cx = &mut self.cx;
-        if token == 0 || cx.answered || cx.left {
-            return;
-        }
-        if !cx.trusted(from) {
+        if token == 0 || cx.answered || cx.left || !cx.trusted(from) {
             return;
         }
         let delta = Delta::default();
