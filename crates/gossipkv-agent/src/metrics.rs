@@ -103,7 +103,7 @@ impl Metrics {
             "1 once the node has caught up with the cluster",
             ConstGauge::new(i64::from(s.synced)),
         );
-        let counters: [(&str, &str, u64); 25] = [
+        let counters: [(&str, &str, u64); 26] = [
             ("rounds", "Gossip rounds", s.rounds),
             ("datagrams_sent", "Datagrams sent", s.datagrams_sent),
             ("bytes_sent", "Datagram bytes sent", s.bytes_sent),
@@ -146,6 +146,11 @@ impl Metrics {
                 "addresses_validated",
                 "Times an address sent back its validation token",
                 s.addresses_validated,
+            ),
+            (
+                "origins_refused",
+                "New origins a message named beyond its sender's allowance (its records dropped)",
+                s.origins_refused,
             ),
             (
                 "oversized_dropped",

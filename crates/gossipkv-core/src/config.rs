@@ -148,6 +148,16 @@ pub struct ProtocolConfig {
     /// at no cost; after it, it writes them again. Departed members and
     /// replaced generations lose theirs at once.
     pub ephemeral_grace: Duration,
+    /// New origins (writers' node id and generation not known here) one
+    /// trusted peer may introduce at once; default
+    /// [`SOURCE_BURST`](crate::SOURCE_BURST). A cluster with more active
+    /// origins than this brings a joiner the rest as the allowance refills.
+    /// Untrusted sources share a smaller, fixed allowance (see
+    /// [`STRANGERS_BURST`](crate::STRANGERS_BURST)).
+    pub origin_burst: u32,
+    /// New origins a trusted peer's allowance regains per gossip interval;
+    /// default [`SOURCE_PER_INTERVAL`](crate::SOURCE_PER_INTERVAL).
+    pub origins_per_interval: u32,
 }
 
 impl ProtocolConfig {
@@ -178,6 +188,8 @@ impl ProtocolConfig {
             max_serving_streams: DEFAULT_MAX_SERVING_STREAMS,
             stream_frame_size: DEFAULT_STREAM_FRAME_SIZE,
             ephemeral_grace: DEFAULT_EPHEMERAL_GRACE,
+            origin_burst: crate::SOURCE_BURST,
+            origins_per_interval: crate::SOURCE_PER_INTERVAL,
         }
     }
 

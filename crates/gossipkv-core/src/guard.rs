@@ -17,6 +17,11 @@
 //!   [`CLOCK_SKEW_REPORT`] but within the bound are applied. Both are reported
 //!   as [`NetworkError::ClockSkew`] (at most once a minute per writer).
 //!
+//! - **New origins.** A record, chunk or page of an origin this node does
+//!   not know is admitted only within the allowances of `newcomers.rs`;
+//!   what is not admitted is dropped (a chunk cut before it; a page applied
+//!   without it, its pass raising nothing) and counted ([`Stats::origins_refused`](crate::Stats::origins_refused)).
+//!
 //! Because every remote timestamp is at most the drift bound ahead of local
 //! wall time, the clock can only reach the end of its range if the local
 //! wall clock does: it never saturates into ties.
@@ -26,12 +31,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gossipkv_storage::{Delta, Hlc, NodeId, OriginChunk, Page, Record};
-use tracing::warn;
+use gossipkv_storage::{Delta, Digest, Hlc, NodeId, Origin, OriginChunk, Page, Record};
+use tracing::{debug, warn};
 
 use crate::config::CLOCK_SKEW_REPORT;
 use crate::context::Context;
 use crate::event::NetworkError;
+use crate::newcomers::{Admission, Newcomers};
 use crate::time::{millis, Instant};
 
 /// Most writers whose skew reports are rate-limited at once.
@@ -41,7 +47,7 @@ pub(crate) const MAX_SKEW_REPORTS: usize = 1_024;
 const SKEW_REPORT_EVERY: Duration = Duration::from_secs(60);
 
 /// What a screen found in one datagram.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Findings {
     /// Own-origin claims refused.
     forged: u64,
@@ -49,12 +55,23 @@ struct Findings {
     deferred: u64,
     /// Per writer: the furthest timestamp ahead, and whether it was held back.
     ahead: BTreeMap<NodeId, (u64, bool)>,
+    /// The origins new here that this message may introduce.
+    new: Admission,
 }
 
-/// The guards' state: when skew was last reported, per writer.
+impl Findings {
+    /// Whether records of `origin` may reach the store (see `newcomers.rs`).
+    fn admits(&mut self, cx: &Context, origin: &Origin) -> bool {
+        self.new.admits(&cx.store, origin)
+    }
+}
+
+/// The guards' state: when skew was last reported, per writer, and the
+/// allowances of new origins.
 #[derive(Debug, Default)]
 pub(crate) struct Guard {
     reported: BTreeMap<NodeId, Instant>,
+    newcomers: Newcomers,
 }
 
 /// How a record's timestamp stands against the wall clock.
@@ -75,7 +92,7 @@ impl Guard {
         from: SocketAddr,
         records: Vec<Record>,
     ) -> Vec<Record> {
-        let mut f = Findings::default();
+        let mut f = self.findings(cx, from);
         let kept = keep_records(cx, records, &mut f);
         self.report(cx, from, f);
         kept
@@ -85,11 +102,13 @@ impl Guard {
     /// claim our origin or are stamped beyond the drift go, and a chunk that
     /// lost a record or ghost is cut just before it.
     pub(crate) fn screen_delta(&mut self, cx: &mut Context, from: SocketAddr, delta: &mut Delta) {
-        let mut f = Findings::default();
+        let mut f = self.findings(cx, from);
         let own = cx.store.local_origin().clone();
         let before = delta.chunks.len();
         delta.chunks.retain(|c| c.origin != own);
         f.forged += (before - delta.chunks.len()) as u64;
+        // A chunk of an origin not admitted goes whole.
+        delta.chunks.retain(|c| f.admits(cx, &c.origin));
         for chunk in &mut delta.chunks {
             screen_chunk(cx, chunk, &mut f);
         }
@@ -98,14 +117,23 @@ impl Guard {
         self.report(cx, from, f);
     }
 
-    /// Screens a re-synchronisation page: `false` (refused whole, counted
+    /// Screens a re-synchronisation page: `None` (refused whole, counted
     /// and reported) when it carries a record stamped beyond the drift, or
     /// claims writes of our own origin we never made (in its records or its
     /// watermarks). A page cannot be cut like a chunk: its drop rule and the
     /// watermarks raised at the end of the pass speak for every key in its
-    /// range.
-    pub(crate) fn screen_page(&mut self, cx: &mut Context, from: SocketAddr, page: &Page) -> bool {
-        let mut f = Findings::default();
+    /// range. Otherwise the keys whose records are of origins new here
+    /// beyond the sender's allowance: the page is applied without them,
+    /// keeping what we hold of those keys, and its pass raises nothing
+    /// (see `resync.rs`). Origins only its watermarks name are screened when
+    /// its pass ends ([`Guard::screen_marks`]).
+    pub(crate) fn screen_page(
+        &mut self,
+        cx: &mut Context,
+        from: SocketAddr,
+        page: &Page,
+    ) -> Option<BTreeSet<Arc<str>>> {
+        let mut f = self.findings(cx, from);
         let own = cx.store.local_origin();
         let own_mark = cx.store.watermark(own);
         // Every entry, not the first: a digest from outside may name an
@@ -129,16 +157,57 @@ impl Guard {
                 }
             }
         }
-        let ok = f.forged == 0 && f.deferred == 0;
-        if !ok {
+        let verdict = if f.forged == 0 && f.deferred == 0 {
+            let skipped = page
+                .records
+                .iter()
+                .filter(|r| !f.admits(cx, &r.version.origin()))
+                .map(|r| r.key.clone())
+                .collect();
+            Some(skipped)
+        } else {
             cx.stats.pages_refused += 1;
-        }
+            None
+        };
         self.report(cx, from, f);
-        ok
+        verdict
     }
 
-    /// Counts and reports what a screen found.
+    /// Screens the watermarks a completed re-synchronisation pass from
+    /// `from` raises: those of origins new here beyond its allowance go (a
+    /// later pass raises them).
+    pub(crate) fn screen_marks(&mut self, cx: &mut Context, from: SocketAddr, marks: &mut Digest) {
+        let mut f = self.findings(cx, from);
+        let before = marks.entries.len();
+        marks.entries.retain(|e| f.admits(cx, &e.origin));
+        if marks.entries.len() < before {
+            marks.complete = false;
+        }
+        self.report(cx, from, f);
+    }
+
+    /// The findings of a screen of a message from `from`, not yet any.
+    fn findings(&mut self, cx: &Context, from: SocketAddr) -> Findings {
+        let trusted = cx.trusted(from);
+        let new = self
+            .newcomers
+            .open(&cx.store, &cx.cfg, (from, trusted), cx.now);
+        Findings {
+            forged: 0,
+            deferred: 0,
+            ahead: BTreeMap::new(),
+            new,
+        }
+    }
+
+    /// Counts and reports what a screen found, and charges the origins it
+    /// admitted.
     fn report(&mut self, cx: &mut Context, from: SocketAddr, f: Findings) {
+        self.newcomers.close(&f.new, &cx.cfg, cx.now, &mut cx.rng);
+        if f.new.refused > 0 {
+            cx.stats.origins_refused += u64::from(f.new.refused);
+            debug!(%from, refused = f.new.refused, "new origins beyond the sender's allowance dropped");
+        }
         if f.forged > 0 {
             cx.stats.own_origin_refused += f.forged;
             warn!(%from, count = f.forged, "refused writes claiming this node's own origin");
@@ -192,6 +261,13 @@ impl Guard {
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.reported.len()
+    }
+
+    /// Number of sources with an allowance of new origins of their own
+    /// (for bound checks).
+    #[cfg(test)]
+    pub(crate) fn sources(&self) -> usize {
+        self.newcomers.len()
     }
 }
 
@@ -274,18 +350,19 @@ fn admit(cx: &Context, r: &Record, f: &mut Findings) -> Admit {
         f.forged += u64::from(forges_own(cx, r));
         return Admit::Refuse;
     }
-    match stamp(cx, r.version.hlc) {
-        Stamp::Fine => Admit::Merge,
-        Stamp::Ahead(ms) => {
-            note_ahead(f, &r.version.node, ms, false);
-            Admit::Merge
-        }
-        Stamp::Beyond(ms) => {
-            note_ahead(f, &r.version.node, ms, true);
-            f.deferred += 1;
-            Admit::Refuse
-        }
+    let stamp = stamp(cx, r.version.hlc);
+    if let Stamp::Beyond(ms) = stamp {
+        note_ahead(f, &r.version.node, ms, true);
+        f.deferred += 1;
+        return Admit::Refuse;
     }
+    if !f.admits(cx, &r.version.origin()) {
+        return Admit::Refuse;
+    }
+    if let Stamp::Ahead(ms) = stamp {
+        note_ahead(f, &r.version.node, ms, false);
+    }
+    Admit::Merge
 }
 
 /// Screens one chunk of another origin. Records that may not be merged

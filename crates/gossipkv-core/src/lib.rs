@@ -49,6 +49,7 @@ mod guard;
 mod hash;
 mod large;
 mod marks;
+mod newcomers;
 mod outbox;
 mod owners;
 mod peers;
@@ -74,6 +75,9 @@ pub use config::{
     MAX_VALUE_SIZE_LIMIT, MESSAGE_SLACK, MIN_PACKET_SIZE, PUSH_DIRECT_MAX,
 };
 pub use event::{Event, NetworkError, Transmit};
+pub use newcomers::{
+    MAX_ORIGINS, SOURCE_BURST, SOURCE_PER_INTERVAL, STRANGERS_BURST, STRANGERS_PER_INTERVAL,
+};
 pub use peers::Directory;
 pub use protocol::Protocol;
 pub use stats::{KindCount, MessageKind, Stats};

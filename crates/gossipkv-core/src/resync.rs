@@ -16,6 +16,7 @@ use rand::Rng;
 use tracing::{debug, trace};
 
 use crate::context::Context;
+use crate::guard::Guard;
 use crate::peers::Peers;
 use crate::time::Instant;
 
@@ -76,6 +77,11 @@ struct Pass {
     /// Whether its pages come by stream (in order, at the pace of the
     /// connection): datagram pages then leave the pass alone.
     by_stream: bool,
+    /// Whether a page of it was applied without some of its records (of
+    /// origins new here beyond the sender's allowance): the pass then
+    /// raises no watermark, since it cannot tell which writes those records
+    /// superseded, and a later pass, with a refilled allowance, does.
+    skipped: bool,
 }
 
 /// The receiving side of re-synchronisation.
@@ -122,9 +128,10 @@ impl ResyncClient {
     pub(crate) fn on_page(
         &mut self,
         cx: &mut Context,
+        guard: &mut Guard,
         (from, sender): (SocketAddr, &NodeId),
         page: &Page,
-        stream: bool,
+        (stream, skipped): (bool, bool),
     ) -> bool {
         let stale_after = STALE_INTERVALS * cx.cfg.interval();
         let stale = self
@@ -143,6 +150,7 @@ impl ResyncClient {
                 watermarks: page.watermarks.clone(),
                 progress: cx.now,
                 by_stream: stream,
+                skipped: false,
             });
         }
         let Some(p) = &mut self.pass else {
@@ -153,6 +161,7 @@ impl ResyncClient {
         }
         // A stream resuming a pass started by datagrams carries it on.
         p.by_stream |= stream;
+        p.skipped |= skipped;
         p.progress = cx.now;
         // Raise at the end only what every page's drop rule covered.
         if !page.start.is_empty() {
@@ -162,9 +171,16 @@ impl ResyncClient {
             p.cursor = end.clone();
             return false;
         }
-        let Some(p) = self.pass.take() else {
+        let Some(mut p) = self.pass.take() else {
             return false;
         };
+        if p.skipped {
+            debug!(peer = %p.from, "re-synchronisation pass ended with records skipped: nothing raised");
+            return false;
+        }
+        // Origins new here are raised within the sender's allowance only;
+        // the others stay behind, and a later pass raises them.
+        guard.screen_marks(cx, p.addr, &mut p.watermarks);
         let raised = cx.store.raise_watermarks(&p.watermarks);
         cx.stats.resyncs_completed += 1;
         debug!(peer = %p.from, raised, "re-synchronisation complete");

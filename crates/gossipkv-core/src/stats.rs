@@ -149,6 +149,11 @@ pub struct Stats {
     /// sender was not made a member there (nor moved there); their data
     /// was still handled.
     pub unvalidated_senders: u64,
+    /// Origins new here that a message named beyond its sender's allowance
+    /// (or past [`crate::MAX_ORIGINS`]), counted once per message: their
+    /// records were dropped, chunks cut, pages refused (see
+    /// [`crate::SOURCE_BURST`]).
+    pub origins_refused: u64,
     /// Datagrams and bytes sent, by kind (see [`MessageKind`]).
     pub sent_by_kind: [KindCount; MessageKind::COUNT],
     /// Datagrams and bytes received that decoded, by kind (those that did

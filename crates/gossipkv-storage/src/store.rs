@@ -2,7 +2,7 @@
 
 use std::cmp::{Ordering as CmpOrdering, Reverse};
 use std::collections::hash_map::Entry as MapEntry;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -294,6 +294,8 @@ pub struct Store {
     lives: Lifetimes,
     /// Records of retired origins refused (see `store/retire.rs`).
     retired_refused: AtomicU64,
+    /// Origins retired now (see `store/retire.rs`).
+    retired_count: AtomicUsize,
 }
 
 impl Store {
@@ -328,6 +330,7 @@ impl Store {
             budget: Budget::new(config.limits),
             lives: Lifetimes::default(),
             retired_refused: AtomicU64::new(0),
+            retired_count: AtomicUsize::new(0),
         }
     }
     /// Installs the change observer (once; returns `false` if one was
@@ -1308,9 +1311,21 @@ impl Store {
 
     /// Applies one re-synchronisation page (see [`Page`]).
     pub fn apply_page(&self, page: &Page) -> ApplyStats {
+        self.apply_page_skipping(page, &BTreeSet::new())
+    }
+
+    /// Applies `page` but for the records of the keys in `skipped`, which
+    /// are not merged and still count as in the page: whatever this store
+    /// holds of them is kept. (A receiver that screens records out of a
+    /// page skips them so: it must neither take them nor drop the keys
+    /// they name, and must not raise watermarks on the strength of it.)
+    pub fn apply_page_skipping(&self, page: &Page, skipped: &BTreeSet<Arc<str>>) -> ApplyStats {
         let mut stats = ApplyStats::default();
         let in_page: HashSet<&str> = page.records.iter().map(|r| &*r.key).collect();
         for r in &page.records {
+            if skipped.contains(&r.key) {
+                continue;
+            }
             if self.merge(r.clone()) {
                 stats.won += 1;
             } else {

@@ -227,3 +227,21 @@ fn an_older_generation_of_this_node_is_adopted_with_its_timestamps_then_retires(
     me.merge(src.write("w", Some(b("w")), 900));
     assert!(me.adopt_older_generations().is_empty());
 }
+
+#[test]
+fn active_origins_leave_the_count_when_retired_and_come_back_when_unretired() {
+    let (me, new, old) = with_old_generation();
+    // me, a/1, a/2.
+    assert_eq!(me.active_origins(), 3);
+    assert!(me.knows_origin(&old) && !me.knows_origin(&Origin::new("zz", 1)));
+    me.merge(new.write("y", None, 2_001));
+    assert_eq!(me.retire_origins(std::slice::from_ref(&old)).len(), 1);
+    assert_eq!(me.active_origins(), 2);
+    assert!(me.knows_origin(&old), "a retired origin is still known");
+    // Retiring twice, or unretiring one that is not retired, counts nothing.
+    assert!(me.retire_origins(std::slice::from_ref(&old)).is_empty());
+    assert!(!me.unretire_origin(&Origin::new("a", 2)));
+    assert_eq!(me.active_origins(), 2);
+    assert!(me.unretire_origin(&old));
+    assert_eq!(me.active_origins(), 3);
+}

@@ -281,3 +281,57 @@ async fn a_source_that_never_sends_its_token_back_draws_at_most_three_times_its_
     assert_eq!(a.members().len(), 1, "{:?}", a.members());
     a.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_naming_a_thousand_writers_adds_only_its_allowance_of_them() {
+    let a = node("a", &[]).await;
+    let attacker = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let from = attacker.local_addr().unwrap();
+    let target = a.local_addr().unwrap();
+    let started = std::time::Instant::now();
+    let hlc = Hlc::new(now_ms(), 0);
+    let mut datagrams = 0;
+    for part in 0..10 {
+        let records = (0..100)
+            .map(|i| {
+                let n = part * 100 + i;
+                record(
+                    &format!("forged/{n}"),
+                    "x",
+                    hlc,
+                    &Origin::new(format!("w{n}"), 1),
+                    1,
+                )
+            })
+            .collect();
+        let push = Envelope::new(
+            DEFAULT_CLUSTER_ID,
+            Sender::new("stranger", 1, Some(from)),
+            Body::Push(Push { records, hops: 0 }),
+        );
+        attacker.send_to(&encode(&push), target).unwrap();
+        datagrams += 1;
+    }
+    wait_until("the node handled every push", DEADLINE, || {
+        a.stats().datagrams_received >= datagrams
+    })
+    .await;
+    // 64 at once for every stranger together, then 4 per 50 ms interval.
+    let intervals = started.elapsed().as_millis() as usize / 50 + 1;
+    let bound = 64 + 4 * intervals;
+    let taken = a.len();
+    assert!(
+        (64..=bound).contains(&taken),
+        "{taken} forged writers taken, bound {bound}"
+    );
+    assert!(a.stats().origins_refused >= (1_000 - bound) as u64);
+    // An honest member's writes still arrive: its allowance is its own.
+    let b = node("b", &[&a]).await;
+    b.set("honest", "yes".to_string()).unwrap();
+    wait_until("b's write reaches a", DEADLINE, || {
+        get(&a, "honest").as_deref() == Some("yes")
+    })
+    .await;
+    b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
+}

@@ -198,17 +198,20 @@ impl Protocol {
 
     /// A re-synchronisation page: screened, applied, and tracked.
     pub(super) fn on_page(&mut self, from: SocketAddr, sender: &NodeId, page: &Page, stream: bool) {
-        if !self.guard.screen_page(&mut self.cx, from, page) {
+        let Some(skipped) = self.guard.screen_page(&mut self.cx, from, page) else {
             return;
-        }
-        let stats = self.cx.store.apply_page(page);
+        };
+        let stats = self.cx.store.apply_page_skipping(page, &skipped);
         self.cx.stats.pages_applied += 1;
         self.cx.stats.records_won += stats.won as u64;
         self.cx.stats.records_lost += stats.lost as u64;
-        if self
-            .resync
-            .on_page(&mut self.cx, (from, sender), page, stream)
-        {
+        if self.resync.on_page(
+            &mut self.cx,
+            &mut self.guard,
+            (from, sender),
+            page,
+            (stream, !skipped.is_empty()),
+        ) {
             self.exchange
                 .send_whole_digests(self.cx.now, self.cx.cfg.interval());
         }

@@ -483,6 +483,8 @@ impl Protocol {
             ("large sends", self.large.len()),
             ("peer marks", self.marks.len()),
             ("skew reports", self.guard.len()),
+            ("origin allowances", self.guard.sources()),
+            ("store origins", self.cx.store.active_origins()),
             ("hash-only syns", self.exchange.pending()),
             ("reassembly bytes", self.reassembly.held_bytes()),
             ("sync windows", self.cx.windows.len()),

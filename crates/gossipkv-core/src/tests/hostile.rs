@@ -412,6 +412,8 @@ impl Node {
                 "large sends" => crate::large::MAX_REMEMBERED,
                 "peer marks" => crate::marks::MARKS_MAX,
                 "skew reports" => crate::guard::MAX_SKEW_REPORTS,
+                "origin allowances" => crate::address::MAX_ADDRESSES,
+                "store origins" => crate::MAX_ORIGINS,
                 // Cleared every round; at most one per Syn target.
                 "hash-only syns" => MAX_MEMBERS,
                 "sync windows" => crate::synced::MAX_WINDOW_PEERS,

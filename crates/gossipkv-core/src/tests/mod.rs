@@ -3,6 +3,7 @@
 mod address;
 mod guards;
 mod hostile;
+mod newcomers;
 mod protocol;
 mod stream_guards;
 mod streams;

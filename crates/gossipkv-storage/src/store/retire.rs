@@ -112,6 +112,7 @@ impl Store {
             log.forget(writes);
             log.floor = log.watermark;
             log.retired = Retired::Advertised;
+            self.retired_count.fetch_add(1, Ordering::Relaxed);
             self.forget_owner(origin);
             retired.push(origin.clone());
         }
@@ -144,6 +145,9 @@ impl Store {
         };
         let mut log = log.lock();
         let was = log.is_retired();
+        if was {
+            self.retired_count.fetch_sub(1, Ordering::Relaxed);
+        }
         log.retired = Retired::No;
         was
     }
@@ -181,6 +185,19 @@ impl Store {
     /// Whether `origin` is retired.
     pub fn is_retired(&self, origin: &Origin) -> bool {
         self.log_of(origin).is_some_and(|l| l.lock().is_retired())
+    }
+
+    /// Origins known here and not retired (this node's own included): what
+    /// a protocol caps, since retired origins cost a digest nothing.
+    pub fn active_origins(&self) -> usize {
+        let all = self.origins.read().logs.len();
+        all.saturating_sub(self.retired_count.load(Ordering::Relaxed))
+    }
+
+    /// Whether `origin` is known here (retired or not): a record of an
+    /// unknown origin would add one to the origin table.
+    pub fn knows_origin(&self, origin: &Origin) -> bool {
+        self.origins.read().ids.contains_key(origin)
     }
 
     /// Records of retired origins refused so far.
