@@ -457,9 +457,11 @@ impl Store {
         let seq = log.watermark + 1;
         let mut shard = self.shard(key).write();
         // One lookup for the key as held and what it holds.
-        let held = shard
-            .get_key_value(key)
-            .map(|(k, e)| (k.clone(), e.value.as_ref().map(Bytes::len), e.shape()));
+        let slot = shard.find(key);
+        let held = slot.map(|s| {
+            let (k, e) = shard.at_slot(s);
+            (k.clone(), e.value.as_ref().map(Bytes::len), e.shape())
+        });
         let old = held.as_ref().map(|(_, len, _)| *len);
         let new = Some(value.as_ref().map(Bytes::len));
         charge(
@@ -479,17 +481,15 @@ impl Store {
         let entry = Entry::new(value, hlc, 0, seq, self.write_stamp()).living(life);
         let new_shape = entry.shape();
         let old_shape = held.as_ref().map(|(_, _, s)| *s);
-        let key: Arc<str> = match held {
-            Some((k, _, _)) => {
+        let key: Arc<str> = match (held, slot) {
+            (Some((k, _, _)), Some(slot)) => {
                 // Replaced in place: the map keeps its key.
-                if let Some(old) = shard.get_mut(key) {
-                    *old = entry;
-                }
+                shard.replace(slot, entry);
                 k
             }
-            None => {
+            _ => {
                 let k: Arc<str> = Arc::from(key);
-                shard.insert(k.clone(), entry);
+                shard.insert_new(k.clone(), entry);
                 k
             }
         };
@@ -704,8 +704,9 @@ impl Store {
         let covered = version.seq <= log.watermark;
         let (won, key) = {
             let mut shard = self.shard(&key).write();
-            match shard.get_key_value(&*key) {
-                Some((k, current)) => {
+            match shard.find(&key) {
+                Some(slot) => {
+                    let (k, current) = shard.at_slot(slot);
                     let k = k.clone();
                     if self.cmp_entries(&incoming, current) == CmpOrdering::Greater {
                         self.changed(k.len(), Some(len(current)), Some(len(&incoming)));
@@ -719,7 +720,7 @@ impl Store {
                             // record changed: a persister must hear of it.
                             self.tell_collected(&k);
                         }
-                        shard.insert(k.clone(), incoming);
+                        shard.replace(slot, incoming);
                         (true, k)
                     } else {
                         (false, k)
@@ -731,7 +732,7 @@ impl Store {
                     self.won(&incoming);
                     self.relife(&key, None, Some(incoming.shape()));
                     self.notify(&key, self.shown_value(&incoming));
-                    shard.insert(key.clone(), incoming);
+                    shard.insert_new(key.clone(), incoming);
                     (true, key)
                 }
             }
