@@ -929,7 +929,7 @@ impl Store {
             let mut loose_from = None;
             let mut last_sent = from;
             for (seq, ie) in log.index.range(from + 1, top) {
-                let current = self.shard(&ie.key).read().get(&*ie.key).cloned();
+                let current = self.shard(&ie.key).read().get(&ie.key).cloned();
                 if loose_from.is_some() {
                     // Only this origin's live writes, each once.
                     let Some(e) = current.filter(|e| e.is_write(oid, seq)) else {
@@ -1072,7 +1072,7 @@ impl Store {
                 if sent_keys.contains(&ie.key) {
                     continue;
                 }
-                let current = self.shard(&ie.key).read().get(&*ie.key).cloned();
+                let current = self.shard(&ie.key).read().get(&ie.key).cloned();
                 let Some(e) = current.filter(|e| e.is_write(oid, seq)) else {
                     continue;
                 };
@@ -1151,7 +1151,7 @@ impl Store {
                     break;
                 }
                 let mut shard = self.shard(&ie.key).write();
-                match shard.get(&*ie.key) {
+                match shard.get(&ie.key) {
                     Some(e) if e.is_write(oid as u32, seq) => {
                         if e.value.is_none() {
                             shard.remove(&ie.key);
@@ -1195,7 +1195,7 @@ impl Store {
                 .range(0, top)
                 .filter(|(seq, ie)| {
                     let shard = self.shard(&ie.key).read();
-                    !shard.get(&*ie.key).is_some_and(|e| e.is_write(oid, *seq))
+                    !shard.get(&ie.key).is_some_and(|e| e.is_write(oid, *seq))
                 })
                 .map(|(seq, _)| seq)
                 .collect();

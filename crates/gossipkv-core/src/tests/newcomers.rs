@@ -198,17 +198,19 @@ fn a_page_is_applied_without_records_of_new_origins_past_the_allowance() {
         hops: 0,
     });
     deliver(&mut p, 0, addr(1), &envelope(addr(1), body));
-    let mut watermarks = gossipkv_storage::Digest::default();
-    watermarks.entries = vec![
-        gossipkv_storage::DigestEntry {
-            origin: known.clone(),
-            watermark: 9,
-        },
-        gossipkv_storage::DigestEntry {
-            origin: fresh.clone(),
-            watermark: 1,
-        },
-    ];
+    let watermarks = gossipkv_storage::Digest {
+        entries: vec![
+            gossipkv_storage::DigestEntry {
+                origin: known.clone(),
+                watermark: 9,
+            },
+            gossipkv_storage::DigestEntry {
+                origin: fresh.clone(),
+                watermark: 1,
+            },
+        ],
+        ..Default::default()
+    };
     let page = Page {
         start: String::new(),
         end: None,

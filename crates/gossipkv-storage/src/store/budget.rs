@@ -667,7 +667,7 @@ impl Store {
                 };
                 let mut shard = self.shard(&ie.key).write();
                 if shard
-                    .get(&*ie.key)
+                    .get(&ie.key)
                     .is_some_and(|e| e.is_write(oid as u32, seq) && e.value.is_none())
                 {
                     shard.remove(&ie.key);

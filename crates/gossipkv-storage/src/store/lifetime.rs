@@ -360,7 +360,7 @@ impl Store {
         let mut told = 0;
         for (seq, key) in self.owned_writes(oid) {
             let shard = self.shard(&key).read();
-            let Some(e) = shard.get(&*key) else {
+            let Some(e) = shard.get(&key) else {
                 continue;
             };
             if !e.is_write(oid, seq) || !e.shape().owned() {
@@ -399,7 +399,7 @@ impl Store {
         for (seq, key) in self.owned_writes(0) {
             let current = {
                 let shard = self.shard(&key).read();
-                match shard.get(&*key) {
+                match shard.get(&key) {
                     Some(e) if e.is_write(0, seq) && e.shape().owned() => {
                         Some((e.value.clone(), Lifetime::unpack(e.life)))
                     }

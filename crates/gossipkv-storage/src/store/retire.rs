@@ -124,7 +124,7 @@ impl Store {
         log.index.range(0, u64::MAX).any(|(seq, ie)| {
             self.shard(&ie.key)
                 .read()
-                .get(&*ie.key)
+                .get(&ie.key)
                 .is_some_and(|e| e.is_write(oid, seq))
         })
     }
