@@ -19,8 +19,9 @@
 //!
 //! - **New origins.** A record, chunk or page of an origin this node does
 //!   not know is admitted only within the allowances of `newcomers.rs`;
-//!   what is not admitted is dropped (a chunk cut before it; a page applied
-//!   without it, its pass raising nothing) and counted ([`Stats::origins_refused`](crate::Stats::origins_refused)).
+//!   what is not admitted is dropped (then no chunk of that delta raises a
+//!   watermark; a page is applied without it and its pass raises nothing)
+//!   and counted ([`Stats::origins_refused`](crate::Stats::origins_refused)).
 //!
 //! Because every remote timestamp is at most the drift bound ahead of local
 //! wall time, the clock can only reach the end of its range if the local
@@ -62,7 +63,17 @@ struct Findings {
 impl Findings {
     /// Whether records of `origin` may reach the store (see `newcomers.rs`).
     fn admits(&mut self, cx: &Context, origin: &Origin) -> bool {
-        self.new.admits(&cx.store, origin)
+        self.new.admits(&cx.store, origin, || {
+            cx.peers
+                .member(&origin.node)
+                .is_some_and(|m| m.generation == origin.generation)
+        })
+    }
+
+    /// Whether a record, ghost or chunk of another origin than ours was
+    /// dropped (not admitted, or stamped beyond the drift).
+    fn dropped(&self) -> bool {
+        self.new.refused > 0 || self.deferred > 0
     }
 }
 
@@ -98,10 +109,23 @@ impl Guard {
         kept
     }
 
-    /// Screens a delta in place: chunks of our own origin go, records that
-    /// claim our origin or are stamped beyond the drift go, and a chunk that
-    /// lost a record or ghost is cut just before it.
-    pub(crate) fn screen_delta(&mut self, cx: &mut Context, from: SocketAddr, delta: &mut Delta) {
+    /// Screens a delta in place: chunks of our own origin go, and so do
+    /// chunks of origins not admitted; records that claim our origin, are
+    /// stamped beyond the drift, or are of origins not admitted go; a chunk
+    /// that lost a record or ghost is cut just before it. When anything of
+    /// another origin than ours went, no chunk raises a watermark at all:
+    /// each keeps its records, not its range nor its ghosts. (The sender
+    /// puts each key's current record in the first chunk that needs it, and
+    /// a later chunk that relies on it carries nothing for that key: a
+    /// record dropped from one chunk can leave a hole in another's range.)
+    /// Returns whether nothing of another origin went: later frames of a
+    /// stream may rely on this one only then.
+    pub(crate) fn screen_delta(
+        &mut self,
+        cx: &mut Context,
+        from: SocketAddr,
+        delta: &mut Delta,
+    ) -> bool {
         let mut f = self.findings(cx, from);
         let own = cx.store.local_origin().clone();
         let before = delta.chunks.len();
@@ -114,7 +138,15 @@ impl Guard {
         }
         let loose = std::mem::take(&mut delta.loose);
         delta.loose = keep_records(cx, loose, &mut f);
+        let dropped = f.dropped();
+        if dropped {
+            for chunk in &mut delta.chunks {
+                chunk.to = chunk.from;
+                chunk.ghosts.clear();
+            }
+        }
         self.report(cx, from, f);
+        !dropped
     }
 
     /// Screens a re-synchronisation page: `None` (refused whole, counted
@@ -179,7 +211,10 @@ impl Guard {
     pub(crate) fn screen_marks(&mut self, cx: &mut Context, from: SocketAddr, marks: &mut Digest) {
         let mut f = self.findings(cx, from);
         let before = marks.entries.len();
-        marks.entries.retain(|e| f.admits(cx, &e.origin));
+        // A retired origin's marker raises nothing: it is not charged.
+        marks
+            .entries
+            .retain(|e| e.is_retired() || f.admits(cx, &e.origin));
         if marks.entries.len() < before {
             marks.complete = false;
         }

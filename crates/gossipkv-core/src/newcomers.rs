@@ -18,6 +18,18 @@
 //!   spoofer cannot multiply it by forging addresses.
 //! - **In all.** Once [`MAX_ORIGINS`] origins are active here (known and not
 //!   retired), no new one is admitted from anyone.
+//! - **Members are exempt.** The current generation of a node in the member
+//!   table (in any state) is admitted whatever the allowances and the cap:
+//!   the table is bounded by itself ([`MAX_MEMBERS`](crate::MAX_MEMBERS)),
+//!   and a cap filled with made-up origins (which never retire: their node
+//!   was never a member) must not shut out the writes of a node that joins
+//!   later. So active origins stay below `MAX_ORIGINS + MAX_MEMBERS`.
+//!
+//! Allowances are per source *address*: without a keyring, a spoofer that
+//! forges the addresses of members or of validated peers gets their
+//! allowances, and can fill the cap with made-up origins in a few
+//! datagrams (then only members' new generations get in). A keyring is the
+//! defence against that: only key holders are heard at all.
 //!
 //! What is not admitted is dropped as if it had been lost on the way, which
 //! anti-entropy already tolerates: a chunk of a new origin goes whole; a
@@ -80,10 +92,19 @@ impl Allowance {
         if elapsed < interval {
             return;
         }
-        let periods = (elapsed.as_nanos() / interval.as_nanos()).min(u128::from(burst));
-        let earned = per.saturating_mul(u32::try_from(periods).unwrap_or(u32::MAX));
-        self.left = self.left.saturating_add(earned).min(burst);
-        self.refilled = now;
+        let periods = elapsed.as_nanos() / interval.as_nanos();
+        match u32::try_from(periods) {
+            // What is left of the current interval counts toward the next.
+            Ok(periods) if periods < burst => {
+                let earned = per.saturating_mul(periods);
+                self.left = self.left.saturating_add(earned).min(burst);
+                self.refilled = self.refilled + interval * periods;
+            }
+            _ => {
+                self.left = burst;
+                self.refilled = now;
+            }
+        }
     }
 }
 
@@ -209,12 +230,19 @@ impl Newcomers {
 
 impl Admission {
     /// Whether a record (or chunk, or watermark) of `origin` may reach the
-    /// store: its origin is known there, or is admitted now.
-    pub(crate) fn admits(&mut self, store: &Store, origin: &Origin) -> bool {
+    /// store: its origin is known there, or is the current generation of a
+    /// member (`member`, asked only then: members are bounded by their own
+    /// table), or is admitted now.
+    pub(crate) fn admits(
+        &mut self,
+        store: &Store,
+        origin: &Origin,
+        member: impl FnOnce() -> bool,
+    ) -> bool {
         if let Some(&ok) = self.seen.get(origin) {
             return ok;
         }
-        let ok = if store.knows_origin(origin) {
+        let ok = if store.knows_origin(origin) || member() {
             true
         } else if let Some(left) = self.left.checked_sub(1) {
             self.left = left;

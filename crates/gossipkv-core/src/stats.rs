@@ -151,8 +151,8 @@ pub struct Stats {
     pub unvalidated_senders: u64,
     /// Origins new here that a message named beyond its sender's allowance
     /// (or past [`crate::MAX_ORIGINS`]), counted once per message: their
-    /// records were dropped, chunks cut, pages refused (see
-    /// [`crate::SOURCE_BURST`]).
+    /// records and chunks were dropped (and the delta raised no watermark),
+    /// pages applied without them (see [`crate::SOURCE_BURST`]).
     pub origins_refused: u64,
     /// Datagrams and bytes sent, by kind (see [`MessageKind`]).
     pub sent_by_kind: [KindCount; MessageKind::COUNT],

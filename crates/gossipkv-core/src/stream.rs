@@ -117,6 +117,12 @@ pub enum StreamRefused {
     /// The protocol knows no stream of that id (closed or never opened).
     #[error("no such stream")]
     Unknown,
+    /// A frame carried something this node did not take (records of
+    /// origins beyond their sender's allowance, or stamped beyond the
+    /// clock drift, or a page refused): later frames could rely on it, so
+    /// the stream stops there. Anti-entropy, and a later stream, go on.
+    #[error("a frame carried records this node did not take; stream stopped")]
+    Screened,
 }
 
 /// The side of a stream.

@@ -22,9 +22,6 @@ use std::sync::Arc;
 use foldhash::fast::RandomState as FastState;
 use hashbrown::HashTable;
 
-/// A shard's keys and entries. Every change of the key set goes through
-/// [`ShardMap::insert_new`] and [`ShardMap::remove`], which keep the index
-/// and the ordered keys equal to the packed entries.
 /// Entries per chunk.
 const CHUNK: usize = 256;
 
@@ -32,6 +29,9 @@ const CHUNK: usize = 256;
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Slot(usize);
 
+/// A shard's keys and entries. Every change of the key set goes through
+/// [`ShardMap::insert_new`] and [`ShardMap::remove`], which keep the index
+/// and the ordered keys equal to the packed entries.
 #[derive(Debug)]
 pub(crate) struct ShardMap<E> {
     /// Keys and entries, packed: a removed one is replaced by the last.
@@ -164,9 +164,11 @@ impl<E> ShardMap<E> {
             // The last entry moves into the hole: point its index slot there.
             std::mem::swap(self.at_mut(at), &mut removed);
             let moved = self.hash(&self.at(at).0);
-            if let Some(i) = self.index.find_mut(moved, |&i| i as usize == last) {
-                *i = at as u32;
-            }
+            let i = self
+                .index
+                .find_mut(moved, |&i| i as usize == last)
+                .expect("every entry has its index slot");
+            *i = at as u32;
         }
         let (k, entry) = removed;
         self.order.remove(&*k);

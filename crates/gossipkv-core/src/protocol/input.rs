@@ -116,7 +116,9 @@ impl Protocol {
                 }
             }
             Body::SynAck(ack) => self.on_syn_ack(from, &sender, ack),
-            Body::Ack(ack) => self.apply_delta(from, ack.delta),
+            Body::Ack(ack) => {
+                self.apply_delta(from, ack.delta);
+            }
             Body::Leave => {}
             Body::Push(push) => self.on_push(from, &sender.node_id, push),
             Body::Fragment(f) if !inner => self.on_fragment(from, f),
@@ -182,8 +184,12 @@ impl Protocol {
         let agreed = ack.digest == Digest::default()
             && matches!(&ack.reply, Reply::Delta(d) if d.is_empty());
         match ack.reply {
-            Reply::Delta(delta) => self.apply_delta(from, delta),
-            Reply::Page(page) => self.on_page(from, &sender.node_id, &page, false),
+            Reply::Delta(delta) => {
+                self.apply_delta(from, delta);
+            }
+            Reply::Page(page) => {
+                self.on_page(from, &sender.node_id, &page, false);
+            }
         }
         if agreed {
             synced::note_agreement(&mut self.cx, from);
@@ -196,10 +202,18 @@ impl Protocol {
         self.consider_stream(from, &sender.node_id, &ack.digest);
     }
 
-    /// A re-synchronisation page: screened, applied, and tracked.
-    pub(super) fn on_page(&mut self, from: SocketAddr, sender: &NodeId, page: &Page, stream: bool) {
+    /// A re-synchronisation page: screened, applied, and tracked. Returns
+    /// whether it was applied whole (a stream's later frames may rely on
+    /// it only then).
+    pub(super) fn on_page(
+        &mut self,
+        from: SocketAddr,
+        sender: &NodeId,
+        page: &Page,
+        stream: bool,
+    ) -> bool {
         let Some(skipped) = self.guard.screen_page(&mut self.cx, from, page) else {
-            return;
+            return false;
         };
         let stats = self.cx.store.apply_page_skipping(page, &skipped);
         self.cx.stats.pages_applied += 1;
@@ -218,21 +232,24 @@ impl Protocol {
         if !stream {
             self.consider_stream(from, sender, &page.watermarks);
         }
+        skipped.is_empty()
     }
 
     /// A delta: screened, then applied (owned: the store keeps the decoded
-    /// values as they are).
-    pub(super) fn apply_delta(&mut self, from: SocketAddr, mut delta: Delta) {
+    /// values as they are). Returns whether nothing of it was dropped (see
+    /// `Guard::screen_delta`).
+    pub(super) fn apply_delta(&mut self, from: SocketAddr, mut delta: Delta) -> bool {
         if delta.is_empty() {
-            return;
+            return true;
         }
-        self.guard.screen_delta(&mut self.cx, from, &mut delta);
+        let whole = self.guard.screen_delta(&mut self.cx, from, &mut delta);
         let stats = self.cx.store.apply_owned(delta);
         self.cx.stats.records_won += stats.won as u64;
         self.cx.stats.records_lost += stats.lost as u64;
         if stats.won > 0 {
             trace!(%from, won = stats.won, lost = stats.lost, "applied delta");
         }
+        whole
     }
 
     /// Pushed records: screened and merged; those new here are forwarded

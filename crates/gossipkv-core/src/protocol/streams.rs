@@ -121,18 +121,24 @@ impl Protocol {
                         continue;
                     };
                     self.cx.stats.stream_frames_received += 1;
-                    match body {
+                    let whole = match body {
                         Body::Ack(ack) => self.apply_delta(to, ack.delta),
                         Body::SynAck(ack) => {
-                            match ack.reply {
+                            let whole = match ack.reply {
                                 Reply::Page(page) => self.on_page(to, &peer, &page, true),
                                 Reply::Delta(delta) => self.apply_delta(to, delta),
-                            }
-                            if !ack.digest.entries.is_empty() || ack.digest.complete {
+                            };
+                            if whole && (!ack.digest.entries.is_empty() || ack.digest.complete) {
                                 synced::note_digest(&mut self.cx, to, &ack.digest);
                             }
+                            whole
                         }
-                        _ => {}
+                        _ => true,
+                    };
+                    if !whole {
+                        // Later frames may rely on what this one lost (the
+                        // server sends each record once per stream): stop.
+                        return Err(StreamRefused::Screened);
                     }
                 }
                 Ok(())

@@ -234,3 +234,88 @@ fn a_page_is_applied_without_records_of_new_origins_past_the_allowance() {
     assert_eq!(p.stats().resyncs_completed, 0);
     assert_eq!(p.stats().origins_refused, 1);
 }
+
+/// The sender of a delta puts each key's current record in the first chunk
+/// that needs it: here the chunk of a new origin `n`, whose write to "k"
+/// the known origin `a` superseded with its write 2. The chunk of `a` then
+/// carries nothing for write 2. With `n`'s chunk dropped, `a`'s chunk must
+/// not raise `a`'s watermark over write 2, which this node does not hold.
+#[test]
+fn a_chunk_that_relied_on_a_dropped_one_raises_nothing() {
+    let mut p = protocol(vec![]);
+    push_origins(&mut p, 0, addr(1), "spend", 0, STRANGERS_BURST as usize);
+    let a = Origin::new("spend-0", 1);
+    let n = Origin::new("n", 1);
+    assert_eq!(p.store().watermark(&a), 1);
+    let chunk_n = OriginChunk {
+        origin: n.clone(),
+        from: 0,
+        to: 1,
+        records: vec![record("k", &a, 2)],
+        ghosts: vec![Ghost {
+            key: Arc::from("k"),
+            seq: 1,
+            hlc: Hlc::new(WALL, 0),
+        }],
+    };
+    let chunk_a = OriginChunk {
+        origin: a.clone(),
+        from: 1,
+        to: 2,
+        records: vec![],
+        ghosts: vec![],
+    };
+    let body = Body::Ack(Ack {
+        delta: Delta {
+            chunks: vec![chunk_n, chunk_a],
+            loose: vec![],
+        },
+    });
+    deliver(&mut p, 0, addr(2), &envelope(addr(2), body));
+    assert!(!p.store().knows_origin(&n));
+    assert_eq!(p.store().get("k"), None);
+    assert_eq!(p.store().watermark(&a), 1, "no hole under a's watermark");
+}
+
+/// A member's current generation is admitted whatever the allowances: a
+/// table filled with made-up origins must not shut out a node that joins.
+#[test]
+fn a_members_origin_is_admitted_past_a_spent_allowance() {
+    let mut p = protocol(vec![]);
+    push_origins(&mut p, 0, addr(1), "spend", 0, STRANGERS_BURST as usize);
+    let m = addr(50);
+    p.trust(m);
+    let hello = Body::Push(Push {
+        records: vec![],
+        hops: 0,
+    });
+    deliver(
+        &mut p,
+        0,
+        m,
+        &Envelope::new("test", Sender::new("m", 3, Some(m)), hello),
+    );
+    assert!(p.members().iter().any(|x| x.node_id.as_str() == "m"));
+    let push = |origin: &Origin, key: &str| {
+        Body::Push(Push {
+            records: vec![record(key, origin, 1)],
+            hops: 0,
+        })
+    };
+    // From a stranger whose allowance is spent: the member's generation
+    // gets in, another generation of the same node does not.
+    deliver(
+        &mut p,
+        0,
+        addr(2),
+        &envelope(addr(2), push(&Origin::new("m", 3), "m3")),
+    );
+    deliver(
+        &mut p,
+        0,
+        addr(2),
+        &envelope(addr(2), push(&Origin::new("m", 2), "m2")),
+    );
+    assert!(p.store().contains("m3"));
+    assert!(!p.store().contains("m2"));
+}
