@@ -32,17 +32,20 @@
 //! defence against that: only key holders are heard at all.
 //!
 //! What is not admitted is dropped as if it had been lost on the way, which
-//! anti-entropy already tolerates: a chunk of a new origin goes whole; a
-//! record goes, and the chunk carrying it is cut before it (so no watermark
-//! rises over it); a page is applied without its records, keeping what
-//! this node holds of their keys, and its re-synchronisation pass then
-//! raises no watermark (a page cannot be cut like a chunk). Peers send it
-//! again in a later round or pass, when the allowance has refilled. The origins only a page's watermarks name are
-//! introduced when its re-synchronisation pass ends: the pass raises those
-//! within the sender's allowance, and a later pass the others. A joiner's
-//! first peers legitimately introduce every origin of the cluster: up to
-//! the burst per peer arrive at once, and a cluster with more origins than
-//! that takes a few more rounds per peer.
+//! anti-entropy already tolerates, and the message it came in then vouches
+//! for nothing (see `guard.rs`): a chunk of a new origin goes whole, a
+//! record of one goes, and no chunk of that delta raises a watermark (a
+//! later chunk may rely on a record the sender put in an earlier one); a
+//! page is applied without such records, keeping what this node holds of
+//! their keys, and its re-synchronisation pass raises nothing; a stream
+//! stops at such a frame. Peers send it all again in a later round or
+//! pass, once the allowance has refilled. The origins only a page's
+//! watermarks name are introduced when its pass ends: the pass raises
+//! those within the sender's allowance, and a later pass the others. A
+//! joiner's first peers legitimately introduce every origin of the
+//! cluster: up to the burst per peer arrive at once, and a cluster with
+//! more origins than that takes more rounds (or passes) as the allowances
+//! refill.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -109,7 +112,7 @@ impl Allowance {
 }
 
 /// Which allowance a message is charged to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 enum Payer {
     Source(SocketAddr),
     Strangers,
