@@ -19,7 +19,7 @@ use crate::discovery::MdnsHandle;
 use crate::driver::wall_now;
 use crate::error::{ConfigOption, Error};
 use crate::health::{Health, HealthTracker};
-use crate::persist::Persister;
+use crate::persist::{Persister, Writer};
 use crate::watch::{Change, MemberEvents, Watcher};
 
 /// Longest key accepted, in bytes (networked nodes also need the key to fit
@@ -167,13 +167,14 @@ where
                 max: self.inner.max_value_size,
             });
         }
+        let writer = self.inner.persister.as_ref().map(|p| p.begin());
         self.write(key, Some(bytes), life)?;
         if life.expires_ms != 0 {
             if let Some(w) = &self.inner.expiry_wake {
                 w.notify_one();
             }
         }
-        self.durable()
+        self.durable(writer)
     }
 
     /// Reads the value of `key` from the local replica.
@@ -233,8 +234,9 @@ where
     pub fn delete(&self, key: impl AsRef<str>) -> Result<(), Error> {
         let key = key.as_ref();
         self.check_writable(key)?;
+        let writer = self.inner.persister.as_ref().map(|p| p.begin());
         self.write(key, None, Lifetime::FOREVER)?;
-        self.durable()
+        self.durable(writer)
     }
 
     /// Whether `key` holds a value locally (not expired, not gone with
@@ -769,11 +771,11 @@ where
     }
 
     /// Waits, in [`Durability::Sync`](crate::Durability::Sync) mode, until
-    /// the caller's write is on disk.
-    fn durable(&self) -> Result<(), Error> {
-        match &self.inner.persister {
-            Some(p) => p.wait_durable(),
-            None => Ok(()),
+    /// the write of `writer` (begun before the write) is on disk.
+    fn durable(&self, writer: Option<Writer<'_>>) -> Result<(), Error> {
+        match (&self.inner.persister, writer) {
+            (Some(p), Some(w)) => p.wait_durable(w),
+            _ => Ok(()),
         }
     }
 

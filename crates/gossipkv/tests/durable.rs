@@ -102,6 +102,44 @@ async fn a_crashed_run_keeps_its_data_under_a_new_generation() {
     kv.shutdown().await.unwrap();
 }
 
+/// Writers in `Sync` mode at once share commits (group commit), and each
+/// write that returned is on disk: a restart finds every one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_at_once_share_commits_and_every_write_is_kept() {
+    const THREADS: usize = 4;
+    const WRITES: usize = 50;
+    let tmp = tempfile::tempdir().unwrap();
+    let kv = durable(tmp.path(), "a", Durability::Sync).await.unwrap();
+    let before = kv.durable_stats().unwrap().commits;
+    let start = std::sync::Barrier::new(THREADS);
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let (kv, start) = (kv.clone(), &start);
+            s.spawn(move || {
+                start.wait();
+                for i in 0..WRITES {
+                    kv.set(format!("t{t}/{i}"), format!("v{i}")).unwrap();
+                }
+            });
+        }
+    });
+    let commits = kv.durable_stats().unwrap().commits - before;
+    let writes = (THREADS * WRITES) as u64;
+    assert!(
+        commits < writes,
+        "{commits} commits for {writes} writes from {THREADS} threads: none shared"
+    );
+    kv.shutdown().await.unwrap();
+
+    let kv = durable(tmp.path(), "a", Durability::Sync).await.unwrap();
+    for t in 0..THREADS {
+        for i in 0..WRITES {
+            assert_eq!(kv.get(format!("t{t}/{i}")).unwrap(), Some(format!("v{i}")));
+        }
+    }
+    kv.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn unusable_data_dirs_are_refused_at_build() {
     let tmp = tempfile::tempdir().unwrap();
