@@ -122,6 +122,7 @@ pub(crate) const REQUIRED_KEYS: &[&str] = &[
     "interval_set_ratio",
     "restart_ms_1m",
     "disk_bytes_per_key_1m",
+    "disk_bytes_per_key_shuffled_1m",
     "ttl_expiry_late_ms_max",
     "ttl_expiry_extra_datagrams",
     "ttl_gossip_bytes_per_key_s",

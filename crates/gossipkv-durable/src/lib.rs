@@ -18,8 +18,11 @@
 //! stores records (tombstones included) and each origin's watermark and
 //! collected floor in atomic batches ([`DataDir::persist`]) and reads them
 //! back ([`DataDir::load`]); a row that cannot be read makes the file
-//! corrupt, never a panic. Small batches go to a write-ahead log table that
-//! [`DataDir::checkpoint`] (and every open) folds into the records.
+//! corrupt, never a panic. Records are packed in blocks of consecutive keys
+//! (up to 16 KiB each), which fill redb's pages where a row per key left
+//! them a half to two thirds full. Small batches go to a write-ahead log
+//! table that [`DataDir::checkpoint`] (and every open) folds into the
+//! records.
 //!
 //! ```
 //! use gossipkv_durable::{DataDir, Identity};
@@ -41,10 +44,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use gossipkv_storage::{Origin, Record};
-use redb::{
-    Database, DatabaseError, ReadableTable, ReadableTableMetadata, StorageError, TableDefinition,
-};
+use redb::{Database, DatabaseError, ReadableTable, StorageError, TableDefinition};
 
+mod blocks;
 mod log;
 mod rows;
 
@@ -60,18 +62,20 @@ pub const BLOAT_MIN_BYTES: u64 = 4 << 20;
 
 /// The on-disk format this build writes, and the newest it reads. Format 2
 /// added record lifetimes (expiry, ephemeral), format 3 retired origins (a
-/// flag after an origin's marks); older files are read as they are and
-/// marked with the current format when a run starts.
-pub const FORMAT_VERSION: u32 = 3;
+/// flag after an origin's marks), format 4 packs the records in blocks of
+/// consecutive keys. Older files are read as they are, their records moved
+/// into blocks when they are opened, and they are marked with the current
+/// format then (an older build refuses them from there on).
+pub const FORMAT_VERSION: u32 = 4;
 
 /// Facts about the node, one row each.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
-use log::{LOG, RECORDS};
+use log::LOG;
 
 /// Batches of at most this many rows are appended to the write-ahead log
 /// (one or two pages written per commit); larger ones fold the log and go
-/// straight into the records table.
+/// straight into the records' blocks.
 pub const LOG_BATCH_MAX: usize = 256;
 
 /// Per origin, its watermark and collected floor.
@@ -303,7 +307,12 @@ impl DataDir {
             meta,
             next_log: 0,
         };
-        // What the last run left in the log goes to the records table.
+        // A file of formats 1 to 3 has a row per key: into blocks first.
+        data.convert_rows().map_err(|e| OpenError::Corrupt {
+            path: data.file.clone(),
+            message: e.message,
+        })?;
+        // What the last run left in the log goes to the records.
         data.checkpoint().map_err(|e| OpenError::Corrupt {
             path: data.file.clone(),
             message: e.message,
@@ -311,7 +320,7 @@ impl DataDir {
         Ok(data)
     }
 
-    /// Folds the write-ahead log into the records table (one transaction).
+    /// Folds the write-ahead log into the records (one transaction).
     /// Returns how many log entries it applied. Small batches
     /// ([`LOG_BATCH_MAX`] rows or fewer) accumulate in the log; call it
     /// now and then (the facade does, every second or so) so that the log
@@ -333,6 +342,27 @@ impl DataDir {
         tx.commit().map_err(|e| err(text(e)))?;
         self.next_log = 0;
         Ok(n)
+    }
+
+    /// Moves the records of a file of formats 1 to 3 (a row per key) into
+    /// blocks, and marks the file with the current format, in one
+    /// transaction. Nothing to do for a file of the current format.
+    fn convert_rows(&mut self) -> Result<(), WriteError> {
+        let err = |m: String| WriteError {
+            path: self.file.clone(),
+            message: m,
+        };
+        let tx = self.db.begin_write().map_err(|e| err(text(e)))?;
+        let n = log::convert_rows(&tx).map_err(err)?;
+        if n == 0 {
+            return tx.abort().map_err(|e| err(text(e)));
+        }
+        {
+            let mut meta = tx.open_table(META).map_err(|e| err(text(e)))?;
+            meta.insert(FORMAT, &FORMAT_VERSION.to_le_bytes()[..])
+                .map_err(|e| err(text(e)))?;
+        }
+        tx.commit().map_err(|e| err(text(e)))
     }
 
     /// Entries in the write-ahead log since the last fold.
@@ -418,16 +448,15 @@ impl DataDir {
         };
         {
             if !small {
-                let mut records = tx.open_table(RECORDS).map_err(|e| err(&e))?;
                 // Removals first: a key both removed and written keeps its write.
+                let mut changes = std::collections::BTreeMap::new();
                 for k in &batch.removed {
-                    records.remove(&**k).map_err(|e| err(&e))?;
+                    changes.insert(k.to_string(), None);
                 }
                 for r in &batch.records {
-                    records
-                        .insert(&*r.key, rows::encode_record(r).as_slice())
-                        .map_err(|e| err(&e))?;
+                    changes.insert(r.key.to_string(), Some(rows::encode_record(r)));
                 }
+                blocks::apply(&tx, &changes).map_err(|e| err(&e))?;
             }
             let mut marks = tx.open_table(MARKS).map_err(|e| err(&e))?;
             for (origin, watermark, floor) in &batch.marks {
@@ -461,18 +490,16 @@ impl DataDir {
         };
         let tx = self.db.begin_read().map_err(|e| corrupt(text(e)))?;
         let mut loaded = Loaded::default();
-        match tx.open_table(RECORDS) {
+        match tx.open_table(blocks::BLOCKS) {
             Ok(table) => {
                 let mut last_node = None;
-                loaded
-                    .records
-                    .reserve(table.len().map_or(0, |n| n as usize));
-                for row in table.iter().map_err(|e| corrupt(text(e)))? {
-                    let (k, v) = row.map_err(|e| corrupt(text(e)))?;
-                    let record = rows::decode_record(k.value(), v.value(), &mut last_node)
-                        .ok_or_else(|| corrupt(format!("unreadable record of {:?}", k.value())))?;
+                blocks::for_each(&table, |key, row| {
+                    let record = rows::decode_record(key, row, &mut last_node)
+                        .ok_or_else(|| format!("unreadable record of {key:?}"))?;
                     loaded.records.push(record);
-                }
+                    Ok(())
+                })
+                .map_err(corrupt)?;
             }
             Err(redb::TableError::TableDoesNotExist(_)) => {}
             Err(e) => return Err(corrupt(text(e))),
@@ -543,8 +570,8 @@ impl DataDir {
     /// index, and at least [`BLOAT_MIN_BYTES`]. Space freed by overwrites
     /// and removals is reused by later commits, so the file grows past the
     /// live data only after the data shrinks or churns a lot (a file
-    /// written once already takes two to three times its rows: redb's
-    /// pages are about half full after ordered inserts); a clean stop
+    /// written once takes up to twice its pages: redb grows it by
+    /// doubling); a clean stop
     /// ([`stop_clean`](Self::stop_clean)) checks. Returns whether it
     /// compacted.
     ///
@@ -740,6 +767,7 @@ pub fn fuzz_decode_rows(data: &[u8]) {
         assert_eq!(rows::encode_marks(w, f, retired), rest, "marks round trip");
     }
     let _ = log::decode(rest);
+    let _ = blocks::decode(rest);
 }
 
 /// Fuzzing seed helper (used by `gossipkv-fuzz-targets`, not part of the
@@ -761,6 +789,7 @@ pub fn fuzz_rows_of(record: &Record, origin: &Origin, watermark: u64, floor: u64
         rows::encode_marks(watermark, floor, true),
         log::encode(log::PUT, &record.key, &rows::encode_record(record)),
         log::encode(log::REMOVE, &record.key, &[]),
+        blocks::encode_one(&record.key, &rows::encode_record(record)),
     ] {
         let mut row = vec![0];
         row.extend_from_slice(&bytes);

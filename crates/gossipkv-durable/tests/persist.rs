@@ -375,3 +375,59 @@ fn a_file_grown_well_past_its_data_is_compacted_and_keeps_it() {
         keys[..100].iter().map(String::as_str).collect::<Vec<_>>()
     );
 }
+
+/// A file of format 3 keeps a row per key in a `records` table: opened by
+/// this build, its rows move into blocks and the file is marked format 4
+/// (so an older build refuses it rather than finding no records), with
+/// every record and the log of its last run read back.
+#[test]
+fn a_format_3_file_is_converted_when_opened() {
+    const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
+    const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+    const ROWS: u64 = 10_000;
+    let tmp = tempfile::tempdir().unwrap();
+    drop(DataDir::open(tmp.path(), &me()).unwrap());
+    {
+        let db = Database::create(tmp.path().join(FILE_NAME)).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let mut rows = tx.open_table(RECORDS).unwrap();
+            for seq in 1..=ROWS {
+                let row = raw_record(1, seq, 1, b"n", format!("value {seq}").as_bytes());
+                rows.insert(format!("k{seq:06}").as_str(), row.as_slice())
+                    .unwrap();
+            }
+            let mut meta = tx.open_table(META).unwrap();
+            meta.insert("format", &3u32.to_le_bytes()[..]).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let data = DataDir::open(tmp.path(), &me()).unwrap();
+    let loaded = data.load().unwrap();
+    assert_eq!(loaded.records.len(), ROWS as usize);
+    for (i, r) in loaded.records.iter().enumerate() {
+        let seq = i as u64 + 1;
+        assert_eq!(&*r.key, format!("k{seq:06}"));
+        assert_eq!(r.version.seq, seq);
+        assert_eq!(r.value.as_deref(), Some(format!("value {seq}").as_bytes()));
+    }
+    drop(data);
+    let db = Database::create(tmp.path().join(FILE_NAME)).unwrap();
+    let tx = db.begin_read().unwrap();
+    assert!(
+        matches!(
+            tx.open_table(RECORDS),
+            Err(redb::TableError::TableDoesNotExist(_))
+        ),
+        "the row-per-key table is gone"
+    );
+    let format = tx
+        .open_table(META)
+        .unwrap()
+        .get("format")
+        .unwrap()
+        .unwrap()
+        .value()
+        .to_vec();
+    assert_eq!(format, 4u32.to_le_bytes());
+}

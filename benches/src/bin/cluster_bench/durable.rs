@@ -255,5 +255,30 @@ async fn restart(report: &mut Report, dir: &Path, keys: usize, t0: Instant) -> R
     };
     report.put(format!("restart_ms_{suffix}"), ms);
     report.put(format!("disk_bytes_per_key_{suffix}"), per_key);
+    let shuffled = shuffled_fill(&dir.with_extension("shuffled"), keys).await?;
+    progress(
+        t0,
+        format!("durable: {keys} keys written in no order: file {shuffled:.2}x key+value"),
+    );
+    report.put(format!("disk_bytes_per_key_shuffled_{suffix}"), shuffled);
     Ok(())
+}
+
+/// The file size per key, over key and value bytes, of a data dir filled
+/// with about `keys` keys in no particular order (a multiplicative hash of
+/// their number: keys written in order fill redb's pages and the records'
+/// blocks better than most applications' keys do).
+async fn shuffled_fill(dir: &Path, keys: usize) -> Result<f64> {
+    let kv = node(dir, Durability::Interval(Duration::from_millis(200))).await?;
+    let value = vec![7u8; VALUE_LEN];
+    let digits = 10u64.pow((KEY_LEN - 3) as u32);
+    for i in 0..keys as u64 {
+        let n = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % digits;
+        kv.set(key(0, n as usize), value.clone())?;
+    }
+    let held = kv.len();
+    kv.shutdown().await?;
+    drop(kv);
+    let bytes = std::fs::metadata(dir.join(gossipkv_durable::FILE_NAME))?.len() as f64;
+    Ok(bytes / held as f64 / (KEY_LEN + VALUE_LEN) as f64)
 }

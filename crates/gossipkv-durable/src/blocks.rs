@@ -1,0 +1,426 @@
+//! The records table: rows of consecutive keys packed in blocks.
+//!
+//! Why blocks rather than a row per key: a B-tree leaf of redb is split in
+//! half when it overflows, so a table filled in key order (or at random)
+//! ends with leaves a half to two thirds full, and every row pays redb's
+//! per-entry bookkeeping. A block holds the rows of a run of keys, up to
+//! [`BLOCK_MAX`] bytes, and is split here: a block that overflows because
+//! keys were appended at its end keeps as much as fits and starts a new
+//! block with the rest (so a table filled in order ends with full blocks),
+//! other overflows split evenly. A change rewrites its block, which costs
+//! what redb costs anyway: it rewrites the whole leaf page of any row it
+//! changes.
+//!
+//! Layout. The table maps a block's *lower bound* to the block: every key
+//! in a block is at least its bound and below the next block's bound; the
+//! first block's bound is the empty string, so every key has a block once
+//! one exists. A block is a sequence of entries in strictly ascending key
+//! order, each a varint key length, the key (UTF-8), a varint row length
+//! and the row ([`crate::rows::encode_record`]).
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
+
+/// Lower bound of a block to the block.
+pub(crate) const BLOCKS: TableDefinition<&str, &[u8]> = TableDefinition::new("blocks");
+
+/// The most bytes a block holds, unless one entry alone is larger: a block
+/// and redb's bookkeeping fill a 16 KiB page.
+pub(crate) const BLOCK_MAX: usize = 16 * 1024 - 128;
+
+/// What happens to a key: its new row, or `None` to remove it.
+pub(crate) type Change = Option<Vec<u8>>;
+
+/// Appends `n` as a LEB128 varint.
+fn put_varint(out: &mut Vec<u8>, mut n: usize) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// A LEB128 varint of at most 4 bytes (below 2^28: keys and rows are far
+/// smaller) and the bytes after it.
+fn take_varint(b: &[u8]) -> Option<(usize, &[u8])> {
+    let mut n = 0usize;
+    for (i, &byte) in b.iter().enumerate().take(4) {
+        n |= usize::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((n, &b[i + 1..]));
+        }
+    }
+    None
+}
+
+/// One entry's encoded size.
+fn entry_len(key: &str, row: &[u8]) -> usize {
+    varint_len(key.len()) + key.len() + varint_len(row.len()) + row.len()
+}
+
+fn varint_len(n: usize) -> usize {
+    (usize::BITS - (n | 1).leading_zeros()).div_ceil(7) as usize
+}
+
+/// Appends one entry to a block.
+fn put_entry(out: &mut Vec<u8>, key: &str, row: &[u8]) {
+    put_varint(out, key.len());
+    out.extend_from_slice(key.as_bytes());
+    put_varint(out, row.len());
+    out.extend_from_slice(row);
+}
+
+/// A block of one entry (for fuzzing seeds).
+pub(crate) fn encode_one(key: &str, row: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_entry(&mut out, key, row);
+    out
+}
+
+/// The entries of a block, in order; `None` when it cannot be read: a
+/// length past the end, a key that is not UTF-8, keys out of order or
+/// repeated, or an empty row.
+pub(crate) fn decode(mut block: &[u8]) -> Option<Vec<(&str, &[u8])>> {
+    let mut out: Vec<(&str, &[u8])> = Vec::new();
+    while !block.is_empty() {
+        let (len, rest) = take_varint(block)?;
+        let key = std::str::from_utf8(rest.get(..len)?).ok()?;
+        let (len, rest) = take_varint(&rest[key.len()..])?;
+        let row = rest.get(..len)?;
+        if row.is_empty() || out.last().is_some_and(|(last, _)| *last >= key) {
+            return None;
+        }
+        out.push((key, row));
+        block = &rest[len..];
+    }
+    Some(out)
+}
+
+/// `entries` (in order) cut into blocks of at most [`BLOCK_MAX`] bytes:
+/// filled one after the other when `appended` (the overflow came from keys
+/// added past the block's end), else of even sizes.
+fn cut(entries: &[(&str, &[u8])], appended: bool) -> Vec<Vec<u8>> {
+    let total: usize = entries.iter().map(|(k, r)| entry_len(k, r)).sum();
+    let target = if appended || total <= BLOCK_MAX {
+        BLOCK_MAX
+    } else {
+        total.div_ceil(total.div_ceil(BLOCK_MAX))
+    };
+    let mut blocks = Vec::new();
+    let mut block = Vec::new();
+    for (k, r) in entries {
+        if !block.is_empty() && block.len() + entry_len(k, r) > target {
+            blocks.push(std::mem::take(&mut block));
+        }
+        put_entry(&mut block, k, r);
+    }
+    if !block.is_empty() {
+        blocks.push(block);
+    }
+    blocks
+}
+
+/// A table error as text.
+fn text(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// Applies `changes` (by key) to the blocks table of `tx`.
+///
+/// # Errors
+/// A message when redb fails or a block it rewrites cannot be read.
+pub(crate) fn apply(
+    tx: &WriteTransaction,
+    changes: &BTreeMap<String, Change>,
+) -> Result<(), String> {
+    let mut table = tx.open_table(BLOCKS).map_err(text)?;
+    let mut pending = changes.iter().peekable();
+    while let Some(&(first, _)) = pending.peek() {
+        // The block of `first`, and the bound of the next one.
+        let (bound, bytes) = match table
+            .range::<&str>(..=first.as_str())
+            .map_err(text)?
+            .next_back()
+        {
+            Some(found) => {
+                let (k, v) = found.map_err(text)?;
+                (k.value().to_owned(), v.value().to_vec())
+            }
+            None => (String::new(), Vec::new()),
+        };
+        let next = table
+            .range::<&str>((Bound::Excluded(bound.as_str()), Bound::Unbounded))
+            .map_err(text)?
+            .next()
+            .transpose()
+            .map_err(text)?
+            .map(|(k, _)| k.value().to_owned());
+        let old = decode(&bytes).ok_or_else(|| format!("unreadable block {bound:?}"))?;
+        let mut mine = Vec::new();
+        while let Some(&(k, change)) = pending.peek() {
+            if next.as_ref().is_some_and(|n| k >= n) {
+                break;
+            }
+            mine.push((k.as_str(), change.as_deref()));
+            pending.next();
+        }
+        let appended = match (old.last(), mine.first()) {
+            (Some((last, _)), Some((k, _))) => k > last,
+            _ => true,
+        };
+        let merged = merge(&old, &mine);
+        let blocks = cut(&merged, appended);
+        if blocks.is_empty() && !bytes.is_empty() {
+            table.remove(bound.as_str()).map_err(text)?;
+        }
+        for (i, block) in blocks.iter().enumerate() {
+            // The first block keeps the bound; the others start at their
+            // first key (at least the bound, below the next one).
+            let key = match i {
+                0 => bound.as_str(),
+                _ => first_key(block),
+            };
+            table.insert(key, block.as_slice()).map_err(text)?;
+        }
+    }
+    Ok(())
+}
+
+/// The first key of a block [`cut`] made.
+fn first_key(block: &[u8]) -> &str {
+    take_varint(block)
+        .and_then(|(len, rest)| std::str::from_utf8(rest.get(..len)?).ok())
+        .unwrap_or_default()
+}
+
+/// Calls `f` with every entry of the blocks in `table`, in key order.
+///
+/// # Errors
+/// A message when redb fails, a block cannot be read, or a key is out of
+/// place (below its block's bound, or not above the key before it).
+pub(crate) fn for_each(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    mut f: impl FnMut(&str, &[u8]) -> Result<(), String>,
+) -> Result<(), String> {
+    let mut last: Option<String> = None;
+    for block in table.iter().map_err(text)? {
+        let (bound, bytes) = block.map_err(text)?;
+        let (bound, bytes) = (bound.value(), bytes.value());
+        let entries = decode(bytes).ok_or_else(|| format!("unreadable block {bound:?}"))?;
+        if let Some((first, _)) = entries.first() {
+            if *first < bound || last.as_deref().is_some_and(|l| l >= *first) {
+                return Err(format!("block {bound:?} holds {first:?} out of place"));
+            }
+        }
+        for (k, row) in &entries {
+            f(k, row)?;
+        }
+        if let Some((k, _)) = entries.last() {
+            last = Some((*k).to_owned());
+        }
+    }
+    Ok(())
+}
+
+/// `old` (a block's entries) with `changes` (ascending keys) applied.
+fn merge<'a>(
+    old: &[(&'a str, &'a [u8])],
+    changes: &[(&'a str, Option<&'a [u8]>)],
+) -> Vec<(&'a str, &'a [u8])> {
+    let mut out = Vec::with_capacity(old.len() + changes.len());
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() || j < changes.len() {
+        match (old.get(i), changes.get(j)) {
+            (Some(&(ok, _)), Some(&(ck, c))) if ok == ck => {
+                if let Some(row) = c {
+                    out.push((ck, row));
+                }
+                i += 1;
+                j += 1;
+            }
+            (Some(&(ok, or)), Some(&(ck, _))) if ok < ck => {
+                out.push((ok, or));
+                i += 1;
+            }
+            (Some(&(ok, or)), None) => {
+                out.push((ok, or));
+                i += 1;
+            }
+            (_, Some(&(ck, c))) => {
+                if let Some(row) = c {
+                    out.push((ck, row));
+                }
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use redb::backends::InMemoryBackend;
+    use redb::Database;
+
+    fn db() -> Database {
+        redb::Builder::new()
+            .create_with_backend(InMemoryBackend::new())
+            .unwrap()
+    }
+
+    fn commit(db: &Database, changes: &BTreeMap<String, Change>) {
+        let tx = db.begin_write().unwrap();
+        apply(&tx, changes).unwrap();
+        tx.commit().unwrap();
+    }
+
+    /// Every entry, in order, and the size of each block.
+    fn read(db: &Database) -> (Vec<(String, Vec<u8>)>, Vec<usize>) {
+        let tx = db.begin_read().unwrap();
+        let table = match tx.open_table(BLOCKS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return (Vec::new(), Vec::new()),
+            Err(e) => panic!("{e}"),
+        };
+        let mut entries = Vec::new();
+        for_each(&table, |k, r| {
+            entries.push((k.to_owned(), r.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        let sizes = table
+            .iter()
+            .unwrap()
+            .map(|b| b.unwrap().1.value().len())
+            .collect();
+        (entries, sizes)
+    }
+
+    fn row(i: usize, len: usize) -> Vec<u8> {
+        let mut r = vec![(i % 251) as u8 + 1; len];
+        r[..8.min(len)].copy_from_slice(&i.to_le_bytes()[..8.min(len)]);
+        r
+    }
+
+    /// Keys written in order fill their blocks: all but the last are
+    /// within one entry of full (a table of rows per key would leave
+    /// redb's leaves a half to two thirds full).
+    #[test]
+    fn keys_written_in_order_fill_their_blocks() {
+        let db = db();
+        for step in 0..20 {
+            let changes = (0..1000)
+                .map(|i| {
+                    let i = step * 1000 + i;
+                    (format!("key-{i:012}"), Some(row(i, 90)))
+                })
+                .collect();
+            commit(&db, &changes);
+        }
+        let (entries, sizes) = read(&db);
+        assert_eq!(entries.len(), 20_000);
+        let entry = entry_len("key-000000000000", &row(0, 90));
+        for s in &sizes[..sizes.len() - 1] {
+            assert!(
+                *s + entry > BLOCK_MAX && *s <= BLOCK_MAX,
+                "a block of {s} bytes"
+            );
+        }
+    }
+
+    /// A block that overflows in its middle splits evenly, and an entry
+    /// larger than a block gets one of its own.
+    #[test]
+    fn overflows_in_the_middle_split_evenly_and_large_entries_stand_alone() {
+        let db = db();
+        let evens = (0..300)
+            .map(|i| (format!("k{:05}", 2 * i), Some(row(i, 100))))
+            .collect();
+        commit(&db, &evens);
+        let odds = (0..300)
+            .map(|i| (format!("k{:05}", 2 * i + 1), Some(row(i, 100))))
+            .collect();
+        commit(&db, &odds);
+        let big = [("k00100x".to_owned(), Some(row(7, 3 * BLOCK_MAX)))].into();
+        commit(&db, &big);
+        let (entries, sizes) = read(&db);
+        assert_eq!(entries.len(), 601);
+        assert!(
+            sizes.iter().any(|s| *s > BLOCK_MAX),
+            "the large entry is whole"
+        );
+        let small: Vec<_> = sizes.iter().filter(|s| **s <= BLOCK_MAX).collect();
+        assert!(small.iter().all(|s| **s >= BLOCK_MAX / 4), "{sizes:?}");
+    }
+
+    #[test]
+    fn unreadable_blocks_are_refused() {
+        let good = encode_one("a", b"r");
+        assert_eq!(decode(&good).unwrap(), [("a", &b"r"[..])]);
+        let mut two = good.clone();
+        two.extend(encode_one("b", b"s"));
+        assert_eq!(decode(&two).unwrap().len(), 2);
+        let mut out_of_order = encode_one("b", b"s");
+        out_of_order.extend(encode_one("a", b"r"));
+        let mut repeated = good.clone();
+        repeated.extend(encode_one("a", b"s"));
+        for (what, bad) in [
+            ("keys out of order", out_of_order),
+            ("a key twice", repeated),
+            ("an empty row", encode_one("a", b"")),
+            ("a key that is not UTF-8", vec![1, 0xff, 1, 1]),
+            ("a key past the end", vec![5, b'a']),
+            ("a row past the end", vec![1, b'a', 9, 1]),
+            (
+                "a varint that does not end",
+                vec![0x80, 0x80, 0x80, 0x80, 0x01],
+            ),
+            ("a cut entry", good[..good.len() - 1].to_vec()),
+        ] {
+            assert!(decode(&bad).is_none(), "{what}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+        /// Whatever the changes, the blocks hold what a map would, in
+        /// order, each block within its size (or one large entry).
+        #[test]
+        fn blocks_hold_what_a_map_would(
+            steps in proptest::collection::vec(
+                proptest::collection::btree_map(
+                    "[a-c]{0,3}[0-9]{0,3}",
+                    proptest::option::of(1usize..600),
+                    0..120,
+                ),
+                1..8,
+            )
+        ) {
+            let db = db();
+            let mut model = BTreeMap::new();
+            for (n, step) in steps.iter().enumerate() {
+                let changes: BTreeMap<String, Change> = step
+                    .iter()
+                    .map(|(k, len)| (k.clone(), len.map(|l| row(n, l))))
+                    .collect();
+                for (k, c) in &changes {
+                    match c {
+                        Some(r) => { model.insert(k.clone(), r.clone()); }
+                        None => { model.remove(k); }
+                    }
+                }
+                commit(&db, &changes);
+                let (entries, sizes) = read(&db);
+                let want: Vec<_> = model.clone().into_iter().collect();
+                prop_assert_eq!(entries, want);
+                prop_assert!(sizes.iter().all(|s| *s <= BLOCK_MAX || *s <= 600 + 16));
+            }
+        }
+    }
+}
