@@ -40,6 +40,7 @@
 //! assert_eq!(a.digest(), b.digest());
 //! ```
 
+mod ordered;
 mod record;
 mod seq_index;
 mod shard;

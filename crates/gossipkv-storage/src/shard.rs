@@ -14,13 +14,14 @@
 //! a whole shard under its lock when it grows). A lookup reads one more
 //! cache line (the index, then the entry).
 
-use std::collections::BTreeSet;
 use std::hash::BuildHasher;
 use std::ops::Bound;
 use std::sync::Arc;
 
 use foldhash::fast::RandomState as FastState;
 use hashbrown::HashTable;
+
+use crate::ordered::OrderedKeys;
 
 /// Entries per chunk.
 const CHUNK: usize = 256;
@@ -43,7 +44,7 @@ pub(crate) struct ShardMap<E> {
     /// Positions in the chunks, by the hash of their key.
     index: HashTable<u32>,
     hasher: FastState,
-    order: BTreeSet<Arc<str>>,
+    order: OrderedKeys,
 }
 
 impl<E> Default for ShardMap<E> {
@@ -53,7 +54,7 @@ impl<E> Default for ShardMap<E> {
             len: 0,
             index: HashTable::new(),
             hasher: FastState::default(),
-            order: BTreeSet::new(),
+            order: OrderedKeys::default(),
         }
     }
 }
@@ -171,7 +172,7 @@ impl<E> ShardMap<E> {
             *i = at as u32;
         }
         let (k, entry) = removed;
-        self.order.remove(&*k);
+        self.order.remove(&k);
         Some(entry)
     }
 
@@ -227,7 +228,7 @@ impl<E> ShardMap<E> {
             None => Some(Bound::Unbounded),
         };
         // The bounds are read here only: the walk borrows the shard alone.
-        let keys = upper.map(|upper| self.order.range::<str, _>((Bound::Included(start), upper)));
+        let keys = upper.map(|upper| self.order.range(start, upper));
         keys.into_iter()
             .flatten()
             .filter_map(|k| self.get_key_value(k))
