@@ -346,19 +346,27 @@ impl DataDir {
 
     /// Moves the records of a file of formats 1 to 3 (a row per key) into
     /// blocks, and marks the file with the current format, in one
-    /// transaction. Nothing to do for a file of the current format.
+    /// transaction, before anything else may write blocks (the log's fold).
+    /// Nothing to do for a file of the current format.
     fn convert_rows(&mut self) -> Result<(), WriteError> {
         let err = |m: String| WriteError {
             path: self.file.clone(),
             message: m,
         };
         let tx = self.db.begin_write().map_err(|e| err(text(e)))?;
-        let n = log::convert_rows(&tx).map_err(err)?;
-        if n == 0 {
-            return tx.abort().map_err(|e| err(text(e)));
-        }
+        let moved = log::convert_rows(&tx).map_err(err)?;
         {
             let mut meta = tx.open_table(META).map_err(|e| err(text(e)))?;
+            let format = meta
+                .get(FORMAT)
+                .map_err(|e| err(text(e)))?
+                .and_then(|v| Some(u32::from_le_bytes(v.value().try_into().ok()?)));
+            if moved == 0 && format == Some(FORMAT_VERSION) {
+                drop(meta);
+                return tx.abort().map_err(|e| err(text(e)));
+            }
+            // Marked before anything goes to blocks (the log is folded
+            // next): an older build would find no records in them.
             meta.insert(FORMAT, &FORMAT_VERSION.to_le_bytes()[..])
                 .map_err(|e| err(text(e)))?;
         }

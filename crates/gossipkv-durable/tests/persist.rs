@@ -379,7 +379,7 @@ fn a_file_grown_well_past_its_data_is_compacted_and_keeps_it() {
 /// A file of format 3 keeps a row per key in a `records` table: opened by
 /// this build, its rows move into blocks and the file is marked format 4
 /// (so an older build refuses it rather than finding no records), with
-/// every record and the log of its last run read back.
+/// every record read back, and the log of its last run applied over them.
 #[test]
 fn a_format_3_file_is_converted_when_opened() {
     const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
@@ -399,6 +399,12 @@ fn a_format_3_file_is_converted_when_opened() {
             }
             let mut meta = tx.open_table(META).unwrap();
             meta.insert("format", &3u32.to_le_bytes()[..]).unwrap();
+            // The last run's log rewrote the first key.
+            let row = raw_record(1, ROWS + 1, 1, b"n", b"rewritten");
+            tx.open_table(LOG)
+                .unwrap()
+                .insert(0, log_put("k000001", &row).as_slice())
+                .unwrap();
         }
         tx.commit().unwrap();
     }
@@ -408,6 +414,10 @@ fn a_format_3_file_is_converted_when_opened() {
     for (i, r) in loaded.records.iter().enumerate() {
         let seq = i as u64 + 1;
         assert_eq!(&*r.key, format!("k{seq:06}"));
+        if seq == 1 {
+            assert_eq!(r.value.as_deref(), Some(&b"rewritten"[..]));
+            continue;
+        }
         assert_eq!(r.version.seq, seq);
         assert_eq!(r.value.as_deref(), Some(format!("value {seq}").as_bytes()));
     }
@@ -430,4 +440,110 @@ fn a_format_3_file_is_converted_when_opened() {
         .value()
         .to_vec();
     assert_eq!(format, 4u32.to_le_bytes());
+}
+
+/// The log's table, and one entry of it putting `row` under `key`.
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+
+fn log_put(key: &str, row: &[u8]) -> Vec<u8> {
+    let mut e = vec![1];
+    e.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    e.extend_from_slice(key.as_bytes());
+    e.extend_from_slice(row);
+    e
+}
+
+/// The format of the file in `dir`.
+fn format_of(dir: &std::path::Path) -> Vec<u8> {
+    const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+    let db = Database::create(dir.join(FILE_NAME)).unwrap();
+    let tx = db.begin_read().unwrap();
+    let meta = tx.open_table(META).unwrap();
+    let format = meta.get("format").unwrap().unwrap().value().to_vec();
+    format
+}
+
+/// A format-3 file with no row table but a log (a run that crashed before
+/// its first large commit) is marked format 4 as soon as the log goes
+/// into blocks, even if the node never starts: an older build would read
+/// no records in them, and keep the watermarks that vouch for them.
+#[test]
+fn a_format_3_file_with_only_a_log_is_marked_when_its_log_is_folded() {
+    const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+    let tmp = tempfile::tempdir().unwrap();
+    drop(DataDir::open(tmp.path(), &me()).unwrap());
+    {
+        let db = Database::create(tmp.path().join(FILE_NAME)).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(META)
+            .unwrap()
+            .insert("format", &3u32.to_le_bytes()[..])
+            .unwrap();
+        let row = raw_record(1, 1, 1, b"n", b"v");
+        tx.open_table(LOG)
+            .unwrap()
+            .insert(0, log_put("k", &row).as_slice())
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    let data = DataDir::open(tmp.path(), &me()).unwrap();
+    assert_eq!(data.load().unwrap().records.len(), 1);
+    drop(data);
+    assert_eq!(format_of(tmp.path()), 4u32.to_le_bytes());
+}
+
+/// A block holding a key at or above the next block's bound is corrupt
+/// when read: accepted, a change of that key would go to the next block
+/// and the key would be held twice.
+#[test]
+fn a_key_past_the_next_blocks_bound_is_corruption() {
+    const BLOCKS: TableDefinition<&str, &[u8]> = TableDefinition::new("blocks");
+    fn block(keys: &[&str]) -> Vec<u8> {
+        let row = raw_record(1, 1, 1, b"n", b"v");
+        let mut b = Vec::new();
+        for k in keys {
+            b.push(k.len() as u8);
+            b.extend_from_slice(k.as_bytes());
+            b.push(row.len() as u8);
+            b.extend_from_slice(&row);
+        }
+        b
+    }
+    let with_blocks = |blocks: &[(&str, &[&str])]| {
+        let tmp = tempfile::tempdir().unwrap();
+        drop(DataDir::open(tmp.path(), &me()).unwrap());
+        {
+            let db = Database::create(tmp.path().join(FILE_NAME)).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut t = tx.open_table(BLOCKS).unwrap();
+                for (bound, keys) in blocks {
+                    t.insert(*bound, block(keys).as_slice()).unwrap();
+                }
+            }
+            tx.commit().unwrap();
+        }
+        let data = DataDir::open(tmp.path(), &me()).unwrap();
+        data.load().map(|l| l.records.len())
+    };
+    assert_eq!(with_blocks(&[("", &["a", "l"]), ("m", &["o"])]).unwrap(), 3);
+    for (what, blocks) in [
+        (
+            "a key above the next bound",
+            [("", &["a", "n"][..]), ("m", &["o"][..])],
+        ),
+        (
+            "a key at the next bound",
+            [("", &["a", "m"][..]), ("m", &["o"][..])],
+        ),
+        (
+            "a key below its bound",
+            [("", &["a"][..]), ("m", &["b"][..])],
+        ),
+    ] {
+        assert!(
+            matches!(with_blocks(&blocks), Err(OpenError::Corrupt { .. })),
+            "{what}"
+        );
+    }
 }
