@@ -564,9 +564,13 @@ impl Persister {
             }
             (std::mem::take(&mut s.dirty), s.marked)
         };
-        let keys: HashSet<Arc<str>, FastState> = keys.into_iter().collect();
+        let mut taken = Taken {
+            persister: self,
+            keys: keys.into_iter().collect(),
+            stored: false,
+        };
         let mut batch = Batch::default();
-        for key in &keys {
+        for key in &taken.keys {
             match store.get_record(key) {
                 Some(r) => batch.records.push(r),
                 None => batch.removed.push(key.clone()),
@@ -595,19 +599,46 @@ impl Persister {
         let mut s = self.state.lock();
         match &result {
             Ok(()) => {
+                taken.stored = true;
                 s.committed = s.committed.max(ticket);
                 s.commits += 1;
                 s.records_written += batch.records.len() as u64;
                 s.rows_removed += batch.removed.len() as u64;
             }
+            // Nothing was stored: `taken` gives every key back for the
+            // next commit.
             Err(e) => {
-                // Nothing was stored: every key waits for the next commit.
-                s.dirty.extend(keys);
                 s.failures += 1;
                 s.last_error = Some(e.message.clone());
             }
         }
+        drop(s);
         result
+    }
+}
+
+/// The keys a commit took from the dirty list. Unless the commit stored
+/// them, dropping gives them back for the next commit, also when the
+/// commit panics: the next commit covers their writers' tickets, and must
+/// not do so without their keys.
+struct Taken<'a> {
+    persister: &'a Persister,
+    keys: HashSet<Arc<str>, FastState>,
+    stored: bool,
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if self.stored {
+            return;
+        }
+        let mut s = self.persister.state.lock();
+        s.dirty.extend(self.keys.drain());
+        if std::thread::panicking() {
+            // Writers waiting for this commit are told it failed.
+            s.failures += 1;
+            s.last_error = Some("a commit panicked".into());
+        }
     }
 }
 
@@ -660,6 +691,43 @@ mod tests {
         let w = p.begin();
         assert_eq!(p.writers.load(Ordering::SeqCst), 0);
         p.wait_durable(w).unwrap();
+        p.stop(0);
+    }
+
+    /// Keys taken by a commit that panics go back to the dirty list, and
+    /// the writers waiting for it are told it failed: otherwise the next
+    /// commit would cover their tickets without their keys.
+    #[test]
+    fn a_commit_that_panics_gives_its_keys_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_store, p) = persister(tmp.path(), Durability::Interval(Duration::from_secs(60)));
+        let keys: HashSet<Arc<str>, FastState> =
+            [Arc::from("a"), Arc::from("b")].into_iter().collect();
+        let failures = p.state.lock().failures;
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _taken = Taken {
+                persister: &p,
+                keys,
+                stored: false,
+            };
+            panic!("redb panicked mid-commit");
+        }));
+        assert!(panicked.is_err());
+        {
+            let s = p.state.lock();
+            let mut dirty: Vec<&str> = s.dirty.iter().map(|k| &**k).collect();
+            dirty.sort_unstable();
+            assert_eq!(dirty, ["a", "b"]);
+            assert_eq!(s.failures, failures + 1);
+        }
+        // A commit that stored its keys gives nothing back.
+        let stored = Taken {
+            persister: &p,
+            keys: [Arc::from("c")].into_iter().collect(),
+            stored: true,
+        };
+        drop(stored);
+        assert_eq!(p.state.lock().dirty.len(), 2);
         p.stop(0);
     }
 }
