@@ -14,9 +14,10 @@
 //! Layout. The table maps a block's *lower bound* to the block: every key
 //! in a block is at least its bound and below the next block's bound. A
 //! change to a key below every bound goes to a block of bound `""` (made
-//! when there is none; a block left empty is removed). A block is a sequence of entries in strictly ascending key
-//! order, each a varint key length, the key (UTF-8), a varint row length
-//! and the row ([`crate::rows::encode_record`]).
+//! when there is none; a block left empty is removed). A block is a
+//! sequence of entries in strictly ascending key order, each a varint key
+//! length, the key (UTF-8), a varint row length and the row
+//! ([`crate::rows::encode_record`]).
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -99,26 +100,29 @@ pub(crate) fn decode(mut block: &[u8]) -> Option<Vec<(&str, &[u8])>> {
     Some(out)
 }
 
-/// `entries` (in order) cut into blocks of at most [`BLOCK_MAX`] bytes:
-/// filled one after the other when `appended` (the overflow came from keys
-/// added past the block's end), else of even sizes.
-fn cut(entries: &[(&str, &[u8])], appended: bool) -> Vec<Vec<u8>> {
+/// `entries` (in order) cut into blocks of at most [`BLOCK_MAX`] bytes,
+/// each with its first key: filled one after the other when `appended`
+/// (the overflow came from keys added past the block's end), else of even
+/// sizes.
+fn cut<'a>(entries: &[(&'a str, &[u8])], appended: bool) -> Vec<(&'a str, Vec<u8>)> {
     let total: usize = entries.iter().map(|(k, r)| entry_len(k, r)).sum();
     let target = if appended || total <= BLOCK_MAX {
         BLOCK_MAX
     } else {
         total.div_ceil(total.div_ceil(BLOCK_MAX))
     };
-    let mut blocks = Vec::new();
-    let mut block = Vec::new();
-    for (k, r) in entries {
-        if !block.is_empty() && block.len() + entry_len(k, r) > target {
-            blocks.push(std::mem::take(&mut block));
+    let mut blocks: Vec<(&str, Vec<u8>)> = Vec::new();
+    for &(k, r) in entries {
+        match blocks.last_mut() {
+            Some((_, block)) if block.len() + entry_len(k, r) <= target => {
+                put_entry(block, k, r);
+            }
+            _ => {
+                let mut block = Vec::new();
+                put_entry(&mut block, k, r);
+                blocks.push((k, block));
+            }
         }
-        put_entry(&mut block, k, r);
-    }
-    if !block.is_empty() {
-        blocks.push(block);
     }
     blocks
 }
@@ -140,17 +144,15 @@ pub(crate) fn apply(
     let mut pending = changes.iter().peekable();
     while let Some(&(first, _)) = pending.peek() {
         // The block of `first`, and the bound of the next one.
-        let (bound, bytes) = match table
+        let found = table
             .range::<&str>(..=first.as_str())
             .map_err(text)?
             .next_back()
-        {
-            Some(found) => {
-                let (k, v) = found.map_err(text)?;
-                (k.value().to_owned(), v.value().to_vec())
-            }
-            None => (String::new(), Vec::new()),
-        };
+            .transpose()
+            .map_err(text)?
+            .map(|(k, v)| (k.value().to_owned(), v.value().to_vec()));
+        let existed = found.is_some();
+        let (bound, bytes) = found.unwrap_or_default();
         let next = table
             .range::<&str>((Bound::Excluded(bound.as_str()), Bound::Unbounded))
             .map_err(text)?
@@ -173,27 +175,17 @@ pub(crate) fn apply(
         };
         let merged = merge(&old, &mine);
         let blocks = cut(&merged, appended);
-        if blocks.is_empty() && !bytes.is_empty() {
+        if blocks.is_empty() && existed {
             table.remove(bound.as_str()).map_err(text)?;
         }
-        for (i, block) in blocks.iter().enumerate() {
+        for (i, (first, block)) in blocks.iter().enumerate() {
             // The first block keeps the bound; the others start at their
             // first key (at least the bound, below the next one).
-            let key = match i {
-                0 => bound.as_str(),
-                _ => first_key(block),
-            };
+            let key = if i == 0 { bound.as_str() } else { first };
             table.insert(key, block.as_slice()).map_err(text)?;
         }
     }
     Ok(())
-}
-
-/// The first key of a block [`cut`] made.
-fn first_key(block: &[u8]) -> &str {
-    take_varint(block)
-        .and_then(|(len, rest)| std::str::from_utf8(rest.get(..len)?).ok())
-        .unwrap_or_default()
 }
 
 /// Calls `f` with every entry of the blocks in `table`, in key order.
