@@ -34,9 +34,22 @@ impl OrderedKeys {
 
     /// Adds `key`; returns whether it was absent.
     pub(crate) fn insert(&mut self, key: Arc<str>) -> bool {
-        if self.blocks.is_empty() {
-            self.blocks.push(vec![key]);
-            return true;
+        // Past the last key (keys loaded or streamed in order): one
+        // comparison, no search.
+        match self.blocks.last_mut() {
+            None => {
+                self.blocks.push(vec![key]);
+                return true;
+            }
+            Some(block) if last(block) < &*key => {
+                if block.len() < BLOCK {
+                    block.push(key);
+                } else {
+                    self.blocks.push(vec![key]);
+                }
+                return true;
+            }
+            Some(_) => {}
         }
         let b = self.block_of(&key);
         let is_last = b + 1 == self.blocks.len();

@@ -132,6 +132,19 @@ impl<E> ShardMap<E> {
         }
     }
 
+    /// Makes room in the hash index for `additional` more keys, so that
+    /// inserting them does not grow it step by step (each step rehashes
+    /// every key held).
+    pub(crate) fn reserve(&mut self, additional: usize) {
+        let ShardMap {
+            chunks,
+            index,
+            hasher,
+            ..
+        } = self;
+        index.reserve(additional, |&i| hasher.hash_one(&*slot(chunks, i).0));
+    }
+
     /// Inserts `key`, which the caller just found absent (under the same
     /// write lock): no second lookup.
     pub(crate) fn insert_new(&mut self, key: Arc<str>, entry: E) {
@@ -264,6 +277,24 @@ mod tests {
         assert_eq!(keys(&s, "b\0", None), ["c", "e"]);
         assert_eq!(s.range("c", None).next().map(|(_, e)| *e), Some(2));
         assert_eq!(s.len(), 4);
+    }
+
+    /// Room reserved is room kept: inserting what was reserved for does
+    /// not grow (rehash) the index, and the keys are all found.
+    #[test]
+    fn reserved_room_takes_the_keys_without_growing() {
+        let mut s = ShardMap::default();
+        s.insert(Arc::from("first"), 0);
+        s.reserve(5_000);
+        let room = s.index.capacity();
+        assert!(room >= 5_001, "{room} slots after reserving 5,000 more");
+        for i in 0..5_000u32 {
+            s.insert_new(Arc::from(format!("k{i:05}")), i);
+        }
+        assert_eq!(s.index.capacity(), room, "the index grew");
+        assert_eq!(s.get("k04999"), Some(&4_999));
+        assert_eq!(s.get("first"), Some(&0));
+        assert_eq!(s.len(), 5_001);
     }
 
     #[test]

@@ -657,6 +657,20 @@ impl Store {
         won
     }
 
+    /// Makes room for about `additional` more keys before they are merged
+    /// (a node loading its data dir knows how many it will hold): the
+    /// shards' hash indexes are sized once rather than grown, and rehashed,
+    /// step by step. Costs only the index slots the keys would take anyway,
+    /// plus a margin for shards that get more than their share.
+    pub fn reserve_keys(&self, additional: usize) {
+        let per = additional.div_ceil(self.shards.len());
+        // Keys spread over shards by hash: allow four standard deviations.
+        let per = per + 4 * per.isqrt();
+        for shard in self.shards.iter() {
+            shard.write().reserve(per);
+        }
+    }
+
     /// Merges `records` as [`Store::merge`] would one after the other, and
     /// returns whether each won. Consecutive records of one origin (a push,
     /// a delta's chunk) share one lookup and one lock of that origin.
