@@ -123,6 +123,7 @@ pub(crate) const REQUIRED_KEYS: &[&str] = &[
     "restart_ms_1m",
     "disk_bytes_per_key_1m",
     "disk_bytes_per_key_shuffled_1m",
+    "disk_file_len_per_key_1m",
     "ttl_expiry_late_ms_max",
     "ttl_expiry_extra_datagrams",
     "ttl_gossip_bytes_per_key_s",

@@ -83,6 +83,7 @@ fn main() -> Result<()> {
         Command::MemoryProbe => return memory::probe(),
         Command::ServeProbe => return serve::probe(),
         Command::BudgetProbe => return budget::probe(),
+        Command::RestartProbe(dir, keys) => return durable::restart_probe(&dir, keys),
         Command::Help => {
             println!("{USAGE}");
             return Ok(());

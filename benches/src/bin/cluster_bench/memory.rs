@@ -93,9 +93,19 @@ fn memory_in_subprocess() -> Result<(f64, f64)> {
 /// Runs this executable with the hidden probe flag `flag` and returns the
 /// numbers it printed on its one line; `what` names it in errors.
 pub(crate) fn run_probe(flag: &str, what: &str) -> Result<Vec<f64>> {
+    run_probe_with(flag, &[], what)
+}
+
+/// [`run_probe`] with arguments after the flag.
+pub(crate) fn run_probe_with(
+    flag: &str,
+    args: &[&std::ffi::OsStr],
+    what: &str,
+) -> Result<Vec<f64>> {
     let exe = std::env::current_exe().context("cannot find this executable")?;
     let output = std::process::Command::new(&exe)
         .arg(flag)
+        .args(args)
         .output()
         .with_context(|| format!("cannot run {}", exe.display()))?;
     let stdout = String::from_utf8_lossy(&output.stdout);

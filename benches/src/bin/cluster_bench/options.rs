@@ -37,6 +37,11 @@ pub(crate) const BUDGET_PROBE: &str = "--budget-probe";
 /// print it, nothing else (see [`crate::serve`]).
 pub(crate) const SERVE_PROBE: &str = "--serve-probe";
 
+/// Hidden flag, followed by a data dir and a key count: start a node from
+/// that data dir, time it until it serves reads, and print the time in
+/// milliseconds (see [`crate::durable`]: a restart is a new process).
+pub(crate) const RESTART_PROBE: &str = "--restart-probe";
+
 /// One-line usage, printed by `--help` and after argument errors.
 pub(crate) const USAGE: &str =
     "usage: cluster_bench --out FILE [--quick] [--svg FILE] [--only SCENARIO,...]";
@@ -53,6 +58,9 @@ pub(crate) enum Command {
     ServeProbe,
     /// Run the budget probe (see [`BUDGET_PROBE`]).
     BudgetProbe,
+    /// Run the restart probe (see [`RESTART_PROBE`]) on this data dir,
+    /// which holds this many keys.
+    RestartProbe(PathBuf, usize),
     /// Print [`USAGE`].
     Help,
 }
@@ -139,6 +147,11 @@ pub(crate) fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Comma
             MEMORY_PROBE => return Ok(Command::MemoryProbe),
             SERVE_PROBE => return Ok(Command::ServeProbe),
             BUDGET_PROBE => return Ok(Command::BudgetProbe),
+            RESTART_PROBE => {
+                let dir = PathBuf::from(args.next().context(USAGE)?);
+                let keys = args.next().context(USAGE)?.parse().context(USAGE)?;
+                return Ok(Command::RestartProbe(dir, keys));
+            }
             "--only" => {
                 for name in args.next().context(USAGE)?.split(',') {
                     ensure!(
