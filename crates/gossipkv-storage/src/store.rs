@@ -652,7 +652,10 @@ impl Store {
     pub fn merge(&self, record: Record) -> bool {
         self.clock.observe(record.version.hlc);
         let (oid, log) = self.intern(&record.version.origin());
-        let won = self.merge_locked(&mut log.lock(), oid, record);
+        let mut log = log.lock();
+        let (won, write) = self.merge_locked(&mut log, oid, record);
+        log.index_writes(write);
+        drop(log);
         self.after_merge();
         won
     }
@@ -691,19 +694,39 @@ impl Store {
             }
             let (oid, log) = self.intern(&origin);
             let mut log = log.lock();
+            // Their index entries go in together, in sequence order: a
+            // run of records in key order (a page, a stream, a data dir
+            // loaded) has its sequence numbers in no order, and putting
+            // them one by one would search the index for each.
+            let mut writes = Vec::with_capacity(run.len());
             for r in run {
-                won.push(self.merge_locked(&mut log, oid, r));
+                let (w, write) = self.merge_locked(&mut log, oid, r);
+                won.push(w);
+                writes.extend(write);
             }
+            // Stable: of two writes with one number, the first stays first.
+            writes.sort_by_key(|(seq, _)| *seq);
+            log.index_writes(writes);
         }
         self.after_merge();
         won
     }
 
     /// [`Store::merge`] once the record's origin is interned as `oid`, its
-    /// log locked and its timestamp observed.
-    fn merge_locked(&self, log: &mut OriginLog, oid: u32, record: Record) -> bool {
+    /// log locked and its timestamp observed. Returns whether it won, and
+    /// the write's index entry, for [`OriginLog::index_writes`] (a batch
+    /// indexes its writes together: deferring them changes nothing here,
+    /// as the watermark only passes a sequence number once it is indexed,
+    /// so no record is found covered because of an entry of its own batch
+    /// but a copy of itself, whose key is then held).
+    fn merge_locked(
+        &self,
+        log: &mut OriginLog,
+        oid: u32,
+        record: Record,
+    ) -> (bool, Option<(u64, IndexEntry)>) {
         if log.is_retired() {
-            return self.refuse_retired();
+            return (self.refuse_retired(), None);
         }
         let Record {
             key,
@@ -751,27 +774,14 @@ impl Store {
                 }
             }
         };
-        if version.seq > log.floor {
-            log.index.insert_if_absent(
-                version.seq,
-                IndexEntry {
-                    key,
-                    hlc: version.hlc,
-                },
-            );
-        }
-        // Every indexed write of this origin is held (or something newer for
-        // its key is), so contiguous arrivals (eager pushes) raise the
-        // watermark without waiting for anti-entropy.
-        // (Checked: a forged chunk may have put the watermark at the end of
-        // the sequence space.)
-        while let Some(next) = log.watermark.checked_add(1) {
-            if !log.index.contains(next) {
-                break;
-            }
-            log.watermark = next;
-        }
-        won
+        let write = (version.seq > log.floor).then(|| {
+            let entry = IndexEntry {
+                key,
+                hlc: version.hlc,
+            };
+            (version.seq, entry)
+        });
+        (won, write)
     }
 
     /// The local watermark of every known origin (a complete digest).
@@ -1337,16 +1347,18 @@ impl Store {
     pub fn apply_page_skipping(&self, page: &Page, skipped: &BTreeSet<Arc<str>>) -> ApplyStats {
         let mut stats = ApplyStats::default();
         let in_page: HashSet<&str> = page.records.iter().map(|r| &*r.key).collect();
-        for r in &page.records {
-            if skipped.contains(&r.key) {
-                continue;
-            }
-            if self.merge(r.clone()) {
-                stats.won += 1;
-            } else {
-                stats.lost += 1;
-            }
-        }
+        let taken = page.records.iter().filter(|r| !skipped.contains(&r.key));
+        let won: Vec<bool> = if self.budget.is_none() {
+            // In one batch: a page's records come in key order, their
+            // sequence numbers in none, and a batch indexes them in order.
+            self.merge_batch(taken.cloned().collect())
+        } else {
+            // One at a time, so that a budget is enforced after each.
+            taken.map(|r| self.merge(r.clone())).collect()
+        };
+        let n = won.iter().filter(|w| **w).count();
+        stats.won += n;
+        stats.lost += won.len() - n;
         let origins: Vec<Origin> = self.origins.read().origins.clone();
         let mut collected: Vec<(u32, u64)> = Vec::new();
         for shard in self.shards.iter() {
@@ -1500,6 +1512,30 @@ impl Store {
 }
 
 impl OriginLog {
+    /// Indexes merged writes, given in sequence order (each unless its
+    /// sequence number already has an entry; of two for one number, the
+    /// first), then raises the watermark over the indexed numbers that
+    /// follow it: every indexed write of this origin is held (or something
+    /// newer for its key is), so contiguous arrivals (eager pushes) raise
+    /// it without waiting for anti-entropy. In order, writes past the
+    /// index's last number are appended without a search.
+    fn index_writes(&mut self, writes: impl IntoIterator<Item = (u64, IndexEntry)>) {
+        let mut last = None;
+        for (seq, entry) in writes {
+            if last.replace(seq) != Some(seq) {
+                self.index.insert_if_absent(seq, entry);
+            }
+        }
+        // (Checked: a forged chunk may have put the watermark at the end
+        // of the sequence space.)
+        while let Some(next) = self.watermark.checked_add(1) {
+            if !self.index.contains(next) {
+                break;
+            }
+            self.watermark = next;
+        }
+    }
+
     /// Indexes local write `seq` (the next one) and raises the watermark
     /// over it.
     fn append(&mut self, seq: u64, key: Arc<str>, hlc: Hlc) {

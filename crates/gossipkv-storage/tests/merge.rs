@@ -355,4 +355,33 @@ proptest! {
         prop_assert_eq!(batched_store.digest().fingerprint(), one.digest().fingerprint());
         prop_assert_eq!(batched_store.clock().last(), one.clock().last());
     }
+
+    /// A batch indexes its writes together, in sequence order, after
+    /// merging them: with records in no order and repeated (a page or a
+    /// stream comes in key order), it still wins and loses as single
+    /// records do, raises the watermarks as far, and offers a peer the
+    /// same delta (the same writes and ghosts).
+    #[test]
+    fn batches_in_no_order_and_repeated_index_like_single_records(
+        recs in records(60).prop_shuffle(),
+        repeats in proptest::collection::vec(any::<Index>(), 0..12),
+        at in any::<Index>(),
+    ) {
+        let mut all = recs.clone();
+        for i in &repeats {
+            let r = recs[i.index(recs.len())].clone();
+            all.insert(at.index(all.len() + 1), r);
+        }
+        let one = local_store();
+        let single: Vec<bool> = all.iter().map(|r| one.merge(r.clone())).collect();
+        let batched_store = local_store();
+        prop_assert_eq!(batched_store.merge_batch(all), single);
+        prop_assert_eq!(batched_store.records(), one.records());
+        prop_assert_eq!(batched_store.digest(), one.digest());
+        let peer = local_store().digest();
+        prop_assert_eq!(
+            batched_store.delta_for(&peer, 1 << 20, 0),
+            one.delta_for(&peer, 1 << 20, 0)
+        );
+    }
 }
