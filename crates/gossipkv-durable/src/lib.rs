@@ -22,7 +22,8 @@
 //! (up to 16 KiB each), which fill redb's pages where a row per key left
 //! them a half to two thirds full. Small batches go to a write-ahead log
 //! table that [`DataDir::checkpoint`] (and every open) folds into the
-//! records.
+//! records. A file that takes well more disk than its data is rewritten,
+//! its records repacked, by [`DataDir::compact_if_bloated`].
 //!
 //! ```
 //! use gossipkv_durable::{DataDir, Identity};
@@ -53,9 +54,13 @@ mod rows;
 /// The name of the database file inside the data directory.
 pub const FILE_NAME: &str = "gossipkv.redb";
 
-/// How many times its live bytes the file may grow before
+/// How many times its live bytes the file may take on disk before
 /// [`DataDir::compact_if_bloated`] compacts it.
-pub const BLOAT_FACTOR: u64 = 4;
+pub const BLOAT_FACTOR: u64 = 2;
+
+/// The name of the copy [`DataDir::compact_if_bloated`] writes before
+/// renaming it over [`FILE_NAME`].
+pub const COMPACTING_NAME: &str = "gossipkv.redb.compacting";
 
 /// Files smaller than this are never compacted.
 pub const BLOAT_MIN_BYTES: u64 = 4 << 20;
@@ -232,6 +237,8 @@ pub struct Loaded {
 pub struct DataDir {
     db: Database,
     file: PathBuf,
+    /// Whether `db` is the file `file` (not a test backend).
+    on_disk: bool,
     meta: Meta,
     /// The next log sequence number (the log is empty after an open).
     next_log: u64,
@@ -261,7 +268,10 @@ impl DataDir {
         })?;
         let file = dir.join(FILE_NAME);
         let db = Database::create(&file).map_err(|e| open_error(&file, e))?;
-        Self::from_db(db, file, id)
+        // The file is ours (redb locks it): a copy left by a compaction
+        // that did not finish is of no use.
+        let _ = std::fs::remove_file(dir.join(COMPACTING_NAME));
+        Self::from_db(db, file, true, id)
     }
 
     /// Opens a data directory kept by `backend` instead of a file (for
@@ -278,11 +288,16 @@ impl DataDir {
         let db = redb::Builder::new()
             .create_with_backend(backend)
             .map_err(|e| open_error(name, e))?;
-        Self::from_db(db, name.to_path_buf(), id)
+        Self::from_db(db, name.to_path_buf(), false, id)
     }
 
     /// Checks or creates the meta rows of an opened database.
-    fn from_db(db: Database, file: PathBuf, id: &Identity) -> Result<DataDir, OpenError> {
+    fn from_db(
+        db: Database,
+        file: PathBuf,
+        on_disk: bool,
+        id: &Identity,
+    ) -> Result<DataDir, OpenError> {
         let corrupt = |e: &dyn std::fmt::Display| OpenError::Corrupt {
             path: file.clone(),
             message: e.to_string(),
@@ -304,6 +319,7 @@ impl DataDir {
         let mut data = DataDir {
             db,
             file,
+            on_disk,
             meta,
             next_log: 0,
         };
@@ -417,7 +433,6 @@ impl DataDir {
     /// ended cleanly).
     pub fn stop_clean(mut self, hlc_ceiling: u64, incarnation: u64) -> Result<(), WriteError> {
         self.checkpoint()?;
-        self.compact_if_bloated()?;
         let ceiling = hlc_ceiling.max(self.meta.hlc_ceiling);
         self.put(&[
             (HLC_CEILING, &ceiling.to_le_bytes()),
@@ -573,35 +588,79 @@ impl DataDir {
         Ok(())
     }
 
-    /// Compacts the file when it has grown well past the data it holds:
-    /// more than [`BLOAT_FACTOR`] times the bytes of its rows and their
-    /// index, and at least [`BLOAT_MIN_BYTES`]. Space freed by overwrites
-    /// and removals is reused by later commits, so the file grows past the
-    /// live data only after the data shrinks or churns a lot (a file
-    /// written once takes up to twice its pages: redb grows it by
-    /// doubling); a clean stop
-    /// ([`stop_clean`](Self::stop_clean)) checks. Returns whether it
-    /// compacted.
+    /// Compacts the file when it takes well more disk than the data it
+    /// holds: more than [`BLOAT_FACTOR`] times the bytes of its rows and
+    /// their index, and at least [`BLOAT_MIN_BYTES`]. The file grows past
+    /// its data when records are written in no particular order (blocks
+    /// split, and each commit copies the pages it changes, whose old
+    /// copies stay in the file as free pages for later commits) or after
+    /// much is removed; redb's own compaction can only move pages into
+    /// free space of their size, which leaves such a file about twice its
+    /// data. So this rewrites it: every table is copied into a new file
+    /// beside it, the records in full blocks as keys written in order
+    /// would be, and the new file is renamed over the old one once
+    /// committed. The directory stays locked throughout (the new file is
+    /// open, and locked, before the rename); a crash before the rename
+    /// leaves the old file as it was (and the partial copy, removed by the
+    /// next [`open`](Self::open)). Needs free disk space for the copy.
+    /// The facade calls it on a clean stop. Returns whether it compacted.
     ///
     /// # Errors
-    /// [`WriteError`] when reading the statistics or compacting fails (the
-    /// file stays valid: redb compacts with two-phase commits).
+    /// [`WriteError`] when reading the statistics or writing the copy
+    /// fails; the directory is then as it was, and this handle usable.
     pub fn compact_if_bloated(&mut self) -> Result<bool, WriteError> {
+        self.checkpoint()?;
+        let file = self.file.clone();
         let err = |e: &dyn std::fmt::Display| WriteError {
-            path: self.file.clone(),
+            path: file.clone(),
             message: e.to_string(),
         };
-        let len = std::fs::metadata(&self.file).map_err(|e| err(&e))?.len();
+        let Some(dir) = file.parent().filter(|_| self.on_disk) else {
+            return Ok(false);
+        };
+        let used = disk_bytes(&file).map_err(|e| err(&e))?;
         let live = {
             let tx = self.db.begin_write().map_err(|e| err(&e))?;
             let stats = tx.stats().map_err(|e| err(&e))?;
             tx.abort().map_err(|e| err(&e))?;
             stats.stored_bytes() + stats.metadata_bytes()
         };
-        if len < BLOAT_MIN_BYTES || len <= live.saturating_mul(BLOAT_FACTOR) {
+        if used < BLOAT_MIN_BYTES || used <= live.saturating_mul(BLOAT_FACTOR) {
             return Ok(false);
         }
-        self.db.compact().map_err(|e| err(&e))
+        let copy = dir.join(COMPACTING_NAME);
+        match self.copy_to(&copy) {
+            Ok(db) => {
+                std::fs::rename(&copy, &file)
+                    .and_then(|()| std::fs::File::open(dir)?.sync_all())
+                    .map_err(|e| err(&e))?;
+                // The old file, renamed over, goes with its handle.
+                self.db = db;
+                Ok(true)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&copy);
+                Err(err(&e))
+            }
+        }
+    }
+
+    /// A new database at `path` holding what this one holds, the records
+    /// repacked ([`blocks::repack`]), committed.
+    fn copy_to(&self, path: &Path) -> Result<Database, String> {
+        let _ = std::fs::remove_file(path);
+        let db = Database::create(path).map_err(text)?;
+        let from = self.db.begin_read().map_err(text)?;
+        let tx = db.begin_write().map_err(text)?;
+        copy_table(&from, &tx, META)?;
+        copy_table(&from, &tx, MARKS)?;
+        tx.commit().map_err(text)?;
+        match from.open_table(blocks::BLOCKS) {
+            Ok(table) => blocks::repack(&table, &db)?,
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(text(e)),
+        }
+        Ok(db)
     }
 
     /// Writes meta rows in one transaction.
@@ -731,6 +790,42 @@ fn check_meta(file: &Path, rows: &Rows, id: &Identity) -> Result<Meta, OpenError
 }
 
 /// An error of `Database::create`, as an [`OpenError`].
+/// Copies every row of `table` from `from` to `to`.
+fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    from: &redb::ReadTransaction,
+    to: &redb::WriteTransaction,
+    table: TableDefinition<K, V>,
+) -> Result<(), String> {
+    let source = match from.open_table(table) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(e) => return Err(text(e)),
+    };
+    let mut target = to.open_table(table).map_err(text)?;
+    for row in source.iter().map_err(text)? {
+        let (k, v) = row.map_err(text)?;
+        target.insert(k.value(), v.value()).map_err(text)?;
+    }
+    Ok(())
+}
+
+/// The bytes `file` takes on disk: its allocated blocks (redb extends a
+/// file ahead of the pages it uses, and the part never written takes no
+/// space on file systems with sparse files), or its length where the
+/// platform does not tell.
+fn disk_bytes(file: &Path) -> std::io::Result<u64> {
+    let meta = std::fs::metadata(file)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Ok(meta.blocks().saturating_mul(512))
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(meta.len())
+    }
+}
+
 fn open_error(file: &Path, e: DatabaseError) -> OpenError {
     let path = file.to_path_buf();
     match e {

@@ -547,3 +547,73 @@ fn a_key_past_the_next_blocks_bound_is_corruption() {
         );
     }
 }
+
+/// Bytes a file takes on disk (its allocated blocks).
+fn on_disk(file: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(file).unwrap().blocks() * 512
+}
+
+/// Records written in no order leave the file taking several times their
+/// bytes on disk (blocks split, and every commit leaves the old copies of
+/// the pages it changed as free pages): compacting rewrites it with full
+/// blocks and keeps every record, mark and meta row. A compaction that
+/// cannot write its copy fails and leaves the directory as it was; a copy
+/// left by a compaction that did not finish is removed at the next open.
+#[test]
+fn a_file_written_in_no_order_is_compacted_and_keeps_everything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join(FILE_NAME);
+    let copy = tmp.path().join(gossipkv_durable::COMPACTING_NAME);
+    let mut data = DataDir::open(tmp.path(), &me()).unwrap();
+    data.start(9).unwrap();
+    let value = [3u8; 100];
+    for b in 0..40u64 {
+        let records = (0..1000)
+            .map(|i| {
+                let seq = b * 1000 + i + 1;
+                // Spread over the key space, as an application's ids are.
+                let n = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 16;
+                record(&format!("key-{n:012x}"), Some(&value), "node-a", 9, seq)
+            })
+            .collect();
+        data.persist(&Batch {
+            records,
+            marks: vec![(Origin::new("node-a", 9), (b + 1) * 1000, 0)],
+            ..Batch::default()
+        })
+        .unwrap();
+    }
+    let before = data.load().unwrap();
+    assert_eq!(before.records.len(), 40_000);
+    let data_bytes = 40_000 * (16 + 100);
+    let bloated = on_disk(&file);
+    assert!(bloated > 3 * data_bytes, "{bloated} bytes on disk");
+
+    // The copy cannot be created (a directory is in its way).
+    std::fs::create_dir(&copy).unwrap();
+    assert!(data.compact_if_bloated().is_err());
+    assert_eq!(data.load().unwrap().records, before.records);
+    std::fs::remove_dir(&copy).unwrap();
+
+    assert!(data.compact_if_bloated().unwrap());
+    let compacted = on_disk(&file);
+    assert!(
+        compacted < 2 * data_bytes,
+        "{bloated} bytes on disk before, {compacted} after"
+    );
+    assert!(!copy.exists());
+    let after = data.load().unwrap();
+    assert_eq!(after.records, before.records);
+    assert_eq!(after.marks, before.marks);
+    assert!(!data.compact_if_bloated().unwrap(), "nothing left to gain");
+    data.stop_clean(7, 3).unwrap();
+
+    std::fs::write(&copy, b"left by a crash").unwrap();
+    let data = DataDir::open(tmp.path(), &me()).unwrap();
+    assert!(!copy.exists(), "a stale copy is removed");
+    assert_eq!(data.meta().generation, 9);
+    assert!(data.meta().clean);
+    assert_eq!(data.meta().hlc_ceiling, 7);
+    assert_eq!(data.load().unwrap().records, before.records);
+}

@@ -238,6 +238,24 @@ pub(crate) fn open(
     })
 }
 
+/// Compacts the data dir when its file takes well more disk than its
+/// data ([`DataDir::compact_if_bloated`]); a compaction that fails leaves
+/// the file as it was and is only reported.
+fn compact(data: &mut DataDir) {
+    let t0 = Instant::now();
+    match data.compact_if_bloated() {
+        Ok(true) => info!(
+            file = %data.file().display(),
+            bytes = std::fs::metadata(data.file()).map_or(0, |m| m.len()),
+            elapsed_ms = t0.elapsed().as_millis() as u64,
+            "data dir compacted"
+        ),
+        Ok(false) => {}
+        Err(e) => warn!(file = %data.file().display(), error = %e.message,
+            "cannot compact the data dir (it is kept as it was)"),
+    }
+}
+
 /// Refuses a directory whose stored timestamps lead this node's wall clock
 /// by more than the clock drift allows (`clock_limit_ms`: now plus
 /// `max_clock_drift`): loading them would move the clock there, as a
@@ -529,11 +547,14 @@ impl Persister {
             .upgrade()
             .map_or(0, |s| s.clock().last().as_u64());
         match (guard.take(), ok) {
-            (Some(data), true) => match data.stop_clean(ceiling, incarnation) {
-                Ok(()) => debug!(file = %self.file.display(), "data dir closed cleanly"),
-                Err(e) => error!(file = %self.file.display(), error = %e.message,
-                    "cannot record the clean stop: the next start takes a new generation"),
-            },
+            (Some(mut data), true) => {
+                compact(&mut data);
+                match data.stop_clean(ceiling, incarnation) {
+                    Ok(()) => debug!(file = %self.file.display(), "data dir closed cleanly"),
+                    Err(e) => error!(file = %self.file.display(), error = %e.message,
+                        "cannot record the clean stop: the next start takes a new generation"),
+                }
+            }
             (Some(_), false) => error!(file = %self.file.display(),
                 "last commit failed: the next start takes a new generation"),
             (None, _) => {}
