@@ -606,8 +606,11 @@ impl DataDir {
     /// The facade calls it on a clean stop. Returns whether it compacted.
     ///
     /// # Errors
-    /// [`WriteError`] when reading the statistics or writing the copy
-    /// fails; the directory is then as it was, and this handle usable.
+    /// [`WriteError`] when reading the statistics, writing the copy or
+    /// renaming it fails (the directory is then as it was, and this handle
+    /// usable), or when syncing the directory after the rename fails (the
+    /// handle is then on the new file, whose name a power loss may give
+    /// back to the old one).
     pub fn compact_if_bloated(&mut self) -> Result<bool, WriteError> {
         self.checkpoint()?;
         let file = self.file.clone();
@@ -629,20 +632,27 @@ impl DataDir {
             return Ok(false);
         }
         let copy = dir.join(COMPACTING_NAME);
-        match self.copy_to(&copy) {
-            Ok(db) => {
-                std::fs::rename(&copy, &file)
-                    .and_then(|()| std::fs::File::open(dir)?.sync_all())
-                    .map_err(|e| err(&e))?;
-                // The old file, renamed over, goes with its handle.
-                self.db = db;
-                Ok(true)
-            }
+        let db = match self.copy_to(&copy) {
+            Ok(db) => db,
             Err(e) => {
                 let _ = std::fs::remove_file(&copy);
-                Err(err(&e))
+                return Err(err(&e));
             }
+        };
+        if let Err(e) = std::fs::rename(&copy, &file) {
+            drop(db);
+            let _ = std::fs::remove_file(&copy);
+            return Err(err(&e));
         }
+        // The file is the copy from here on, whatever follows: the old
+        // one, renamed over, goes with its handle.
+        self.db = db;
+        // Until the directory is synced, a power loss may bring the old
+        // file back, without what is written to the new one after this.
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| err(&e))?;
+        Ok(true)
     }
 
     /// A new database at `path` holding what this one holds, the records

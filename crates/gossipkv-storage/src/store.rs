@@ -679,6 +679,13 @@ impl Store {
     /// a delta's chunk) share one lookup and one lock of that origin.
     pub fn merge_batch(&self, records: Vec<Record>) -> Vec<bool> {
         let mut won = Vec::with_capacity(records.len());
+        // The batch's index entries go in at its end, each origin's in
+        // sequence order: records in key order (a page, a stream, a data
+        // dir loaded) come from origins interleaved and have sequence
+        // numbers in no order, and putting them one by one would search
+        // the index for each.
+        let mut writes: Vec<(u32, u64, IndexEntry)> = Vec::with_capacity(records.len());
+        let mut logs = Vec::new();
         let mut rest = records.into_iter().peekable();
         while let Some(first) = rest.next() {
             let origin = first.version.origin();
@@ -693,20 +700,25 @@ impl Store {
                 self.clock.observe(newest);
             }
             let (oid, log) = self.intern(&origin);
-            let mut log = log.lock();
-            // Their index entries go in together, in sequence order: a
-            // run of records in key order (a page, a stream, a data dir
-            // loaded) has its sequence numbers in no order, and putting
-            // them one by one would search the index for each.
-            let mut writes = Vec::with_capacity(run.len());
-            for r in run {
-                let (w, write) = self.merge_locked(&mut log, oid, r);
-                won.push(w);
-                writes.extend(write);
+            {
+                let mut log = log.lock();
+                for r in run {
+                    let (w, write) = self.merge_locked(&mut log, oid, r);
+                    won.push(w);
+                    writes.extend(write.map(|(seq, entry)| (oid, seq, entry)));
+                }
             }
-            // Stable: of two writes with one number, the first stays first.
-            writes.sort_by_key(|(seq, _)| *seq);
-            log.index_writes(writes);
+            logs.push((oid, log));
+        }
+        // Stable: of two writes with one number, the first stays first.
+        writes.sort_by_key(|(oid, seq, _)| (*oid, *seq));
+        logs.sort_by_key(|(oid, _)| *oid);
+        logs.dedup_by_key(|(oid, _)| *oid);
+        let mut writes = writes.into_iter().peekable();
+        for (oid, log) in logs {
+            let mine = std::iter::from_fn(|| writes.next_if(|(o, _, _)| *o == oid));
+            log.lock()
+                .index_writes(mine.map(|(_, seq, entry)| (seq, entry)));
         }
         self.after_merge();
         won
@@ -715,10 +727,9 @@ impl Store {
     /// [`Store::merge`] once the record's origin is interned as `oid`, its
     /// log locked and its timestamp observed. Returns whether it won, and
     /// the write's index entry, for [`OriginLog::index_writes`] (a batch
-    /// indexes its writes together: deferring them changes nothing here,
-    /// as the watermark only passes a sequence number once it is indexed,
-    /// so no record is found covered because of an entry of its own batch
-    /// but a copy of itself, whose key is then held).
+    /// indexes its writes at its end, and raises the watermark then: a
+    /// record of a key not held is refused when its write is already
+    /// indexed, whether or not the watermark has passed it yet).
     fn merge_locked(
         &self,
         log: &mut OriginLog,
@@ -763,7 +774,12 @@ impl Store {
                         (false, k)
                     }
                 }
-                None if covered => (false, key),
+                // Covered, or this very write was indexed here before and
+                // its key has gone since (a newer tombstone that was
+                // collected, a page that dropped it): taking it again would
+                // bring a deleted key back. (The index check also holds
+                // mid-batch, where the watermark is raised only at the end.)
+                None if covered || log.index.contains(version.seq) => (false, key),
                 None => {
                     self.changed(key.len(), None, Some(len(&incoming)));
                     self.won(&incoming);

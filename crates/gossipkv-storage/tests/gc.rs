@@ -828,3 +828,38 @@ fn superseded_writes_are_collected_up_to_a_bound() {
     assert_identical(&[("a", &a), ("b", &b), ("c", &c)]);
     check_all(&o, &[("a", &a), ("b", &b), ("c", &c)]);
 }
+
+/// A write indexed here whose key was deleted since (by a newer tombstone,
+/// then collected) is refused when it comes again: alone, one record at a
+/// time after a write that fills the gap below it, or in one batch with
+/// that write (a batch raises the watermark only at its end).
+#[test]
+fn a_write_whose_key_was_deleted_and_collected_does_not_come_back() {
+    let o = Store::new(Origin::new("o", 1));
+    let p = Store::new(Origin::new("p", 1));
+    let j = o.write("j", Some(val("1")), 1_000);
+    let k = o.write("k", Some(val("2")), 1_001);
+    let kill = p.write("k", None, 2_000);
+    for how in ["alone", "singly", "batched"] {
+        let s = Store::new(Origin::new("s", 1));
+        // O's second write arrives before its first: O's watermark stays 0.
+        assert!(s.merge(k.clone()));
+        assert!(s.merge(kill.clone()));
+        assert_eq!(s.collect_garbage(2_001 + R, R).tombstones, 1, "{how}");
+        assert!(s.get_record("k").is_none(), "{how}: collected");
+        let won = match how {
+            "alone" => vec![s.merge(k.clone())],
+            "singly" => vec![s.merge(j.clone()), s.merge(k.clone())],
+            _ => s.merge_batch(vec![j.clone(), k.clone()]),
+        };
+        assert_eq!(won.last(), Some(&false), "{how}");
+        assert!(
+            s.get_record("k").is_none(),
+            "{how}: the deleted key came back"
+        );
+        if how != "alone" {
+            assert_eq!(s.get("j"), Some(val("1")), "{how}");
+            assert_eq!(s.watermark(&Origin::new("o", 1)), 2, "{how}");
+        }
+    }
+}
