@@ -124,6 +124,7 @@ pub(crate) const REQUIRED_KEYS: &[&str] = &[
     "disk_bytes_per_key_1m",
     "disk_bytes_per_key_shuffled_1m",
     "disk_file_len_per_key_1m",
+    "restart_ms_shuffled_1m",
     "ttl_expiry_late_ms_max",
     "ttl_expiry_extra_datagrams",
     "ttl_gossip_bytes_per_key_s",

@@ -242,16 +242,9 @@ async fn restart(report: &mut Report, dir: &Path, keys: usize, t0: Instant) -> R
     // A restart is a new process: time it in one (this process's
     // allocator still holds the pieces of the node just dropped), and
     // again in this process, for comparison.
-    let ms = match run_probe_with(
-        RESTART_PROBE,
-        &[dir.as_os_str(), keys.to_string().as_ref()],
-        "restart",
-    )?[..]
-    {
-        [ms] => ms,
-        ref other => anyhow::bail!("restart probe printed {other:?}"),
-    };
-    let in_process = timed_restart(dir, keys).await?;
+    let last = key(0, keys - 1);
+    let ms = restart_in_new_process(dir, keys, &last)?;
+    let in_process = timed_restart(dir, keys, &last).await?;
     progress(
         t0,
         format!(
@@ -268,25 +261,44 @@ async fn restart(report: &mut Report, dir: &Path, keys: usize, t0: Instant) -> R
     report.put(format!("restart_in_process_ms_{suffix}"), in_process);
     report.put(format!("disk_bytes_per_key_{suffix}"), per_key(held));
     report.put(format!("disk_file_len_per_key_{suffix}"), per_key(len));
-    let (len, held) = shuffled_fill(&dir.with_extension("shuffled"), keys).await?;
+    let shuffled = dir.with_extension("shuffled");
+    let (len, held, count, last) = shuffled_fill(&shuffled, keys).await?;
+    let ms = restart_in_new_process(&shuffled, count, &last)?;
     progress(
         t0,
         format!(
-            "durable: {keys} keys written in no order: file {held:.2}x key+value on disk ({len:.2}x long)"
+            "durable: {keys} keys written in no order: file {held:.2}x key+value on disk ({len:.2}x long); \
+             restart {ms:.0} ms until reads are served"
         ),
     );
     report.put(format!("disk_bytes_per_key_shuffled_{suffix}"), held);
     report.put(format!("disk_file_len_per_key_shuffled_{suffix}"), len);
+    report.put(format!("restart_ms_shuffled_{suffix}"), ms);
     Ok(())
 }
 
-/// Starts a node from `dir` (which holds `keys` keys): milliseconds until
-/// its last key reads back, after which it checks every key is there and
-/// shuts the node down.
-async fn timed_restart(dir: &Path, keys: usize) -> Result<f64> {
+/// [`timed_restart`] in a fresh process of this binary (the restart
+/// probe).
+fn restart_in_new_process(dir: &Path, keys: usize, last: &str) -> Result<f64> {
+    let keys = keys.to_string();
+    let args = [
+        dir.as_os_str(),
+        std::ffi::OsStr::new(&keys),
+        std::ffi::OsStr::new(last),
+    ];
+    match run_probe_with(RESTART_PROBE, &args, "restart")?[..] {
+        [ms] => Ok(ms),
+        ref other => anyhow::bail!("restart probe printed {other:?}"),
+    }
+}
+
+/// Starts a node from `dir` (which holds `keys` keys, `last` among them):
+/// milliseconds until `last` reads back, after which it checks every key
+/// is there and shuts the node down.
+async fn timed_restart(dir: &Path, keys: usize, last: &str) -> Result<f64> {
     let start = Instant::now();
     let kv = node(dir, Durability::Sync).await?;
-    let last = kv.get(key(0, keys - 1))?;
+    let last = kv.get(last.to_string())?;
     let ms = start.elapsed().as_secs_f64() * 1e3;
     ensure!(last.is_some(), "the last key is missing after the restart");
     ensure!(
@@ -301,36 +313,39 @@ async fn timed_restart(dir: &Path, keys: usize) -> Result<f64> {
 /// The body of the hidden `--restart-probe DIR KEYS` run: times a restart
 /// from `dir` ([`timed_restart`]) in this fresh process and prints the
 /// milliseconds.
-pub(crate) fn restart_probe(dir: &Path, keys: usize) -> Result<()> {
+pub(crate) fn restart_probe(dir: &Path, keys: usize, last: &str) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    let ms = runtime.block_on(timed_restart(dir, keys))?;
+    let ms = runtime.block_on(timed_restart(dir, keys, last))?;
     println!("{ms}");
     Ok(())
 }
 
 /// The file's length and its bytes on disk ([`file_bytes`]) per key, over
-/// key and value bytes, of a data dir filled
+/// key and value bytes, the keys held and the last key written, of a data
+/// dir filled
 /// with about `keys` keys in no particular order (a multiplicative hash of
 /// their number: keys written in order fill redb's pages and the records'
 /// blocks better than most applications' keys do).
-async fn shuffled_fill(dir: &Path, keys: usize) -> Result<(f64, f64)> {
+async fn shuffled_fill(dir: &Path, keys: usize) -> Result<(f64, f64, usize, String)> {
     let kv = node(dir, Durability::Interval(Duration::from_millis(200))).await?;
     let value = vec![7u8; VALUE_LEN];
     let digits = 10u64.pow((KEY_LEN - 3) as u32);
+    let mut last = String::new();
     for i in 0..keys as u64 {
         let n = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % digits;
-        kv.set(key(0, n as usize), value.clone())?;
+        last = key(0, n as usize);
+        kv.set(last.clone(), value.clone())?;
     }
     let held = kv.len();
     kv.shutdown().await?;
     drop(kv);
     let (len, bytes) = file_bytes(&dir.join(gossipkv_durable::FILE_NAME))?;
     let per_key = |b: f64| b / held as f64 / (KEY_LEN + VALUE_LEN) as f64;
-    Ok((per_key(len), per_key(bytes)))
+    Ok((per_key(len), per_key(bytes), held, last))
 }
 
 /// A file's length and the bytes the disk holds for it (its allocated

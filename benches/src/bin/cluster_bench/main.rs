@@ -83,7 +83,9 @@ fn main() -> Result<()> {
         Command::MemoryProbe => return memory::probe(),
         Command::ServeProbe => return serve::probe(),
         Command::BudgetProbe => return budget::probe(),
-        Command::RestartProbe(dir, keys) => return durable::restart_probe(&dir, keys),
+        Command::RestartProbe(dir, keys, key) => {
+            return durable::restart_probe(&dir, keys, &key);
+        }
         Command::Help => {
             println!("{USAGE}");
             return Ok(());

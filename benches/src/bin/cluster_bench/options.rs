@@ -37,9 +37,10 @@ pub(crate) const BUDGET_PROBE: &str = "--budget-probe";
 /// print it, nothing else (see [`crate::serve`]).
 pub(crate) const SERVE_PROBE: &str = "--serve-probe";
 
-/// Hidden flag, followed by a data dir and a key count: start a node from
-/// that data dir, time it until it serves reads, and print the time in
-/// milliseconds (see [`crate::durable`]: a restart is a new process).
+/// Hidden flag, followed by a data dir, its key count and one of its keys:
+/// start a node from that data dir, time it until it serves that key, and
+/// print the time in milliseconds (see [`crate::durable`]: a restart is a
+/// new process).
 pub(crate) const RESTART_PROBE: &str = "--restart-probe";
 
 /// One-line usage, printed by `--help` and after argument errors.
@@ -59,8 +60,8 @@ pub(crate) enum Command {
     /// Run the budget probe (see [`BUDGET_PROBE`]).
     BudgetProbe,
     /// Run the restart probe (see [`RESTART_PROBE`]) on this data dir,
-    /// which holds this many keys.
-    RestartProbe(PathBuf, usize),
+    /// which holds this many keys, this one among them.
+    RestartProbe(PathBuf, usize, String),
     /// Print [`USAGE`].
     Help,
 }
@@ -150,7 +151,8 @@ pub(crate) fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Comma
             RESTART_PROBE => {
                 let dir = PathBuf::from(args.next().context(USAGE)?);
                 let keys = args.next().context(USAGE)?.parse().context(USAGE)?;
-                return Ok(Command::RestartProbe(dir, keys));
+                let key = args.next().context(USAGE)?;
+                return Ok(Command::RestartProbe(dir, keys, key));
             }
             "--only" => {
                 for name in args.next().context(USAGE)?.split(',') {
