@@ -298,7 +298,7 @@ fn restart_in_new_process(dir: &Path, keys: usize, last: &str) -> Result<f64> {
 async fn timed_restart(dir: &Path, keys: usize, last: &str) -> Result<f64> {
     let start = Instant::now();
     let kv = node(dir, Durability::Sync).await?;
-    let last = kv.get(last.to_string())?;
+    let last = kv.get(last)?;
     let ms = start.elapsed().as_secs_f64() * 1e3;
     ensure!(last.is_some(), "the last key is missing after the restart");
     ensure!(
