@@ -36,7 +36,7 @@ pub(crate) const BLOCK_MAX: usize = 16 * 1024 - 128;
 pub(crate) type Change = Option<Vec<u8>>;
 
 /// Appends `n` as a LEB128 varint.
-fn put_varint(out: &mut Vec<u8>, mut n: usize) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut n: usize) {
     while n >= 0x80 {
         out.push((n as u8) | 0x80);
         n >>= 7;
@@ -47,7 +47,7 @@ fn put_varint(out: &mut Vec<u8>, mut n: usize) {
 /// A LEB128 varint of at most 5 bytes (below 2^35, more than any key or
 /// row [`put_varint`] writes: they are far below 4 GiB) and the bytes
 /// after it.
-fn take_varint(b: &[u8]) -> Option<(usize, &[u8])> {
+pub(crate) fn take_varint(b: &[u8]) -> Option<(usize, &[u8])> {
     let mut n = 0u64;
     for (i, &byte) in b.iter().enumerate().take(5) {
         n |= u64::from(byte & 0x7f) << (7 * i);

@@ -68,10 +68,11 @@ pub const BLOAT_MIN_BYTES: u64 = 4 << 20;
 /// The on-disk format this build writes, and the newest it reads. Format 2
 /// added record lifetimes (expiry, ephemeral), format 3 retired origins (a
 /// flag after an origin's marks), format 4 packs the records in blocks of
-/// consecutive keys. Older files are read as they are, their records moved
+/// consecutive keys, format 5 writes a small batch to the write-ahead log
+/// as one entry. Older files are read as they are, their records moved
 /// into blocks when they are opened, and they are marked with the current
 /// format then (an older build refuses them from there on).
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 /// Facts about the node, one row each.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -570,14 +571,15 @@ impl DataDir {
         for entry in table.iter().map_err(|e| corrupt(text(e)))? {
             let (seq, entry) = entry.map_err(|e| corrupt(text(e)))?;
             let unreadable = || corrupt(format!("unreadable log entry {}", seq.value()));
-            let (key, row) = log::decode(entry.value()).ok_or_else(unreadable)?;
-            let record = match row {
-                Some(row) => {
-                    Some(rows::decode_record(key, row, &mut last_node).ok_or_else(unreadable)?)
-                }
-                None => None,
-            };
-            last.insert(key.to_string(), record);
+            for (key, row) in log::decode_all(entry.value()).ok_or_else(unreadable)? {
+                let record = match row {
+                    Some(row) => {
+                        Some(rows::decode_record(key, row, &mut last_node).ok_or_else(unreadable)?)
+                    }
+                    None => None,
+                };
+                last.insert(key.to_string(), record);
+            }
         }
         if last.is_empty() {
             return Ok(());
@@ -879,7 +881,7 @@ pub fn fuzz_decode_rows(data: &[u8]) {
     if let Some((w, f, retired)) = rows::decode_marks(rest) {
         assert_eq!(rows::encode_marks(w, f, retired), rest, "marks round trip");
     }
-    let _ = log::decode(rest);
+    let _ = log::decode_all(rest);
     let _ = blocks::decode(rest);
 }
 
@@ -902,6 +904,10 @@ pub fn fuzz_rows_of(record: &Record, origin: &Origin, watermark: u64, floor: u64
         rows::encode_marks(watermark, floor, true),
         log::encode(log::PUT, &record.key, &rows::encode_record(record)),
         log::encode(log::REMOVE, &record.key, &[]),
+        log::encode_batch(&[
+            log::encode(log::REMOVE, &record.key, &[]),
+            log::encode(log::PUT, &record.key, &rows::encode_record(record)),
+        ]),
         blocks::encode_one(&record.key, &rows::encode_record(record)),
     ] {
         let mut row = vec![0];

@@ -27,9 +27,17 @@ pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 /// such a file is opened.
 pub(crate) const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 
+/// One change an entry makes: the key, and its new row (`None`: removed).
+pub(crate) type Change<'a> = (&'a str, Option<&'a [u8]>);
+
 /// Entry tags.
 pub(crate) const PUT: u8 = 1;
 pub(crate) const REMOVE: u8 = 2;
+/// A batch's changes in one entry (format 5): after the tag, each change
+/// as a varint length and a [`PUT`] or [`REMOVE`] entry. One insert per
+/// commit: a commit's cost here grows with the rows it inserts (about
+/// 20 µs each on this project's machines), not with their bytes.
+pub(crate) const BATCH: u8 = 3;
 
 /// One log entry: a tag, the key's length (u32 little-endian), the key,
 /// and for a put the record's row ([`rows::encode_record`]).
@@ -42,9 +50,31 @@ pub(crate) fn encode(tag: u8, key: &str, row: &[u8]) -> Vec<u8> {
     out
 }
 
-/// What an entry does: `Some(row)` puts the row under the key, `None`
-/// removes the key. `None` overall when the entry cannot be read.
-pub(crate) fn decode(entry: &[u8]) -> Option<(&str, Option<&[u8]>)> {
+/// What an entry does, change by change in order (a [`BATCH`] entry holds
+/// several): `Some(row)` puts the row under the key, `None` removes the
+/// key. `None` overall when the entry cannot be read.
+pub(crate) fn decode_all(entry: &[u8]) -> Option<Vec<Change<'_>>> {
+    let Some((&BATCH, mut rest)) = entry.split_first() else {
+        return decode(entry).map(|change| vec![change]);
+    };
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let (len, after) = blocks::take_varint(rest)?;
+        let one = after.get(..len)?;
+        // One level only: a batch inside a batch is not a change.
+        if one.first() == Some(&BATCH) {
+            return None;
+        }
+        out.push(decode(one)?);
+        rest = &after[len..];
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// What a single ([`PUT`] or [`REMOVE`]) entry does: `Some(row)` puts the
+/// row under the key, `None` removes the key. `None` overall when the
+/// entry cannot be read.
+pub(crate) fn decode(entry: &[u8]) -> Option<Change<'_>> {
     let (&tag, rest) = entry.split_first()?;
     let (len, rest) = rest.split_first_chunk::<4>()?;
     let len = usize::try_from(u32::from_le_bytes(*len)).ok()?;
@@ -57,24 +87,41 @@ pub(crate) fn decode(entry: &[u8]) -> Option<(&str, Option<&[u8]>)> {
     }
 }
 
-/// Appends `batch`'s removals, then its records, from sequence number
-/// `next` on. Returns the next free sequence number.
+/// Appends `batch`'s removals, then its records, at sequence number
+/// `next`: one entry, a [`BATCH`] when there are several changes.
+/// Returns the next free sequence number.
 pub(crate) fn append(tx: &WriteTransaction, batch: &Batch, next: u64) -> Result<u64, String> {
-    let mut log = tx.open_table(LOG).map_err(|e| e.to_string())?;
-    let mut seq = next;
     // Removals first: a key both removed and written keeps its write.
-    for k in &batch.removed {
-        log.insert(seq, encode(REMOVE, k, &[]).as_slice())
-            .map_err(|e| e.to_string())?;
-        seq += 1;
+    let mut changes: Vec<Vec<u8>> = batch
+        .removed
+        .iter()
+        .map(|k| encode(REMOVE, k, &[]))
+        .collect();
+    changes.extend(
+        batch
+            .records
+            .iter()
+            .map(|r| encode(PUT, &r.key, &rows::encode_record(r))),
+    );
+    let entry = match changes.len() {
+        0 => return Ok(next),
+        1 => changes.pop().unwrap_or_default(),
+        _ => encode_batch(&changes),
+    };
+    let mut log = tx.open_table(LOG).map_err(|e| e.to_string())?;
+    log.insert(next, entry.as_slice())
+        .map_err(|e| e.to_string())?;
+    Ok(next + 1)
+}
+
+/// A [`BATCH`] entry of `changes` (each a [`PUT`] or [`REMOVE`] entry).
+pub(crate) fn encode_batch(changes: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = vec![BATCH];
+    for c in changes {
+        blocks::put_varint(&mut out, c.len());
+        out.extend_from_slice(c);
     }
-    for r in &batch.records {
-        let entry = encode(PUT, &r.key, &rows::encode_record(r));
-        log.insert(seq, entry.as_slice())
-            .map_err(|e| e.to_string())?;
-        seq += 1;
-    }
-    Ok(seq)
+    out
 }
 
 /// Applies every log entry to the records' blocks, in order, and empties
@@ -89,10 +136,12 @@ pub(crate) fn fold(tx: &WriteTransaction) -> Result<u64, String> {
     let mut n = 0;
     for entry in log.iter().map_err(|e| e.to_string())? {
         let (seq, entry) = entry.map_err(|e| e.to_string())?;
-        let (key, row) =
-            decode(entry.value()).ok_or_else(|| format!("unreadable log entry {}", seq.value()))?;
-        changes.insert(key.to_owned(), row.map(<[u8]>::to_vec));
-        n += 1;
+        let entry = decode_all(entry.value())
+            .ok_or_else(|| format!("unreadable log entry {}", seq.value()))?;
+        for (key, row) in entry {
+            changes.insert(key.to_owned(), row.map(<[u8]>::to_vec));
+            n += 1;
+        }
     }
     blocks::apply(tx, &changes)?;
     log.retain(|_, _| false).map_err(|e| e.to_string())?;
@@ -123,4 +172,37 @@ pub(crate) fn convert_rows(tx: &WriteTransaction) -> Result<u64, String> {
     drop(rows);
     tx.delete_table(RECORDS).map_err(|e| e.to_string())?;
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch entry reads back as its changes in order; single entries
+    /// (all that format 4 wrote) still read; a batch that is empty, cut,
+    /// nested or holds an unreadable change is refused.
+    #[test]
+    fn batch_entries_read_back_in_order_and_bad_ones_are_refused() {
+        let put = encode(PUT, "k", b"row");
+        let remove = encode(REMOVE, "j", &[]);
+        let batch = encode_batch(&[remove.clone(), put.clone()]);
+        assert_eq!(
+            decode_all(&batch).unwrap(),
+            [("j", None), ("k", Some(&b"row"[..]))]
+        );
+        assert_eq!(decode_all(&put).unwrap(), [("k", Some(&b"row"[..]))]);
+        assert_eq!(decode_all(&remove).unwrap(), [("j", None)]);
+        for (what, bad) in [
+            ("an empty batch", vec![BATCH]),
+            ("a cut batch", batch[..batch.len() - 1].to_vec()),
+            (
+                "a batch in a batch",
+                encode_batch(std::slice::from_ref(&batch)),
+            ),
+            ("an unreadable change", encode_batch(&[vec![PUT, 9]])),
+            ("a length past the end", vec![BATCH, 100, PUT]),
+        ] {
+            assert!(decode_all(&bad).is_none(), "{what}");
+        }
+    }
 }

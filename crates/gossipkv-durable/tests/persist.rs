@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use gossipkv_durable::{Batch, DataDir, Identity, OpenError, FILE_NAME};
+use gossipkv_durable::{Batch, DataDir, Identity, OpenError, FILE_NAME, FORMAT_VERSION};
 use gossipkv_storage::{Hlc, Lifetime, NodeId, Origin, Record, Version, HLC_MAX_PHYSICAL_MS};
 use proptest::prelude::*;
 use redb::{Database, TableDefinition};
@@ -377,8 +377,8 @@ fn a_file_grown_well_past_its_data_is_compacted_and_keeps_it() {
 }
 
 /// A file of format 3 keeps a row per key in a `records` table: opened by
-/// this build, its rows move into blocks and the file is marked format 4
-/// (so an older build refuses it rather than finding no records), with
+/// this build, its rows move into blocks and the file is marked with the
+/// current format (so an older build refuses it rather than finding no records), with
 /// every record read back, and the log of its last run applied over them.
 #[test]
 fn a_format_3_file_is_converted_when_opened() {
@@ -439,7 +439,7 @@ fn a_format_3_file_is_converted_when_opened() {
         .unwrap()
         .value()
         .to_vec();
-    assert_eq!(format, 4u32.to_le_bytes());
+    assert_eq!(format, FORMAT_VERSION.to_le_bytes());
 }
 
 /// The log's table, and one entry of it putting `row` under `key`.
@@ -464,7 +464,7 @@ fn format_of(dir: &std::path::Path) -> Vec<u8> {
 }
 
 /// A format-3 file with no row table but a log (a run that crashed before
-/// its first large commit) is marked format 4 as soon as the log goes
+/// its first large commit) is marked with the current format as soon as the log goes
 /// into blocks, even if the node never starts: an older build would read
 /// no records in them, and keep the watermarks that vouch for them.
 #[test]
@@ -489,7 +489,7 @@ fn a_format_3_file_with_only_a_log_is_marked_when_its_log_is_folded() {
     let data = DataDir::open(tmp.path(), &me()).unwrap();
     assert_eq!(data.load().unwrap().records.len(), 1);
     drop(data);
-    assert_eq!(format_of(tmp.path()), 4u32.to_le_bytes());
+    assert_eq!(format_of(tmp.path()), FORMAT_VERSION.to_le_bytes());
 }
 
 /// A block holding a key at or above the next block's bound is corrupt
