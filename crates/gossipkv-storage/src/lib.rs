@@ -40,6 +40,11 @@
 //! assert_eq!(a.digest(), b.digest());
 //! ```
 
+/// A key as the store holds it: up to 23 bytes inline (no allocation of
+/// its own), a longer one in one shared allocation. Cloning it (into the
+/// ordered keys and the sequence index) copies 24 bytes or bumps a count.
+type Key = smol_str::SmolStr;
+
 mod ordered;
 mod record;
 mod seq_index;
@@ -52,7 +57,7 @@ pub use record::{
     CHUNK_OVERHEAD, DIGEST_ENTRY_OVERHEAD, GHOST_OVERHEAD, RECORD_OVERHEAD, RETIRED_WATERMARK,
 };
 pub use store::{
-    ApplyStats, BudgetError, BudgetStats, ChangeCause, ChangeObserver, CollectObserver,
+    entry_cost, ApplyStats, BudgetError, BudgetStats, ChangeCause, ChangeObserver, CollectObserver,
     DeltaOptions, EvictionObserver, GcStats, Limits, Policy, Store, StoreConfig, ENTRY_OVERHEAD,
 };
 pub use version::{Hlc, HlcClock, NodeId, Origin, Version, HLC_MAX_PHYSICAL_MS};

@@ -10,15 +10,15 @@
 //! and a node allocation every few entries, which made it most of the cost
 //! of a local write.
 
+use crate::Key;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use crate::version::Hlc;
 
 /// The write of one sequence number: its key, and its timestamp.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct IndexEntry {
-    pub(crate) key: Arc<str>,
+    pub(crate) key: Key,
     pub(crate) hlc: Hlc,
 }
 
@@ -239,7 +239,7 @@ mod tests {
 
     fn entry(seq: u64) -> IndexEntry {
         IndexEntry {
-            key: Arc::from(format!("k{seq}")),
+            key: Key::from(format!("k{seq}")),
             hlc: Hlc::from_u64(seq),
         }
     }

@@ -14,9 +14,9 @@
 //! a whole shard under its lock when it grows). A lookup reads one more
 //! cache line (the index, then the entry).
 
+use crate::Key;
 use std::hash::BuildHasher;
 use std::ops::Bound;
-use std::sync::Arc;
 
 use foldhash::fast::RandomState as FastState;
 use hashbrown::HashTable;
@@ -38,7 +38,7 @@ pub(crate) struct ShardMap<E> {
     /// Keys and entries, packed: a removed one is replaced by the last.
     /// Every chunk but the last holds [`CHUNK`] of them; position `i` is
     /// entry `i % CHUNK` of chunk `i / CHUNK`.
-    chunks: Vec<Vec<(Arc<str>, E)>>,
+    chunks: Vec<Vec<(Key, E)>>,
     /// Entries held.
     len: usize,
     /// Positions in the chunks, by the hash of their key.
@@ -72,16 +72,16 @@ impl<E> ShardMap<E> {
             .map(|&i| i as usize)
     }
 
-    fn at(&self, i: usize) -> &(Arc<str>, E) {
+    fn at(&self, i: usize) -> &(Key, E) {
         &self.chunks[i / CHUNK][i % CHUNK]
     }
 
-    fn at_mut(&mut self, i: usize) -> &mut (Arc<str>, E) {
+    fn at_mut(&mut self, i: usize) -> &mut (Key, E) {
         &mut self.chunks[i / CHUNK][i % CHUNK]
     }
 
     /// Appends an entry at position `len`.
-    fn push(&mut self, slot: (Arc<str>, E)) {
+    fn push(&mut self, slot: (Key, E)) {
         match self.chunks.last_mut() {
             Some(last) if last.len() < CHUNK => last.push(slot),
             // A new chunk grows by doubling, to exactly `CHUNK` (a power
@@ -92,7 +92,7 @@ impl<E> ShardMap<E> {
     }
 
     /// Removes the entry at position `len - 1` (there is one).
-    fn pop(&mut self) -> (Arc<str>, E) {
+    fn pop(&mut self) -> (Key, E) {
         let last = self.chunks.last_mut().expect("an entry to pop");
         let slot = last.pop().expect("chunks are never empty");
         if last.is_empty() {
@@ -110,7 +110,7 @@ impl<E> ShardMap<E> {
     }
 
     /// The key and entry at `slot`.
-    pub(crate) fn at_slot(&self, slot: Slot) -> (&Arc<str>, &E) {
+    pub(crate) fn at_slot(&self, slot: Slot) -> (&Key, &E) {
         let (k, e) = self.at(slot.0);
         (k, e)
     }
@@ -122,7 +122,7 @@ impl<E> ShardMap<E> {
 
     /// Inserts or replaces `key`'s entry; the map keeps the key it held.
     #[cfg(test)]
-    pub(crate) fn insert(&mut self, key: Arc<str>, entry: E) -> Option<E> {
+    pub(crate) fn insert(&mut self, key: Key, entry: E) -> Option<E> {
         match self.find(&key) {
             Some(slot) => Some(self.replace(slot, entry)),
             None => {
@@ -147,7 +147,7 @@ impl<E> ShardMap<E> {
 
     /// Inserts `key`, which the caller just found absent (under the same
     /// write lock): no second lookup.
-    pub(crate) fn insert_new(&mut self, key: Arc<str>, entry: E) {
+    pub(crate) fn insert_new(&mut self, key: Key, entry: E) {
         debug_assert!(self.position(&key).is_none(), "{key:?} is already held");
         let at = u32::try_from(self.len).expect("fewer than 2^32 keys per shard");
         let h = self.hash(&key);
@@ -159,7 +159,8 @@ impl<E> ShardMap<E> {
             ..
         } = self;
         index.insert_unique(h, at, |&i| hasher.hash_one(&*slot(chunks, i).0));
-        self.order.insert(key);
+        let chunks = &self.chunks;
+        self.order.insert(at, &key, |i| &slot(chunks, i).0);
     }
 
     /// Removes `key`, returning its entry.
@@ -171,11 +172,24 @@ impl<E> ShardMap<E> {
             .find_entry(h, |&i| *slot(chunks, i).0 == *key)
             .ok()?;
         let (at, _) = found.remove();
+        let key_at = |i| &*slot(chunks, i).0;
+        let ordered = self.order.remove(key, key_at);
+        debug_assert_eq!(
+            ordered,
+            Some(at),
+            "the order holds {key:?} where the index does"
+        );
         let at = at as usize;
         let last = self.len - 1;
+        // Where the last entry's position is in the order, read before it
+        // moves (the order reads keys through positions).
+        let moved_place = (at != last)
+            .then(|| self.order.locate(&self.at(last).0, key_at))
+            .flatten();
         let mut removed = self.pop();
         if at != last {
-            // The last entry moves into the hole: point its index slot there.
+            // The last entry moves into the hole: point its index slot and
+            // its place in the order there.
             std::mem::swap(self.at_mut(at), &mut removed);
             let moved = self.hash(&self.at(at).0);
             let i = self
@@ -183,10 +197,10 @@ impl<E> ShardMap<E> {
                 .find_mut(moved, |&i| i as usize == last)
                 .expect("every entry has its index slot");
             *i = at as u32;
+            let place = moved_place.expect("every entry has its place in the order");
+            self.order.repoint(place, at as u32);
         }
-        let (k, entry) = removed;
-        self.order.remove(&k);
-        Some(entry)
+        Some(removed.1)
     }
 
     /// The entry of `key`.
@@ -195,7 +209,7 @@ impl<E> ShardMap<E> {
     }
 
     /// The key as held, and its entry.
-    pub(crate) fn get_key_value(&self, key: &str) -> Option<(&Arc<str>, &E)> {
+    pub(crate) fn get_key_value(&self, key: &str) -> Option<(&Key, &E)> {
         self.position(key).map(|i| {
             let (k, e) = self.at(i);
             (k, e)
@@ -219,7 +233,7 @@ impl<E> ShardMap<E> {
     }
 
     /// Every key and entry, in no particular order.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &E)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&Key, &E)> {
         self.chunks.iter().flatten().map(|(k, e)| (k, e))
     }
 
@@ -234,23 +248,25 @@ impl<E> ShardMap<E> {
         &'a self,
         start: &str,
         end: Option<&str>,
-    ) -> impl Iterator<Item = (&'a Arc<str>, &'a E)> + 'a {
+    ) -> impl Iterator<Item = (&'a Key, &'a E)> + 'a {
         let upper = match end {
             Some(end) if end <= start => None,
             Some(end) => Some(Bound::Excluded(end)),
             None => Some(Bound::Unbounded),
         };
         // The bounds are read here only: the walk borrows the shard alone.
-        let keys = upper.map(|upper| self.order.range(start, upper));
-        keys.into_iter()
-            .flatten()
-            .filter_map(|k| self.get_key_value(k))
+        let chunks = &self.chunks;
+        let positions = upper.map(|upper| self.order.range(start, upper, |i| &slot(chunks, i).0));
+        positions.into_iter().flatten().map(|i| {
+            let (k, e) = self.at(i as usize);
+            (k, e)
+        })
     }
 }
 
 /// The entry at position `i` of `chunks` (a function, not a method, for
 /// closures that borrow the chunks while the index is borrowed).
-fn slot<E>(chunks: &[Vec<(Arc<str>, E)>], i: u32) -> &(Arc<str>, E) {
+fn slot<E>(chunks: &[Vec<(Key, E)>], i: u32) -> &(Key, E) {
     let i = i as usize;
     &chunks[i / CHUNK][i % CHUNK]
 }
@@ -267,9 +283,9 @@ mod tests {
     fn the_order_follows_inserts_and_removes() {
         let mut s = ShardMap::default();
         for k in ["c", "a", "e", "b", "d"] {
-            assert_eq!(s.insert(Arc::from(k), 1), None);
+            assert_eq!(s.insert(Key::from(k), 1), None);
         }
-        assert_eq!(s.insert(Arc::from("c"), 2), Some(1), "replaced, not added");
+        assert_eq!(s.insert(Key::from("c"), 2), Some(1), "replaced, not added");
         assert_eq!(s.remove("d"), Some(1));
         assert_eq!(s.remove("d"), None);
         assert_eq!(keys(&s, "", None), ["a", "b", "c", "e"]);
@@ -284,12 +300,12 @@ mod tests {
     #[test]
     fn reserved_room_takes_the_keys_without_growing() {
         let mut s = ShardMap::default();
-        s.insert(Arc::from("first"), 0);
+        s.insert(Key::from("first"), 0);
         s.reserve(5_000);
         let room = s.index.capacity();
         assert!(room >= 5_001, "{room} slots after reserving 5,000 more");
         for i in 0..5_000u32 {
-            s.insert_new(Arc::from(format!("k{i:05}")), i);
+            s.insert_new(Key::from(format!("k{i:05}")), i);
         }
         assert_eq!(s.index.capacity(), room, "the index grew");
         assert_eq!(s.get("k04999"), Some(&4_999));
@@ -300,7 +316,7 @@ mod tests {
     #[test]
     fn backwards_and_empty_ranges_are_empty_not_panics() {
         let mut s = ShardMap::default();
-        s.insert(Arc::from("m"), 0);
+        s.insert(Key::from("m"), 0);
         assert!(keys(&s, "z", Some("a")).is_empty());
         assert!(keys(&s, "m", Some("m")).is_empty());
         assert!(keys(&s, "n", None).is_empty());
@@ -313,7 +329,7 @@ mod tests {
         let mut s = ShardMap::default();
         let n = 2_000u32; // several chunks
         for i in 0..n {
-            s.insert(Arc::from(format!("k{i}")), i);
+            s.insert(Key::from(format!("k{i}")), i);
         }
         // Remove every third, from the middle outwards, then re-add some.
         let mut gone: Vec<u32> = (0..n).filter(|i| i % 3 == 0).collect();
@@ -322,7 +338,7 @@ mod tests {
             assert_eq!(s.remove(&format!("k{i}")), Some(*i));
         }
         for i in gone.iter().take(100) {
-            assert_eq!(s.insert(Arc::from(format!("k{i}")), i + n), None);
+            assert_eq!(s.insert(Key::from(format!("k{i}")), i + n), None);
         }
         for i in 0..n {
             let want = if i % 3 != 0 {

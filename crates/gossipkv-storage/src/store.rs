@@ -1,5 +1,6 @@
 //! The sharded last-writer-wins store with its per-origin index.
 
+use crate::Key;
 use std::cmp::{Ordering as CmpOrdering, Reverse};
 use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
@@ -22,7 +23,9 @@ use crate::version::{Hlc, HlcClock, Origin, Version};
 // Memory limits (issue 12): accounting, policies, eviction, early collection.
 mod budget;
 use budget::Budget;
-pub use budget::{BudgetError, BudgetStats, EvictionObserver, Limits, Policy, ENTRY_OVERHEAD};
+pub use budget::{
+    entry_cost, BudgetError, BudgetStats, EvictionObserver, Limits, Policy, ENTRY_OVERHEAD,
+};
 
 // Lifetimes (issue 13): expiry, values owned by their writer's origin.
 mod lifetime;
@@ -163,6 +166,11 @@ struct Entry {
     /// [`Lifetime::FOREVER`].
     life: u64,
 }
+
+// What an entry and a sequence index entry take (see `ENTRY_OVERHEAD`):
+// a change here changes the memory figures.
+const _: () = assert!(std::mem::size_of::<(Key, Entry)>() == 88);
+const _: () = assert!(std::mem::size_of::<(u64, Option<IndexEntry>)>() == 40);
 
 impl Clone for Entry {
     fn clone(&self) -> Self {
@@ -416,7 +424,7 @@ impl Store {
         let lifetime = lifetime_of(&value, lifetime);
         let (key, hlc, seq) = self.write_unchecked(key, value.clone(), lifetime, now_ms);
         Record {
-            key,
+            key: key.into(),
             value,
             version: Version::new(hlc, &self.local, seq),
             lifetime,
@@ -430,7 +438,7 @@ impl Store {
         value: Option<Bytes>,
         life: Lifetime,
         now_ms: u64,
-    ) -> (Arc<str>, Hlc, u64) {
+    ) -> (Key, Hlc, u64) {
         let Ok(written) = self.write_local(key, value, life, now_ms, |_, bytes, live| {
             self.account(bytes, live);
             Ok::<(), std::convert::Infallible>(())
@@ -451,7 +459,7 @@ impl Store {
         life: Lifetime,
         now_ms: u64,
         charge: impl FnOnce(Option<(u32, u64)>, isize, isize) -> Result<(), E>,
-    ) -> Result<(Arc<str>, Hlc, u64), E> {
+    ) -> Result<(Key, Hlc, u64), E> {
         self.lives.see_time(now_ms);
         let mut log = self.local_log.lock();
         let seq = log.watermark + 1;
@@ -481,14 +489,14 @@ impl Store {
         let entry = Entry::new(value, hlc, 0, seq, self.write_stamp()).living(life);
         let new_shape = entry.shape();
         let old_shape = held.as_ref().map(|(_, _, s)| *s);
-        let key: Arc<str> = match (held, slot) {
+        let key: Key = match (held, slot) {
             (Some((k, _, _)), Some(slot)) => {
                 // Replaced in place: the map keeps its key.
                 shard.replace(slot, entry);
                 k
             }
             _ => {
-                let k: Arc<str> = Arc::from(key);
+                let k = Key::new(key);
                 shard.insert_new(k.clone(), entry);
                 k
             }
@@ -630,7 +638,7 @@ impl Store {
     pub fn records(&self) -> Vec<Record> {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
-            let items: Vec<(Arc<str>, Entry)> = shard
+            let items: Vec<(Key, Entry)> = shard
                 .read()
                 .iter()
                 .map(|(k, e)| (k.clone(), e.clone()))
@@ -745,6 +753,7 @@ impl Store {
             version,
             lifetime,
         } = record;
+        let key = Key::from(key);
         // A value already expired is stored as the tombstone it behaves as.
         let value = value.filter(|_| !lifetime.is_expired(self.lives.now_ms()));
         let incoming = Entry::new(value, version.hlc, oid, version.seq, 0).living(lifetime);
@@ -928,8 +937,8 @@ impl Store {
         // Records and ghosts in the delta so far.
         let mut items = 0usize;
         // Keys whose record travels inline in this delta, and apart.
-        let mut sent_keys: HashSet<Arc<str>> = HashSet::new();
-        let mut large_keys: HashSet<Arc<str>> = HashSet::new();
+        let mut sent_keys: HashSet<Key> = HashSet::new();
+        let mut large_keys: HashSet<Key> = HashSet::new();
         let n = logs.len();
         let is_large = |e: &Entry| e.value.as_ref().is_some_and(|v| v.len() > inline_max);
         let full_budget = budget;
@@ -1046,7 +1055,7 @@ impl Store {
                 if add_ghost {
                     chunk.ghosts.push(Ghost {
                         seq,
-                        key: ie.key.clone(),
+                        key: ie.key.clone().into(),
                         hlc: ie.hlc,
                     });
                 }
@@ -1090,7 +1099,7 @@ impl Store {
         peer: &Digest,
         (rotate, at, after): (usize, usize, u64),
         (mut used, budget, max_records): (usize, usize, usize),
-        sent_keys: &mut HashSet<Arc<str>>,
+        sent_keys: &mut HashSet<Key>,
         hold: &dyn Fn(&Origin) -> u64,
         is_large: &dyn Fn(&Entry) -> bool,
         loose: &mut Vec<Record>,
@@ -1160,7 +1169,7 @@ impl Store {
                     log.index.insert_if_absent(
                         g.seq,
                         IndexEntry {
-                            key: g.key.clone(),
+                            key: Key::from(g.key.clone()),
                             hlc: g.hlc,
                         },
                     );
@@ -1424,7 +1433,7 @@ impl Store {
         page: &Page,
         in_page: &HashSet<&str>,
         origins: &[Origin],
-    ) -> Vec<Arc<str>> {
+    ) -> Vec<Key> {
         let covered = |e: &Entry| {
             // An origin interned (by a concurrent merge) since `origins` was
             // read is looked up again.
@@ -1493,10 +1502,10 @@ impl Store {
         self.origins.read().origins[id as usize].clone()
     }
 
-    fn to_record(&self, key: Arc<str>, e: &Entry) -> Record {
+    fn to_record(&self, key: Key, e: &Entry) -> Record {
         let origin = self.origin_of(e.origin);
         Record {
-            key,
+            key: key.into(),
             value: e.value.clone(),
             version: Version::new(e.hlc, &origin, e.seq),
             lifetime: Lifetime::unpack(e.life),
@@ -1554,7 +1563,7 @@ impl OriginLog {
 
     /// Indexes local write `seq` (the next one) and raises the watermark
     /// over it.
-    fn append(&mut self, seq: u64, key: Arc<str>, hlc: Hlc) {
+    fn append(&mut self, seq: u64, key: Key, hlc: Hlc) {
         self.index.insert(seq, IndexEntry { key, hlc });
         self.watermark = seq;
     }

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use gossipkv_storage::{
-    BudgetError, Limits, Origin, Policy, Record, Store, StoreConfig, ENTRY_OVERHEAD,
+    entry_cost, BudgetError, Limits, Origin, Policy, Record, Store, StoreConfig, ENTRY_OVERHEAD,
 };
 
 const NOW: u64 = 1_700_000_000_000;
@@ -29,7 +29,7 @@ fn v(n: usize) -> Bytes {
 
 /// What an entry of a 1-byte key and an `n`-byte value costs.
 fn entry(n: usize) -> usize {
-    1 + n + ENTRY_OVERHEAD
+    entry_cost(1, Some(n))
 }
 
 fn set(s: &Store, k: &str, n: usize) -> Result<Record, BudgetError> {
@@ -277,7 +277,7 @@ fn an_eviction_replicates_as_a_delete_and_nothing_comes_back() {
 fn counted(s: &Store) -> usize {
     s.records()
         .iter()
-        .map(|r| r.key.len() + r.value.as_ref().map_or(0, Bytes::len) + ENTRY_OVERHEAD)
+        .map(|r| entry_cost(r.key.len(), r.value.as_ref().map(Bytes::len)))
         .sum()
 }
 

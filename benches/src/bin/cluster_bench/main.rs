@@ -80,7 +80,7 @@ const SEED: u64 = 0x6055_1b6b_c105_7e12;
 fn main() -> Result<()> {
     let opts = match options::parse_args(std::env::args().skip(1))? {
         Command::Run(opts) => opts,
-        Command::MemoryProbe => return memory::probe(),
+        Command::MemoryProbe(key_len) => return memory::probe(key_len),
         Command::ServeProbe => return serve::probe(),
         Command::BudgetProbe => return budget::probe(),
         Command::RestartProbe(dir, keys, key) => {

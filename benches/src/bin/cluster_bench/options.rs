@@ -25,8 +25,8 @@ const SCENARIOS: [&str; 16] = [
     "lifetime",
 ];
 
-/// Hidden flag: measure the memory per entry and print it, nothing else
-/// (see [`crate::memory`]).
+/// Hidden flag, followed by a key length: measure the memory per entry of
+/// keys that long and print it, nothing else (see [`crate::memory`]).
 pub(crate) const MEMORY_PROBE: &str = "--memory-probe";
 
 /// Hidden flag: fill a cache node ten times past its byte budget and print
@@ -53,8 +53,8 @@ pub(crate) enum Command {
     /// Run the scenarios and write the figures.
     Run(Options),
     /// Internal: the memory probe, run by the `memory` scenario in a fresh
-    /// process of this binary.
-    MemoryProbe,
+    /// process of this binary, for keys of this length.
+    MemoryProbe(usize),
     /// Run the serving-memory probe (see [`SERVE_PROBE`]).
     ServeProbe,
     /// Run the budget probe (see [`BUDGET_PROBE`]).
@@ -145,7 +145,10 @@ pub(crate) fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Comma
             "--out" => out = Some(PathBuf::from(args.next().context(USAGE)?)),
             "--svg" => svg = Some(PathBuf::from(args.next().context(USAGE)?)),
             "--quick" => quick = true,
-            MEMORY_PROBE => return Ok(Command::MemoryProbe),
+            MEMORY_PROBE => {
+                let key_len = args.next().context(USAGE)?.parse().context(USAGE)?;
+                return Ok(Command::MemoryProbe(key_len));
+            }
             SERVE_PROBE => return Ok(Command::ServeProbe),
             BUDGET_PROBE => return Ok(Command::BudgetProbe),
             RESTART_PROBE => {

@@ -3,18 +3,22 @@
 //! replicated deletes), and the early collection of tombstones that keeps
 //! a node inside its budget under a load of fresh keys.
 //!
-//! **Cost of an entry.** `key.len() + value.len() + ENTRY_OVERHEAD`, a
-//! tombstone `key.len() + ENTRY_OVERHEAD`. The overhead is the resident
-//! memory a store of a million 16-byte keys and 64-byte values takes per
-//! entry beyond its 80 bytes (`bytes_per_key_1m` of `cargo xtask bench`):
-//! the entry in its shard's chunk, its slot in the hash index, the ordered
-//! key set, the sequence index entry, the key's shared header and the
-//! allocator's rounding. The indexes fill and grow, so it is close to an
-//! average, not exact (188 bytes were measured for a million keys written
-//! in order, 194 for keys in no order): [`Store::memory_usage`] is the store's memory to within
-//! a few percent of the overhead, not to the byte.
-//! Index entries of overwritten writes (32 bytes each, collected once every
-//! live peer has passed them) are not counted.
+//! **Cost of an entry** ([`entry_cost`]). `key + value.len() +
+//! ENTRY_OVERHEAD`, a tombstone `key + ENTRY_OVERHEAD`, where `key` is the
+//! key's length (at least 16) for a key of up to 23 bytes, held inline in
+//! the entry and in the sequence index, and for a longer key its length
+//! plus its shared allocation (16 bytes of counts, rounded up to 16 as the
+//! allocator does) and 16 more. The overhead is the resident memory a store
+//! of a million 16-byte keys and 64-byte values takes per entry beyond its
+//! 80 bytes (`bytes_per_key_1m` of `cargo xtask bench`): the entry in its
+//! shard's chunk, its slot in the hash index, its position in the ordered
+//! keys, the sequence index entry and the allocator's rounding of the
+//! value. The indexes fill and grow, so it is close to an average, not
+//! exact (145 bytes were measured for a million keys written in order):
+//! [`Store::memory_usage`] is the store's memory to within a few percent
+//! of the overhead, not to the byte. Index entries of overwritten writes
+//! (40 bytes each, collected once every live peer has passed them) are not
+//! counted.
 //!
 //! **Recency.** With [`Policy::EvictLru`], every entry carries a 32-bit
 //! stamp from one counter: a write (local or merged) advances the counter
@@ -59,6 +63,7 @@
 //! and one entry. Deletes are never refused; merges always apply (and
 //! evict).
 
+use crate::Key;
 use std::collections::{BinaryHeap, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -73,7 +78,34 @@ use crate::version::{Hlc, Origin, Version};
 
 /// Bytes an entry costs beyond its key and value (see the module docs):
 /// the `bytes_per_key_1m` figure of `cargo xtask bench`, rounded up.
-pub const ENTRY_OVERHEAD: usize = 195;
+pub const ENTRY_OVERHEAD: usize = 150;
+
+/// Longest key held inline (see [`crate::Key`]).
+const INLINE_KEY_MAX: usize = 23;
+
+/// What an entry of a `key_len`-byte key holding a `value_len`-byte value
+/// (`None`: a tombstone) costs, as a store's budget and
+/// [`Store::memory_usage`] count it (see the module docs): a key of up to
+/// 23 bytes is held inline and costs its length, at least 16; a longer one
+/// costs its shared allocation besides.
+pub const fn entry_cost(key_len: usize, value_len: Option<usize>) -> usize {
+    let key = if key_len <= INLINE_KEY_MAX {
+        if key_len < 16 {
+            16
+        } else {
+            key_len
+        }
+    } else {
+        // The inline part (16 of the overhead's bytes hold an inline
+        // key), then counts and key, rounded as the allocator does.
+        16 + key_len.saturating_add(24).next_multiple_of(16)
+    };
+    let value = match value_len {
+        Some(n) => n,
+        None => 0,
+    };
+    key.saturating_add(value).saturating_add(ENTRY_OVERHEAD)
+}
 
 /// Most tombstones remembered per origin for early collection; older ones
 /// are left to the retention.
@@ -174,9 +206,7 @@ pub type EvictionObserver = Arc<dyn Fn(&Record) + Send + Sync>;
 /// The cost of an entry of `key_len` bytes holding `value_len` (`None`: a
 /// tombstone).
 pub(super) fn cost(key_len: usize, value_len: Option<usize>) -> usize {
-    key_len
-        .saturating_add(value_len.unwrap_or(0))
-        .saturating_add(ENTRY_OVERHEAD)
+    entry_cost(key_len, value_len)
 }
 
 /// Up to where, per origin, tombstones may be collected early.
@@ -195,7 +225,7 @@ pub(super) struct Budget {
     /// The recency counter (see the module docs).
     clock: AtomicU32,
     /// Eviction candidates, oldest last: (age at the pass, stamp, key).
-    pool: Mutex<Vec<(u32, u32, Arc<str>)>>,
+    pool: Mutex<Vec<(u32, u32, Key)>>,
     /// Per interned origin, sequence numbers of tombstones held, in the order
     /// they were written.
     tombs: Mutex<Vec<VecDeque<u64>>>,
@@ -391,7 +421,7 @@ impl Store {
         let lifetime = super::lifetime_of(&value, lifetime);
         let (k, hlc, seq) = self.limited_write(key, value.clone(), lifetime, now_ms)?;
         Ok(Record {
-            key: k,
+            key: k.into(),
             value,
             version: Version::new(hlc, self.local_origin(), seq),
             lifetime,
@@ -416,7 +446,7 @@ impl Store {
         value: Option<Bytes>,
         life: Lifetime,
         now_ms: u64,
-    ) -> Result<(Arc<str>, Hlc, u64), BudgetError> {
+    ) -> Result<(Key, Hlc, u64), BudgetError> {
         let Some(b) = &self.budget else {
             return Ok(self.write_unchecked(key, value, life, now_ms));
         };
@@ -574,7 +604,7 @@ impl Store {
         let want = (self.len() / 64).clamp(16, 65_536);
         let now = b.clock.load(Ordering::Relaxed).wrapping_add(1);
         // A max-heap of ages: the youngest of the oldest `want` on top.
-        let mut heap: BinaryHeap<(u32, u32, Arc<str>)> = BinaryHeap::with_capacity(want + 1);
+        let mut heap: BinaryHeap<(u32, u32, Key)> = BinaryHeap::with_capacity(want + 1);
         for shard in self.shards.iter() {
             let shard = shard.read();
             for (k, e) in shard.iter() {

@@ -26,9 +26,9 @@
 //! (the owner is dead everywhere, or has refuted everywhere), they show the
 //! same. A value overwritten by another writer belongs to that writer.
 
+use crate::Key;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -78,7 +78,7 @@ impl Shape {
 #[derive(Debug, Default)]
 pub(super) struct Lifetimes {
     /// `(expiry, key)` of every value held with an expiry.
-    expiries: Mutex<BTreeSet<(u64, Arc<str>)>>,
+    expiries: Mutex<BTreeSet<(u64, Key)>>,
     owners: RwLock<Owners>,
     /// Whether any owner is hidden: reads of owned values look no further
     /// when none is.
@@ -139,7 +139,7 @@ pub(super) fn lifetime_of(value: &Option<Bytes>, life: Lifetime) -> Lifetime {
 impl Store {
     /// Keeps the expiry index and the owned counts in step with a key's
     /// entry going from `old` to `new`. Called under the key's shard lock.
-    pub(super) fn relife(&self, key: &Arc<str>, old: Option<Shape>, new: Option<Shape>) {
+    pub(super) fn relife(&self, key: &Key, old: Option<Shape>, new: Option<Shape>) {
         let old = old.filter(|s| s.live && s.life != 0);
         let new = new.filter(|s| s.live && s.life != 0);
         if old.is_none() && new.is_none() {
@@ -198,14 +198,14 @@ impl Store {
     /// returns how many. Costs what it expires.
     pub fn expire(&self, now_ms: u64) -> usize {
         self.lives.see_time(now_ms);
-        let due: Vec<(u64, Arc<str>)> = {
+        let due: Vec<(u64, Key)> = {
             let mut x = self.lives.expiries.lock();
             match x.first() {
                 Some((t, _)) if *t <= now_ms => {}
                 _ => return 0,
             }
             let later = match now_ms.checked_add(1) {
-                Some(after) => x.split_off(&(after, Arc::from(""))),
+                Some(after) => x.split_off(&(after, Key::default())),
                 None => BTreeSet::new(),
             };
             std::mem::replace(&mut *x, later).into_iter().collect()
@@ -228,12 +228,7 @@ impl Store {
     /// Replaces `key`'s value by the tombstone of the same version, if the
     /// entry held passes `which`; tells the observers (`cause` when the
     /// value was shown). Returns whether it did.
-    fn end_value(
-        &self,
-        key: &Arc<str>,
-        cause: ChangeCause,
-        which: impl Fn(&Entry) -> bool,
-    ) -> bool {
+    fn end_value(&self, key: &Key, cause: ChangeCause, which: impl Fn(&Entry) -> bool) -> bool {
         let mut shard = self.shard(key).write();
         let Some(e) = shard.get_mut(key) else {
             return false;
@@ -374,7 +369,7 @@ impl Store {
     }
 
     /// The indexed writes of origin `oid` (they may be superseded since).
-    fn owned_writes(&self, oid: u32) -> Vec<(u64, Arc<str>)> {
+    fn owned_writes(&self, oid: u32) -> Vec<(u64, Key)> {
         if self.lives.owned(oid) == 0 {
             return Vec::new();
         }
@@ -423,7 +418,7 @@ impl Store {
             });
             if let Ok((key, hlc, seq)) = written {
                 out.push(Record {
-                    key,
+                    key: key.into(),
                     value,
                     version: Version::new(hlc, self.local_origin(), seq),
                     lifetime: life,

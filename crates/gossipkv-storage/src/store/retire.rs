@@ -38,6 +38,7 @@
 //! id, generation and marks: about 100 bytes), which is what refusing its
 //! writes needs.
 
+use crate::Key;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -246,7 +247,7 @@ impl Store {
         if older.is_empty() {
             return Vec::new();
         }
-        let keys: Vec<Arc<str>> = self
+        let keys: Vec<Key> = self
             .shards
             .iter()
             .flat_map(|s| {
@@ -264,7 +265,7 @@ impl Store {
 
     /// Writes `key`'s record again as a local write with the same
     /// timestamp, if it is still one of `older`'s.
-    fn adopt(&self, key: Arc<str>, older: &HashSet<u32>) -> Option<Record> {
+    fn adopt(&self, key: Key, older: &HashSet<u32>) -> Option<Record> {
         // Lock order: the local log, then the key's shard (as local writes).
         let mut log = self.local_log.lock();
         let seq = log.watermark.checked_add(1)?;
@@ -282,7 +283,7 @@ impl Store {
         drop(shard);
         log.append(seq, key.clone(), hlc);
         Some(Record {
-            key,
+            key: key.into(),
             value,
             version: Version::new(hlc, &self.local, seq),
             lifetime: Lifetime::unpack(life),
