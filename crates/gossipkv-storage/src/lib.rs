@@ -42,7 +42,8 @@
 
 /// A key as the store holds it: up to 23 bytes inline (no allocation of
 /// its own), a longer one in one shared allocation. Cloning it (into the
-/// ordered keys and the sequence index) copies 24 bytes or bumps a count.
+/// sequence index) copies 24 bytes or bumps a count. A [`Record`] holds an
+/// `Arc<str>`: a record made from an inline key allocates one.
 type Key = smol_str::SmolStr;
 
 mod ordered;

@@ -10,8 +10,8 @@
 //!
 //! Why not a `BTreeSet`: its nodes hold 11 keys and split in half, so
 //! after keys inserted in order they are about half full, and each costs
-//! its allocation's bookkeeping: 37 bytes per key in all, measured, for a
-//! 16-byte pointer. Here a block that overflows at the end of the last
+//! its allocation's bookkeeping: 37 bytes per key in all were measured for
+//! a set of 16-byte key pointers. Here a block that overflows at the end of the last
 //! block starts a new block (keys inserted in order fill their blocks),
 //! other overflows split in half, and a block's vector grows by doubling
 //! to [`BLOCK`]: 4 to 6 bytes per key. An insertion or removal moves at

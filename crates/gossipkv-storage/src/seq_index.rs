@@ -2,7 +2,7 @@
 //!
 //! An origin's writes get ever larger sequence numbers, so almost every
 //! insertion lands after the last one. [`SeqIndex`] keeps those in a sorted
-//! `Vec` (an append, no allocation per entry, 32 bytes each) and only the
+//! `Vec` (an append, no allocation per entry, 40 bytes each) and only the
 //! few that arrive out of order (a re-synchronisation page, newest-first
 //! records) in a small B-tree, merged into the vector once it grows.
 //! Removed entries leave a hole that is compacted away once holes are half

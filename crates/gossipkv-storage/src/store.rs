@@ -403,8 +403,10 @@ impl Store {
     /// Writes `value` under `key` (a tombstone for `None`) like
     /// [`Store::set`] and [`Store::delete`], and returns the record written,
     /// for a caller that sends it on (an eager push). The record shares the
-    /// store's key and value, which costs the value a shared header when it
-    /// had none (a `Bytes` made from a `Vec`); [`Store::set`] does not.
+    /// store's value, which costs the value a shared header when it had
+    /// none (a `Bytes` made from a `Vec`), and the key of more than 23
+    /// bytes (a shorter one, held inline, is copied into an allocation of
+    /// the record's own); [`Store::set`] does neither.
     ///
     /// These three never refuse a write: with limits, use
     /// [`Store::try_write`]. Under [`Policy::EvictLru`] they evict after the

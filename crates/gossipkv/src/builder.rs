@@ -374,8 +374,8 @@ where
     /// Most bytes of entries on this node (default: no limit; at least
     /// [`MIN_MAX_BYTES`](crate::MIN_MAX_BYTES)), counted as
     /// [`GossipKv::memory_usage`](crate::GossipKv::memory_usage) counts
-    /// them: each key and encoded value plus a fixed overhead per entry,
-    /// tombstones of deleted keys included. What happens at the limit is the
+    /// them ([`entry_cost`](crate::entry_cost)): each key and encoded value
+    /// plus a fixed overhead per entry, tombstones of deleted keys included. What happens at the limit is the
     /// [`memory_policy`](Builder::memory_policy); an entry larger than the
     /// whole budget is refused under both with
     /// [`Error::TooLargeForBudget`](crate::Error::TooLargeForBudget).

@@ -285,7 +285,7 @@ pub use gossipkv_core::{
     MAX_PACKET_SIZE, MAX_VALUE_SIZE_LIMIT, MIN_PACKET_SIZE,
 };
 pub use gossipkv_proto::DecodeError;
-pub use gossipkv_storage::{Hlc, Lifetime, NodeId, Origin, Record, Version};
+pub use gossipkv_storage::{entry_cost, Hlc, Lifetime, NodeId, Origin, Record, Version};
 
 /// Every Rust block of the README compiles, and runs unless marked
 /// `no_run`, as a doctest.

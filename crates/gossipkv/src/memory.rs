@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use gossipkv_storage::{BudgetError, Limits, Policy, Record, Store, ENTRY_OVERHEAD};
+use gossipkv_storage::{entry_cost, BudgetError, Limits, Policy, Record, Store};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::error::{ConfigOption, Error};
@@ -38,7 +38,7 @@ pub enum MemoryPolicy {
 
 /// The smallest `max_bytes` accepted: room for one entry of a short key
 /// and a short value.
-pub const MIN_MAX_BYTES: usize = ENTRY_OVERHEAD + 64;
+pub const MIN_MAX_BYTES: usize = entry_cost(16, Some(64));
 
 /// The store's limits from the builder's options, checked.
 pub(crate) fn limits(
@@ -55,7 +55,7 @@ pub(crate) fn limits(
     if let Some(b) = max_bytes.filter(|b| *b < MIN_MAX_BYTES) {
         return Err(Error::config(
             ConfigOption::MaxBytes,
-            format!("max bytes is {b}, at least {MIN_MAX_BYTES} (one entry costs {ENTRY_OVERHEAD} bytes beyond its key and value)"),
+            format!("max bytes is {b}, at least {MIN_MAX_BYTES} (what an entry of a 16-byte key and a 64-byte value costs; see `entry_cost`)"),
         ));
     }
     Ok(Limits {

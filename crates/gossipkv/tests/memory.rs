@@ -120,7 +120,8 @@ async fn reject_refuses_with_typed_errors_and_writes_nothing() -> Result<(), Err
 async fn a_cache_filled_far_past_its_budget_stays_within_it_and_watchers_see_evictions(
 ) -> Result<(), Error> {
     let value = "v".repeat(100);
-    let per_entry = gossipkv::MIN_MAX_BYTES - 64 + 10 + value.len();
+    // Keys of 9 bytes (`key-00000`), values stored as their bytes.
+    let per_entry = gossipkv::entry_cost(9, Some(value.len()));
     let budget = 200 * per_entry;
     let kv = cache(None, Some(budget)).await;
     let mut watch = kv.watch("");
@@ -240,7 +241,8 @@ async fn an_eviction_is_a_delete_everywhere_and_nothing_comes_back() -> Result<(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cache_under_load_in_a_cluster_collects_its_tombstones_early() -> Result<(), Error> {
     let value = "v".repeat(200);
-    let per_entry = gossipkv::MIN_MAX_BYTES - 64 + 6 + value.len();
+    // Keys of 5 bytes (`k0000`), values stored as their bytes.
+    let per_entry = gossipkv::entry_cost(5, Some(value.len()));
     let budget = 100 * per_entry;
     let a = member("cache-a", &[], Some((None, Some(budget)))).await;
     let b = member("peer-b", &[&a], None).await;

@@ -6,9 +6,9 @@
 //! **Cost of an entry** ([`entry_cost`]). `key + value.len() +
 //! ENTRY_OVERHEAD`, a tombstone `key + ENTRY_OVERHEAD`, where `key` is the
 //! key's length (at least 16) for a key of up to 23 bytes, held inline in
-//! the entry and in the sequence index, and for a longer key its length
-//! plus its shared allocation (16 bytes of counts, rounded up to 16 as the
-//! allocator does) and 16 more. The overhead is the resident memory a store
+//! the entry and in the sequence index, and for a longer key 16 plus its
+//! shared allocation: the key and 16 bytes of counts, with the allocator's
+//! 8-byte header, rounded up to 16 bytes as the allocator does. The overhead is the resident memory a store
 //! of a million 16-byte keys and 64-byte values takes per entry beyond its
 //! 80 bytes (`bytes_per_key_1m` of `cargo xtask bench`): the entry in its
 //! shard's chunk, its slot in the hash index, its position in the ordered
