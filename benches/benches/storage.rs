@@ -27,7 +27,7 @@
 
 use std::collections::HashMap;
 use std::hint::black_box;
-use std::sync::{Arc, Barrier};
+use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -259,7 +259,7 @@ fn merge_bench(group: &mut BenchmarkGroup<'_, WallTime>, keys: usize) {
                             let i = i as usize;
                             // A fresh key allocation, as if decoded from the wire.
                             Record {
-                                key: Arc::from(w.keys[i].as_str()),
+                                key: w.keys[i].as_str().into(),
                                 value: Some(w.values[i].clone()),
                                 version: Version::new(Hlc::from_u64(base + seq), &peer, seq),
                                 lifetime: gossipkv_storage::Lifetime::FOREVER,

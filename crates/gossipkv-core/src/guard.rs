@@ -29,10 +29,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use gossipkv_storage::{Delta, Digest, Hlc, NodeId, Origin, OriginChunk, Page, Record};
+use gossipkv_storage::{Delta, Digest, Hlc, Key, NodeId, Origin, OriginChunk, Page, Record};
 use tracing::{debug, warn};
 
 use crate::config::CLOCK_SKEW_REPORT;
@@ -164,7 +163,7 @@ impl Guard {
         cx: &mut Context,
         from: SocketAddr,
         page: &Page,
-    ) -> Option<BTreeSet<Arc<str>>> {
+    ) -> Option<BTreeSet<Key>> {
         let mut f = self.findings(cx, from);
         let own = cx.store.local_origin();
         let own_mark = cx.store.watermark(own);
@@ -407,7 +406,7 @@ fn admit(cx: &Context, r: &Record, f: &mut Findings) -> Admit {
 /// longer accounts for, so the receiver's watermark never rises over it.
 fn screen_chunk(cx: &Context, chunk: &mut OriginChunk, f: &mut Findings) {
     let mut cut: Option<u64> = None;
-    let mut lost_keys: BTreeSet<Arc<str>> = BTreeSet::new();
+    let mut lost_keys: BTreeSet<Key> = BTreeSet::new();
     let origin = chunk.origin.clone();
     chunk.records.retain(|r| {
         match admit(cx, r, f) {

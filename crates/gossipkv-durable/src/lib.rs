@@ -42,9 +42,8 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use gossipkv_storage::{Origin, Record};
+use gossipkv_storage::{Key, Origin, Record};
 use redb::{Database, DatabaseError, ReadableTable, StorageError, TableDefinition};
 
 mod blocks;
@@ -211,7 +210,7 @@ pub struct Batch {
     pub records: Vec<Record>,
     /// Keys whose rows go (their tombstones were collected). They go
     /// before `records` are written: a key in both keeps its record.
-    pub removed: Vec<Arc<str>>,
+    pub removed: Vec<Key>,
     /// Per origin, its watermark and collected floor.
     pub marks: Vec<(Origin, u64, u64)>,
     /// Origins of `marks` that are retired (see

@@ -2,10 +2,8 @@
 //! decoder checks lengths and returns `None` for a row it cannot read (the
 //! caller reports the file corrupt); none panics.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
-use gossipkv_storage::{Hlc, Lifetime, NodeId, Origin, Record, Version, HLC_MAX_PHYSICAL_MS};
+use gossipkv_storage::{Hlc, Key, Lifetime, NodeId, Origin, Record, Version, HLC_MAX_PHYSICAL_MS};
 
 /// Flag bit: the record holds a value (else it is a tombstone).
 const HAS_VALUE: u8 = 1;
@@ -94,7 +92,7 @@ pub(crate) fn decode_record(
         _ => last_node.insert(NodeId::new(node)).clone(),
     };
     Some(Record {
-        key: Arc::from(key),
+        key: Key::from(key),
         value,
         version: Version {
             hlc: Hlc::from_u64(hlc),

@@ -69,7 +69,7 @@ fn me() -> Identity {
 
 fn record(key: &str, value: &str, seq: u64) -> Record {
     Record {
-        key: Arc::from(key),
+        key: key.into(),
         value: Some(Bytes::copy_from_slice(value.as_bytes())),
         version: Version {
             hlc: Hlc::new(1_767_225_600_000 + seq, 0),

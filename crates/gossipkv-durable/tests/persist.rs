@@ -3,11 +3,10 @@
 //! that cannot be read reported as corruption.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use gossipkv_durable::{Batch, DataDir, Identity, OpenError, FILE_NAME, FORMAT_VERSION};
-use gossipkv_storage::{Hlc, Lifetime, NodeId, Origin, Record, Version, HLC_MAX_PHYSICAL_MS};
+use gossipkv_storage::{Hlc, Key, Lifetime, NodeId, Origin, Record, Version, HLC_MAX_PHYSICAL_MS};
 use proptest::prelude::*;
 use redb::{Database, TableDefinition};
 
@@ -17,7 +16,7 @@ fn me() -> Identity {
 
 fn record(key: &str, value: Option<&[u8]>, node: &str, generation: u64, seq: u64) -> Record {
     Record {
-        key: Arc::from(key),
+        key: Key::from(key),
         value: value.map(Bytes::copy_from_slice),
         version: Version {
             hlc: Hlc::new(1_767_225_600_000 + seq, (seq % 7) as u16),
@@ -88,7 +87,7 @@ fn a_later_batch_replaces_rows_and_removes_keys() {
     .unwrap();
     data.persist(&Batch {
         records: vec![record("k", Some(b"new"), "node-c", 2, 9)],
-        removed: vec![Arc::from("t"), Arc::from("never-stored")],
+        removed: vec![Key::from("t"), Key::from("never-stored")],
         marks: vec![(Origin::new("node-a", 1), 2, 2)],
         retired: Vec::new(),
         hlc_ceiling: 0,
@@ -97,7 +96,7 @@ fn a_later_batch_replaces_rows_and_removes_keys() {
     // A key both removed and written in one batch keeps its write.
     data.persist(&Batch {
         records: vec![record("both", Some(b"kept"), "node-a", 1, 10)],
-        removed: vec![Arc::from("both")],
+        removed: vec![Key::from("both")],
         marks: Vec::new(),
         retired: Vec::new(),
         hlc_ceiling: 0,
@@ -264,7 +263,7 @@ fn arb_record() -> impl Strategy<Value = Record> {
     )
         .prop_map(
             |(key, value, node, generation, seq, hlc, lifetime)| Record {
-                key: Arc::from(key.as_str()),
+                key: Key::from(key.as_str()),
                 value: value.map(Bytes::from),
                 version: Version {
                     hlc: Hlc::from_u64(hlc),
@@ -317,9 +316,9 @@ proptest! {
     ) {
         let tmp = tempfile::tempdir().unwrap();
         let mut data = DataDir::open(tmp.path(), &me()).unwrap();
-        let mut model: BTreeMap<Arc<str>, Record> = BTreeMap::new();
+        let mut model: BTreeMap<Key, Record> = BTreeMap::new();
         for (records, removed) in batches {
-            let removed: Vec<Arc<str>> = removed.iter().map(|k| Arc::from(k.as_str())).collect();
+            let removed: Vec<Key> = removed.iter().map(|k| Key::from(k.as_str())).collect();
             for k in &removed {
                 model.remove(k);
             }
@@ -356,7 +355,7 @@ fn a_file_grown_well_past_its_data_is_compacted_and_keeps_it() {
     assert!(!data.compact_if_bloated().unwrap(), "all of it is live");
     let full = std::fs::metadata(&file).unwrap().len();
     data.persist(&Batch {
-        removed: keys[100..].iter().map(|k| Arc::from(k.as_str())).collect(),
+        removed: keys[100..].iter().map(|k| Key::from(k.as_str())).collect(),
         ..Batch::default()
     })
     .unwrap();

@@ -2,12 +2,11 @@
 //! with every decoded length and count checked against [`Limits`].
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use gossipkv_storage::{
-    Delta, Digest, DigestEntry, Ghost, Hlc, Lifetime, NodeId, Origin, OriginChunk, Page, Record,
-    Version, HLC_MAX_PHYSICAL_MS,
+    Delta, Digest, DigestEntry, Ghost, Hlc, Key, Lifetime, NodeId, Origin, OriginChunk, Page,
+    Record, Version, HLC_MAX_PHYSICAL_MS,
 };
 use prost::Message;
 
@@ -627,7 +626,7 @@ impl Decoder<'_> {
             Some(r.value)
         };
         Ok(Record {
-            key: Arc::from(r.key),
+            key: Key::from(r.key),
             value,
             version: Version {
                 hlc: Hlc::from_u64(r.hlc),
@@ -711,7 +710,7 @@ impl Decoder<'_> {
                 self.key(&g.key)?;
                 Ok(Ghost {
                     seq: g.seq,
-                    key: Arc::from(g.key),
+                    key: Key::from(g.key),
                     hlc: Hlc::from_u64(g.hlc),
                 })
             })

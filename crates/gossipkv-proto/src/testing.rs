@@ -32,12 +32,11 @@
 
 use std::fmt::Debug;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::sync::Arc;
 
 use bytes::Bytes;
 use gossipkv_storage::{
-    Delta, Digest, DigestEntry, Ghost, Hlc, Lifetime, NodeId, Origin, OriginChunk, Page, Record,
-    Version, HLC_MAX_PHYSICAL_MS,
+    Delta, Digest, DigestEntry, Ghost, Hlc, Key, Lifetime, NodeId, Origin, OriginChunk, Page,
+    Record, Version, HLC_MAX_PHYSICAL_MS,
 };
 use proptest::prelude::*;
 
@@ -104,7 +103,7 @@ fn make_record(
     lifetime: Lifetime,
 ) -> Record {
     Record {
-        key: Arc::from(key),
+        key: Key::from(key),
         value,
         version: Version {
             hlc: Hlc::from_u64(hlc),
@@ -167,7 +166,7 @@ pub fn chunk_of(rec: BoxedStrategy<Record>) -> impl Strategy<Value = OriginChunk
         let ghost = (ghost_seq, long_text(3), any::<u64>()).prop_map(move |(off, key, hlc)| {
             off.map(|off| Ghost {
                 seq: from + off,
-                key: Arc::from(key),
+                key: Key::from(key),
                 hlc: Hlc::from_u64(hlc),
             })
         });
@@ -547,7 +546,7 @@ fn chunk_of_world(w: &World) -> BoxedStrategy<OriginChunk> {
                     .prop_map(|(seq, key, hlc)| {
                         Some(Ghost {
                             seq,
-                            key: Arc::from(key),
+                            key: Key::from(key),
                             hlc: Hlc::from_u64(hlc),
                         })
                     })

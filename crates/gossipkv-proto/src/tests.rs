@@ -1,8 +1,6 @@
 //! Unit tests that need the generated protobuf types: size bounds and the
 //! rejection of invalid fields.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use gossipkv_storage::{
     Delta, Digest, DigestEntry, Ghost, Hlc, NodeId, Origin, OriginChunk, Page, Record, Version,
@@ -171,7 +169,7 @@ proptest! {
 
 fn record_of(key_len: usize, value: Option<usize>, node_len: usize) -> Record {
     Record {
-        key: Arc::from("k".repeat(key_len)),
+        key: "k".repeat(key_len).into(),
         value: value.map(|n| Bytes::from(vec![1u8; n])),
         version: Version {
             hlc: Hlc::from_u64(u64::MAX),
@@ -201,7 +199,7 @@ fn size_hints_hold_at_varint_boundaries() {
                     records: vec![r.clone(), t],
                     ghosts: vec![Ghost {
                         seq: u64::MAX,
-                        key: Arc::from("g".repeat(k)),
+                        key: "g".repeat(k).into(),
                         hlc: Hlc::from_u64(u64::MAX),
                     }],
                 };
@@ -256,7 +254,7 @@ fn overhead_constant_covers_the_largest_header() {
 
 fn valid_pb() -> pb::Envelope {
     let record = Record {
-        key: Arc::from("k"),
+        key: "k".into(),
         value: Some(Bytes::from_static(b"v")),
         version: Version {
             hlc: Hlc::new(1_000, 0),
@@ -280,7 +278,7 @@ fn valid_pb() -> pb::Envelope {
                     records: vec![record],
                     ghosts: vec![Ghost {
                         seq: 2,
-                        key: Arc::from("g"),
+                        key: "g".into(),
                         hlc: Hlc::new(900, 0),
                     }],
                 }],

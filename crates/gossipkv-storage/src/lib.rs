@@ -40,11 +40,12 @@
 //! assert_eq!(a.digest(), b.digest());
 //! ```
 
-/// A key as the store holds it: up to 23 bytes inline (no allocation of
-/// its own), a longer one in one shared allocation. Cloning it (into the
-/// sequence index) copies 24 bytes or bumps a count. A [`Record`] holds an
-/// `Arc<str>`: a record made from an inline key allocates one.
-type Key = smol_str::SmolStr;
+/// A key, as the store and its records hold it: up to 23 bytes inline (no
+/// allocation of its own), a longer one in one shared allocation. Cloning
+/// it (into the sequence index, into a record) copies 24 bytes or bumps a
+/// count. Made from a `&str`, a `String` or an `Arc<str>` with `into()`,
+/// and read as a `&str` (it derefs to one).
+pub type Key = smol_str::SmolStr;
 
 mod ordered;
 mod record;

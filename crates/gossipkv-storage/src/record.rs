@@ -1,10 +1,9 @@
 //! Records and the messages of the digest / delta exchange, in storage terms.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 
 use crate::version::{Hlc, Origin, Version};
+use crate::Key;
 
 /// Upper bound, in bytes, of what a record costs on the wire beyond its key,
 /// value and node id. The wire crate checks its encoding stays within it.
@@ -90,8 +89,8 @@ impl Lifetime {
 /// One key's state: a value or a tombstone (`value == None`), with its version.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Record {
-    /// The key.
-    pub key: Arc<str>,
+    /// The key (see [`Key`]).
+    pub key: Key,
     /// The value, or `None` for a delete (tombstone).
     pub value: Option<Bytes>,
     /// Who wrote it and when.
@@ -103,7 +102,7 @@ pub struct Record {
 
 impl Record {
     /// A record that lives until overwritten or deleted.
-    pub fn new(key: impl Into<Arc<str>>, value: Option<Bytes>, version: Version) -> Record {
+    pub fn new(key: impl Into<Key>, value: Option<Bytes>, version: Version) -> Record {
         Record {
             key: key.into(),
             value,
@@ -335,7 +334,7 @@ pub struct Ghost {
     /// The superseded write's sequence number.
     pub seq: u64,
     /// The key it wrote.
-    pub key: Arc<str>,
+    pub key: Key,
     /// Its timestamp (used to collect it after the retention period).
     pub hlc: Hlc,
 }

@@ -404,9 +404,8 @@ impl Store {
     /// [`Store::set`] and [`Store::delete`], and returns the record written,
     /// for a caller that sends it on (an eager push). The record shares the
     /// store's value, which costs the value a shared header when it had
-    /// none (a `Bytes` made from a `Vec`), and the key of more than 23
-    /// bytes (a shorter one, held inline, is copied into an allocation of
-    /// the record's own); [`Store::set`] does neither.
+    /// none (a `Bytes` made from a `Vec`), and its key (a copy when the key
+    /// is held inline); [`Store::set`] does not.
     ///
     /// These three never refuse a write: with limits, use
     /// [`Store::try_write`]. Under [`Policy::EvictLru`] they evict after the
@@ -426,7 +425,7 @@ impl Store {
         let lifetime = lifetime_of(&value, lifetime);
         let (key, hlc, seq) = self.write_unchecked(key, value.clone(), lifetime, now_ms);
         Record {
-            key: key.into(),
+            key,
             value,
             version: Version::new(hlc, &self.local, seq),
             lifetime,
@@ -755,7 +754,6 @@ impl Store {
             version,
             lifetime,
         } = record;
-        let key = Key::from(key);
         // A value already expired is stored as the tombstone it behaves as.
         let value = value.filter(|_| !lifetime.is_expired(self.lives.now_ms()));
         let incoming = Entry::new(value, version.hlc, oid, version.seq, 0).living(lifetime);
@@ -1057,7 +1055,7 @@ impl Store {
                 if add_ghost {
                     chunk.ghosts.push(Ghost {
                         seq,
-                        key: ie.key.clone().into(),
+                        key: ie.key.clone(),
                         hlc: ie.hlc,
                     });
                 }
@@ -1171,7 +1169,7 @@ impl Store {
                     log.index.insert_if_absent(
                         g.seq,
                         IndexEntry {
-                            key: Key::from(g.key.clone()),
+                            key: g.key.clone(),
                             hlc: g.hlc,
                         },
                     );
@@ -1371,7 +1369,7 @@ impl Store {
     /// holds of them is kept. (A receiver that screens records out of a
     /// page skips them so: it must neither take them nor drop the keys
     /// they name, and must not raise watermarks on the strength of it.)
-    pub fn apply_page_skipping(&self, page: &Page, skipped: &BTreeSet<Arc<str>>) -> ApplyStats {
+    pub fn apply_page_skipping(&self, page: &Page, skipped: &BTreeSet<Key>) -> ApplyStats {
         let mut stats = ApplyStats::default();
         let in_page: HashSet<&str> = page.records.iter().map(|r| &*r.key).collect();
         let taken = page.records.iter().filter(|r| !skipped.contains(&r.key));
@@ -1507,7 +1505,7 @@ impl Store {
     fn to_record(&self, key: Key, e: &Entry) -> Record {
         let origin = self.origin_of(e.origin);
         Record {
-            key: key.into(),
+            key,
             value: e.value.clone(),
             version: Version::new(e.hlc, &origin, e.seq),
             lifetime: Lifetime::unpack(e.life),

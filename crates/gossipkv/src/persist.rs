@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use foldhash::fast::RandomState as FastState;
 use gossipkv_durable::{Batch, DataDir, Identity, WriteError};
-use gossipkv_storage::{Hlc, NodeId, Origin, Store, StoreConfig};
+use gossipkv_storage::{Hlc, Key, NodeId, Origin, Store, StoreConfig};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use tracing::{debug, error, info, warn};
 
@@ -103,7 +103,7 @@ struct State {
     /// Keys changed since the last commit began, in the order they
     /// changed, repeats included: appending is all a write pays; the
     /// commit removes the repeats.
-    dirty: Vec<Arc<str>>,
+    dirty: Vec<Key>,
     /// Changes marked so far (a writer's ticket).
     marked: u64,
     /// Changes covered by a finished commit.
@@ -331,7 +331,7 @@ impl Persister {
     /// a shard lock: quick, and never calls back into the store.
     pub(crate) fn mark(&self, key: &str) {
         let mut s = self.state.lock();
-        s.dirty.push(Arc::from(key));
+        s.dirty.push(Key::from(key));
         s.marked += 1;
         if s.dirty.len() >= DIRTY_DEDUP && s.dirty.len().is_power_of_two() {
             // Commits are failing or far apart: keep one entry per key.
@@ -648,7 +648,7 @@ impl Persister {
 /// not do so without their keys.
 struct Taken<'a> {
     persister: &'a Persister,
-    keys: HashSet<Arc<str>, FastState>,
+    keys: HashSet<Key, FastState>,
     stored: bool,
 }
 
@@ -726,8 +726,7 @@ mod tests {
     fn a_commit_that_panics_gives_its_keys_back() {
         let tmp = tempfile::tempdir().unwrap();
         let (_store, p) = persister(tmp.path(), Durability::Interval(Duration::from_secs(60)));
-        let keys: HashSet<Arc<str>, FastState> =
-            [Arc::from("a"), Arc::from("b")].into_iter().collect();
+        let keys: HashSet<Key, FastState> = [Key::from("a"), Key::from("b")].into_iter().collect();
         let failures = p.state.lock().failures;
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let _taken = Taken {
@@ -748,7 +747,7 @@ mod tests {
         // A commit that stored its keys gives nothing back.
         let stored = Taken {
             persister: &p,
-            keys: [Arc::from("c")].into_iter().collect(),
+            keys: [Key::from("c")].into_iter().collect(),
             stored: true,
         };
         drop(stored);

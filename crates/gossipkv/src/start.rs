@@ -12,7 +12,7 @@ use gossipkv_core::{
     DetectorConfig, MemberEvent, Protocol, ProtocolConfig, MAX_NODE_ID_LEN, MAX_PACKET_SIZE,
     MAX_VALUE_SIZE_LIMIT, MIN_PACKET_SIZE,
 };
-use gossipkv_storage::{ChangeCause, Limits, NodeId, Origin, Record, Store, StoreConfig};
+use gossipkv_storage::{ChangeCause, Key, Limits, NodeId, Origin, Record, Store, StoreConfig};
 use gossipkv_transport::{Transport, UdpConfig, UdpTransport};
 use parking_lot::Mutex;
 use rand::Rng;
@@ -193,7 +193,7 @@ impl Shared {
                 }
                 if tx.receiver_count() > 0 {
                     let _ = tx.send(Change {
-                        key: Arc::from(key),
+                        key: Key::from(key),
                         value: value.cloned(),
                         kind: ChangeKind::from(cause),
                     });

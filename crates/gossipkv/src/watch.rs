@@ -9,12 +9,12 @@ use tracing::warn;
 
 use crate::codec::{Codec, CodecError};
 use gossipkv_core::MemberEvent;
-use gossipkv_storage::ChangeCause;
+use gossipkv_storage::{ChangeCause, Key};
 
 /// A change of one key, as the store applied it.
 #[derive(Clone, Debug)]
 pub(crate) struct Change {
-    pub(crate) key: Arc<str>,
+    pub(crate) key: Key,
     pub(crate) value: Option<Bytes>,
     pub(crate) kind: ChangeKind,
 }

@@ -281,7 +281,7 @@ async fn an_unkeyed_cluster_migrates_to_encryption_while_it_replicates() {
 fn push(key: &str, value: &str, seq: u64) -> Bytes {
     let origin = Origin::new("mallory", 1);
     let record = Record {
-        key: Arc::from(key),
+        key: key.into(),
         value: Some(Bytes::copy_from_slice(value.as_bytes())),
         version: Version::new(Hlc::from_u64(now_ms() << 16), &origin, seq),
         lifetime: gossipkv_storage::Lifetime::FOREVER,

@@ -4,7 +4,6 @@
 //! pulled forward. Every wait polls a condition with a deadline.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -50,7 +49,7 @@ fn version_of(kv: &Kv, key: &str) -> Version {
 
 fn record(key: &str, value: &str, hlc: Hlc, origin: &Origin, seq: u64) -> Record {
     Record {
-        key: Arc::from(key),
+        key: key.into(),
         value: Some(Bytes::copy_from_slice(value.as_bytes())),
         version: Version::new(hlc, origin, seq),
         lifetime: gossipkv_storage::Lifetime::FOREVER,

@@ -2,13 +2,12 @@
 //! time. Each test fails without its guard.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use gossipkv_proto::{Ack, Body, Envelope, Push, Reply, Sender, SynAck};
 use gossipkv_storage::{
-    Delta, Digest, DigestEntry, Ghost, Hlc, Origin, OriginChunk, Page, Record, Store, Version,
+    Delta, Digest, DigestEntry, Ghost, Hlc, Key, Origin, OriginChunk, Page, Record, Store, Version,
     HLC_MAX_PHYSICAL_MS,
 };
 
@@ -25,7 +24,7 @@ fn from_evil(body: Body) -> Envelope {
 
 fn record(key: &str, value: &str, hlc: Hlc, origin: &Origin, seq: u64) -> Record {
     Record {
-        key: Arc::from(key),
+        key: Key::from(key),
         value: Some(Bytes::copy_from_slice(value.as_bytes())),
         version: Version::new(hlc, origin, seq),
         lifetime: gossipkv_storage::Lifetime::FOREVER,
@@ -162,7 +161,7 @@ fn ghosts_stamped_beyond_the_drift_cut_their_chunk() {
         ],
         ghosts: vec![Ghost {
             seq: 2,
-            key: Arc::from("b"),
+            key: Key::from("b"),
             hlc: END_OF_TIME,
         }],
     };
@@ -215,7 +214,7 @@ fn records_of_our_own_origin_from_outside_are_never_applied() {
     let forged_newer = record("k", "forged", ahead(5), &own, v1.seq);
     let forged_far = record("x", "forged", ahead(5), &own, u64::MAX);
     let echo = Record {
-        key: Arc::from("k"),
+        key: Key::from("k"),
         value: Some(Bytes::from_static(b"ours")),
         version: v1.clone(),
         lifetime: gossipkv_storage::Lifetime::FOREVER,

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use gossipkv_proto::testing::{envelope_in, fragmented_in, World};
 use gossipkv_proto::{decode_reassembled, encode, Body, Envelope, Limits, Reply, Sender, Syn};
-use gossipkv_storage::{Delta, Digest, DigestEntry, Hlc, Origin, Page, Record, Store};
+use gossipkv_storage::{Delta, Digest, DigestEntry, Hlc, Key, Origin, Page, Record, Store};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
@@ -272,7 +272,7 @@ impl Node {
                     "a local write is read back"
                 );
                 let record = Record {
-                    key: Arc::from(key),
+                    key: Key::from(key),
                     value: Some(Bytes::from(format!("w{}", self.writes - 1))),
                     version,
                     lifetime: gossipkv_storage::Lifetime::FOREVER,

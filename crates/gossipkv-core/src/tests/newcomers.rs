@@ -3,11 +3,10 @@
 //! Each test fails without the bound it checks.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use gossipkv_proto::{Ack, Body, Envelope, Push, Sender};
-use gossipkv_storage::{Delta, Ghost, Hlc, Origin, OriginChunk, Page, Record, Version};
+use gossipkv_storage::{Delta, Ghost, Hlc, Key, Origin, OriginChunk, Page, Record, Version};
 
 use super::protocol::{deliver, protocol, WALL};
 use crate::{
@@ -26,7 +25,7 @@ fn addr(port: u16) -> SocketAddr {
 
 fn record(key: &str, origin: &Origin, seq: u64) -> Record {
     Record {
-        key: Arc::from(key),
+        key: Key::from(key),
         value: Some(Bytes::from_static(b"v")),
         version: Version::new(Hlc::new(WALL, 0), origin, seq),
         lifetime: gossipkv_storage::Lifetime::FOREVER,
@@ -149,7 +148,7 @@ fn spent_stranger_delta(p: &mut Protocol) -> (Origin, Origin, Origin) {
         to: 3,
         records: vec![record("k3", &a, 3), record("k2", &newer, 1)],
         ghosts: vec![Ghost {
-            key: Arc::from("k2"),
+            key: Key::from("k2"),
             seq: 2,
             hlc: Hlc::new(WALL, 0),
         }],
@@ -253,7 +252,7 @@ fn a_chunk_that_relied_on_a_dropped_one_raises_nothing() {
         to: 1,
         records: vec![record("k", &a, 2)],
         ghosts: vec![Ghost {
-            key: Arc::from("k"),
+            key: Key::from("k"),
             seq: 1,
             hlc: Hlc::new(WALL, 0),
         }],

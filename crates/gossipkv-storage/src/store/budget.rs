@@ -421,7 +421,7 @@ impl Store {
         let lifetime = super::lifetime_of(&value, lifetime);
         let (k, hlc, seq) = self.limited_write(key, value.clone(), lifetime, now_ms)?;
         Ok(Record {
-            key: k.into(),
+            key: k,
             value,
             version: Version::new(hlc, self.local_origin(), seq),
             lifetime,

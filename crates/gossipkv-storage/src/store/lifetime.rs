@@ -418,7 +418,7 @@ impl Store {
             });
             if let Ok((key, hlc, seq)) = written {
                 out.push(Record {
-                    key: key.into(),
+                    key,
                     value,
                     version: Version::new(hlc, self.local_origin(), seq),
                     lifetime: life,

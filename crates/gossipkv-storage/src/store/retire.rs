@@ -283,7 +283,7 @@ impl Store {
         drop(shard);
         log.append(seq, key.clone(), hlc);
         Some(Record {
-            key: key.into(),
+            key,
             value,
             version: Version::new(hlc, &self.local, seq),
             lifetime: Lifetime::unpack(life),
