@@ -10,10 +10,10 @@
 //! and a node allocation every few entries, which made it most of the cost
 //! of a local write.
 
-use crate::Key;
 use std::collections::BTreeMap;
 
 use crate::version::Hlc;
+use crate::Key;
 
 /// The write of one sequence number: its key, and its timestamp.
 #[derive(Clone, Debug, PartialEq, Eq)]

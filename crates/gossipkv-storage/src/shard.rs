@@ -14,7 +14,6 @@
 //! a whole shard under its lock when it grows). A lookup reads one more
 //! cache line (the index, then the entry).
 
-use crate::Key;
 use std::hash::BuildHasher;
 use std::ops::Bound;
 
@@ -22,6 +21,7 @@ use foldhash::fast::RandomState as FastState;
 use hashbrown::HashTable;
 
 use crate::ordered::OrderedKeys;
+use crate::Key;
 
 /// Entries per chunk.
 const CHUNK: usize = 256;

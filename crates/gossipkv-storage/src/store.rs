@@ -1,6 +1,5 @@
 //! The sharded last-writer-wins store with its per-origin index.
 
-use crate::Key;
 use std::cmp::{Ordering as CmpOrdering, Reverse};
 use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
@@ -19,6 +18,7 @@ use crate::record::{
 use crate::seq_index::{IndexEntry, SeqIndex};
 use crate::shard::ShardMap;
 use crate::version::{Hlc, HlcClock, Origin, Version};
+use crate::Key;
 
 // Memory limits (issue 12): accounting, policies, eviction, early collection.
 mod budget;

@@ -63,7 +63,6 @@
 //! and one entry. Deletes are never refused; merges always apply (and
 //! evict).
 
-use crate::Key;
 use std::collections::{BinaryHeap, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -75,6 +74,7 @@ use super::{Entry, Store};
 use crate::record::{Lifetime, Record};
 use crate::seq_index::IndexEntry;
 use crate::version::{Hlc, Origin, Version};
+use crate::Key;
 
 /// Bytes an entry costs beyond its key and value (see the module docs):
 /// the `bytes_per_key_1m` figure of `cargo xtask bench`, rounded up.

@@ -26,7 +26,6 @@
 //! (the owner is dead everywhere, or has refuted everywhere), they show the
 //! same. A value overwritten by another writer belongs to that writer.
 
-use crate::Key;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -37,6 +36,7 @@ use super::{Entry, Store};
 use crate::record::{Lifetime, Record};
 use crate::seq_index::IndexEntry;
 use crate::version::{Origin, Version};
+use crate::Key;
 
 /// Why what a key shows changed (see [`ChangeObserver`](super::ChangeObserver)).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -38,7 +38,6 @@
 //! id, generation and marks: about 100 bytes), which is what refusing its
 //! writes needs.
 
-use crate::Key;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -46,6 +45,7 @@ use std::sync::Arc;
 use super::{Entry, OriginLog, Store};
 use crate::record::{Digest, DigestEntry, Lifetime, Record, RETIRED_WATERMARK};
 use crate::version::{Origin, Version};
+use crate::Key;
 
 /// Where an origin stands (see the module docs).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
