@@ -11,7 +11,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -136,6 +136,9 @@ pub(crate) struct Persister {
     done: Condvar,
     /// Writers under way in `Sync` mode (see [`Persister::begin`]).
     writers: AtomicUsize,
+    /// `State::committed`, readable without the lock (see
+    /// [`Persister::watch_commit`]); set with it, under the lock.
+    committed_hint: AtomicU64,
     mode: Durability,
     file: PathBuf,
     /// The store (weak: the store's observers hold the persister).
@@ -304,6 +307,7 @@ impl Persister {
             work: Condvar::new(),
             done: Condvar::new(),
             writers: AtomicUsize::new(0),
+            committed_hint: AtomicU64::new(0),
             mode,
             file: data.file().to_path_buf(),
             store: Arc::downgrade(store),
@@ -417,11 +421,35 @@ impl Persister {
                 }
                 // A commit is under way: watch it for a while, then sleep.
                 None if Instant::now() < spin_until => {
-                    MutexGuard::unlocked(s, std::thread::yield_now);
+                    MutexGuard::unlocked(s, || self.watch_commit(ticket, spin_until));
                 }
                 None => self.done.wait(s),
             }
         }
+    }
+
+    /// Yields, without the state lock, while the commit under way runs and
+    /// has not covered `ticket`, until `until`: writers waiting for a
+    /// commit do not take turns on the lock that the committing writer and
+    /// the writers marking their next change need. What the watch sees is
+    /// a hint: the caller checks again under the lock.
+    fn watch_commit(&self, ticket: u64, until: Instant) {
+        loop {
+            std::thread::yield_now();
+            if self.committed_hint.load(Ordering::Acquire) >= ticket
+                || !self.data.is_locked()
+                || Instant::now() >= until
+            {
+                return;
+            }
+        }
+    }
+
+    /// Records that the changes up to `to` are committed (under the state
+    /// lock, `s`).
+    fn set_committed(&self, s: &mut State, to: u64) {
+        s.committed = to;
+        self.committed_hint.store(to, Ordering::Release);
     }
 
     /// Waits, at most [`GATHER`], until every writer under way has marked
@@ -584,7 +612,8 @@ impl Persister {
             if s.dirty.is_empty() && s.stop.is_none() {
                 // Nothing changed: no commit (a watermark that rose alone
                 // is stored with the next change, or at the stop).
-                s.committed = s.marked;
+                let marked = s.marked;
+                self.set_committed(&mut s, marked);
                 return Ok(());
             }
             (std::mem::take(&mut s.dirty), s.marked)
@@ -625,7 +654,8 @@ impl Persister {
         match &result {
             Ok(()) => {
                 taken.stored = true;
-                s.committed = s.committed.max(ticket);
+                let committed = s.committed.max(ticket);
+                self.set_committed(&mut s, committed);
                 s.commits += 1;
                 s.records_written += batch.records.len() as u64;
                 s.rows_removed += batch.removed.len() as u64;
