@@ -337,7 +337,8 @@ impl DataDir {
     }
 
     /// Folds the write-ahead log into the records (one transaction).
-    /// Returns how many log entries it applied. Small batches
+    /// Returns how many changes (rows written or removed) it applied: a
+    /// batched entry counts each of its rows. Small batches
     /// ([`LOG_BATCH_MAX`] rows or fewer) accumulate in the log; call it
     /// now and then (the facade does, every second or so) so that the log
     /// stays short and a restart quick.

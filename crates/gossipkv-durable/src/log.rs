@@ -125,7 +125,7 @@ pub(crate) fn encode_batch(changes: &[Vec<u8>]) -> Vec<u8> {
 }
 
 /// Applies every log entry to the records' blocks, in order, and empties
-/// the log. Returns how many entries it applied.
+/// the log. Returns how many changes (rows) it applied.
 pub(crate) fn fold(tx: &WriteTransaction) -> Result<u64, String> {
     // The last entry of each key wins.
     let mut changes: BTreeMap<String, blocks::Change> = BTreeMap::new();

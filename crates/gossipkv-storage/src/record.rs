@@ -89,7 +89,9 @@ impl Lifetime {
 /// One key's state: a value or a tombstone (`value == None`), with its version.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Record {
-    /// The key (see [`Key`]).
+    /// The key: a `smol_str::SmolStr` (this crate's [`Key`]; not the
+    /// encryption key that the `gossipkv` crate calls `Key`), up to 23
+    /// bytes inline, read as a `&str`.
     pub key: Key,
     /// The value, or `None` for a delete (tombstone).
     pub value: Option<Bytes>,

@@ -334,7 +334,9 @@ async fn keyed_ratio(
         with_cluster(keyed_spec, t0, async |keyed: &Cluster| {
             progress(
                 t0,
-                format!("n=10, keyed and unkeyed side by side: {samples} writes on each, in turns..."),
+                format!(
+                    "n=10, keyed and unkeyed side by side: {samples} writes on each, in turns..."
+                ),
             );
             paired_propagation((plain, keyed), "pair", samples, deadline, rng).await
         })
