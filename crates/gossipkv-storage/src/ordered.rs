@@ -11,8 +11,8 @@
 //! Why not a `BTreeSet`: its nodes hold 11 keys and split in half, so
 //! after keys inserted in order they are about half full, and each costs
 //! its allocation's bookkeeping: 37 bytes per key in all were measured for
-//! a set of 16-byte key pointers. Here a block that overflows at the end of the last
-//! block starts a new block (keys inserted in order fill their blocks),
+//! a set of 16-byte key pointers. Here a block that overflows at the end of
+//! the last block starts a new block (keys inserted in order fill them),
 //! other overflows split in half, and a block's vector grows by doubling
 //! to [`BLOCK`]: 4 to 6 bytes per key. An insertion or removal moves at
 //! most a block's positions (1 KiB), and finding a key is two binary
@@ -185,7 +185,8 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::BTreeSet;
 
-    /// The keys of positions: position `n` is key `k{n:04}`... of `keys`.
+    /// The keys of the positions the walk gives (position `n` holds
+    /// `keys[n]`).
     fn walk(o: &OrderedKeys, keys: &[String], start: &str, upper: Bound<&str>) -> Vec<String> {
         o.range(start, upper, |p| &keys[p as usize])
             .map(|p| keys[p as usize].clone())

@@ -203,12 +203,6 @@ pub struct BudgetStats {
 /// store.
 pub type EvictionObserver = Arc<dyn Fn(&Record) + Send + Sync>;
 
-/// The cost of an entry of `key_len` bytes holding `value_len` (`None`: a
-/// tombstone).
-pub(super) fn cost(key_len: usize, value_len: Option<usize>) -> usize {
-    entry_cost(key_len, value_len)
-}
-
 /// Up to where, per origin, tombstones may be collected early.
 #[derive(Debug)]
 enum Early {
@@ -452,7 +446,7 @@ impl Store {
         };
         b.see_time(now_ms);
         // A delete is never refused.
-        let Some(size) = value.as_ref().map(|v| cost(key.len(), Some(v.len()))) else {
+        let Some(size) = value.as_ref().map(|v| entry_cost(key.len(), Some(v.len()))) else {
             return Ok(self.write_unchecked(key, value, life, now_ms));
         };
         b.check_size(size)?;
@@ -702,7 +696,7 @@ impl Store {
                 {
                     shard.remove(&ie.key);
                     self.tell_collected(&ie.key);
-                    self.add_bytes(-(cost(ie.key.len(), None) as isize));
+                    self.add_bytes(-(entry_cost(ie.key.len(), None) as isize));
                     forget.push(seq);
                     collected += 1;
                 }
@@ -726,7 +720,7 @@ pub(super) fn delta_bytes(
     old: Option<Option<usize>>,
     new: Option<Option<usize>>,
 ) -> isize {
-    let c = |e: Option<Option<usize>>| e.map_or(0, |v| cost(key_len, v) as isize);
+    let c = |e: Option<Option<usize>>| e.map_or(0, |v| entry_cost(key_len, v) as isize);
     c(new) - c(old)
 }
 
