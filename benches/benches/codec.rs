@@ -5,14 +5,15 @@
 //!
 //! | id | one iteration |
 //! |----|---------------|
-//! | `encode_synack_1400`, `encode_synack_64k` | `encode` of a SynAck envelope carrying a delta |
-//! | `decode_synack_1400`, `decode_synack_64k` | `decode` of the same datagram (default `Limits`) |
-//! | `seal_synack_1400`, `seal_synack_64k` | `seal_datagram` of the encoded datagram (XChaCha20-Poly1305, one key) |
-//! | `open_synack_1400`, `open_synack_64k` | `open_datagram` of the sealed datagram, in place |
+//! | `encode_synack_{200,1400,64k}` | `encode` of a SynAck envelope carrying a delta |
+//! | `decode_synack_{200,1400,64k}` | `decode` of the same datagram (default `Limits`) |
+//! | `seal_synack_{200,1400,64k}` | `seal_datagram` of the encoded datagram (XChaCha20-Poly1305, one key) |
+//! | `open_synack_{200,1400,64k}` | `open_datagram` of the sealed datagram, in place |
 //!
 //! The delta holds records of 16-byte keys and 64-byte values written by one
-//! origin, as many as fit an encoded envelope of at most 1,400 bytes (an
-//! MTU-sized datagram, about 15 records) or 60 KiB (the "64k" class: a large
+//! origin, as many as fit an encoded envelope of at most 200 bytes (a
+//! small datagram, as a push of one write or a probe: one record), 1,400
+//! bytes (an MTU-sized datagram, about 15 records) or 60 KiB (the "64k" class: a large
 //! UDP datagram, below the 65,507-byte limit; about 600 records). The exact
 //! sizes are printed when the benchmarks start.
 
@@ -26,7 +27,7 @@ use gossipkv_proto::{decode, encode, encoded_len, Body, Envelope, Limits, Reply,
 use gossipkv_storage::{Origin, Store};
 
 /// Envelope sizes benchmarked: id suffix and largest encoded length.
-const SIZES: [(&str, usize); 2] = [("1400", 1_400), ("64k", 60 * 1024)];
+const SIZES: [(&str, usize); 3] = [("200", 200), ("1400", 1_400), ("64k", 60 * 1024)];
 
 fn main() {
     let mut criterion = Criterion::default().configure_from_args();
