@@ -2,11 +2,11 @@
 //!
 //! A node given a [`Keyring`] seals every datagram it sends with the
 //! keyring's primary key and opens what it receives with whichever of its
-//! keys the sender names. The cipher is XChaCha20-Poly1305, made of two
-//! audited parts (HChaCha20 from RustCrypto's `chacha20`, ChaCha20-Poly1305
-//! from `ring`) and byte for byte RustCrypto's `chacha20poly1305`, which
-//! the tests check it against: its 192-bit nonces may be drawn at random
-//! for any number of messages without a collision worth counting.
+//! keys the sender names. The cipher is XChaCha20-Poly1305, made of
+//! HChaCha20 from RustCrypto's `chacha20` and ChaCha20-Poly1305 from
+//! `ring`, and byte for byte RustCrypto's `chacha20poly1305`, which the
+//! tests check it against: its 192-bit nonces may be drawn at random for
+//! any number of messages without a collision worth counting.
 //!
 //! A sealed datagram is laid out as follows (all of it authenticated, the
 //! header as associated data together with the protocol version and the
@@ -371,7 +371,8 @@ fn open_in_place(
     let tag_at = sealed.len() - TAG_LEN;
     let mut tag = [0u8; TAG_LEN];
     tag.copy_from_slice(&sealed[tag_at..]);
-    // A refused datagram's bytes are left scrambled: nothing reads them.
+    // A refused datagram's ciphertext is overwritten (`ring` zeroes what
+    // it decrypted): nothing reads it after an error.
     if !xchacha::open(
         &key.bytes,
         &nonce,
