@@ -13,9 +13,9 @@
 //! The delta holds records of 16-byte keys and 64-byte values written by one
 //! origin, as many as fit an encoded envelope of at most 200 bytes (a
 //! small datagram, as a push of one write or a probe: one record), 1,400
-//! bytes (an MTU-sized datagram, about 15 records) or 60 KiB (the "64k" class: a large
-//! UDP datagram, below the 65,507-byte limit; about 600 records). The exact
-//! sizes are printed when the benchmarks start.
+//! bytes (an MTU-sized datagram, about 15 records) or 60 KiB (the "64k"
+//! class: a large UDP datagram, below the 65,507-byte limit; about 600
+//! records). The exact sizes are printed when the benchmarks start.
 
 use std::hint::black_box;
 

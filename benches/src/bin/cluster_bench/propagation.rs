@@ -30,6 +30,7 @@ enum Poll {
     /// ratios of two series whose medians differ by less than a sleep.
     Yield,
 }
+
 /// Cluster sizes of the push on / push off sweep.
 pub(crate) const SWEEP_SIZES: [usize; 5] = [2, 5, 10, 20, 50];
 
