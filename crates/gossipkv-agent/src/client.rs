@@ -313,6 +313,24 @@ pub struct PutArgs {
     pub if_match: Option<String>,
 }
 
+/// The path of a `PUT` of `key` on `/v1/kv`, with `?ttl=` (in
+/// milliseconds, at least one) and `?ephemeral` when asked for.
+pub fn put_path(key: &str, ttl: Option<Duration>, ephemeral: bool) -> String {
+    let mut query = Vec::new();
+    if let Some(t) = ttl {
+        query.push(format!("ttl={}ms", t.as_millis().max(1)));
+    }
+    if ephemeral {
+        query.push("ephemeral".to_string());
+    }
+    let path = format!("/v1/kv/{}", encode_path(key));
+    if query.is_empty() {
+        path
+    } else {
+        format!("{path}?{}", query.join("&"))
+    }
+}
+
 /// `put KEY VALUE`.
 pub fn put(args: &ClientArgs, p: &PutArgs) -> Result<(), ClientError> {
     let value = if p.value == "-" {
@@ -324,17 +342,7 @@ pub fn put(args: &ClientArgs, p: &PutArgs) -> Result<(), ClientError> {
     } else {
         p.value.clone().into_bytes()
     };
-    let mut query = Vec::new();
-    if let Some(t) = p.ttl {
-        query.push(format!("ttl={}ms", t.as_millis().max(1)));
-    }
-    if p.ephemeral {
-        query.push("ephemeral".to_string());
-    }
-    let mut path = format!("/v1/kv/{}", encode_path(&p.key));
-    if !query.is_empty() {
-        path = format!("{path}?{}", query.join("&"));
-    }
+    let path = put_path(&p.key, p.ttl, p.ephemeral);
     let c = Client::new(args)?;
     let headers: Vec<(&str, &str)> = p
         .if_match

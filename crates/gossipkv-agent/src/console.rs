@@ -7,11 +7,16 @@ use std::io::{BufRead, Write};
 
 use serde_json::Value;
 
-use crate::client::{encode_path, Client, ClientArgs};
+use std::time::Duration;
+
+use crate::client::{encode_path, put_path, Client, ClientArgs};
 
 const HELP: &str = "\
 commands:
-  set KEY VALUE...   set KEY; the rest of the line is the value (quotes allowed)
+  set [--ttl D] [--ephemeral] KEY VALUE...
+                     set KEY; the rest of the line is the value (quotes
+                     allowed); --ttl 30s: it expires then; --ephemeral: it
+                     goes with the agent's node (when it leaves or dies)
   get KEY            print KEY's value
   del KEY            delete KEY (also: delete)
   keys [PREFIX]      list the keys under PREFIX
@@ -45,6 +50,63 @@ pub fn unquote(rest: &str) -> &str {
     r
 }
 
+/// A `set` line: options, then the key, then the value.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SetLine<'a> {
+    /// The key.
+    pub key: &'a str,
+    /// The value (see [`unquote`]).
+    pub value: &'a str,
+    /// `--ttl D` (`--ttl=D` too): the key expires after `D` (`30s`, `5m`).
+    pub ttl: Option<Duration>,
+    /// `--ephemeral`: the key goes with the agent's node.
+    pub ephemeral: bool,
+}
+
+/// Reads what follows `set`: `[--ttl D] [--ephemeral] KEY VALUE...`, the
+/// options (in any order) before the key. A key that starts with `--`
+/// follows a lone `--`. Errors are the message to print.
+pub fn parse_set(rest: &str) -> Result<SetLine<'_>, String> {
+    const USAGE: &str = "usage: set [--ttl DURATION] [--ephemeral] KEY VALUE...";
+    let mut rest = rest.trim_start();
+    let (mut ttl, mut ephemeral) = (None, false);
+    loop {
+        let (word, after) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+        let after = after.trim_start();
+        match word {
+            "--" => {
+                rest = after;
+                break;
+            }
+            "--ephemeral" => ephemeral = true,
+            "--ttl" => {
+                let (d, tail) = after.split_once(char::is_whitespace).unwrap_or((after, ""));
+                if d.is_empty() {
+                    return Err(format!("--ttl needs a duration, such as 30s; {USAGE}"));
+                }
+                ttl = Some(crate::config::parse_duration(d)?);
+                rest = tail.trim_start();
+                continue;
+            }
+            w if w.starts_with("--ttl=") => {
+                ttl = Some(crate::config::parse_duration(&w["--ttl=".len()..])?);
+            }
+            w if w.starts_with("--") => return Err(format!("unknown option {w:?}; {USAGE}")),
+            _ => break,
+        }
+        rest = after;
+    }
+    match rest.split_once(char::is_whitespace) {
+        Some((key, value)) if !value.trim().is_empty() => Ok(SetLine {
+            key,
+            value: unquote(value),
+            ttl,
+            ephemeral,
+        }),
+        _ => Err(USAGE.to_string()),
+    }
+}
+
 fn show(reply: Result<crate::client::Reply, crate::client::ClientError>) -> Result<Value, String> {
     match reply {
         Err(e) => Err(e.message),
@@ -69,15 +131,14 @@ pub fn run_line(client: &Client, line: &str) -> Action {
         "" => return Action::Print(String::new()),
         "exit" | "quit" | "sair" => return Action::Exit,
         "help" | "?" => Ok(HELP.to_string()),
-        "set" | "put" => match rest.split_once(char::is_whitespace) {
-            Some((key, value)) => show(client.request(
+        "set" | "put" => parse_set(rest).and_then(|set| {
+            show(client.request(
                 "PUT",
-                &format!("/v1/kv/{}", encode_path(key)),
-                Some(unquote(value).as_bytes()),
+                &put_path(set.key, set.ttl, set.ephemeral),
+                Some(set.value.as_bytes()),
             ))
-            .map(|_| "ok".to_string()),
-            None => Err("usage: set KEY VALUE...".to_string()),
-        },
+            .map(|_| "ok".to_string())
+        }),
         "get" if !rest.is_empty() => {
             match client.request("GET", &format!("/v1/kv/{}?raw", encode_path(rest)), None) {
                 Ok(r) if r.status == 200 => Ok(String::from_utf8_lossy(&r.body).into_owned()),
@@ -235,6 +296,49 @@ fn run_plain(client: &Client) -> std::process::ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn set_takes_ttl_and_ephemeral_before_the_key() {
+        let plain = parse_set("k some value").unwrap();
+        assert_eq!(
+            plain,
+            SetLine {
+                key: "k",
+                value: "some value",
+                ttl: None,
+                ephemeral: false
+            }
+        );
+        let s = parse_set("--ttl 30s --ephemeral svc/web \"up now\"").unwrap();
+        assert_eq!((s.key, s.value), ("svc/web", "up now"));
+        assert_eq!(s.ttl, Some(Duration::from_secs(30)));
+        assert!(s.ephemeral);
+        let s = parse_set("--ephemeral --ttl=1m30s k v").unwrap();
+        assert_eq!(s.ttl, Some(Duration::from_secs(90)));
+        assert!(s.ephemeral);
+        // After `--`, a key may start with dashes; a value always may.
+        let s = parse_set("-- --odd --ttl").unwrap();
+        assert_eq!((s.key, s.value, s.ttl), ("--odd", "--ttl", None));
+        let s = parse_set("n -5").unwrap();
+        assert_eq!((s.key, s.value), ("n", "-5"));
+    }
+
+    #[test]
+    fn bad_set_lines_say_why() {
+        for (line, says) in [
+            ("", "usage"),
+            ("k", "usage"),
+            ("k   ", "usage"),
+            ("--ttl", "needs a duration"),
+            ("--ttl soon k v", "not a duration"),
+            ("--ttl=x k v", "not a duration"),
+            ("--forever k v", "unknown option"),
+            ("--ephemeral k", "usage"),
+        ] {
+            let e = parse_set(line).unwrap_err();
+            assert!(e.contains(says), "{line:?}: {e}");
+        }
+    }
 
     #[test]
     fn set_values_may_be_quoted() {

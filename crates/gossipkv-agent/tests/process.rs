@@ -267,6 +267,33 @@ fn console_reads_commands_until_quit_or_end_of_input() {
     let o = run("sair\nget greeting\n");
     assert_eq!(o.status.code(), Some(0));
     assert_eq!(stdout(&o), "");
+
+    // set takes the CLI's --ttl and --ephemeral; a bad option writes nothing.
+    let o = run("set --ttl 30s --ephemeral svc/web \"up now\"\nset plain/k v\nset --ttl never bad/k v\nget svc/web\n");
+    assert_eq!(o.status.code(), Some(0));
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(&lines[..2], ["ok", "ok"], "{out}");
+    assert!(
+        lines[2].starts_with("error: ") && lines[2].contains("not a duration"),
+        "{out}"
+    );
+    assert_eq!(lines[3], "up now", "{out}");
+    let json = |key: &str| -> serde_json::Value {
+        let o = agent.cli(&["kv", "get", key, "--json"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v[0].clone()
+    };
+    let web = json("svc/web");
+    assert_eq!(web["ephemeral"], true, "{web}");
+    let ttl = web["ttl_ms"].as_u64().expect("a time to live");
+    assert!(ttl > 20_000 && ttl <= 30_000, "{web}");
+    let plain = json("plain/k");
+    assert_eq!(plain["ephemeral"], false, "{plain}");
+    assert!(plain["ttl_ms"].is_null(), "{plain}");
+    let o = agent.cli(&["kv", "get", "bad/k"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
     assert_eq!(agent.terminate(), Some(0));
 }
 
