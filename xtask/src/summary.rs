@@ -122,6 +122,7 @@ pub(crate) const REQUIRED_KEYS: &[&str] = &[
     "fsync_per_s",
     "durable_set_ops_1t",
     "durable_set_ops_4t",
+    "durable_group_commit_ratio_4t",
     "interval_set_ratio",
     "restart_ms_1m",
     "disk_bytes_per_key_1m",

@@ -107,13 +107,16 @@ async fn sync_mode(
     let stats = four.durable_stats().context("a durable node has stats")?;
     one.shutdown().await?;
     four.shutdown().await?;
+    let low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let high = ratios.iter().copied().fold(0.0, f64::max);
     let (ops1, ops4, ratio) = (median(ops1), median(ops4), median(ratios));
     let per_commit = stats.records_written as f64 / stats.commits.max(1) as f64;
     progress(
         t0,
         format!(
             "durable: Sync mode: 1 writer {ops1:.0} sets/s ({:.2} per fsync), 4 writers {ops4:.0} sets/s \
-             ({:.2} per fsync, {per_commit:.2} writes per commit); median ratio 4/1 {ratio:.2}",
+             ({:.2} per fsync, {per_commit:.2} writes per commit); median ratio 4/1 {ratio:.2} \
+             (pairs {low:.2}-{high:.2})",
             ops1 / fsyncs,
             ops4 / fsyncs
         ),
@@ -123,6 +126,8 @@ async fn sync_mode(
     report.put("durable_set_per_fsync_1t", ops1 / fsyncs);
     report.put("durable_set_per_fsync_4t", ops4 / fsyncs);
     report.put("durable_group_commit_ratio_4t", ratio);
+    report.put("durable_group_commit_ratio_4t_low", low);
+    report.put("durable_group_commit_ratio_4t_high", high);
     report.put("durable_writes_per_commit_4t", per_commit);
     Ok(())
 }
