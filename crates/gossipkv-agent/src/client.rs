@@ -314,11 +314,13 @@ pub struct PutArgs {
 }
 
 /// The path of a `PUT` of `key` on `/v1/kv`, with `?ttl=` (in
-/// milliseconds, at least one) and `?ephemeral` when asked for.
+/// milliseconds: at least one unless zero, which the agent refuses) and
+/// `?ephemeral` when asked for.
 pub fn put_path(key: &str, ttl: Option<Duration>, ephemeral: bool) -> String {
     let mut query = Vec::new();
     if let Some(t) = ttl {
-        query.push(format!("ttl={}ms", t.as_millis().max(1)));
+        let ms = if t.is_zero() { 0 } else { t.as_millis().max(1) };
+        query.push(format!("ttl={ms}ms"));
     }
     if ephemeral {
         query.push("ephemeral".to_string());

@@ -321,6 +321,17 @@ mod tests {
         assert_eq!((s.key, s.value, s.ttl), ("--odd", "--ttl", None));
         let s = parse_set("n -5").unwrap();
         assert_eq!((s.key, s.value), ("n", "-5"));
+        // An empty value, quoted, is a value.
+        assert_eq!(parse_set("k \"\"").unwrap().value, "");
+        // A zero time to live goes to the agent as zero (it refuses it);
+        // a positive one below a millisecond as one millisecond.
+        let path = |ttl| put_path("a b", Some(ttl), true);
+        assert_eq!(path(Duration::ZERO), "/v1/kv/a%20b?ttl=0ms&ephemeral");
+        assert_eq!(
+            path(Duration::from_micros(500)),
+            "/v1/kv/a%20b?ttl=1ms&ephemeral"
+        );
+        assert_eq!(put_path("k", None, false), "/v1/kv/k");
     }
 
     #[test]
@@ -330,6 +341,9 @@ mod tests {
             ("k", "usage"),
             ("k   ", "usage"),
             ("--ttl", "needs a duration"),
+            ("--ttl 5s", "usage"),
+            ("--ttl=", "not a duration"),
+            ("--", "usage"),
             ("--ttl soon k v", "not a duration"),
             ("--ttl=x k v", "not a duration"),
             ("--forever k v", "unknown option"),
