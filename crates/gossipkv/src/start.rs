@@ -30,6 +30,10 @@ use crate::sealing::{SealedTransport, Sealing};
 use crate::watch::{Change, ChangeKind};
 use gossipkv_proto::seal::MAX_SEALED_OVERHEAD;
 
+/// How many times a node bound to port 0 binds again when the port the
+/// system gave its UDP socket is taken on TCP (see [`bind_pair`]).
+const BIND_TRIES: usize = 8;
+
 /// Fresh writes queued for eager push; beyond this, writes still replicate
 /// by anti-entropy.
 const PUSH_QUEUE: usize = 65_536;
@@ -244,16 +248,21 @@ where
     if tokio::runtime::Handle::try_current().is_err() {
         return Err(Error::NoRuntime);
     }
-    let udp = UdpTransport::bind(bind, UdpConfig::default()).map_err(|e| match e {
-        gossipkv_transport::TransportError::Bind { addr, source } => Error::Bind { addr, source },
-        other => Error::Bind {
-            addr: bind,
-            source: std::io::Error::other(other.to_string()),
-        },
-    })?;
-    let local_addr = udp.local_addr();
-    let advertise = advertise.unwrap_or(local_addr);
     let reporter = Reporter::spawn(b.error_handler.clone(), shared.health.clone());
+    let (udp, listener) = bind_pair(
+        bind.port() == 0,
+        || bind_udp(bind),
+        |udp: &UdpTransport| match b.streams {
+            true => crate::streams::listen(udp.local_addr()).map(Some),
+            false => Ok(None),
+        },
+    )?;
+    let local_addr = udp.local_addr();
+    if let Err(e) = &listener {
+        crate::streams::report_no_listener(local_addr, e, &reporter);
+    }
+    let listener = listener.ok().flatten();
+    let advertise = advertise.unwrap_or(local_addr);
     let sealing = Arc::new(Sealing::new(
         b.cluster_id.clone(),
         b.keyring.clone(),
@@ -266,10 +275,6 @@ where
         reporter: reporter.clone(),
     };
     let seeds = resolve_seeds(&b.seeds, &reporter).await;
-    let listener = match b.streams {
-        true => crate::streams::listen(local_addr, &reporter),
-        false => None,
-    };
     let mut cfg = protocol_config(&b, node.clone(), generation, advertise, seeds);
     cfg.streams = listener.is_some();
     cfg.incarnation = incarnation;
@@ -488,4 +493,107 @@ fn discover<K, V>(
         }
     });
     Ok(handle)
+}
+
+/// Binds the UDP socket on `bind`.
+fn bind_udp(bind: SocketAddr) -> Result<UdpTransport, Error> {
+    UdpTransport::bind(bind, UdpConfig::default()).map_err(|e| match e {
+        gossipkv_transport::TransportError::Bind { addr, source } => Error::Bind { addr, source },
+        other => Error::Bind {
+            addr: bind,
+            source: std::io::Error::other(other.to_string()),
+        },
+    })
+}
+
+/// Binds the UDP socket (`bind_udp`), then the stream listener on the same
+/// port number (`listen`). With a port the system picks (`any_port`),
+/// another program may already hold that port number on TCP: then both are
+/// bound again, up to [`BIND_TRIES`] times, rather than leaving the node
+/// without streams. A listener that still cannot be bound is given back
+/// as its error (the node runs without streams); a UDP socket that cannot
+/// be bound is the error.
+fn bind_pair<U, L>(
+    any_port: bool,
+    mut bind_udp: impl FnMut() -> Result<U, Error>,
+    mut listen: impl FnMut(&U) -> std::io::Result<L>,
+) -> Result<(U, std::io::Result<L>), Error> {
+    let mut tries = 1;
+    loop {
+        let udp = bind_udp()?;
+        match listen(&udp) {
+            Err(e)
+                if any_port && e.kind() == std::io::ErrorKind::AddrInUse && tries < BIND_TRIES =>
+            {
+                debug!(error = %e, "the UDP port is taken on TCP; binding both again");
+                tries += 1;
+            }
+            listened => return Ok((udp, listened)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod bind_tests {
+    use super::*;
+    use std::io::{Error as IoError, ErrorKind};
+
+    /// `bind_pair` with fake sockets: `udp` numbers each UDP bind, and
+    /// `listen` answers from `answers` in turn.
+    fn run(any_port: bool, answers: &[ErrorKind]) -> (usize, Result<u32, ErrorKind>, usize) {
+        let mut binds = 0;
+        let mut answers = answers.iter();
+        let (udp, listened) = bind_pair(
+            any_port,
+            || {
+                binds += 1;
+                Ok(binds)
+            },
+            |_: &usize| match answers.next() {
+                Some(kind) => Err(IoError::from(*kind)),
+                None => Ok(7),
+            },
+        )
+        .unwrap();
+        (udp, listened.map_err(|e| e.kind()), binds)
+    }
+
+    #[test]
+    fn a_port_taken_on_tcp_binds_both_again() {
+        let (udp, listened, binds) = run(true, &[ErrorKind::AddrInUse, ErrorKind::AddrInUse]);
+        assert_eq!((udp, listened, binds), (3, Ok(7), 3));
+    }
+
+    #[test]
+    fn a_chosen_port_or_another_error_is_not_retried() {
+        // A port the user chose: the UDP socket stays, streams are off.
+        assert_eq!(
+            run(false, &[ErrorKind::AddrInUse]),
+            (1, Err(ErrorKind::AddrInUse), 1)
+        );
+        assert_eq!(
+            run(true, &[ErrorKind::PermissionDenied]),
+            (1, Err(ErrorKind::PermissionDenied), 1)
+        );
+    }
+
+    #[test]
+    fn binding_again_gives_up_after_a_few_tries() {
+        let taken = [ErrorKind::AddrInUse; BIND_TRIES + 2];
+        let (udp, listened, binds) = run(true, &taken);
+        assert_eq!(
+            (udp, listened, binds),
+            (BIND_TRIES, Err(ErrorKind::AddrInUse), BIND_TRIES)
+        );
+    }
+
+    #[test]
+    fn a_udp_bind_that_fails_is_the_error() {
+        let r = bind_pair(
+            true,
+            || -> Result<(), Error> { Err(Error::NoRuntime) },
+            |_: &()| Ok::<_, IoError>(()),
+        );
+        assert!(matches!(r, Err(Error::NoRuntime)));
+    }
 }

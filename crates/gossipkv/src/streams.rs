@@ -118,24 +118,22 @@ impl StreamCx {
 }
 
 /// Binds the TCP listener for streams on `addr` (the UDP socket's address:
-/// same IP, same port number). `None`, reported, when it cannot be bound:
-/// the node then runs without streams.
-pub(crate) fn listen(addr: SocketAddr, reporter: &Reporter) -> Option<TcpListener> {
-    let bound = std::net::TcpListener::bind(addr).and_then(|l| {
+/// same IP, same port number).
+pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    std::net::TcpListener::bind(addr).and_then(|l| {
         l.set_nonblocking(true)?;
         TcpListener::from_std(l)
+    })
+}
+
+/// Reports that the stream listener could not be bound on `addr`: the
+/// node runs without streams.
+pub(crate) fn report_no_listener(addr: SocketAddr, e: &std::io::Error, reporter: &Reporter) {
+    tracing::warn!(%addr, error = %e, "cannot listen for streams on TCP; catching up by datagrams only");
+    reporter.report(NetworkError::Io {
+        op: "listen",
+        source: Arc::new(std::io::Error::new(e.kind(), format!("tcp {addr}: {e}"))),
     });
-    match bound {
-        Ok(l) => Some(l),
-        Err(e) => {
-            tracing::warn!(%addr, error = %e, "cannot listen for streams on TCP; catching up by datagrams only");
-            reporter.report(NetworkError::Io {
-                op: "listen",
-                source: Arc::new(std::io::Error::new(e.kind(), format!("tcp {addr}: {e}"))),
-            });
-            None
-        }
-    }
 }
 
 /// Asks for a stream: connects, sends the opening, feeds what comes back to

@@ -145,6 +145,49 @@ async fn a_node_with_streams_off_neither_asks_nor_listens() {
     b.shutdown().await.unwrap();
 }
 
+/// A port the user chose that another program holds on TCP: the node runs
+/// (on UDP) without streams and says why in its health. (With port 0 the
+/// node binds both again elsewhere instead; `start.rs` tests that.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chosen_port_taken_on_tcp_runs_without_streams_and_says_so() {
+    // The UDP side of a port held on TCP is almost always free; try a few.
+    let mut started = None;
+    for _ in 0..5 {
+        let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = holder.local_addr().unwrap();
+        let built = GossipKv::<String, String>::builder()
+            .node_id("taken")
+            .bind_addr(addr.to_string())
+            .build()
+            .await;
+        if let Ok(kv) = built {
+            started = Some((kv, holder, addr));
+            break;
+        }
+    }
+    let (a, _holder, addr) = started.expect("a node on a port held on TCP");
+    assert_eq!(a.local_addr(), Some(addr));
+    wait_until("the node reports that it cannot listen", DEADLINE, || {
+        a.health().problems.iter().any(|p| {
+            matches!(&p.last, gossipkv::NetworkError::Io { op: "listen", source }
+                if source.kind() == std::io::ErrorKind::AddrInUse)
+        })
+    })
+    .await;
+    // It still works, and a peer gets its keys by datagrams.
+    a.set("k", "v".to_string()).unwrap();
+    let b = node("taken-b", &[&a], |b| {
+        b.gossip_interval(Duration::from_millis(20))
+    })
+    .await;
+    wait_until("b holds a's key", DEADLINE, || {
+        b.get("k").ok().flatten().is_some()
+    })
+    .await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
 /// Reads until the peer closes (or `limit` passes: then `false`).
 async fn closed_by_peer(sock: &mut tokio::net::TcpStream, limit: Duration) -> bool {
     use tokio::io::AsyncReadExt;
