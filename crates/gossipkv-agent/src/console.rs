@@ -4,10 +4,9 @@
 //! plain lines. End of input (Ctrl-D) exits cleanly.
 
 use std::io::{BufRead, Write};
+use std::time::Duration;
 
 use serde_json::Value;
-
-use std::time::Duration;
 
 use crate::client::{encode_path, put_path, Client, ClientArgs};
 
