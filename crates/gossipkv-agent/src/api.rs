@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -70,10 +70,16 @@ pub struct ApiState {
     kv: Node,
     metrics: Metrics,
     token: Option<Arc<[u8]>>,
-    /// Serialises the agent's own conditional writes (`If-Match`): the
-    /// check and the write happen under it. Writes from peers do not take
-    /// it: conditional writes are only atomic against this agent's API.
-    write_lock: Arc<Mutex<()>>,
+    /// Makes the agent's own conditional writes (`If-Match`) atomic
+    /// against its other writes: a conditional write checks and writes
+    /// holding it exclusively, every other write through the API holds it
+    /// shared (so they still run side by side, and share disk commits).
+    /// Writes from peers do not take it: conditional writes are only
+    /// atomic against this agent's API.
+    write_lock: Arc<RwLock<()>>,
+    /// Whether writes wait for the disk (the node has a data directory),
+    /// and so run off the async workers.
+    writes_block: bool,
     left: watch::Sender<bool>,
     /// The change feed: the change index (how many changes this agent's
     /// node has applied, local and remote, any key, since the agent
@@ -83,6 +89,60 @@ pub struct ApiState {
     /// The keyring file and what it holds, when the agent has one; its
     /// lock also serialises keyring changes made through the API.
     keyring_file: Arc<Mutex<Option<(PathBuf, Keyring)>>>,
+}
+
+/// Whether a write through the API needs the write lock alone (a
+/// conditional write: check and write with no other API write between).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Exclusive {
+    Yes,
+    No,
+}
+
+impl ApiState {
+    /// Runs `write` against the node holding the write lock as
+    /// `exclusive` says; on a blocking thread when the node has a data
+    /// directory. There a write returns only once it is on disk (an
+    /// fsync): run on the async workers, it would stall every other
+    /// request meanwhile, and writers queued behind one another could not
+    /// share commits. In memory a write never waits, and runs in place.
+    async fn write<T, F>(&self, exclusive: Exclusive, write: F) -> ApiResult<T>
+    where
+        F: FnOnce(&Node) -> ApiResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let kv = self.kv.clone();
+        let lock = self.write_lock.clone();
+        let locked = move || match exclusive {
+            Exclusive::Yes => {
+                let _guard = lock.write().unwrap_or_else(PoisonError::into_inner);
+                write(&kv)
+            }
+            Exclusive::No => {
+                let _guard = lock.read().unwrap_or_else(PoisonError::into_inner);
+                write(&kv)
+            }
+        };
+        if !self.writes_block {
+            return locked();
+        }
+        tokio::task::spawn_blocking(locked).await.map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("the write did not finish: {e}"),
+            )
+        })?
+    }
+}
+
+/// Whether a request's write is conditional (`If-Match`).
+fn exclusive(headers: &HeaderMap) -> Exclusive {
+    if headers.contains_key(header::IF_MATCH) {
+        Exclusive::Yes
+    } else {
+        Exclusive::No
+    }
 }
 
 /// Longest `?wait=` of a long-poll read.
@@ -97,10 +157,11 @@ impl ApiState {
     pub fn new(kv: Node, options: &ApiOptions) -> Self {
         ApiState {
             feed: Feed::start(&kv),
+            writes_block: kv.durable_stats().is_some(),
             kv,
             metrics: Metrics::default(),
             token: options.token.as_ref().map(|t| Arc::from(t.as_bytes())),
-            write_lock: Arc::new(Mutex::new(())),
+            write_lock: Arc::new(RwLock::new(())),
             left: watch::Sender::new(false),
             keyring_file: Arc::new(Mutex::new(None)),
         }
@@ -505,7 +566,9 @@ async fn legacy_put(
             ))
         }
     };
-    state.kv.set(key, value)?;
+    state
+        .write(Exclusive::No, move |kv| Ok(kv.set(key, value)?))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -540,7 +603,10 @@ async fn legacy_delete(
     params: Result<Query<Params>, QueryRejection>,
 ) -> ApiResult<StatusCode> {
     let Query(params) = params?;
-    state.kv.delete(key_param(&params)?)?;
+    let key = key_param(&params)?.to_owned();
+    state
+        .write(Exclusive::No, move |kv| Ok(kv.delete(key)?))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -550,7 +616,10 @@ async fn legacy_set(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> ApiResult<StatusCode> {
     let Path((key, value)) = path?;
-    state.kv.set(key, bytes::Bytes::from(value.into_bytes()))?;
+    let value = bytes::Bytes::from(value.into_bytes());
+    state
+        .write(Exclusive::No, move |kv| Ok(kv.set(key, value)?))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -760,20 +829,19 @@ async fn kv_put(
     let ttl = ttl_param(&params)?;
     let ephemeral = flag(&params, "ephemeral");
     let value = body?;
-    let record = {
-        let _guard = state
-            .write_lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        check_if_match(&state.kv, &key, &headers)?;
-        match (ttl, ephemeral) {
-            (None, false) => state.kv.set(&key, value)?,
-            (Some(t), false) => state.kv.set_with_ttl(&key, value, t)?,
-            (None, true) => state.kv.set_ephemeral(&key, value)?,
-            (Some(t), true) => state.kv.set_ephemeral_with_ttl(&key, value, t)?,
-        }
-        state.kv.get_record(&key)
-    };
+    let (key, record) = state
+        .write(exclusive(&headers), move |kv| {
+            check_if_match(kv, &key, &headers)?;
+            match (ttl, ephemeral) {
+                (None, false) => kv.set(&key, value)?,
+                (Some(t), false) => kv.set_with_ttl(&key, value, t)?,
+                (None, true) => kv.set_ephemeral(&key, value)?,
+                (Some(t), true) => kv.set_ephemeral_with_ttl(&key, value, t)?,
+            }
+            let record = kv.get_record(&key);
+            Ok((key, record))
+        })
+        .await?;
     Ok(match record {
         Some(r) => {
             let mut e = serde_json::to_value(EntryJson::from_record(&r)).unwrap_or_default();
@@ -792,7 +860,7 @@ async fn kv_delete_root(
     params: Result<Query<Params>, QueryRejection>,
     headers: HeaderMap,
 ) -> ApiResult<StatusCode> {
-    kv_remove(state, String::new(), params?.0, headers)
+    kv_remove(state, String::new(), params?.0, headers).await
 }
 
 async fn kv_delete(
@@ -801,12 +869,12 @@ async fn kv_delete(
     params: Result<Query<Params>, QueryRejection>,
     headers: HeaderMap,
 ) -> ApiResult<StatusCode> {
-    kv_remove(state, path?.0, params?.0, headers)
+    kv_remove(state, path?.0, params?.0, headers).await
 }
 
 /// `DELETE /v1/kv/KEY` (`?recurse`: every key under the prefix): 204, also
 /// when nothing was there. `If-Match` as for PUT (not with `?recurse`).
-fn kv_remove(
+async fn kv_remove(
     State(state): State<ApiState>,
     key: String,
     params: Params,
@@ -819,18 +887,22 @@ fn kv_remove(
                 "If-Match does not go with ?recurse",
             ));
         }
-        for k in state.kv.keys().into_iter().filter(|k| k.starts_with(&key)) {
-            state.kv.delete(&k)?;
-        }
-        return Ok(StatusCode::NO_CONTENT);
+        return state
+            .write(Exclusive::No, move |kv| {
+                for k in kv.keys().into_iter().filter(|k| k.starts_with(&key)) {
+                    kv.delete(&k)?;
+                }
+                Ok(StatusCode::NO_CONTENT)
+            })
+            .await;
     }
-    let _guard = state
-        .write_lock
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    check_if_match(&state.kv, &key, &headers)?;
-    state.kv.delete(&key)?;
-    Ok(StatusCode::NO_CONTENT)
+    state
+        .write(exclusive(&headers), move |kv| {
+            check_if_match(kv, &key, &headers)?;
+            kv.delete(&key)?;
+            Ok(StatusCode::NO_CONTENT)
+        })
+        .await
 }
 
 // ---- Snapshot ----
@@ -1000,14 +1072,19 @@ async fn snapshot_import(
         }
     }
     let n = imports.len();
-    for i in imports {
-        match (i.ttl, i.ephemeral) {
-            (None, false) => state.kv.set(&i.key, i.value)?,
-            (Some(t), false) => state.kv.set_with_ttl(&i.key, i.value, t)?,
-            (None, true) => state.kv.set_ephemeral(&i.key, i.value)?,
-            (Some(t), true) => state.kv.set_ephemeral_with_ttl(&i.key, i.value, t)?,
-        }
-    }
+    state
+        .write(Exclusive::No, move |kv| {
+            for i in imports {
+                match (i.ttl, i.ephemeral) {
+                    (None, false) => kv.set(&i.key, i.value)?,
+                    (Some(t), false) => kv.set_with_ttl(&i.key, i.value, t)?,
+                    (None, true) => kv.set_ephemeral(&i.key, i.value)?,
+                    (Some(t), true) => kv.set_ephemeral_with_ttl(&i.key, i.value, t)?,
+                }
+            }
+            Ok(())
+        })
+        .await?;
     Ok(Json(json!({"imported": n})))
 }
 
