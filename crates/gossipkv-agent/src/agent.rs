@@ -90,6 +90,10 @@ pub async fn start_node(
     if let Some(n) = cfg.max_bytes {
         b = b.max_bytes(n);
     }
+    if let Some(d) = cfg.durability {
+        b = b.durability(d);
+    }
+    b = b.memory_policy(cfg.memory_policy.to_policy());
     if let Some(ring) = keyring {
         b = b.keyring(ring).encryption(cfg.encryption.to_encryption());
     }

@@ -1212,7 +1212,8 @@ async fn members(State(state): State<ApiState>) -> Json<Vec<Value>> {
 }
 
 /// `GET /v1/self`: this node: id, gossip address, generation, sync and
-/// health, key count and memory.
+/// health, key count and memory, the memory limits' counters and the data
+/// directory's (`null` without one).
 async fn self_info(State(state): State<ApiState>) -> Json<Value> {
     let kv = &state.kv;
     let health = kv.health();
@@ -1234,9 +1235,32 @@ async fn self_info(State(state): State<ApiState>) -> Json<Value> {
             "datagrams_received": stats.datagrams_received,
             "bytes_received": stats.bytes_received,
         },
+        "memory": memory_json(kv.memory_stats()),
+        "durable": kv.durable_stats().map(durable_json),
         "healthy": health.is_healthy(),
         "health": health.to_string(),
     }))
+}
+
+/// The memory limits' counters, as `/v1/self` shows them.
+fn memory_json(m: gossipkv::MemoryStats) -> Value {
+    json!({
+        "evicted": m.evicted,
+        "tombstones_collected_early": m.tombstones_collected_early,
+        "refused": m.refused,
+        "over_after_eviction": m.over_after_eviction,
+    })
+}
+
+/// The data directory's counters, as `/v1/self` shows them.
+fn durable_json(d: gossipkv::DurableStats) -> Value {
+    json!({
+        "commits": d.commits,
+        "records_written": d.records_written,
+        "rows_removed": d.rows_removed,
+        "commit_failures": d.commit_failures,
+        "pending": d.pending,
+    })
 }
 
 /// `GET /v1/health`: liveness; 200 while the agent answers.

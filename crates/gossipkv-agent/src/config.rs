@@ -45,6 +45,28 @@ pub enum Discovery {
     Mdns,
 }
 
+/// What the agent's node does at `--max-entries` or `--max-bytes`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MemoryPolicyArg {
+    /// Refuse the write (507 over_budget); right for configuration.
+    #[default]
+    Reject,
+    /// Evict the least recently used keys, as deletes that replicate to
+    /// every node; right for a cache.
+    EvictLru,
+}
+
+impl MemoryPolicyArg {
+    /// The library's setting.
+    pub fn to_policy(self) -> gossipkv::MemoryPolicy {
+        match self {
+            MemoryPolicyArg::Reject => gossipkv::MemoryPolicy::Reject,
+            MemoryPolicyArg::EvictLru => gossipkv::MemoryPolicy::EvictLru,
+        }
+    }
+}
+
 /// How the agent's node treats gossip without a seal (with a keyring).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -144,13 +166,26 @@ pub struct AgentArgs {
     /// [env: GOSSIPKV_DATA_DIR] [default: memory only]
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Most keys held; writes beyond are refused [env: GOSSIPKV_MAX_ENTRIES]
+    /// When writes reach the disk (needs --data-dir): `sync`, a write is
+    /// answered once it is on disk (concurrent writes share one fsync), or
+    /// an interval such as 100ms, a write is answered at once and a crash
+    /// loses at most the last interval [env: GOSSIPKV_DURABILITY]
+    /// [default: sync]
+    #[arg(long, value_name = "sync|DURATION", value_parser = parse_durability)]
+    pub durability: Option<gossipkv::Durability>,
+    /// Most keys held; what happens beyond is --memory-policy
+    /// [env: GOSSIPKV_MAX_ENTRIES]
     #[arg(long, value_name = "N")]
     pub max_entries: Option<usize>,
-    /// Most bytes held (keys, values, overhead); writes beyond are refused
-    /// [env: GOSSIPKV_MAX_BYTES]
+    /// Most bytes held (keys, values, overhead); what happens beyond is
+    /// --memory-policy [env: GOSSIPKV_MAX_BYTES]
     #[arg(long, value_name = "BYTES")]
     pub max_bytes: Option<usize>,
+    /// What a write beyond --max-entries or --max-bytes does; every node of
+    /// a cluster should use the same [env: GOSSIPKV_MEMORY_POLICY]
+    /// [default: reject]
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub memory_policy: Option<MemoryPolicyArg>,
     /// HTTP API address; a non-loopback address needs --http-token
     /// [env: GOSSIPKV_HTTP] [default: 127.0.0.1:8500]
     #[arg(long, value_name = "ADDR")]
@@ -236,10 +271,15 @@ pub struct FileConfig {
     pub tombstone_retention: Option<String>,
     /// See [`AgentArgs::data_dir`].
     pub data_dir: Option<PathBuf>,
+    /// See [`AgentArgs::durability`] (`"sync"` or a string such as
+    /// `"100ms"`).
+    pub durability: Option<String>,
     /// See [`AgentArgs::max_entries`].
     pub max_entries: Option<usize>,
     /// See [`AgentArgs::max_bytes`].
     pub max_bytes: Option<usize>,
+    /// See [`AgentArgs::memory_policy`] (`"reject"` or `"evict-lru"`).
+    pub memory_policy: Option<MemoryPolicyArg>,
     /// See [`AgentArgs::http`].
     pub http: Option<String>,
     /// See [`AgentArgs::http_token`].
@@ -294,10 +334,15 @@ pub struct AgentConfig {
     pub tombstone_retention: Option<Duration>,
     /// Data directory (`None`: memory only).
     pub data_dir: Option<PathBuf>,
+    /// When writes reach the disk (`None`: the library's default, `Sync`;
+    /// only with a data directory).
+    pub durability: Option<gossipkv::Durability>,
     /// Entry limit.
     pub max_entries: Option<usize>,
     /// Byte limit.
     pub max_bytes: Option<usize>,
+    /// What a write beyond the limits does.
+    pub memory_policy: MemoryPolicyArg,
     /// HTTP address.
     pub http: String,
     /// HTTP bearer token.
@@ -335,8 +380,10 @@ impl Default for AgentConfig {
             gossip_interval: None,
             tombstone_retention: None,
             data_dir: None,
+            durability: None,
             max_entries: None,
             max_bytes: None,
+            memory_policy: MemoryPolicyArg::Reject,
             http: DEFAULT_HTTP_ADDR.to_string(),
             http_token: None,
             http_tls: None,
@@ -398,6 +445,22 @@ pub enum ConfigError {
 /// Parses a duration such as `100ms`, `1s`, `1m30s`, `2h`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?} is not a duration ({e})"))
+}
+
+/// Parses `--durability`: `sync`, or the interval of an interval commit
+/// such as `100ms` (more than zero).
+pub fn parse_durability(s: &str) -> Result<gossipkv::Durability, String> {
+    if s.trim().eq_ignore_ascii_case("sync") {
+        return Ok(gossipkv::Durability::Sync);
+    }
+    let every = parse_duration(s)
+        .map_err(|_| format!("{s:?} is neither `sync` nor an interval such as 100ms"))?;
+    if every.is_zero() {
+        return Err(format!(
+            "{s:?}: the interval must be more than zero (or `sync`)"
+        ));
+    }
+    Ok(gossipkv::Durability::Interval(every))
 }
 
 /// Reads a TOML configuration file.
@@ -528,6 +591,16 @@ pub fn resolve(
     };
     let file_interval = file_duration("--gossip-interval", &file.gossip_interval)?;
     let file_retention = file_duration("--tombstone-retention", &file.tombstone_retention)?;
+    let file_durability = match &file.durability {
+        Some(raw) => Some(
+            parse_durability(raw).map_err(|message| ConfigError::Invalid {
+                option: "--durability",
+                source_name: "config file".into(),
+                message,
+            })?,
+        ),
+        None => None,
+    };
     let cfg = AgentConfig {
         node_id: m.string(&flags.node_id, "GOSSIPKV_NODE_ID", &file.node_id),
         cluster_id: m.string(&flags.cluster_id, "GOSSIPKV_CLUSTER_ID", &file.cluster_id),
@@ -566,6 +639,13 @@ pub fn resolve(
             &file.data_dir,
             |s| Ok(PathBuf::from(s)),
         )?,
+        durability: m.parsed(
+            "--durability",
+            &flags.durability,
+            "GOSSIPKV_DURABILITY",
+            &file_durability,
+            parse_durability,
+        )?,
         max_entries: m.parsed(
             "--max-entries",
             &flags.max_entries,
@@ -580,6 +660,15 @@ pub fn resolve(
             &file.max_bytes,
             parse_usize,
         )?,
+        memory_policy: m
+            .parsed(
+                "--memory-policy",
+                &flags.memory_policy,
+                "GOSSIPKV_MEMORY_POLICY",
+                &file.memory_policy,
+                parse_enum,
+            )?
+            .unwrap_or(d.memory_policy),
         http: m
             .string(&flags.http, "GOSSIPKV_HTTP", &file.http)
             .unwrap_or(d.http),
@@ -648,6 +737,15 @@ pub fn resolve(
             source_name: "flag".into(),
             message: "needs --keyring-file (or GOSSIPKV_KEYRING_FILE, or keyring_file in the \
                       config file)"
+                .into(),
+        });
+    }
+    if cfg.durability.is_some() && cfg.data_dir.is_none() {
+        return Err(ConfigError::Invalid {
+            option: "--durability",
+            source_name: "configuration".into(),
+            message: "needs --data-dir (or GOSSIPKV_DATA_DIR, or data_dir in the config \
+                      file): without one nothing is written to disk"
                 .into(),
         });
     }
@@ -910,6 +1008,86 @@ mod tests {
             assert_eq!(EncryptionMode::of(mode.to_encryption()), mode);
             assert_eq!(EncryptionMode::parse(mode.name()), Ok(mode));
         }
+    }
+
+    #[test]
+    fn durability_and_memory_policy_layer_like_the_rest() {
+        use gossipkv::{Durability, MemoryPolicy};
+        let file = parse_file(
+            "data_dir = \"/var/lib/gossipkv\"\ndurability = \"250ms\"\nmemory_policy = \"evict-lru\"\n",
+        )
+        .unwrap();
+        let c = resolve(&AgentArgs::default(), &env(&[]), &file).unwrap();
+        assert_eq!(
+            c.durability,
+            Some(Durability::Interval(Duration::from_millis(250)))
+        );
+        assert_eq!(c.memory_policy.to_policy(), MemoryPolicy::EvictLru);
+        let e = env(&[
+            ("GOSSIPKV_DURABILITY", "SYNC"),
+            ("GOSSIPKV_MEMORY_POLICY", "reject"),
+        ]);
+        let c = resolve(&AgentArgs::default(), &e, &file).unwrap();
+        assert_eq!(c.durability, Some(Durability::Sync));
+        assert_eq!(c.memory_policy, MemoryPolicyArg::Reject);
+        let flags = AgentArgs {
+            durability: Some(Durability::Interval(Duration::from_secs(1))),
+            memory_policy: Some(MemoryPolicyArg::EvictLru),
+            ..AgentArgs::default()
+        };
+        let c = resolve(&flags, &e, &file).unwrap();
+        assert_eq!(
+            c.durability,
+            Some(Durability::Interval(Duration::from_secs(1)))
+        );
+        assert_eq!(c.memory_policy, MemoryPolicyArg::EvictLru);
+        // Defaults: the library's (sync once there is a data dir), reject.
+        let c = resolve(&AgentArgs::default(), &env(&[]), &FileConfig::default()).unwrap();
+        assert_eq!(
+            (c.durability, c.memory_policy),
+            (None, MemoryPolicyArg::Reject)
+        );
+        // Bad values name the option and where they came from.
+        for (raw, wanted) in [("0s", "more than zero"), ("often", "neither `sync`")] {
+            let e = env(&[("GOSSIPKV_DATA_DIR", "/d"), ("GOSSIPKV_DURABILITY", raw)]);
+            let err = resolve(&AgentArgs::default(), &e, &FileConfig::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("--durability")
+                    && err.contains("GOSSIPKV_DURABILITY")
+                    && err.contains(wanted),
+                "{err}"
+            );
+        }
+        let file = FileConfig {
+            durability: Some("whenever".into()),
+            ..FileConfig::default()
+        };
+        let err = resolve(&AgentArgs::default(), &env(&[]), &file)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("config file") && err.contains("--durability"),
+            "{err}"
+        );
+        let err = resolve(
+            &AgentArgs::default(),
+            &env(&[("GOSSIPKV_MEMORY_POLICY", "lru")]),
+            &FileConfig::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("reject, evict-lru"), "{err}");
+        // A durability without a data dir would write nothing to disk.
+        let err = resolve(
+            &AgentArgs::default(),
+            &env(&[("GOSSIPKV_DURABILITY", "sync")]),
+            &FileConfig::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("needs --data-dir"), "{err}");
     }
 
     #[test]

@@ -103,7 +103,7 @@ impl Metrics {
             "1 once the node has caught up with the cluster",
             ConstGauge::new(i64::from(s.synced)),
         );
-        let counters: [(&str, &str, u64); 26] = [
+        let mut counters: Vec<(&str, &str, u64)> = vec![
             ("rounds", "Gossip rounds", s.rounds),
             ("datagrams_sent", "Datagrams sent", s.datagrams_sent),
             ("bytes_sent", "Datagram bytes sent", s.bytes_sent),
@@ -219,6 +219,58 @@ impl Metrics {
                 s.records_deferred,
             ),
         ];
+        let m = kv.memory_stats();
+        counters.extend([
+            (
+                "evictions",
+                "Keys evicted to stay within the memory limits (each a replicated delete)",
+                m.evicted,
+            ),
+            (
+                "tombstones_collected_early",
+                "Tombstones collected before their retention to stay within max_bytes",
+                m.tombstones_collected_early,
+            ),
+            (
+                "writes_refused_over_budget",
+                "Local writes refused by the memory limits",
+                m.refused,
+            ),
+            (
+                "over_budget_after_eviction",
+                "Eviction passes that ended still over the budget (only tombstones left)",
+                m.over_after_eviction,
+            ),
+        ]);
+        if let Some(d) = kv.durable_stats() {
+            counters.extend([
+                (
+                    "durable_commits",
+                    "Commits to the data directory (each flushed to disk)",
+                    d.commits,
+                ),
+                (
+                    "durable_records_written",
+                    "Records written by those commits",
+                    d.records_written,
+                ),
+                (
+                    "durable_rows_removed",
+                    "Rows removed from the data directory",
+                    d.rows_removed,
+                ),
+                (
+                    "durable_commit_failures",
+                    "Commits that failed (tried again; see the logs)",
+                    d.commit_failures,
+                ),
+            ]);
+            r.register(
+                "durable_pending",
+                "Changes not committed to the data directory yet",
+                ConstGauge::new(i64::try_from(d.pending).unwrap_or(i64::MAX)),
+            );
+        }
         for (name, help, value) in counters {
             r.register(name, help, ConstCounter::new(value));
         }

@@ -539,6 +539,23 @@ fn conditional_writes_stay_atomic_beside_unconditional_ones_on_a_data_dir() {
     assert_eq!(a.kv.keys().len(), 1 + CLIENTS * INCREMENTS);
     let stats = a.kv.durable_stats().expect("a data dir");
     assert_eq!(stats.pending, 0, "every acknowledged write committed");
+    // The agent shows the data directory's counters.
+    let s = get(&a.url("/v1/self")).json();
+    assert_eq!(s["durable"]["pending"], 0, "{s}");
+    assert!(
+        s["durable"]["commits"]
+            .as_u64()
+            .is_some_and(|c| c >= stats.commits),
+        "{s}"
+    );
+    let text = String::from_utf8(get(&a.url("/metrics")).body).unwrap();
+    for line in [
+        "gossipkv_durable_pending 0",
+        "gossipkv_durable_commit_failures_total 0",
+        "# TYPE gossipkv_durable_commits_total counter",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
     eprintln!(
         "{} conflicts; {} commits for {} records",
         conflicts.into_inner(),
@@ -705,6 +722,8 @@ fn members_self_health_and_metrics() {
     let s = get(&a.url("/v1/self")).json();
     assert_eq!(s["node_id"], "node-a");
     assert_eq!(s["synced"], true);
+    assert_eq!(s["memory"]["evicted"], 0, "{s}");
+    assert!(s["durable"].is_null(), "no data dir: {s}");
     assert_eq!(get(&a.url("/v1/health")).json()["status"], "live");
     assert_eq!(get(&a.url("/v1/health/ready")).json()["status"], "ready");
 
@@ -727,9 +746,12 @@ fn members_self_health_and_metrics() {
         "gossipkv_errors_dropped_total 0",
         "# TYPE gossipkv_datagrams_sent_by_kind_total counter",
         "gossipkv_bytes_received_by_kind_total{kind=\"push\"} 0",
+        "gossipkv_evictions_total 0",
+        "gossipkv_writes_refused_over_budget_total 0",
     ] {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }
+    assert!(!text.contains("gossipkv_durable_"), "no data dir:\n{text}");
 }
 
 #[test]

@@ -299,12 +299,14 @@ fn console_reads_commands_until_quit_or_end_of_input() {
     assert_eq!(agent.terminate(), Some(0));
 }
 
-#[test]
-fn data_dir_keeps_keys_across_a_sigterm_restart() {
+/// Starts an agent on a new data dir with `extra` options, writes a key,
+/// runs `before_stop`, stops it with SIGTERM, starts it again and reads the
+/// key back.
+fn restart_keeps_a_key(extra: &[&str], before_stop: impl Fn(&AgentProcess)) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let data = data.to_str().unwrap();
-    let args = [
+    let mut args = vec![
         "--node-id",
         "durable",
         "--bind",
@@ -314,9 +316,11 @@ fn data_dir_keeps_keys_across_a_sigterm_restart() {
         "--data-dir",
         data,
     ];
+    args.extend_from_slice(extra);
     let agent = AgentProcess::start(&args);
     let o = agent.cli(&["put", "kept", "on disk"]);
     assert!(o.status.success(), "{}", stderr(&o));
+    before_stop(&agent);
     assert_eq!(agent.terminate(), Some(0));
 
     let agent = AgentProcess::start(&args);
@@ -324,6 +328,61 @@ fn data_dir_keeps_keys_across_a_sigterm_restart() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(o.stdout, b"on disk");
     assert_eq!(agent.terminate(), Some(0));
+}
+
+#[test]
+fn data_dir_keeps_keys_across_a_sigterm_restart() {
+    restart_keeps_a_key(&[], |agent| {
+        let o = agent.cli(&["info", "--json"]);
+        let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(info["durable"]["pending"], 0, "sync: on disk: {info}");
+    });
+}
+
+#[test]
+fn interval_durability_keeps_keys_across_a_sigterm_restart() {
+    // An hour between commits: the write is answered before it is on disk,
+    // and reaches it through the commit of the graceful stop.
+    restart_keeps_a_key(&["--durability", "1h"], |agent| {
+        let o = agent.cli(&["info", "--json"]);
+        let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert!(info["durable"]["pending"].as_u64() >= Some(1), "{info}");
+    });
+}
+
+#[test]
+fn evict_lru_keeps_the_most_recent_keys_and_reject_refuses() {
+    let base = [
+        "--bind",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--max-entries",
+        "3",
+    ];
+    let cache = AgentProcess::start(&[&base[..], &["--memory-policy", "evict-lru"]].concat());
+    for k in ["k1", "k2", "k3", "k4", "k5"] {
+        let o = cache.cli(&["put", k, "v"]);
+        assert!(o.status.success(), "{k}: {}", stderr(&o));
+    }
+    let o = cache.cli(&["kv", "ls"]);
+    assert_eq!(stdout(&o), "k3\nk4\nk5\n");
+    let o = cache.cli(&["info", "--json"]);
+    let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(info["memory"]["evicted"], 2, "{info}");
+    assert_eq!(cache.terminate(), Some(0));
+
+    let config = AgentProcess::start(&base);
+    for k in ["k1", "k2", "k3"] {
+        let o = config.cli(&["put", k, "v"]);
+        assert!(o.status.success(), "{k}: {}", stderr(&o));
+    }
+    let o = config.cli(&["put", "k4", "v"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("over_budget"), "{}", stderr(&o));
+    let o = config.cli(&["kv", "ls"]);
+    assert_eq!(stdout(&o), "k1\nk2\nk3\n");
+    assert_eq!(config.terminate(), Some(0));
 }
 
 #[test]

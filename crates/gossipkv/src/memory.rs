@@ -36,6 +36,38 @@ pub enum MemoryPolicy {
     EvictLru,
 }
 
+/// Counters of a node's memory limits
+/// ([`GossipKv::memory_stats`](crate::GossipKv::memory_stats)); all zero
+/// without limits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MemoryStats {
+    /// Keys this node evicted ([`MemoryPolicy::EvictLru`]), each a delete
+    /// that replicates.
+    pub evicted: u64,
+    /// Tombstones collected before their retention to stay within
+    /// `max_bytes` (once every live peer has them).
+    pub tombstones_collected_early: u64,
+    /// Local writes refused with [`Error::OverBudget`] or
+    /// [`Error::TooLargeForBudget`].
+    pub refused: u64,
+    /// Times an eviction pass ended with the node still over its budget:
+    /// nothing left to evict but tombstones its peers have not passed yet
+    /// (what peers write is applied all the same).
+    pub over_after_eviction: u64,
+}
+
+impl From<gossipkv_storage::BudgetStats> for MemoryStats {
+    fn from(s: gossipkv_storage::BudgetStats) -> Self {
+        MemoryStats {
+            evicted: s.evicted,
+            tombstones_collected_early: s.tombstones_collected_early,
+            refused: s.refused,
+            over_after_eviction: s.over_after_eviction,
+        }
+    }
+}
+
 /// The smallest `max_bytes` accepted: room for one entry of a short key
 /// and a short value.
 pub const MIN_MAX_BYTES: usize = entry_cost(16, Some(64));

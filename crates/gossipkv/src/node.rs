@@ -262,6 +262,14 @@ where
         self.inner.store.memory_usage()
     }
 
+    /// Counters of the node's memory limits: keys evicted, tombstones
+    /// collected early, writes refused (all zero without
+    /// [`max_entries`](crate::Builder::max_entries) or
+    /// [`max_bytes`](crate::Builder::max_bytes)).
+    pub fn memory_stats(&self) -> crate::MemoryStats {
+        self.inner.store.budget_stats().into()
+    }
+
     /// Whether no key holds a value locally.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

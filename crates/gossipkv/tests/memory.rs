@@ -110,6 +110,8 @@ async fn reject_refuses_with_typed_errors_and_writes_nothing() -> Result<(), Err
         .unwrap_err();
     assert!(matches!(e, Error::TooLargeForBudget { .. }), "{e}");
     assert_eq!(kv.get("a")?.as_deref(), Some("1"));
+    let stats = kv.memory_stats();
+    assert_eq!((stats.refused, stats.evicted), (2, 0), "{stats:?}");
     kv.delete("a")?;
     kv.set("c", "3".into())?;
     assert_eq!(kv.keys(), ["b", "c"]);
@@ -146,6 +148,9 @@ async fn a_cache_filled_far_past_its_budget_stays_within_it_and_watchers_see_evi
     }
     assert_eq!(sets, 2_000);
     assert_eq!(evictions, 2_000 - kv.len(), "watchers see every eviction");
+    let stats = kv.memory_stats();
+    assert_eq!(stats.evicted, evictions as u64, "{stats:?}");
+    assert_eq!(stats.refused, 0, "{stats:?}");
     Ok(())
 }
 
