@@ -889,9 +889,12 @@ async fn kv_remove(
         }
         return state
             .write(Exclusive::No, move |kv| {
-                for k in kv.keys().into_iter().filter(|k| k.starts_with(&key)) {
-                    kv.delete(&k)?;
-                }
+                kv.batch(|b| {
+                    for k in kv.keys().into_iter().filter(|k| k.starts_with(&key)) {
+                        b.delete(&k)?;
+                    }
+                    Ok(())
+                })?;
                 Ok(StatusCode::NO_CONTENT)
             })
             .await;
@@ -1074,14 +1077,18 @@ async fn snapshot_import(
     let n = imports.len();
     state
         .write(Exclusive::No, move |kv| {
-            for i in imports {
-                match (i.ttl, i.ephemeral) {
-                    (None, false) => kv.set(&i.key, i.value)?,
-                    (Some(t), false) => kv.set_with_ttl(&i.key, i.value, t)?,
-                    (None, true) => kv.set_ephemeral(&i.key, i.value)?,
-                    (Some(t), true) => kv.set_ephemeral_with_ttl(&i.key, i.value, t)?,
+            // One wait for the disk for the whole import, not one per key.
+            kv.batch(|b| {
+                for i in imports {
+                    match (i.ttl, i.ephemeral) {
+                        (None, false) => b.set(&i.key, i.value)?,
+                        (Some(t), false) => b.set_with_ttl(&i.key, i.value, t)?,
+                        (None, true) => b.set_ephemeral(&i.key, i.value)?,
+                        (Some(t), true) => b.set_ephemeral_with_ttl(&i.key, i.value, t)?,
+                    }
                 }
-            }
+                Ok(())
+            })?;
             Ok(())
         })
         .await?;

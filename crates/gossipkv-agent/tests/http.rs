@@ -564,6 +564,40 @@ fn conditional_writes_stay_atomic_beside_unconditional_ones_on_a_data_dir() {
     );
 }
 
+/// On a data dir, an import and a recursive delete wait for the disk once
+/// each, not once per key, and are on disk when answered.
+#[test]
+fn imports_and_recursive_deletes_share_commits_on_a_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let a = Agent::start_with("node-bulk", ApiOptions::default(), move |b| {
+        b.data_dir(path)
+    });
+    let body: serde_json::Map<String, Value> = (0..500)
+        .map(|i| (format!("bulk/{i:03}"), Value::from(format!("v{i}"))))
+        .collect();
+    let before = a.kv.durable_stats().unwrap().commits;
+    let r = send(
+        "POST",
+        &a.url("/v1/snapshot"),
+        &[],
+        Some(Value::Object(body).to_string().as_bytes()),
+    );
+    assert_eq!(r.json()["imported"], 500);
+    let stats = a.kv.durable_stats().unwrap();
+    assert_eq!((stats.pending, a.kv.len()), (0, 500));
+    let commits = stats.commits - before;
+    assert!(commits < 50, "{commits} commits for 500 keys");
+    assert_eq!(
+        send("DELETE", &a.url("/v1/kv/bulk/?recurse"), &[], None).status,
+        204
+    );
+    let after = a.kv.durable_stats().unwrap();
+    assert_eq!((after.pending, a.kv.len()), (0, 0));
+    let commits = after.commits - stats.commits;
+    assert!(commits < 50, "{commits} commits for 500 deletes");
+}
+
 #[test]
 fn a_token_is_required_when_configured() {
     let a = Agent::start(

@@ -248,6 +248,7 @@
 //!   types re-exported here ([`Record`], [`Version`], [`Hlc`], [`NodeId`],
 //!   [`Origin`], [`Stats`], [`DecodeError`]) come from the lower crates.
 
+mod batch;
 mod builder;
 mod codec;
 mod discovery;
@@ -263,6 +264,7 @@ mod start;
 mod streams;
 mod watch;
 
+pub use batch::Batch;
 pub use builder::{Builder, DEFAULT_CLUSTER_ID, DEFAULT_DEAD_MEMBER_GRACE, DEFAULT_SEED_REFRESH};
 pub use codec::{BytesCodec, Codec, CodecError, DefaultCodec, JsonCodec, StringCodec};
 pub use error::{ConfigOption, DataDirError, Error};

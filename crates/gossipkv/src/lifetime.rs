@@ -12,6 +12,11 @@ use crate::driver::wall_now;
 use crate::error::Error;
 use crate::node::GossipKv;
 
+/// The lifetime of a value written now with time to live `ttl`.
+pub(crate) fn ttl_life(ttl: Duration) -> Result<Lifetime, Error> {
+    Ok(Lifetime::expiring(expiry(wall_now().as_unix_ms(), ttl)?))
+}
+
 /// Longest time to live accepted: 100 years.
 pub const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
@@ -64,8 +69,7 @@ where
     /// # }
     /// ```
     pub fn set_with_ttl(&self, key: impl AsRef<str>, value: V, ttl: Duration) -> Result<(), Error> {
-        let life = Lifetime::expiring(expiry(wall_now().as_unix_ms(), ttl)?);
-        self.set_living(key.as_ref(), value, life)
+        self.set_living(key.as_ref(), value, ttl_life(ttl)?)
     }
 
     /// Writes `value` under `key` as an **ephemeral** key, owned by this
@@ -105,8 +109,7 @@ where
         value: V,
         ttl: Duration,
     ) -> Result<(), Error> {
-        let life = Lifetime::expiring(expiry(wall_now().as_unix_ms(), ttl)?).owned();
-        self.set_living(key.as_ref(), value, life)
+        self.set_living(key.as_ref(), value, ttl_life(ttl)?.owned())
     }
 
     /// How long `key`'s value has left to live, if it shows one with an

@@ -155,6 +155,13 @@ where
 
     /// [`set`](Self::set) with a [`Lifetime`] (expiry, ownership).
     pub(crate) fn set_living(&self, key: &str, value: V, life: Lifetime) -> Result<(), Error> {
+        let writer = self.inner.persister.as_ref().map(|p| p.begin());
+        self.put_living(key, value, life)?;
+        self.durable(writer)
+    }
+
+    /// [`set_living`](Self::set_living) without waiting for the disk.
+    pub(crate) fn put_living(&self, key: &str, value: V, life: Lifetime) -> Result<(), Error> {
         self.check_writable(key)?;
         let bytes = self
             .inner
@@ -167,14 +174,13 @@ where
                 max: self.inner.max_value_size,
             });
         }
-        let writer = self.inner.persister.as_ref().map(|p| p.begin());
         self.write(key, Some(bytes), life)?;
         if life.expires_ms != 0 {
             if let Some(w) = &self.inner.expiry_wake {
                 w.notify_one();
             }
         }
-        self.durable(writer)
+        Ok(())
     }
 
     /// Reads the value of `key` from the local replica.
@@ -232,11 +238,15 @@ where
     ///
     /// Errors: [`Error::Closed`] after [`shutdown`](Self::shutdown), [`Error::InvalidKey`].
     pub fn delete(&self, key: impl AsRef<str>) -> Result<(), Error> {
-        let key = key.as_ref();
-        self.check_writable(key)?;
         let writer = self.inner.persister.as_ref().map(|p| p.begin());
-        self.write(key, None, Lifetime::FOREVER)?;
+        self.put_delete(key.as_ref())?;
         self.durable(writer)
+    }
+
+    /// [`delete`](Self::delete) without waiting for the disk.
+    pub(crate) fn put_delete(&self, key: &str) -> Result<(), Error> {
+        self.check_writable(key)?;
+        self.write(key, None, Lifetime::FOREVER)
     }
 
     /// Whether `key` holds a value locally (not expired, not gone with
@@ -776,6 +786,16 @@ where
         // Never block a write: when the queue is full, anti-entropy delivers it.
         let _ = tx.try_send(record);
         Ok(())
+    }
+
+    /// Waits, in [`Durability::Sync`](crate::Durability::Sync) mode, until
+    /// every write made so far is on disk (without a writer begun before
+    /// them: a commit under way does not wait for this caller).
+    pub(crate) fn durable_now(&self) -> Result<(), Error> {
+        match &self.inner.persister {
+            Some(p) => p.wait_durable(p.begin()),
+            None => Ok(()),
+        }
     }
 
     /// Waits, in [`Durability::Sync`](crate::Durability::Sync) mode, until

@@ -140,6 +140,59 @@ async fn writers_at_once_share_commits_and_every_write_is_kept() {
     kv.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_waits_once_for_the_disk_and_keeps_every_write() {
+    const KEYS: usize = 1_000;
+    let tmp = tempfile::tempdir().unwrap();
+    let kv = durable(tmp.path(), "a", Durability::Sync).await.unwrap();
+    kv.set("gone", "soon".to_string()).unwrap();
+    let before = kv.durable_stats().unwrap();
+    let written = kv
+        .batch(|b| {
+            for i in 0..KEYS {
+                b.set(format!("bulk/{i:04}"), format!("v{i}"))?;
+            }
+            b.set_with_ttl("bulk/ttl", "later".into(), Duration::from_secs(3600))?;
+            b.delete("gone")?;
+            Ok(KEYS + 1)
+        })
+        .unwrap();
+    assert_eq!(written, KEYS + 1);
+    let after = kv.durable_stats().unwrap();
+    assert_eq!(after.pending, 0, "on disk when the batch returns");
+    let commits = after.commits - before.commits;
+    // One wait at the end; the background sweep (every 10 ms) may commit
+    // some of the batch meanwhile. Writing one by one is 1,002 commits.
+    assert!(commits < 100, "{commits} commits for {written} writes");
+
+    // A batch whose closure fails: the writes before the failure stay and
+    // are waited for; the closure's error comes back.
+    let e = kv
+        .batch(|b| {
+            b.set("partial/1", "kept".into())?;
+            b.set("", "no key".into())?;
+            b.set("partial/2", "never".into())
+        })
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidKey { .. }), "{e}");
+    assert_eq!(kv.durable_stats().unwrap().pending, 0);
+    kv.shutdown().await.unwrap();
+
+    let kv = durable(tmp.path(), "a", Durability::Sync).await.unwrap();
+    assert_eq!(kv.len(), KEYS + 2, "the bulk keys, bulk/ttl and partial/1");
+    assert_eq!(kv.get("bulk/0999").unwrap().as_deref(), Some("v999"));
+    assert!(kv
+        .ttl("bulk/ttl")
+        .is_some_and(|t| t > Duration::from_secs(3000)));
+    assert_eq!(kv.get("gone").unwrap(), None);
+    assert_eq!(kv.get("partial/1").unwrap().as_deref(), Some("kept"));
+    assert_eq!(kv.get("partial/2").unwrap(), None);
+    kv.shutdown().await.unwrap();
+    // After shutdown a batch's first write fails, and nothing is waited for.
+    let e = kv.batch(|b| b.set("late", "x".into())).unwrap_err();
+    assert!(matches!(e, Error::Closed { .. }), "{e}");
+}
+
 #[tokio::test]
 async fn unusable_data_dirs_are_refused_at_build() {
     let tmp = tempfile::tempdir().unwrap();
