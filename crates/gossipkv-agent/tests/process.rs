@@ -139,6 +139,14 @@ fn cli_against_a_running_agent_then_sigterm_exits_0() {
     let o = agent.cli(&["put", "k", "v", "--if-match", "*"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("version_mismatch"), "{}", stderr(&o));
+    // A zero time to live is refused by the agent (exit 1); one that is not
+    // a duration is a usage error (exit 2). Neither writes anything.
+    let o = agent.cli(&["kv", "put", "brief", "v", "--ttl", "0s"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("invalid_ttl"), "{}", stderr(&o));
+    let o = agent.cli(&["kv", "put", "brief", "v", "--ttl", "soon"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_eq!(agent.cli(&["get", "brief"]).status.code(), Some(1));
     // Usage error: exit 2.
     let o = agent.cli(&["get"]);
     assert_eq!(o.status.code(), Some(2));
