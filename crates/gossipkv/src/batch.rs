@@ -1,5 +1,6 @@
 //! Many writes, one wait for the disk: [`GossipKv::batch`].
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use gossipkv_storage::Lifetime;
@@ -14,6 +15,17 @@ use crate::node::GossipKv;
 /// end of the batch.
 pub struct Batch<'a, K, V> {
     kv: &'a GossipKv<K, V>,
+    /// Whether a write of the batch succeeded (there is something to wait
+    /// for).
+    wrote: AtomicBool,
+}
+
+impl<K, V> std::fmt::Debug for Batch<'_, K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("wrote", &self.wrote.load(Ordering::Relaxed))
+            .finish()
+    }
 }
 
 impl<K, V> Batch<'_, K, V>
@@ -23,18 +35,17 @@ where
 {
     /// As [`GossipKv::set`].
     pub fn set(&self, key: impl AsRef<str>, value: V) -> Result<(), Error> {
-        self.kv.put_living(key.as_ref(), value, Lifetime::FOREVER)
+        self.put(key.as_ref(), value, Lifetime::FOREVER)
     }
 
     /// As [`GossipKv::set_with_ttl`].
     pub fn set_with_ttl(&self, key: impl AsRef<str>, value: V, ttl: Duration) -> Result<(), Error> {
-        self.kv.put_living(key.as_ref(), value, ttl_life(ttl)?)
+        self.put(key.as_ref(), value, ttl_life(ttl)?)
     }
 
     /// As [`GossipKv::set_ephemeral`].
     pub fn set_ephemeral(&self, key: impl AsRef<str>, value: V) -> Result<(), Error> {
-        self.kv
-            .put_living(key.as_ref(), value, Lifetime::FOREVER.owned())
+        self.put(key.as_ref(), value, Lifetime::FOREVER.owned())
     }
 
     /// As [`GossipKv::set_ephemeral_with_ttl`].
@@ -44,13 +55,20 @@ where
         value: V,
         ttl: Duration,
     ) -> Result<(), Error> {
-        self.kv
-            .put_living(key.as_ref(), value, ttl_life(ttl)?.owned())
+        self.put(key.as_ref(), value, ttl_life(ttl)?.owned())
     }
 
     /// As [`GossipKv::delete`].
     pub fn delete(&self, key: impl AsRef<str>) -> Result<(), Error> {
-        self.kv.put_delete(key.as_ref())
+        self.kv.put_delete(key.as_ref())?;
+        self.wrote.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn put(&self, key: &str, value: V, life: Lifetime) -> Result<(), Error> {
+        self.kv.put_living(key, value, life)?;
+        self.wrote.store(true, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -64,7 +82,10 @@ where
     /// mode, the writes share commits instead of waiting for one each (a
     /// bulk load of 10,000 keys is a handful of commits, not 10,000).
     /// Without a data directory, or in `Interval` mode, nothing is waited
-    /// for and this is the same as writing one by one.
+    /// for and this is the same as writing one by one; a batch that wrote
+    /// nothing waits for nothing either. In `Sync` mode the calling thread
+    /// blocks for the commit, as [`set`](Self::set) does: from async code,
+    /// call it where blocking is fine (`tokio::task::spawn_blocking`).
     ///
     /// It is not a transaction: each write applies at once and stays when
     /// a later one fails, and readers and peers may see some writes of the
@@ -93,8 +114,14 @@ where
         &self,
         writes: impl FnOnce(&Batch<'_, K, V>) -> Result<T, Error>,
     ) -> Result<T, Error> {
-        let result = writes(&Batch { kv: self });
-        self.durable_now()?;
+        let batch = Batch {
+            kv: self,
+            wrote: AtomicBool::new(false),
+        };
+        let result = writes(&batch);
+        if batch.wrote.into_inner() {
+            self.durable_now()?;
+        }
         result
     }
 }

@@ -155,13 +155,23 @@ where
 
     /// [`set`](Self::set) with a [`Lifetime`] (expiry, ownership).
     pub(crate) fn set_living(&self, key: &str, value: V, life: Lifetime) -> Result<(), Error> {
+        let bytes = self.checked_value(key, value)?;
+        // Begun right before the write: a commit gathering the writers
+        // under way does not wait for this one's checks and encoding.
         let writer = self.inner.persister.as_ref().map(|p| p.begin());
-        self.put_living(key, value, life)?;
+        self.write_value(key, bytes, life)?;
         self.durable(writer)
     }
 
     /// [`set_living`](Self::set_living) without waiting for the disk.
     pub(crate) fn put_living(&self, key: &str, value: V, life: Lifetime) -> Result<(), Error> {
+        let bytes = self.checked_value(key, value)?;
+        self.write_value(key, bytes, life)
+    }
+
+    /// `value` encoded, once the node, the key and the encoded size are
+    /// checked.
+    fn checked_value(&self, key: &str, value: V) -> Result<Bytes, Error> {
         self.check_writable(key)?;
         let bytes = self
             .inner
@@ -174,6 +184,11 @@ where
                 max: self.inner.max_value_size,
             });
         }
+        Ok(bytes)
+    }
+
+    /// Writes an encoded and checked value.
+    fn write_value(&self, key: &str, bytes: Bytes, life: Lifetime) -> Result<(), Error> {
         self.write(key, Some(bytes), life)?;
         if life.expires_ms != 0 {
             if let Some(w) = &self.inner.expiry_wake {
@@ -238,8 +253,10 @@ where
     ///
     /// Errors: [`Error::Closed`] after [`shutdown`](Self::shutdown), [`Error::InvalidKey`].
     pub fn delete(&self, key: impl AsRef<str>) -> Result<(), Error> {
+        let key = key.as_ref();
+        self.check_writable(key)?;
         let writer = self.inner.persister.as_ref().map(|p| p.begin());
-        self.put_delete(key.as_ref())?;
+        self.write(key, None, Lifetime::FOREVER)?;
         self.durable(writer)
     }
 
