@@ -1266,16 +1266,22 @@ async fn self_info(State(state): State<ApiState>) -> Json<Value> {
             "datagrams_received": stats.datagrams_received,
             "bytes_received": stats.bytes_received,
         },
-        "memory": memory_json(kv.memory_stats()),
-        "durable": kv.durable_stats().map(durable_json),
+        "memory": memory_json(kv.memory_limits(), kv.memory_stats()),
+        "durable": kv.durable_stats().map(|d| durable_json(kv.durability(), d)),
         "healthy": health.is_healthy(),
         "health": health.to_string(),
     }))
 }
 
-/// The memory limits' counters, as `/v1/self` shows them.
-fn memory_json(m: gossipkv::MemoryStats) -> Value {
+/// The memory limits and their counters, as `/v1/self` shows them.
+fn memory_json(l: gossipkv::MemoryLimits, m: gossipkv::MemoryStats) -> Value {
     json!({
+        "max_entries": l.max_entries,
+        "max_bytes": l.max_bytes,
+        "policy": match l.policy {
+            gossipkv::MemoryPolicy::EvictLru => "evict-lru",
+            _ => "reject",
+        },
         "evicted": m.evicted,
         "tombstones_collected_early": m.tombstones_collected_early,
         "refused": m.refused,
@@ -1283,9 +1289,16 @@ fn memory_json(m: gossipkv::MemoryStats) -> Value {
     })
 }
 
-/// The data directory's counters, as `/v1/self` shows them.
-fn durable_json(d: gossipkv::DurableStats) -> Value {
+/// The data directory's durability and counters, as `/v1/self` shows
+/// them (`"sync"`, or the commit interval such as `"100ms"`).
+fn durable_json(mode: Option<gossipkv::Durability>, d: gossipkv::DurableStats) -> Value {
     json!({
+        "durability": match mode {
+            Some(gossipkv::Durability::Interval(every)) => {
+                humantime::format_duration(every).to_string()
+            }
+            _ => "sync".to_string(),
+        },
         "commits": d.commits,
         "records_written": d.records_written,
         "rows_removed": d.rows_removed,

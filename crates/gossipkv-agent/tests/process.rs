@@ -344,6 +344,7 @@ fn data_dir_keeps_keys_across_a_sigterm_restart() {
         let o = agent.cli(&["info", "--json"]);
         let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(info["durable"]["pending"], 0, "sync: on disk: {info}");
+        assert_eq!(info["durable"]["durability"], "sync", "{info}");
     });
 }
 
@@ -355,6 +356,7 @@ fn interval_durability_keeps_keys_across_a_sigterm_restart() {
         let o = agent.cli(&["info", "--json"]);
         let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         assert!(info["durable"]["pending"].as_u64() >= Some(1), "{info}");
+        assert_eq!(info["durable"]["durability"], "1h", "{info}");
     });
 }
 
@@ -378,6 +380,9 @@ fn evict_lru_keeps_the_most_recent_keys_and_reject_refuses() {
     let o = cache.cli(&["info", "--json"]);
     let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(info["memory"]["evicted"], 2, "{info}");
+    assert_eq!(info["memory"]["policy"], "evict-lru", "{info}");
+    assert_eq!(info["memory"]["max_entries"], 3, "{info}");
+    assert!(info["memory"]["max_bytes"].is_null(), "{info}");
     assert_eq!(cache.terminate(), Some(0));
 
     let config = AgentProcess::start(&base);

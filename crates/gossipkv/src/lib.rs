@@ -270,7 +270,7 @@ pub use codec::{BytesCodec, Codec, CodecError, DefaultCodec, JsonCodec, StringCo
 pub use error::{ConfigOption, DataDirError, Error};
 pub use health::{Health, Problem, ProblemKind, HEALTH_WINDOW};
 pub use lifetime::MAX_TTL;
-pub use memory::{MemoryPolicy, MemoryStats, MIN_MAX_BYTES};
+pub use memory::{MemoryLimits, MemoryPolicy, MemoryStats, MIN_MAX_BYTES};
 pub use node::{GossipKv, MAX_KEY_LEN, WATCH_QUEUE};
 pub use persist::{Durability, DurableStats};
 pub use sealing::{

@@ -36,6 +36,35 @@ pub enum MemoryPolicy {
     EvictLru,
 }
 
+/// The memory limits a node was built with
+/// ([`GossipKv::memory_limits`](crate::GossipKv::memory_limits)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MemoryLimits {
+    /// [`Builder::max_entries`](crate::Builder::max_entries) (`None`: no
+    /// limit).
+    pub max_entries: Option<usize>,
+    /// [`Builder::max_bytes`](crate::Builder::max_bytes) (`None`: no limit).
+    pub max_bytes: Option<usize>,
+    /// [`Builder::memory_policy`](crate::Builder::memory_policy).
+    pub policy: MemoryPolicy,
+}
+
+impl From<Limits> for MemoryLimits {
+    fn from(l: Limits) -> Self {
+        MemoryLimits {
+            max_entries: l.max_entries,
+            max_bytes: l.max_bytes,
+            // The store has no policy but the two the builder gives it.
+            policy: if l.policy == Policy::EvictLru {
+                MemoryPolicy::EvictLru
+            } else {
+                MemoryPolicy::Reject
+            },
+        }
+    }
+}
+
 /// Counters of a node's memory limits
 /// ([`GossipKv::memory_stats`](crate::GossipKv::memory_stats)); all zero
 /// without limits.

@@ -297,6 +297,11 @@ where
         self.inner.store.budget_stats().into()
     }
 
+    /// The memory limits and policy this node was built with.
+    pub fn memory_limits(&self) -> crate::MemoryLimits {
+        self.inner.store.limits().into()
+    }
+
     /// Whether no key holds a value locally.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -392,6 +397,12 @@ where
     /// Counters of the node's data directory; `None` without one.
     pub fn durable_stats(&self) -> Option<crate::DurableStats> {
         self.inner.persister.as_ref().map(|p| p.stats())
+    }
+
+    /// When this node's writes reach its disk; `None` without a data
+    /// directory.
+    pub fn durability(&self) -> Option<crate::Durability> {
+        self.inner.persister.as_ref().map(|p| p.mode())
     }
 
     /// Protocol counters (all zero for a local-only node).

@@ -344,6 +344,11 @@ impl Persister {
         }
     }
 
+    /// When writes reach the disk.
+    pub(crate) fn mode(&self) -> Durability {
+        self.mode
+    }
+
     /// The counters so far.
     pub(crate) fn stats(&self) -> DurableStats {
         let s = self.state.lock();

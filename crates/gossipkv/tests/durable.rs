@@ -41,6 +41,7 @@ async fn a_clean_restart_keeps_data_generation_and_sequence() {
     ] {
         let tmp = tempfile::tempdir().unwrap();
         let kv = durable(tmp.path(), "a", mode).await.unwrap();
+        assert_eq!(kv.durability(), Some(mode));
         let generation = kv.generation();
         for i in 0..100 {
             kv.set(format!("k{i:03}"), format!("v{i}")).unwrap();

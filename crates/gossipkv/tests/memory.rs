@@ -112,6 +112,16 @@ async fn reject_refuses_with_typed_errors_and_writes_nothing() -> Result<(), Err
     assert_eq!(kv.get("a")?.as_deref(), Some("1"));
     let stats = kv.memory_stats();
     assert_eq!((stats.refused, stats.evicted), (2, 0), "{stats:?}");
+    assert_eq!(kv.durability(), None, "no data dir");
+    let limits = kv.memory_limits();
+    assert_eq!(
+        (limits.max_entries, limits.max_bytes, limits.policy),
+        (
+            Some(2),
+            Some(gossipkv::MIN_MAX_BYTES * 4),
+            MemoryPolicy::Reject
+        )
+    );
     kv.delete("a")?;
     kv.set("c", "3".into())?;
     assert_eq!(kv.keys(), ["b", "c"]);
@@ -151,6 +161,7 @@ async fn a_cache_filled_far_past_its_budget_stays_within_it_and_watchers_see_evi
     let stats = kv.memory_stats();
     assert_eq!(stats.evicted, evictions as u64, "{stats:?}");
     assert_eq!(stats.refused, 0, "{stats:?}");
+    assert_eq!(kv.memory_limits().policy, MemoryPolicy::EvictLru);
     Ok(())
 }
 
