@@ -57,8 +57,10 @@ async fn a_key_with_a_ttl_reads_until_it_expires_and_watchers_see_the_expiry() {
     assert_eq!(next(&mut w).await.value.as_deref(), Some("p"));
     // Nobody reads: the node's own sweep tells the watcher.
     let e = next(&mut w).await;
+    // The expiry is the wall clock's millisecond at the write (rounded
+    // down) plus the time to live: up to 1 ms before `start` + 300 ms.
     assert!(
-        start.elapsed() >= Duration::from_millis(300),
+        start.elapsed() >= Duration::from_millis(299),
         "expired early"
     );
     assert_eq!(e.key, "s/1");
@@ -107,13 +109,19 @@ async fn bad_ttls_are_refused_and_write_nothing() {
     assert!(kv.is_empty());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ttl_key_expires_on_every_node() {
     let a = node("ttl-a", &[]).await;
     let b = node("ttl-b", &[&a]).await;
     let c = node("ttl-c", &[&a]).await;
+    // Formed first, and a time to live long enough for the key to reach
+    // every node on a loaded machine before it expires.
+    wait_until("the cluster forms", DEADLINE, || {
+        [&a, &b, &c].iter().all(|n| n.peers().len() == 2)
+    })
+    .await;
     let mut wc = c.watch("t/");
-    a.set_with_ttl("t/k", "v".into(), Duration::from_millis(1500))
+    a.set_with_ttl("t/k", "v".into(), Duration::from_secs(3))
         .unwrap();
     let e = next(&mut wc).await;
     assert_eq!(e.value.as_deref(), Some("v"));

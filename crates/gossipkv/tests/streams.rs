@@ -59,8 +59,13 @@ async fn a_late_joiner_holds_every_key_and_none_deleted_before_it_joined() {
             false => assert_eq!(got, Some(format!("value-{i:0>90}"))),
         }
     }
+    // The counters move after the last keys land: a stream is counted
+    // served once its end is built, completed once its end is read.
+    wait_until("b's stream completed", DEADLINE, || {
+        b.stats().streams_completed >= 1
+    })
+    .await;
     let (sa, sb) = (a.stats(), b.stats());
-    assert!(sb.streams_completed >= 1, "{sb:?}");
     assert!(sa.streams_served >= 1, "{sa:?}");
     // The records came by stream: a datagram carries about ten.
     assert!(sa.stream_records_sent >= (KEYS - 100) as u64, "{sa:?}");
@@ -92,7 +97,10 @@ async fn a_restarted_node_catches_up_by_stream_at_the_default_interval() {
     assert_eq!(b.len(), KEYS, "synced means it holds every key");
     assert_eq!(b.get(key(7)).unwrap(), Some("new-7".to_string()));
     assert_eq!(b.get(key(700)).unwrap(), Some("700".to_string()));
-    assert!(b.stats().streams_completed >= 1);
+    wait_until("b's stream completed", DEADLINE, || {
+        b.stats().streams_completed >= 1
+    })
+    .await;
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
@@ -232,6 +240,11 @@ async fn hostile_connections_are_closed_and_the_node_still_serves_joiners() {
     };
     let b = node("tcp-b", &[&a], |b| b).await;
     wait_until("b holds every key", DEADLINE, || b.len() == KEYS).await;
+    // b's stream counted on both sides before the count is taken.
+    wait_until("b's stream completed", DEADLINE, || {
+        b.stats().streams_completed >= 1
+    })
+    .await;
     let served = a.stats().streams_served;
     let mut frame_too_long = stream::STREAM_MAGIC.to_vec();
     frame_too_long.extend_from_slice(&u32::MAX.to_be_bytes());
@@ -260,7 +273,10 @@ async fn hostile_connections_are_closed_and_the_node_still_serves_joiners() {
     // A late joiner is still served.
     let c = node("tcp-c", &[&a], |b| b).await;
     wait_until("c holds every key", DEADLINE, || c.len() == KEYS).await;
-    assert!(a.stats().streams_served > served);
+    wait_until("c's stream counted as served", DEADLINE, || {
+        a.stats().streams_served > served
+    })
+    .await;
     for n in [a, b, c] {
         n.shutdown().await.unwrap();
     }
@@ -323,8 +339,11 @@ async fn keyed_nodes_catch_up_over_sealed_streams_and_refuse_unsealed_ones() {
     let b = node("sealed-b", &[&a], keyed(ring.clone())).await;
     wait_until("b holds every key", DEADLINE, || b.len() == KEYS).await;
     assert_eq!(b.get(key(7)).unwrap(), Some(format!("value-{:0>90}", 7)));
+    wait_until("b's stream completed", DEADLINE, || {
+        b.stats().streams_completed >= 1
+    })
+    .await;
     let (sa, sb) = (a.stats(), b.stats());
-    assert!(sb.streams_completed >= 1, "{sb:?}");
     assert!(sa.stream_records_sent >= (KEYS - 100) as u64, "{sa:?}");
     assert_eq!(a.keyring_status().stats.streams_refused, 0);
 
