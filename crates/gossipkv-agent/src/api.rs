@@ -77,8 +77,8 @@ pub struct ApiState {
     /// Writes from peers do not take it: conditional writes are only
     /// atomic against this agent's API.
     write_lock: Arc<tokio::sync::RwLock<()>>,
-    /// Whether writes wait for the disk (the node has a data directory),
-    /// and so run off the async workers.
+    /// Whether writes wait for the disk (a data directory in `Sync` mode),
+    /// and so run as blocking code.
     writes_block: bool,
     left: watch::Sender<bool>,
     /// The change feed: the change index (how many changes this agent's
@@ -106,10 +106,11 @@ impl ApiState {
     /// disk: a conditional write's check and write have no other API write
     /// between them, and conditional writes still share commits. The lock
     /// is awaited, never waited for on an async worker. With a data
-    /// directory the batch runs as blocking code (`block_in_place`, or on
-    /// the blocking pool on a current-thread runtime): in `Sync` mode it
-    /// waits for an fsync, which on an async worker would stall the other
-    /// requests meanwhile. In memory nothing waits, and it runs in place.
+    /// directory in `Sync` mode the batch runs as blocking code
+    /// (`block_in_place`, or on the blocking pool on a current-thread
+    /// runtime): it waits for an fsync, which on an async worker would
+    /// stall the other requests meanwhile. Otherwise (in memory, or
+    /// `Interval` mode) nothing waits, and it runs in place.
     async fn write<T, F>(&self, exclusive: Exclusive, write: F) -> ApiResult<T>
     where
         F: FnOnce(&Node, &gossipkv::Batch<'_, String, bytes::Bytes>) -> ApiResult<T>
@@ -187,7 +188,7 @@ impl ApiState {
     pub fn new(kv: Node, options: &ApiOptions) -> Self {
         ApiState {
             feed: Feed::start(&kv),
-            writes_block: kv.durable_stats().is_some(),
+            writes_block: kv.durability() == Some(gossipkv::Durability::Sync),
             kv,
             metrics: Metrics::default(),
             token: options.token.as_ref().map(|t| Arc::from(t.as_bytes())),
@@ -1278,10 +1279,7 @@ fn memory_json(l: gossipkv::MemoryLimits, m: gossipkv::MemoryStats) -> Value {
     json!({
         "max_entries": l.max_entries,
         "max_bytes": l.max_bytes,
-        "policy": match l.policy {
-            gossipkv::MemoryPolicy::EvictLru => "evict-lru",
-            _ => "reject",
-        },
+        "policy": crate::config::MemoryPolicyArg::of(l.policy).name(),
         "evicted": m.evicted,
         "tombstones_collected_early": m.tombstones_collected_early,
         "refused": m.refused,

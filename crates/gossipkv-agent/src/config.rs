@@ -65,6 +65,22 @@ impl MemoryPolicyArg {
             MemoryPolicyArg::EvictLru => gossipkv::MemoryPolicy::EvictLru,
         }
     }
+
+    /// The policy of the library's setting.
+    pub fn of(policy: gossipkv::MemoryPolicy) -> MemoryPolicyArg {
+        match policy {
+            gossipkv::MemoryPolicy::EvictLru => MemoryPolicyArg::EvictLru,
+            _ => MemoryPolicyArg::Reject,
+        }
+    }
+
+    /// The policy's name, as the flag and the API spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            MemoryPolicyArg::Reject => "reject",
+            MemoryPolicyArg::EvictLru => "evict-lru",
+        }
+    }
 }
 
 /// How the agent's node treats gossip without a seal (with a keyring).
@@ -1088,6 +1104,10 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("needs --data-dir"), "{err}");
+        for p in [MemoryPolicyArg::Reject, MemoryPolicyArg::EvictLru] {
+            assert_eq!(MemoryPolicyArg::of(p.to_policy()), p);
+            assert_eq!(parse_enum::<MemoryPolicyArg>(p.name()), Ok(p));
+        }
     }
 
     #[test]
